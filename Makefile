@@ -1,0 +1,40 @@
+# The two commands a user needs: `make run` and `make test`. Both install
+# what is missing first (the venv with the pinned torch wheel, which is where
+# libtorch comes from) and set what tch's build needs.
+SHELL := /bin/bash
+VENV  := $(CURDIR)/.venv
+STAMP := $(VENV)/.vitrine-setup
+
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
+export VITRINE_PYTHON := $(VENV)/bin/python
+
+.PHONY: setup build run test lint fmt openapi bench
+
+$(STAMP): scripts/setup.sh requirements/torch.txt requirements/test.txt requirements/constraints.txt
+	scripts/setup.sh
+
+## setup: create .venv with torch==2.11.0 and the test references (idempotent)
+setup: $(STAMP)
+
+## build: release binary at target/release/vitrine
+build: $(STAMP)
+	cargo build --release --locked
+
+## run: build and serve on :8080 with data under ./data (flags: ARGS="--help")
+run: build
+	./target/release/vitrine serve $(ARGS)
+
+## test: the whole suite (unit, HTTP, parity against transformers)
+test: $(STAMP)
+	cargo test --locked --all-targets -- --test-threads=2
+
+## lint: formatting and clippy, warnings are errors
+lint: $(STAMP)
+	cargo fmt --check
+	cargo clippy --locked --all-targets -- -D warnings
+
+## openapi: regenerate openapi/openapi.json from the code
+openapi: $(STAMP)
+	cargo run --locked --quiet -- openapi > openapi/openapi.json

@@ -1,0 +1,19 @@
+//! Subcommand dispatch.
+
+use crate::config::{Cli, Command};
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => crate::server::run(cli.serve),
+        Some(Command::Serve(cfg)) => crate::server::run(cfg),
+        Some(Command::Info) => {
+            let info = crate::torch_info::TorchInfo::probe();
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(())
+        }
+        Some(Command::Openapi) => {
+            print!("{}", crate::http::openapi::document_json());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The one configuration struct. Every flag is also an environment variable,
+//! and `vitrine --help` is the reference for both.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Fine-tune Vision Transformers and serve their predictions over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "vitrine", version, long_version = crate::torch_info::LONG_VERSION)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options for `serve`, which runs when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service and its workers (the default).
+    Serve(ServeConfig),
+    /// Print the libtorch version, the devices it sees and whether CUDA works.
+    Info,
+    /// Print the OpenAPI document generated from the code.
+    Openapi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Everything `vitrine serve` needs. Defaults run with no flags at all.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "VITRINE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the SQLite database, datasets and models.
+    #[arg(long, env = "VITRINE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Database URL; defaults to `sqlite://<data-dir>/vitrine.db`.
+    #[arg(long, env = "VITRINE_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "VITRINE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Devices to run workers on, comma separated: `cpu`, `cuda:0`, ... or
+    /// `auto` (every CUDA device, else the CPU).
+    #[arg(
+        long,
+        env = "VITRINE_DEVICES",
+        value_delimiter = ',',
+        default_value = "auto"
+    )]
+    pub devices: Vec<String>,
+
+    /// Bearer token required on every route but /healthz, /readyz and /metrics.
+    /// Unset: no authentication.
+    #[arg(long, env = "VITRINE_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Largest accepted dataset upload, in bytes.
+    #[arg(long, env = "VITRINE_MAX_UPLOAD_BYTES", default_value_t = 2 << 30)]
+    pub max_upload_bytes: u64,
+
+    /// Largest accepted request body for every other route (predictions), in bytes.
+    #[arg(long, env = "VITRINE_MAX_BODY_BYTES", default_value_t = 32 << 20)]
+    pub max_body_bytes: u64,
+
+    /// Seconds to wait for in-flight requests on shutdown.
+    #[arg(long, env = "VITRINE_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+
+    /// Threads libtorch may use per operation on the CPU (0: libtorch's default).
+    #[arg(long, env = "VITRINE_TORCH_THREADS", default_value_t = 0)]
+    pub torch_threads: usize,
+}
+
+impl ServeConfig {
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("vitrine.db").display()))
+    }
+
+    /// A configuration for tests and embedding: defaults, rooted at `data_dir`.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut cfg = Cli::parse_from(["vitrine"]).serve;
+        cfg.data_dir = data_dir.into();
+        cfg.database_url = None;
+        cfg
+    }
+}

@@ -1,0 +1,101 @@
+//! The HTTP surface: one file per resource, each with its own `router()`,
+//! merged here with the cross-cutting layers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use sqlx::SqlitePool;
+use tower_http::cors::CorsLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::ServeConfig;
+use crate::error::problem_response;
+use crate::metrics::Metrics;
+
+mod auth;
+pub mod extract;
+mod health;
+pub mod openapi;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: SqlitePool,
+    pub config: Arc<ServeConfig>,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    pub fn new(db: SqlitePool, config: ServeConfig) -> Self {
+        Self {
+            db,
+            config: Arc::new(config),
+            metrics: Metrics::new(),
+        }
+    }
+}
+
+/// Builds the application: public probes, then everything else behind auth.
+pub fn router(state: AppState) -> Router {
+    let protected =
+        Router::new()
+            .merge(openapi::router())
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_token,
+            ));
+
+    Router::new()
+        .merge(health::router())
+        .merge(protected)
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            tracing::info_span!("http", method = %req.method(), uri = %req.uri(), route)
+        }))
+        .layer(CorsLayer::permissive().max_age(Duration::from_secs(3600)))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    problem_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route".into(),
+        None,
+    )
+}
+
+/// Counts requests and records latency per matched route (not per raw URI,
+/// which would explode the label set with ids).
+async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    let m = &state.metrics;
+    m.http_requests
+        .with_label_values(&[&method, &route, resp.status().as_str()])
+        .inc();
+    m.http_latency
+        .with_label_values(&[&method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}

@@ -1,0 +1,61 @@
+//! The OpenAPI document, derived from the handlers and types, served at
+//! `/openapi.json` with a documentation page at `/docs`.
+
+use axum::response::Html;
+use axum::routing::get;
+use axum::Router;
+use utoipa::OpenApi;
+
+use super::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "vitrine", description = "Fine-tune Vision Transformers and serve their predictions."),
+    paths(super::health::healthz, super::health::readyz, super::health::metrics),
+    components(schemas(crate::error::Problem)),
+    modifiers(&BearerAuth),
+    tags((name = "health", description = "Liveness, readiness and metrics"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The document as committed in `openapi/openapi.json`.
+pub fn document_json() -> String {
+    let mut json = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("OpenAPI serialises");
+    json.push('\n');
+    json
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/openapi.json", get(openapi_json))
+        .route("/docs", get(docs))
+}
+
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
+/// A Redoc page over `/openapi.json` (the script comes from a CDN, so the
+/// page needs the browser to be online; the JSON itself does not).
+async fn docs() -> Html<&'static str> {
+    Html(
+        r#"<!doctype html><html><head><title>vitrine API</title><meta charset="utf-8"/></head>
+<body><redoc spec-url="openapi.json"></redoc>
+<script src="https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"></script></body></html>"#,
+    )
+}

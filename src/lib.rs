@@ -1,0 +1,16 @@
+//! vitrine: fine-tune Vision Transformers and serve their predictions over HTTP.
+//!
+//! `main.rs` only parses the command line; everything lives here so that the
+//! integration tests and extra binaries build the very same application.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod telemetry;
+pub mod torch_info;
+
+pub use error::AppError;

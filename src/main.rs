@@ -1,0 +1,5 @@
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    vitrine::cli::run(vitrine::config::Cli::parse())
+}
