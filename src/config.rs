@@ -82,6 +82,19 @@ pub struct ServeConfig {
     #[arg(long, env = "VITRINE_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
 
+    /// Seconds a worker's claim on a job lasts without renewal; a crashed
+    /// worker's job goes back to the queue after this.
+    #[arg(long, env = "VITRINE_JOB_LEASE_SECS", default_value_t = 30)]
+    pub job_lease_secs: u64,
+
+    /// Times a job is started before it is failed for good.
+    #[arg(long, env = "VITRINE_JOB_MAX_ATTEMPTS", default_value_t = 3)]
+    pub job_max_attempts: u32,
+
+    /// Run no training workers (serve predictions only).
+    #[arg(long, env = "VITRINE_NO_WORKERS")]
+    pub no_workers: bool,
+
     /// Threads libtorch may use per operation on the CPU (0: libtorch's default).
     #[arg(long, env = "VITRINE_TORCH_THREADS", default_value_t = 0)]
     pub torch_threads: usize,

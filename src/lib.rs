@@ -5,12 +5,18 @@
 
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod imaging;
+pub mod jobs;
 pub mod metrics;
+pub mod model;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod torch_info;
+pub mod train;
 
 pub use error::AppError;

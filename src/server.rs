@@ -34,12 +34,41 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     serve_on(listener, state, shutdown).await
 }
 
-/// Opens the database under the configured data directory.
+/// Opens the database under the configured data directory and settles the
+/// devices the workers will use (none with `--no-workers`).
 pub async fn build_state(config: ServeConfig) -> anyhow::Result<AppState> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let devices = if config.no_workers {
+        vec![]
+    } else {
+        crate::torch_info::resolve_devices(&config.devices).map_err(anyhow::Error::msg)?
+    };
     let db = crate::db::connect(&config.database_url()).await?;
-    Ok(AppState::new(db, config))
+    let mut state = AppState::new(db, config);
+    state.jobs.devices = devices
+        .into_iter()
+        .map(crate::torch_info::device_name)
+        .collect();
+    Ok(state)
+}
+
+/// Starts one training worker per configured device.
+pub fn start_workers(
+    state: &AppState,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let devices = state
+        .jobs
+        .devices
+        .iter()
+        .map(|d| crate::torch_info::parse_device(d).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(crate::jobs::worker::spawn_workers(
+        state.clone(),
+        devices,
+        shutdown.clone(),
+    ))
 }
 
 /// Serves on an already bound listener (tests bind port 0).
@@ -50,6 +79,7 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     tracing::info!(addr = %listener.local_addr()?, "vitrine listening");
+    let workers = start_workers(&state, &shutdown)?;
     let app = http::router(state.clone());
     let stop = shutdown.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -58,9 +88,16 @@ pub async fn serve_on(
     let server = tokio::spawn(async move { server.await });
     shutdown.cancelled().await;
     tracing::info!(grace_secs = grace.as_secs(), "shutting down");
-    match tokio::time::timeout(grace, server).await {
+    let drained = async {
+        // Workers stop their job at the next step and put it back in the queue.
+        for w in workers {
+            let _ = w.await;
+        }
+        server.await
+    };
+    match tokio::time::timeout(grace, drained).await {
         Ok(joined) => joined??,
-        Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
+        Err(_) => tracing::warn!("shutdown did not finish within the grace period"),
     }
     state.db.close().await;
     tracing::info!("stopped");

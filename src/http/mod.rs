@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 mod auth;
 pub mod extract;
 mod health;
+mod jobs;
 pub mod openapi;
 
 /// What every handler can reach. Cheap to clone.
@@ -28,6 +29,17 @@ pub struct AppState {
     pub db: SqlitePool,
     pub config: Arc<ServeConfig>,
     pub metrics: Metrics,
+    pub jobs: JobsRuntime,
+}
+
+/// What the job endpoints share with the workers.
+#[derive(Clone, Default)]
+pub struct JobsRuntime {
+    pub hub: crate::jobs::events::EventHub,
+    /// Wakes idle workers when a job is queued.
+    pub notify: Arc<tokio::sync::Notify>,
+    /// Devices that have a worker in this process (`cpu`, `cuda:0`).
+    pub devices: Vec<String>,
 }
 
 impl AppState {
@@ -36,19 +48,20 @@ impl AppState {
             db,
             config: Arc::new(config),
             metrics: Metrics::new(),
+            jobs: JobsRuntime::default(),
         }
     }
 }
 
 /// Builds the application: public probes, then everything else behind auth.
 pub fn router(state: AppState) -> Router {
-    let protected =
-        Router::new()
-            .merge(openapi::router())
-            .route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                auth::require_token,
-            ));
+    let protected = Router::new()
+        .merge(openapi::router())
+        .merge(jobs::router(&state))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
 
     Router::new()
         .merge(health::router())

@@ -11,10 +11,23 @@ use super::AppState;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "vitrine", description = "Fine-tune Vision Transformers and serve their predictions."),
-    paths(super::health::healthz, super::health::readyz, super::health::metrics),
-    components(schemas(crate::error::Problem)),
+    paths(
+        super::health::healthz, super::health::readyz, super::health::metrics,
+        super::jobs::create_job, super::jobs::list_jobs, super::jobs::get_job,
+        super::jobs::cancel_job, super::jobs::job_events,
+    ),
+    components(schemas(
+        crate::error::Problem,
+        crate::jobs::view::JobView, crate::jobs::config::JobConfig,
+        crate::jobs::config::Mode, crate::jobs::config::Precision,
+        crate::store::jobs::JobStatus, crate::data::Task,
+        crate::train::EpochMetrics, crate::train::TrainEvent,
+    )),
     modifiers(&BearerAuth),
-    tags((name = "health", description = "Liveness, readiness and metrics"))
+    tags(
+        (name = "health", description = "Liveness, readiness and metrics"),
+        (name = "jobs", description = "Fine-tuning jobs: submit, follow, cancel"),
+    )
 )]
 pub struct ApiDoc;
 

@@ -1,0 +1,250 @@
+//! The fine-tuning job's configuration, as the client sends it. Unknown
+//! fields are refused (a typo must not silently train with a default).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::data::Task;
+
+/// How much of the network is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Backbone frozen; its features are computed once and cached, and only
+    /// the classifier trains.
+    #[default]
+    LinearProbe,
+    /// The last `unfreeze_last_n` encoder blocks, the final norm and the
+    /// classifier train.
+    Partial,
+    /// Everything trains (low learning rate, optional layer-wise decay).
+    Full,
+}
+
+/// Numeric precision of the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// bf16 autocast on a GPU, fp32 on the CPU.
+    #[default]
+    Auto,
+    Fp32,
+    /// bf16 autocast (GPU only; fp32 on the CPU).
+    Bf16,
+}
+
+/// A fine-tuning job's settings. Only `base_model` is required.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// A Hugging Face Hub id (`google/vit-base-patch16-224-in21k`, optionally
+    /// `@revision`) or a local directory in the HF layout.
+    pub base_model: String,
+    /// `multi_class` or `multi_label`; inferred from the dataset when absent.
+    #[serde(default)]
+    pub task: Option<Task>,
+    #[serde(default)]
+    pub mode: Mode,
+    /// For `partial`: how many of the last encoder blocks train (default 2).
+    #[serde(default)]
+    pub unfreeze_last_n: Option<usize>,
+    #[serde(default = "defaults::epochs")]
+    pub epochs: u32,
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: u32,
+    /// Peak learning rate; by default 1e-3 (linear probe), 1e-4 (partial),
+    /// 5e-5 (full).
+    #[serde(default)]
+    pub learning_rate: Option<f64>,
+    #[serde(default = "defaults::weight_decay")]
+    pub weight_decay: f64,
+    /// Fraction of the optimiser steps spent warming up linearly.
+    #[serde(default = "defaults::warmup_ratio")]
+    pub warmup_ratio: f64,
+    /// For `full`: each block's learning rate is this times the next one's
+    /// (1 = no decay).
+    #[serde(default)]
+    pub layer_lr_decay: Option<f64>,
+    /// Multi-class only.
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Micro-batches per optimiser step (the effective batch is
+    /// `batch_size`; each micro-batch is `batch_size / grad_accum_steps`).
+    #[serde(default = "defaults::one")]
+    pub grad_accum_steps: u32,
+    /// Stop after this many epochs without a better validation metric.
+    #[serde(default)]
+    pub early_stopping_patience: Option<u32>,
+    #[serde(default = "defaults::max_grad_norm")]
+    pub max_grad_norm: f64,
+    #[serde(default = "defaults::seed")]
+    pub seed: u64,
+    /// Input resolution; the base model's by default. Position embeddings
+    /// are interpolated when it differs.
+    #[serde(default)]
+    pub image_size: Option<u32>,
+    /// Random resized crop, flip and colour jitter while training
+    /// (never for linear probes, whose features are computed once).
+    #[serde(default = "defaults::yes")]
+    pub augmentation: bool,
+    #[serde(default)]
+    pub mixed_precision: Precision,
+    /// `cpu`, `cuda` (any GPU) or `cuda:N`; any worker when absent.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Share of the training images held out for validation when the
+    /// dataset has no validation split (stratified, seeded).
+    #[serde(default = "defaults::validation_fraction")]
+    pub validation_fraction: f64,
+}
+
+mod defaults {
+    pub fn epochs() -> u32 {
+        10
+    }
+    pub fn batch_size() -> u32 {
+        32
+    }
+    pub fn weight_decay() -> f64 {
+        0.01
+    }
+    pub fn warmup_ratio() -> f64 {
+        0.1
+    }
+    pub fn one() -> u32 {
+        1
+    }
+    pub fn max_grad_norm() -> f64 {
+        1.0
+    }
+    pub fn seed() -> u64 {
+        42
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn validation_fraction() -> f64 {
+        0.2
+    }
+}
+
+impl JobConfig {
+    /// The learning rate in effect.
+    pub fn lr(&self) -> f64 {
+        self.learning_rate.unwrap_or(match self.mode {
+            Mode::LinearProbe => 1e-3,
+            Mode::Partial => 1e-4,
+            Mode::Full => 5e-5,
+        })
+    }
+
+    /// Blocks trained in `partial` mode.
+    pub fn unfreeze_last_n(&self) -> usize {
+        self.unfreeze_last_n.unwrap_or(2)
+    }
+
+    /// Checks ranges and combinations; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        fn check(ok: bool, msg: &str) -> Result<(), String> {
+            if ok {
+                Ok(())
+            } else {
+                Err(msg.to_string())
+            }
+        }
+        check(!self.base_model.trim().is_empty(), "`base_model` is empty")?;
+        check(
+            (1..=1000).contains(&self.epochs),
+            "`epochs` must be 1..=1000",
+        )?;
+        check(
+            (1..=4096).contains(&self.batch_size),
+            "`batch_size` must be 1..=4096",
+        )?;
+        check(
+            (1..=self.batch_size).contains(&self.grad_accum_steps),
+            "`grad_accum_steps` must be 1..=batch_size",
+        )?;
+        if let Some(lr) = self.learning_rate {
+            check(lr > 0.0 && lr < 1.0, "`learning_rate` must be in (0, 1)")?;
+        }
+        check(
+            (0.0..1.0).contains(&self.weight_decay),
+            "`weight_decay` must be in [0, 1)",
+        )?;
+        check(
+            (0.0..1.0).contains(&self.warmup_ratio),
+            "`warmup_ratio` must be in [0, 1)",
+        )?;
+        check(
+            (0.0..1.0).contains(&self.label_smoothing),
+            "`label_smoothing` must be in [0, 1)",
+        )?;
+        check(self.max_grad_norm > 0.0, "`max_grad_norm` must be positive")?;
+        check(
+            self.validation_fraction > 0.0 && self.validation_fraction < 0.9,
+            "`validation_fraction` must be in (0, 0.9)",
+        )?;
+        if let Some(d) = self.layer_lr_decay {
+            check(d > 0.0 && d <= 1.0, "`layer_lr_decay` must be in (0, 1]")?;
+            check(
+                self.mode == Mode::Full,
+                "`layer_lr_decay` applies to mode `full` only",
+            )?;
+        }
+        if self.unfreeze_last_n.is_some() {
+            check(
+                self.mode == Mode::Partial,
+                "`unfreeze_last_n` applies to mode `partial` only",
+            )?;
+            check(
+                self.unfreeze_last_n() >= 1,
+                "`unfreeze_last_n` must be >= 1",
+            )?;
+        }
+        if let Some(s) = self.image_size {
+            check((16..=1024).contains(&s), "`image_size` must be 16..=1024")?;
+        }
+        if let Some(d) = &self.device {
+            if d != "cuda" {
+                crate::torch_info::parse_device(d).map_err(|e| format!("`device`: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses and validates a JSON document.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let cfg: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_everything_but_the_base_model() {
+        let cfg = JobConfig::from_json(r#"{"base_model":"google/vit-base-patch16-224"}"#).unwrap();
+        assert_eq!(cfg.mode, Mode::LinearProbe);
+        assert_eq!(cfg.epochs, 10);
+        assert_eq!(cfg.lr(), 1e-3);
+        assert!(cfg.task.is_none());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_named() {
+        let err = JobConfig::from_json(r#"{"base_model":"x","epoch":3}"#).unwrap_err();
+        assert!(err.contains("unknown field `epoch`"), "{err}");
+        let err = JobConfig::from_json(r#"{"base_model":"x","mode":"sideways"}"#).unwrap_err();
+        assert!(err.contains("sideways"), "{err}");
+        let err = JobConfig::from_json(r#"{"base_model":"x","batch_size":0}"#).unwrap_err();
+        assert!(err.contains("batch_size"), "{err}");
+        let err = JobConfig::from_json(r#"{"base_model":"x","layer_lr_decay":0.8}"#).unwrap_err();
+        assert!(err.contains("full"), "{err}");
+        let err = JobConfig::from_json(r#"{"base_model":"x","device":"tpu:0"}"#).unwrap_err();
+        assert!(err.contains("device"), "{err}");
+    }
+}

@@ -1,0 +1,105 @@
+//! Submitting jobs: everything that can be refused is refused here, before
+//! the job is queued.
+
+use axum::http::StatusCode;
+
+use super::config::JobConfig;
+use crate::data::Task;
+use crate::error::{AppError, AppResult};
+use crate::http::AppState;
+use crate::store::jobs::{self as store, JobRow, NewJob};
+
+/// Parses the client's config document; the error names the field.
+pub fn parse_config(text: &str) -> AppResult<JobConfig> {
+    JobConfig::from_json(text).map_err(|e| AppError::unprocessable("invalid_config", e))
+}
+
+/// Queues a job on an already stored dataset. Returns the job and whether
+/// it was created now (false: an earlier request with the same
+/// idempotency key created it).
+pub async fn submit(
+    state: &AppState,
+    dataset_id: &str,
+    config: JobConfig,
+    idempotency_key: Option<&str>,
+) -> AppResult<(JobRow, bool)> {
+    if let Some(key) = idempotency_key {
+        if let Some(job) = store::find_by_idempotency_key(&state.db, key).await? {
+            return Ok((job, false));
+        }
+    }
+    check_device(state, config.device.as_deref())?;
+    let dataset = crate::store::datasets::get(&state.db, dataset_id)
+        .await?
+        .ok_or_else(|| {
+            AppError::unprocessable(
+                "unknown_dataset",
+                format!("no dataset `{dataset_id}`; upload one with POST /datasets"),
+            )
+        })?;
+    check_task(config.task, &dataset.task)?;
+    check_base_model(&config.base_model).await?;
+    let config_json = serde_json::to_string(&config).map_err(anyhow::Error::from)?;
+    let (job, created) = store::insert(
+        &state.db,
+        NewJob {
+            dataset_id,
+            config_json: &config_json,
+            idempotency_key,
+            device: config.device.as_deref(),
+            max_attempts: state.config.job_max_attempts as i64,
+        },
+    )
+    .await?;
+    if created {
+        tracing::info!(job = %job.id, dataset = %dataset_id, "job queued");
+        state.jobs.notify.notify_waiters();
+    }
+    Ok((job, created))
+}
+
+/// A job asking for a device nobody here serves would wait forever.
+fn check_device(state: &AppState, wanted: Option<&str>) -> AppResult<()> {
+    let Some(wanted) = wanted else { return Ok(()) };
+    let devices = &state.jobs.devices;
+    let served = devices
+        .iter()
+        .any(|d| d == wanted || (wanted == "cuda" && d.starts_with("cuda:")));
+    if served || devices.is_empty() {
+        // No workers in this process: another node may serve it.
+        return Ok(());
+    }
+    Err(AppError::unprocessable(
+        "no_such_device",
+        format!(
+            "no worker runs on `{wanted}`; this service has {}",
+            devices.join(", ")
+        ),
+    ))
+}
+
+fn check_task(forced: Option<Task>, dataset_task: &str) -> AppResult<()> {
+    if forced == Some(Task::MultiClass) && dataset_task == "multi_label" {
+        return Err(AppError::unprocessable(
+            "task_mismatch",
+            "task `multi_class` was asked for, but the dataset gives some images several labels",
+        ));
+    }
+    Ok(())
+}
+
+/// The base model must be a local model directory or a Hub id whose
+/// `config.json` can be fetched (or is cached), of a supported architecture.
+async fn check_base_model(source: &str) -> AppResult<()> {
+    let source = source.to_string();
+    let checked = tokio::task::spawn_blocking(move || crate::model::hub::check(&source))
+        .await
+        .map_err(anyhow::Error::from)?;
+    checked.map_err(|e| {
+        AppError::client(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_base_model",
+            format!("{e:#}"),
+        )
+    })
+}

@@ -1,0 +1,67 @@
+//! The job as the API shows it.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::store::jobs::{JobRow, JobStatus};
+
+/// A fine-tuning job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    pub status: JobStatus,
+    /// Times a worker has started this job.
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub dataset_id: String,
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Epoch, step, total steps, images/s, ETA while running.
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<serde_json::Value>,
+    /// One entry per completed epoch.
+    #[schema(value_type = Vec<Object>)]
+    pub metrics: serde_json::Value,
+    /// The dataset's summary (counts, sizes, warnings).
+    #[schema(value_type = Option<Object>)]
+    pub dataset: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub cancel_requested: bool,
+    /// The model produced, once there is one.
+    pub model_id: Option<String>,
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
+}
+
+impl JobView {
+    pub fn new(row: &JobRow, dataset_summary: Option<&str>) -> Self {
+        Self {
+            id: row.id.clone(),
+            status: row.status(),
+            attempts: row.attempts,
+            max_attempts: row.max_attempts,
+            dataset_id: row.dataset_id.clone(),
+            config: json(&row.config),
+            created_at: rfc3339(row.created_at),
+            started_at: row.started_at.map(rfc3339),
+            finished_at: row.finished_at.map(rfc3339),
+            progress: row.progress.as_deref().map(json),
+            metrics: json(&row.metrics),
+            dataset: dataset_summary.map(json),
+            error: row.error.clone(),
+            cancel_requested: row.cancel_requested != 0,
+            model_id: row.model_id.clone(),
+        }
+    }
+}

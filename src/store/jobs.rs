@@ -1,0 +1,394 @@
+//! The `jobs` table: a queue with leases. A worker claims a job in one
+//! atomic `UPDATE … RETURNING`, renews its lease while it runs, and every
+//! later write is guarded by `lease_owner`, so a worker whose lease expired
+//! (and whose job went to another worker) can no longer touch it.
+
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, SqlitePool};
+use uuid::Uuid;
+
+use crate::db::now_ms;
+
+/// The lifecycle of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Succeeded, failed and cancelled jobs never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// A row of `jobs`, as stored (JSON columns still as text).
+#[derive(Debug, Clone, FromRow)]
+pub struct JobRow {
+    pub id: String,
+    pub status: String,
+    pub dataset_id: String,
+    pub config: String,
+    pub idempotency_key: Option<String>,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub device: Option<String>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub cancel_requested: i64,
+    pub progress: Option<String>,
+    pub metrics: String,
+    pub error: Option<String>,
+    pub model_id: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+impl JobRow {
+    pub fn status(&self) -> JobStatus {
+        JobStatus::parse(&self.status).unwrap_or(JobStatus::Failed)
+    }
+}
+
+/// What a new job needs.
+pub struct NewJob<'a> {
+    pub dataset_id: &'a str,
+    pub config_json: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub device: Option<&'a str>,
+    pub max_attempts: i64,
+}
+
+/// Inserts a queued job. With an idempotency key already used, returns the
+/// job created under it instead (and `false`).
+pub async fn insert(db: &SqlitePool, new: NewJob<'_>) -> sqlx::Result<(JobRow, bool)> {
+    if let Some(key) = new.idempotency_key {
+        if let Some(existing) = find_by_idempotency_key(db, key).await? {
+            return Ok((existing, false));
+        }
+    }
+    let id = Uuid::now_v7().to_string();
+    let now = now_ms();
+    let inserted = sqlx::query_as::<_, JobRow>(
+        "INSERT INTO jobs (id, dataset_id, config, idempotency_key, device, max_attempts, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+         ON CONFLICT (idempotency_key) DO NOTHING
+         RETURNING *",
+    )
+    .bind(&id)
+    .bind(new.dataset_id)
+    .bind(new.config_json)
+    .bind(new.idempotency_key)
+    .bind(new.device)
+    .bind(new.max_attempts)
+    .bind(now)
+    .fetch_optional(db)
+    .await?;
+    match inserted {
+        Some(row) => Ok((row, true)),
+        // Lost a race with a concurrent request carrying the same key.
+        None => {
+            let key = new.idempotency_key.unwrap_or_default();
+            Ok((
+                find_by_idempotency_key(db, key)
+                    .await?
+                    .ok_or(sqlx::Error::RowNotFound)?,
+                false,
+            ))
+        }
+    }
+}
+
+pub async fn find_by_idempotency_key(db: &SqlitePool, key: &str) -> sqlx::Result<Option<JobRow>> {
+    sqlx::query_as("SELECT * FROM jobs WHERE idempotency_key = ?1")
+        .bind(key)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn get(db: &SqlitePool, id: &str) -> sqlx::Result<Option<JobRow>> {
+    sqlx::query_as("SELECT * FROM jobs WHERE id = ?1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Newest first, optionally one status only; `before` is the last id of the
+/// previous page (ids are UUID v7, so they sort by creation time).
+pub async fn list(
+    db: &SqlitePool,
+    status: Option<JobStatus>,
+    before: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<JobRow>> {
+    sqlx::query_as(
+        "SELECT * FROM jobs
+         WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2)
+         ORDER BY id DESC LIMIT ?3",
+    )
+    .bind(status.map(JobStatus::as_str))
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Counts per status, for metrics.
+pub async fn count_by_status(db: &SqlitePool) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        .fetch_all(db)
+        .await
+}
+
+/// Claims the oldest queued job this device may run, in one statement.
+/// `device` is the worker's device (`cpu`, `cuda:0`); a job asking for
+/// `cuda` runs on any GPU.
+pub async fn claim_next(
+    db: &SqlitePool,
+    device: &str,
+    owner: &str,
+    lease_ms: i64,
+) -> sqlx::Result<Option<JobRow>> {
+    let now = now_ms();
+    sqlx::query_as(
+        "UPDATE jobs SET status = 'running', lease_owner = ?1, lease_expires_at = ?2,
+                attempts = attempts + 1, started_at = COALESCE(started_at, ?3), updated_at = ?3
+         WHERE id = (
+             SELECT id FROM jobs
+             WHERE status = 'queued'
+               AND (device IS NULL OR device = ?4 OR (device = 'cuda' AND ?4 LIKE 'cuda:%'))
+             ORDER BY created_at, id LIMIT 1)
+           AND status = 'queued'
+         RETURNING *",
+    )
+    .bind(owner)
+    .bind(now + lease_ms)
+    .bind(now)
+    .bind(device)
+    .fetch_optional(db)
+    .await
+}
+
+/// Extends the lease. Returns `None` when the lease is lost (the job was
+/// requeued or finished elsewhere), else whether a cancel was requested.
+pub async fn renew_lease(
+    db: &SqlitePool,
+    id: &str,
+    owner: &str,
+    lease_ms: i64,
+) -> sqlx::Result<Option<bool>> {
+    let now = now_ms();
+    let row: Option<(i64,)> = sqlx::query_as(
+        "UPDATE jobs SET lease_expires_at = ?3, updated_at = ?4
+         WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'
+         RETURNING cancel_requested",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(now + lease_ms)
+    .bind(now)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(c,)| c != 0))
+}
+
+/// Records progress (JSON) under the lease.
+pub async fn set_progress(
+    db: &SqlitePool,
+    id: &str,
+    owner: &str,
+    progress_json: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE jobs SET progress = ?3, updated_at = ?4
+         WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(progress_json)
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Replaces the per-epoch metrics (JSON array) under the lease.
+pub async fn set_metrics(
+    db: &SqlitePool,
+    id: &str,
+    owner: &str,
+    metrics_json: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE jobs SET metrics = ?3, updated_at = ?4
+         WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(metrics_json)
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Ends a running job under the lease: `succeeded`/`cancelled` (with the
+/// model, if any) or `failed` (with the error).
+pub async fn finish(
+    db: &SqlitePool,
+    id: &str,
+    owner: &str,
+    status: JobStatus,
+    model_id: Option<&str>,
+    error: Option<&str>,
+) -> sqlx::Result<bool> {
+    debug_assert!(status.is_terminal());
+    let now = now_ms();
+    let done = sqlx::query(
+        "UPDATE jobs SET status = ?3, model_id = ?4, error = ?5, finished_at = ?6, updated_at = ?6,
+                lease_owner = NULL, lease_expires_at = NULL
+         WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(status.as_str())
+    .bind(model_id)
+    .bind(error)
+    .bind(now)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Puts a running job back in the queue under the lease (graceful shutdown,
+/// retryable failure). `refund` gives the attempt back: a shutdown is not
+/// the job's fault.
+pub async fn requeue(
+    db: &SqlitePool,
+    id: &str,
+    owner: &str,
+    refund: bool,
+    error: Option<&str>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+                attempts = attempts - ?3, error = ?4, updated_at = ?5
+         WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(refund as i64)
+    .bind(error)
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Jobs whose worker vanished (lease expired): back to the queue while
+/// attempts remain, else failed. Returns (requeued, failed).
+pub async fn reap_expired(db: &SqlitePool) -> sqlx::Result<(u64, u64)> {
+    let now = now_ms();
+    let failed = sqlx::query(
+        "UPDATE jobs SET status = 'failed', lease_owner = NULL, lease_expires_at = NULL,
+                error = 'the worker running this job stopped responding ' || attempts || ' times; giving up',
+                finished_at = ?1, updated_at = ?1
+         WHERE status = 'running' AND lease_expires_at < ?1 AND attempts >= max_attempts",
+    )
+    .bind(now)
+    .execute(db)
+    .await?
+    .rows_affected();
+    let requeued = sqlx::query(
+        "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1
+         WHERE status = 'running' AND lease_expires_at < ?1",
+    )
+    .bind(now)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok((requeued, failed))
+}
+
+/// Cancels a queued job at once, or flags a running one for its worker.
+/// Returns the job after the change, `None` if there is no such job.
+pub async fn request_cancel(db: &SqlitePool, id: &str) -> sqlx::Result<Option<JobRow>> {
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE jobs SET status = 'cancelled', finished_at = ?2, updated_at = ?2
+         WHERE id = ?1 AND status = 'queued'",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(db)
+    .await?;
+    sqlx::query(
+        "UPDATE jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(db)
+    .await?;
+    get(db, id).await
+}
+
+/// Ends a running job under the lease and records its model, in one
+/// transaction: either both happen or neither (the model is recorded once
+/// even if the worker dies right after).
+pub async fn finish_with_model(
+    db: &SqlitePool,
+    id: &str,
+    owner: &str,
+    status: JobStatus,
+    model: super::models::NewModel<'_>,
+) -> sqlx::Result<bool> {
+    let mut tx = db.begin().await?;
+    let now = now_ms();
+    let done = sqlx::query(
+        "UPDATE jobs SET status = ?3, model_id = ?4, error = NULL, finished_at = ?5, updated_at = ?5,
+                lease_owner = NULL, lease_expires_at = NULL
+         WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(status.as_str())
+    .bind(model.id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    super::models::insert_in(&mut tx, model).await?;
+    tx.commit().await?;
+    Ok(true)
+}

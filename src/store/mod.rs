@@ -1,0 +1,5 @@
+//! Typed access to the SQLite tables: the only code that writes them.
+
+pub mod datasets;
+pub mod jobs;
+pub mod models;

@@ -1,0 +1,126 @@
+//! The `models` and `model_aliases` tables.
+
+use sqlx::{FromRow, SqlitePool};
+
+use crate::db::now_ms;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ModelRow {
+    pub id: String,
+    pub job_id: Option<String>,
+    /// Relative to the data directory.
+    pub path: String,
+    pub base_model: String,
+    pub task: String,
+    /// JSON array of label names, index = class id.
+    pub labels: String,
+    pub metrics: String,
+    pub created_at: i64,
+}
+
+pub struct NewModel<'a> {
+    pub id: &'a str,
+    pub job_id: Option<&'a str>,
+    pub path: &'a str,
+    pub base_model: &'a str,
+    pub task: &'a str,
+    pub labels_json: &'a str,
+    pub metrics_json: &'a str,
+}
+
+pub async fn insert(db: &SqlitePool, m: NewModel<'_>) -> sqlx::Result<ModelRow> {
+    let mut conn = db.acquire().await?;
+    insert_in(&mut conn, m).await
+}
+
+/// `insert` on a given connection (or transaction).
+pub async fn insert_in(
+    conn: &mut sqlx::SqliteConnection,
+    m: NewModel<'_>,
+) -> sqlx::Result<ModelRow> {
+    sqlx::query_as(
+        "INSERT INTO models (id, job_id, path, base_model, task, labels, metrics, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING *",
+    )
+    .bind(m.id)
+    .bind(m.job_id)
+    .bind(m.path)
+    .bind(m.base_model)
+    .bind(m.task)
+    .bind(m.labels_json)
+    .bind(m.metrics_json)
+    .bind(now_ms())
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn get(db: &SqlitePool, id: &str) -> sqlx::Result<Option<ModelRow>> {
+    sqlx::query_as("SELECT * FROM models WHERE id = ?1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// The model a job produced, if it produced one.
+pub async fn find_by_job(db: &SqlitePool, job_id: &str) -> sqlx::Result<Option<ModelRow>> {
+    sqlx::query_as("SELECT * FROM models WHERE job_id = ?1")
+        .bind(job_id)
+        .fetch_optional(db)
+        .await
+}
+
+/// The newest model (ids are UUID v7: newest sorts last).
+pub async fn newest(db: &SqlitePool) -> sqlx::Result<Option<ModelRow>> {
+    sqlx::query_as("SELECT * FROM models ORDER BY id DESC LIMIT 1")
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn list(
+    db: &SqlitePool,
+    before: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<ModelRow>> {
+    sqlx::query_as("SELECT * FROM models WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2")
+        .bind(before)
+        .bind(limit)
+        .fetch_all(db)
+        .await
+}
+
+pub async fn delete(db: &SqlitePool, id: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query("DELETE FROM models WHERE id = ?1")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Points `name` at a model (creating or moving the alias).
+pub async fn set_alias(db: &SqlitePool, name: &str, model_id: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO model_aliases (name, model_id, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET model_id = excluded.model_id, updated_at = excluded.updated_at",
+    )
+    .bind(name)
+    .bind(model_id)
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn resolve_alias(db: &SqlitePool, name: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT model_id FROM model_aliases WHERE name = ?1")
+        .bind(name)
+        .fetch_optional(db)
+        .await
+}
+
+/// Names of the aliases that point at a model.
+pub async fn aliases_of(db: &SqlitePool, model_id: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT name FROM model_aliases WHERE model_id = ?1 ORDER BY name")
+        .bind(model_id)
+        .fetch_all(db)
+        .await
+}

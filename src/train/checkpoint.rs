@@ -1,0 +1,103 @@
+//! Epoch checkpoints: the weights, the optimiser state and the loop's own
+//! state, written to a fresh directory and swapped in by rename so a crash
+//! mid-write leaves the previous checkpoint intact.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::optim::AdamW;
+use super::EpochMetrics;
+
+/// The training loop's state after a completed epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoopState {
+    /// Epochs completed (the next one to run, 0-based).
+    pub epochs_done: u32,
+    pub global_step: u64,
+    pub best_epoch: Option<u32>,
+    pub best_score: Option<f64>,
+    pub epochs_since_best: u32,
+    pub micro_batch: u32,
+    pub history: Vec<EpochMetrics>,
+}
+
+pub struct Checkpoints {
+    dir: PathBuf,
+}
+
+impl Checkpoints {
+    pub fn new(work_dir: &Path) -> Self {
+        Self {
+            dir: work_dir.join("checkpoint"),
+        }
+    }
+
+    fn old(&self) -> PathBuf {
+        self.dir.with_extension("old")
+    }
+
+    /// The newest complete checkpoint directory, if any.
+    fn latest(&self) -> Option<PathBuf> {
+        [self.dir.clone(), self.old()]
+            .into_iter()
+            .find(|d| d.join("state.json").exists())
+    }
+
+    /// Loads the newest checkpoint into the optimiser's parameters and state.
+    pub fn restore(&self, opt: &mut AdamW) -> anyhow::Result<Option<LoopState>> {
+        let Some(dir) = self.latest() else {
+            return Ok(None);
+        };
+        let state: LoopState = serde_json::from_slice(&std::fs::read(dir.join("state.json"))?)
+            .context("reading checkpoint state")?;
+        let weights: std::collections::HashMap<String, tch::Tensor> =
+            tch::Tensor::read_safetensors(dir.join("weights.safetensors"))
+                .context("reading checkpoint weights")?
+                .into_iter()
+                .collect();
+        tch::no_grad(|| -> anyhow::Result<()> {
+            for p in &opt.params {
+                let src = weights
+                    .get(&p.name)
+                    .with_context(|| format!("checkpoint lacks {}", p.name))?;
+                p.tensor.shallow_clone().copy_(src);
+            }
+            Ok(())
+        })?;
+        opt.load(&dir.join("optimizer.safetensors"))?;
+        Ok(Some(state))
+    }
+
+    /// Writes a checkpoint atomically (write aside, then rename).
+    /// Only the trained parameters are stored: frozen ones come back from
+    /// the base model.
+    pub fn save(&self, opt: &AdamW, state: &LoopState) -> anyhow::Result<()> {
+        let tmp = self.dir.with_extension("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        let named: Vec<(&str, tch::Tensor)> = opt
+            .params
+            .iter()
+            .map(|p| {
+                (
+                    p.name.as_str(),
+                    p.tensor.detach().to_device(tch::Device::Cpu),
+                )
+            })
+            .collect();
+        tch::Tensor::write_safetensors(&named, tmp.join("weights.safetensors"))
+            .context("writing checkpoint weights")?;
+        opt.save(&tmp.join("optimizer.safetensors"))?;
+        std::fs::write(tmp.join("state.json"), serde_json::to_vec(state)?)?;
+        let old = self.old();
+        let _ = std::fs::remove_dir_all(&old);
+        if self.dir.exists() {
+            std::fs::rename(&self.dir, &old)?;
+        }
+        std::fs::rename(&tmp, &self.dir)?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+}

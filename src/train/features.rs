@@ -1,0 +1,74 @@
+//! Linear probes: the frozen backbone's features for every image, computed
+//! once (no augmentation) and cached in the job's work directory, so epochs
+//! only train the classifier.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use tch::{Device, Tensor};
+
+use super::batches::spawn_loader;
+use super::{Events, StopFlag, TrainError, TrainEvent};
+use crate::imaging::Pipeline;
+use crate::model::ImageClassifier;
+
+/// Features of each split, in split order; `None` when stopped early.
+pub fn compute_or_load(
+    work_dir: &Path,
+    net: &dyn ImageClassifier,
+    pipeline: &Pipeline,
+    splits: &[(&str, Vec<PathBuf>)],
+    batch: usize,
+    device: Device,
+    events: &Events,
+    stop: &StopFlag,
+) -> Result<Option<Vec<Tensor>>, TrainError> {
+    let cache = work_dir.join("features.safetensors");
+    if let Ok(stored) = Tensor::read_safetensors(&cache) {
+        let found: Option<Vec<Tensor>> = splits
+            .iter()
+            .map(|(name, paths)| {
+                stored
+                    .iter()
+                    .find(|(n, t)| n == name && t.size()[0] == paths.len() as i64)
+                    .map(|(_, t)| t.to_device(device))
+            })
+            .collect();
+        if let Some(found) = found {
+            return Ok(Some(found));
+        }
+    }
+    let total: usize = splits.iter().map(|(_, p)| p.len()).sum();
+    let mut done = 0;
+    let mut out = Vec::with_capacity(splits.len());
+    for (_, paths) in splits {
+        let order: Vec<usize> = (0..paths.len()).collect();
+        let rx = spawn_loader(pipeline.clone(), paths.clone(), order, batch, None);
+        let mut parts = Vec::new();
+        for b in rx {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let pixels = b.pixels.map_err(TrainError::fatal)?.to_device(device);
+            let f = tch::no_grad(|| net.features(&pixels, false));
+            parts.push(f.to_kind(tch::Kind::Float));
+            done += b.indices.len();
+            let _ = events.send(TrainEvent::Features { done, total });
+        }
+        let hidden = parts.first().map(|t| t.size()[1]).unwrap_or(0);
+        out.push(if parts.is_empty() {
+            Tensor::zeros([0, hidden], (tch::Kind::Float, device))
+        } else {
+            Tensor::cat(&parts, 0)
+        });
+    }
+    let named: Vec<(&str, Tensor)> = splits
+        .iter()
+        .zip(&out)
+        .map(|((n, _), t)| (*n, t.to_device(Device::Cpu)))
+        .collect();
+    let tmp = cache.with_extension("tmp");
+    Tensor::write_safetensors(&named, &tmp).map_err(TrainError::retry)?;
+    std::fs::rename(&tmp, &cache).map_err(TrainError::retry)?;
+    Ok(Some(out))
+}

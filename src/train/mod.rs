@@ -1,0 +1,112 @@
+//! Fine-tuning on one OS thread. `run` owns the model for the whole job and
+//! reports through a channel; the async worker (`crate::jobs::worker`) turns
+//! those reports into database writes and server-sent events.
+//!
+//! Determinism: the shuffle order, augmentation and libtorch's RNG are all
+//! derived from `(seed, epoch)`, so a job resumed from an epoch checkpoint
+//! continues exactly as if it had never stopped, with no RNG state to save.
+
+mod batches;
+mod checkpoint;
+mod data;
+mod eval;
+mod features;
+pub mod metrics;
+pub mod optim;
+mod session;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub use eval::{EpochMetrics, Evaluation};
+pub use session::run;
+
+use crate::data::Task;
+use crate::jobs::config::JobConfig;
+
+/// Everything a training run needs, resolved by the worker.
+pub struct TrainSpec {
+    pub job_id: String,
+    pub config: JobConfig,
+    /// The extracted dataset's directory (holds `manifest.json`).
+    pub dataset_dir: PathBuf,
+    /// The base model's directory in the HF layout (already fetched).
+    pub base_model_dir: PathBuf,
+    /// Scratch space that survives restarts: checkpoints, feature cache.
+    pub work_dir: PathBuf,
+    pub device: tch::Device,
+}
+
+/// Progress reported while training.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TrainEvent {
+    /// Training (re)starts: sizes and step counts.
+    Started {
+        epochs: u32,
+        start_epoch: u32,
+        steps_per_epoch: u64,
+        train_images: usize,
+        validation_images: usize,
+        micro_batch: u32,
+    },
+    /// The frozen backbone's features are being computed (linear probe).
+    Features { done: usize, total: usize },
+    /// One optimiser step.
+    Step {
+        epoch: u32,
+        step: u64,
+        total_steps: u64,
+        loss: f64,
+        learning_rate: f64,
+        images_per_sec: f64,
+        eta_secs: f64,
+    },
+    /// An epoch ended and was evaluated.
+    Epoch(EpochMetrics),
+    /// A micro-batch did not fit in memory; retrying smaller.
+    OutOfMemory { micro_batch: u32 },
+}
+
+/// How a run ended without an error.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    /// The best epoch's model directory (HF layout plus `metrics.json`), if
+    /// any epoch completed.
+    pub best_model_dir: Option<PathBuf>,
+    /// True when the stop flag ended the run early.
+    pub interrupted: bool,
+    pub task: Task,
+    pub labels: Vec<String>,
+    /// The `metrics.json` document.
+    pub metrics: serde_json::Value,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Retrying cannot help: bad dataset, bad config, unloadable model.
+    #[error("{0}")]
+    Fatal(String),
+    /// Something transient (I/O, a crash inside libtorch): retry.
+    #[error("{0}")]
+    Retryable(String),
+}
+
+impl TrainError {
+    pub fn fatal(e: impl std::fmt::Display) -> Self {
+        Self::Fatal(e.to_string())
+    }
+    pub fn retry(e: impl std::fmt::Display) -> Self {
+        Self::Retryable(e.to_string())
+    }
+}
+
+/// The channel end the training thread reports into.
+pub type Events = tokio::sync::mpsc::UnboundedSender<TrainEvent>;
+
+/// A flag the worker sets to stop training at the next step boundary.
+pub type StopFlag = std::sync::Arc<AtomicBool>;
