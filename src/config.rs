@@ -18,6 +18,8 @@ pub struct Cli {
     pub serve: ServeConfig,
 }
 
+// Parsed once per process: the size of `Serve` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service and its workers (the default).
@@ -94,6 +96,22 @@ pub struct ServeConfig {
     /// Run no training workers (serve predictions only).
     #[arg(long, env = "VITRINE_NO_WORKERS")]
     pub no_workers: bool,
+
+    /// Most images in one inference batch.
+    #[arg(long, env = "VITRINE_PREDICT_MAX_BATCH", default_value_t = 32)]
+    pub predict_max_batch: usize,
+
+    /// Milliseconds the inference thread waits for more requests to batch.
+    #[arg(long, env = "VITRINE_PREDICT_MAX_WAIT_MS", default_value_t = 5)]
+    pub predict_max_wait_ms: u64,
+
+    /// Prediction requests allowed to wait per device; beyond it: 429.
+    #[arg(long, env = "VITRINE_PREDICT_QUEUE", default_value_t = 128)]
+    pub predict_queue: usize,
+
+    /// Models kept loaded per device (least recently used evicted).
+    #[arg(long, env = "VITRINE_MODEL_CACHE", default_value_t = 3)]
+    pub model_cache: usize,
 
     /// Threads libtorch may use per operation on the CPU (0: libtorch's default).
     #[arg(long, env = "VITRINE_TORCH_THREADS", default_value_t = 0)]

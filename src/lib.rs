@@ -13,6 +13,7 @@ pub mod imaging;
 pub mod jobs;
 pub mod metrics;
 pub mod model;
+pub mod serve;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -2,7 +2,7 @@
 //! so tests can build several apps in one process.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -10,6 +10,8 @@ pub struct Metrics {
     pub registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_latency: HistogramVec,
+    /// Refreshed from the database at each scrape.
+    pub jobs_by_status: IntGaugeVec,
 }
 
 impl Metrics {
@@ -34,6 +36,12 @@ impl Metrics {
             &["method", "route"],
         )
         .expect("valid metric");
+        let jobs_by_status =
+            IntGaugeVec::new(Opts::new("vitrine_jobs", "Jobs by status"), &["status"])
+                .expect("valid metric");
+        registry
+            .register(Box::new(jobs_by_status.clone()))
+            .expect("register");
         registry
             .register(Box::new(http_requests.clone()))
             .expect("register");
@@ -44,6 +52,7 @@ impl Metrics {
             registry,
             http_requests,
             http_latency,
+            jobs_by_status,
         }
     }
 

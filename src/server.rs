@@ -44,8 +44,10 @@ pub async fn build_state(config: ServeConfig) -> anyhow::Result<AppState> {
     } else {
         crate::torch_info::resolve_devices(&config.devices).map_err(anyhow::Error::msg)?
     };
+    let inference_devices =
+        crate::torch_info::resolve_devices(&config.devices).map_err(anyhow::Error::msg)?;
     let db = crate::db::connect(&config.database_url()).await?;
-    let mut state = AppState::new(db, config);
+    let mut state = AppState::new(db, config, &inference_devices);
     state.jobs.devices = devices
         .into_iter()
         .map(crate::torch_info::device_name)

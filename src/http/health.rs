@@ -58,6 +58,19 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if let Ok(counts) = crate::store::jobs::count_by_status(&state.db).await {
+        for status in ["queued", "running", "succeeded", "failed", "cancelled"] {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == status)
+                .map_or(0, |(_, n)| *n);
+            state
+                .metrics
+                .jobs_by_status
+                .with_label_values(&[status])
+                .set(n);
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

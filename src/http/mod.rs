@@ -21,7 +21,9 @@ mod auth;
 pub mod extract;
 mod health;
 mod jobs;
+mod models;
 pub mod openapi;
+mod predict;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -30,6 +32,7 @@ pub struct AppState {
     pub config: Arc<ServeConfig>,
     pub metrics: Metrics,
     pub jobs: JobsRuntime,
+    pub inference: crate::serve::Inference,
 }
 
 /// What the job endpoints share with the workers.
@@ -43,12 +46,22 @@ pub struct JobsRuntime {
 }
 
 impl AppState {
-    pub fn new(db: SqlitePool, config: ServeConfig) -> Self {
+    /// Starts the inference threads on `devices` too.
+    pub fn new(db: SqlitePool, config: ServeConfig, devices: &[tch::Device]) -> Self {
+        let metrics = Metrics::new();
+        let engine = crate::serve::engine::EngineConfig {
+            max_batch: config.predict_max_batch,
+            max_wait: Duration::from_millis(config.predict_max_wait_ms),
+            queue: config.predict_queue,
+            cache: config.model_cache,
+        };
+        let inference = crate::serve::Inference::start(devices, engine, &metrics.registry);
         Self {
             db,
             config: Arc::new(config),
-            metrics: Metrics::new(),
+            metrics,
             jobs: JobsRuntime::default(),
+            inference,
         }
     }
 }
@@ -58,6 +71,8 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .merge(openapi::router())
         .merge(jobs::router(&state))
+        .merge(models::router())
+        .merge(predict::router(&state))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -15,6 +15,9 @@ use super::AppState;
         super::health::healthz, super::health::readyz, super::health::metrics,
         super::jobs::create_job, super::jobs::list_jobs, super::jobs::get_job,
         super::jobs::cancel_job, super::jobs::job_events,
+        super::predict::predict_default, super::predict::predict_named,
+        super::models::list_models, super::models::get_model, super::models::delete_model,
+        super::models::set_alias, super::models::download_model,
     ),
     components(schemas(
         crate::error::Problem,
@@ -22,11 +25,16 @@ use super::AppState;
         crate::jobs::config::Mode, crate::jobs::config::Precision,
         crate::store::jobs::JobStatus, crate::data::Task,
         crate::train::EpochMetrics, crate::train::TrainEvent,
+        super::jobs::CreateJob, super::predict::PredictJson, super::predict::PredictResponse,
+        crate::serve::output::Prediction, crate::serve::output::ImageResult,
+        super::models::ModelView, super::models::SetAlias,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "health", description = "Liveness, readiness and metrics"),
         (name = "jobs", description = "Fine-tuning jobs: submit, follow, cancel"),
+        (name = "predict", description = "Classify images"),
+        (name = "models", description = "Trained models and their aliases"),
     )
 )]
 pub struct ApiDoc;

@@ -10,6 +10,9 @@ impl Pipeline {
     pub fn from_preprocessor(cfg: &PreprocessorConfig, size: Option<u32>) -> Self {
         Pipeline
     }
+    pub fn tensor_from_bytes(&self, bytes: &[u8]) -> Result<Tensor, String> {
+        todo!()
+    }
     pub fn load_batch(&self, paths: &[PathBuf], augment: Option<u64>) -> Result<Tensor, String> {
         todo!()
     }

@@ -12,17 +12,31 @@ use super::{Events, StopFlag, TrainError, TrainEvent};
 use crate::imaging::Pipeline;
 use crate::model::ImageClassifier;
 
+/// What computing features needs.
+pub struct FeatureSource<'a> {
+    pub work_dir: &'a Path,
+    pub net: &'a dyn ImageClassifier,
+    pub pipeline: &'a Pipeline,
+    pub batch: usize,
+    pub device: Device,
+    pub events: &'a Events,
+    pub stop: &'a StopFlag,
+}
+
 /// Features of each split, in split order; `None` when stopped early.
 pub fn compute_or_load(
-    work_dir: &Path,
-    net: &dyn ImageClassifier,
-    pipeline: &Pipeline,
+    src: &FeatureSource<'_>,
     splits: &[(&str, Vec<PathBuf>)],
-    batch: usize,
-    device: Device,
-    events: &Events,
-    stop: &StopFlag,
 ) -> Result<Option<Vec<Tensor>>, TrainError> {
+    let FeatureSource {
+        work_dir,
+        net,
+        pipeline,
+        batch,
+        device,
+        events,
+        stop,
+    } = *src;
     let cache = work_dir.join("features.safetensors");
     if let Ok(stored) = Tensor::read_safetensors(&cache) {
         let found: Option<Vec<Tensor>> = splits

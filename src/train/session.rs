@@ -167,14 +167,16 @@ impl Trainer<'_> {
         }
         let batch = (self.cfg.batch_size as usize).max(16);
         let found = features::compute_or_load(
-            &self.spec.work_dir,
-            self.model.net.as_ref(),
-            &self.pipeline,
+            &features::FeatureSource {
+                work_dir: &self.spec.work_dir,
+                net: self.model.net.as_ref(),
+                pipeline: &self.pipeline,
+                batch,
+                device: self.device(),
+                events: self.events,
+                stop: self.stop,
+            },
             &splits,
-            batch,
-            self.device(),
-            self.events,
-            self.stop,
         )?;
         Ok(found.map(|mut f| {
             let test = (f.len() == 3).then(|| f.pop().unwrap());
@@ -229,9 +231,7 @@ impl Trainer<'_> {
             let (mut loss_sum, mut seen) = (0.0, 0usize);
             let mut lr = 0.0;
 
-            let mut step_batches: Box<
-                dyn Iterator<Item = Result<(Vec<usize>, Tensor), TrainError>>,
-            > = match &inputs {
+            let mut step_batches: StepBatches = match &inputs {
                 Inputs::Features { train, .. } => {
                     let chunks: Vec<Vec<usize>> = order
                         .chunks(cfg.batch_size as usize)
@@ -541,6 +541,9 @@ impl Trainer<'_> {
         Ok(outcome)
     }
 }
+
+/// The batches of one epoch: sample indices and inputs.
+type StepBatches<'a> = Box<dyn Iterator<Item = Result<(Vec<usize>, Tensor), TrainError>> + 'a>;
 
 #[derive(Clone, Copy)]
 enum Split {

@@ -1,0 +1,221 @@
+//! `/models`: list, inspect, delete, alias and download trained models.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::extract::{Json, Query};
+use super::AppState;
+use crate::error::{AppError, AppResult};
+use crate::jobs::view::rfc3339;
+use crate::store::models::{self as store, ModelRow};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/models", get(list_models))
+        .route("/models/{id}", get(get_model).delete(delete_model))
+        .route("/models/{id}/download", get(download_model))
+        .route("/models/aliases/{name}", put(set_alias))
+}
+
+/// A trained model.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelView {
+    pub id: String,
+    /// The job that trained it.
+    pub job_id: Option<String>,
+    pub base_model: String,
+    pub task: String,
+    /// Class names; index = class id (as `id2label` in its config.json).
+    pub labels: Vec<String>,
+    /// Validation (and test) metrics of the best epoch, and the history.
+    #[schema(value_type = Object)]
+    pub metrics: serde_json::Value,
+    /// Aliases pointing at it.
+    pub aliases: Vec<String>,
+    pub created_at: String,
+}
+
+async fn view(state: &AppState, row: ModelRow) -> AppResult<ModelView> {
+    Ok(ModelView {
+        aliases: store::aliases_of(&state.db, &row.id).await?,
+        labels: serde_json::from_str(&row.labels).unwrap_or_default(),
+        metrics: serde_json::from_str(&row.metrics).unwrap_or_default(),
+        id: row.id,
+        job_id: row.job_id,
+        base_model: row.base_model,
+        task: row.task,
+        created_at: rfc3339(row.created_at),
+    })
+}
+
+/// A model by id or alias.
+async fn find(state: &AppState, id: &str) -> AppResult<ModelRow> {
+    let id = store::resolve_alias(&state.db, id)
+        .await?
+        .unwrap_or_else(|| id.to_string());
+    store::get(&state.db, &id)
+        .await?
+        .ok_or_else(|| AppError::not_found(format!("no model or alias `{id}`")))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListModels {
+    /// Page size, 1-200 (default 50).
+    pub limit: Option<i64>,
+    /// The last id of the previous page.
+    pub before: Option<String>,
+}
+
+/// Models, newest first.
+#[utoipa::path(get, path = "/models", tag = "models", params(ListModels),
+    responses((status = 200, body = Vec<ModelView>)), security(("bearer" = [])))]
+pub async fn list_models(
+    State(state): State<AppState>,
+    Query(q): Query<ListModels>,
+) -> AppResult<Json<Vec<ModelView>>> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(AppError::bad_request(
+            "invalid_query",
+            "`limit` must be 1..=200",
+        ));
+    }
+    let mut out = Vec::new();
+    for row in store::list(&state.db, q.before.as_deref(), limit).await? {
+        out.push(view(&state, row).await?);
+    }
+    Ok(Json(out))
+}
+
+/// One model (by id or alias).
+#[utoipa::path(get, path = "/models/{id}", tag = "models",
+    responses((status = 200, body = ModelView), (status = 404, body = crate::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> AppResult<Json<ModelView>> {
+    let row = find(&state, &id).await?;
+    Ok(Json(view(&state, row).await?))
+}
+
+/// Delete a model and its files. Refused while an alias points at it.
+#[utoipa::path(delete, path = "/models/{id}", tag = "models",
+    responses((status = 204), (status = 404, body = crate::error::Problem),
+        (status = 409, body = crate::error::Problem, description = "An alias points at it")),
+    security(("bearer" = [])))]
+pub async fn delete_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> AppResult<StatusCode> {
+    let row = store::get(&state.db, &id)
+        .await?
+        .ok_or_else(|| AppError::not_found(format!("no model `{id}`")))?;
+    let aliases = store::aliases_of(&state.db, &id).await?;
+    if !aliases.is_empty() {
+        return Err(AppError::conflict(
+            "model_aliased",
+            format!(
+                "model `{id}` is what alias {} points at; move the alias first",
+                aliases
+                    .iter()
+                    .map(|a| format!("`{a}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    store::delete(&state.db, &id).await?;
+    state.inference.registry.evict(&id);
+    let dir = state.config.data_dir.join(&row.path);
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+        tracing::warn!(model = %id, error = ?e, "removing the model directory failed");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /models/aliases/{name}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetAlias {
+    pub model_id: String,
+}
+
+/// Point an alias (e.g. `production`, which `/predict` follows) at a model.
+#[utoipa::path(put, path = "/models/aliases/{name}", tag = "models", request_body = SetAlias,
+    responses((status = 200, body = ModelView), (status = 404, body = crate::error::Problem),
+        (status = 422, body = crate::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn set_alias(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(body): Json<SetAlias>,
+) -> AppResult<Json<ModelView>> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !valid {
+        return Err(AppError::unprocessable(
+            "invalid_alias",
+            "alias names are 1-64 characters of letters, digits, `-`, `_` and `.`",
+        ));
+    }
+    let row = store::get(&state.db, &body.model_id)
+        .await?
+        .ok_or_else(|| AppError::not_found(format!("no model `{}`", body.model_id)))?;
+    store::set_alias(&state.db, &name, &row.id).await?;
+    Ok(Json(view(&state, row).await?))
+}
+
+/// The model directory (HF layout: config.json, model.safetensors,
+/// preprocessor_config.json, metrics.json) as a tar.gz.
+#[utoipa::path(get, path = "/models/{id}/download", tag = "models",
+    responses((status = 200, content_type = "application/gzip", body = Vec<u8>),
+        (status = 404, body = crate::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn download_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> AppResult<Response> {
+    let row = find(&state, &id).await?;
+    let dir = state.config.data_dir.join(&row.path);
+    let tmp_dir = state.config.data_dir.join("tmp");
+    let name = row.id.clone();
+    let file = tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
+        std::fs::create_dir_all(&tmp_dir)?;
+        // An anonymous temporary file: gone as soon as the response is sent.
+        let mut file = tempfile::tempfile_in(&tmp_dir)?;
+        {
+            let gz = flate2::write::GzEncoder::new(&mut file, flate2::Compression::fast());
+            let mut tar = tar::Builder::new(gz);
+            tar.append_dir_all(&name, &dir)?;
+            tar.into_inner()?.finish()?;
+        }
+        use std::io::Seek;
+        file.rewind()?;
+        Ok(file)
+    })
+    .await
+    .map_err(anyhow::Error::from)??;
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}.tar.gz\"", row.id),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}

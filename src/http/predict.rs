@@ -1,0 +1,261 @@
+//! `/predict` and `/models/{id}/predict`: classify images with the newest
+//! model (or the `production` alias), or with a named model or alias.
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::extract::{Json, Query};
+use super::AppState;
+use crate::error::{AppError, AppResult};
+use crate::serve::output::{self, ImageResult, OutputOptions};
+
+pub fn router(state: &AppState) -> Router<AppState> {
+    let limit = DefaultBodyLimit::max(state.config.max_body_bytes as usize);
+    Router::new()
+        .route("/predict", post(predict_default).layer(limit))
+        .route("/models/{id}/predict", post(predict_named).layer(limit))
+}
+
+/// Options, in the query string or the JSON body.
+#[derive(Debug, Default, Deserialize, IntoParams, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PredictOptions {
+    /// Multi-class: how many labels per image (default 5, capped by the
+    /// number of labels).
+    pub top_k: Option<usize>,
+    /// Multi-label: one threshold for every label instead of the per-label
+    /// thresholds chosen in training.
+    pub threshold: Option<f64>,
+    /// Also return every label's score.
+    pub all_scores: Option<bool>,
+}
+
+/// `{"images": ["<base64>", …]}` plus options.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PredictJson {
+    pub images: Vec<String>,
+    pub top_k: Option<usize>,
+    pub threshold: Option<f64>,
+    pub all_scores: Option<bool>,
+}
+
+/// The answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PredictResponse {
+    /// The model that answered.
+    pub model: String,
+    /// The first image's predictions (the whole answer for one image).
+    pub predictions: Vec<output::Prediction>,
+    /// One entry per image, in request order.
+    pub results: Vec<ImageResult>,
+}
+
+/// Classify images with the default model: the `production` alias, else
+/// the newest model.
+///
+/// The body is `multipart/form-data` with one or more `image` parts, a raw
+/// image (`Content-Type: image/*`), or JSON `{"images": ["<base64>", …]}`.
+#[utoipa::path(post, path = "/predict", tag = "predict", params(PredictOptions),
+    request_body(content = PredictJson, description = "Or multipart `image` parts, or a raw image/* body"),
+    responses((status = 200, body = PredictResponse),
+        (status = 409, body = crate::error::Problem, description = "No model yet"),
+        (status = 413, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
+        (status = 429, body = crate::error::Problem, description = "Overloaded; see Retry-After")),
+    security(("bearer" = [])))]
+pub async fn predict_default(
+    State(state): State<AppState>,
+    Query(opts): Query<PredictOptions>,
+    req: Request,
+) -> AppResult<Json<PredictResponse>> {
+    predict(state, None, opts, req).await
+}
+
+/// Classify images with a named model or alias.
+#[utoipa::path(post, path = "/models/{id}/predict", tag = "predict", params(PredictOptions,
+        ("id" = String, Path, description = "A model id or an alias")),
+    request_body(content = PredictJson, description = "Or multipart `image` parts, or a raw image/* body"),
+    responses((status = 200, body = PredictResponse), (status = 404, body = crate::error::Problem),
+        (status = 413, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
+        (status = 429, body = crate::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn predict_named(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(opts): Query<PredictOptions>,
+    req: Request,
+) -> AppResult<Json<PredictResponse>> {
+    predict(state, Some(id), opts, req).await
+}
+
+async fn predict(
+    state: AppState,
+    selector: Option<String>,
+    mut opts: PredictOptions,
+    req: Request,
+) -> AppResult<Json<PredictResponse>> {
+    let images = read_images(&state, &mut opts, req).await?;
+    if images.is_empty() {
+        return Err(AppError::bad_request(
+            "no_image",
+            "send at least one image (multipart `image` parts, a raw image/* body, or JSON `images`)",
+        ));
+    }
+    if let Some(t) = opts.threshold {
+        if !(0.0..=1.0).contains(&t) {
+            return Err(AppError::bad_request(
+                "invalid_query",
+                "`threshold` must be in [0, 1]",
+            ));
+        }
+    }
+    let model = state
+        .inference
+        .registry
+        .resolve(&state.db, &state.config.data_dir, selector.as_deref())
+        .await?;
+    let pipeline = model.pipeline.clone();
+    let pixels = tokio::task::spawn_blocking(move || decode_all(&pipeline, images))
+        .await
+        .map_err(anyhow::Error::from)??;
+    let logits = state.inference.logits(&model, pixels).await?;
+    let results = output::format(
+        &logits,
+        model.task,
+        &model.labels,
+        model.thresholds.as_deref(),
+        &OutputOptions {
+            top_k: opts.top_k,
+            threshold: opts.threshold,
+            all_scores: opts.all_scores.unwrap_or(false),
+        },
+    );
+    Ok(Json(PredictResponse {
+        model: model.id.clone(),
+        predictions: results[0].predictions.clone(),
+        results,
+    }))
+}
+
+/// An uploaded image and the name errors call it by.
+struct Upload {
+    name: String,
+    bytes: Bytes,
+}
+
+/// Decodes every image in parallel; the first failure names its part.
+fn decode_all(pipeline: &crate::imaging::Pipeline, images: Vec<Upload>) -> AppResult<tch::Tensor> {
+    use rayon::prelude::*;
+    let tensors: Vec<tch::Tensor> = images
+        .par_iter()
+        .map(|u| {
+            pipeline.tensor_from_bytes(&u.bytes).map_err(|e| {
+                AppError::unprocessable("undecodable_image", format!("{}: {e}", u.name))
+            })
+        })
+        .collect::<AppResult<_>>()?;
+    Ok(tch::Tensor::stack(&tensors, 0))
+}
+
+async fn read_images(
+    state: &AppState,
+    opts: &mut PredictOptions,
+    req: Request,
+) -> AppResult<Vec<Upload>> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let too_large = || {
+        AppError::payload_too_large(format!(
+            "the request body exceeds the limit of {} bytes (--max-body-bytes)",
+            state.config.max_body_bytes
+        ))
+    };
+    if content_type.starts_with("multipart/form-data") {
+        let mut multipart = Multipart::from_request(req, state)
+            .await
+            .map_err(|e| AppError::bad_request("invalid_multipart", e.body_text()))?;
+        let mut out = Vec::new();
+        while let Some(field) = multipart.next_field().await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                AppError::bad_request("invalid_multipart", e.body_text())
+            }
+        })? {
+            if field.name() != Some("image") {
+                return Err(AppError::bad_request(
+                    "unknown_part",
+                    format!(
+                        "unexpected multipart part `{}`; send images as `image` parts",
+                        field.name().unwrap_or("")
+                    ),
+                ));
+            }
+            let name = format!(
+                "image part {} ({})",
+                out.len() + 1,
+                field.file_name().unwrap_or("unnamed")
+            );
+            let bytes = field.bytes().await.map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    too_large()
+                } else {
+                    AppError::bad_request("invalid_multipart", e.body_text())
+                }
+            })?;
+            out.push(Upload { name, bytes });
+        }
+        Ok(out)
+    } else if content_type.starts_with("application/json") {
+        let Json(body) = Json::<PredictJson>::from_request(req, state).await?;
+        opts.top_k = body.top_k.or(opts.top_k);
+        opts.threshold = body.threshold.or(opts.threshold);
+        opts.all_scores = body.all_scores.or(opts.all_scores);
+        body.images
+            .iter()
+            .enumerate()
+            .map(|(i, b64)| {
+                let data = b64.split_once("base64,").map(|(_, d)| d).unwrap_or(b64);
+                base64::engine::general_purpose::STANDARD
+                    .decode(data.trim())
+                    .map(|bytes| Upload {
+                        name: format!("images[{i}]"),
+                        bytes: bytes.into(),
+                    })
+                    .map_err(|e| {
+                        AppError::unprocessable("invalid_base64", format!("images[{i}]: {e}"))
+                    })
+            })
+            .collect()
+    } else if content_type.starts_with("image/") || content_type == "application/octet-stream" {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                AppError::bad_request("invalid_body", e.body_text())
+            }
+        })?;
+        Ok(vec![Upload {
+            name: "the request body".into(),
+            bytes,
+        }])
+    } else {
+        Err(AppError::client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "Content-Type `{content_type}` is not accepted: use multipart/form-data, image/*, or application/json"
+            ),
+        ))
+    }
+}
