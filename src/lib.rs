@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod server;
 pub mod telemetry;
 pub mod torch_info;

@@ -1,0 +1,90 @@
+//! Vision Transformer models in tch `nn`, loaded from and saved to the
+//! Hugging Face layout (`config.json`, `model.safetensors`,
+//! `preprocessor_config.json`) with no renaming.
+//!
+//! - [`config`]: `config.json`, dispatched on `model_type`.
+//! - [`vit`]: the ViT network, variable paths spelled like `transformers`.
+//! - [`load`]: strict loading of safetensors checkpoints (HF, bare `ViTModel`, timm).
+//! - [`save`]: writes a directory `transformers` loads unchanged.
+//! - [`hub`]: resolves a model source (local directory or Hub id) to a directory.
+//! - [`params`]: which variables belong to the backbone, a layer, the head; freezing.
+
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod load;
+pub mod params;
+pub mod save;
+pub mod timm;
+pub mod vit;
+
+use std::path::PathBuf;
+
+use tch::{nn, Tensor};
+
+pub use config::{Activation, ModelConfig, ViTConfig};
+pub use error::ModelError;
+pub use hub::{resolve_model_source, HubOptions};
+pub use load::{load_pretrained, CheckpointFormat, LoadReport};
+pub use params::{ParamGroup, Trainable};
+pub use save::{save_pretrained, ProblemType};
+
+/// What the trainer and the server need from a classification network.
+///
+/// `Tensor` is `Send` but not `Sync`: a model lives on one thread.
+pub trait ImageClassifier: Send {
+    /// `[B, hidden]`: what the classifier sees (final-layernorm CLS token for ViT).
+    fn features(&self, pixel_values: &Tensor, train: bool) -> Tensor;
+    /// `[B, num_labels]` from features.
+    fn head(&self, features: &Tensor) -> Tensor;
+    /// `[B, num_labels]` logits from `[B, C, H, W]` pixel values.
+    fn forward_t(&self, pixel_values: &Tensor, train: bool) -> Tensor {
+        self.head(&self.features(pixel_values, train))
+    }
+    /// Encoder depth, for partial fine-tuning and layer-wise LR decay.
+    fn num_layers(&self) -> usize;
+}
+
+/// A loaded model: its variables, the network reading them, and the
+/// configuration and preprocessing that travel with it when saved.
+pub struct Model {
+    /// Every variable, named as in the HF checkpoint.
+    pub vs: nn::VarStore,
+    pub net: Box<dyn ImageClassifier>,
+    /// The architecture configuration; its `id2label` is the head's labels.
+    pub config: ModelConfig,
+    /// The raw `preprocessor_config.json` (or a default `ViTImageProcessor` one).
+    pub preprocessor_json: serde_json::Value,
+    /// The directory the model was loaded from.
+    pub source_dir: PathBuf,
+}
+
+impl Model {
+    /// The head's labels, index `i` for logit `i`.
+    pub fn labels(&self) -> &[String] {
+        self.config.labels()
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.labels().len()
+    }
+
+    pub fn device(&self) -> tch::Device {
+        self.vs.device()
+    }
+
+    /// Side length of the square input the checkpoint was trained at.
+    pub fn image_size(&self) -> i64 {
+        self.config.image_size()
+    }
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("config", &self.config)
+            .field("source_dir", &self.source_dir)
+            .field("device", &self.vs.device())
+            .finish_non_exhaustive()
+    }
+}
