@@ -31,8 +31,12 @@ impl ModelConfig {
         };
         match model_type.as_str() {
             "vit" => {
-                let config: ViTConfig =
+                let mut config: ViTConfig =
                     serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+                // Derived from `id2label` when saved; a stale copy would contradict it.
+                for derived in ["label2id", "num_labels", "_num_labels", "model_type"] {
+                    config.extra.remove(derived);
+                }
                 config.validate().map_err(invalid)?;
                 Ok(Self::Vit(config))
             }
