@@ -408,3 +408,103 @@ fn optimiser_groups_and_freezing_follow_the_layers() {
     let head_only = m.set_trainable(Trainable::HeadOnly);
     assert_eq!(head_only, 32 * 3 + 3);
 }
+
+#[test]
+fn a_hub_id_resolves_from_a_prepopulated_cache_and_loads() {
+    use vitrine::model::{resolve_model_source, HubOptions};
+    let cache = tempfile::tempdir().unwrap();
+    let sha = "a".repeat(40);
+    let repo = cache.path().join("models--tiny-org--vit-p8");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), &sha).unwrap();
+    let snap = repo.join("snapshots").join(&sha);
+    std::fs::create_dir_all(&snap).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(model_dir("cls_p8_s32_d2").join(f), snap.join(f)).unwrap();
+    }
+    // Offline: only the cache may answer; it does, with no network.
+    let options = HubOptions {
+        cache_dir: cache.path().to_path_buf(),
+        offline: true,
+        endpoint: None,
+        token: None,
+    };
+    let dir = resolve_model_source("tiny-org/vit-p8", &options).unwrap();
+    assert_eq!(dir, snap);
+    let m = load_pretrained(&dir, Device::Cpu, None).unwrap();
+    let io = io("cls_p8_s32_d2");
+    assert_close(
+        "hub cache logits",
+        &tch::no_grad(|| m.net.forward_t(&io["pixel_values"], false)),
+        &io["logits"],
+    );
+    // No preprocessor_config.json: ViTImageProcessor's defaults at the model size.
+    assert_eq!(
+        m.preprocessor_json["size"],
+        serde_json::json!({"height": 32, "width": 32})
+    );
+    assert_eq!(
+        m.preprocessor_json["image_mean"],
+        serde_json::json!([0.5, 0.5, 0.5])
+    );
+
+    let err = resolve_model_source("tiny-org/vit-p8@v2", &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("HF_HUB_OFFLINE") && err.contains("`v2`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn timm_state_dict_heads_come_from_config_or_architecture_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        model_dir("timm_vit_tiny").join("model.safetensors"),
+        tmp.path().join("model.safetensors"),
+    )
+    .unwrap();
+    // A bare state dict 48 wide: the head count cannot be read off the shapes.
+    let err = load_pretrained(tmp.path(), Device::Cpu, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("num_heads"), "{err}");
+    // The architecture name tells it (tiny: 3 heads).
+    std::fs::write(
+        tmp.path().join("config.json"),
+        r#"{"architecture": "vit_tiny_patch8_32"}"#,
+    )
+    .unwrap();
+    let m = load_pretrained(tmp.path(), Device::Cpu, None).unwrap();
+    assert_eq!(
+        m.labels(),
+        labels(&["LABEL_0", "LABEL_1", "LABEL_2", "LABEL_3"])
+    );
+    let io = io("timm_vit_tiny");
+    assert_close(
+        "timm by name logits",
+        &tch::no_grad(|| m.net.forward_t(&io["pixel_values"], false)),
+        &io["logits"],
+    );
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let m = load_pretrained(&model_dir("cls_p4_s16_d3_nobias"), Device::Cpu, None).unwrap();
+    let f = (Kind::Float, Device::Cpu);
+    assert!(m.check_input(&Tensor::zeros([2, 1, 16, 16], f)).is_ok());
+    assert!(m.check_input(&Tensor::zeros([2, 1, 20, 28], f)).is_ok());
+    for (shape, want) in [
+        (vec![1, 16, 16], "[batch, channels, height, width]"),
+        (vec![2, 3, 16, 16], "takes 1 channel(s), got 3"),
+        (vec![2, 1, 3, 16], "smaller than one 4x4 patch"),
+        (vec![0, 1, 16, 16], "empty batch"),
+    ] {
+        let err = m
+            .check_input(&Tensor::zeros(shape.as_slice(), f))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{err}");
+    }
+}

@@ -33,6 +33,8 @@ pub enum ModelError {
     },
     #[error("invalid labels: {0}")]
     InvalidLabels(String),
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
     #[error("model `{source_name}` is not available: {detail}")]
     NotAvailable { source_name: String, detail: String },
     #[error(transparent)]

@@ -73,7 +73,12 @@ pub fn load_pretrained_reporting(
     }
     let (mut tensors, converted_from) = read_checkpoint(dir)?;
     let config_path = dir.join("config.json");
-    let raw_config = read_json(&config_path)?;
+    let raw_config = match read_optional_json(&config_path)? {
+        Some(v) => v,
+        // A bare timm state dict: its shapes are the configuration.
+        None if timm::is_timm(&serde_json::Value::Null, &tensors) => serde_json::json!({}),
+        None => read_json(&config_path)?,
+    };
 
     let (format, mut config, timm_preprocessor) = if timm::is_timm(&raw_config, &tensors) {
         let (vit, renamed, pre) = timm::convert(&raw_config, tensors, &config_path)?;

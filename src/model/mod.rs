@@ -73,6 +73,44 @@ impl Model {
         self.vs.device()
     }
 
+    /// Checks that `pixel_values` is a `[B, C, H, W]` float batch the network
+    /// can take (channels as configured, at least one patch per side), so a
+    /// bad request is an error rather than a libtorch panic.
+    pub fn check_input(&self, pixel_values: &Tensor) -> Result<(), ModelError> {
+        let size = pixel_values.size();
+        let (channels, patch) = match &self.config {
+            ModelConfig::Vit(c) => (c.num_channels, c.patch_size),
+        };
+        let bad = |why: String| Err(ModelError::InvalidInput(why));
+        if size.len() != 4 {
+            return bad(format!(
+                "pixel_values must be [batch, channels, height, width], got {size:?}"
+            ));
+        }
+        if size[0] == 0 {
+            return bad("empty batch".into());
+        }
+        if size[1] != channels {
+            return bad(format!(
+                "the model takes {channels} channel(s), got {}",
+                size[1]
+            ));
+        }
+        if size[2] < patch || size[3] < patch {
+            return bad(format!(
+                "images of {}x{} are smaller than one {patch}x{patch} patch",
+                size[2], size[3]
+            ));
+        }
+        if !pixel_values.is_floating_point() {
+            return bad(format!(
+                "pixel_values must be floating point, got {:?}",
+                pixel_values.kind()
+            ));
+        }
+        Ok(())
+    }
+
     /// Side length of the square input the checkpoint was trained at.
     pub fn image_size(&self) -> i64 {
         self.config.image_size()

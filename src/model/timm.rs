@@ -146,7 +146,14 @@ pub fn convert(
         .get("num_heads")
         .and_then(Value::as_i64)
         .or_else(|| heads_for_arch(arch))
-        .unwrap_or(hidden / 64);
+        // timm's standard widths use 64-wide heads.
+        .or_else(|| (hidden % 64 == 0).then_some(hidden / 64))
+        .ok_or_else(|| {
+            invalid(format!(
+                "cannot tell the number of attention heads of a {hidden}-wide `{arch}`: \
+                 give `model_args.num_heads` in config.json"
+            ))
+        })?;
     let labels = label_names(config).unwrap_or_else(|| match tensors.get("head.weight") {
         Some(w) => (0..w.size()[0]).map(|i| format!("LABEL_{i}")).collect(),
         None => Vec::new(),
@@ -185,7 +192,8 @@ pub fn convert(
         let key = map_name(&name).unwrap_or(name);
         out.insert(key, t);
     }
-    Ok((vit, out, preprocessor(config)))
+    let pre = preprocessor(config, vit.image_size);
+    Ok((vit, out, pre))
 }
 
 /// Heads of the standard timm sizes, from the architecture name.
@@ -215,13 +223,13 @@ fn label_names(config: &Value) -> Option<Vec<String>> {
 /// mean, std, interpolation). timm's eval transform also centre-crops by
 /// `crop_pct`, which `ViTImageProcessor` cannot express; it is kept as
 /// `crop_pct` for whoever preprocesses.
-fn preprocessor(config: &Value) -> Value {
+fn preprocessor(config: &Value, image_size: i64) -> Value {
     let cfg = config.get("pretrained_cfg").cloned().unwrap_or(Value::Null);
     let size = cfg
         .get("input_size")
         .and_then(Value::as_array)
         .and_then(|s| Some((s.get(1)?.as_i64()?, s.get(2)?.as_i64()?)))
-        .unwrap_or((224, 224));
+        .unwrap_or((image_size, image_size));
     let triple = |key: &str, default: f64| {
         cfg.get(key)
             .cloned()
