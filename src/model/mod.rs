@@ -1,41 +1,128 @@
-//! TEMPORARY stub until the model branch merges.
-#![allow(dead_code, unused_variables)]
-use std::path::{Path, PathBuf};
-use tch::Tensor;
+//! Vision Transformer models in tch `nn`, loaded from and saved to the
+//! Hugging Face layout (`config.json`, `model.safetensors`,
+//! `preprocessor_config.json`) with no renaming.
+//!
+//! - [`config`]: `config.json`, dispatched on `model_type`.
+//! - [`vit`]: the ViT network, variable paths spelled like `transformers`.
+//! - [`load`]: strict loading of safetensors checkpoints (HF, bare `ViTModel`, timm).
+//! - [`save`]: writes a directory `transformers` loads unchanged.
+//! - [`hub`]: resolves a model source (local directory or Hub id) to a directory.
+//! - [`params`]: which variables belong to the backbone, a layer, the head; freezing.
+
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod load;
+pub mod params;
+pub mod save;
+pub mod timm;
+pub mod vit;
+
+use std::path::PathBuf;
+
+use tch::{nn, Tensor};
+
+pub use config::{Activation, ModelConfig, ViTConfig};
+pub use error::ModelError;
+pub use hub::{resolve_model_source, HubOptions};
+pub use load::{load_pretrained, CheckpointFormat, LoadReport};
+pub use params::{ParamGroup, Trainable};
+pub use save::{save_pretrained, ProblemType};
+
+/// What the trainer and the server need from a classification network.
+///
+/// `Tensor` is `Send` but not `Sync`: a model lives on one thread.
 pub trait ImageClassifier: Send {
+    /// `[B, hidden]`: what the classifier sees (final-layernorm CLS token for ViT).
     fn features(&self, pixel_values: &Tensor, train: bool) -> Tensor;
+    /// `[B, num_labels]` from features.
     fn head(&self, features: &Tensor) -> Tensor;
+    /// `[B, num_labels]` logits from `[B, C, H, W]` pixel values.
     fn forward_t(&self, pixel_values: &Tensor, train: bool) -> Tensor {
         self.head(&self.features(pixel_values, train))
     }
+    /// Encoder depth, for partial fine-tuning and layer-wise LR decay.
     fn num_layers(&self) -> usize;
 }
+
+/// A loaded model: its variables, the network reading them, and the
+/// configuration and preprocessing that travel with it when saved.
 pub struct Model {
-    pub vs: tch::nn::VarStore,
+    /// Every variable, named as in the HF checkpoint.
+    pub vs: nn::VarStore,
     pub net: Box<dyn ImageClassifier>,
+    /// The architecture configuration; its `id2label` is the head's labels.
+    pub config: ModelConfig,
+    /// The raw `preprocessor_config.json` (or a default `ViTImageProcessor` one).
     pub preprocessor_json: serde_json::Value,
+    /// The directory the model was loaded from.
+    pub source_dir: PathBuf,
 }
+
 impl Model {
-    pub fn preprocessor(&self) -> anyhow::Result<crate::imaging::PreprocessorConfig> {
-        todo!()
+    /// The head's labels, index `i` for logit `i`.
+    pub fn labels(&self) -> &[String] {
+        self.config.labels()
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.labels().len()
+    }
+
+    pub fn device(&self) -> tch::Device {
+        self.vs.device()
+    }
+
+    /// Checks that `pixel_values` is a `[B, C, H, W]` float batch the network
+    /// can take (channels as configured, at least one patch per side), so a
+    /// bad request is an error rather than a libtorch panic.
+    pub fn check_input(&self, pixel_values: &Tensor) -> Result<(), ModelError> {
+        let size = pixel_values.size();
+        let (channels, patch) = match &self.config {
+            ModelConfig::Vit(c) => (c.num_channels, c.patch_size),
+        };
+        let bad = |why: String| Err(ModelError::InvalidInput(why));
+        if size.len() != 4 {
+            return bad(format!(
+                "pixel_values must be [batch, channels, height, width], got {size:?}"
+            ));
+        }
+        if size[0] == 0 {
+            return bad("empty batch".into());
+        }
+        if size[1] != channels {
+            return bad(format!(
+                "the model takes {channels} channel(s), got {}",
+                size[1]
+            ));
+        }
+        if size[2] < patch || size[3] < patch {
+            return bad(format!(
+                "images of {}x{} are smaller than one {patch}x{patch} patch",
+                size[2], size[3]
+            ));
+        }
+        if !pixel_values.is_floating_point() {
+            return bad(format!(
+                "pixel_values must be floating point, got {:?}",
+                pixel_values.kind()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Side length of the square input the checkpoint was trained at.
+    pub fn image_size(&self) -> i64 {
+        self.config.image_size()
     }
 }
-pub fn load_pretrained(
-    dir: &Path,
-    device: tch::Device,
-    labels: Option<&[String]>,
-) -> anyhow::Result<Model> {
-    todo!()
-}
-pub fn save_pretrained(model: &Model, dir: &Path, task: crate::data::Task) -> anyhow::Result<()> {
-    todo!()
-}
-pub mod hub {
-    use super::*;
-    pub fn resolve(source: &str) -> anyhow::Result<PathBuf> {
-        todo!()
-    }
-    pub fn check(source: &str) -> anyhow::Result<()> {
-        todo!()
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("config", &self.config)
+            .field("source_dir", &self.source_dir)
+            .field("device", &self.vs.device())
+            .finish_non_exhaustive()
     }
 }

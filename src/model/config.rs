@@ -1,0 +1,447 @@
+//! `config.json` of a Hugging Face checkpoint, deserialised with serde and
+//! dispatched on `model_type`, so a second architecture is one more variant.
+//!
+//! Reference: `transformers/models/vit/configuration_vit.py`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::error::{ModelError, Result};
+
+/// The configuration of one supported architecture.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    /// `model_type: "vit"` (`ViTModel`, `ViTForImageClassification`).
+    Vit(ViTConfig),
+}
+
+impl ModelConfig {
+    /// Parses a `config.json` document, refusing an unknown `model_type` by name.
+    pub fn from_json(value: serde_json::Value, path: &Path) -> Result<Self> {
+        let invalid = |detail: String| ModelError::InvalidConfig {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let model_type = match value.get("model_type") {
+            Some(serde_json::Value::String(t)) => t.clone(),
+            Some(other) => return Err(invalid(format!("`model_type` is not a string: {other}"))),
+            None => return Err(invalid("no `model_type` field".into())),
+        };
+        match model_type.as_str() {
+            "vit" => {
+                let mut config: ViTConfig =
+                    serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+                // Derived from `id2label` when saved; a stale copy would contradict it.
+                for derived in ["label2id", "num_labels", "_num_labels", "model_type"] {
+                    config.extra.remove(derived);
+                }
+                config.validate().map_err(invalid)?;
+                Ok(Self::Vit(config))
+            }
+            _ => Err(ModelError::UnknownModelType(model_type)),
+        }
+    }
+
+    /// Reads and parses `config.json` at `path`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::InvalidConfig {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+        Self::from_json(value, path)
+    }
+
+    /// The `model_type` string of this configuration.
+    pub fn model_type(&self) -> &'static str {
+        match self {
+            Self::Vit(_) => "vit",
+        }
+    }
+
+    /// The labels of the head (`id2label`, index order).
+    pub fn labels(&self) -> &[String] {
+        match self {
+            Self::Vit(c) => &c.id2label,
+        }
+    }
+
+    pub fn set_labels(&mut self, labels: Vec<String>) {
+        match self {
+            Self::Vit(c) => c.id2label = labels,
+        }
+    }
+
+    pub fn num_hidden_layers(&self) -> usize {
+        match self {
+            Self::Vit(c) => c.num_hidden_layers as usize,
+        }
+    }
+
+    pub fn image_size(&self) -> i64 {
+        match self {
+            Self::Vit(c) => c.image_size,
+        }
+    }
+
+    /// The `config.json` document for this configuration, `transformers` style.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = match self {
+            Self::Vit(c) => serde_json::to_value(c).expect("a ViTConfig serialises"),
+        };
+        let labels = self.labels();
+        let label2id: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), i.into()))
+            .collect();
+        let obj = value.as_object_mut().expect("config is an object");
+        obj.insert("label2id".into(), label2id.into());
+        obj.insert("model_type".into(), self.model_type().into());
+        value
+    }
+}
+
+/// The activation of the MLP blocks (`hidden_act`), as `transformers.activations.ACT2FN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu`: exact, erf-based.
+    Gelu,
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation.
+    GeluTanh,
+    /// `quick_gelu`: `x * sigmoid(1.702 x)`.
+    QuickGelu,
+    Relu,
+    /// `silu` or `swish`.
+    Silu,
+}
+
+impl Activation {
+    pub const NAMES: &'static [&'static str] = &[
+        "gelu",
+        "gelu_new",
+        "gelu_pytorch_tanh",
+        "gelu_fast",
+        "quick_gelu",
+        "relu",
+        "silu",
+        "swish",
+    ];
+
+    pub fn apply(self, xs: &tch::Tensor) -> tch::Tensor {
+        match self {
+            Self::Gelu => xs.gelu("none"),
+            Self::GeluTanh => xs.gelu("tanh"),
+            Self::QuickGelu => xs * (xs * 1.702).sigmoid(),
+            Self::Relu => xs.relu(),
+            Self::Silu => xs.silu(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Gelu => "gelu",
+            Self::GeluTanh => "gelu_pytorch_tanh",
+            Self::QuickGelu => "quick_gelu",
+            Self::Relu => "relu",
+            Self::Silu => "silu",
+        }
+    }
+}
+
+impl std::str::FromStr for Activation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "gelu" => Self::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
+            "quick_gelu" => Self::QuickGelu,
+            "relu" => Self::Relu,
+            "silu" | "swish" => Self::Silu,
+            other => {
+                return Err(format!(
+                    "unsupported hidden_act `{other}` (supported: {})",
+                    Self::NAMES.join(", ")
+                ))
+            }
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Activation {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Activation {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// `ViTConfig` of `transformers`. Fields it does not use (`encoder_stride`,
+/// `architectures`, `transformers_version`, ...) are kept in `extra` and
+/// written back on save.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViTConfig {
+    #[serde(default = "d::hidden_size")]
+    pub hidden_size: i64,
+    #[serde(default = "d::num_hidden_layers")]
+    pub num_hidden_layers: i64,
+    #[serde(default = "d::num_attention_heads")]
+    pub num_attention_heads: i64,
+    #[serde(default = "d::intermediate_size")]
+    pub intermediate_size: i64,
+    #[serde(default = "d::hidden_act")]
+    pub hidden_act: Activation,
+    #[serde(default)]
+    pub hidden_dropout_prob: f64,
+    #[serde(default)]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "d::initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default = "d::layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "d::image_size", deserialize_with = "square_size")]
+    pub image_size: i64,
+    #[serde(default = "d::patch_size", deserialize_with = "square_size")]
+    pub patch_size: i64,
+    #[serde(default = "d::num_channels")]
+    pub num_channels: i64,
+    #[serde(default = "d::qkv_bias")]
+    pub qkv_bias: bool,
+    /// Width of the (unused by classification) pooler; `hidden_size` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooler_output_size: Option<i64>,
+    #[serde(default = "d::pooler_act")]
+    pub pooler_act: String,
+    /// `id2label` as a list: index `i` is label `i`. In JSON the keys are strings.
+    #[serde(
+        default,
+        deserialize_with = "id2label_de",
+        serialize_with = "id2label_ser"
+    )]
+    pub id2label: Vec<String>,
+    /// `single_label_classification` / `multi_label_classification`, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem_type: Option<String>,
+    /// Everything else in `config.json`, kept verbatim.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+mod d {
+    use super::Activation;
+    pub fn hidden_size() -> i64 {
+        768
+    }
+    pub fn num_hidden_layers() -> i64 {
+        12
+    }
+    pub fn num_attention_heads() -> i64 {
+        12
+    }
+    pub fn intermediate_size() -> i64 {
+        3072
+    }
+    pub fn hidden_act() -> Activation {
+        Activation::Gelu
+    }
+    pub fn initializer_range() -> f64 {
+        0.02
+    }
+    pub fn layer_norm_eps() -> f64 {
+        1e-12
+    }
+    pub fn image_size() -> i64 {
+        224
+    }
+    pub fn patch_size() -> i64 {
+        16
+    }
+    pub fn num_channels() -> i64 {
+        3
+    }
+    pub fn qkv_bias() -> bool {
+        true
+    }
+    pub fn pooler_act() -> String {
+        "tanh".into()
+    }
+}
+
+impl Default for ViTConfig {
+    /// The configuration of `google/vit-base-patch16-224`, without labels.
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).expect("defaults deserialise")
+    }
+}
+
+impl ViTConfig {
+    /// Checks the relations the network relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("image_size", self.image_size),
+            ("patch_size", self.patch_size),
+            ("num_channels", self.num_channels),
+        ];
+        for (name, v) in positive {
+            if v <= 0 {
+                return Err(format!("`{name}` must be positive, got {v}"));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "`hidden_size` {} is not a multiple of `num_attention_heads` {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.image_size % self.patch_size != 0 {
+            return Err(format!(
+                "`image_size` {} is not a multiple of `patch_size` {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// Patches along one side at `image_size`.
+    pub fn grid_size(&self) -> i64 {
+        self.image_size / self.patch_size
+    }
+}
+
+/// `image_size` / `patch_size` are ints, or `[h, w]` pairs in some configs:
+/// only square sizes are supported.
+fn square_size<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        One(i64),
+        Pair(Vec<i64>),
+    }
+    match Size::deserialize(d)? {
+        Size::One(v) => Ok(v),
+        Size::Pair(v) if v.len() == 2 && v[0] == v[1] => Ok(v[0]),
+        Size::Pair(v) => Err(serde::de::Error::custom(format!(
+            "only square sizes are supported, got {v:?}"
+        ))),
+    }
+}
+
+fn id2label_de<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let map: Option<BTreeMap<String, String>> = Option::deserialize(d)?;
+    let Some(map) = map else {
+        return Ok(Vec::new());
+    };
+    let n = map.len();
+    let mut labels = vec![None; n];
+    for (key, label) in map {
+        let idx: usize = key.parse().map_err(|_| {
+            serde::de::Error::custom(format!("id2label key `{key}` is not an integer"))
+        })?;
+        let slot = labels.get_mut(idx).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "id2label ids must be 0..{} without gaps, found {idx}",
+                n - 1
+            ))
+        })?;
+        *slot = Some(label);
+    }
+    Ok(labels.into_iter().map(|l| l.expect("all filled")).collect())
+}
+
+fn id2label_ser<S: Serializer>(labels: &[String], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(labels.len()))?;
+    for (i, l) in labels.iter().enumerate() {
+        map.serialize_entry(&i.to_string(), l)?;
+    }
+    map.end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: serde_json::Value) -> Result<ModelConfig> {
+        ModelConfig::from_json(v, Path::new("config.json"))
+    }
+
+    #[test]
+    fn parses_a_hub_config_with_string_label_keys() {
+        let c = parse(serde_json::json!({
+            "model_type": "vit", "architectures": ["ViTForImageClassification"],
+            "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+            "intermediate_size": 128, "image_size": 32, "patch_size": 8,
+            "hidden_act": "gelu_new", "encoder_stride": 16,
+            "id2label": {"1": "dog", "0": "cat", "2": "fox"},
+            "label2id": {"cat": 0, "dog": 1, "fox": 2}
+        }))
+        .unwrap();
+        let ModelConfig::Vit(v) = &c;
+        assert_eq!(v.hidden_act, Activation::GeluTanh);
+        assert_eq!(c.labels(), ["cat", "dog", "fox"]);
+        assert_eq!(v.extra["encoder_stride"], 16);
+        assert!(!v.extra.contains_key("label2id"));
+        let back = c.to_json();
+        assert_eq!(back["id2label"]["2"], "fox");
+        assert_eq!(back["label2id"]["dog"], 1);
+        assert_eq!(back["model_type"], "vit");
+        assert_eq!(back["encoder_stride"], 16);
+    }
+
+    #[test]
+    fn refuses_unknown_model_type_by_name() {
+        let err = parse(serde_json::json!({"model_type": "swin"})).unwrap_err();
+        assert!(matches!(&err, ModelError::UnknownModelType(t) if t == "swin"));
+        assert!(err.to_string().contains("`swin`"), "{err}");
+    }
+
+    #[test]
+    fn refuses_unknown_activation_naming_it() {
+        let err = parse(serde_json::json!({"model_type": "vit", "hidden_act": "mish"}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unsupported hidden_act `mish`"), "{err}");
+    }
+
+    #[test]
+    fn refuses_label_ids_with_gaps() {
+        let err = parse(serde_json::json!({"model_type": "vit", "id2label": {"0": "a", "2": "b"}}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("without gaps"), "{err}");
+    }
+
+    #[test]
+    fn refuses_inconsistent_sizes() {
+        let err = parse(
+            serde_json::json!({"model_type": "vit", "hidden_size": 100, "num_attention_heads": 3}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("not a multiple of `num_attention_heads`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn defaults_are_vit_base() {
+        let c = ViTConfig::default();
+        assert_eq!(
+            (c.hidden_size, c.num_hidden_layers, c.image_size),
+            (768, 12, 224)
+        );
+    }
+}

@@ -1,0 +1,376 @@
+//! Strict loading of a model directory in the Hugging Face layout
+//! (`config.json` + `model.safetensors`, or a sharded
+//! `model.safetensors.index.json`), of bare `ViTModel` checkpoints (keys
+//! without the `vit.` prefix) and of timm checkpoints (through [`super::timm`]).
+//!
+//! Strict means: every model variable is found in the checkpoint with the
+//! same shape, and every checkpoint tensor is used, except tensors the
+//! classification model has no place for, which are skipped *by name* and
+//! reported: the checkpoint's `classifier.*` when a new head is made for
+//! other labels, and `vit.pooler.*` / `vit.embeddings.mask_token` (parts of
+//! `ViTModel` / `ViTForMaskedImageModeling` that classification never uses).
+//!
+//! `pytorch_model.bin` (pickle) is refused: unpickling runs arbitrary code
+//! and tch would need TorchScript archives anyway; convert it to
+//! safetensors first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use tch::{nn, Device, Kind, Tensor};
+
+use super::config::{ModelConfig, ViTConfig};
+use super::error::{ModelError, Result};
+use super::vit::ViTForImageClassification;
+use super::{timm, ImageClassifier, Model};
+
+/// Which layout the checkpoint had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointFormat {
+    /// `transformers` names with the `vit.` prefix (`ViTForImageClassification`).
+    Transformers,
+    /// `transformers` `ViTModel` saved alone: `embeddings.*`, `encoder.*`, ...
+    TransformersBare,
+    /// timm `vit_*` state dict names.
+    Timm,
+}
+
+/// What loading did beyond copying tensors one to one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadReport {
+    pub format: CheckpointFormat,
+    /// Checkpoint tensors deliberately not loaded (HF names).
+    pub skipped: Vec<String>,
+    /// Whether the head was newly initialised (labels differ from the checkpoint's).
+    pub new_head: bool,
+    /// Storage dtypes other than F32 converted to fp32 (e.g. `"F16"`).
+    pub converted_from: Vec<String>,
+}
+
+/// Loads the model in `dir` onto `device`.
+///
+/// With `labels`, the head has `labels.len()` outputs: the checkpoint's head
+/// is reused when its labels are exactly these (as `from_pretrained` does),
+/// otherwise a new one is initialised like `transformers` (normal(0,
+/// initializer_range) weight, zero bias). Without, the checkpoint's own
+/// `id2label` and head are used; a checkpoint without a head then is an error.
+pub fn load_pretrained(dir: &Path, device: Device, labels: Option<&[String]>) -> Result<Model> {
+    load_pretrained_reporting(dir, device, labels).map(|(m, _)| m)
+}
+
+/// [`load_pretrained`], also returning what was skipped or converted.
+pub fn load_pretrained_reporting(
+    dir: &Path,
+    device: Device,
+    labels: Option<&[String]>,
+) -> Result<(Model, LoadReport)> {
+    if !dir.is_dir() {
+        return Err(ModelError::io(
+            dir,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "not a model directory"),
+        ));
+    }
+    let (mut tensors, converted_from) = read_checkpoint(dir)?;
+    let config_path = dir.join("config.json");
+    let raw_config = match read_optional_json(&config_path)? {
+        Some(v) => v,
+        // A bare timm state dict: its shapes are the configuration.
+        None if timm::is_timm(&serde_json::Value::Null, &tensors) => serde_json::json!({}),
+        None => read_json(&config_path)?,
+    };
+
+    let (format, mut config, timm_preprocessor) = if timm::is_timm(&raw_config, &tensors) {
+        let (vit, renamed, pre) = timm::convert(&raw_config, tensors, &config_path)?;
+        tensors = renamed;
+        (CheckpointFormat::Timm, ModelConfig::Vit(vit), Some(pre))
+    } else {
+        let config = ModelConfig::from_json(raw_config, &config_path)?;
+        let bare = !tensors.keys().any(|k| k.starts_with("vit."))
+            && tensors.keys().any(|k| k.starts_with("embeddings."));
+        if bare {
+            tensors = tensors
+                .into_iter()
+                .map(|(k, t)| {
+                    if k.starts_with("classifier.") {
+                        (k, t)
+                    } else {
+                        (format!("vit.{k}"), t)
+                    }
+                })
+                .collect();
+        }
+        let format = if bare {
+            CheckpointFormat::TransformersBare
+        } else {
+            CheckpointFormat::Transformers
+        };
+        (format, config, None)
+    };
+
+    let has_head = tensors.contains_key("classifier.weight");
+    let checkpoint_labels = config.labels().to_vec();
+    let (labels, new_head) = match labels {
+        Some(labels) => {
+            validate_labels(labels)?;
+            let same = has_head && labels == checkpoint_labels.as_slice();
+            (labels.to_vec(), !same)
+        }
+        None if has_head => {
+            let rows = tensors["classifier.weight"].size()[0] as usize;
+            let labels = if checkpoint_labels.is_empty() {
+                (0..rows).map(|i| format!("LABEL_{i}")).collect()
+            } else {
+                checkpoint_labels
+            };
+            (labels, false)
+        }
+        None => {
+            return Err(ModelError::UnsupportedCheckpoint(format!(
+                "{}: the checkpoint has no classification head (`classifier.*`); \
+                 give the labels to train a new one",
+                dir.display()
+            )))
+        }
+    };
+    config.set_labels(labels);
+
+    let vs = nn::VarStore::new(device);
+    let net: Box<dyn ImageClassifier> = match &config {
+        ModelConfig::Vit(c) => Box::new(build_vit(&vs, c, config.labels().len())),
+    };
+
+    let skippable = |name: &str| {
+        (new_head && name.starts_with("classifier."))
+            || name.starts_with("vit.pooler.")
+            || name == "vit.embeddings.mask_token"
+    };
+    let skipped = copy_strict(
+        &vs,
+        &tensors,
+        |name| new_head && name.starts_with("classifier."),
+        skippable,
+    )?;
+    for name in &skipped {
+        tracing::info!(tensor = %name, dir = %dir.display(), "checkpoint tensor not loaded");
+    }
+
+    let preprocessor_json = match read_optional_json(&dir.join("preprocessor_config.json"))? {
+        Some(v) => v,
+        None => timm_preprocessor.unwrap_or_else(|| default_preprocessor(config.image_size())),
+    };
+    let report = LoadReport {
+        format,
+        skipped,
+        new_head,
+        converted_from,
+    };
+    let model = Model {
+        vs,
+        net,
+        config,
+        preprocessor_json,
+        source_dir: dir.to_path_buf(),
+    };
+    Ok((model, report))
+}
+
+/// A randomly initialised ViT classifier in a new `VarStore` (no checkpoint).
+pub fn build_vit(
+    vs: &nn::VarStore,
+    config: &ViTConfig,
+    num_labels: usize,
+) -> ViTForImageClassification {
+    ViTForImageClassification::new(&vs.root(), config, num_labels as i64)
+}
+
+fn validate_labels(labels: &[String]) -> Result<()> {
+    if labels.is_empty() {
+        return Err(ModelError::InvalidLabels("no labels".into()));
+    }
+    let mut seen = BTreeSet::new();
+    for l in labels {
+        if l.trim().is_empty() {
+            return Err(ModelError::InvalidLabels("an empty label".into()));
+        }
+        if !seen.insert(l.as_str()) {
+            return Err(ModelError::InvalidLabels(format!(
+                "label `{l}` appears twice"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Copies checkpoint tensors into the variables of `vs`.
+///
+/// `keep_init(name)`: a variable that keeps its initialisation (a new head).
+/// `skippable(name)`: a checkpoint tensor that may go unused.
+/// Returns the skipped checkpoint names; errors list every missing or
+/// unexpected name, or the first shape mismatch.
+fn copy_strict(
+    vs: &nn::VarStore,
+    tensors: &BTreeMap<String, Tensor>,
+    keep_init: impl Fn(&str) -> bool,
+    skippable: impl Fn(&str) -> bool,
+) -> Result<Vec<String>> {
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut used = BTreeSet::new();
+    let mut missing = Vec::new();
+    for (name, mut var) in variables {
+        if keep_init(&name) {
+            continue;
+        }
+        let Some(src) = tensors.get(&name) else {
+            missing.push(name);
+            continue;
+        };
+        if src.size() != var.size() {
+            return Err(ModelError::ShapeMismatch {
+                name,
+                expected: var.size(),
+                found: src.size(),
+            });
+        }
+        tch::no_grad(|| var.f_copy_(src))?;
+        used.insert(name);
+    }
+    if !missing.is_empty() {
+        return Err(ModelError::MissingTensors(missing));
+    }
+    let (skipped, unexpected): (Vec<String>, Vec<String>) = tensors
+        .keys()
+        .filter(|k| !used.contains(*k))
+        .cloned()
+        .partition(|k| skippable(k));
+    if !unexpected.is_empty() {
+        return Err(ModelError::UnexpectedTensors(unexpected));
+    }
+    Ok(skipped)
+}
+
+/// Every tensor of the checkpoint in `dir`, as fp32 on the CPU, and the
+/// other storage dtypes met.
+pub fn read_checkpoint(dir: &Path) -> Result<(BTreeMap<String, Tensor>, Vec<String>)> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    let files: Vec<PathBuf> = if single.is_file() {
+        vec![single]
+    } else if index.is_file() {
+        shard_files(dir, &index)?
+    } else if dir.join("pytorch_model.bin").is_file() {
+        return Err(ModelError::UnsupportedCheckpoint(format!(
+            "{}: only `pytorch_model.bin` was found; vitrine reads safetensors only \
+             (pickle files can run code). Convert it, e.g. \
+             `python -c \"import torch, safetensors.torch as s; \
+             s.save_file(torch.load('pytorch_model.bin'), 'model.safetensors', {{'format': 'pt'}})\"`",
+            dir.display()
+        )));
+    } else {
+        return Err(ModelError::UnsupportedCheckpoint(format!(
+            "{}: no `model.safetensors` or `model.safetensors.index.json`",
+            dir.display()
+        )));
+    };
+    let mut tensors = BTreeMap::new();
+    let mut converted = BTreeSet::new();
+    for file in files {
+        let bytes = std::fs::read(&file).map_err(|e| ModelError::io(&file, e))?;
+        let invalid = |detail: String| ModelError::InvalidCheckpoint {
+            path: file.clone(),
+            detail,
+        };
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| invalid(e.to_string()))?;
+        for (name, view) in st.tensors() {
+            let kind = match view.dtype() {
+                Dtype::F32 => Kind::Float,
+                Dtype::F16 => Kind::Half,
+                Dtype::BF16 => Kind::BFloat16,
+                Dtype::F64 => Kind::Double,
+                other => {
+                    return Err(invalid(format!(
+                        "tensor `{name}` has dtype {other:?}; only floating point weights are supported"
+                    )))
+                }
+            };
+            if kind != Kind::Float {
+                converted.insert(format!("{:?}", view.dtype()));
+            }
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let t = Tensor::f_from_data_size(view.data(), &shape, kind)?.to_kind(Kind::Float);
+            if tensors.insert(name.clone(), t).is_some() {
+                return Err(invalid(format!("tensor `{name}` appears in two shards")));
+            }
+        }
+    }
+    Ok((tensors, converted.into_iter().collect()))
+}
+
+/// The shard files named by a `model.safetensors.index.json`, each once.
+fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
+    let value = read_json(index)?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| ModelError::InvalidConfig {
+            path: index.to_path_buf(),
+            detail: "no `weight_map` object".into(),
+        })?;
+    let mut names = BTreeSet::new();
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| ModelError::InvalidConfig {
+            path: index.to_path_buf(),
+            detail: format!("shard of `{tensor}` is not a string"),
+        })?;
+        // Shards are siblings of the index: refuse anything else.
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            return Err(ModelError::InvalidConfig {
+                path: index.to_path_buf(),
+                detail: format!("shard name `{file}` is not a plain file name"),
+            });
+        }
+        names.insert(file.to_string());
+    }
+    Ok(names.into_iter().map(|n| dir.join(n)).collect())
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    read_optional_json(path)?.ok_or_else(|| {
+        ModelError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+        )
+    })
+}
+
+fn read_optional_json(path: &Path) -> Result<Option<serde_json::Value>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ModelError::io(path, e)),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| ModelError::InvalidConfig {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
+}
+
+/// The `preprocessor_config.json` `ViTImageProcessor` assumes when a
+/// checkpoint has none: resize to the model's size (bilinear), rescale by
+/// 1/255, normalise with mean = std = 0.5.
+pub fn default_preprocessor(image_size: i64) -> serde_json::Value {
+    serde_json::json!({
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": true,
+        "size": {"height": image_size, "width": image_size},
+        "resample": 2,
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5]
+    })
+}

@@ -1,0 +1,327 @@
+//! The Vision Transformer of `transformers` (`ViTModel`,
+//! `ViTForImageClassification`), written in tch `nn`.
+//!
+//! Every variable path is spelled as in the Hugging Face checkpoints
+//! (`vit.embeddings.patch_embeddings.projection.weight`,
+//! `vit.encoder.layer.3.attention.attention.query.bias`, `classifier.weight`,
+//! ...), so a `model.safetensors` loads with no renaming.
+//! Reference: `transformers/models/vit/modeling_vit.py`.
+//!
+//! Optimiser groups (`nn::Path::set_group`), used for layer-wise LR decay and
+//! freezing: embeddings 0, encoder layer `i` `i + 1`, final layernorm (and
+//! pooler) `L + 1`, classifier `L + 2`.
+
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use super::config::{Activation, ViTConfig};
+use super::ImageClassifier;
+
+/// Patch projection, CLS token and position embeddings (`vit.embeddings`).
+#[derive(Debug)]
+pub struct ViTEmbeddings {
+    cls_token: Tensor,
+    position_embeddings: Tensor,
+    projection: nn::Conv2D,
+    patch_size: i64,
+    dropout: f64,
+}
+
+impl ViTEmbeddings {
+    pub fn new(p: nn::Path, c: &ViTConfig) -> Self {
+        let std = c.initializer_range;
+        let num_positions = c.grid_size() * c.grid_size() + 1;
+        let cls_token = p.var(
+            "cls_token",
+            &[1, 1, c.hidden_size],
+            nn::Init::Randn {
+                mean: 0.,
+                stdev: std,
+            },
+        );
+        let position_embeddings = p.var(
+            "position_embeddings",
+            &[1, num_positions, c.hidden_size],
+            nn::Init::Randn {
+                mean: 0.,
+                stdev: std,
+            },
+        );
+        let conv = nn::ConvConfig {
+            stride: c.patch_size,
+            ws_init: nn::Init::Randn {
+                mean: 0.,
+                stdev: std,
+            },
+            bs_init: nn::Init::Const(0.),
+            ..Default::default()
+        };
+        let projection = nn::conv2d(
+            p / "patch_embeddings" / "projection",
+            c.num_channels,
+            c.hidden_size,
+            c.patch_size,
+            conv,
+        );
+        Self {
+            cls_token,
+            position_embeddings,
+            projection,
+            patch_size: c.patch_size,
+            dropout: c.hidden_dropout_prob,
+        }
+    }
+
+    /// `[B, C, H, W]` -> `[B, 1 + (H/p)(W/p), hidden]`.
+    pub fn forward_t(&self, pixel_values: &Tensor, train: bool) -> Tensor {
+        let (b, _c, h, w) = pixel_values.size4().expect("pixel_values is [B, C, H, W]");
+        let patches = self
+            .projection
+            .forward(pixel_values)
+            .flatten(2, -1)
+            .transpose(1, 2);
+        let dim = self.cls_token.size()[2];
+        let cls = self.cls_token.expand([b, 1, dim], false);
+        let xs = Tensor::cat(&[cls, patches], 1);
+        let pos = self.position_encoding(h / self.patch_size, w / self.patch_size);
+        (xs + pos).dropout(self.dropout, train)
+    }
+
+    /// Position embeddings for a `grid_h` x `grid_w` patch grid: the stored
+    /// ones at the training grid, else bicubically interpolated as
+    /// `ViTEmbeddings.interpolate_pos_encoding` does.
+    pub fn position_encoding(&self, grid_h: i64, grid_w: i64) -> Tensor {
+        let (_, n, dim) = self.position_embeddings.size3().expect("[1, N + 1, D]");
+        let num_positions = n - 1;
+        if grid_h * grid_w == num_positions && grid_h == grid_w {
+            return self.position_embeddings.shallow_clone();
+        }
+        let side = (num_positions as f64).sqrt().round() as i64;
+        let class_pos = self.position_embeddings.narrow(1, 0, 1);
+        let patch_pos = self
+            .position_embeddings
+            .narrow(1, 1, num_positions)
+            .reshape([1, side, side, dim])
+            .permute([0, 3, 1, 2])
+            .upsample_bicubic2d([grid_h, grid_w], false, None, None)
+            .permute([0, 2, 3, 1])
+            .reshape([1, -1, dim]);
+        Tensor::cat(&[class_pos, patch_pos], 1)
+    }
+}
+
+/// One pre-norm transformer block (`vit.encoder.layer.{i}`).
+#[derive(Debug)]
+pub struct ViTLayer {
+    query: nn::Linear,
+    key: nn::Linear,
+    value: nn::Linear,
+    attention_output: nn::Linear,
+    intermediate: nn::Linear,
+    output: nn::Linear,
+    layernorm_before: nn::LayerNorm,
+    layernorm_after: nn::LayerNorm,
+    num_heads: i64,
+    act: Activation,
+    hidden_dropout: f64,
+    attention_dropout: f64,
+}
+
+fn linear(p: nn::Path, i: i64, o: i64, bias: bool, std: f64) -> nn::Linear {
+    nn::linear(
+        p,
+        i,
+        o,
+        nn::LinearConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.,
+                stdev: std,
+            },
+            bs_init: Some(nn::Init::Const(0.)),
+            bias,
+        },
+    )
+}
+
+fn layer_norm(p: nn::Path, c: &ViTConfig) -> nn::LayerNorm {
+    nn::layer_norm(
+        p,
+        vec![c.hidden_size],
+        nn::LayerNormConfig {
+            eps: c.layer_norm_eps,
+            ..Default::default()
+        },
+    )
+}
+
+impl ViTLayer {
+    pub fn new(p: nn::Path, c: &ViTConfig) -> Self {
+        let (d, std) = (c.hidden_size, c.initializer_range);
+        let attn = &p / "attention";
+        let qkv = &attn / "attention";
+        Self {
+            query: linear(&qkv / "query", d, d, c.qkv_bias, std),
+            key: linear(&qkv / "key", d, d, c.qkv_bias, std),
+            value: linear(&qkv / "value", d, d, c.qkv_bias, std),
+            attention_output: linear(&attn / "output" / "dense", d, d, true, std),
+            intermediate: linear(
+                &p / "intermediate" / "dense",
+                d,
+                c.intermediate_size,
+                true,
+                std,
+            ),
+            output: linear(&p / "output" / "dense", c.intermediate_size, d, true, std),
+            layernorm_before: layer_norm(&p / "layernorm_before", c),
+            layernorm_after: layer_norm(&p / "layernorm_after", c),
+            num_heads: c.num_attention_heads,
+            act: c.hidden_act,
+            hidden_dropout: c.hidden_dropout_prob,
+            attention_dropout: c.attention_probs_dropout_prob,
+        }
+    }
+
+    /// Multi-head self-attention through libtorch's fused
+    /// `scaled_dot_product_attention` (scale `head_dim^-0.5`, no mask).
+    fn attention(&self, xs: &Tensor, train: bool) -> Tensor {
+        let (b, n, d) = xs.size3().expect("[B, N, D]");
+        let heads = |t: Tensor| {
+            t.view([b, n, self.num_heads, d / self.num_heads])
+                .transpose(1, 2)
+        };
+        let q = heads(self.query.forward(xs));
+        let k = heads(self.key.forward(xs));
+        let v = heads(self.value.forward(xs));
+        let dropout = if train { self.attention_dropout } else { 0.0 };
+        let ctx = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            dropout,
+            false,
+            None,
+            false,
+        );
+        let ctx = ctx.transpose(1, 2).reshape([b, n, d]);
+        self.attention_output.forward(&ctx)
+    }
+
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let h = self
+            .attention(&self.layernorm_before.forward(xs), train)
+            .dropout(self.hidden_dropout, train);
+        let xs = h + xs;
+        let h = self.act.apply(
+            &self
+                .intermediate
+                .forward(&self.layernorm_after.forward(&xs)),
+        );
+        let h = self.output.forward(&h).dropout(self.hidden_dropout, train);
+        h + xs
+    }
+}
+
+/// The backbone (`vit`): embeddings, encoder, final layernorm, optional pooler.
+#[derive(Debug)]
+pub struct ViTModel {
+    pub embeddings: ViTEmbeddings,
+    pub layers: Vec<ViTLayer>,
+    pub layernorm: nn::LayerNorm,
+    /// `vit.pooler.dense` + tanh: part of `ViTModel`, never of `ViTForImageClassification`.
+    pub pooler: Option<nn::Linear>,
+}
+
+impl ViTModel {
+    /// Builds `ViTModel` under `p` (normally `root / "vit"`), setting the
+    /// optimiser group of each part.
+    pub fn new(p: nn::Path, c: &ViTConfig, add_pooling_layer: bool) -> Self {
+        let layers_n = c.num_hidden_layers as usize;
+        let embeddings = ViTEmbeddings::new((&p / "embeddings").set_group(0), c);
+        let enc = &p / "encoder" / "layer";
+        let layers = (0..layers_n)
+            .map(|i| ViTLayer::new((&enc / i).set_group(i + 1), c))
+            .collect();
+        let top = p.set_group(layers_n + 1);
+        let layernorm = layer_norm(&top / "layernorm", c);
+        let pooler = add_pooling_layer.then(|| {
+            let out = c.pooler_output_size.unwrap_or(c.hidden_size);
+            linear(
+                &top / "pooler" / "dense",
+                c.hidden_size,
+                out,
+                true,
+                c.initializer_range,
+            )
+        });
+        Self {
+            embeddings,
+            layers,
+            layernorm,
+            pooler,
+        }
+    }
+
+    /// `[B, 1 + patches, hidden]`: the final-layernorm hidden states.
+    pub fn last_hidden_state(&self, pixel_values: &Tensor, train: bool) -> Tensor {
+        let mut xs = self.embeddings.forward_t(pixel_values, train);
+        for layer in &self.layers {
+            xs = layer.forward_t(&xs, train);
+        }
+        self.layernorm.forward(&xs)
+    }
+
+    /// `tanh(dense(CLS))`, when the model has a pooler.
+    pub fn pooled(&self, last_hidden_state: &Tensor) -> Option<Tensor> {
+        self.pooler
+            .as_ref()
+            .map(|p| p.forward(&last_hidden_state.select(1, 0)).tanh())
+    }
+}
+
+/// `ViTForImageClassification`: a linear classifier on the final-layernorm CLS token.
+#[derive(Debug)]
+pub struct ViTForImageClassification {
+    pub vit: ViTModel,
+    pub classifier: nn::Linear,
+}
+
+impl ViTForImageClassification {
+    /// Builds the network under `root` with a head of `num_labels` outputs,
+    /// initialised like `transformers` (normal(0, initializer_range), zero bias).
+    pub fn new(root: &nn::Path, c: &ViTConfig, num_labels: i64) -> Self {
+        let vit = ViTModel::new(root / "vit", c, false);
+        let head = root.set_group(c.num_hidden_layers as usize + 2);
+        let classifier = linear(
+            &head / "classifier",
+            c.hidden_size,
+            num_labels,
+            true,
+            c.initializer_range,
+        );
+        Self { vit, classifier }
+    }
+}
+
+impl ImageClassifier for ViTForImageClassification {
+    fn features(&self, pixel_values: &Tensor, train: bool) -> Tensor {
+        // As `ViTModel.forward`: inputs follow the weights' dtype.
+        let kind = self.vit.embeddings.projection.ws.kind();
+        let pixel_values = if pixel_values.kind() == kind {
+            pixel_values.shallow_clone()
+        } else {
+            pixel_values.to_kind(kind)
+        };
+        self.vit
+            .last_hidden_state(&pixel_values, train)
+            .select(1, 0)
+    }
+
+    fn head(&self, features: &Tensor) -> Tensor {
+        self.classifier.forward(features)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.vit.layers.len()
+    }
+}
