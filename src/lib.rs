@@ -5,11 +5,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod imaging;
 pub mod metrics;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod torch_info;
 

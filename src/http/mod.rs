@@ -18,6 +18,7 @@ use crate::error::problem_response;
 use crate::metrics::Metrics;
 
 mod auth;
+pub mod datasets;
 pub mod extract;
 mod health;
 pub mod openapi;
@@ -42,13 +43,13 @@ impl AppState {
 
 /// Builds the application: public probes, then everything else behind auth.
 pub fn router(state: AppState) -> Router {
-    let protected =
-        Router::new()
-            .merge(openapi::router())
-            .route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                auth::require_token,
-            ));
+    let protected = Router::new()
+        .merge(openapi::router())
+        .merge(datasets::router(&state.config))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
 
     Router::new()
         .merge(health::router())

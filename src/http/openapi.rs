@@ -11,10 +11,20 @@ use super::AppState;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "vitrine", description = "Fine-tune Vision Transformers and serve their predictions."),
-    paths(super::health::healthz, super::health::readyz, super::health::metrics),
-    components(schemas(crate::error::Problem)),
+    paths(
+        super::health::healthz, super::health::readyz, super::health::metrics,
+        super::datasets::upload_dataset, super::datasets::get_dataset, super::datasets::list_datasets,
+    ),
+    components(schemas(
+        crate::error::Problem,
+        crate::store::datasets::DatasetRecord, crate::data::DatasetSummary, crate::data::Task,
+        super::datasets::DatasetList, super::datasets::DatasetUpload,
+    )),
     modifiers(&BearerAuth),
-    tags((name = "health", description = "Liveness, readiness and metrics"))
+    tags(
+        (name = "health", description = "Liveness, readiness and metrics"),
+        (name = "datasets", description = "Labelled image archives"),
+    )
 )]
 pub struct ApiDoc;
 
