@@ -256,15 +256,17 @@ fn from_metadata(
             multi_label |= row.is_list;
             let rel = match metadata::safe_file_name(&row.file_name) {
                 Some(r) => base.join(r),
-                None => return Err(DatasetError::invalid(
-                    "invalid_metadata",
-                    format!(
+                None => {
+                    return Err(DatasetError::invalid(
+                        "invalid_metadata",
+                        format!(
                         "`{}` line {}: file_name `{}` is not a relative path inside the archive",
                         meta.display(),
                         row.line,
                         row.file_name
                     ),
-                )),
+                    ))
+                }
             };
             if !files.join(&rel).is_file() {
                 missing.push(format!(
