@@ -222,16 +222,41 @@ impl Pipeline {
         if draw.is_none() && (width, height) == src.dimensions() {
             return Ok(src.clone());
         }
-        let mut dst = RgbImage::new(width, height);
-        let mut opts = ResizeOptions::new().resize_alg(self.filter);
         if let Some(d) = draw {
             let (l, t, w, h) = d.crop;
-            opts = opts.crop(l, t, w, h);
+            let opts = ResizeOptions::new()
+                .resize_alg(self.filter)
+                .crop(l, t, w, h);
+            return fir_resize(src, width, height, &opts);
         }
-        RESIZER
-            .with(|r| r.borrow_mut().resize(src, &mut dst, &opts))
-            .map_err(|e| ImageError::Resize(e.to_string()))?;
-        Ok(dst)
+        if self.filter == ResizeAlg::Nearest {
+            return Ok(nearest_like_pillow(src, width, height));
+        }
+        // Pillow (as `transformers` calls it) resamples one axis, rounds to
+        // 8 bits, then the other, starting with the axis whose kernel is
+        // wider (the one shrunk most; horizontal on a tie, e.g. upscaling);
+        // `fast_image_resize` always does the vertical pass first for 8-bit
+        // images. Two single-axis resizes reproduce that order and rounding
+        // (measured against Pillow 13 by tests/imaging_parity.rs).
+        let opts = ResizeOptions::new().resize_alg(self.filter);
+        let x_scale = (f64::from(src.width()) / f64::from(width)).max(1.0);
+        let y_scale = (f64::from(src.height()) / f64::from(height)).max(1.0);
+        let first = if y_scale > x_scale {
+            (src.width(), height)
+        } else {
+            (width, src.height())
+        };
+        let stage = if first != src.dimensions() {
+            Some(fir_resize(src, first.0, first.1, &opts)?)
+        } else {
+            None
+        };
+        let from = stage.as_ref().unwrap_or(src);
+        if (width, height) != from.dimensions() {
+            fir_resize(from, width, height, &opts)
+        } else {
+            Ok(stage.unwrap_or_else(|| src.clone()))
+        }
     }
 
     /// Evaluation geometry: the resized image and where to read the output.
@@ -445,6 +470,41 @@ impl Pipeline {
             })?;
         Ok(Tensor::from_slice(&flat).view([n as i64, 3, i64::from(h), i64::from(w)]))
     }
+}
+
+fn fir_resize(
+    src: &RgbImage,
+    width: u32,
+    height: u32,
+    opts: &ResizeOptions,
+) -> Result<RgbImage, ImageError> {
+    let mut dst = RgbImage::new(width, height);
+    RESIZER
+        .with(|r| r.borrow_mut().resize(src, &mut dst, opts))
+        .map_err(|e| ImageError::Resize(e.to_string()))?;
+    Ok(dst)
+}
+
+/// Pillow's `NEAREST`: the source pixel under the destination pixel's
+/// centre, with the position accumulated step by step in `f64` exactly as
+/// Pillow's affine transform does (so ties fall the same way).
+fn nearest_like_pillow(src: &RgbImage, width: u32, height: u32) -> RgbImage {
+    fn indices(n_in: u32, n_out: u32) -> Vec<u32> {
+        let step = f64::from(n_in) / f64::from(n_out);
+        let mut pos = step * 0.5;
+        (0..n_out)
+            .map(|_| {
+                let i = (pos as u32).min(n_in - 1);
+                pos += step;
+                i
+            })
+            .collect()
+    }
+    let cols = indices(src.width(), width);
+    let rows = indices(src.height(), height);
+    RgbImage::from_fn(width, height, |x, y| {
+        *src.get_pixel(cols[x as usize], rows[y as usize])
+    })
 }
 
 /// Reads and decodes one file, naming it in any error.
