@@ -1,6 +1,6 @@
 //! Subcommand dispatch.
 
-use crate::config::{Cli, Command};
+use crate::config::{BenchCommand, Cli, Command};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -11,6 +11,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())
         }
+        Some(Command::Bench(BenchCommand::Preprocess(args))) => crate::imaging::bench::run(args),
         Some(Command::Openapi) => {
             print!("{}", crate::http::openapi::document_json());
             Ok(())

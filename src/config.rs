@@ -28,6 +28,16 @@ pub enum Command {
     Info,
     /// Print the OpenAPI document generated from the code.
     Openapi,
+    /// Measure preprocessing throughput against Pillow + `ViTImageProcessor`.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Decode, resize to 224 and normalise generated JPEGs with vitrine and,
+    /// in the same run, with Pillow + `ViTImageProcessorPil` on as many processes.
+    Preprocess(crate::imaging::bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -75,6 +85,25 @@ pub struct ServeConfig {
     /// Largest accepted dataset upload, in bytes.
     #[arg(long, env = "VITRINE_MAX_UPLOAD_BYTES", default_value_t = 2 << 30)]
     pub max_upload_bytes: u64,
+
+    /// Most entries (files and directories) a dataset archive may hold.
+    #[arg(long, env = "VITRINE_MAX_ARCHIVE_ENTRIES", default_value_t = 200_000)]
+    pub max_archive_entries: u64,
+
+    /// Most bytes a dataset archive may expand to, counted while extracting
+    /// (decompression bombs are refused when they reach it).
+    #[arg(long, env = "VITRINE_MAX_UNCOMPRESSED_BYTES", default_value_t = 20 << 30)]
+    pub max_uncompressed_bytes: u64,
+
+    /// Largest accepted image, in pixels (width x height), checked from the
+    /// header before decoding.
+    #[arg(long, env = "VITRINE_MAX_IMAGE_PIXELS", default_value_t = 64_000_000)]
+    pub max_image_pixels: u64,
+
+    /// Fraction of a dataset's images that may be undecodable: below it they
+    /// are skipped and listed in the summary, above it the dataset is refused.
+    #[arg(long, env = "VITRINE_MAX_UNDECODABLE_FRACTION", default_value_t = 0.01)]
+    pub max_undecodable_fraction: f64,
 
     /// Largest accepted request body for every other route (predictions), in bytes.
     #[arg(long, env = "VITRINE_MAX_BODY_BYTES", default_value_t = 32 << 20)]

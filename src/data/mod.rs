@@ -1,44 +1,65 @@
-//! TEMPORARY stand-in until the datasets branch merges.
+//! Datasets in: archive reading and safe extraction, layout detection
+//! (Hugging Face `imagefolder` conventions), validation, the summary shown
+//! to users and the manifest the trainer reads.
+
+pub mod archive;
+pub mod error;
+pub mod ingest;
+pub mod layout;
+pub mod manifest;
+pub mod metadata;
+pub mod service;
+pub mod split;
+pub mod summary;
+
+pub use archive::ArchiveFormat;
+pub use error::DatasetError;
+pub use ingest::{IngestLimits, Ingested};
+pub use manifest::{Manifest, Sample};
+pub use summary::DatasetSummary;
+
 use serde::{Deserialize, Serialize};
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+
+/// Single label per image (softmax) or any number of labels (sigmoid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
     MultiClass,
     MultiLabel,
 }
-#[allow(dead_code, unused_variables)]
-mod stub {
-    use std::path::{Path, PathBuf};
-    #[derive(Debug, Clone)]
-    pub struct Sample {
-        pub path: PathBuf,
-        pub labels: Vec<usize>,
-    }
-    pub struct Manifest {
-        pub labels: Vec<String>,
-        pub task: super::Task,
-        pub train: Vec<Sample>,
-        pub validation: Option<Vec<Sample>>,
-        pub test: Option<Vec<Sample>>,
-    }
-    impl Manifest {
-        pub fn load(dir: &Path) -> anyhow::Result<Self> {
-            todo!()
-        }
-        pub fn all_samples(&self) -> impl Iterator<Item = &Sample> {
-            self.train.iter()
+
+impl Task {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::MultiClass => "multi_class",
+            Task::MultiLabel => "multi_label",
         }
     }
-    pub fn stratified_split(s: &[Sample], f: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
-        todo!()
-    }
-    pub mod service {
-        pub async fn ingest_field(
-            state: &crate::http::AppState,
-            field: axum::extract::multipart::Field<'_>,
-        ) -> crate::error::AppResult<crate::store::datasets::DatasetRecord> {
-            todo!()
+
+    pub fn parse(s: &str) -> Option<Task> {
+        match s {
+            "multi_class" => Some(Task::MultiClass),
+            "multi_label" => Some(Task::MultiLabel),
+            _ => None,
         }
     }
 }
-pub use stub::*;
+
+/// File names the imagefolder convention recognises as images.
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif"];
+
+/// True for names every archive tool leaves behind and nobody means as data:
+/// `__MACOSX/`, `.DS_Store`, `._foo`, `Thumbs.db` and other hidden files.
+pub fn is_ignored_component(name: &str) -> bool {
+    name.starts_with('.') || name == "__MACOSX" || name.eq_ignore_ascii_case("Thumbs.db")
+}
+
+/// The canonical split a directory name stands for.
+pub fn split_name(dir: &str) -> Option<&'static str> {
+    match dir.to_ascii_lowercase().as_str() {
+        "train" | "training" => Some("train"),
+        "validation" | "val" | "valid" | "dev" => Some("validation"),
+        "test" | "testing" => Some("test"),
+        _ => None,
+    }
+}

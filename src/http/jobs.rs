@@ -129,8 +129,8 @@ async fn read_multipart(
                 config = Some(service::parse_config(&text)?);
             }
             "dataset" => {
-                let record = crate::data::service::ingest_field(state, field).await?;
-                dataset_id = Some(record.id);
+                let stored = crate::data::service::ingest_field(state, field).await?;
+                dataset_id = Some(stored.record.id.to_string());
             }
             "dataset_id" => {
                 dataset_id = Some(field.text().await.map_err(|e| multipart_error(state, e))?);
@@ -167,10 +167,13 @@ fn multipart_error(state: &AppState, e: axum::extract::multipart::MultipartError
 }
 
 async fn view_of(state: &AppState, job: store::JobRow) -> AppResult<JobView> {
-    let summary = crate::store::datasets::get(&state.db, &job.dataset_id)
-        .await?
-        .map(|d| d.summary_json());
-    Ok(JobView::new(&job, summary.as_deref()))
+    let summary = match uuid::Uuid::parse_str(&job.dataset_id) {
+        Ok(id) => crate::store::datasets::get(&state.db, id)
+            .await?
+            .and_then(|d| serde_json::to_value(&d.summary).ok()),
+        Err(_) => None,
+    };
+    Ok(JobView::new(&job, summary))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -18,6 +18,7 @@ use crate::error::problem_response;
 use crate::metrics::Metrics;
 
 mod auth;
+pub mod datasets;
 pub mod extract;
 mod health;
 mod jobs;
@@ -70,6 +71,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .merge(openapi::router())
+        .merge(datasets::router(&state.config))
         .merge(jobs::router(&state))
         .merge(models::router())
         .merge(predict::router(&state))

@@ -18,6 +18,7 @@ use super::AppState;
         super::predict::predict_default, super::predict::predict_named,
         super::models::list_models, super::models::get_model, super::models::delete_model,
         super::models::set_alias, super::models::download_model,
+        super::datasets::upload_dataset, super::datasets::get_dataset, super::datasets::list_datasets,
     ),
     components(schemas(
         crate::error::Problem,
@@ -28,10 +29,13 @@ use super::AppState;
         super::jobs::CreateJob, super::predict::PredictJson, super::predict::PredictResponse,
         crate::serve::output::Prediction, crate::serve::output::ImageResult,
         super::models::ModelView, super::models::SetAlias,
+        crate::store::datasets::DatasetRecord, crate::data::DatasetSummary,
+        super::datasets::DatasetList, super::datasets::DatasetUpload,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "health", description = "Liveness, readiness and metrics"),
+        (name = "datasets", description = "Labelled image archives"),
         (name = "jobs", description = "Fine-tuning jobs: submit, follow, cancel"),
         (name = "predict", description = "Classify images"),
         (name = "models", description = "Trained models and their aliases"),

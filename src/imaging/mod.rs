@@ -1,19 +1,62 @@
-//! TEMPORARY stub until the data branch merges.
-#![allow(dead_code, unused_variables)]
-use std::path::PathBuf;
-use tch::Tensor;
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct PreprocessorConfig {}
-#[derive(Clone)]
-pub struct Pipeline;
-impl Pipeline {
-    pub fn from_preprocessor(cfg: &PreprocessorConfig, size: Option<u32>) -> Self {
-        Pipeline
+//! Images in: decoding with limits, and the resize/crop/normalise pipeline a
+//! Hugging Face `preprocessor_config.json` describes, run in parallel.
+
+pub mod augment;
+pub mod bench;
+pub mod config;
+pub mod decode;
+pub mod pipeline;
+
+pub use augment::AugmentConfig;
+pub use config::{PreprocessorConfig, ResizeTarget, SizeSpec};
+pub use decode::{decode, decode_dynamic, DecodeLimits};
+pub use pipeline::Pipeline;
+
+/// Why an image could not be turned into a tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not a JPEG, PNG, WebP, BMP or GIF image")]
+    UnsupportedFormat,
+    #[error("image is {width}x{height}, more than the limit of {max_pixels} pixels")]
+    TooLarge {
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
+    #[error("undecodable image: {0}")]
+    Decode(String),
+    #[error("{path}: {source}")]
+    InFile {
+        path: std::path::PathBuf,
+        source: Box<ImageError>,
+    },
+    #[error("images of one batch have different sizes after preprocessing ({0})")]
+    MixedSizes(String),
+    #[error("resize failed: {0}")]
+    Resize(String),
+    #[error("tensor: {0}")]
+    Tensor(#[from] tch::TchError),
+}
+
+impl ImageError {
+    fn from_image(e: image::ImageError) -> Self {
+        match e {
+            image::ImageError::Limits(l) => ImageError::Decode(format!("decoder limit: {l}")),
+            image::ImageError::Unsupported(u) => ImageError::Decode(u.to_string()),
+            other => ImageError::Decode(other.to_string()),
+        }
     }
-    pub fn tensor_from_bytes(&self, bytes: &[u8]) -> Result<Tensor, String> {
-        todo!()
-    }
-    pub fn load_batch(&self, paths: &[PathBuf], augment: Option<u64>) -> Result<Tensor, String> {
-        todo!()
+
+    /// Wraps the error with the file it came from.
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        ImageError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(self),
+        }
     }
 }

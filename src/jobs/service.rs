@@ -29,15 +29,17 @@ pub async fn submit(
         }
     }
     check_device(state, config.device.as_deref())?;
-    let dataset = crate::store::datasets::get(&state.db, dataset_id)
+    let unknown = || {
+        AppError::unprocessable(
+            "unknown_dataset",
+            format!("no dataset `{dataset_id}`; upload one with POST /datasets"),
+        )
+    };
+    let uuid = uuid::Uuid::parse_str(dataset_id).map_err(|_| unknown())?;
+    let dataset = crate::store::datasets::get(&state.db, uuid)
         .await?
-        .ok_or_else(|| {
-            AppError::unprocessable(
-                "unknown_dataset",
-                format!("no dataset `{dataset_id}`; upload one with POST /datasets"),
-            )
-        })?;
-    check_task(config.task, &dataset.task)?;
+        .ok_or_else(unknown)?;
+    check_task(config.task, dataset.task)?;
     check_base_model(&config.base_model).await?;
     let config_json = serde_json::to_string(&config).map_err(anyhow::Error::from)?;
     let (job, created) = store::insert(
@@ -78,8 +80,8 @@ fn check_device(state: &AppState, wanted: Option<&str>) -> AppResult<()> {
     ))
 }
 
-fn check_task(forced: Option<Task>, dataset_task: &str) -> AppResult<()> {
-    if forced == Some(Task::MultiClass) && dataset_task == "multi_label" {
+fn check_task(forced: Option<Task>, dataset_task: Task) -> AppResult<()> {
+    if forced == Some(Task::MultiClass) && dataset_task == Task::MultiLabel {
         return Err(AppError::unprocessable(
             "task_mismatch",
             "task `multi_class` was asked for, but the dataset gives some images several labels",
@@ -92,7 +94,7 @@ fn check_task(forced: Option<Task>, dataset_task: &str) -> AppResult<()> {
 /// `config.json` can be fetched (or is cached), of a supported architecture.
 async fn check_base_model(source: &str) -> AppResult<()> {
     let source = source.to_string();
-    let checked = tokio::task::spawn_blocking(move || crate::model::hub::check(&source))
+    let checked = tokio::task::spawn_blocking(move || check_base_model_blocking(&source))
         .await
         .map_err(anyhow::Error::from)?;
     checked.map_err(|e| {
@@ -102,4 +104,31 @@ async fn check_base_model(source: &str) -> AppResult<()> {
             format!("{e:#}"),
         )
     })
+}
+
+/// A local directory must hold a supported `config.json`. A Hub id is
+/// checked against the cache (and must be there when offline); one not yet
+/// cached is fetched by the worker, so a slow download never holds up the
+/// request.
+fn check_base_model_blocking(source: &str) -> anyhow::Result<()> {
+    use crate::model::{resolve_model_source, HubOptions, ModelConfig};
+    let options = HubOptions::from_env();
+    let cache_only = HubOptions {
+        offline: true,
+        ..options.clone()
+    };
+    let dir = match resolve_model_source(source, &cache_only) {
+        Ok(dir) => dir,
+        Err(e) => {
+            let is_hub_id = crate::model::hub::HubId::parse(source).is_some()
+                && !source.starts_with('/')
+                && !source.starts_with('.');
+            if is_hub_id && !options.offline {
+                return Ok(());
+            }
+            return Err(e.into());
+        }
+    };
+    ModelConfig::from_file(&dir.join("config.json"))?;
+    Ok(())
 }

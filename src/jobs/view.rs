@@ -45,7 +45,7 @@ fn json(text: &str) -> serde_json::Value {
 }
 
 impl JobView {
-    pub fn new(row: &JobRow, dataset_summary: Option<&str>) -> Self {
+    pub fn new(row: &JobRow, dataset_summary: Option<serde_json::Value>) -> Self {
         Self {
             id: row.id.clone(),
             status: row.status(),
@@ -58,7 +58,7 @@ impl JobView {
             finished_at: row.finished_at.map(rfc3339),
             progress: row.progress.as_deref().map(json),
             metrics: json(&row.metrics),
-            dataset: dataset_summary.map(json),
+            dataset: dataset_summary,
             error: row.error.clone(),
             cancel_requested: row.cancel_requested != 0,
             model_id: row.model_id.clone(),

@@ -215,12 +215,15 @@ impl Worker {
     async fn resolve(&self, job: &JobRow) -> Result<TrainSpec, TrainError> {
         let config: JobConfig = serde_json::from_str(&job.config)
             .map_err(|e| TrainError::fatal(format!("stored config is invalid: {e}")))?;
-        let dataset = crate::store::datasets::get(&self.state.db, &job.dataset_id)
+        let dataset_id = uuid::Uuid::parse_str(&job.dataset_id).map_err(TrainError::fatal)?;
+        let dataset = crate::store::datasets::get(&self.state.db, dataset_id)
             .await
             .map_err(TrainError::retry)?
             .ok_or_else(|| TrainError::fatal("the job's dataset no longer exists"))?;
         let base = config.base_model.clone();
-        let base_model_dir = tokio::task::spawn_blocking(move || crate::model::hub::resolve(&base))
+        let base_model_dir = tokio::task::spawn_blocking(move || {
+            crate::model::resolve_model_source(&base, &crate::model::HubOptions::from_env())
+        })
             .await
             .map_err(TrainError::retry)?
             .map_err(|e| TrainError::fatal(format!("base model `{}`: {e:#}", config.base_model)))?;

@@ -1,4 +1,5 @@
-//! Typed access to the SQLite tables: the only code that writes them.
+//! Typed access to the SQLite tables, one module per table: the only code
+//! that writes them.
 
 pub mod datasets;
 pub mod jobs;

@@ -43,25 +43,20 @@ impl Prepared {
 /// Loads the manifest and settles the task and the splits.
 pub fn prepare(spec: &TrainSpec) -> Result<Prepared, TrainError> {
     let cfg = &spec.config;
-    let manifest =
+    let mut manifest =
         Manifest::load(&spec.dataset_dir).map_err(|e| TrainError::fatal(format!("{e:#}")))?;
-    let task = match (cfg.task, manifest.task) {
-        (None, t) => t,
-        (Some(Task::MultiLabel), _) => Task::MultiLabel,
-        (Some(Task::MultiClass), Task::MultiClass) => Task::MultiClass,
-        (Some(Task::MultiClass), Task::MultiLabel) => {
-            if manifest.all_samples().any(|s| s.labels.len() != 1) {
-                return Err(TrainError::fatal(
-                    "task `multi_class` was asked for, but some images carry several labels",
-                ));
-            }
-            Task::MultiClass
-        }
-    };
-    let (train, validation) = match manifest.validation {
-        Some(v) if !v.is_empty() => (manifest.train, v),
-        _ => crate::data::stratified_split(&manifest.train, cfg.validation_fraction, cfg.seed),
-    };
+    if let Some(task) = cfg.task {
+        manifest = manifest
+            .with_task(task)
+            .map_err(|e| TrainError::fatal(e.to_string()))?;
+    }
+    if manifest.validation.as_ref().is_some_and(Vec::is_empty) {
+        manifest.validation = None;
+    }
+    let manifest = manifest.with_validation_split(cfg.validation_fraction, cfg.seed);
+    let task = manifest.task;
+    let train = manifest.train;
+    let validation = manifest.validation.unwrap_or_default();
     if train.is_empty() || validation.is_empty() {
         return Err(TrainError::fatal(
             "the dataset is too small to hold out a validation split",

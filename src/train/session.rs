@@ -15,7 +15,8 @@ use super::checkpoint::{Checkpoints, LoopState};
 use super::eval::{evaluate, loss, targets_tensor, EpochMetrics, Evaluation};
 use super::optim::{lr_at, AdamW};
 use super::{features, Events, StopFlag, TrainError, TrainEvent, TrainOutcome, TrainSpec};
-use crate::imaging::Pipeline;
+use crate::data::Task;
+use crate::imaging::{Pipeline, PreprocessorConfig};
 use crate::jobs::config::{JobConfig, Mode, Precision};
 use crate::model::Model;
 use crate::train::data::{prepare, Prepared};
@@ -28,7 +29,11 @@ pub fn run(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
     let model =
         crate::model::load_pretrained(&spec.base_model_dir, spec.device, Some(&data.labels))
             .map_err(|e| TrainError::fatal(format!("loading base model: {e:#}")))?;
-    let pipeline = Pipeline::from_preprocessor(&model.preprocessor()?, cfg.image_size);
+    let preprocessor: PreprocessorConfig =
+        serde_json::from_value(model.preprocessor_json.clone()).map_err(|e| {
+            TrainError::fatal(format!("the base model's preprocessor_config.json: {e}"))
+        })?;
+    let pipeline = Pipeline::from_preprocessor(&preprocessor, cfg.image_size);
     let params = select_trainable(&model, cfg);
     if params.is_empty() {
         return Err(TrainError::fatal("no trainable parameters for this mode"));
@@ -465,7 +470,11 @@ impl Trainer<'_> {
     fn save_best(&self, metrics: &EpochMetrics) -> Result<(), TrainError> {
         let tmp = self.best_dir.with_extension("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
-        crate::model::save_pretrained(self.model, &tmp, self.data.task)
+        let problem = match self.data.task {
+            Task::MultiClass => crate::model::ProblemType::SingleLabel,
+            Task::MultiLabel => crate::model::ProblemType::MultiLabel,
+        };
+        crate::model::save_pretrained(self.model, &tmp, problem)
             .map_err(|e| TrainError::retry(format!("saving the model: {e:#}")))?;
         std::fs::write(
             tmp.join("epoch_metrics.json"),

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod e2e;
+
 use axum::body::Body;
 use axum::http::{Request, Response};
 use http_body_util::BodyExt;

@@ -1,0 +1,94 @@
+//! Decoding untrusted image bytes into RGB, with limits.
+//!
+//! The declared dimensions are checked against the pixel limit before any
+//! pixel buffer is allocated, and the decoder itself runs under
+//! [`image::Limits`], so a 60000x60000 PNG header costs nothing.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+
+use super::ImageError;
+
+/// Limits applied to every decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest accepted `width * height`.
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_pixels: 64_000_000,
+        }
+    }
+}
+
+impl DecodeLimits {
+    /// The decoder's allocation cap: the output buffer at 16 bits x 4 channels
+    /// plus slack for the decoder's own state.
+    fn max_alloc(&self) -> u64 {
+        self.max_pixels.saturating_mul(8).saturating_add(64 << 20)
+    }
+}
+
+/// The container format of `bytes`, guessed from their magic number.
+pub fn sniff_format(bytes: &[u8]) -> Option<image::ImageFormat> {
+    image::guess_format(bytes).ok().filter(|f| {
+        matches!(
+            f,
+            image::ImageFormat::Jpeg
+                | image::ImageFormat::Png
+                | image::ImageFormat::WebP
+                | image::ImageFormat::Bmp
+                | image::ImageFormat::Gif
+        )
+    })
+}
+
+/// Decodes JPEG, PNG, WebP, BMP or GIF (first frame) into 8-bit RGB with the
+/// EXIF orientation applied. Grayscale is replicated, alpha dropped (as PIL's
+/// `convert("RGB")` does) and 16-bit samples scaled to 8 bits.
+pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
+    decode_dynamic(bytes, limits).map(|img| match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+/// Like [`decode`], but keeps the decoded colour type.
+pub fn decode_dynamic(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, ImageError> {
+    let format = sniff_format(bytes).ok_or(ImageError::UnsupportedFormat)?;
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut lim = image::Limits::default();
+    lim.max_alloc = Some(limits.max_alloc());
+    reader.limits(lim);
+    let mut decoder = reader.into_decoder().map_err(ImageError::from_image)?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(ImageError::TooLarge {
+            width,
+            height,
+            max_pixels: limits.max_pixels,
+        });
+    }
+    if width == 0 || height == 0 {
+        return Err(ImageError::Decode("image has a zero dimension".into()));
+    }
+    // A missing or malformed EXIF block is not a reason to refuse the image.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(ImageError::from_image)?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// The declared dimensions of an image, reading only its header.
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
+    let format = sniff_format(bytes).ok_or(ImageError::UnsupportedFormat)?;
+    let reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let decoder = reader.into_decoder().map_err(ImageError::from_image)?;
+    Ok(decoder.dimensions())
+}

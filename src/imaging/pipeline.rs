@@ -1,0 +1,582 @@
+//! Resize, crop, rescale and normalise, as a Hugging Face image processor
+//! configured by `preprocessor_config.json` does, into `tch` tensors.
+//!
+//! Evaluation follows `ViTImageProcessorPil` (the PIL backend of
+//! `transformers`): resize the whole image to the target size with the
+//! configured filter (convolution with a support widened by the scale factor,
+//! as Pillow does; `fast_image_resize` implements the same kernels), round to
+//! 8 bits, centre-crop when asked, then `(v * rescale_factor - mean) / std`.
+//! Training replaces resize + crop with a seeded random resized crop, flip and
+//! optional colour jitter.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+use image::RgbImage;
+use rayon::prelude::*;
+use tch::Tensor;
+
+use super::augment::{jitter_pixel, rng_for, AugmentConfig, Draw};
+use super::config::{PreprocessorConfig, ResizeTarget, SizeSpec};
+use super::decode::{decode, DecodeLimits};
+use super::ImageError;
+
+thread_local! {
+    static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
+}
+
+/// A ready-to-run preprocessing pipeline. Cheap to clone, `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    resize: Option<ResizeTarget>,
+    filter: ResizeAlg,
+    crop: Option<(u32, u32)>,
+    /// Per channel, per 8-bit value: the normalised float.
+    lut: [[f32; 256]; 3],
+    scale: f32,
+    mean: [f32; 3],
+    std: [f32; 3],
+    limits: DecodeLimits,
+    augment: AugmentConfig,
+}
+
+/// Maps a PIL resampling code to the matching `fast_image_resize` algorithm.
+pub fn resize_alg(pil_code: u8) -> ResizeAlg {
+    match pil_code {
+        0 => ResizeAlg::Nearest,
+        1 => ResizeAlg::Convolution(FilterType::Lanczos3),
+        3 => ResizeAlg::Convolution(FilterType::CatmullRom),
+        4 => ResizeAlg::Convolution(FilterType::Box),
+        5 => ResizeAlg::Convolution(FilterType::Hamming),
+        _ => ResizeAlg::Convolution(FilterType::Bilinear),
+    }
+}
+
+/// A place in the resized image to read the output from: an offset that may
+/// be negative (padding, as HF's centre crop pads small images with zeros).
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    left: i64,
+    top: i64,
+    width: u32,
+    height: u32,
+}
+
+impl Pipeline {
+    /// Builds the pipeline a preprocessor config describes. `image_size`
+    /// overrides the output side (e.g. a model fine-tuned at 384): the
+    /// crop (or the exact size) becomes `image_size` squared, and a
+    /// shortest-edge resize is scaled in proportion.
+    pub fn from_preprocessor(cfg: &PreprocessorConfig, image_size: Option<u32>) -> Pipeline {
+        let mut resize = if cfg.do_resize {
+            cfg.size.target()
+        } else {
+            None
+        };
+        let mut crop = if cfg.do_center_crop {
+            cfg.crop_size
+                .and_then(|c| c.target())
+                .and_then(|t| match t {
+                    ResizeTarget::Exact { height, width } => Some((height, width)),
+                    ResizeTarget::ShortestEdge { shortest, .. } => Some((shortest, shortest)),
+                })
+        } else {
+            None
+        };
+        if let Some(side) = image_size {
+            match (crop, resize) {
+                (Some((ch, _)), Some(ResizeTarget::ShortestEdge { shortest, longest })) => {
+                    let f = f64::from(side) / f64::from(ch.max(1));
+                    resize = Some(ResizeTarget::ShortestEdge {
+                        shortest: (f64::from(shortest) * f).round() as u32,
+                        longest: longest.map(|l| (f64::from(l) * f).round() as u32),
+                    });
+                }
+                (_, Some(ResizeTarget::ShortestEdge { .. })) if crop.is_none() => {
+                    resize = Some(ResizeTarget::ShortestEdge {
+                        shortest: side,
+                        longest: None,
+                    })
+                }
+                _ => resize = SizeSpec::square(side).target(),
+            }
+            if crop.is_some() {
+                crop = Some((side, side));
+            }
+        }
+        let scale = if cfg.do_rescale {
+            cfg.rescale_factor as f32
+        } else {
+            1.0
+        };
+        let (mean, std) = if cfg.do_normalize {
+            (cfg.image_mean.rgb(), cfg.image_std.rgb())
+        } else {
+            ([0.0; 3], [1.0; 3])
+        };
+        let mut lut = [[0f32; 256]; 3];
+        for c in 0..3 {
+            for v in 0..256 {
+                // HF rescales in float64, then normalises in float32.
+                let x = (v as f64
+                    * if cfg.do_rescale {
+                        cfg.rescale_factor
+                    } else {
+                        1.0
+                    }) as f32;
+                lut[c][v] = (x - mean[c]) / std[c];
+            }
+        }
+        Pipeline {
+            resize,
+            filter: resize_alg(cfg.resample),
+            crop,
+            lut,
+            scale,
+            mean,
+            std,
+            limits: DecodeLimits::default(),
+            augment: AugmentConfig::default(),
+        }
+    }
+
+    /// Sets the decode limits (the service passes its configured pixel cap).
+    pub fn with_limits(mut self, limits: DecodeLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the augmentation used when a seed is given to [`Self::load_batch`].
+    pub fn with_augmentation(mut self, augment: AugmentConfig) -> Self {
+        self.augment = augment;
+        self
+    }
+
+    pub fn limits(&self) -> &DecodeLimits {
+        &self.limits
+    }
+
+    /// Output `(height, width)` when it does not depend on the input image.
+    pub fn output_size(&self) -> Option<(u32, u32)> {
+        if let Some(c) = self.crop {
+            return Some(c);
+        }
+        match self.resize {
+            Some(ResizeTarget::Exact { height, width }) => Some((height, width)),
+            _ => None,
+        }
+    }
+
+    /// The output size of a training sample: the evaluation size, or a square
+    /// of the shortest edge when evaluation keeps the aspect ratio.
+    pub fn train_size(&self) -> (u32, u32) {
+        self.output_size().unwrap_or(match self.resize {
+            Some(ResizeTarget::ShortestEdge { shortest, .. }) => (shortest, shortest),
+            _ => (224, 224),
+        })
+    }
+
+    /// The size the resize step gives a `width` x `height` image, as
+    /// `transformers`' `get_resize_output_image_size` computes it.
+    fn resized_size(&self, width: u32, height: u32) -> (u32, u32) {
+        match self.resize {
+            None => (width, height),
+            Some(ResizeTarget::Exact {
+                height: h,
+                width: w,
+            }) => (w, h),
+            Some(ResizeTarget::ShortestEdge { shortest, longest }) => {
+                let (short, long) = if width <= height {
+                    (width, height)
+                } else {
+                    (height, width)
+                };
+                let mut new_short = shortest;
+                let mut new_long =
+                    (f64::from(shortest) * f64::from(long) / f64::from(short)) as u32;
+                if let Some(max) = longest {
+                    if new_long > max {
+                        new_short =
+                            (f64::from(max) * f64::from(new_short) / f64::from(new_long)) as u32;
+                        new_long = max;
+                    }
+                }
+                let (new_short, new_long) = (new_short.max(1), new_long.max(1));
+                if width <= height {
+                    (new_short, new_long)
+                } else {
+                    (new_long, new_short)
+                }
+            }
+        }
+    }
+
+    fn resize(
+        &self,
+        src: &RgbImage,
+        width: u32,
+        height: u32,
+        draw: Option<&Draw>,
+    ) -> Result<RgbImage, ImageError> {
+        if draw.is_none() && (width, height) == src.dimensions() {
+            return Ok(src.clone());
+        }
+        if let Some(d) = draw {
+            let (l, t, w, h) = d.crop;
+            let opts = ResizeOptions::new()
+                .resize_alg(self.filter)
+                .crop(l, t, w, h);
+            return fir_resize(src, width, height, &opts);
+        }
+        if self.filter == ResizeAlg::Nearest {
+            return Ok(nearest_like_pillow(src, width, height));
+        }
+        // Pillow (as `transformers` calls it) resamples one axis, rounds to
+        // 8 bits, then the other, starting with the axis whose kernel is
+        // wider (the one shrunk most; horizontal on a tie, e.g. upscaling);
+        // `fast_image_resize` always does the vertical pass first for 8-bit
+        // images. Two single-axis resizes reproduce that order and rounding
+        // (measured against Pillow 13 by tests/imaging_parity.rs).
+        let opts = ResizeOptions::new().resize_alg(self.filter);
+        let x_scale = (f64::from(src.width()) / f64::from(width)).max(1.0);
+        let y_scale = (f64::from(src.height()) / f64::from(height)).max(1.0);
+        let first = if y_scale > x_scale {
+            (src.width(), height)
+        } else {
+            (width, src.height())
+        };
+        let stage = if first != src.dimensions() {
+            Some(fir_resize(src, first.0, first.1, &opts)?)
+        } else {
+            None
+        };
+        let from = stage.as_ref().unwrap_or(src);
+        if (width, height) != from.dimensions() {
+            fir_resize(from, width, height, &opts)
+        } else {
+            Ok(stage.unwrap_or_else(|| src.clone()))
+        }
+    }
+
+    /// Evaluation geometry: the resized image and where to read the output.
+    fn eval_geometry(&self, img: &RgbImage) -> Result<(RgbImage, Window), ImageError> {
+        let (w, h) = self.resized_size(img.width(), img.height());
+        let resized = self.resize(img, w, h, None)?;
+        let window = match self.crop {
+            None => Window {
+                left: 0,
+                top: 0,
+                width: w,
+                height: h,
+            },
+            Some((ch, cw)) => Window {
+                // HF: top = (height - crop_height) // 2, padding when negative.
+                left: (i64::from(w) - i64::from(cw)).div_euclid(2),
+                top: (i64::from(h) - i64::from(ch)).div_euclid(2),
+                width: cw,
+                height: ch,
+            },
+        };
+        Ok((resized, window))
+    }
+
+    /// Preprocesses one decoded image into `out` (`3 * H * W` floats, CHW).
+    /// Returns `(H, W)`; `out` must be large enough.
+    fn process_into(
+        &self,
+        img: &RgbImage,
+        augment: Option<Draw>,
+        out: &mut Vec<f32>,
+    ) -> Result<(u32, u32), ImageError> {
+        let (resized, window, draw) = match augment {
+            None => {
+                let (r, w) = self.eval_geometry(img)?;
+                (r, w, None)
+            }
+            Some(d) => {
+                let (h, w) = self.train_size();
+                let r = self.resize(img, w, h, Some(&d))?;
+                (
+                    r,
+                    Window {
+                        left: 0,
+                        top: 0,
+                        width: w,
+                        height: h,
+                    },
+                    Some(d),
+                )
+            }
+        };
+        let (ow, oh) = (window.width as usize, window.height as usize);
+        let plane = ow * oh;
+        out.clear();
+        out.resize(3 * plane, 0.0);
+        let (rw, rh) = (i64::from(resized.width()), i64::from(resized.height()));
+        let raw = resized.as_raw();
+        let flip = draw.map(|d| d.flip).unwrap_or(false);
+        let jitter = draw.and_then(|d| d.jitter);
+        let mean_grey = jitter.map(|_| mean_grey(&resized)).unwrap_or(0.0);
+        let (r_plane, rest) = out.split_at_mut(plane);
+        let (g_plane, b_plane) = rest.split_at_mut(plane);
+        for y in 0..oh {
+            let sy = window.top + y as i64;
+            for x in 0..ow {
+                let xx = if flip { ow - 1 - x } else { x };
+                let sx = window.left + xx as i64;
+                let o = y * ow + x;
+                if sy < 0 || sy >= rh || sx < 0 || sx >= rw {
+                    // Padding: a zero pixel, rescaled and normalised.
+                    r_plane[o] = self.lut[0][0];
+                    g_plane[o] = self.lut[1][0];
+                    b_plane[o] = self.lut[2][0];
+                    continue;
+                }
+                let i = ((sy * rw + sx) * 3) as usize;
+                let (r, g, b) = (raw[i], raw[i + 1], raw[i + 2]);
+                match jitter {
+                    None => {
+                        r_plane[o] = self.lut[0][r as usize];
+                        g_plane[o] = self.lut[1][g as usize];
+                        b_plane[o] = self.lut[2][b as usize];
+                    }
+                    Some(f) => {
+                        let p = jitter_pixel(
+                            [
+                                f32::from(r) / 255.0,
+                                f32::from(g) / 255.0,
+                                f32::from(b) / 255.0,
+                            ],
+                            f,
+                            mean_grey,
+                        );
+                        let norm =
+                            |c: usize| (p[c] * 255.0 * self.scale - self.mean[c]) / self.std[c];
+                        r_plane[o] = norm(0);
+                        g_plane[o] = norm(1);
+                        b_plane[o] = norm(2);
+                    }
+                }
+            }
+        }
+        Ok((window.height, window.width))
+    }
+
+    /// `[3, H, W]` float values of one decoded image, without augmentation.
+    pub fn process(&self, img: &RgbImage) -> Result<(Vec<f32>, u32, u32), ImageError> {
+        let mut out = Vec::new();
+        let (h, w) = self.process_into(img, None, &mut out)?;
+        Ok((out, h, w))
+    }
+
+    /// `[3, H, W]` float values of one decoded image, augmented with the
+    /// draw of `(seed, index)`.
+    pub fn process_augmented(
+        &self,
+        img: &RgbImage,
+        seed: u64,
+        index: usize,
+    ) -> Result<(Vec<f32>, u32, u32), ImageError> {
+        let draw = self
+            .augment
+            .draw(img.width(), img.height(), &mut rng_for(seed, index));
+        let mut out = Vec::new();
+        let (h, w) = self.process_into(img, Some(draw), &mut out)?;
+        Ok((out, h, w))
+    }
+
+    /// A `[3, H, W]` f32 tensor from an encoded image (for `/predict`).
+    pub fn tensor_from_bytes(&self, bytes: &[u8]) -> Result<Tensor, ImageError> {
+        let img = decode(bytes, &self.limits)?;
+        self.tensor_from_image(&img)
+    }
+
+    /// A `[3, H, W]` f32 tensor from a decoded image.
+    pub fn tensor_from_image(&self, img: &RgbImage) -> Result<Tensor, ImageError> {
+        let (v, h, w) = self.process(img)?;
+        Ok(Tensor::from_slice(&v).view([3, i64::from(h), i64::from(w)]))
+    }
+
+    /// A `[B, 3, H, W]` f32 tensor from encoded images, decoded in parallel.
+    pub fn batch_from_bytes(&self, images: &[&[u8]]) -> Result<Tensor, ImageError> {
+        self.batch(images.len(), |i| decode(images[i], &self.limits), None)
+    }
+
+    /// A `[B, 3, H, W]` f32 tensor from image files, read, decoded and
+    /// preprocessed in parallel on rayon's pool. `augment: Some(seed)` applies
+    /// the training augmentation (image `i` draws from stream `i` of `seed`,
+    /// so pass a different seed per batch, e.g. mixed from job seed, epoch and
+    /// step); `None` is evaluation preprocessing. Call it from a blocking
+    /// thread, never on the async runtime.
+    pub fn load_batch(
+        &self,
+        paths: &[PathBuf],
+        augment: Option<u64>,
+    ) -> Result<Tensor, ImageError> {
+        self.batch(paths.len(), |i| load_file(&paths[i], &self.limits), augment)
+    }
+
+    fn batch(
+        &self,
+        n: usize,
+        load: impl Fn(usize) -> Result<RgbImage, ImageError> + Sync,
+        augment: Option<u64>,
+    ) -> Result<Tensor, ImageError> {
+        let fixed = match augment {
+            Some(_) => Some(self.train_size()),
+            None => self.output_size(),
+        };
+        let one = |i: usize, out: &mut Vec<f32>| -> Result<(u32, u32), ImageError> {
+            let img = load(i)?;
+            let draw = augment.map(|seed| {
+                self.augment
+                    .draw(img.width(), img.height(), &mut rng_for(seed, i))
+            });
+            self.process_into(&img, draw, out)
+        };
+        let (h, w) = match fixed {
+            Some(hw) => hw,
+            None => {
+                // Aspect-preserving resize without a crop: sizes may differ.
+                let items: Vec<(Vec<f32>, (u32, u32))> = (0..n)
+                    .into_par_iter()
+                    .map(|i| {
+                        let mut v = Vec::new();
+                        one(i, &mut v).map(|hw| (v, hw))
+                    })
+                    .collect::<Result<_, _>>()?;
+                let first = items.first().map(|x| x.1).unwrap_or((0, 0));
+                if let Some((_, hw)) = items.iter().find(|x| x.1 != first) {
+                    return Err(ImageError::MixedSizes(format!("{first:?} and {hw:?}")));
+                }
+                let flat: Vec<f32> = items.into_iter().flat_map(|x| x.0).collect();
+                return Ok(Tensor::from_slice(&flat).view([
+                    n as i64,
+                    3,
+                    i64::from(first.0),
+                    i64::from(first.1),
+                ]));
+            }
+        };
+        let per = 3 * h as usize * w as usize;
+        let mut flat = vec![0f32; n * per];
+        flat.par_chunks_mut(per.max(1))
+            .enumerate()
+            .try_for_each_init(Vec::new, |buf, (i, chunk)| {
+                one(i, buf)?;
+                chunk.copy_from_slice(&buf[..per]);
+                Ok::<(), ImageError>(())
+            })?;
+        Ok(Tensor::from_slice(&flat).view([n as i64, 3, i64::from(h), i64::from(w)]))
+    }
+}
+
+fn fir_resize(
+    src: &RgbImage,
+    width: u32,
+    height: u32,
+    opts: &ResizeOptions,
+) -> Result<RgbImage, ImageError> {
+    let mut dst = RgbImage::new(width, height);
+    RESIZER
+        .with(|r| r.borrow_mut().resize(src, &mut dst, opts))
+        .map_err(|e| ImageError::Resize(e.to_string()))?;
+    Ok(dst)
+}
+
+/// Pillow's `NEAREST`: the source pixel under the destination pixel's
+/// centre, with the position accumulated step by step in `f64` exactly as
+/// Pillow's affine transform does (so ties fall the same way).
+fn nearest_like_pillow(src: &RgbImage, width: u32, height: u32) -> RgbImage {
+    fn indices(n_in: u32, n_out: u32) -> Vec<u32> {
+        let step = f64::from(n_in) / f64::from(n_out);
+        let mut pos = step * 0.5;
+        (0..n_out)
+            .map(|_| {
+                let i = (pos as u32).min(n_in - 1);
+                pos += step;
+                i
+            })
+            .collect()
+    }
+    let cols = indices(src.width(), width);
+    let rows = indices(src.height(), height);
+    RgbImage::from_fn(width, height, |x, y| {
+        *src.get_pixel(cols[x as usize], rows[y as usize])
+    })
+}
+
+/// Reads and decodes one file, naming it in any error.
+pub fn load_file(path: &Path, limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
+    let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    decode(&bytes, limits).map_err(|e| e.in_file(path))
+}
+
+fn mean_grey(img: &RgbImage) -> f32 {
+    let n = (img.width() as usize * img.height() as usize).max(1);
+    let sum: f64 = img
+        .pixels()
+        .map(|p| 0.299 * f64::from(p[0]) + 0.587 * f64::from(p[1]) + 0.114 * f64::from(p[2]))
+        .sum();
+    (sum / n as f64 / 255.0) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+        })
+    }
+
+    #[test]
+    fn vit_defaults_give_224_square_normalised() {
+        let p = Pipeline::from_preprocessor(&PreprocessorConfig::default(), None);
+        let (v, h, w) = p.process(&gradient(500, 300)).unwrap();
+        assert_eq!((h, w), (224, 224));
+        assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)));
+        // The blue channel is constant 128: (128/255 - 0.5)/0.5.
+        let b = &v[2 * 224 * 224..];
+        assert!(b
+            .iter()
+            .all(|x| (x - (128.0 / 255.0 - 0.5) / 0.5).abs() < 1e-6));
+    }
+
+    #[test]
+    fn shortest_edge_then_centre_crop() {
+        let cfg: PreprocessorConfig = serde_json::from_str(
+            r#"{"size":{"shortest_edge":256},"do_center_crop":true,"crop_size":{"height":224,"width":224}}"#,
+        )
+        .unwrap();
+        let p = Pipeline::from_preprocessor(&cfg, None);
+        assert_eq!(p.resized_size(640, 480), (341, 256));
+        assert_eq!(p.output_size(), Some((224, 224)));
+        let p384 = Pipeline::from_preprocessor(&cfg, Some(384));
+        assert_eq!(p384.output_size(), Some((384, 384)));
+        assert_eq!(p384.resized_size(480, 480), (439, 439));
+    }
+
+    #[test]
+    fn augmentation_is_seeded_and_differs_from_eval() {
+        let p = Pipeline::from_preprocessor(&PreprocessorConfig::default(), Some(64))
+            .with_augmentation(AugmentConfig {
+                colour_jitter: 0.3,
+                ..Default::default()
+            });
+        let img = gradient(200, 120);
+        let a = p.process_augmented(&img, 1, 0).unwrap();
+        let b = p.process_augmented(&img, 1, 0).unwrap();
+        let c = p.process_augmented(&img, 2, 0).unwrap();
+        let e = p.process(&img).unwrap();
+        assert_eq!(a.0, b.0);
+        assert_ne!(a.0, c.0);
+        assert_ne!(a.0, e.0);
+        assert_eq!((a.1, a.2), (64, 64));
+    }
+}

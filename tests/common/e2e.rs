@@ -1,0 +1,155 @@
+//! End-to-end helpers: a real server on port 0 over a real SQLite file, and
+//! synthetic fixtures (a pre-trained tiny ViT, image datasets) made by
+//! `tests/e2e/synthetic.py` once and cached under cargo's target tmp dir.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use vitrine::config::ServeConfig;
+
+/// A running vitrine on 127.0.0.1:<random port>.
+pub struct TestServer {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pub state: vitrine::http::AppState,
+    stop: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ServeConfig::for_data_dir(dir.path());
+        cfg.devices = vec!["cpu".into()];
+        cfg.job_lease_secs = 5;
+        tweak(&mut cfg);
+        let state = vitrine::server::build_state(cfg).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(vitrine::server::serve_on(listener, state.clone(), stop.clone()));
+        Self {
+            url,
+            dir,
+            state,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
+        }
+    }
+
+    /// POST /jobs with a dataset archive and a config.
+    pub async fn submit(&self, archive: &Path, config: Value) -> reqwest::Response {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "dataset",
+                reqwest::multipart::Part::bytes(std::fs::read(archive).unwrap())
+                    .file_name("dataset.zip"),
+            )
+            .text("config", config.to_string());
+        reqwest::Client::new()
+            .post(format!("{}/jobs", self.url))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        reqwest::get(format!("{}{path}", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Polls the job until it ends (or `timeout`), returning its last state.
+    pub async fn wait_for_job(&self, id: &str, timeout: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let job = self.get_json(&format!("/jobs/{id}")).await;
+            let status = job["status"].as_str().unwrap_or("").to_string();
+            if ["succeeded", "failed", "cancelled"].contains(&status.as_str()) {
+                return job;
+            }
+            assert!(started.elapsed() < timeout, "job {id} still {status} after {timeout:?}: {job}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Files made by `tests/e2e/synthetic.py`.
+pub struct Fixtures {
+    /// A tiny ViT pre-trained on shape-and-colour images (HF layout).
+    pub base_model: PathBuf,
+    /// Multi-class imagefolder zip: which shape (train/validation dirs).
+    pub shapes_zip: PathBuf,
+    /// Multi-label zip with metadata.jsonl: which shapes are in a mosaic.
+    pub mosaic_zip: PathBuf,
+    /// A red triangle.
+    pub triangle_png: PathBuf,
+}
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+/// Makes the fixtures once per script version; later calls reuse them.
+pub fn fixtures() -> Fixtures {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/synthetic.py");
+    let text = std::fs::read(script).unwrap();
+    let hash = text
+        .iter()
+        .fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{hash:016x}"));
+    let fx = Fixtures {
+        base_model: dir.join("base"),
+        shapes_zip: dir.join("shapes.zip"),
+        mosaic_zip: dir.join("mosaic.zip"),
+        triangle_png: dir.join("triangle.png"),
+    };
+    if dir.join("done").exists() {
+        return fx;
+    }
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(super::python())
+            .arg(script)
+            .args(args)
+            .current_dir(&tmp)
+            .output()
+            .expect("running python");
+        assert!(
+            out.status.success(),
+            "synthetic.py {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["pretrain", "base"]);
+    run(&["dataset", "shapes.zip", "shapes"]);
+    run(&["dataset", "mosaic.zip", "mosaic"]);
+    run(&["image", "triangle.png", "triangle"]);
+    std::fs::write(tmp.join("done"), b"").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).unwrap();
+    fx
+}

@@ -1,0 +1,588 @@
+//! `POST /datasets` with archives built in code: every accepted layout, and
+//! every kind of refusal with its exact status and code, leaving nothing
+//! behind on disk or in the database.
+
+mod common;
+
+use std::io::{Cursor, Write};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::{body_json, TestApp};
+use serde_json::Value;
+
+// ---------- archive builders ----------
+
+fn png(w: u32, h: u32, seed: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([
+            (x as u8).wrapping_add(seed),
+            (y as u8).wrapping_mul(3),
+            seed,
+        ])
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn zip(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, data) in entries {
+        if name.ends_with('/') {
+            w.add_directory(*name, opts).unwrap();
+        } else {
+            w.start_file(*name, opts).unwrap();
+            w.write_all(data).unwrap();
+        }
+    }
+    w.finish().unwrap().into_inner()
+}
+
+fn tar_gz(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for (name, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// Two labels x `n` images each under `prefix` (e.g. `train/`).
+fn labelled(prefix: &str, labels: &[&str], n: usize, size: u32) -> Vec<(String, Vec<u8>)> {
+    let mut v = Vec::new();
+    for (li, l) in labels.iter().enumerate() {
+        for i in 0..n {
+            v.push((
+                format!("{prefix}{l}/{i}.png"),
+                png(size + i as u32, size, (li * 50 + i) as u8),
+            ));
+        }
+    }
+    v
+}
+
+fn refs(v: &[(String, Vec<u8>)]) -> Vec<(&str, Vec<u8>)> {
+    v.iter().map(|(n, d)| (n.as_str(), d.clone())).collect()
+}
+
+// ---------- HTTP helpers ----------
+
+fn upload_request(part: &str, bytes: &[u8]) -> Request<Body> {
+    let boundary = "vitrine-test-boundary";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{part}\"; filename=\"data.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    Request::post("/datasets")
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Body::from(body))
+        .unwrap()
+}
+
+async fn upload(app: &TestApp, bytes: &[u8]) -> (StatusCode, Value) {
+    let resp = app.send(upload_request("dataset", bytes)).await;
+    let status = resp.status();
+    (status, body_json(resp).await)
+}
+
+/// Nothing under `tmp/` or `datasets/`, no row in the table.
+async fn assert_clean(app: &TestApp) {
+    for sub in ["tmp", "datasets"] {
+        let dir = app.dir.path().join(sub);
+        if dir.exists() {
+            let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+            assert!(left.is_empty(), "{sub}/ not empty: {left:?}");
+        }
+    }
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM datasets")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(!app.dir.path().join("evil.png").exists());
+    assert!(!app.dir.path().parent().unwrap().join("evil.png").exists());
+}
+
+async fn refused(app: &TestApp, bytes: &[u8], status: StatusCode, code: &str) -> Value {
+    let (got, body) = upload(app, bytes).await;
+    assert_eq!((got, body["code"].as_str()), (status, Some(code)), "{body}");
+    assert_clean(app).await;
+    body
+}
+
+// ---------- accepted ----------
+
+#[tokio::test]
+async fn zip_with_splits_in_a_wrapper_dir_is_stored() {
+    let app = TestApp::new().await;
+    let mut files = labelled("pets/train/", &["cat", "dog"], 4, 40);
+    files.extend(labelled("pets/validation/", &["cat", "dog"], 2, 30));
+    files.push(("pets/.DS_Store".into(), b"junk".to_vec()));
+    files.push(("__MACOSX/pets/._x.png".into(), b"junk".to_vec()));
+    files.push(("pets/README.txt".into(), b"hello".to_vec()));
+    let (status, body) = upload(&app, &zip(&refs(&files))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let s = &body["summary"];
+    assert_eq!(body["format"], "zip");
+    assert_eq!(body["task"], "multi_class");
+    assert_eq!(s["layout"], "splits");
+    assert_eq!(s["labels"], serde_json::json!(["cat", "dog"]));
+    assert_eq!(s["splits"]["train"]["images"], 8);
+    assert_eq!(s["splits"]["validation"]["per_label"]["dog"], 2);
+    assert_eq!(s["image_size"]["min_width"], 30);
+    assert_eq!(s["image_size"]["max_width"], 43);
+    assert_eq!(s["skipped"][0]["file"], "pets/README.txt");
+
+    let id = body["id"].as_str().unwrap();
+    let got = body_json(app.get(&format!("/datasets/{id}")).await).await;
+    assert_eq!(got, body);
+    let list = body_json(app.get("/datasets").await).await;
+    assert_eq!(list["datasets"][0]["id"], id);
+
+    let record = vitrine::store::datasets::get(&app.state.db, id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let m = record.load_manifest(app.dir.path()).unwrap();
+    assert_eq!(m.train.len(), 8);
+    assert_eq!(m.validation.as_ref().unwrap().len(), 4);
+    assert!(m.test.is_none());
+    let dir = record.dir(app.dir.path());
+    for s in &m.train {
+        assert!(s.path.is_absolute() && s.path.starts_with(&dir) && s.path.is_file());
+        assert_eq!(s.labels.len(), 1);
+    }
+    assert!(std::fs::read_dir(app.dir.path().join("tmp"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[tokio::test]
+async fn tar_gz_label_dirs_without_splits_get_a_seeded_split() {
+    let app = TestApp::new().await;
+    let files = labelled("", &["ant", "bee", "wasp"], 5, 20);
+    let (status, body) = upload(&app, &tar_gz(&refs(&files))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["format"], "tar.gz");
+    assert_eq!(body["summary"]["layout"], "labels");
+    let record =
+        vitrine::store::datasets::get(&app.state.db, body["id"].as_str().unwrap().parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+    let m = record.load_manifest(app.dir.path()).unwrap();
+    assert!(m.validation.is_none());
+    let a = m.clone().with_validation_split(0.2, 7);
+    let b = m.clone().with_validation_split(0.2, 7);
+    assert_eq!(a, b);
+    assert_eq!(a.validation.as_ref().unwrap().len(), 3);
+    assert_eq!(a.train.len(), 12);
+}
+
+#[tokio::test]
+async fn metadata_csv_with_separator_is_multi_label() {
+    let app = TestApp::new().await;
+    let csv = "file_name,labels\nimages/a.png,cat|indoor\nimages/b.png,dog\nimages/c.png,dog|indoor\nimages/d.png,[]\n";
+    let files = vec![
+        ("metadata.csv", csv.as_bytes().to_vec()),
+        ("images/a.png", png(10, 10, 1)),
+        ("images/b.png", png(10, 12, 2)),
+        ("images/c.png", png(12, 10, 3)),
+        ("images/d.png", png(12, 12, 4)),
+    ];
+    let (status, body) = upload(&app, &zip(&files)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["task"], "multi_label");
+    assert_eq!(
+        body["summary"]["labels"],
+        serde_json::json!(["cat", "dog", "indoor"])
+    );
+    assert_eq!(body["summary"]["splits"]["train"]["per_label"]["indoor"], 2);
+}
+
+#[tokio::test]
+async fn metadata_jsonl_single_labels_are_multi_class() {
+    let app = TestApp::new().await;
+    let jsonl = "{\"file_name\": \"a.png\", \"label\": \"cat\"}\n{\"file_name\": \"b.png\", \"label\": \"dog\"}\n";
+    let files = vec![
+        ("metadata.jsonl", jsonl.as_bytes().to_vec()),
+        ("a.png", png(10, 10, 1)),
+        ("b.png", png(10, 10, 2)),
+    ];
+    let (status, body) = upload(&app, &tar_gz(&files)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["task"], "multi_class");
+    assert_eq!(body["summary"]["layout"], "metadata");
+}
+
+#[tokio::test]
+async fn the_same_archive_twice_is_stored_once() {
+    let app = TestApp::new().await;
+    let archive = zip(&refs(&labelled("train/", &["a", "b"], 2, 16)));
+    let (s1, b1) = upload(&app, &archive).await;
+    let (s2, b2) = upload(&app, &archive).await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::OK));
+    assert_eq!(b1["id"], b2["id"]);
+    assert_eq!(
+        std::fs::read_dir(app.dir.path().join("datasets"))
+            .unwrap()
+            .count(),
+        1
+    );
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM datasets")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn undecodable_images_below_the_tolerance_are_skipped_and_listed() {
+    let app = TestApp::with_config(|c| c.max_undecodable_fraction = 0.2).await;
+    let mut files = labelled("", &["a", "b"], 5, 16);
+    files.push((
+        "a/broken.jpg".into(),
+        b"\xff\xd8\xff\xe0 not really a jpeg".to_vec(),
+    ));
+    let (status, body) = upload(&app, &zip(&refs(&files))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["summary"]["images"], 10);
+    let skipped = body["summary"]["skipped"].to_string();
+    assert!(
+        skipped.contains("a/broken.jpg") && skipped.contains("undecodable"),
+        "{skipped}"
+    );
+}
+
+// ---------- refused ----------
+
+#[tokio::test]
+async fn not_an_archive() {
+    let app = TestApp::new().await;
+    refused(
+        &app,
+        b"just some text, not an archive",
+        StatusCode::BAD_REQUEST,
+        "not_an_archive",
+    )
+    .await;
+    refused(
+        &app,
+        &png(8, 8, 0),
+        StatusCode::BAD_REQUEST,
+        "not_an_archive",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn truncated_archives() {
+    let app = TestApp::new().await;
+    let files = labelled("train/", &["a", "b"], 3, 32);
+    let z = zip(&refs(&files));
+    refused(
+        &app,
+        &z[..z.len() / 2],
+        StatusCode::BAD_REQUEST,
+        "truncated_archive",
+    )
+    .await;
+    let t = tar_gz(&refs(&files));
+    refused(
+        &app,
+        &t[..t.len() / 2],
+        StatusCode::BAD_REQUEST,
+        "truncated_archive",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn zip_slip_and_absolute_paths() {
+    let app = TestApp::new().await;
+    let mut files = labelled("train/", &["a", "b"], 2, 16);
+    files.push(("../evil.png".into(), png(4, 4, 0)));
+    let body = refused(
+        &app,
+        &zip(&refs(&files)),
+        StatusCode::BAD_REQUEST,
+        "unsafe_entry_path",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("../evil.png"));
+    files.pop();
+    files.push(("/tmp/abs.png".into(), png(4, 4, 0)));
+    refused(
+        &app,
+        &zip(&refs(&files)),
+        StatusCode::BAD_REQUEST,
+        "unsafe_entry_path",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn tar_links_are_refused() {
+    let app = TestApp::new().await;
+    for kind in [tar::EntryType::Symlink, tar::EntryType::Link] {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        let data = png(4, 4, 0);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "train/a/1.png", data.as_slice())
+            .unwrap();
+        let mut l = tar::Header::new_gnu();
+        l.set_entry_type(kind);
+        l.set_size(0);
+        b.append_link(&mut l, "train/b/link.png", "/etc/passwd")
+            .unwrap();
+        let bytes = b.into_inner().unwrap().finish().unwrap();
+        let body = refused(&app, &bytes, StatusCode::BAD_REQUEST, "unsafe_entry_path").await;
+        assert!(body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("train/b/link.png"));
+    }
+}
+
+#[tokio::test]
+async fn too_many_entries() {
+    let app = TestApp::with_config(|c| c.max_archive_entries = 5).await;
+    let files = labelled("", &["a", "b"], 4, 8);
+    refused(
+        &app,
+        &zip(&refs(&files)),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_entries",
+    )
+    .await;
+    refused(
+        &app,
+        &tar_gz(&refs(&files)),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_entries",
+    )
+    .await;
+}
+
+/// 1 GiB of zeros deflates to about 1 MiB; refused at the 64 MiB limit,
+/// quickly, from the declared size.
+#[tokio::test]
+async fn zip_bomb_is_refused_quickly() {
+    let app = TestApp::with_config(|c| c.max_uncompressed_bytes = 64 << 20).await;
+    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .compression_level(Some(9))
+        .large_file(true);
+    w.start_file("train/a/zeros.png", opts).unwrap();
+    let block = vec![0u8; 1 << 20];
+    for _ in 0..1024 {
+        w.write_all(&block).unwrap();
+    }
+    let bomb = w.finish().unwrap().into_inner();
+    assert!(bomb.len() < 4 << 20, "{}", bomb.len());
+    let t = Instant::now();
+    let body = refused(
+        &app,
+        &bomb,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "archive_too_large",
+    )
+    .await;
+    assert!(t.elapsed().as_secs() < 10);
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("train/a/zeros.png"));
+}
+
+/// A zip whose headers claim 1 KiB for a 128 MiB entry: the bytes actually
+/// decompressed are counted, so it is refused all the same.
+#[tokio::test]
+async fn zip_with_lying_sizes_is_refused() {
+    let app = TestApp::with_config(|c| c.max_uncompressed_bytes = 16 << 20).await;
+    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    w.start_file("train/a/zeros.png", opts).unwrap();
+    let block = vec![0u8; 1 << 20];
+    for _ in 0..128 {
+        w.write_all(&block).unwrap();
+    }
+    let mut bytes = w.finish().unwrap().into_inner();
+    // Patch the uncompressed size in the local header (offset 22) and in the
+    // central directory entry (offset 24 after its signature).
+    let lie = 1024u32.to_le_bytes();
+    bytes[22..26].copy_from_slice(&lie);
+    let cd = bytes.windows(4).rposition(|w| w == b"PK\x01\x02").unwrap();
+    bytes[cd + 24..cd + 28].copy_from_slice(&lie);
+    refused(
+        &app,
+        &bytes,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "archive_too_large",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn tar_gz_bomb_is_refused() {
+    let app = TestApp::with_config(|c| c.max_uncompressed_bytes = 16 << 20).await;
+    let zeros = vec![0u8; 64 << 20];
+    let bytes = tar_gz(&[("train/a/zeros.png", zeros)]);
+    refused(
+        &app,
+        &bytes,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "archive_too_large",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn upload_over_the_limit() {
+    let app = TestApp::with_config(|c| c.max_upload_bytes = 2000).await;
+    let files = labelled("", &["a", "b"], 4, 32);
+    let body = refused(
+        &app,
+        &zip(&refs(&files)),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("2000"));
+}
+
+#[tokio::test]
+async fn image_over_the_pixel_limit() {
+    let app = TestApp::with_config(|c| c.max_image_pixels = 100 * 100).await;
+    let mut files = labelled("", &["a", "b"], 2, 16);
+    files.push(("b/huge.png".into(), png(200, 120, 9)));
+    let body = refused(
+        &app,
+        &zip(&refs(&files)),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "image_too_large",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("b/huge.png"));
+}
+
+#[tokio::test]
+async fn label_rules() {
+    let app = TestApp::new().await;
+    let one = labelled("train/", &["only"], 3, 8);
+    refused(
+        &app,
+        &zip(&refs(&one)),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "too_few_labels",
+    )
+    .await;
+
+    let mut empty_dir = labelled("", &["a", "b"], 2, 8);
+    empty_dir.push(("c/notes.txt".into(), b"no images here".to_vec()));
+    let body = refused(
+        &app,
+        &zip(&refs(&empty_dir)),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "label_without_images",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains('c'));
+
+    let mut val_only = labelled("train/", &["a", "b"], 2, 8);
+    val_only.extend(labelled("val/", &["z"], 1, 8));
+    refused(
+        &app,
+        &zip(&refs(&val_only)),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "label_without_images",
+    )
+    .await;
+
+    let csv = "file_name,label\na.png,cat\nb.png,\n";
+    let files = vec![
+        ("metadata.csv", csv.as_bytes().to_vec()),
+        ("a.png", png(8, 8, 1)),
+        ("b.png", png(8, 8, 2)),
+    ];
+    let body = refused(
+        &app,
+        &zip(&files),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "empty_label",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("line 3"));
+}
+
+#[tokio::test]
+async fn metadata_naming_missing_files() {
+    let app = TestApp::new().await;
+    let csv = "file_name,label\na.png,cat\nb.png,dog\nghost.png,dog\n";
+    let files = vec![
+        ("metadata.csv", csv.as_bytes().to_vec()),
+        ("a.png", png(8, 8, 1)),
+        ("b.png", png(8, 8, 2)),
+    ];
+    let body = refused(
+        &app,
+        &zip(&files),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "missing_file",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("ghost.png"));
+}
+
+#[tokio::test]
+async fn undecodable_images_above_the_tolerance() {
+    let app = TestApp::new().await;
+    let mut files = labelled("", &["a", "b"], 3, 16);
+    files.push(("b/broken.png".into(), b"\x89PNG\r\n\x1a\n garbage".to_vec()));
+    let body = refused(
+        &app,
+        &zip(&refs(&files)),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "undecodable_images",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("b/broken.png"));
+}
+
+#[tokio::test]
+async fn missing_dataset_part() {
+    let app = TestApp::new().await;
+    let resp = app.send(upload_request("other", b"x")).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(body_json(resp).await["code"], "missing_dataset");
+    assert_eq!(
+        app.get("/datasets/0193a7c2-0000-7000-8000-000000000000")
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}

@@ -1,0 +1,104 @@
+//! A process killed with SIGKILL mid-training loses nothing: on restart the
+//! expired lease sends the job back to the queue and it resumes from its
+//! last epoch checkpoint; the model is recorded once.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::e2e::fixtures;
+use serde_json::{json, Value};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(data: &std::path::Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["serve", "--devices", "cpu", "--job-lease-secs", "2"])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting vitrine")
+}
+
+async fn wait_ready(url: &str) {
+    let started = Instant::now();
+    while reqwest::get(format!("{url}/readyz")).await.map(|r| r.status()) != Ok(reqwest::StatusCode::OK) {
+        assert!(started.elapsed() < Duration::from_secs(30), "server did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn job(url: &str, id: &str) -> Value {
+    reqwest::get(format!("{url}/jobs/{id}")).await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_resumes_from_its_checkpoint() {
+    let fx = fixtures();
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = start(data.path(), port);
+    wait_ready(&url).await;
+
+    let cfg = json!({"base_model": fx.base_model, "mode": "full", "epochs": 4, "batch_size": 16});
+    let form = reqwest::multipart::Form::new()
+        .part("dataset", reqwest::multipart::Part::bytes(std::fs::read(&fx.shapes_zip).unwrap()).file_name("d.zip"))
+        .text("config", cfg.to_string());
+    let resp = reqwest::Client::new().post(format!("{url}/jobs")).multipart(form).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+
+    // Kill it once the first epoch is checkpointed and the second is under way.
+    let started = Instant::now();
+    let before = loop {
+        let j = job(&url, &id).await;
+        let epochs = j["metrics"].as_array().map_or(0, Vec::len);
+        if epochs >= 1 && j["progress"]["epoch"].as_u64() >= Some(2) {
+            break j;
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "no progress: {j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    child.kill().unwrap(); // SIGKILL: no chance to requeue
+    child.wait().unwrap();
+    let epoch1 = before["metrics"][0].clone();
+
+    let mut child = start(data.path(), port);
+    wait_ready(&url).await;
+    let started = Instant::now();
+    let done = loop {
+        let j = job(&url, &id).await;
+        if ["succeeded", "failed", "cancelled"].contains(&j["status"].as_str().unwrap()) {
+            break j;
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "not finished: {j}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2);
+    // Resumed, not restarted: the second attempt began at epoch 2 and the
+    // first epoch's record is the one made before the kill.
+    assert!(done["progress"]["start_epoch"].as_u64() >= Some(1), "{}", done["progress"]);
+    let epochs: Vec<u64> = done["metrics"].as_array().unwrap().iter().map(|m| m["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs, [1, 2, 3, 4]);
+    assert_eq!(done["metrics"][0], epoch1);
+    // Exactly one model, for this job.
+    let models: Vec<Value> = reqwest::get(format!("{url}/models")).await.unwrap().json().await.unwrap();
+    assert_eq!(models.len(), 1);
+    assert_eq!(models[0]["job_id"], id.as_str());
+    assert_eq!(models[0]["id"], done["model_id"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
