@@ -508,3 +508,29 @@ fn bad_inputs_are_errors_not_panics() {
         assert!(err.contains(want), "{err}");
     }
 }
+
+#[test]
+fn a_random_model_from_config_runs_and_checks_input() {
+    use vitrine::model::{ModelConfig, ViTConfig};
+    let config = ViTConfig {
+        hidden_size: 16,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        intermediate_size: 32,
+        image_size: 8,
+        patch_size: 4,
+        ..ViTConfig::default()
+    };
+    // Checkpoint-style labels may repeat (ImageNet has two `crane`s).
+    let m = ModelConfig::Vit(config);
+    let m = vitrine::model::Model::from_config(m, labels(&["crane", "crane", "owl"]), Device::Cpu)
+        .unwrap();
+    let logits = m
+        .logits(&Tensor::randn([4, 3, 8, 8], (Kind::Float, Device::Cpu)))
+        .unwrap();
+    assert_eq!(logits.size(), [4, 3]);
+    assert!(!logits.requires_grad());
+    assert!(m
+        .logits(&Tensor::randn([4, 2, 8, 8], (Kind::Float, Device::Cpu)))
+        .is_err());
+}

@@ -51,3 +51,60 @@ impl ModelError {
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+impl ModelError {
+    /// Whether the error is about what the user named or sent (a model that
+    /// does not exist or cannot be loaded, bad labels, bad input) rather than
+    /// a fault of this service.
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, Self::Io { .. } | Self::Torch(_))
+            || matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
+    /// The stable problem `code` of a client error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownModelType(_) | Self::UnsupportedCheckpoint(_) => "unsupported_model",
+            Self::InvalidConfig { .. }
+            | Self::InvalidCheckpoint { .. }
+            | Self::MissingTensors(_)
+            | Self::UnexpectedTensors(_)
+            | Self::ShapeMismatch { .. } => "invalid_model",
+            Self::InvalidLabels(_) => "invalid_labels",
+            Self::InvalidInput(_) => "invalid_input",
+            Self::NotAvailable { .. } | Self::Io { .. } => "model_not_available",
+            Self::Torch(_) => "internal",
+        }
+    }
+}
+
+/// Client errors become 422 problem documents naming the problem; I/O and
+/// libtorch faults are internal (logged, not sent).
+impl From<ModelError> for crate::AppError {
+    fn from(e: ModelError) -> Self {
+        if e.is_client_error() {
+            crate::AppError::unprocessable(e.code(), e.to_string())
+        } else {
+            crate::AppError::Internal(anyhow::Error::new(e).context("model"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_errors_map_to_422_with_codes() {
+        let e: crate::AppError = ModelError::UnknownModelType("swin".into()).into();
+        assert_eq!(e.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(e.to_string().contains("`swin`"));
+        let io = ModelError::io("/x", std::io::Error::other("disk on fire"));
+        assert!(!io.is_client_error());
+        let e: crate::AppError = io.into();
+        assert_eq!(e.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let missing = ModelError::io("/x", std::io::ErrorKind::NotFound.into());
+        assert_eq!(missing.code(), "model_not_available");
+        assert!(missing.is_client_error());
+    }
+}

@@ -116,12 +116,17 @@ pub fn resolve_model_source(source: &str, options: &HubOptions) -> Result<PathBu
     }
     if options.offline {
         return Err(not_available(format!(
-            "HF_HUB_OFFLINE is set and the Hugging Face cache ({}) has no complete copy of revision `{}`",
+            "no local directory of that name, HF_HUB_OFFLINE is set and the Hugging Face cache ({}) \
+             has no complete copy of revision `{}`",
             options.cache_dir.join(id.cache_folder()).display(),
             id.revision
         )));
     }
-    download(&id, options).map_err(|e| not_available(format!("download from the Hub failed: {e}")))
+    download(&id, options).map_err(|e| {
+        not_available(format!(
+            "no local directory of that name, and the download from the Hub failed: {e}"
+        ))
+    })
 }
 
 /// The snapshot directory of `id` when config and weights are all cached.

@@ -23,7 +23,7 @@ use tch::{nn, Device, Kind, Tensor};
 use super::config::{ModelConfig, ViTConfig};
 use super::error::{ModelError, Result};
 use super::vit::ViTForImageClassification;
-use super::{timm, ImageClassifier, Model};
+use super::{timm, Model};
 
 /// Which layout the checkpoint had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,10 +135,8 @@ pub fn load_pretrained_reporting(
     };
     config.set_labels(labels);
 
-    let vs = nn::VarStore::new(device);
-    let net: Box<dyn ImageClassifier> = match &config {
-        ModelConfig::Vit(c) => Box::new(build_vit(&vs, c, config.labels().len())),
-    };
+    let Model { vs, net, .. } =
+        Model::from_config(config.clone(), config.labels().to_vec(), device)?;
 
     let skippable = |name: &str| {
         (new_head && name.starts_with("classifier."))

@@ -60,6 +60,40 @@ pub struct Model {
 }
 
 impl Model {
+    /// A randomly initialised model (weights as `transformers` initialises
+    /// them), for tests and experiments without a checkpoint.
+    pub fn from_config(
+        mut config: ModelConfig,
+        labels: Vec<String>,
+        device: tch::Device,
+    ) -> Result<Self, ModelError> {
+        // Checkpoint labels may repeat (ImageNet-1k has two `crane`s), so
+        // only user-given labels are checked for duplicates (in `load`).
+        if labels.is_empty() {
+            return Err(ModelError::InvalidLabels("no labels".into()));
+        }
+        config.set_labels(labels);
+        let vs = nn::VarStore::new(device);
+        let net: Box<dyn ImageClassifier> = match &config {
+            ModelConfig::Vit(c) => Box::new(load::build_vit(&vs, c, config.labels().len())),
+        };
+        Ok(Self {
+            vs,
+            net,
+            preprocessor_json: load::default_preprocessor(config.image_size()),
+            config,
+            source_dir: PathBuf::new(),
+        })
+    }
+
+    /// Inference logits `[B, num_labels]`: checks the input, moves it to the
+    /// model's device, runs in eval mode without gradients.
+    pub fn logits(&self, pixel_values: &Tensor) -> Result<Tensor, ModelError> {
+        self.check_input(pixel_values)?;
+        let x = pixel_values.to_device(self.device());
+        Ok(tch::no_grad(|| self.net.forward_t(&x, false)))
+    }
+
     /// The head's labels, index `i` for logit `i`.
     pub fn labels(&self) -> &[String] {
         self.config.labels()

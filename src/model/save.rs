@@ -78,7 +78,11 @@ fn config_json(config: &ModelConfig) -> serde_json::Value {
         ModelConfig::Vit(_) => "ViTForImageClassification",
     };
     value["architectures"] = serde_json::json!([architecture]);
+    // The weights are written in fp32 whatever the source stored.
     value["dtype"] = "float32".into();
+    if let Some(obj) = value.as_object_mut() {
+        obj.remove("torch_dtype");
+    }
     value
 }
 
