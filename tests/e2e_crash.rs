@@ -33,14 +33,25 @@ fn start(data: &std::path::Path, port: u16) -> Child {
 
 async fn wait_ready(url: &str) {
     let started = Instant::now();
-    while reqwest::get(format!("{url}/readyz")).await.map(|r| r.status()) != Ok(reqwest::StatusCode::OK) {
-        assert!(started.elapsed() < Duration::from_secs(30), "server did not start");
+    while !reqwest::get(format!("{url}/readyz"))
+        .await
+        .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "server did not start"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn job(url: &str, id: &str) -> Value {
-    reqwest::get(format!("{url}/jobs/{id}")).await.unwrap().json().await.unwrap()
+    reqwest::get(format!("{url}/jobs/{id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,11 +65,23 @@ async fn a_killed_worker_resumes_from_its_checkpoint() {
 
     let cfg = json!({"base_model": fx.base_model, "mode": "full", "epochs": 4, "batch_size": 16});
     let form = reqwest::multipart::Form::new()
-        .part("dataset", reqwest::multipart::Part::bytes(std::fs::read(&fx.shapes_zip).unwrap()).file_name("d.zip"))
+        .part(
+            "dataset",
+            reqwest::multipart::Part::bytes(std::fs::read(&fx.tints_zip).unwrap())
+                .file_name("d.zip"),
+        )
         .text("config", cfg.to_string());
-    let resp = reqwest::Client::new().post(format!("{url}/jobs")).multipart(form).send().await.unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/jobs"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 202);
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // Kill it once the first epoch is checkpointed and the second is under way.
     let started = Instant::now();
@@ -68,7 +91,10 @@ async fn a_killed_worker_resumes_from_its_checkpoint() {
         if epochs >= 1 && j["progress"]["epoch"].as_u64() >= Some(2) {
             break j;
         }
-        assert!(started.elapsed() < Duration::from_secs(300), "no progress: {j}");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no progress: {j}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     child.kill().unwrap(); // SIGKILL: no chance to requeue
@@ -83,19 +109,36 @@ async fn a_killed_worker_resumes_from_its_checkpoint() {
         if ["succeeded", "failed", "cancelled"].contains(&j["status"].as_str().unwrap()) {
             break j;
         }
-        assert!(started.elapsed() < Duration::from_secs(300), "not finished: {j}");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "not finished: {j}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["attempts"], 2);
     // Resumed, not restarted: the second attempt began at epoch 2 and the
     // first epoch's record is the one made before the kill.
-    assert!(done["progress"]["start_epoch"].as_u64() >= Some(1), "{}", done["progress"]);
-    let epochs: Vec<u64> = done["metrics"].as_array().unwrap().iter().map(|m| m["epoch"].as_u64().unwrap()).collect();
+    assert!(
+        done["progress"]["start_epoch"].as_u64() >= Some(1),
+        "{}",
+        done["progress"]
+    );
+    let epochs: Vec<u64> = done["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["epoch"].as_u64().unwrap())
+        .collect();
     assert_eq!(epochs, [1, 2, 3, 4]);
     assert_eq!(done["metrics"][0], epoch1);
     // Exactly one model, for this job.
-    let models: Vec<Value> = reqwest::get(format!("{url}/models")).await.unwrap().json().await.unwrap();
+    let models: Vec<Value> = reqwest::get(format!("{url}/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(models.len(), 1);
     assert_eq!(models[0]["job_id"], id.as_str());
     assert_eq!(models[0]["id"], done["model_id"]);

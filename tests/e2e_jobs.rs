@@ -34,7 +34,7 @@ async fn each_mode_learns_the_new_task_and_the_newest_model_answers() {
     ];
     let mut ids = Vec::new();
     for cfg in &modes {
-        let resp = server.submit(&fx.shapes_zip, cfg.clone()).await;
+        let resp = server.submit(&fx.tints_zip, cfg.clone()).await;
         assert_eq!(resp.status(), 202);
         let job: Value = resp.json().await.unwrap();
         assert_eq!(job["status"], "queued");
@@ -44,7 +44,12 @@ async fn each_mode_learns_the_new_task_and_the_newest_model_answers() {
     let datasets: Vec<String> = {
         let mut d = Vec::new();
         for id in &ids {
-            d.push(server.get_json(&format!("/jobs/{id}")).await["dataset_id"].as_str().unwrap().to_string());
+            d.push(
+                server.get_json(&format!("/jobs/{id}")).await["dataset_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
         }
         d
     };
@@ -64,7 +69,12 @@ async fn each_mode_learns_the_new_task_and_the_newest_model_answers() {
     for ((job, floor), cfg) in finished.iter().zip(floors).zip(&modes) {
         let acc = accuracy(job);
         println!("{}: best validation accuracy {acc:.3}", cfg["mode"]);
-        assert!(acc >= floor, "{} reached only {acc}: {}", cfg["mode"], job["metrics"]);
+        assert!(
+            acc >= floor,
+            "{} reached only {acc}: {}",
+            cfg["mode"],
+            job["metrics"]
+        );
         let epochs = job["metrics"].as_array().unwrap();
         assert_eq!(epochs.len() as u64, cfg["epochs"].as_u64().unwrap());
         let first = &epochs[0]["validation"];
@@ -77,19 +87,25 @@ async fn each_mode_learns_the_new_task_and_the_newest_model_answers() {
     // The model directory is in the Hugging Face layout.
     let model_id = finished[2]["model_id"].as_str().unwrap().to_string();
     let model = server.get_json(&format!("/models/{model_id}")).await;
-    assert_eq!(model["labels"], json!(["circle", "cross", "square", "triangle"]));
+    assert_eq!(model["labels"], json!(["blue", "green", "red", "yellow"]));
     let dir = server.dir.path().join("models").join(&model_id);
-    for f in ["config.json", "model.safetensors", "preprocessor_config.json", "metrics.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "metrics.json",
+    ] {
         assert!(dir.join(f).exists(), "{f} missing in {}", dir.display());
     }
-    let config: Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["id2label"]["3"], "triangle");
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["id2label"]["2"], "red");
 
     // /predict uses the newest model.
     let resp = reqwest::Client::new()
         .post(format!("{}/predict?top_k=2", server.url))
         .header("content-type", "image/png")
-        .body(std::fs::read(&fx.triangle_png).unwrap())
+        .body(std::fs::read(&fx.red_png).unwrap())
         .send()
         .await
         .unwrap();
@@ -97,7 +113,7 @@ async fn each_mode_learns_the_new_task_and_the_newest_model_answers() {
     let answer: Value = resp.json().await.unwrap();
     assert_eq!(answer["model"], model_id.as_str());
     assert_eq!(answer["predictions"].as_array().unwrap().len(), 2);
-    assert_eq!(answer["predictions"][0]["label"], "triangle", "{answer}");
+    assert_eq!(answer["predictions"][0]["label"], "red", "{answer}");
     server.stop().await;
 }
 
@@ -109,7 +125,10 @@ async fn a_multi_label_job_reaches_a_stated_micro_f1() {
                      "batch_size": 32, "learning_rate": 0.002});
     let resp = server.submit(&fx.mosaic_zip, cfg).await;
     assert_eq!(resp.status(), 202);
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let job = server.wait_for_job(&id, TIMEOUT).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let best = job["metrics"]
@@ -120,7 +139,9 @@ async fn a_multi_label_job_reaches_a_stated_micro_f1() {
         .fold(0.0, f64::max);
     println!("multi-label best micro-F1 {best:.3}");
     assert!(best >= 0.7, "micro-F1 {best}: {}", job["metrics"]);
-    let model = server.get_json(&format!("/models/{}", job["model_id"].as_str().unwrap())).await;
+    let model = server
+        .get_json(&format!("/models/{}", job["model_id"].as_str().unwrap()))
+        .await;
     assert_eq!(model["task"], "multi_label");
     assert_eq!(model["metrics"]["thresholds"].as_array().unwrap().len(), 4);
     server.stop().await;
@@ -132,19 +153,33 @@ async fn events_follow_the_job_to_its_end() {
     let fx = fixtures();
     let server = TestServer::start(|_| {}).await;
     let cfg = json!({"base_model": fx.base_model, "mode": "linear_probe", "epochs": 3});
-    let id = server.submit(&fx.shapes_zip, cfg).await.json::<Value>().await.unwrap()["id"]
+    let id = server
+        .submit(&fx.tints_zip, cfg)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
-    let resp = reqwest::get(format!("{}/jobs/{id}/events", server.url)).await.unwrap();
+    let resp = reqwest::get(format!("{}/jobs/{id}/events", server.url))
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let body = tokio::time::timeout(TIMEOUT, resp.text()).await.expect("the stream ends with the job").unwrap();
+    let body = tokio::time::timeout(TIMEOUT, resp.text())
+        .await
+        .expect("the stream ends with the job")
+        .unwrap();
     let kinds: Vec<&str> = body
         .lines()
         .filter_map(|l| l.strip_prefix("event: "))
         .collect();
     assert_eq!(kinds.first(), Some(&"snapshot"));
-    assert_eq!(kinds.iter().filter(|k| **k == "epoch").count(), 3, "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "epoch").count(),
+        3,
+        "{kinds:?}"
+    );
     assert!(kinds.contains(&"progress"));
     assert_eq!(kinds.last(), Some(&"status"));
     assert!(body.contains("\"succeeded\""));
@@ -156,7 +191,12 @@ async fn cancel_stops_a_running_job_and_keeps_its_best_epoch() {
     let fx = fixtures();
     let server = TestServer::start(|_| {}).await;
     let cfg = json!({"base_model": fx.base_model, "mode": "full", "epochs": 200, "batch_size": 16});
-    let id = server.submit(&fx.shapes_zip, cfg).await.json::<Value>().await.unwrap()["id"]
+    let id = server
+        .submit(&fx.tints_zip, cfg)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -181,7 +221,10 @@ async fn cancel_stops_a_running_job_and_keeps_its_best_epoch() {
     println!("cancelled after {:?}", asked.elapsed());
     assert!(asked.elapsed() < Duration::from_secs(10));
     assert_eq!(job["status"], "cancelled");
-    assert!(job["model_id"].is_string(), "the best epoch so far is kept: {job}");
+    assert!(
+        job["model_id"].is_string(),
+        "the best epoch so far is kept: {job}"
+    );
     // Cancelling again: the job already ended.
     let again = reqwest::Client::new()
         .post(format!("{}/jobs/{id}/cancel", server.url))
@@ -197,33 +240,64 @@ async fn bad_configs_and_unknown_models_are_refused_before_queueing() {
     let fx = fixtures();
     let server = TestServer::start(|_| {}).await;
     let cases = [
-        (json!({"base_model": fx.base_model, "epochz": 3}), "invalid_config", "epochz"),
-        (json!({"base_model": fx.base_model, "batch_size": 0}), "invalid_config", "batch_size"),
-        (json!({"base_model": "/no/such/model/dir"}), "unknown_base_model", "/no/such/model/dir"),
-        (json!({"base_model": fx.base_model, "device": "cuda:3"}), "no_such_device", "cuda:3"),
-        (json!({"base_model": fx.base_model, "task": "multi_class", "epochs": 1}), "", ""),
+        (
+            json!({"base_model": fx.base_model, "epochz": 3}),
+            "invalid_config",
+            "epochz",
+        ),
+        (
+            json!({"base_model": fx.base_model, "batch_size": 0}),
+            "invalid_config",
+            "batch_size",
+        ),
+        (
+            json!({"base_model": "/no/such/model/dir"}),
+            "unknown_base_model",
+            "/no/such/model/dir",
+        ),
+        (
+            json!({"base_model": fx.base_model, "device": "cuda:3"}),
+            "no_such_device",
+            "cuda:3",
+        ),
+        (
+            json!({"base_model": fx.base_model, "task": "multi_class", "epochs": 1}),
+            "",
+            "",
+        ),
     ];
     for (cfg, code, named) in cases.iter().take(4) {
-        let resp = server.submit(&fx.shapes_zip, cfg.clone()).await;
+        let resp = server.submit(&fx.tints_zip, cfg.clone()).await;
         assert_eq!(resp.status(), 422, "{cfg}");
         assert_eq!(resp.headers()["content-type"], "application/problem+json");
         let problem: Value = resp.json().await.unwrap();
         assert_eq!(problem["code"], *code, "{problem}");
-        assert!(problem["detail"].as_str().unwrap().contains(named), "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(named),
+            "{problem}"
+        );
     }
     // A multi-label dataset cannot be forced to multi-class.
     let resp = server.submit(&fx.mosaic_zip, cases[4].0.clone()).await;
     assert_eq!(resp.status(), 422);
     assert_eq!(resp.json::<Value>().await.unwrap()["code"], "task_mismatch");
     let jobs = server.get_json("/jobs").await;
-    assert_eq!(jobs.as_array().unwrap().len(), 0, "nothing was queued: {jobs}");
+    assert_eq!(
+        jobs.as_array().unwrap().len(),
+        0,
+        "nothing was queued: {jobs}"
+    );
 
     // Idempotency: the same key twice gives the same job.
     let cfg = json!({"base_model": fx.base_model, "epochs": 1});
     let mut ids = Vec::new();
     for _ in 0..2 {
         let form = reqwest::multipart::Form::new()
-            .part("dataset", reqwest::multipart::Part::bytes(std::fs::read(&fx.shapes_zip).unwrap()).file_name("d.zip"))
+            .part(
+                "dataset",
+                reqwest::multipart::Part::bytes(std::fs::read(&fx.tints_zip).unwrap())
+                    .file_name("d.zip"),
+            )
             .text("config", cfg.to_string());
         let resp = reqwest::Client::new()
             .post(format!("{}/jobs", server.url))
@@ -233,7 +307,12 @@ async fn bad_configs_and_unknown_models_are_refused_before_queueing() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 202);
-        ids.push(resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+        ids.push(
+            resp.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     assert_eq!(ids[0], ids[1]);
     // JSON naming the stored dataset works too.

@@ -224,9 +224,9 @@ impl Worker {
         let base_model_dir = tokio::task::spawn_blocking(move || {
             crate::model::resolve_model_source(&base, &crate::model::HubOptions::from_env())
         })
-            .await
-            .map_err(TrainError::retry)?
-            .map_err(|e| TrainError::fatal(format!("base model `{}`: {e:#}", config.base_model)))?;
+        .await
+        .map_err(TrainError::retry)?
+        .map_err(|e| TrainError::fatal(format!("base model `{}`: {e:#}", config.base_model)))?;
         let data_dir = &self.state.config.data_dir;
         Ok(TrainSpec {
             job_id: job.id.clone(),

@@ -24,13 +24,15 @@ use crate::train::data::{prepare, Prepared};
 /// Trains `spec`'s job to the end, to early stopping, or until `stop` is set.
 pub fn run(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutcome, TrainError> {
     let cfg = &spec.config;
+    std::fs::create_dir_all(&spec.work_dir)
+        .map_err(|e| TrainError::retry(format!("creating the job's work directory: {e}")))?;
     let data = prepare(&spec)?;
     tch::manual_seed(cfg.seed as i64);
     let model =
         crate::model::load_pretrained(&spec.base_model_dir, spec.device, Some(&data.labels))
             .map_err(|e| TrainError::fatal(format!("loading base model: {e:#}")))?;
-    let preprocessor: PreprocessorConfig =
-        serde_json::from_value(model.preprocessor_json.clone()).map_err(|e| {
+    let preprocessor: PreprocessorConfig = serde_json::from_value(model.preprocessor_json.clone())
+        .map_err(|e| {
             TrainError::fatal(format!("the base model's preprocessor_config.json: {e}"))
         })?;
     let pipeline = Pipeline::from_preprocessor(&preprocessor, cfg.image_size);

@@ -32,7 +32,11 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
-        let handle = tokio::spawn(vitrine::server::serve_on(listener, state.clone(), stop.clone()));
+        let handle = tokio::spawn(vitrine::server::serve_on(
+            listener,
+            state.clone(),
+            stop.clone(),
+        ));
         Self {
             url,
             dir,
@@ -84,7 +88,10 @@ impl TestServer {
             if ["succeeded", "failed", "cancelled"].contains(&status.as_str()) {
                 return job;
             }
-            assert!(started.elapsed() < timeout, "job {id} still {status} after {timeout:?}: {job}");
+            assert!(
+                started.elapsed() < timeout,
+                "job {id} still {status} after {timeout:?}: {job}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -100,12 +107,13 @@ impl Drop for TestServer {
 pub struct Fixtures {
     /// A tiny ViT pre-trained on shape-and-colour images (HF layout).
     pub base_model: PathBuf,
-    /// Multi-class imagefolder zip: which shape (train/validation dirs).
-    pub shapes_zip: PathBuf,
-    /// Multi-label zip with metadata.jsonl: which shapes are in a mosaic.
+    /// Multi-class imagefolder zip: the colour of an outlined shape
+    /// (train/validation dirs).
+    pub tints_zip: PathBuf,
+    /// Multi-label zip with metadata.jsonl: which colours a mosaic holds.
     pub mosaic_zip: PathBuf,
-    /// A red triangle.
-    pub triangle_png: PathBuf,
+    /// A red outlined shape.
+    pub red_png: PathBuf,
 }
 
 static LOCK: Mutex<()> = Mutex::new(());
@@ -115,15 +123,15 @@ pub fn fixtures() -> Fixtures {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/synthetic.py");
     let text = std::fs::read(script).unwrap();
-    let hash = text
-        .iter()
-        .fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let hash = text.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{hash:016x}"));
     let fx = Fixtures {
         base_model: dir.join("base"),
-        shapes_zip: dir.join("shapes.zip"),
+        tints_zip: dir.join("tints.zip"),
         mosaic_zip: dir.join("mosaic.zip"),
-        triangle_png: dir.join("triangle.png"),
+        red_png: dir.join("red.png"),
     };
     if dir.join("done").exists() {
         return fx;
@@ -145,9 +153,9 @@ pub fn fixtures() -> Fixtures {
         );
     };
     run(&["pretrain", "base"]);
-    run(&["dataset", "shapes.zip", "shapes"]);
+    run(&["dataset", "tints.zip", "tints"]);
     run(&["dataset", "mosaic.zip", "mosaic"]);
-    run(&["image", "triangle.png", "triangle"]);
+    run(&["image", "red.png", "red"]);
     std::fs::write(tmp.join("done"), b"").unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).unwrap();
