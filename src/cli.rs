@@ -12,6 +12,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Bench(BenchCommand::Preprocess(args))) => crate::imaging::bench::run(args),
+        Some(Command::Predict(args)) => crate::predict_local::run(args),
         Some(Command::Openapi) => {
             print!("{}", crate::http::openapi::document_json());
             Ok(())

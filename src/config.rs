@@ -28,6 +28,8 @@ pub enum Command {
     Info,
     /// Print the OpenAPI document generated from the code.
     Openapi,
+    /// Classify local image files with a model, no server; prints JSON.
+    Predict(crate::predict_local::PredictArgs),
     /// Measure preprocessing throughput against Pillow + `ViTImageProcessor`.
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -13,6 +13,7 @@ pub mod imaging;
 pub mod jobs;
 pub mod metrics;
 pub mod model;
+pub mod predict_local;
 pub mod serve;
 pub mod server;
 pub mod store;

@@ -1,0 +1,20 @@
+"""Reference scores from transformers for a saved model and image files.
+
+  hf_predict.py MODEL_DIR IMAGE...   prints {"labels": [...], "scores": [[...], ...]}
+"""
+import json
+import sys
+
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+model = AutoModelForImageClassification.from_pretrained(sys.argv[1]).eval()
+proc = AutoImageProcessor.from_pretrained(sys.argv[1])
+images = [Image.open(p).convert("RGB") for p in sys.argv[2:]]
+with torch.no_grad():
+    logits = model(**proc(images, return_tensors="pt")).logits
+multi = model.config.problem_type == "multi_label_classification"
+scores = logits.sigmoid() if multi else logits.softmax(-1)
+labels = [model.config.id2label[i] for i in range(logits.shape[1])]
+print(json.dumps({"labels": labels, "scores": scores.tolist()}))
