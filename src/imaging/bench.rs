@@ -55,8 +55,8 @@ pub fn generate(dir: &Path, n: usize) -> anyhow::Result<Vec<PathBuf>> {
             let img = RgbImage::from_fn(w, h, |x, y| {
                 let (u, v) = (x as f32 / w as f32, y as f32 / h as f32);
                 let n = f32::from(rng.gen::<u8>() >> 5); // sensor-like noise, 0-7 levels
-                let r = 127.0 + 100.0 * (a * 6.28 * u + c).sin() + n;
-                let g = 127.0 + 100.0 * (b * 6.28 * v).cos() + n;
+                let r = 127.0 + 100.0 * (a * std::f32::consts::TAU * u + c).sin() + n;
+                let g = 127.0 + 100.0 * (b * std::f32::consts::TAU * v).cos() + n;
                 let bl = 255.0 * u * v;
                 Rgb([
                     r.clamp(0.0, 255.0) as u8,

@@ -75,12 +75,10 @@ impl Pipeline {
             None
         };
         let mut crop = if cfg.do_center_crop {
-            cfg.crop_size
-                .and_then(|c| c.target())
-                .and_then(|t| match t {
-                    ResizeTarget::Exact { height, width } => Some((height, width)),
-                    ResizeTarget::ShortestEdge { shortest, .. } => Some((shortest, shortest)),
-                })
+            cfg.crop_size.and_then(|c| c.target()).map(|t| match t {
+                ResizeTarget::Exact { height, width } => (height, width),
+                ResizeTarget::ShortestEdge { shortest, .. } => (shortest, shortest),
+            })
         } else {
             None
         };
@@ -116,8 +114,8 @@ impl Pipeline {
             ([0.0; 3], [1.0; 3])
         };
         let mut lut = [[0f32; 256]; 3];
-        for c in 0..3 {
-            for v in 0..256 {
+        for (c, table) in lut.iter_mut().enumerate() {
+            for (v, slot) in table.iter_mut().enumerate() {
                 // HF rescales in float64, then normalises in float32.
                 let x = (v as f64
                     * if cfg.do_rescale {
@@ -125,7 +123,7 @@ impl Pipeline {
                     } else {
                         1.0
                     }) as f32;
-                lut[c][v] = (x - mean[c]) / std[c];
+                *slot = (x - mean[c]) / std[c];
             }
         }
         Pipeline {
