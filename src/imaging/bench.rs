@@ -30,12 +30,16 @@ pub struct BenchArgs {
     /// Python with `transformers` and Pillow (default: $VITRINE_PYTHON, else `python3`).
     #[arg(long, env = "VITRINE_PYTHON")]
     pub python: Option<PathBuf>,
+    /// Timed passes over the files on each side; the best one counts.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Skip the Python side.
     #[arg(long)]
     pub no_python: bool,
 }
 
-/// Writes `n` JPEGs of 300-800 px sides with smooth content and noise.
+/// Writes `n` JPEGs (quality 75) of 300-800 px sides: smooth gradients and
+/// waves plus sensor-like noise of up to 7 levels, roughly a photo's entropy.
 pub fn generate(dir: &Path, n: usize) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     (0..n)
@@ -50,9 +54,9 @@ pub fn generate(dir: &Path, n: usize) -> anyhow::Result<Vec<PathBuf>> {
             );
             let img = RgbImage::from_fn(w, h, |x, y| {
                 let (u, v) = (x as f32 / w as f32, y as f32 / h as f32);
-                let n = (rng.gen::<u8>() >> 3) as f32;
-                let r = 127.0 + 100.0 * (a * 6.28 * u + c).sin() + n;
-                let g = 127.0 + 100.0 * (b * 6.28 * v).cos() + n;
+                let n = f32::from(rng.gen::<u8>() >> 5); // sensor-like noise, 0-7 levels
+                let r = 127.0 + 100.0 * (a * std::f32::consts::TAU * u + c).sin() + n;
+                let g = 127.0 + 100.0 * (b * std::f32::consts::TAU * v).cos() + n;
                 let bl = 255.0 * u * v;
                 Rgb([
                     r.clamp(0.0, 255.0) as u8,
@@ -77,14 +81,16 @@ def work(paths):
     imgs = [Image.open(p).convert("RGB") for p in paths]
     return proc(images=imgs, return_tensors="np")["pixel_values"].shape[0]
 if __name__ == "__main__":
-    d, procs, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    d, procs, batch, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     paths = sorted(glob.glob(os.path.join(d, "*.jpg")))
     chunks = [paths[i:i + batch] for i in range(0, len(paths), batch)]
     with Pool(procs) as pool:
         pool.map(work, chunks[:procs])  # warm up every worker
-        t = time.perf_counter()
-        n = sum(pool.map(work, chunks, chunksize=1))
-        dt = time.perf_counter() - t
+        dt = float("inf")
+        for _ in range(rounds):
+            t = time.perf_counter()
+            n = sum(pool.map(work, chunks, chunksize=1))
+            dt = min(dt, time.perf_counter() - t)
     print(f"{n} {dt}")
 "#;
 
@@ -119,13 +125,35 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let pipeline = Pipeline::from_preprocessor(&PreprocessorConfig::default(), None);
     // Warm up (page cache, thread pool).
     let _ = pipeline.load_batch(&paths[..args.batch.min(paths.len())], None)?;
-    let t = Instant::now();
-    for chunk in paths.chunks(args.batch.max(1)) {
-        let batch = pipeline.load_batch(chunk, None)?;
-        debug_assert_eq!(batch.size()[1..], [3, 224, 224]);
+    // Best of `rounds` passes over all files, for both sides: the machine
+    // may be shared, and the best pass is the least disturbed one.
+    let mut dt = f64::INFINITY;
+    for _ in 0..args.rounds.max(1) {
+        let t = Instant::now();
+        for chunk in paths.chunks(args.batch.max(1)) {
+            let batch = pipeline.load_batch(chunk, None)?;
+            debug_assert_eq!(batch.size()[1..], [3, 224, 224]);
+        }
+        dt = dt.min(t.elapsed().as_secs_f64());
     }
-    let dt = t.elapsed().as_secs_f64();
     let ours = paths.len() as f64 / dt;
+    let t = Instant::now();
+    let limits = super::DecodeLimits::default();
+    let decoded: Vec<RgbImage> = paths[..paths.len().min(200)]
+        .par_iter()
+        .map(|p| super::pipeline::load_file(p, &limits))
+        .collect::<Result<_, _>>()?;
+    let decode_dt = t.elapsed().as_secs_f64() / decoded.len() as f64;
+    let t = Instant::now();
+    decoded
+        .par_iter()
+        .try_for_each(|img| pipeline.process(img).map(|_| ()))?;
+    let process_dt = t.elapsed().as_secs_f64() / decoded.len() as f64;
+    println!(
+        "  of which: read+decode {:.2} ms/image, resize+normalise {:.2} ms/image (wall, {threads} threads)",
+        decode_dt * 1e3,
+        process_dt * 1e3
+    );
     println!(
         "vitrine (decode+resize 224+normalise, {threads} threads): {ours:.1} images/s ({dt:.2} s)"
     );
@@ -138,6 +166,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .arg(&dir)
         .arg(threads.to_string())
         .arg(args.batch.to_string())
+        .arg(args.rounds.max(1).to_string())
         .output()
         .with_context(|| format!("running {}", python.display()))?;
     if !out.status.success() {

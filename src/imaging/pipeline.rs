@@ -75,12 +75,10 @@ impl Pipeline {
             None
         };
         let mut crop = if cfg.do_center_crop {
-            cfg.crop_size
-                .and_then(|c| c.target())
-                .and_then(|t| match t {
-                    ResizeTarget::Exact { height, width } => Some((height, width)),
-                    ResizeTarget::ShortestEdge { shortest, .. } => Some((shortest, shortest)),
-                })
+            cfg.crop_size.and_then(|c| c.target()).map(|t| match t {
+                ResizeTarget::Exact { height, width } => (height, width),
+                ResizeTarget::ShortestEdge { shortest, .. } => (shortest, shortest),
+            })
         } else {
             None
         };
@@ -116,8 +114,8 @@ impl Pipeline {
             ([0.0; 3], [1.0; 3])
         };
         let mut lut = [[0f32; 256]; 3];
-        for c in 0..3 {
-            for v in 0..256 {
+        for (c, table) in lut.iter_mut().enumerate() {
+            for (v, slot) in table.iter_mut().enumerate() {
                 // HF rescales in float64, then normalises in float32.
                 let x = (v as f64
                     * if cfg.do_rescale {
@@ -125,7 +123,7 @@ impl Pipeline {
                     } else {
                         1.0
                     }) as f32;
-                lut[c][v] = (x - mean[c]) / std[c];
+                *slot = (x - mean[c]) / std[c];
             }
         }
         Pipeline {
@@ -320,6 +318,30 @@ impl Pipeline {
         let mean_grey = jitter.map(|_| mean_grey(&resized)).unwrap_or(0.0);
         let (r_plane, rest) = out.split_at_mut(plane);
         let (g_plane, b_plane) = rest.split_at_mut(plane);
+        let inside = window.left >= 0
+            && window.top >= 0
+            && window.left + ow as i64 <= rw
+            && window.top + oh as i64 <= rh;
+        if inside && !flip && jitter.is_none() {
+            // The common case (evaluation, no padding): a row-wise table lookup.
+            let [lr, lg, lb] = &self.lut;
+            for y in 0..oh {
+                let start = (((window.top + y as i64) * rw + window.left) * 3) as usize;
+                let row = &raw[start..start + 3 * ow];
+                let o = y * ow;
+                let (r, g, b) = (
+                    &mut r_plane[o..o + ow],
+                    &mut g_plane[o..o + ow],
+                    &mut b_plane[o..o + ow],
+                );
+                for (x, px) in row.chunks_exact(3).enumerate() {
+                    r[x] = lr[px[0] as usize];
+                    g[x] = lg[px[1] as usize];
+                    b[x] = lb[px[2] as usize];
+                }
+            }
+            return Ok((window.height, window.width));
+        }
         for y in 0..oh {
             let sy = window.top + y as i64;
             for x in 0..ow {
@@ -464,7 +486,10 @@ impl Pipeline {
         flat.par_chunks_mut(per.max(1))
             .enumerate()
             .try_for_each_init(Vec::new, |buf, (i, chunk)| {
-                one(i, buf)?;
+                let got = one(i, buf)?;
+                if got != (h, w) {
+                    return Err(ImageError::MixedSizes(format!("{got:?} and {:?}", (h, w))));
+                }
                 chunk.copy_from_slice(&buf[..per]);
                 Ok::<(), ImageError>(())
             })?;
