@@ -7,7 +7,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::e2e::fixtures;
+use common::e2e::{fixtures, get_json, submit, wait_for_job};
 use serde_json::{json, Value};
 
 fn free_port() -> u16 {
@@ -45,15 +45,6 @@ async fn wait_ready(url: &str) {
     }
 }
 
-async fn job(url: &str, id: &str) -> Value {
-    reqwest::get(format!("{url}/jobs/{id}"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_resumes_from_its_checkpoint() {
     let fx = fixtures();
@@ -64,19 +55,7 @@ async fn a_killed_worker_resumes_from_its_checkpoint() {
     wait_ready(&url).await;
 
     let cfg = json!({"base_model": fx.base_model, "mode": "full", "epochs": 4, "batch_size": 16});
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "dataset",
-            reqwest::multipart::Part::bytes(std::fs::read(&fx.tints_zip).unwrap())
-                .file_name("d.zip"),
-        )
-        .text("config", cfg.to_string());
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/jobs"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let resp = submit(&url, &fx.tints_zip, cfg, None).await;
     assert_eq!(resp.status(), 202);
     let id = resp.json::<Value>().await.unwrap()["id"]
         .as_str()
@@ -86,7 +65,7 @@ async fn a_killed_worker_resumes_from_its_checkpoint() {
     // Kill it once the first epoch is checkpointed and the second is under way.
     let started = Instant::now();
     let before = loop {
-        let j = job(&url, &id).await;
+        let j = get_json(&url, &format!("/jobs/{id}")).await;
         let epochs = j["metrics"].as_array().map_or(0, Vec::len);
         if epochs >= 1 && j["progress"]["epoch"].as_u64() >= Some(2) {
             break j;
@@ -103,18 +82,7 @@ async fn a_killed_worker_resumes_from_its_checkpoint() {
 
     let mut child = start(data.path(), port);
     wait_ready(&url).await;
-    let started = Instant::now();
-    let done = loop {
-        let j = job(&url, &id).await;
-        if ["succeeded", "failed", "cancelled"].contains(&j["status"].as_str().unwrap()) {
-            break j;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "not finished: {j}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = wait_for_job(&url, &id, Duration::from_secs(300)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["attempts"], 2);
     // Resumed, not restarted: the second attempt began at epoch 2 and the

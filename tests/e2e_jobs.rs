@@ -292,20 +292,8 @@ async fn bad_configs_and_unknown_models_are_refused_before_queueing() {
     let cfg = json!({"base_model": fx.base_model, "epochs": 1});
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let form = reqwest::multipart::Form::new()
-            .part(
-                "dataset",
-                reqwest::multipart::Part::bytes(std::fs::read(&fx.tints_zip).unwrap())
-                    .file_name("d.zip"),
-            )
-            .text("config", cfg.to_string());
-        let resp = reqwest::Client::new()
-            .post(format!("{}/jobs", server.url))
-            .header("idempotency-key", "abc-123")
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
+        let resp =
+            common::e2e::submit(&server.url, &fx.tints_zip, cfg.clone(), Some("abc-123")).await;
         assert_eq!(resp.status(), 202);
         ids.push(
             resp.json::<Value>().await.unwrap()["id"]

@@ -55,45 +55,65 @@ impl TestServer {
 
     /// POST /jobs with a dataset archive and a config.
     pub async fn submit(&self, archive: &Path, config: Value) -> reqwest::Response {
-        let form = reqwest::multipart::Form::new()
-            .part(
-                "dataset",
-                reqwest::multipart::Part::bytes(std::fs::read(archive).unwrap())
-                    .file_name("dataset.zip"),
-            )
-            .text("config", config.to_string());
-        reqwest::Client::new()
-            .post(format!("{}/jobs", self.url))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
+        submit(&self.url, archive, config, None).await
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
-        reqwest::get(format!("{}{path}", self.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&self.url, path).await
     }
 
     /// Polls the job until it ends (or `timeout`), returning its last state.
     pub async fn wait_for_job(&self, id: &str, timeout: Duration) -> Value {
-        let started = Instant::now();
-        loop {
-            let job = self.get_json(&format!("/jobs/{id}")).await;
-            let status = job["status"].as_str().unwrap_or("").to_string();
-            if ["succeeded", "failed", "cancelled"].contains(&status.as_str()) {
-                return job;
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "job {id} still {status} after {timeout:?}: {job}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_for_job(&self.url, id, timeout).await
+    }
+}
+
+/// POST /jobs on the server at `url`: multipart archive + config.
+pub async fn submit(
+    url: &str,
+    archive: &Path,
+    config: Value,
+    key: Option<&str>,
+) -> reqwest::Response {
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "dataset",
+            reqwest::multipart::Part::bytes(std::fs::read(archive).unwrap())
+                .file_name("dataset.zip"),
+        )
+        .text("config", config.to_string());
+    let mut req = reqwest::Client::new()
+        .post(format!("{url}/jobs"))
+        .multipart(form);
+    if let Some(key) = key {
+        req = req.header("idempotency-key", key);
+    }
+    req.send().await.unwrap()
+}
+
+pub async fn get_json(url: &str, path: &str) -> Value {
+    reqwest::get(format!("{url}{path}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls a job until it ends (or `timeout`), returning its last state.
+pub async fn wait_for_job(url: &str, id: &str, timeout: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        let job = get_json(url, &format!("/jobs/{id}")).await;
+        let status = job["status"].as_str().unwrap_or("").to_string();
+        if ["succeeded", "failed", "cancelled"].contains(&status.as_str()) {
+            return job;
         }
+        assert!(
+            started.elapsed() < timeout,
+            "job {id} still {status} after {timeout:?}: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
