@@ -321,3 +321,75 @@ async fn bad_configs_and_unknown_models_are_refused_before_queueing() {
     assert_eq!(resp.status(), 422);
     server.stop().await;
 }
+
+/// Fine-tuning at another resolution than the base model's saves a model
+/// that runs natively at that size, in vitrine and in `transformers`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_at_another_resolution_saves_a_native_model() {
+    let fx = fixtures();
+    let server = TestServer::start(|_| {}).await;
+    let cfg = json!({"base_model": fx.base_model, "mode": "full", "epochs": 2,
+                     "image_size": 48, "learning_rate": 0.001});
+    let id = server
+        .submit(&fx.tints_zip, cfg)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = server.wait_for_job(&id, TIMEOUT).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let model_id = job["model_id"].as_str().unwrap();
+    let dir = server.dir.path().join("models").join(model_id);
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["image_size"], 48);
+    let pre: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("preprocessor_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(pre["size"], json!({"height": 48, "width": 48}));
+
+    let out = std::process::Command::new(common::python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/e2e/hf_predict.py"
+        ))
+        .arg(&dir)
+        .arg(&fx.red_png)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/predict?all_scores=true", server.url))
+        .header("content-type", "image/png")
+        .body(std::fs::read(&fx.red_png).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut worst: f64 = 0.0;
+    for (i, label) in reference["labels"].as_array().unwrap().iter().enumerate() {
+        let got = answer["results"][0]["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["label"] == *label)
+            .unwrap()["score"]
+            .as_f64()
+            .unwrap();
+        worst = worst.max((got - reference["scores"][0][i].as_f64().unwrap()).abs());
+    }
+    println!("48 px model: max |score - transformers| = {worst:e}");
+    // Upscaling 32 -> 48 px: the two bilinear resizes may differ by a level.
+    assert!(worst <= 2e-3, "{worst}");
+    server.stop().await;
+}

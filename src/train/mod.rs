@@ -13,6 +13,7 @@ mod eval;
 mod features;
 pub mod metrics;
 pub mod optim;
+mod resolution;
 mod session;
 
 use std::path::PathBuf;

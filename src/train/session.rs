@@ -28,9 +28,12 @@ pub fn run(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
         .map_err(|e| TrainError::retry(format!("creating the job's work directory: {e}")))?;
     let data = prepare(&spec)?;
     tch::manual_seed(cfg.seed as i64);
-    let model =
+    let mut model =
         crate::model::load_pretrained(&spec.base_model_dir, spec.device, Some(&data.labels))
             .map_err(|e| TrainError::fatal(format!("loading base model: {e:#}")))?;
+    if let Some(size) = cfg.image_size {
+        super::resolution::adapt(&mut model, size)?;
+    }
     let preprocessor: PreprocessorConfig = serde_json::from_value(model.preprocessor_json.clone())
         .map_err(|e| {
             TrainError::fatal(format!("the base model's preprocessor_config.json: {e}"))
