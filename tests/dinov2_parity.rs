@@ -231,6 +231,55 @@ fn saved_model_loads_in_transformers_with_the_same_logits() {
 }
 
 #[test]
+fn registers_model_matches_transformers_and_round_trips() {
+    let (m, report) =
+        load_pretrained_reporting(&model_dir("registers_p4_s32"), Device::Cpu, None).unwrap();
+    assert!(report.skipped.is_empty() && !report.new_head, "{report:?}");
+    assert_eq!(m.config.model_type(), "dinov2_with_registers");
+    let vars = m.vs.variables();
+    assert_eq!(
+        vars["dinov2_with_registers.embeddings.register_tokens"].size(),
+        [1, 3, 32]
+    );
+    assert_eq!(
+        m.param_group("dinov2_with_registers.encoder.layer.1.norm1.weight"),
+        Some(ParamGroup::Layer(1))
+    );
+    check_fixture("registers_p4_s32", &m);
+
+    let io = io("registers_p4_s32");
+    let x = &io["pixel_values_interp"];
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("saved");
+    save_pretrained(&m, &out, ProblemType::SingleLabel).unwrap();
+    let input = tmp.path().join("input.safetensors");
+    Tensor::write_safetensors(&[("pixel_values", x)], &input).unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/check_saved_vit.py"
+    );
+    let run = Command::new(common::python())
+        .arg(script)
+        .arg(&out)
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "transformers refused it:\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(reply["class"], "Dinov2WithRegistersForImageClassification");
+    let hf: Vec<Vec<f32>> = serde_json::from_value(reply["logits"].clone()).unwrap();
+    assert_close(
+        "registers saved logits in transformers",
+        &Tensor::from_slice2(&hf),
+        &io["logits_interp"],
+    );
+}
+
+#[test]
 fn strict_loading_names_a_missing_layer_scale() {
     let tmp = tempfile::tempdir().unwrap();
     let src = model_dir("cls_p7_s28");

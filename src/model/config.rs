@@ -16,7 +16,8 @@ use super::error::{ModelError, Result};
 pub enum ModelConfig {
     /// `model_type: "vit"` (`ViTModel`, `ViTForImageClassification`).
     Vit(ViTConfig),
-    /// `model_type: "dinov2"` (`Dinov2Model`, `Dinov2ForImageClassification`).
+    /// `model_type: "dinov2"` (`Dinov2Model`, `Dinov2ForImageClassification`)
+    /// and `"dinov2_with_registers"` (`Dinov2WithRegisters*`, register tokens).
     Dinov2(Dinov2Config),
 }
 
@@ -43,20 +44,28 @@ impl ModelConfig {
                 config.validate().map_err(invalid)?;
                 Ok(Self::Vit(config))
             }
-            "dinov2" => {
+            "dinov2" | "dinov2_with_registers" => {
+                let with_registers = model_type == "dinov2_with_registers";
+                let mut value = value;
+                if with_registers {
+                    // `Dinov2WithRegistersConfig` defaults to 4 registers.
+                    if let Some(obj) = value.as_object_mut() {
+                        obj.entry("num_register_tokens").or_insert(4.into());
+                    }
+                }
                 let mut config: Dinov2Config =
                     serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
                 for derived in ["label2id", "num_labels", "_num_labels", "model_type"] {
                     config.extra.remove(derived);
                 }
+                config.with_registers = with_registers;
+                if with_registers {
+                    // Its embeddings always carry a mask token.
+                    config.use_mask_token = true;
+                }
                 config.validate().map_err(invalid)?;
                 Ok(Self::Dinov2(config))
             }
-            "dinov2_with_registers" => Err(ModelError::UnsupportedCheckpoint(format!(
-                "{}: DINOv2 with register tokens (`dinov2_with_registers`) is not supported; \
-                 use a `dinov2` checkpoint without registers",
-                path.display()
-            ))),
             _ => Err(ModelError::UnknownModelType(model_type)),
         }
     }
@@ -76,16 +85,16 @@ impl ModelConfig {
     pub fn model_type(&self) -> &'static str {
         match self {
             Self::Vit(_) => "vit",
-            Self::Dinov2(_) => "dinov2",
+            Self::Dinov2(c) => c.model_type(),
         }
     }
 
     /// The attribute name of the backbone in the classification model, the
-    /// prefix of its variable names (`vit.`, `dinov2.`).
+    /// prefix of its variable names (`vit.`, `dinov2.`, `dinov2_with_registers.`).
     pub fn backbone_prefix(&self) -> &'static str {
         match self {
             Self::Vit(_) => "vit",
-            Self::Dinov2(_) => "dinov2",
+            Self::Dinov2(c) => c.backbone_prefix(),
         }
     }
 
@@ -136,7 +145,7 @@ impl ModelConfig {
     pub fn to_json(&self) -> serde_json::Value {
         let mut value = match self {
             Self::Vit(c) => serde_json::to_value(c).expect("a ViTConfig serialises"),
-            Self::Dinov2(c) => serde_json::to_value(c).expect("a Dinov2Config serialises"),
+            Self::Dinov2(c) => c.to_json(),
         };
         let labels = self.labels();
         let label2id: serde_json::Map<String, serde_json::Value> = labels

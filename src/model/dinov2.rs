@@ -13,6 +13,11 @@
 //! SwiGLU feed-forward, stochastic depth, and a classifier on
 //! `concat(CLS, mean(patch tokens))` (width `2 * hidden_size`).
 //!
+//! `Dinov2WithRegisters*` (`model_type: "dinov2_with_registers"`) is the
+//! same network under `dinov2_with_registers.`, with learned register tokens
+//! inserted after CLS (after the position embeddings are added), left out of
+//! the patch mean, and antialiased position-embedding interpolation.
+//!
 //! Optimiser groups as in [`super::vit`]: embeddings 0, layer `i` `i + 1`,
 //! final layernorm `L + 1`, classifier `L + 2`.
 
@@ -60,9 +65,13 @@ pub struct Dinov2Embeddings {
     /// Only used for masked-image pre-training; kept so checkpoints round-trip.
     _mask_token: Option<Tensor>,
     position_embeddings: Tensor,
+    /// `[1, R, hidden]` register tokens (`dinov2_with_registers` only).
+    register_tokens: Option<Tensor>,
     pub(super) projection: nn::Conv2D,
     patch_size: i64,
     dropout: f64,
+    /// Antialiased bicubic interpolation (`dinov2_with_registers`).
+    antialias: bool,
 }
 
 impl Dinov2Embeddings {
@@ -91,17 +100,26 @@ impl Dinov2Embeddings {
             c.patch_size,
             conv,
         );
+        let register_tokens = c.with_registers.then(|| {
+            p.var(
+                "register_tokens",
+                &[1, c.num_register_tokens, c.hidden_size],
+                nn::Init::Const(0.),
+            )
+        });
         Self {
             cls_token,
             _mask_token: mask_token,
             position_embeddings,
+            register_tokens,
             projection,
             patch_size: c.patch_size,
             dropout: c.hidden_dropout_prob,
+            antialias: c.with_registers,
         }
     }
 
-    /// `[B, C, H, W]` -> `[B, 1 + (H/p)(W/p), hidden]`.
+    /// `[B, C, H, W]` -> `[B, 1 + R + (H/p)(W/p), hidden]` (`R` registers).
     pub fn forward_t(&self, pixel_values: &Tensor, train: bool) -> Tensor {
         let (b, _c, h, w) = pixel_values.size4().expect("pixel_values is [B, C, H, W]");
         let patches = self
@@ -113,14 +131,29 @@ impl Dinov2Embeddings {
         let cls = self.cls_token.expand([b, 1, dim], false);
         let xs = Tensor::cat(&[cls, patches], 1);
         let pos = self.position_encoding(h, w);
-        (xs + pos).dropout(self.dropout, train)
+        let xs = xs + pos;
+        let xs = match &self.register_tokens {
+            Some(r) => {
+                let (_, n, _) = xs.size3().expect("[B, N, D]");
+                let regs = r.expand([b, r.size()[1], dim], false);
+                Tensor::cat(&[xs.narrow(1, 0, 1), regs, xs.narrow(1, 1, n - 1)], 1)
+            }
+            None => xs,
+        };
+        xs.dropout(self.dropout, train)
+    }
+
+    /// Register tokens between CLS and the patch tokens.
+    pub fn num_register_tokens(&self) -> i64 {
+        self.register_tokens.as_ref().map_or(0, |r| r.size()[1])
     }
 
     /// Position embeddings for an `height` x `width` pixel input, exactly as
     /// `Dinov2Embeddings.interpolate_pos_encoding`: the stored ones when the
     /// input is square with as many patches as stored, else the patch part
     /// resized bicubically (align_corners false, no antialiasing, fp32) to
-    /// the `height / p` x `width / p` grid.
+    /// the `height / p` x `width / p` grid (antialiased for
+    /// `dinov2_with_registers`, as `transformers` does there).
     pub fn position_encoding(&self, height: i64, width: i64) -> Tensor {
         let (_, n, dim) = self.position_embeddings.size3().expect("[1, N + 1, D]");
         let num_positions = n - 1;
@@ -131,13 +164,18 @@ impl Dinov2Embeddings {
         let side = (num_positions as f64).sqrt() as i64;
         let kind = self.position_embeddings.kind();
         let class_pos = self.position_embeddings.narrow(1, 0, 1);
-        let patch_pos = self
+        let grid = self
             .position_embeddings
             .narrow(1, 1, num_positions)
             .reshape([1, side, side, dim])
             .permute([0, 3, 1, 2])
-            .to_kind(Kind::Float)
-            .upsample_bicubic2d([grid_h, grid_w], false, None, None)
+            .to_kind(Kind::Float);
+        let resized = if self.antialias {
+            grid.internal_upsample_bicubic2d_aa([grid_h, grid_w], false, None, None)
+        } else {
+            grid.upsample_bicubic2d([grid_h, grid_w], false, None, None)
+        };
+        let patch_pos = resized
             .to_kind(kind)
             .permute([0, 2, 3, 1])
             .reshape([1, -1, dim]);
@@ -288,7 +326,8 @@ pub struct Dinov2Model {
 }
 
 impl Dinov2Model {
-    /// Builds `Dinov2Model` under `p` (normally `root / "dinov2"`), setting
+    /// Builds `Dinov2Model` under `p` (normally `root / "dinov2"`, or
+    /// `root / "dinov2_with_registers"`), setting
     /// the optimiser group of each part.
     pub fn new(p: nn::Path, c: &Dinov2Config) -> Self {
         let n = c.num_hidden_layers as usize;
@@ -327,7 +366,7 @@ impl Dinov2ForImageClassification {
     /// Builds the network under `root` with a head of `num_labels` outputs,
     /// initialised like `transformers` (normal(0, initializer_range), zero bias).
     pub fn new(root: &nn::Path, c: &Dinov2Config, num_labels: i64) -> Self {
-        let dinov2 = Dinov2Model::new(root / "dinov2", c);
+        let dinov2 = Dinov2Model::new(root / c.backbone_prefix(), c);
         let head = root.set_group(c.num_hidden_layers as usize + 2);
         let classifier = linear(
             &head / "classifier",
@@ -341,7 +380,8 @@ impl Dinov2ForImageClassification {
 }
 
 impl ImageClassifier for Dinov2ForImageClassification {
-    /// `[B, 2 * hidden]`: CLS token and mean patch token, concatenated.
+    /// `[B, 2 * hidden]`: CLS token and mean patch token (registers
+    /// excluded), concatenated.
     fn features(&self, pixel_values: &Tensor, train: bool) -> Tensor {
         // As `Dinov2PatchEmbeddings.forward`: inputs follow the weights' dtype.
         let kind = self.dinov2.embeddings.projection.ws.kind();
@@ -352,8 +392,9 @@ impl ImageClassifier for Dinov2ForImageClassification {
         };
         let h = self.dinov2.last_hidden_state(&pixel_values, train);
         let n = h.size()[1];
+        let skip = 1 + self.dinov2.embeddings.num_register_tokens();
         let cls = h.select(1, 0);
-        let patches = h.narrow(1, 1, n - 1).mean_dim(1, false, None);
+        let patches = h.narrow(1, skip, n - skip).mean_dim(1, false, None);
         Tensor::cat(&[cls, patches], 1)
     }
 

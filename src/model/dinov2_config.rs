@@ -56,6 +56,15 @@ pub struct Dinov2Config {
     /// kept so a saved model has every tensor `transformers` expects).
     #[serde(default = "d::yes")]
     pub use_mask_token: bool,
+    /// Register tokens (`dinov2_with_registers` only): learned tokens
+    /// inserted after CLS, seen by attention, left out of the classifier input.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub num_register_tokens: i64,
+    /// `model_type: "dinov2_with_registers"` (`Dinov2WithRegistersModel`):
+    /// register tokens, backbone attribute `dinov2_with_registers`, and
+    /// antialiased position-embedding interpolation.
+    #[serde(skip)]
+    pub with_registers: bool,
     /// `id2label` as a list: index `i` is label `i`. In JSON the keys are strings.
     #[serde(
         default,
@@ -110,6 +119,10 @@ mod d {
     }
 }
 
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
 /// `mlp_ratio` is an `int` in `transformers`' strict config: a whole ratio
 /// is written as an integer so the saved config validates there.
 fn ratio_ser<S: Serializer>(ratio: &f64, s: S) -> Result<S::Ok, S::Error> {
@@ -158,14 +171,51 @@ impl Dinov2Config {
                 self.drop_path_rate
             ));
         }
-        if let Some(n) = self.extra.get("num_register_tokens") {
-            if n.as_i64() != Some(0) {
-                return Err(format!(
-                    "register tokens (`num_register_tokens` {n}) are not supported"
-                ));
-            }
+        if self.num_register_tokens < 0 {
+            return Err(format!(
+                "`num_register_tokens` must not be negative, got {}",
+                self.num_register_tokens
+            ));
+        }
+        if self.num_register_tokens > 0 && !self.with_registers {
+            return Err(format!(
+                "register tokens (`num_register_tokens` {}) need `model_type` \
+                 `dinov2_with_registers`; a `dinov2` model has none",
+                self.num_register_tokens
+            ));
         }
         Ok(())
+    }
+
+    /// `dinov2` or `dinov2_with_registers`.
+    pub fn model_type(&self) -> &'static str {
+        if self.with_registers {
+            "dinov2_with_registers"
+        } else {
+            "dinov2"
+        }
+    }
+
+    /// The backbone attribute of the classification model, the prefix of
+    /// its variable names: the `base_model_prefix` of `transformers`.
+    pub fn backbone_prefix(&self) -> &'static str {
+        self.model_type()
+    }
+
+    /// The `config.json` fields (without the derived `label2id`/`model_type`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).expect("a Dinov2Config serialises");
+        if self.with_registers {
+            let obj = value.as_object_mut().expect("config is an object");
+            // Always explicit: absent would mean the default of 4.
+            obj.insert(
+                "num_register_tokens".into(),
+                self.num_register_tokens.into(),
+            );
+            // Not a field of `Dinov2WithRegistersConfig` (the token always exists).
+            obj.remove("use_mask_token");
+        }
+        value
     }
 
     /// `int(hidden_size * mlp_ratio)`, the fc1 width (Python truncates).
@@ -233,14 +283,24 @@ mod tests {
     }
 
     #[test]
-    fn register_tokens_are_refused_by_name() {
-        let err = parse(serde_json::json!({"model_type": "dinov2_with_registers"}))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("register tokens"), "{err}");
+    fn register_tokens_belong_to_dinov2_with_registers() {
+        let c = parse(serde_json::json!({"model_type": "dinov2_with_registers"})).unwrap();
+        assert_eq!(c.model_type(), "dinov2_with_registers");
+        assert_eq!(c.backbone_prefix(), "dinov2_with_registers");
+        let ModelConfig::Dinov2(d) = &c else {
+            panic!("a dinov2 config")
+        };
+        assert_eq!(d.num_register_tokens, 4);
+        let back = c.to_json();
+        assert_eq!(back["num_register_tokens"], 4);
+        assert_eq!(back["model_type"], "dinov2_with_registers");
+        assert!(back.get("use_mask_token").is_none());
         let err = parse(serde_json::json!({"model_type": "dinov2", "num_register_tokens": 4}))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("num_register_tokens"), "{err}");
+        assert!(
+            err.contains("num_register_tokens") && err.contains("dinov2_with_registers"),
+            "{err}"
+        );
     }
 }

@@ -77,6 +77,7 @@ fn config_json(config: &ModelConfig) -> serde_json::Value {
     let mut value = config.to_json();
     let architecture = match config {
         ModelConfig::Vit(_) => "ViTForImageClassification",
+        ModelConfig::Dinov2(c) if c.with_registers => "Dinov2WithRegistersForImageClassification",
         ModelConfig::Dinov2(_) => "Dinov2ForImageClassification",
     };
     value["architectures"] = serde_json::json!([architecture]);

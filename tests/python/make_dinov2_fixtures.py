@@ -18,7 +18,13 @@ import torch
 from safetensors.torch import save_file
 
 import transformers
-from transformers import Dinov2Config, Dinov2ForImageClassification, Dinov2Model
+from transformers import (
+    Dinov2Config,
+    Dinov2ForImageClassification,
+    Dinov2Model,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersForImageClassification,
+)
 
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -57,10 +63,15 @@ def randomise(model, seed):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
+def has_head(model):
+    return isinstance(model, (Dinov2ForImageClassification, Dinov2WithRegistersForImageClassification))
+
+
 def features(model, pixels):
-    base = model.dinov2 if isinstance(model, Dinov2ForImageClassification) else model
+    base = getattr(model, model.base_model_prefix) if has_head(model) else model
     h = base(pixel_values=pixels).last_hidden_state
-    return torch.cat([h[:, 0], h[:, 1:].mean(dim=1)], dim=1)
+    skip = 1 + getattr(model.config, "num_register_tokens", 0)
+    return torch.cat([h[:, 0], h[:, skip:].mean(dim=1)], dim=1)
 
 
 def fixture(root, name, model, size, interp, seed=0):
@@ -77,7 +88,7 @@ def fixture(root, name, model, size, interp, seed=0):
     with torch.no_grad():
         for suffix, key in [("", "pixel_values"), ("_interp", "pixel_values_interp")]:
             io["features" + suffix] = features(model, io[key])
-            if isinstance(model, Dinov2ForImageClassification):
+            if has_head(model):
                 io["logits" + suffix] = model(pixel_values=io[key]).logits
     save_file({k: v.contiguous() for k, v in io.items()}, os.path.join(out, "io.safetensors"))
 
@@ -124,6 +135,16 @@ def main(root):
                                             num_hidden_layers=2, image_size=518, patch_size=14))
     randomise(m, 3)
     fixture(root, "cls_p14_s518", m, 518, (224, 224))
+
+    # Dinov2WithRegisters: 3 register tokens, patch 4, 32 px (8x8 grid), downsampled
+    # to 20x12 px (5x3 grid: the antialiased interpolation matters).
+    cfg = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=4,
+                                    image_size=32, patch_size=4, num_register_tokens=3)
+    cfg.id2label = {0: "u", 1: "v", 2: "w", 3: "z"}
+    cfg.label2id = {v: k for k, v in cfg.id2label.items()}
+    m = Dinov2WithRegistersForImageClassification(cfg)
+    randomise(m, 4)
+    fixture(root, "registers_p4_s32", m, 32, (20, 12))
 
 
 if __name__ == "__main__":
