@@ -365,7 +365,7 @@ fn read_optional_json(path: &Path) -> Result<Option<serde_json::Value>> {
 pub fn default_preprocessor_for(config: &ModelConfig) -> serde_json::Value {
     match config {
         ModelConfig::Vit(c) => default_preprocessor(c.image_size),
-        ModelConfig::Dinov2(_) => dinov2_preprocessor(),
+        ModelConfig::Dinov2(c) => dinov2_preprocessor(c.image_size),
     }
 }
 
@@ -373,14 +373,24 @@ pub fn default_preprocessor_for(config: &ModelConfig) -> serde_json::Value {
 /// checkpoint: resize the shortest edge to 256 (bicubic), centre-crop 224,
 /// rescale by 1/255, ImageNet mean and std. The position embeddings are
 /// interpolated from the training grid (518 px) to the 224 px input.
-pub fn dinov2_preprocessor() -> serde_json::Value {
+/// A model trained at another size than Meta's 518 (a small random one)
+/// is fed that size instead, resized in the same 256:224 proportion.
+pub fn dinov2_preprocessor(image_size: i64) -> serde_json::Value {
+    let (resize, crop) = if image_size == 518 {
+        (256, 224)
+    } else {
+        (
+            (image_size as f64 * 256.0 / 224.0).round() as i64,
+            image_size,
+        )
+    };
     serde_json::json!({
         "image_processor_type": "BitImageProcessor",
         "do_resize": true,
-        "size": {"shortest_edge": 256},
+        "size": {"shortest_edge": resize},
         "resample": 3,
         "do_center_crop": true,
-        "crop_size": {"height": 224, "width": 224},
+        "crop_size": {"height": crop, "width": crop},
         "do_rescale": true,
         "rescale_factor": 1.0 / 255.0,
         "do_normalize": true,
