@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use super::dinov2_config::Dinov2Config;
 use super::error::{ModelError, Result};
 
 /// The configuration of one supported architecture.
@@ -15,6 +16,9 @@ use super::error::{ModelError, Result};
 pub enum ModelConfig {
     /// `model_type: "vit"` (`ViTModel`, `ViTForImageClassification`).
     Vit(ViTConfig),
+    /// `model_type: "dinov2"` (`Dinov2Model`, `Dinov2ForImageClassification`)
+    /// and `"dinov2_with_registers"` (`Dinov2WithRegisters*`, register tokens).
+    Dinov2(Dinov2Config),
 }
 
 impl ModelConfig {
@@ -40,6 +44,28 @@ impl ModelConfig {
                 config.validate().map_err(invalid)?;
                 Ok(Self::Vit(config))
             }
+            "dinov2" | "dinov2_with_registers" => {
+                let with_registers = model_type == "dinov2_with_registers";
+                let mut value = value;
+                if with_registers {
+                    // `Dinov2WithRegistersConfig` defaults to 4 registers.
+                    if let Some(obj) = value.as_object_mut() {
+                        obj.entry("num_register_tokens").or_insert(4.into());
+                    }
+                }
+                let mut config: Dinov2Config =
+                    serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+                for derived in ["label2id", "num_labels", "_num_labels", "model_type"] {
+                    config.extra.remove(derived);
+                }
+                config.with_registers = with_registers;
+                if with_registers {
+                    // Its embeddings always carry a mask token.
+                    config.use_mask_token = true;
+                }
+                config.validate().map_err(invalid)?;
+                Ok(Self::Dinov2(config))
+            }
             _ => Err(ModelError::UnknownModelType(model_type)),
         }
     }
@@ -59,6 +85,16 @@ impl ModelConfig {
     pub fn model_type(&self) -> &'static str {
         match self {
             Self::Vit(_) => "vit",
+            Self::Dinov2(c) => c.model_type(),
+        }
+    }
+
+    /// The attribute name of the backbone in the classification model, the
+    /// prefix of its variable names (`vit.`, `dinov2.`, `dinov2_with_registers.`).
+    pub fn backbone_prefix(&self) -> &'static str {
+        match self {
+            Self::Vit(_) => "vit",
+            Self::Dinov2(c) => c.backbone_prefix(),
         }
     }
 
@@ -66,24 +102,42 @@ impl ModelConfig {
     pub fn labels(&self) -> &[String] {
         match self {
             Self::Vit(c) => &c.id2label,
+            Self::Dinov2(c) => &c.id2label,
         }
     }
 
     pub fn set_labels(&mut self, labels: Vec<String>) {
         match self {
             Self::Vit(c) => c.id2label = labels,
+            Self::Dinov2(c) => c.id2label = labels,
         }
     }
 
     pub fn num_hidden_layers(&self) -> usize {
         match self {
             Self::Vit(c) => c.num_hidden_layers as usize,
+            Self::Dinov2(c) => c.num_hidden_layers as usize,
         }
     }
 
     pub fn image_size(&self) -> i64 {
         match self {
             Self::Vit(c) => c.image_size,
+            Self::Dinov2(c) => c.image_size,
+        }
+    }
+
+    pub fn patch_size(&self) -> i64 {
+        match self {
+            Self::Vit(c) => c.patch_size,
+            Self::Dinov2(c) => c.patch_size,
+        }
+    }
+
+    pub fn num_channels(&self) -> i64 {
+        match self {
+            Self::Vit(c) => c.num_channels,
+            Self::Dinov2(c) => c.num_channels,
         }
     }
 
@@ -91,6 +145,7 @@ impl ModelConfig {
     pub fn to_json(&self) -> serde_json::Value {
         let mut value = match self {
             Self::Vit(c) => serde_json::to_value(c).expect("a ViTConfig serialises"),
+            Self::Dinov2(c) => c.to_json(),
         };
         let labels = self.labels();
         let label2id: serde_json::Map<String, serde_json::Value> = labels
@@ -322,7 +377,7 @@ impl ViTConfig {
 
 /// `image_size` / `patch_size` are ints, or `[h, w]` pairs in some configs:
 /// only square sizes are supported.
-fn square_size<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+pub(super) fn square_size<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Size {
@@ -338,7 +393,7 @@ fn square_size<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     }
 }
 
-fn id2label_de<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(super) fn id2label_de<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let map: Option<BTreeMap<String, String>> = Option::deserialize(d)?;
     let Some(map) = map else {
         return Ok(Vec::new());
@@ -360,7 +415,7 @@ fn id2label_de<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     Ok(labels.into_iter().map(|l| l.expect("all filled")).collect())
 }
 
-fn id2label_ser<S: Serializer>(labels: &[String], s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn id2label_ser<S: Serializer>(labels: &[String], s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
     let mut map = s.serialize_map(Some(labels.len()))?;
     for (i, l) in labels.iter().enumerate() {
@@ -388,7 +443,9 @@ mod tests {
             "label2id": {"cat": 0, "dog": 1, "fox": 2}
         }))
         .unwrap();
-        let ModelConfig::Vit(v) = &c;
+        let ModelConfig::Vit(v) = &c else {
+            panic!("a vit config")
+        };
         assert_eq!(v.hidden_act, Activation::GeluTanh);
         assert_eq!(c.labels(), ["cat", "dog", "fox"]);
         assert_eq!(v.extra["encoder_stride"], 16);

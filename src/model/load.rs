@@ -1,7 +1,7 @@
 //! Strict loading of a model directory in the Hugging Face layout
 //! (`config.json` + `model.safetensors`, or a sharded
-//! `model.safetensors.index.json`), of bare `ViTModel` checkpoints (keys
-//! without the `vit.` prefix) and of timm checkpoints (through [`super::timm`]).
+//! `model.safetensors.index.json`), of bare `ViTModel` / `Dinov2Model`
+//! checkpoints (keys without the `vit.` / `dinov2.` prefix) and of timm checkpoints (through [`super::timm`]).
 //!
 //! Strict means: every model variable is found in the checkpoint with the
 //! same shape, and every checkpoint tensor is used, except tensors the
@@ -86,7 +86,8 @@ pub fn load_pretrained_reporting(
         (CheckpointFormat::Timm, ModelConfig::Vit(vit), Some(pre))
     } else {
         let config = ModelConfig::from_json(raw_config, &config_path)?;
-        let bare = !tensors.keys().any(|k| k.starts_with("vit."))
+        let prefix = format!("{}.", config.backbone_prefix());
+        let bare = !tensors.keys().any(|k| k.starts_with(&prefix))
             && tensors.keys().any(|k| k.starts_with("embeddings."));
         if bare {
             tensors = tensors
@@ -95,7 +96,7 @@ pub fn load_pretrained_reporting(
                     if k.starts_with("classifier.") {
                         (k, t)
                     } else {
-                        (format!("vit.{k}"), t)
+                        (format!("{prefix}{k}"), t)
                     }
                 })
                 .collect();
@@ -138,24 +139,27 @@ pub fn load_pretrained_reporting(
     let Model { vs, net, .. } =
         Model::from_config(config.clone(), config.labels().to_vec(), device)?;
 
+    let prefix = config.backbone_prefix();
+    let mask_token = format!("{prefix}.embeddings.mask_token");
     let skippable = |name: &str| {
         (new_head && name.starts_with("classifier."))
-            || name.starts_with("vit.pooler.")
-            || name == "vit.embeddings.mask_token"
+            || name.starts_with(&format!("{prefix}.pooler."))
+            || name == mask_token
     };
-    let skipped = copy_strict(
-        &vs,
-        &tensors,
-        |name| new_head && name.starts_with("classifier."),
-        skippable,
-    )?;
+    // A DINOv2 mask token (pre-training only) absent from the checkpoint
+    // keeps its zero initialisation, as in `transformers`.
+    let keep_init = |name: &str| {
+        (new_head && name.starts_with("classifier."))
+            || (name == mask_token && !tensors.contains_key(name))
+    };
+    let skipped = copy_strict(&vs, &tensors, keep_init, skippable)?;
     for name in &skipped {
         tracing::info!(tensor = %name, dir = %dir.display(), "checkpoint tensor not loaded");
     }
 
     let preprocessor_json = match read_optional_json(&dir.join("preprocessor_config.json"))? {
         Some(v) => v,
-        None => timm_preprocessor.unwrap_or_else(|| default_preprocessor(config.image_size())),
+        None => timm_preprocessor.unwrap_or_else(|| default_preprocessor_for(&config)),
     };
     let report = LoadReport {
         format,
@@ -354,6 +358,46 @@ fn read_optional_json(path: &Path) -> Result<Option<serde_json::Value>> {
             path: path.to_path_buf(),
             detail: e.to_string(),
         })
+}
+
+/// The `preprocessor_config.json` a checkpoint without one gets: the
+/// defaults of the image processor its architecture uses on the Hub.
+pub fn default_preprocessor_for(config: &ModelConfig) -> serde_json::Value {
+    match config {
+        ModelConfig::Vit(c) => default_preprocessor(c.image_size),
+        ModelConfig::Dinov2(c) => dinov2_preprocessor(c.image_size),
+    }
+}
+
+/// `BitImageProcessor` as configured for every `facebook/dinov2-*`
+/// checkpoint: resize the shortest edge to 256 (bicubic), centre-crop 224,
+/// rescale by 1/255, ImageNet mean and std. The position embeddings are
+/// interpolated from the training grid (518 px) to the 224 px input.
+/// A model trained at another size than Meta's 518 (a small random one)
+/// is fed that size instead, resized in the same 256:224 proportion.
+pub fn dinov2_preprocessor(image_size: i64) -> serde_json::Value {
+    let (resize, crop) = if image_size == 518 {
+        (256, 224)
+    } else {
+        (
+            (image_size as f64 * 256.0 / 224.0).round() as i64,
+            image_size,
+        )
+    };
+    serde_json::json!({
+        "image_processor_type": "BitImageProcessor",
+        "do_resize": true,
+        "size": {"shortest_edge": resize},
+        "resample": 3,
+        "do_center_crop": true,
+        "crop_size": {"height": crop, "width": crop},
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+        "do_convert_rgb": true
+    })
 }
 
 /// The `preprocessor_config.json` `ViTImageProcessor` assumes when a

@@ -4,12 +4,15 @@
 //!
 //! - [`config`]: `config.json`, dispatched on `model_type`.
 //! - [`vit`]: the ViT network, variable paths spelled like `transformers`.
+//! - [`dinov2`]: the DINOv2 network (LayerScale, SwiGLU option), same conventions.
 //! - [`load`]: strict loading of safetensors checkpoints (HF, bare `ViTModel`, timm).
 //! - [`save`]: writes a directory `transformers` loads unchanged.
 //! - [`hub`]: resolves a model source (local directory or Hub id) to a directory.
 //! - [`params`]: which variables belong to the backbone, a layer, the head; freezing.
 
 pub mod config;
+pub mod dinov2;
+mod dinov2_config;
 pub mod error;
 pub mod hub;
 pub mod load;
@@ -22,7 +25,7 @@ use std::path::PathBuf;
 
 use tch::{nn, Tensor};
 
-pub use config::{Activation, ModelConfig, ViTConfig};
+pub use config::{Activation, Dinov2Config, ModelConfig, ViTConfig};
 pub use error::ModelError;
 pub use hub::{resolve_model_source, HubOptions};
 pub use load::{load_pretrained, CheckpointFormat, LoadReport};
@@ -33,7 +36,8 @@ pub use save::{save_pretrained, ProblemType};
 ///
 /// `Tensor` is `Send` but not `Sync`: a model lives on one thread.
 pub trait ImageClassifier: Send {
-    /// `[B, hidden]`: what the classifier sees (final-layernorm CLS token for ViT).
+    /// `[B, F]`: what the classifier sees (final-layernorm CLS token for ViT,
+    /// `F = hidden`; CLS and mean patch token concatenated for DINOv2, `F = 2 * hidden`).
     fn features(&self, pixel_values: &Tensor, train: bool) -> Tensor;
     /// `[B, num_labels]` from features.
     fn head(&self, features: &Tensor) -> Tensor;
@@ -76,11 +80,16 @@ impl Model {
         let vs = nn::VarStore::new(device);
         let net: Box<dyn ImageClassifier> = match &config {
             ModelConfig::Vit(c) => Box::new(load::build_vit(&vs, c, config.labels().len())),
+            ModelConfig::Dinov2(c) => Box::new(dinov2::Dinov2ForImageClassification::new(
+                &vs.root(),
+                c,
+                config.labels().len() as i64,
+            )),
         };
         Ok(Self {
             vs,
             net,
-            preprocessor_json: load::default_preprocessor(config.image_size()),
+            preprocessor_json: load::default_preprocessor_for(&config),
             config,
             source_dir: PathBuf::new(),
         })
@@ -112,9 +121,7 @@ impl Model {
     /// bad request is an error rather than a libtorch panic.
     pub fn check_input(&self, pixel_values: &Tensor) -> Result<(), ModelError> {
         let size = pixel_values.size();
-        let (channels, patch) = match &self.config {
-            ModelConfig::Vit(c) => (c.num_channels, c.patch_size),
-        };
+        let (channels, patch) = (self.config.num_channels(), self.config.patch_size());
         let bad = |why: String| Err(ModelError::InvalidInput(why));
         if size.len() != 4 {
             return bad(format!(

@@ -25,10 +25,16 @@ pub enum ParamGroup {
 impl ParamGroup {
     /// The group of a ViT variable from its HF name, `None` if not a ViT name.
     pub fn of_vit_name(name: &str) -> Option<Self> {
+        Self::of_hf_name("vit", name)
+    }
+
+    /// The group of a variable of a classification model whose backbone
+    /// attribute is `prefix` (`vit`, `dinov2`), from its HF name.
+    pub fn of_hf_name(prefix: &str, name: &str) -> Option<Self> {
         if name.starts_with("classifier.") {
             return Some(Self::Head);
         }
-        let rest = name.strip_prefix("vit.")?;
+        let rest = name.strip_prefix(prefix)?.strip_prefix('.')?;
         if rest.starts_with("embeddings.") {
             Some(Self::Embeddings)
         } else if let Some(layer) = rest.strip_prefix("encoder.layer.") {
@@ -85,9 +91,7 @@ impl Trainable {
 impl Model {
     /// The part of the network the variable `name` belongs to.
     pub fn param_group(&self, name: &str) -> Option<ParamGroup> {
-        match &self.config {
-            super::ModelConfig::Vit(_) => ParamGroup::of_vit_name(name),
-        }
+        ParamGroup::of_hf_name(self.config.backbone_prefix(), name)
     }
 
     /// Named variables with their group, sorted by name.

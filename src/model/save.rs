@@ -1,5 +1,6 @@
 //! Writes a model as a directory `transformers` loads unchanged:
-//! `config.json` (`ViTForImageClassification`, the new `id2label`/`label2id`),
+//! `config.json` (`ViTForImageClassification` or `Dinov2ForImageClassification`,
+//! the new `id2label`/`label2id`),
 //! `model.safetensors` (contiguous fp32, HF names) and
 //! `preprocessor_config.json`.
 //!
@@ -76,6 +77,8 @@ fn config_json(config: &ModelConfig) -> serde_json::Value {
     let mut value = config.to_json();
     let architecture = match config {
         ModelConfig::Vit(_) => "ViTForImageClassification",
+        ModelConfig::Dinov2(c) if c.with_registers => "Dinov2WithRegistersForImageClassification",
+        ModelConfig::Dinov2(_) => "Dinov2ForImageClassification",
     };
     value["architectures"] = serde_json::json!([architecture]);
     // The weights are written in fp32 whatever the source stored.

@@ -1,0 +1,408 @@
+//! DINOv2 of `transformers` (`Dinov2Model`, `Dinov2ForImageClassification`),
+//! written in tch `nn`.
+//!
+//! Variable paths are spelled as in the Hugging Face checkpoints
+//! (`dinov2.embeddings.patch_embeddings.projection.weight`,
+//! `dinov2.encoder.layer.3.attention.attention.query.weight`,
+//! `dinov2.encoder.layer.3.layer_scale1.lambda1`, `dinov2.layernorm.bias`,
+//! `classifier.weight`, ...). `transformers` 5 renames some modules in
+//! memory (`q_proj`, `gate_proj`) but reads and writes these names on disk.
+//! Reference: `transformers/models/dinov2/modeling_dinov2.py`.
+//!
+//! Differences from ViT: LayerScale on both residual branches, optional
+//! SwiGLU feed-forward, stochastic depth, and a classifier on
+//! `concat(CLS, mean(patch tokens))` (width `2 * hidden_size`).
+//!
+//! `Dinov2WithRegisters*` (`model_type: "dinov2_with_registers"`) is the
+//! same network under `dinov2_with_registers.`, with learned register tokens
+//! inserted after CLS (after the position embeddings are added), left out of
+//! the patch mean, and antialiased position-embedding interpolation.
+//!
+//! Optimiser groups as in [`super::vit`]: embeddings 0, layer `i` `i + 1`,
+//! final layernorm `L + 1`, classifier `L + 2`.
+
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use super::config::{Activation, Dinov2Config};
+use super::ImageClassifier;
+
+fn normal(std: f64) -> nn::Init {
+    nn::Init::Randn {
+        mean: 0.,
+        stdev: std,
+    }
+}
+
+fn linear(p: nn::Path, i: i64, o: i64, bias: bool, std: f64) -> nn::Linear {
+    nn::linear(
+        p,
+        i,
+        o,
+        nn::LinearConfig {
+            ws_init: normal(std),
+            bs_init: Some(nn::Init::Const(0.)),
+            bias,
+        },
+    )
+}
+
+fn layer_norm(p: nn::Path, c: &Dinov2Config) -> nn::LayerNorm {
+    nn::layer_norm(
+        p,
+        vec![c.hidden_size],
+        nn::LayerNormConfig {
+            eps: c.layer_norm_eps,
+            ..Default::default()
+        },
+    )
+}
+
+/// Patch projection, CLS token, mask token and position embeddings (`dinov2.embeddings`).
+#[derive(Debug)]
+pub struct Dinov2Embeddings {
+    cls_token: Tensor,
+    /// Only used for masked-image pre-training; kept so checkpoints round-trip.
+    _mask_token: Option<Tensor>,
+    position_embeddings: Tensor,
+    /// `[1, R, hidden]` register tokens (`dinov2_with_registers` only).
+    register_tokens: Option<Tensor>,
+    pub(super) projection: nn::Conv2D,
+    patch_size: i64,
+    dropout: f64,
+    /// Antialiased bicubic interpolation (`dinov2_with_registers`).
+    antialias: bool,
+}
+
+impl Dinov2Embeddings {
+    pub fn new(p: nn::Path, c: &Dinov2Config) -> Self {
+        let std = c.initializer_range;
+        let num_positions = c.grid_size() * c.grid_size() + 1;
+        let cls_token = p.var("cls_token", &[1, 1, c.hidden_size], normal(std));
+        let mask_token = c
+            .use_mask_token
+            .then(|| p.var("mask_token", &[1, c.hidden_size], nn::Init::Const(0.)));
+        let position_embeddings = p.var(
+            "position_embeddings",
+            &[1, num_positions, c.hidden_size],
+            normal(std),
+        );
+        let conv = nn::ConvConfig {
+            stride: c.patch_size,
+            ws_init: normal(std),
+            bs_init: nn::Init::Const(0.),
+            ..Default::default()
+        };
+        let projection = nn::conv2d(
+            &p / "patch_embeddings" / "projection",
+            c.num_channels,
+            c.hidden_size,
+            c.patch_size,
+            conv,
+        );
+        let register_tokens = c.with_registers.then(|| {
+            p.var(
+                "register_tokens",
+                &[1, c.num_register_tokens, c.hidden_size],
+                nn::Init::Const(0.),
+            )
+        });
+        Self {
+            cls_token,
+            _mask_token: mask_token,
+            position_embeddings,
+            register_tokens,
+            projection,
+            patch_size: c.patch_size,
+            dropout: c.hidden_dropout_prob,
+            antialias: c.with_registers,
+        }
+    }
+
+    /// `[B, C, H, W]` -> `[B, 1 + R + (H/p)(W/p), hidden]` (`R` registers).
+    pub fn forward_t(&self, pixel_values: &Tensor, train: bool) -> Tensor {
+        let (b, _c, h, w) = pixel_values.size4().expect("pixel_values is [B, C, H, W]");
+        let patches = self
+            .projection
+            .forward(pixel_values)
+            .flatten(2, -1)
+            .transpose(1, 2);
+        let dim = self.cls_token.size()[2];
+        let cls = self.cls_token.expand([b, 1, dim], false);
+        let xs = Tensor::cat(&[cls, patches], 1);
+        let pos = self.position_encoding(h, w);
+        let xs = xs + pos;
+        let xs = match &self.register_tokens {
+            Some(r) => {
+                let (_, n, _) = xs.size3().expect("[B, N, D]");
+                let regs = r.expand([b, r.size()[1], dim], false);
+                Tensor::cat(&[xs.narrow(1, 0, 1), regs, xs.narrow(1, 1, n - 1)], 1)
+            }
+            None => xs,
+        };
+        xs.dropout(self.dropout, train)
+    }
+
+    /// Register tokens between CLS and the patch tokens.
+    pub fn num_register_tokens(&self) -> i64 {
+        self.register_tokens.as_ref().map_or(0, |r| r.size()[1])
+    }
+
+    /// Position embeddings for an `height` x `width` pixel input, exactly as
+    /// `Dinov2Embeddings.interpolate_pos_encoding`: the stored ones when the
+    /// input is square with as many patches as stored, else the patch part
+    /// resized bicubically (align_corners false, no antialiasing, fp32) to
+    /// the `height / p` x `width / p` grid (antialiased for
+    /// `dinov2_with_registers`, as `transformers` does there).
+    pub fn position_encoding(&self, height: i64, width: i64) -> Tensor {
+        let (_, n, dim) = self.position_embeddings.size3().expect("[1, N + 1, D]");
+        let num_positions = n - 1;
+        let (grid_h, grid_w) = (height / self.patch_size, width / self.patch_size);
+        if grid_h * grid_w == num_positions && height == width {
+            return self.position_embeddings.shallow_clone();
+        }
+        let side = (num_positions as f64).sqrt() as i64;
+        let kind = self.position_embeddings.kind();
+        let class_pos = self.position_embeddings.narrow(1, 0, 1);
+        let grid = self
+            .position_embeddings
+            .narrow(1, 1, num_positions)
+            .reshape([1, side, side, dim])
+            .permute([0, 3, 1, 2])
+            .to_kind(Kind::Float);
+        let resized = if self.antialias {
+            grid.internal_upsample_bicubic2d_aa([grid_h, grid_w], false, None, None)
+        } else {
+            grid.upsample_bicubic2d([grid_h, grid_w], false, None, None)
+        };
+        let patch_pos = resized
+            .to_kind(kind)
+            .permute([0, 2, 3, 1])
+            .reshape([1, -1, dim]);
+        Tensor::cat(&[class_pos, patch_pos], 1)
+    }
+}
+
+/// The feed-forward block: fc1 -> act -> fc2, or SwiGLU.
+#[derive(Debug)]
+enum Ffn {
+    Mlp {
+        fc1: nn::Linear,
+        fc2: nn::Linear,
+        act: Activation,
+    },
+    /// `weights_in` holds the gate rows then the value rows:
+    /// `weights_out(silu(x1) * x2)` with `x1, x2 = weights_in(x).chunk(2)`.
+    SwiGlu {
+        weights_in: nn::Linear,
+        weights_out: nn::Linear,
+    },
+}
+
+impl Ffn {
+    fn new(p: nn::Path, c: &Dinov2Config) -> Self {
+        let (d, std) = (c.hidden_size, c.initializer_range);
+        if c.use_swiglu_ffn {
+            let h = c.swiglu_hidden_size();
+            Self::SwiGlu {
+                weights_in: linear(&p / "weights_in", d, 2 * h, true, std),
+                weights_out: linear(&p / "weights_out", h, d, true, std),
+            }
+        } else {
+            let h = c.mlp_hidden_size();
+            Self::Mlp {
+                fc1: linear(&p / "fc1", d, h, true, std),
+                fc2: linear(&p / "fc2", h, d, true, std),
+                act: c.hidden_act,
+            }
+        }
+    }
+
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        match self {
+            Self::Mlp { fc1, fc2, act } => fc2.forward(&act.apply(&fc1.forward(xs))),
+            Self::SwiGlu {
+                weights_in,
+                weights_out,
+            } => {
+                let h = weights_in.forward(xs).chunk(2, -1);
+                weights_out.forward(&(h[0].silu() * &h[1]))
+            }
+        }
+    }
+}
+
+/// One pre-norm block with LayerScale (`dinov2.encoder.layer.{i}`).
+#[derive(Debug)]
+pub struct Dinov2Layer {
+    norm1: nn::LayerNorm,
+    query: nn::Linear,
+    key: nn::Linear,
+    value: nn::Linear,
+    attention_output: nn::Linear,
+    layer_scale1: Tensor,
+    norm2: nn::LayerNorm,
+    mlp: Ffn,
+    layer_scale2: Tensor,
+    num_heads: i64,
+    attention_dropout: f64,
+    drop_path: f64,
+}
+
+impl Dinov2Layer {
+    pub fn new(p: nn::Path, c: &Dinov2Config) -> Self {
+        let (d, std) = (c.hidden_size, c.initializer_range);
+        let attn = &p / "attention";
+        let qkv = &attn / "attention";
+        let scale =
+            |name: &str| (&p / name).var("lambda1", &[d], nn::Init::Const(c.layerscale_value));
+        Self {
+            norm1: layer_norm(&p / "norm1", c),
+            query: linear(&qkv / "query", d, d, c.qkv_bias, std),
+            key: linear(&qkv / "key", d, d, c.qkv_bias, std),
+            value: linear(&qkv / "value", d, d, c.qkv_bias, std),
+            attention_output: linear(&attn / "output" / "dense", d, d, true, std),
+            layer_scale1: scale("layer_scale1"),
+            norm2: layer_norm(&p / "norm2", c),
+            mlp: Ffn::new(&p / "mlp", c),
+            layer_scale2: scale("layer_scale2"),
+            num_heads: c.num_attention_heads,
+            attention_dropout: c.attention_probs_dropout_prob,
+            drop_path: c.drop_path_rate,
+        }
+    }
+
+    /// Multi-head self-attention through libtorch's fused
+    /// `scaled_dot_product_attention` (scale `head_dim^-0.5`, no mask).
+    fn attention(&self, xs: &Tensor, train: bool) -> Tensor {
+        let (b, n, d) = xs.size3().expect("[B, N, D]");
+        let heads = |t: Tensor| {
+            t.view([b, n, self.num_heads, d / self.num_heads])
+                .transpose(1, 2)
+        };
+        let q = heads(self.query.forward(xs));
+        let k = heads(self.key.forward(xs));
+        let v = heads(self.value.forward(xs));
+        let dropout = if train { self.attention_dropout } else { 0.0 };
+        let ctx = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            dropout,
+            false,
+            None,
+            false,
+        );
+        let ctx = ctx.transpose(1, 2).reshape([b, n, d]);
+        self.attention_output.forward(&ctx)
+    }
+
+    /// Stochastic depth: in training, drops the whole branch of a sample
+    /// with probability `drop_path` and rescales the kept ones.
+    fn drop_path(&self, xs: Tensor, train: bool) -> Tensor {
+        if !train || self.drop_path == 0.0 {
+            return xs;
+        }
+        let keep = 1.0 - self.drop_path;
+        let mask = (Tensor::rand([xs.size()[0], 1, 1], (xs.kind(), xs.device())) + keep).floor();
+        xs / keep * mask
+    }
+
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let h = self.attention(&self.norm1.forward(xs), train) * &self.layer_scale1;
+        let xs = self.drop_path(h, train) + xs;
+        let h = self.mlp.forward(&self.norm2.forward(&xs)) * &self.layer_scale2;
+        self.drop_path(h, train) + xs
+    }
+}
+
+/// The backbone (`dinov2`): embeddings, encoder, final layernorm.
+#[derive(Debug)]
+pub struct Dinov2Model {
+    pub embeddings: Dinov2Embeddings,
+    pub layers: Vec<Dinov2Layer>,
+    pub layernorm: nn::LayerNorm,
+}
+
+impl Dinov2Model {
+    /// Builds `Dinov2Model` under `p` (normally `root / "dinov2"`, or
+    /// `root / "dinov2_with_registers"`), setting
+    /// the optimiser group of each part.
+    pub fn new(p: nn::Path, c: &Dinov2Config) -> Self {
+        let n = c.num_hidden_layers as usize;
+        let embeddings = Dinov2Embeddings::new((&p / "embeddings").set_group(0), c);
+        let enc = &p / "encoder" / "layer";
+        let layers = (0..n)
+            .map(|i| Dinov2Layer::new((&enc / i).set_group(i + 1), c))
+            .collect();
+        let layernorm = layer_norm(&p.set_group(n + 1) / "layernorm", c);
+        Self {
+            embeddings,
+            layers,
+            layernorm,
+        }
+    }
+
+    /// `[B, 1 + patches, hidden]`: the final-layernorm hidden states.
+    pub fn last_hidden_state(&self, pixel_values: &Tensor, train: bool) -> Tensor {
+        let mut xs = self.embeddings.forward_t(pixel_values, train);
+        for layer in &self.layers {
+            xs = layer.forward_t(&xs, train);
+        }
+        self.layernorm.forward(&xs)
+    }
+}
+
+/// `Dinov2ForImageClassification`: a linear classifier on
+/// `concat(CLS, mean of the patch tokens)` of the final-layernorm states.
+#[derive(Debug)]
+pub struct Dinov2ForImageClassification {
+    pub dinov2: Dinov2Model,
+    pub classifier: nn::Linear,
+}
+
+impl Dinov2ForImageClassification {
+    /// Builds the network under `root` with a head of `num_labels` outputs,
+    /// initialised like `transformers` (normal(0, initializer_range), zero bias).
+    pub fn new(root: &nn::Path, c: &Dinov2Config, num_labels: i64) -> Self {
+        let dinov2 = Dinov2Model::new(root / c.backbone_prefix(), c);
+        let head = root.set_group(c.num_hidden_layers as usize + 2);
+        let classifier = linear(
+            &head / "classifier",
+            2 * c.hidden_size,
+            num_labels,
+            true,
+            c.initializer_range,
+        );
+        Self { dinov2, classifier }
+    }
+}
+
+impl ImageClassifier for Dinov2ForImageClassification {
+    /// `[B, 2 * hidden]`: CLS token and mean patch token (registers
+    /// excluded), concatenated.
+    fn features(&self, pixel_values: &Tensor, train: bool) -> Tensor {
+        // As `Dinov2PatchEmbeddings.forward`: inputs follow the weights' dtype.
+        let kind = self.dinov2.embeddings.projection.ws.kind();
+        let pixel_values = if pixel_values.kind() == kind {
+            pixel_values.shallow_clone()
+        } else {
+            pixel_values.to_kind(kind)
+        };
+        let h = self.dinov2.last_hidden_state(&pixel_values, train);
+        let n = h.size()[1];
+        let skip = 1 + self.dinov2.embeddings.num_register_tokens();
+        let cls = h.select(1, 0);
+        let patches = h.narrow(1, skip, n - skip).mean_dim(1, false, None);
+        Tensor::cat(&[cls, patches], 1)
+    }
+
+    fn head(&self, features: &Tensor) -> Tensor {
+        self.classifier.forward(features)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.dinov2.layers.len()
+    }
+}
