@@ -95,8 +95,8 @@ fi
 step "start with volume $VOLUME"
 $PODMAN volume create "$VOLUME" >/dev/null
 # The base model goes into the volume; the job refers to it by its path there.
-$PODMAN run --rm -v "$VOLUME:/data" -v "$fx/base-model:/fixture:ro" --entrypoint cp \
-  "$IMAGE" -r /fixture /data/base-model
+$PODMAN run --rm --user 0 -v "$VOLUME:/data" -v "$fx/base-model:/fixture:ro" --entrypoint sh \
+  "$IMAGE" -c 'cp -r /fixture /data/base-model && chown -R vitrine:vitrine /data/base-model' 
 $PODMAN run -d --name "$NAME" -p "127.0.0.1:$PORT:8080" -v "$VOLUME:/data" "$IMAGE" >/dev/null
 
 wait_ready() {
