@@ -66,7 +66,13 @@ collect() {
       find "$out/../nvidia" \( -name '*.a' -o -name include -o -name '__pycache__' \) -prune -exec rm -rf {} +
       ;;
   esac
-  ls -la "$out/lib" | sed 's/^/builder: /'
+  # The laid-out binary must resolve every library from its own lib/ (or the
+  # system), none from the venv, which the runtime image does not have.
+  local bad
+  bad=$(ldd "$out/vitrine" | grep -E "not found|$sp/" || true)
+  [ -z "$bad" ] || { echo "builder: not self-contained:"; echo "$bad"; exit 1; } >&2
+  ldd "$out/vitrine" | sed 's/^/builder: ldd /'
+  du -sh "$out" | sed 's/^/builder: /'
 }
 
 case "${1:-}" in
