@@ -11,7 +11,8 @@
 # root, and a Python with torch, transformers, Pillow, numpy for the fixtures
 # (the repo's .venv: `make setup`).
 # Env: VARIANT (cpu), IMAGE (localhost/vitrine:verify-$VARIANT), PORT (18080),
-#      PYTHON, JOB_TIMEOUT (900 s), KEEP.
+#      PYTHON, JOB_TIMEOUT (900 s), KEEP, NO_CACHE=1 (rebuild every layer; the
+#      cargo and pip caches are kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,13 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 mkdir -p "$CACHE"
 export BASES_CACHE=$CACHE
+for tool in podman runc debootstrap curl numfmt; do
+  command -v "$tool" >/dev/null || { echo "verify: $tool not found (apt-get install podman runc debootstrap curl)" >&2; exit 1; }
+done
+"$PYTHON" -c 'import torch, transformers, PIL, numpy' 2>/dev/null || {
+  echo "verify: $PYTHON lacks torch/transformers/Pillow/numpy for the fixtures: run \`make setup\` or set PYTHON" >&2
+  exit 1
+}
 
 # podman as this machine needs it: runc, and no default ulimits (setting
 # them fails here, as crun does on hybrid cgroups). A containers.conf of the
@@ -71,7 +79,7 @@ secrets+=(--secret "id=pipconf,src=$pipconf")
 log=$CACHE/build-$VARIANT.log
 # --format docker: OCI images have no HEALTHCHECK.
 if ! $PODMAN build --format docker -f docker/Dockerfile -t "$IMAGE" \
-  --build-arg VARIANT="$VARIANT" \
+  ${NO_CACHE:+--no-cache} --build-arg VARIANT="$VARIANT" \
   --build-arg BUILDER_IMAGE=localhost/vitrine-base-builder:bookworm \
   --build-arg RUNTIME_IMAGE=localhost/vitrine-base-runtime:bookworm \
   "${secrets[@]}" . >"$log" 2>&1; then
@@ -81,7 +89,7 @@ fi
 grep -E 'builder: |Finished' "$log" || true
 size=$($PODMAN image inspect --format '{{.Size}}' "$IMAGE")
 echo "image $IMAGE: $size bytes ($(numfmt --to=iec --suffix=B "$size"))"
-$PODMAN run --rm "$IMAGE" info || fail "vitrine info in the image"
+$PODMAN run --rm --health-interval disable "$IMAGE" info || fail "vitrine info in the image"
 
 step "fixtures (tiny pre-trained ViT, dataset, image)"
 fx=$CACHE/fixtures
@@ -96,9 +104,10 @@ fi
 step "start with volume $VOLUME"
 $PODMAN volume create "$VOLUME" >/dev/null
 # The base model goes into the volume; the job refers to it by its path there.
-$PODMAN run --rm --user 0 -v "$VOLUME:/data" -v "$fx/base-model:/fixture:ro" --entrypoint sh \
+$PODMAN run --rm --health-interval disable --user 0 -v "$VOLUME:/data" -v "$fx/base-model:/fixture:ro" --entrypoint sh \
   "$IMAGE" -c 'cp -r /fixture /data/base-model && chown -R vitrine:vitrine /data/base-model' 
-$PODMAN run -d --name "$NAME" -p "127.0.0.1:$PORT:8080" -v "$VOLUME:/data" "$IMAGE" >/dev/null
+# No systemd here to time the HEALTHCHECK: it is run by hand below.
+$PODMAN run -d --health-interval disable --name "$NAME" -p "127.0.0.1:$PORT:8080" -v "$VOLUME:/data" "$IMAGE" >/dev/null
 
 wait_ready() {
   for _ in $(seq 1 90); do
@@ -140,6 +149,7 @@ predict() {
     || fail "POST /predict"
   echo "predict: $out"
   [ "$(echo "$out" | json 'd["model"]')" = "$model" ] || fail "/predict did not use model $model"
+  [ "$(echo "$out" | json 'd["predictions"][0]["label"]')" = red ] || fail "/predict: a red image is not red"
 }
 step "predict"
 predict
