@@ -40,17 +40,6 @@ async fn predict_raw(server: &TestServer, path: &str, bytes: Vec<u8>) -> reqwest
         .unwrap()
 }
 
-fn score_of(answer: &Value, label: &str) -> f64 {
-    answer["scores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["label"] == label)
-        .unwrap()["score"]
-        .as_f64()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_match_transformers_in_every_input_form() {
     let fx = fixtures();
@@ -67,21 +56,7 @@ async fn answers_match_transformers_in_every_input_form() {
 
     // Reference: transformers on the saved model directory.
     let dir = server.dir.path().join("models").join(&model_id);
-    let out = std::process::Command::new(common::python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/e2e/hf_predict.py"
-        ))
-        .arg(&dir)
-        .arg(&fx.red_png)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reference: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reference = common::e2e::hf_scores(&dir, &fx.red_png);
 
     // Raw body, multipart with two parts, base64 JSON: the same scores.
     let raw: Value = predict_raw(&server, "/predict?all_scores=true", png.clone())
@@ -127,19 +102,15 @@ async fn answers_match_transformers_in_every_input_form() {
         1,
         "top_k from JSON"
     );
-    let mut worst: f64 = 0.0;
-    for (i, label) in reference["labels"].as_array().unwrap().iter().enumerate() {
-        let want = reference["scores"][0][i].as_f64().unwrap();
-        let label = label.as_str().unwrap();
-        for answer in [
-            &raw["results"][0],
-            &multi["results"][0],
-            &multi["results"][1],
-            &js["results"][0],
-        ] {
-            worst = worst.max((score_of(answer, label) - want).abs());
-        }
-    }
+    let worst = [
+        &raw["results"][0],
+        &multi["results"][0],
+        &multi["results"][1],
+        &js["results"][0],
+    ]
+    .into_iter()
+    .map(|result| common::e2e::max_score_diff(result, &reference))
+    .fold(0.0, f64::max);
     println!("max |score - transformers| = {worst:e}");
     assert!(worst <= 1e-4, "scores differ from transformers by {worst}");
     assert_eq!(raw["predictions"][0]["label"], "red");

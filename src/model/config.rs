@@ -349,17 +349,7 @@ impl ViTConfig {
             ("patch_size", self.patch_size),
             ("num_channels", self.num_channels),
         ];
-        for (name, v) in positive {
-            if v <= 0 {
-                return Err(format!("`{name}` must be positive, got {v}"));
-            }
-        }
-        if self.hidden_size % self.num_attention_heads != 0 {
-            return Err(format!(
-                "`hidden_size` {} is not a multiple of `num_attention_heads` {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
+        check_sizes(&positive, self.hidden_size, self.num_attention_heads)?;
         if self.image_size % self.patch_size != 0 {
             return Err(format!(
                 "`image_size` {} is not a multiple of `patch_size` {}",
@@ -422,6 +412,20 @@ pub(super) fn id2label_ser<S: Serializer>(labels: &[String], s: S) -> Result<S::
         map.serialize_entry(&i.to_string(), l)?;
     }
     map.end()
+}
+
+/// Every named size must be positive and the width must split evenly into
+/// attention heads (shared by the architectures' `validate`).
+pub(crate) fn check_sizes(positive: &[(&str, i64)], hidden: i64, heads: i64) -> Result<(), String> {
+    if let Some((name, v)) = positive.iter().find(|(_, v)| *v <= 0) {
+        return Err(format!("`{name}` must be positive, got {v}"));
+    }
+    if hidden % heads != 0 {
+        return Err(format!(
+            "`hidden_size` {hidden} is not a multiple of `num_attention_heads` {heads}"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

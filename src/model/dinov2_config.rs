@@ -151,17 +151,7 @@ impl Dinov2Config {
             ("patch_size", self.patch_size),
             ("num_channels", self.num_channels),
         ];
-        for (name, v) in positive {
-            if v <= 0 {
-                return Err(format!("`{name}` must be positive, got {v}"));
-            }
-        }
-        if self.hidden_size % self.num_attention_heads != 0 {
-            return Err(format!(
-                "`hidden_size` {} is not a multiple of `num_attention_heads` {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
+        super::config::check_sizes(&positive, self.hidden_size, self.num_attention_heads)?;
         if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 || self.mlp_hidden_size() <= 0 {
             return Err(format!("`mlp_ratio` {} gives no MLP units", self.mlp_ratio));
         }

@@ -18,7 +18,7 @@ use super::{features, Events, StopFlag, TrainError, TrainEvent, TrainOutcome, Tr
 use crate::data::Task;
 use crate::imaging::{Pipeline, PreprocessorConfig};
 use crate::jobs::config::{JobConfig, Mode, Precision};
-use crate::model::Model;
+use crate::model::{Model, ParamGroup};
 use crate::train::data::{prepare, Prepared};
 
 /// Trains `spec`'s job to the end, to early stopping, or until `stop` is set.
@@ -78,22 +78,18 @@ fn restore(ckpt: &Checkpoints, opt: &mut AdamW) -> Result<Option<LoopState>, Tra
 }
 
 /// Which parameters train in this mode, with their learning-rate scale.
+/// Roles come from the model's own parameter groups (embeddings, block i,
+/// final norm, head).
 fn select_trainable(model: &Model, cfg: &JobConfig) -> Vec<(String, Tensor, f64)> {
     let depth = model.net.num_layers();
+    let first_trained = depth.saturating_sub(cfg.unfreeze_last_n());
     let mut out = Vec::new();
-    let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, tensor) in vars {
-        let layer = layer_index(&name);
-        let is_head = name.starts_with("classifier");
-        let is_embedding = name.contains("embeddings");
-        let trains = match cfg.mode {
-            Mode::LinearProbe => is_head,
-            Mode::Partial => {
-                let first = depth.saturating_sub(cfg.unfreeze_last_n());
-                is_head || (!is_embedding && layer.is_none_or(|l| l >= first))
-            }
-            Mode::Full => true,
+    for (name, group, tensor) in model.grouped_variables() {
+        let trains = match (cfg.mode, group) {
+            (Mode::LinearProbe, g) => g == ParamGroup::Head,
+            (Mode::Partial, ParamGroup::Layer(l)) => l >= first_trained,
+            (Mode::Partial, g) => g != ParamGroup::Embeddings,
+            (Mode::Full, _) => true,
         };
         let tensor = tensor.set_requires_grad(trains);
         if !trains {
@@ -101,33 +97,18 @@ fn select_trainable(model: &Model, cfg: &JobConfig) -> Vec<(String, Tensor, f64)
         }
         // Layer-wise decay: the head and final norm at full rate, block i
         // at decay^(depth - i), the embeddings one step further down.
+        let distance = match group {
+            ParamGroup::Layer(l) => depth - l,
+            ParamGroup::Embeddings => depth + 1,
+            ParamGroup::FinalNorm | ParamGroup::Head => 0,
+        };
         let scale = match cfg.layer_lr_decay {
-            Some(d) if cfg.mode == Mode::Full && !is_head => {
-                let distance = match layer {
-                    Some(l) => depth - l,
-                    None if is_embedding => depth + 1,
-                    None => 0,
-                };
-                d.powi(distance as i32)
-            }
+            Some(d) if cfg.mode == Mode::Full => d.powi(distance as i32),
             _ => 1.0,
         };
         out.push((name, tensor, scale));
     }
     out
-}
-
-/// `…layer.7.…` -> 7.
-fn layer_index(name: &str) -> Option<usize> {
-    let mut parts = name.split('.');
-    while let Some(p) = parts.next() {
-        if p == "layer" || p == "blocks" {
-            if let Some(Ok(i)) = parts.next().map(str::parse) {
-                return Some(i);
-            }
-        }
-    }
-    None
 }
 
 struct Trainer<'a> {
@@ -609,15 +590,62 @@ impl From<anyhow::Error> for TrainError {
 mod tests {
     use super::*;
 
+    fn tiny_model() -> Model {
+        let config = crate::model::ModelConfig::from_json(
+            serde_json::json!({"model_type": "vit", "hidden_size": 16, "num_hidden_layers": 3,
+                "num_attention_heads": 2, "intermediate_size": 32, "image_size": 16, "patch_size": 8}),
+            std::path::Path::new("config.json"),
+        )
+        .unwrap();
+        Model::from_config(config, vec!["a".into(), "b".into()], tch::Device::Cpu).unwrap()
+    }
+
+    fn config(mode: &str, extra: serde_json::Value) -> JobConfig {
+        let mut v = serde_json::json!({"base_model": "x", "mode": mode});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    }
+
     #[test]
-    fn layer_indices_come_from_hf_and_timm_names() {
-        assert_eq!(
-            layer_index("vit.encoder.layer.11.output.dense.weight"),
-            Some(11)
+    fn each_mode_trains_what_it_says_with_layer_wise_decay() {
+        let model = tiny_model();
+        let names = |sel: &[(String, Tensor, f64)]| -> Vec<String> {
+            sel.iter().map(|(n, _, _)| n.clone()).collect()
+        };
+        let probe = select_trainable(&model, &config("linear_probe", serde_json::json!({})));
+        assert!(
+            names(&probe).iter().all(|n| n.starts_with("classifier.")),
+            "{:?}",
+            names(&probe)
         );
-        assert_eq!(layer_index("blocks.3.attn.qkv.weight"), Some(3));
-        assert_eq!(layer_index("vit.layernorm.weight"), None);
-        assert_eq!(layer_index("classifier.weight"), None);
+        assert_eq!(probe.len(), 2);
+
+        let partial = names(&select_trainable(
+            &model,
+            &config("partial", serde_json::json!({"unfreeze_last_n": 1})),
+        ));
+        assert!(partial.iter().any(|n| n.contains("encoder.layer.2.")));
+        assert!(partial.iter().any(|n| n.starts_with("vit.layernorm.")));
+        assert!(!partial
+            .iter()
+            .any(|n| n.contains("layer.1.") || n.contains("embeddings")));
+        // Frozen variables no longer require gradients.
+        let frozen =
+            model.vs.variables()["vit.encoder.layer.0.output.dense.weight"].requires_grad();
+        assert!(!frozen);
+
+        let full = select_trainable(
+            &model,
+            &config("full", serde_json::json!({"layer_lr_decay": 0.5})),
+        );
+        assert_eq!(full.len(), model.vs.variables().len());
+        let scale = |name: &str| full.iter().find(|(n, _, _)| n == name).unwrap().2;
+        assert_eq!(scale("classifier.weight"), 1.0);
+        assert_eq!(scale("vit.encoder.layer.2.output.dense.weight"), 0.5);
+        assert_eq!(scale("vit.encoder.layer.0.output.dense.weight"), 0.125);
+        assert_eq!(scale("vit.embeddings.cls_token"), 0.0625);
     }
 
     #[test]

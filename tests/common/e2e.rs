@@ -181,3 +181,43 @@ pub fn fixtures() -> Fixtures {
     std::fs::rename(&tmp, &dir).unwrap();
     fx
 }
+
+/// `transformers`' scores for a saved model directory and one image
+/// (`tests/e2e/hf_predict.py`): `{"labels": [...], "scores": [[...]]}`.
+pub fn hf_scores(model_dir: &Path, image: &Path) -> Value {
+    let out = Command::new(super::python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/e2e/hf_predict.py"
+        ))
+        .arg(model_dir)
+        .arg(image)
+        .output()
+        .expect("running python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The largest |score - reference| over every label of one image's result
+/// (asked with `all_scores=true`).
+pub fn max_score_diff(result: &Value, reference: &Value) -> f64 {
+    let scores = result["scores"]
+        .as_array()
+        .expect("all_scores in the answer");
+    reference["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, label)| {
+            let got = scores.iter().find(|p| p["label"] == *label).unwrap()["score"]
+                .as_f64()
+                .unwrap();
+            (got - reference["scores"][0][i].as_f64().unwrap()).abs()
+        })
+        .fold(0.0, f64::max)
+}
