@@ -4,7 +4,7 @@
 //! Usage: bench_vit_forward INPUT.safetensors THREADS ITERATIONS
 //! (`pixel_values` in INPUT, e.g. `[8, 3, 224, 224]`). Prints one JSON line
 //! with the median and min milliseconds per forward. Run through
-//! `scripts/bench_vit_forward.sh`, which times `transformers` on the same
+//! `scripts/bench/vit_forward.sh`, which times `transformers` on the same
 //! input with the same thread count.
 
 use std::time::Instant;

@@ -1,7 +1,7 @@
 """Forward time of ViT-B/16 (random init, google/vit-base-patch16-224 config)
 in transformers, and the shared input for the vitrine side.
 
-Usage: bench_vit_forward.py INPUT.safetensors THREADS ITERATIONS BATCH
+Usage: vit_forward.py INPUT.safetensors THREADS ITERATIONS BATCH
 Writes INPUT (pixel_values, seeded) if absent; prints one JSON line.
 """
 

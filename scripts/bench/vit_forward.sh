@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # ViT-B/16 forward at batch 8 on this CPU: vitrine vs transformers, same
 # input, same thread count. Prints both timings and their ratio.
-# Usage: scripts/bench_vit_forward.sh [THREADS] [ITERATIONS] [BATCH]
+# Usage: scripts/bench/vit_forward.sh [THREADS] [ITERATIONS] [BATCH]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 threads=${1:-$(nproc)}
 iters=${2:-10}
 batch=${3:-8}
@@ -14,7 +14,7 @@ trap 'rm -rf "$tmp"' EXIT
 input="$tmp/input.safetensors"
 
 cargo build -q --example bench_vit_forward
-hf=$("$py" scripts/bench_vit_forward.py "$input" "$threads" "$iters" "$batch")
+hf=$("$py" scripts/bench/vit_forward.py "$input" "$threads" "$iters" "$batch")
 ours=$(target/debug/examples/bench_vit_forward "$input" "$threads" "$iters")
 echo "$hf"
 echo "$ours"

@@ -1,0 +1,94 @@
+//! One training run through vitrine's trainer (`vitrine::train::run`, what a
+//! job's worker thread calls), timed.
+//!
+//! Usage: bench_train DATASET.zip MODEL_DIR WORK_DIR THREADS CONFIG_JSON [SKIP_STEPS]
+//!
+//! The archive is ingested as `POST /datasets` would (extraction, checks,
+//! manifest); `CONFIG_JSON` is a job config without `base_model`. Prints one
+//! JSON line: training images/s over the steps after the first `SKIP_STEPS`
+//! (default 2: warm-up), the run's wall time (features, epochs, evaluation,
+//! saving; not the ingest), and the best epoch's validation metrics. Driven
+//! by `scripts/bench/train.sh` and `scripts/bench/linear_probe.sh`.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use vitrine::data::IngestLimits;
+use vitrine::jobs::config::JobConfig;
+use vitrine::train::{TrainEvent, TrainSpec};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let (zip, model, work, threads, config, skip) = match args.as_slice() {
+        [_, z, m, w, t, c] => (z, m, w, t, c, 2usize),
+        [_, z, m, w, t, c, s] => (z, m, w, t, c, s.parse()?),
+        _ => anyhow::bail!(
+            "usage: bench_train DATASET.zip MODEL_DIR WORK_DIR THREADS CONFIG_JSON [SKIP_STEPS]"
+        ),
+    };
+    let threads: i32 = threads.parse()?;
+    tch::set_num_threads(threads);
+    let work = PathBuf::from(work);
+    let _ = std::fs::remove_dir_all(&work);
+    let dataset_dir = work.join("dataset");
+    let limits = IngestLimits {
+        max_entries: 1_000_000,
+        max_uncompressed_bytes: 1 << 40,
+        max_image_pixels: 100_000_000,
+        max_undecodable_fraction: 0.0,
+    };
+    vitrine::data::ingest::ingest_archive(zip.as_ref(), &dataset_dir, &limits)?;
+
+    let mut config: serde_json::Value = serde_json::from_str(config)?;
+    config["base_model"] = model.as_str().into();
+    let config = JobConfig::from_json(&config.to_string()).map_err(anyhow::Error::msg)?;
+    let batch = config.batch_size as f64;
+    let spec = TrainSpec {
+        job_id: "bench".into(),
+        config,
+        dataset_dir,
+        base_model_dir: PathBuf::from(model),
+        work_dir: work.join("work"),
+        device: tch::Device::Cpu,
+    };
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Timestamps are taken as the events arrive, on a thread of their own.
+    let steps = std::thread::spawn(move || {
+        let mut at = Vec::new();
+        while let Some(event) = rx.blocking_recv() {
+            if let TrainEvent::Step { .. } = event {
+                at.push(Instant::now());
+            }
+        }
+        at
+    });
+    let started = Instant::now();
+    let outcome = vitrine::train::run(spec, tx, Arc::new(AtomicBool::new(false)))?;
+    let wall = started.elapsed().as_secs_f64();
+    let steps = steps.join().expect("the event thread");
+
+    let timed = steps.len().saturating_sub(skip + 1);
+    let images_per_sec = (timed > 0).then(|| {
+        let secs = steps[steps.len() - 1] - steps[skip];
+        timed as f64 * batch / secs.as_secs_f64()
+    });
+    let validation = &outcome.metrics["validation"]["validation"];
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "vitrine",
+            "threads": threads,
+            "steps": steps.len(),
+            "timed_steps": timed,
+            "images_per_sec": images_per_sec,
+            "wall_secs": wall,
+            "best_epoch": outcome.metrics["best_epoch"],
+            "accuracy": validation.get("accuracy"),
+            "validation": validation,
+        })
+    );
+    Ok(())
+}
