@@ -12,6 +12,7 @@ mod data;
 mod eval;
 mod features;
 pub mod metrics;
+mod oom;
 pub mod optim;
 mod resolution;
 mod session;

@@ -1,6 +1,5 @@
 //! The training loop for all three modes.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -13,6 +12,7 @@ use tch::{Device, Kind, Tensor};
 use super::batches::spawn_loader;
 use super::checkpoint::{Checkpoints, LoopState};
 use super::eval::{evaluate, loss, targets_tensor, EpochMetrics, Evaluation};
+use super::oom::retry_smaller;
 use super::optim::{lr_at, AdamW};
 use super::{features, Events, StopFlag, TrainError, TrainEvent, TrainOutcome, TrainSpec};
 use crate::data::Task;
@@ -340,56 +340,44 @@ impl Trainer<'_> {
         lr: f64,
     ) -> Result<f64, TrainError> {
         let n = x.size()[0];
-        loop {
+        let job = &self.spec.job_id;
+        let attempt = |micro: i64| {
             opt.zero_grad();
-            let micro = (state.micro_batch as i64).clamp(1, n);
-            let attempt = catch_unwind(AssertUnwindSafe(|| {
-                let mut total = 0.0;
-                let mut start = 0;
-                while start < n {
-                    let len = micro.min(n - start);
-                    let xs = x.narrow(0, start, len);
-                    let ys = y.narrow(0, start, len);
-                    let logits = match inputs {
-                        Inputs::Features { .. } => self.model.net.head(&xs),
-                        Inputs::Images if self.bf16() => {
-                            tch::autocast(true, || self.model.net.forward_t(&xs, true))
-                        }
-                        Inputs::Images => self.model.net.forward_t(&xs, true),
-                    };
-                    let l = loss(&logits, &ys, self.data.task, self.cfg.label_smoothing);
-                    let weighted = &l * (len as f64 / n as f64);
-                    weighted.backward();
-                    total += l.double_value(&[]) * len as f64;
-                    start += len;
-                }
-                total / n as f64
-            }));
-            match attempt {
-                Ok(loss) => {
-                    if !loss.is_finite() {
-                        return Err(TrainError::fatal(format!(
-                            "the loss became {loss}; lower the learning rate"
-                        )));
+            let mut total = 0.0;
+            let mut start = 0;
+            while start < n {
+                let len = micro.min(n - start);
+                let xs = x.narrow(0, start, len);
+                let ys = y.narrow(0, start, len);
+                let logits = match inputs {
+                    Inputs::Features { .. } => self.model.net.head(&xs),
+                    Inputs::Images if self.bf16() => {
+                        tch::autocast(true, || self.model.net.forward_t(&xs, true))
                     }
-                    opt.clip_grad_norm(self.cfg.max_grad_norm);
-                    opt.step(lr);
-                    return Ok(loss);
-                }
-                Err(panic) => {
-                    let msg = panic_message(&panic);
-                    if is_out_of_memory(&msg) && micro > 1 {
-                        state.micro_batch = (micro / 2) as u32;
-                        tracing::warn!(job = %self.spec.job_id, micro_batch = state.micro_batch, "out of memory; retrying with a smaller micro-batch");
-                        let _ = self.events.send(TrainEvent::OutOfMemory {
-                            micro_batch: state.micro_batch,
-                        });
-                        continue;
-                    }
-                    return Err(TrainError::retry(format!("training step failed: {msg}")));
-                }
+                    Inputs::Images => self.model.net.forward_t(&xs, true),
+                };
+                let l = loss(&logits, &ys, self.data.task, self.cfg.label_smoothing);
+                let weighted = &l * (len as f64 / n as f64);
+                weighted.backward();
+                total += l.double_value(&[]) * len as f64;
+                start += len;
             }
+            total / n as f64
+        };
+        let smaller = |micro_batch: u32| {
+            tracing::warn!(%job, micro_batch, "out of memory; retrying with a smaller micro-batch");
+            let _ = self.events.send(TrainEvent::OutOfMemory { micro_batch });
+        };
+        let loss = retry_smaller(&mut state.micro_batch, n, attempt, smaller)
+            .map_err(|msg| TrainError::retry(format!("training step failed: {msg}")))?;
+        if !loss.is_finite() {
+            return Err(TrainError::fatal(format!(
+                "the loss became {loss}; lower the learning rate"
+            )));
         }
+        opt.clip_grad_norm(self.cfg.max_grad_norm);
+        opt.step(lr);
+        Ok(loss)
     }
 
     /// Logits of a whole split, then its loss and metrics. `None`: stopped.
@@ -568,18 +556,6 @@ fn load_weights(params: &[super::optim::Param], file: &Path) -> Result<(), Train
     Ok(())
 }
 
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
-fn is_out_of_memory(msg: &str) -> bool {
-    let m = msg.to_ascii_lowercase();
-    m.contains("out of memory") || m.contains("can't allocate memory")
-}
-
 impl From<anyhow::Error> for TrainError {
     fn from(e: anyhow::Error) -> Self {
         TrainError::fatal(format!("{e:#}"))
@@ -646,16 +622,5 @@ mod tests {
         assert_eq!(scale("vit.encoder.layer.2.output.dense.weight"), 0.5);
         assert_eq!(scale("vit.encoder.layer.0.output.dense.weight"), 0.125);
         assert_eq!(scale("vit.embeddings.cls_token"), 0.0625);
-    }
-
-    #[test]
-    fn oom_messages_are_recognised() {
-        assert!(is_out_of_memory(
-            "CUDA out of memory. Tried to allocate 2.00 GiB"
-        ));
-        assert!(is_out_of_memory(
-            "DefaultCPUAllocator: can't allocate memory: you tried"
-        ));
-        assert!(!is_out_of_memory("shape mismatch"));
     }
 }
