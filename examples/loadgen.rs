@@ -11,12 +11,13 @@
 //!             [--warmup SECS] [--label NAME] IMAGE...
 //! ```
 //!
-//! Requests started during the warmup are sent but not counted. After it,
-//! the run lasts `--duration` seconds or `--requests` requests, whichever
-//! comes first (a worker starts no request after that; the ones in flight
-//! finish and count). Throughput is counted requests over the time from the
-//! end of the warmup to the last answer. A non-2xx answer or a transport
-//! failure is an error (listed by status) and its latency is not counted.
+//! The load runs from the start; what is measured are the answers that
+//! arrive in the window after the warmup: `--duration` seconds, or until
+//! `--requests` answers, whichever comes first. Answers still in flight when
+//! the window closes are dropped. Throughput is the successful answers in
+//! the window over its length; latency is from sending a request to having
+//! read its whole answer. A non-2xx answer or a transport failure is an
+//! error (listed by status) and its latency is not counted.
 //!
 //! Prints one human line and one JSON line (prefixed `LOADGEN_JSON `).
 //! Runs on a single-threaded runtime so it takes little CPU from the server
@@ -135,7 +136,7 @@ struct Record {
     latencies: Vec<f64>,
     /// By HTTP status, or `transport` for a failed exchange.
     errors: BTreeMap<String, u64>,
-    /// When the last counted answer arrived.
+    /// When the last counted answer arrived (ends a `--requests` run).
     last_done: Option<Instant>,
     /// One example body per error status, to say what went wrong.
     error_example: BTreeMap<String, String>,
@@ -195,45 +196,20 @@ async fn run(args: Args, images: Arc<Vec<Image>>) {
         workers.push(tokio::spawn(async move {
             loop {
                 let sent_at = Instant::now();
-                if stop_at.is_some_and(|s| sent_at >= s) {
+                if stop_at.is_some_and(|s| sent_at >= s)
+                    || max_requests.is_some_and(|m| counted.load(Ordering::Relaxed) >= m)
+                {
                     break;
                 }
-                let counts = sent_at >= measure_from;
-                if counts {
-                    // Claims a slot among the `--requests` counted ones.
-                    let n = counted.fetch_add(1, Ordering::Relaxed);
-                    if max_requests.is_some_and(|m| n >= m) {
-                        break;
-                    }
-                }
                 let i = next_image.fetch_add(1, Ordering::Relaxed) as usize % images.len();
-                let img = &images[i];
-                let part = Part::bytes(img.bytes)
-                    .file_name(img.name.clone())
-                    .mime_str(img.mime)
-                    .expect("valid MIME type");
-                let outcome = match client
-                    .post(&url)
-                    .multipart(Form::new().part("image", part))
-                    .send()
-                    .await
-                {
-                    Ok(resp) => {
-                        let status = resp.status();
-                        match resp.bytes().await {
-                            Ok(_) if status.is_success() => Ok(()),
-                            Ok(body) => Err((
-                                status.as_u16().to_string(),
-                                String::from_utf8_lossy(&body).chars().take(300).collect(),
-                            )),
-                            Err(e) => Err(("transport".to_string(), e.to_string())),
-                        }
-                    }
-                    Err(e) => Err(("transport".to_string(), e.to_string())),
-                };
+                let outcome = exchange(&client, &url, &images[i]).await;
                 let done = Instant::now();
-                if !counts {
+                if done < measure_from || stop_at.is_some_and(|s| done > s) {
                     continue;
+                }
+                // Claims a slot among the `--requests` counted ones.
+                if counted.fetch_add(1, Ordering::Relaxed) >= max_requests.unwrap_or(u64::MAX) {
+                    break;
                 }
                 let mut r = record.lock().unwrap();
                 r.last_done = Some(r.last_done.map_or(done, |d| d.max(done)));
@@ -247,11 +223,60 @@ async fn run(args: Args, images: Arc<Vec<Image>>) {
             }
         }));
     }
-    for w in workers {
-        w.await.expect("worker");
+    let deadline = async {
+        match stop_at {
+            Some(s) => tokio::time::sleep_until(s.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = futures::future::join_all(workers.iter_mut()) => {}
+        _ = deadline => {}
+    }
+    // Answers still in flight at the end of the window do not count.
+    for w in &workers {
+        w.abort();
     }
     let r = std::mem::take(&mut *record.lock().unwrap());
-    report(&args, r, measure_from);
+    let reached = args
+        .requests
+        .is_some_and(|m| counted.load(Ordering::Relaxed) >= m);
+    let end = match (stop_at, r.last_done) {
+        (Some(s), _) if !reached => s,
+        (_, Some(last)) => last,
+        (_, None) => Instant::now(),
+    };
+    report(&args, r, end.saturating_duration_since(measure_from));
+}
+
+/// One request with `img` as its multipart `image` part; the whole answer
+/// is read. Errors are (HTTP status or `transport`, what was said).
+async fn exchange(
+    client: &reqwest::Client,
+    url: &str,
+    img: &Image,
+) -> Result<(), (String, String)> {
+    let part = Part::bytes(img.bytes)
+        .file_name(img.name.clone())
+        .mime_str(img.mime)
+        .expect("valid MIME type");
+    let transport = |e: reqwest::Error| ("transport".to_string(), e.to_string());
+    let resp = client
+        .post(url)
+        .multipart(Form::new().part("image", part))
+        .send()
+        .await
+        .map_err(transport)?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(transport)?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err((
+            status.as_u16().to_string(),
+            String::from_utf8_lossy(&body).chars().take(300).collect(),
+        ))
+    }
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -263,14 +288,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn report(args: &Args, mut r: Record, measure_from: Instant) {
+fn report(args: &Args, mut r: Record, window: Duration) {
     r.latencies.sort_by(f64::total_cmp);
     let ok = r.latencies.len() as u64;
     let errors: u64 = r.errors.values().sum();
-    let elapsed = r
-        .last_done
-        .map(|d| (d - measure_from).as_secs_f64())
-        .unwrap_or(0.0);
+    let elapsed = window.as_secs_f64();
     let rps = if elapsed > 0.0 {
         ok as f64 / elapsed
     } else {
