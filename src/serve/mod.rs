@@ -60,6 +60,24 @@ impl Inference {
         }
     }
 
+    /// Waits (up to `within`) until no engine has a request queued or
+    /// running. Shutdown calls it after the HTTP server stopped: a request
+    /// whose client went away still runs to the end of its batch, and the
+    /// process must not exit (tearing libtorch down) under a forward pass.
+    /// Returns whether the engines went idle in time.
+    pub async fn drain(&self, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.engines.iter().all(|e| e.depth() == 0) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Announces a request that will reach [`Inference::logits`] once its
     /// images are decoded: engines gathering a batch wait for it (up to
     /// `max_wait`) only while such requests exist. Take it before decoding.
