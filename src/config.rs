@@ -132,7 +132,8 @@ pub struct ServeConfig {
     #[arg(long, env = "VITRINE_PREDICT_MAX_BATCH", default_value_t = 32)]
     pub predict_max_batch: usize,
 
-    /// Milliseconds the inference thread waits for more requests to batch.
+    /// Milliseconds the inference thread waits for more requests to batch
+    /// (only while requests are being decoded; a lone request runs at once).
     #[arg(long, env = "VITRINE_PREDICT_MAX_WAIT_MS", default_value_t = 5)]
     pub predict_max_wait_ms: u64,
 

@@ -90,6 +90,7 @@ pub async fn serve_on(
     let server = tokio::spawn(async move { server.await });
     shutdown.cancelled().await;
     tracing::info!(grace_secs = grace.as_secs(), "shutting down");
+    let started = tokio::time::Instant::now();
     let drained = async {
         // Workers stop their job at the next step and put it back in the queue.
         for w in workers {
@@ -100,6 +101,15 @@ pub async fn serve_on(
     match tokio::time::timeout(grace, drained).await {
         Ok(joined) => joined??,
         Err(_) => tracing::warn!("shutdown did not finish within the grace period"),
+    }
+    // Batches of requests whose clients left still run: exiting under them
+    // would tear libtorch down mid-forward (SIGSEGV).
+    if !state
+        .inference
+        .drain(grace.saturating_sub(started.elapsed()))
+        .await
+    {
+        tracing::warn!("inference still running at the end of the grace period");
     }
     state.db.close().await;
     tracing::info!("stopped");

@@ -121,10 +121,11 @@ async fn predict(
         .resolve(&state.db, &state.config.data_dir, selector.as_deref())
         .await?;
     let pipeline = model.pipeline.clone();
+    let ticket = state.inference.announce();
     let pixels = tokio::task::spawn_blocking(move || decode_all(&pipeline, images))
         .await
         .map_err(anyhow::Error::from)??;
-    let logits = state.inference.logits(&model, pixels).await?;
+    let logits = state.inference.logits(&model, pixels, ticket).await?;
     let results = output::format(
         &logits,
         model.task,

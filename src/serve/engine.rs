@@ -1,12 +1,17 @@
 //! One inference thread per device. It owns the loaded models (a small LRU)
-//! and batches waiting requests: after the first request arrives it keeps
-//! collecting for up to `max_wait` or until `max_batch` images, then runs
-//! one forward pass per model and splits the results back.
+//! and batches waiting requests: after the first request arrives it takes
+//! every request already queued and, while others are still being decoded
+//! (`Arrivals`), waits for them up to `max_wait` or until `max_batch`
+//! images; then it runs one forward pass per model and splits the results
+//! back. A lone request (nothing queued, nothing on its way) runs at once
+//! instead of paying `max_wait`.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::mpsc::{
+    sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +29,8 @@ pub struct Job {
     pub pixels: Tensor,
     /// Raw logits [n, num_labels], or why not.
     pub reply: oneshot::Sender<Result<Tensor, String>>,
+    /// Withdrawn when the engine receives the job.
+    pub arrival: Option<ArrivalTicket>,
 }
 
 /// Tuning of one engine.
@@ -35,6 +42,38 @@ pub struct EngineConfig {
     pub queue: usize,
     /// Models kept loaded.
     pub cache: usize,
+}
+
+/// How often a batch being gathered looks again at whether requests are
+/// still on their way (one that failed to decode never arrives).
+const ARRIVALS_POLL: Duration = Duration::from_millis(1);
+
+/// Counts requests that are being decoded and will be queued soon, so an
+/// engine knows whether waiting for a bigger batch can pay off.
+#[derive(Clone, Default)]
+pub struct Arrivals(Arc<AtomicUsize>);
+
+impl Arrivals {
+    /// Announces a request; the ticket withdraws it when dropped (by the
+    /// engine when it receives the job, or when the request fails before).
+    pub fn announce(&self) -> ArrivalTicket {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        ArrivalTicket(self.0.clone())
+    }
+
+    /// Requests announced and not yet queued.
+    pub fn pending(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A request on its way to an engine; see [`Arrivals::announce`].
+pub struct ArrivalTicket(Arc<AtomicUsize>);
+
+impl Drop for ArrivalTicket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The handle to an engine thread.
@@ -54,7 +93,12 @@ pub enum Refused {
 }
 
 impl Engine {
-    pub fn start(device: Device, config: EngineConfig, batch_sizes: Histogram) -> Self {
+    pub fn start(
+        device: Device,
+        config: EngineConfig,
+        batch_sizes: Histogram,
+        arrivals: Arrivals,
+    ) -> Self {
         let (tx, rx) = sync_channel(config.queue.max(1));
         let depth = Arc::new(AtomicI64::new(0));
         let thread_depth = depth.clone();
@@ -63,7 +107,9 @@ impl Engine {
                 "vitrine-infer-{}",
                 crate::torch_info::device_name(device)
             ))
-            .spawn(move || EngineThread::new(device, config, thread_depth, batch_sizes).run(rx))
+            .spawn(move || {
+                EngineThread::new(device, config, thread_depth, batch_sizes, arrivals).run(rx)
+            })
             .expect("spawning the inference thread");
         Self { tx, depth, device }
     }
@@ -98,6 +144,7 @@ struct EngineThread {
     config: EngineConfig,
     depth: Arc<AtomicI64>,
     batch_sizes: Histogram,
+    arrivals: Arrivals,
     /// Most recently used last.
     models: VecDeque<Loaded>,
 }
@@ -108,37 +155,60 @@ impl EngineThread {
         config: EngineConfig,
         depth: Arc<AtomicI64>,
         batch_sizes: Histogram,
+        arrivals: Arrivals,
     ) -> Self {
         Self {
             device,
             config,
             depth,
             batch_sizes,
+            arrivals,
             models: VecDeque::new(),
         }
     }
 
     fn run(mut self, rx: Receiver<Job>) {
         let _guard = tch::no_grad_guard();
-        while let Ok(first) = rx.recv() {
-            let mut jobs = vec![first];
-            let mut images = images_of(&jobs[0]);
-            let deadline = Instant::now() + self.config.max_wait;
-            while images < self.config.max_batch {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(job) => {
-                        images += images_of(&job);
-                        jobs.push(job);
-                    }
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            }
+        while let Ok(mut first) = rx.recv() {
+            first.arrival = None;
+            let jobs = self.gather(first, &rx);
             let n = jobs.len() as i64;
             self.run_batch(jobs);
             self.depth.fetch_sub(n, Ordering::Relaxed);
         }
+    }
+
+    /// The batch that starts with `first`: every job already queued, then,
+    /// while requests are announced (being decoded), those that arrive
+    /// within `max_wait`; at most `max_batch` images (a job is never split).
+    fn gather(&self, first: Job, rx: &Receiver<Job>) -> Vec<Job> {
+        let mut images = images_of(&first);
+        let mut jobs = vec![first];
+        let deadline = Instant::now() + self.config.max_wait;
+        while images < self.config.max_batch {
+            let mut job = match rx.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    if self.arrivals.pending() == 0 {
+                        break;
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match rx.recv_timeout(left.min(ARRIVALS_POLL)) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            job.arrival = None;
+            images += images_of(&job);
+            jobs.push(job);
+        }
+        jobs
     }
 
     /// Groups the jobs by model and runs each group as one batch.
@@ -215,4 +285,106 @@ impl EngineThread {
 
 fn images_of(job: &Job) -> usize {
     job.pixels.size().first().copied().unwrap_or(1) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::HistogramOpts;
+
+    fn thread(max_batch: usize, max_wait: Duration, arrivals: &Arrivals) -> EngineThread {
+        let config = EngineConfig {
+            max_batch,
+            max_wait,
+            queue: 16,
+            cache: 1,
+        };
+        let hist = Histogram::with_opts(HistogramOpts::new("b", "b")).unwrap();
+        EngineThread::new(
+            Device::Cpu,
+            config,
+            Arc::new(AtomicI64::new(0)),
+            hist,
+            arrivals.clone(),
+        )
+    }
+
+    fn job(images: i64, arrival: Option<ArrivalTicket>) -> Job {
+        Job {
+            model_id: "m".into(),
+            model_dir: PathBuf::from("m"),
+            pixels: Tensor::zeros([images, 3, 2, 2], (Kind::Float, Device::Cpu)),
+            reply: oneshot::channel().0,
+            arrival,
+        }
+    }
+
+    #[test]
+    fn a_lone_request_does_not_wait_for_a_batch() {
+        let arrivals = Arrivals::default();
+        let engine = thread(32, Duration::from_secs(5), &arrivals);
+        let (_tx, rx) = sync_channel(4);
+        let started = Instant::now();
+        let jobs = engine.gather(job(1, None), &rx);
+        assert_eq!(jobs.len(), 1);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn queued_requests_join_up_to_max_batch_images() {
+        let arrivals = Arrivals::default();
+        let engine = thread(4, Duration::from_secs(5), &arrivals);
+        let (tx, rx) = sync_channel(8);
+        for _ in 0..5 {
+            tx.send(job(1, Some(arrivals.announce()))).unwrap();
+        }
+        let jobs = engine.gather(job(1, None), &rx);
+        assert_eq!(jobs.len(), 4, "capped at max_batch images");
+        assert!(
+            jobs.iter().all(|j| j.arrival.is_none()),
+            "tickets withdrawn"
+        );
+        assert_eq!(
+            arrivals.pending(),
+            2,
+            "the jobs left in the queue are still announced"
+        );
+        drop(rx);
+    }
+
+    #[test]
+    fn announced_requests_are_waited_for_within_max_wait() {
+        let arrivals = Arrivals::default();
+        let engine = thread(32, Duration::from_secs(5), &arrivals);
+        let (tx, rx) = sync_channel(4);
+        let ticket = arrivals.announce();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.send(job(2, Some(ticket))).unwrap();
+            tx
+        });
+        let jobs = engine.gather(job(1, None), &rx);
+        assert_eq!(jobs.len(), 2, "the announced request joined the batch");
+        assert_eq!(arrivals.pending(), 0);
+        drop(sender.join().unwrap());
+
+        // An announced request that never comes (it failed to decode): the
+        // wait ends when its ticket is dropped, or at max_wait.
+        let engine = thread(32, Duration::from_millis(200), &arrivals);
+        let (_tx, rx) = sync_channel::<Job>(4);
+        let lost = arrivals.announce();
+        let started = Instant::now();
+        assert_eq!(engine.gather(job(1, None), &rx).len(), 1);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(2));
+        let dropper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            drop(lost);
+        });
+        let engine = thread(32, Duration::from_secs(5), &arrivals);
+        let started = Instant::now();
+        assert_eq!(engine.gather(job(1, None), &rx).len(), 1);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        dropper.join().unwrap();
+    }
 }

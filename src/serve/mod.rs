@@ -11,13 +11,14 @@ use prometheus::{Histogram, HistogramOpts, IntGauge};
 use tch::Tensor;
 
 use crate::error::{AppError, AppResult};
-use engine::{Engine, EngineConfig, Job, Refused};
+use engine::{ArrivalTicket, Arrivals, Engine, EngineConfig, Job, Refused};
 pub use registry::{ModelInfo, Registry};
 
 /// Everything `/predict` needs, shared by the handlers.
 #[derive(Clone)]
 pub struct Inference {
     engines: Arc<Vec<Engine>>,
+    arrivals: Arrivals,
     pub registry: Registry,
     pub queue_depth: IntGauge,
 }
@@ -46,20 +47,53 @@ impl Inference {
         } else {
             devices.to_vec()
         };
+        let arrivals = Arrivals::default();
         let engines = devices
             .iter()
-            .map(|&d| Engine::start(d, config, batch_sizes.clone()))
+            .map(|&d| Engine::start(d, config, batch_sizes.clone(), arrivals.clone()))
             .collect();
         Self {
             engines: Arc::new(engines),
+            arrivals,
             registry: Registry::default(),
             queue_depth,
         }
     }
 
+    /// Waits (up to `within`) until no engine has a request queued or
+    /// running. Shutdown calls it after the HTTP server stopped: a request
+    /// whose client went away still runs to the end of its batch, and the
+    /// process must not exit (tearing libtorch down) under a forward pass.
+    /// Returns whether the engines went idle in time.
+    pub async fn drain(&self, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.engines.iter().all(|e| e.depth() == 0) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Announces a request that will reach [`Inference::logits`] once its
+    /// images are decoded: engines gathering a batch wait for it (up to
+    /// `max_wait`) only while such requests exist. Take it before decoding.
+    pub fn announce(&self) -> ArrivalTicket {
+        self.arrivals.announce()
+    }
+
     /// Runs preprocessed images through `model` on the least busy device;
-    /// returns logits [n, labels].
-    pub async fn logits(&self, model: &ModelInfo, pixels: Tensor) -> AppResult<Tensor> {
+    /// returns logits [n, labels]. `ticket` (from [`Inference::announce`])
+    /// travels with the job and is withdrawn when an engine receives it.
+    pub async fn logits(
+        &self,
+        model: &ModelInfo,
+        pixels: Tensor,
+        ticket: ArrivalTicket,
+    ) -> AppResult<Tensor> {
         let engine = self
             .engines
             .iter()
@@ -71,6 +105,7 @@ impl Inference {
             model_dir: model.dir.clone(),
             pixels,
             reply,
+            arrival: Some(ticket),
         };
         match engine.submit(job) {
             Ok(()) => {}
