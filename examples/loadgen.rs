@@ -3,7 +3,7 @@
 //! `C` workers each send one request, wait for the whole answer, and send the
 //! next, rotating through the given image files. Every request is
 //! `multipart/form-data` with one part named `image` (the shape both
-//! vitrine's `/predict` and `scripts/hf_pipeline_server.py` take), over one
+//! vitrine's `/predict` and `scripts/bench/hf_pipeline_server.py` take), over one
 //! keep-alive connection per worker.
 //!
 //! ```text

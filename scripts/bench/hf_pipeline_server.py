@@ -1,4 +1,4 @@
-"""The Python baseline for the serving benchmark (scripts/bench_serving.sh).
+"""The Python baseline for the serving benchmark (scripts/bench/serving.sh).
 
 What it is: the way a typical user serves a fine-tuned image classifier with
 Hugging Face: a FastAPI app around

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Serving benchmark: vitrine's POST /predict against a FastAPI + uvicorn
 # server wrapping transformers' image-classification pipeline
-# (scripts/hf_pipeline_server.py), same saved model, same images, same torch
+# (scripts/bench/hf_pipeline_server.py), same saved model, same images, same torch
 # thread count, closed-loop load at each concurrency (examples/loadgen.rs).
 #
-# Usage: scripts/bench_serving.sh
+# Usage: scripts/bench/serving.sh
 # Environment (all optional):
 #   MODEL=dinov2-small  linear probe on data/cache/dinov2-small (DINOv2 ViT-S/14,
 #                       fetched by scripts/fetch-dinov2-small.sh if absent)
@@ -25,7 +25,7 @@
 # Prints a table and the ratios; vitrine's batch-size histogram after the
 # highest concurrency shows that batching happened.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 model=${MODEL:-dinov2-small}
 threads=${THREADS:-$(nproc)}
@@ -168,7 +168,7 @@ start_vitrine() {
 start_python() {
   port=$(free_port)
   url=http://127.0.0.1:$port
-  "$py" scripts/hf_pipeline_server.py --model "$model_dir" --port "$port" --threads "$threads" \
+  "$py" scripts/bench/hf_pipeline_server.py --model "$model_dir" --port "$port" --threads "$threads" \
     >>"$tmp/python.log" 2>&1 &
   server_pid=$!
   wait_up "$url/healthz" "$server_pid"
