@@ -25,20 +25,32 @@ use std::time::Duration;
 use common::e2e::TestServer;
 use serde_json::{json, Value};
 
-const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+/// Where Debian's `dataset-fashion-mnist` puts the data;
+/// `VITRINE_FASHION_MNIST` overrides it (as for scripts/fashion_mnist.py).
+fn fashion_mnist_dir() -> PathBuf {
+    std::env::var_os("VITRINE_FASHION_MNIST")
+        .map(Into::into)
+        .unwrap_or_else(|| "/usr/share/datasets/fashion-mnist".into())
+}
 const TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Best validation accuracy the DINOv2 linear probe must reach (10
-/// classes, 100 training / 30 validation images per class, 30 epochs).
-/// Measured: 0.797 at image_size 112 (0.79x at 224, 0.77x at 98) on 2
-/// busy cores; the floor leaves room for platform and seed noise.
-const LP_THRESHOLD: f64 = 0.70;
+/// classes, 100 training / 30 validation images per class, 30 epochs, lr
+/// 0.003). Measured through the release server on 2 busy cores: 0.797 at
+/// image_size 112, 0.783 at 224 (9x the wall time), 0.803 at 98. The floor
+/// leaves room for platform and seed noise; chance is 0.10.
+const LP_THRESHOLD: f64 = 0.72;
 /// By how much DINOv2 must beat the random backbone on the same job.
 /// Measured: 0.797 vs 0.617 (random init), a gap of 0.18.
 const LP_MARGIN: f64 = 0.10;
-/// Best validation micro-F1 of the multi-label mosaic linear probe.
-/// Measured: see the test.
-const MOSAIC_THRESHOLD: f64 = 0.70;
+/// Best validation micro-F1 of the multi-label mosaic linear probe (600
+/// training / 200 validation mosaics, 30 epochs, lr 0.01). Measured: 0.688
+/// at 112 (0.685 at 168, 0.675 with lr 0.003): the pooled CLS + mean-patch
+/// features of four items in one image limit it. Answering every label
+/// scores 0.512 here (3.4 of 10 labels per mosaic), so the test also asks
+/// for [`MOSAIC_OVER_TRIVIAL`] above that.
+const MOSAIC_THRESHOLD: f64 = 0.63;
+const MOSAIC_OVER_TRIVIAL: f64 = 0.10;
 
 /// Fails under CI, otherwise prints why the test is skipped.
 fn skip(test: &str, why: &str) {
@@ -94,10 +106,14 @@ static LOCK: Mutex<()> = Mutex::new(());
 
 /// `None` (after [`skip`]) when the dataset or the weights are unavailable.
 fn fixtures(test: &str) -> Option<Fixtures> {
-    if !Path::new(FASHION_MNIST).is_dir() {
+    let data = fashion_mnist_dir();
+    if !data.is_dir() {
         skip(
             test,
-            &format!("{FASHION_MNIST} is missing: install dataset-fashion-mnist"),
+            &format!(
+                "{} is missing: install dataset-fashion-mnist",
+                data.display()
+            ),
         );
         return None;
     }
@@ -157,10 +173,10 @@ fn fixtures(test: &str) -> Option<Fixtures> {
     Some(fx)
 }
 
-/// Submits a linear probe at 112 px and waits for it to succeed.
-async fn linear_probe(server: &TestServer, archive: &Path, base: &Path) -> Value {
+/// Submits a 30-epoch linear probe at 112 px and waits for it to succeed.
+async fn linear_probe(server: &TestServer, archive: &Path, base: &Path, lr: f64) -> Value {
     let cfg = json!({"base_model": base, "mode": "linear_probe", "epochs": 30,
-                     "batch_size": 32, "learning_rate": 0.003, "image_size": 112, "seed": 1});
+                     "batch_size": 32, "learning_rate": lr, "image_size": 112, "seed": 1});
     let resp = server.submit(archive, cfg).await;
     assert_eq!(resp.status(), 202);
     let id = resp.json::<Value>().await.unwrap()["id"]
@@ -200,6 +216,28 @@ fn images_under(archive: &Path, prefix: &str) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// The micro-F1 of answering all 10 labels for every image of a
+/// multi-label split (`metadata.jsonl` in the zip): 2p / (1 + p), p the
+/// share of (image, label) pairs that are positive.
+fn every_label_micro_f1(archive: &Path, metadata: &str) -> f64 {
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(archive).unwrap()).unwrap();
+    let mut text = String::new();
+    zip.by_name(metadata)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let positives: usize = rows
+        .iter()
+        .map(|r| r["labels"].as_array().unwrap().len())
+        .sum();
+    let p = positives as f64 / (rows.len() * 10) as f64;
+    2.0 * p / (1.0 + p)
+}
+
 /// The headline of issue #7: pre-training transfers. The same linear probe
 /// on the same 1,000 Fashion-MNIST images scores far higher on DINOv2's
 /// features than on a random backbone's, and the resulting model serves.
@@ -208,8 +246,8 @@ async fn dinov2_linear_probe_beats_a_random_backbone_on_fashion_mnist() {
     let test = "dinov2_linear_probe_beats_a_random_backbone_on_fashion_mnist";
     let Some(fx) = fixtures(test) else { return };
     let server = TestServer::start(|_| {}).await;
-    let random = linear_probe(&server, &fx.classes_zip, &fx.random).await;
-    let dinov2 = linear_probe(&server, &fx.classes_zip, &fx.dinov2).await;
+    let random = linear_probe(&server, &fx.classes_zip, &fx.random, 0.003).await;
+    let dinov2 = linear_probe(&server, &fx.classes_zip, &fx.dinov2, 0.003).await;
     let (acc_random, acc_dinov2) = (best(&random, "accuracy"), best(&dinov2, "accuracy"));
     println!("linear probe, best validation accuracy: DINOv2 {acc_dinov2:.3}, random init {acc_random:.3}");
     assert_eq!(dinov2["dataset"]["images"], 1300, "{}", dinov2["dataset"]);
@@ -275,12 +313,15 @@ async fn dinov2_multi_label_mosaics_reach_a_stated_micro_f1() {
     let test = "dinov2_multi_label_mosaics_reach_a_stated_micro_f1";
     let Some(fx) = fixtures(test) else { return };
     let server = TestServer::start(|_| {}).await;
-    let job = linear_probe(&server, &fx.mosaic_zip, &fx.dinov2).await;
-    let f1 = best(&job, "micro_f1");
-    println!("multi-label mosaics, best validation micro-F1: {f1:.3}");
+    let job = linear_probe(&server, &fx.mosaic_zip, &fx.dinov2, 0.01).await;
+    let (f1, map) = (best(&job, "micro_f1"), best(&job, "map"));
+    let trivial = every_label_micro_f1(&fx.mosaic_zip, "validation/metadata.jsonl");
+    println!(
+        "multi-label mosaics, best validation micro-F1 {f1:.3} (every label: {trivial:.3}), mAP {map:.3}"
+    );
     assert!(
-        f1 >= MOSAIC_THRESHOLD,
-        "micro-F1 {f1} (< {MOSAIC_THRESHOLD}): {}",
+        f1 >= MOSAIC_THRESHOLD && f1 >= trivial + MOSAIC_OVER_TRIVIAL,
+        "micro-F1 {f1} (< {MOSAIC_THRESHOLD}, or < {trivial} + {MOSAIC_OVER_TRIVIAL}): {}",
         job["metrics"]
     );
     let model = server
