@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from transformers import Dinov2Config, Dinov2Model
+from transformers.utils import logging
 
 
 def main():
@@ -23,6 +24,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    logging.disable_progress_bar()
     src, out = Path(args.src), Path(args.out)
     config = Dinov2Config.from_pretrained(src)
     torch.manual_seed(args.seed)
