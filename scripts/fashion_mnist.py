@@ -7,12 +7,14 @@ Per split, N images per class are drawn (seeded) from the original training
 set (train, validation) and test set (test), written as PNG under
 `<split>/<label>/`. With --mosaic, each image is a 2x2 grid of items and its
 labels are the set of classes present (multi-label, `metadata.jsonl`).
-Install the data with `apt-get install dataset-fashion-mnist`.
+Install the data with `apt-get install dataset-fashion-mnist`
+(VITRINE_FASHION_MNIST: another directory with the same four .gz files).
 """
 import argparse
 import gzip
 import io
 import json
+import os
 import random
 import struct
 import sys
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path("/usr/share/datasets/fashion-mnist")
+ROOT = Path(os.environ.get("VITRINE_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat",
           "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 
