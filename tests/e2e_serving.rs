@@ -15,14 +15,7 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 /// Trains a quick linear probe and returns the model id.
 async fn train(server: &TestServer, fx: &Fixtures, epochs: u32) -> String {
     let cfg = json!({"base_model": fx.base_model, "mode": "linear_probe", "epochs": epochs, "learning_rate": 0.01});
-    let resp = server.submit(&fx.tints_zip, cfg).await;
-    assert_eq!(resp.status(), 202);
-    let id = resp.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let job = server.wait_for_job(&id, TIMEOUT).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
+    let job = server.run_job(&fx.tints_zip, cfg, TIMEOUT).await;
     job["model_id"].as_str().unwrap().to_string()
 }
 

