@@ -10,7 +10,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use tch::{Device, Tensor};
 use vitrine::model::load::load_pretrained_reporting;
