@@ -45,6 +45,8 @@ async fn wait_ready(url: &str) {
     }
 }
 
+const EPOCHS: u32 = 12;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_resumes_from_its_checkpoint() {
     let fx = fixtures();
@@ -54,7 +56,10 @@ async fn a_killed_worker_resumes_from_its_checkpoint() {
     let mut child = start(data.path(), port);
     wait_ready(&url).await;
 
-    let cfg = json!({"base_model": fx.base_model, "mode": "full", "epochs": 4, "batch_size": 16});
+    // Enough epochs that the job is still far from done when it is killed
+    // (an epoch of this tiny model takes a fraction of a second).
+    let cfg =
+        json!({"base_model": fx.base_model, "mode": "full", "epochs": EPOCHS, "batch_size": 16});
     let resp = submit(&url, &fx.tints_zip, cfg, None).await;
     assert_eq!(resp.status(), 202);
     let id = resp.json::<Value>().await.unwrap()["id"]
@@ -71,13 +76,19 @@ async fn a_killed_worker_resumes_from_its_checkpoint() {
             break j;
         }
         assert!(
+            j["status"] == "queued" || j["status"] == "running",
+            "the job ended before it could be killed: {j}"
+        );
+        assert!(
             started.elapsed() < Duration::from_secs(300),
             "no progress: {j}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     child.kill().unwrap(); // SIGKILL: no chance to requeue
     child.wait().unwrap();
+    let killed_during = before["progress"]["epoch"].as_u64().unwrap();
+    assert!(killed_during < EPOCHS as u64, "{before}");
     let epoch1 = before["metrics"][0].clone();
 
     let mut child = start(data.path(), port);
@@ -98,7 +109,7 @@ async fn a_killed_worker_resumes_from_its_checkpoint() {
         .iter()
         .map(|m| m["epoch"].as_u64().unwrap())
         .collect();
-    assert_eq!(epochs, [1, 2, 3, 4]);
+    assert_eq!(epochs, (1..=EPOCHS as u64).collect::<Vec<_>>());
     assert_eq!(done["metrics"][0], epoch1);
     // Exactly one model, for this job.
     let models: Vec<Value> = reqwest::get(format!("{url}/models"))
