@@ -18,8 +18,26 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(data: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_vitrine"))
+/// The server process; killed when dropped, so a failing test leaves no
+/// server behind.
+struct Server(Child);
+
+impl Server {
+    /// SIGKILL, and reap it.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn start(data: &std::path::Path, port: u16) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
         .args(["serve", "--devices", "cpu", "--job-lease-secs", "2"])
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
@@ -28,7 +46,8 @@ fn start(data: &std::path::Path, port: u16) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("starting vitrine")
+        .expect("starting vitrine");
+    Server(child)
 }
 
 async fn wait_ready(url: &str) {
@@ -85,8 +104,7 @@ async fn a_killed_worker_resumes_from_its_checkpoint() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    child.kill().unwrap(); // SIGKILL: no chance to requeue
-    child.wait().unwrap();
+    child.kill(); // SIGKILL: no chance to requeue
     let killed_during = before["progress"]["epoch"].as_u64().unwrap();
     assert!(killed_during < EPOCHS as u64, "{before}");
     let epoch1 = before["metrics"][0].clone();
@@ -121,6 +139,5 @@ async fn a_killed_worker_resumes_from_its_checkpoint() {
     assert_eq!(models.len(), 1);
     assert_eq!(models[0]["job_id"], id.as_str());
     assert_eq!(models[0]["id"], done["model_id"]);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 }
