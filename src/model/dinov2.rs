@@ -25,6 +25,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::config::{Activation, Dinov2Config};
+use super::layers::{linear, SelfAttention};
 use super::ImageClassifier;
 
 fn normal(std: f64) -> nn::Init {
@@ -32,19 +33,6 @@ fn normal(std: f64) -> nn::Init {
         mean: 0.,
         stdev: std,
     }
-}
-
-fn linear(p: nn::Path, i: i64, o: i64, bias: bool, std: f64) -> nn::Linear {
-    nn::linear(
-        p,
-        i,
-        o,
-        nn::LinearConfig {
-            ws_init: normal(std),
-            bs_init: Some(nn::Init::Const(0.)),
-            bias,
-        },
-    )
 }
 
 fn layer_norm(p: nn::Path, c: &Dinov2Config) -> nn::LayerNorm {
@@ -236,16 +224,11 @@ impl Ffn {
 #[derive(Debug)]
 pub struct Dinov2Layer {
     norm1: nn::LayerNorm,
-    query: nn::Linear,
-    key: nn::Linear,
-    value: nn::Linear,
-    attention_output: nn::Linear,
+    attention: SelfAttention,
     layer_scale1: Tensor,
     norm2: nn::LayerNorm,
     mlp: Ffn,
     layer_scale2: Tensor,
-    num_heads: i64,
-    attention_dropout: f64,
     drop_path: f64,
 }
 
@@ -253,49 +236,24 @@ impl Dinov2Layer {
     pub fn new(p: nn::Path, c: &Dinov2Config) -> Self {
         let (d, std) = (c.hidden_size, c.initializer_range);
         let attn = &p / "attention";
-        let qkv = &attn / "attention";
         let scale =
             |name: &str| (&p / name).var("lambda1", &[d], nn::Init::Const(c.layerscale_value));
         Self {
             norm1: layer_norm(&p / "norm1", c),
-            query: linear(&qkv / "query", d, d, c.qkv_bias, std),
-            key: linear(&qkv / "key", d, d, c.qkv_bias, std),
-            value: linear(&qkv / "value", d, d, c.qkv_bias, std),
-            attention_output: linear(&attn / "output" / "dense", d, d, true, std),
+            attention: SelfAttention::new(
+                attn,
+                d,
+                c.num_attention_heads,
+                c.qkv_bias,
+                c.attention_probs_dropout_prob,
+                std,
+            ),
             layer_scale1: scale("layer_scale1"),
             norm2: layer_norm(&p / "norm2", c),
             mlp: Ffn::new(&p / "mlp", c),
             layer_scale2: scale("layer_scale2"),
-            num_heads: c.num_attention_heads,
-            attention_dropout: c.attention_probs_dropout_prob,
             drop_path: c.drop_path_rate,
         }
-    }
-
-    /// Multi-head self-attention through libtorch's fused
-    /// `scaled_dot_product_attention` (scale `head_dim^-0.5`, no mask).
-    fn attention(&self, xs: &Tensor, train: bool) -> Tensor {
-        let (b, n, d) = xs.size3().expect("[B, N, D]");
-        let heads = |t: Tensor| {
-            t.view([b, n, self.num_heads, d / self.num_heads])
-                .transpose(1, 2)
-        };
-        let q = heads(self.query.forward(xs));
-        let k = heads(self.key.forward(xs));
-        let v = heads(self.value.forward(xs));
-        let dropout = if train { self.attention_dropout } else { 0.0 };
-        let ctx = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            dropout,
-            false,
-            None,
-            false,
-        );
-        let ctx = ctx.transpose(1, 2).reshape([b, n, d]);
-        self.attention_output.forward(&ctx)
     }
 
     /// Stochastic depth: in training, drops the whole branch of a sample
@@ -310,7 +268,7 @@ impl Dinov2Layer {
     }
 
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let h = self.attention(&self.norm1.forward(xs), train) * &self.layer_scale1;
+        let h = self.attention.forward_t(&self.norm1.forward(xs), train) * &self.layer_scale1;
         let xs = self.drop_path(h, train) + xs;
         let h = self.mlp.forward(&self.norm2.forward(&xs)) * &self.layer_scale2;
         self.drop_path(h, train) + xs

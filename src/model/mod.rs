@@ -15,6 +15,7 @@ pub mod dinov2;
 mod dinov2_config;
 pub mod error;
 pub mod hub;
+mod layers;
 pub mod load;
 pub mod params;
 pub mod save;

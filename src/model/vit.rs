@@ -15,6 +15,7 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::config::{Activation, ViTConfig};
+use super::layers::{linear, SelfAttention};
 use super::ImageClassifier;
 
 /// Patch projection, CLS token and position embeddings (`vit.embeddings`).
@@ -113,34 +114,13 @@ impl ViTEmbeddings {
 /// One pre-norm transformer block (`vit.encoder.layer.{i}`).
 #[derive(Debug)]
 pub struct ViTLayer {
-    query: nn::Linear,
-    key: nn::Linear,
-    value: nn::Linear,
-    attention_output: nn::Linear,
+    attention: SelfAttention,
     intermediate: nn::Linear,
     output: nn::Linear,
     layernorm_before: nn::LayerNorm,
     layernorm_after: nn::LayerNorm,
-    num_heads: i64,
     act: Activation,
     hidden_dropout: f64,
-    attention_dropout: f64,
-}
-
-fn linear(p: nn::Path, i: i64, o: i64, bias: bool, std: f64) -> nn::Linear {
-    nn::linear(
-        p,
-        i,
-        o,
-        nn::LinearConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.,
-                stdev: std,
-            },
-            bs_init: Some(nn::Init::Const(0.)),
-            bias,
-        },
-    )
 }
 
 fn layer_norm(p: nn::Path, c: &ViTConfig) -> nn::LayerNorm {
@@ -158,12 +138,15 @@ impl ViTLayer {
     pub fn new(p: nn::Path, c: &ViTConfig) -> Self {
         let (d, std) = (c.hidden_size, c.initializer_range);
         let attn = &p / "attention";
-        let qkv = &attn / "attention";
         Self {
-            query: linear(&qkv / "query", d, d, c.qkv_bias, std),
-            key: linear(&qkv / "key", d, d, c.qkv_bias, std),
-            value: linear(&qkv / "value", d, d, c.qkv_bias, std),
-            attention_output: linear(&attn / "output" / "dense", d, d, true, std),
+            attention: SelfAttention::new(
+                attn,
+                d,
+                c.num_attention_heads,
+                c.qkv_bias,
+                c.attention_probs_dropout_prob,
+                std,
+            ),
             intermediate: linear(
                 &p / "intermediate" / "dense",
                 d,
@@ -174,42 +157,15 @@ impl ViTLayer {
             output: linear(&p / "output" / "dense", c.intermediate_size, d, true, std),
             layernorm_before: layer_norm(&p / "layernorm_before", c),
             layernorm_after: layer_norm(&p / "layernorm_after", c),
-            num_heads: c.num_attention_heads,
             act: c.hidden_act,
             hidden_dropout: c.hidden_dropout_prob,
-            attention_dropout: c.attention_probs_dropout_prob,
         }
-    }
-
-    /// Multi-head self-attention through libtorch's fused
-    /// `scaled_dot_product_attention` (scale `head_dim^-0.5`, no mask).
-    fn attention(&self, xs: &Tensor, train: bool) -> Tensor {
-        let (b, n, d) = xs.size3().expect("[B, N, D]");
-        let heads = |t: Tensor| {
-            t.view([b, n, self.num_heads, d / self.num_heads])
-                .transpose(1, 2)
-        };
-        let q = heads(self.query.forward(xs));
-        let k = heads(self.key.forward(xs));
-        let v = heads(self.value.forward(xs));
-        let dropout = if train { self.attention_dropout } else { 0.0 };
-        let ctx = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            dropout,
-            false,
-            None,
-            false,
-        );
-        let ctx = ctx.transpose(1, 2).reshape([b, n, d]);
-        self.attention_output.forward(&ctx)
     }
 
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let h = self
-            .attention(&self.layernorm_before.forward(xs), train)
+            .attention
+            .forward_t(&self.layernorm_before.forward(xs), train)
             .dropout(self.hidden_dropout, train);
         let xs = h + xs;
         let h = self.act.apply(

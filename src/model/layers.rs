@@ -1,0 +1,82 @@
+//! Building blocks ViT and DINOv2 share: the HF-initialised linear layer
+//! and multi-head self-attention (`<layer>.attention.attention.{query,key,
+//! value}` and `<layer>.attention.output.dense`, the same names in both).
+
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+/// `nn.Linear` initialised as `transformers` does: weights N(0, std), bias 0.
+pub fn linear(p: nn::Path, i: i64, o: i64, bias: bool, std: f64) -> nn::Linear {
+    nn::linear(
+        p,
+        i,
+        o,
+        nn::LinearConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.,
+                stdev: std,
+            },
+            bs_init: Some(nn::Init::Const(0.)),
+            bias,
+        },
+    )
+}
+
+/// Multi-head self-attention of one encoder layer.
+#[derive(Debug)]
+pub struct SelfAttention {
+    query: nn::Linear,
+    key: nn::Linear,
+    value: nn::Linear,
+    output: nn::Linear,
+    num_heads: i64,
+    dropout: f64,
+}
+
+impl SelfAttention {
+    /// `attn` is the layer's `attention` path; `d` the hidden size.
+    pub fn new(
+        attn: nn::Path,
+        d: i64,
+        num_heads: i64,
+        qkv_bias: bool,
+        dropout: f64,
+        std: f64,
+    ) -> Self {
+        let qkv = &attn / "attention";
+        Self {
+            query: linear(&qkv / "query", d, d, qkv_bias, std),
+            key: linear(&qkv / "key", d, d, qkv_bias, std),
+            value: linear(&qkv / "value", d, d, qkv_bias, std),
+            output: linear(&attn / "output" / "dense", d, d, true, std),
+            num_heads,
+            dropout,
+        }
+    }
+
+    /// Through libtorch's fused `scaled_dot_product_attention` (scale
+    /// `head_dim^-0.5`, no mask).
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let (b, n, d) = xs.size3().expect("[B, N, D]");
+        let heads = |t: Tensor| {
+            t.view([b, n, self.num_heads, d / self.num_heads])
+                .transpose(1, 2)
+        };
+        let q = heads(self.query.forward(xs));
+        let k = heads(self.key.forward(xs));
+        let v = heads(self.value.forward(xs));
+        let dropout = if train { self.dropout } else { 0.0 };
+        let ctx = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            dropout,
+            false,
+            None,
+            false,
+        );
+        let ctx = ctx.transpose(1, 2).reshape([b, n, d]);
+        self.output.forward(&ctx)
+    }
+}
