@@ -4,65 +4,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::e2e::{fixtures, get_json, submit, wait_for_job};
+use common::process::ServerProcess;
 use serde_json::{json, Value};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The server process; killed when dropped, so a failing test leaves no
-/// server behind.
-struct Server(Child);
-
-impl Server {
-    /// SIGKILL, and reap it.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn start(data: &std::path::Path, port: u16) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
-        .args(["serve", "--devices", "cpu", "--job-lease-secs", "2"])
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting vitrine");
-    Server(child)
-}
-
-async fn wait_ready(url: &str) {
-    let started = Instant::now();
-    while !reqwest::get(format!("{url}/readyz"))
-        .await
-        .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+const LEASE: &[&str] = &["--job-lease-secs", "2"];
 
 const EPOCHS: u32 = 12;
 
@@ -70,10 +18,8 @@ const EPOCHS: u32 = 12;
 async fn a_killed_worker_resumes_from_its_checkpoint() {
     let fx = fixtures();
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut child = start(data.path(), port);
-    wait_ready(&url).await;
+    let mut child = ServerProcess::start(data.path(), LEASE).await;
+    let url = child.url.clone();
 
     // Enough epochs that the job is still far from done when it is killed
     // (an epoch of this tiny model takes a fraction of a second).
@@ -109,8 +55,7 @@ async fn a_killed_worker_resumes_from_its_checkpoint() {
     assert!(killed_during < EPOCHS as u64, "{before}");
     let epoch1 = before["metrics"][0].clone();
 
-    let mut child = start(data.path(), port);
-    wait_ready(&url).await;
+    let mut child = ServerProcess::start_on(data.path(), child.port(), LEASE).await;
     let done = wait_for_job(&url, &id, Duration::from_secs(300)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["attempts"], 2);

@@ -56,10 +56,7 @@ async fn view(state: &AppState, row: ModelRow) -> AppResult<ModelView> {
 
 /// A model by id or alias.
 async fn find(state: &AppState, id: &str) -> AppResult<ModelRow> {
-    let id = store::resolve_alias(&state.db, id)
-        .await?
-        .unwrap_or_else(|| id.to_string());
-    store::get(&state.db, &id)
+    store::by_alias_or_id(&state.db, id)
         .await?
         .ok_or_else(|| AppError::not_found(format!("no model or alias `{id}`")))
 }

@@ -173,7 +173,10 @@ impl EngineThread {
             first.arrival = None;
             let jobs = self.gather(first, &rx);
             let n = jobs.len() as i64;
-            self.run_batch(jobs);
+            let jobs = without_abandoned(jobs);
+            if !jobs.is_empty() {
+                self.run_batch(jobs);
+            }
             self.depth.fetch_sub(n, Ordering::Relaxed);
         }
     }
@@ -283,6 +286,21 @@ impl EngineThread {
     }
 }
 
+/// Drops the jobs whose caller stopped waiting (client gone, request timed
+/// out): under overload clients give up, and computing their answers would
+/// only delay everyone else's.
+fn without_abandoned(mut jobs: Vec<Job>) -> Vec<Job> {
+    let before = jobs.len();
+    jobs.retain(|j| !j.reply.is_closed());
+    if jobs.len() < before {
+        tracing::debug!(
+            abandoned = before - jobs.len(),
+            "skipped requests nobody waits for"
+        );
+    }
+    jobs
+}
+
 fn images_of(job: &Job) -> usize {
     job.pixels.size().first().copied().unwrap_or(1) as usize
 }
@@ -317,6 +335,20 @@ mod tests {
             reply: oneshot::channel().0,
             arrival,
         }
+    }
+
+    #[test]
+    fn requests_nobody_waits_for_are_not_computed() {
+        let (tx, rx) = oneshot::channel();
+        let waited = Job {
+            reply: tx,
+            ..job(1, None)
+        };
+        let kept = without_abandoned(vec![job(2, None), waited, job(3, None)]);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(images_of(&kept[0]), 1);
+        drop(rx);
+        assert!(without_abandoned(kept).is_empty());
     }
 
     #[test]

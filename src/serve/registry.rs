@@ -42,29 +42,17 @@ impl Registry {
         selector: Option<&str>,
     ) -> AppResult<Arc<ModelInfo>> {
         let row = match selector {
-            Some(name) => {
-                let id = store::resolve_alias(db, name)
-                    .await?
-                    .unwrap_or_else(|| name.to_string());
-                store::get(db, &id)
-                    .await?
-                    .ok_or_else(|| AppError::not_found(format!("no model or alias `{name}`")))?
-            }
-            None => {
-                let pinned = match store::resolve_alias(db, DEFAULT_ALIAS).await? {
-                    Some(id) => store::get(db, &id).await?,
-                    None => None,
-                };
-                match pinned {
-                    Some(row) => row,
-                    None => store::newest(db).await?.ok_or_else(|| {
-                        AppError::conflict(
-                            "no_model",
-                            "no model has been trained yet: submit a job with POST /jobs and wait for it to succeed",
-                        )
-                    })?,
-                }
-            }
+            Some(name) => store::by_alias_or_id(db, name)
+                .await?
+                .ok_or_else(|| AppError::not_found(format!("no model or alias `{name}`")))?,
+            None => store::pinned_or_newest(db, DEFAULT_ALIAS)
+                .await?
+                .ok_or_else(|| {
+                    AppError::conflict(
+                        "no_model",
+                        "no model has been trained yet: submit a job with POST /jobs and wait for it to succeed",
+                    )
+                })?,
         };
         if let Some(info) = self.cache.lock().unwrap().get(&row.id) {
             return Ok(info.clone());

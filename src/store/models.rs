@@ -69,11 +69,33 @@ pub async fn find_by_job(db: &SqlitePool, job_id: &str) -> sqlx::Result<Option<M
         .await
 }
 
-/// The newest model (ids are UUID v7: newest sorts last).
-pub async fn newest(db: &SqlitePool) -> sqlx::Result<Option<ModelRow>> {
-    sqlx::query_as("SELECT * FROM models ORDER BY id DESC LIMIT 1")
-        .fetch_optional(db)
-        .await
+/// The model `name` designates, in one statement: the alias `name`'s
+/// model, else the model with id `name`.
+pub async fn by_alias_or_id(db: &SqlitePool, name: &str) -> sqlx::Result<Option<ModelRow>> {
+    sqlx::query_as(
+        "SELECT * FROM models
+         WHERE id = COALESCE((SELECT model_id FROM model_aliases WHERE name = ?1), ?1)",
+    )
+    .bind(name)
+    .fetch_optional(db)
+    .await
+}
+
+/// The model `/predict` answers with by default, in one statement (it runs
+/// on every request): the alias `alias`'s model when the alias exists,
+/// else the newest model.
+pub async fn pinned_or_newest(db: &SqlitePool, alias: &str) -> sqlx::Result<Option<ModelRow>> {
+    sqlx::query_as(
+        "SELECT * FROM models
+         WHERE id = COALESCE(
+             (SELECT a.model_id FROM model_aliases a JOIN models m ON m.id = a.model_id
+              WHERE a.name = ?1),
+             -- ids are UUID v7: the newest sorts last
+             (SELECT id FROM models ORDER BY id DESC LIMIT 1))",
+    )
+    .bind(alias)
+    .fetch_optional(db)
+    .await
 }
 
 pub async fn list(
@@ -108,13 +130,6 @@ pub async fn set_alias(db: &SqlitePool, name: &str, model_id: &str) -> sqlx::Res
     .execute(db)
     .await?;
     Ok(())
-}
-
-pub async fn resolve_alias(db: &SqlitePool, name: &str) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar("SELECT model_id FROM model_aliases WHERE name = ?1")
-        .bind(name)
-        .fetch_optional(db)
-        .await
 }
 
 /// Names of the aliases that point at a model.

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod e2e;
+pub mod process;
 
 use axum::body::Body;
 use axum::http::{Request, Response};
