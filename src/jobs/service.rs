@@ -92,11 +92,20 @@ fn check_task(forced: Option<Task>, dataset_task: Task) -> AppResult<()> {
 
 /// The base model must be a local model directory or a Hub id whose
 /// `config.json` can be fetched (or is cached), of a supported architecture.
+/// How long a submission waits for the Hub to answer about a base model
+/// before queueing the job anyway (the worker downloads it and reports).
+const HUB_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn check_base_model(source: &str) -> AppResult<()> {
     let source = source.to_string();
-    let checked = tokio::task::spawn_blocking(move || check_base_model_blocking(&source))
-        .await
-        .map_err(anyhow::Error::from)?;
+    let probe = tokio::task::spawn_blocking(move || check_base_model_blocking(&source));
+    let checked = match tokio::time::timeout(HUB_PROBE_TIMEOUT, probe).await {
+        Ok(joined) => joined.map_err(anyhow::Error::from)?,
+        Err(_) => {
+            tracing::warn!("the Hub did not answer in time; the worker will fetch the base model");
+            Ok(())
+        }
+    };
     checked.map_err(|e| {
         AppError::client(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -108,27 +117,38 @@ async fn check_base_model(source: &str) -> AppResult<()> {
 
 /// A local directory must hold a supported `config.json`. A Hub id is
 /// checked against the cache (and must be there when offline); one not yet
-/// cached is fetched by the worker, so a slow download never holds up the
-/// request.
+/// cached has only its `config.json` fetched here (a misspelt id or an
+/// unsupported architecture is refused at once), and the worker downloads
+/// the weights, so a slow download never holds up the request. When the Hub
+/// cannot be reached the job is queued and the worker reports.
 fn check_base_model_blocking(source: &str) -> anyhow::Result<()> {
+    use crate::model::hub::{probe_config, HubId, HubProbe};
     use crate::model::{resolve_model_source, HubOptions, ModelConfig};
     let options = HubOptions::from_env();
     let cache_only = HubOptions {
         offline: true,
         ..options.clone()
     };
-    let dir = match resolve_model_source(source, &cache_only) {
-        Ok(dir) => dir,
+    let config = match resolve_model_source(source, &cache_only) {
+        Ok(dir) => dir.join("config.json"),
         Err(e) => {
-            let is_hub_id = crate::model::hub::HubId::parse(source).is_some()
-                && !source.starts_with('/')
-                && !source.starts_with('.');
-            if is_hub_id && !options.offline {
-                return Ok(());
+            let hub_id = HubId::parse(source)
+                .filter(|_| !source.starts_with('/') && !source.starts_with('.'));
+            match hub_id {
+                Some(id) if !options.offline => match probe_config(&id, &options) {
+                    HubProbe::Config(path) => path,
+                    HubProbe::Refused(detail) => {
+                        anyhow::bail!("base model `{source}`: {detail}")
+                    }
+                    HubProbe::Unreachable(why) => {
+                        tracing::warn!(source, error = %why, "the Hub is unreachable; the worker will fetch the base model");
+                        return Ok(());
+                    }
+                },
+                _ => return Err(e.into()),
             }
-            return Err(e.into());
         }
     };
-    ModelConfig::from_file(&dir.join("config.json"))?;
+    ModelConfig::from_file(&config)?;
     Ok(())
 }

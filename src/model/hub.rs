@@ -170,8 +170,8 @@ fn shard_names(index: &Path) -> Option<Vec<String>> {
     Some(names)
 }
 
-/// Fetches config, preprocessor config and weights into the cache.
-fn download(id: &HubId, options: &HubOptions) -> Result<PathBuf, String> {
+/// The Hub API for `id`'s repository, honouring the endpoint and token.
+fn api_repo(id: &HubId, options: &HubOptions) -> Result<hf_hub::api::sync::ApiRepo, String> {
     use hf_hub::api::sync::ApiBuilder;
     use hf_hub::{Cache, Repo, RepoType};
 
@@ -184,11 +184,16 @@ fn download(id: &HubId, options: &HubOptions) -> Result<PathBuf, String> {
         builder = builder.with_token(options.token.clone());
     }
     let api = builder.build().map_err(|e| e.to_string())?;
-    let repo = api.repo(Repo::with_revision(
+    Ok(api.repo(Repo::with_revision(
         id.repo_id.clone(),
         RepoType::Model,
         id.revision.clone(),
-    ));
+    )))
+}
+
+/// Fetches config, preprocessor config and weights into the cache.
+fn download(id: &HubId, options: &HubOptions) -> Result<PathBuf, String> {
+    let repo = api_repo(id, options)?;
     tracing::info!(repo = %id.repo_id, revision = %id.revision, "downloading model from the Hub");
     let config = repo
         .get("config.json")
@@ -208,6 +213,51 @@ fn download(id: &HubId, options: &HubOptions) -> Result<PathBuf, String> {
         .parent()
         .map(Path::to_path_buf)
         .ok_or_else(|| "config.json has no parent directory".to_string())
+}
+
+/// What the Hub says about a model id before a job is queued for it.
+#[derive(Debug)]
+pub enum HubProbe {
+    /// `config.json`, fetched into the cache (the weights are left to the
+    /// worker: they can be large).
+    Config(PathBuf),
+    /// The Hub answered that the repository, revision or file does not exist
+    /// or is not accessible (HTTP status and detail).
+    Refused(String),
+    /// The Hub could not be asked (network); the worker will try again.
+    Unreachable(String),
+}
+
+/// Fetches only `id`'s `config.json`, so a submission can reject a
+/// misspelt id or an unsupported architecture at once.
+pub fn probe_config(id: &HubId, options: &HubOptions) -> HubProbe {
+    use hf_hub::api::sync::ApiError;
+
+    let repo = match api_repo(id, options) {
+        Ok(repo) => repo,
+        Err(e) => return HubProbe::Unreachable(e),
+    };
+    match repo.get("config.json") {
+        Ok(path) => HubProbe::Config(path),
+        Err(ApiError::RequestError(e)) => match *e {
+            ureq::Error::Status(code, _) => HubProbe::Refused(format!(
+                "the Hub ({}) answered HTTP {code} for `{}` revision `{}`{}",
+                options
+                    .endpoint
+                    .as_deref()
+                    .unwrap_or("https://huggingface.co"),
+                id.repo_id,
+                id.revision,
+                match code {
+                    401 | 403 => ": a private or gated model needs HF_TOKEN",
+                    404 => ": no such model or revision",
+                    _ => "",
+                }
+            )),
+            other => HubProbe::Unreachable(other.to_string()),
+        },
+        Err(e) => HubProbe::Unreachable(e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -16,19 +16,21 @@ impl ServerProcess {
     /// `vitrine serve` on a free local port over `data`, with `args` added;
     /// returns once `/readyz` answers 200.
     pub async fn start(data: &Path, args: &[&str]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(data, port, args).await
+        let port = free_port();
+        Self::start_with(data, port, args, &[]).await
     }
 
     /// As `start`, on a given port (a restarted server keeps its address).
     pub async fn start_on(data: &Path, port: u16, args: &[&str]) -> Self {
+        Self::start_with(data, port, args, &[]).await
+    }
+
+    /// As `start_on`, with environment variables set for the server.
+    pub async fn start_with(data: &Path, port: u16, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
             .args(["serve", "--devices", "cpu"])
             .args(args)
+            .envs(envs.iter().copied())
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
@@ -102,4 +104,13 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A local port nothing listens on (yet).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
