@@ -40,7 +40,7 @@ pub async fn submit(
         .await?
         .ok_or_else(unknown)?;
     check_task(config.task, dataset.task)?;
-    check_base_model(&config.base_model).await?;
+    check_base_model(&config.base_model, config.image_size).await?;
     let config_json = serde_json::to_string(&config).map_err(anyhow::Error::from)?;
     let (job, created) = store::insert(
         &state.db,
@@ -92,11 +92,12 @@ fn check_task(forced: Option<Task>, dataset_task: Task) -> AppResult<()> {
 
 /// The base model must be a local model directory or a Hub id whose
 /// `config.json` can be fetched (or is cached), of a supported architecture.
-async fn check_base_model(source: &str) -> AppResult<()> {
+async fn check_base_model(source: &str, image_size: Option<u32>) -> AppResult<()> {
     let source = source.to_string();
-    let checked = tokio::task::spawn_blocking(move || check_base_model_blocking(&source))
-        .await
-        .map_err(anyhow::Error::from)?;
+    let checked =
+        tokio::task::spawn_blocking(move || check_base_model_blocking(&source, image_size))
+            .await
+            .map_err(anyhow::Error::from)?;
     checked.map_err(|e| {
         AppError::client(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -106,12 +107,13 @@ async fn check_base_model(source: &str) -> AppResult<()> {
     })
 }
 
-/// A local directory must hold a supported `config.json`. A Hub id is
+/// A local directory (or cached Hub snapshot) must hold a checkpoint
+/// vitrine can train ([`crate::model::preflight`]). A Hub id is
 /// checked against the cache (and must be there when offline); one not yet
 /// cached is fetched by the worker, so a slow download never holds up the
 /// request.
-fn check_base_model_blocking(source: &str) -> anyhow::Result<()> {
-    use crate::model::{resolve_model_source, HubOptions, ModelConfig};
+fn check_base_model_blocking(source: &str, image_size: Option<u32>) -> anyhow::Result<()> {
+    use crate::model::{resolve_model_source, HubOptions};
     let options = HubOptions::from_env();
     let cache_only = HubOptions {
         offline: true,
@@ -129,6 +131,6 @@ fn check_base_model_blocking(source: &str) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    ModelConfig::from_file(&dir.join("config.json"))?;
+    crate::model::preflight::check_base_model(&dir, image_size)?;
     Ok(())
 }
