@@ -241,6 +241,8 @@ impl Activation {
             Self::Sigmoid => xs.sigmoid(),
             Self::SqrtSoftplus => xs.softplus().sqrt(),
             Self::Laplace => {
+                // transformers' literals (rounded 1/sqrt(2) and 1/(2 sqrt(pi))), kept as written.
+                #[allow(clippy::approx_constant)]
                 let (mu, sigma) = (0.707107, 0.282095);
                 ((xs - mu) / (sigma * std::f64::consts::SQRT_2)).erf() * 0.5 + 0.5
             }
