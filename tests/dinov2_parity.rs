@@ -365,3 +365,49 @@ fn a_random_model_from_config_runs_with_drop_path_in_training() {
         .logits(&Tensor::randn([1, 3, 3, 8], (Kind::Float, Device::Cpu)))
         .is_err());
 }
+
+/// Logits of `transformers` for the model in `dir` on `x` (DINOv2
+/// interpolates position embeddings whenever the grid differs).
+fn hf_logits(dir: &Path, x: &Tensor) -> Tensor {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input.safetensors");
+    Tensor::write_safetensors(&[("pixel_values", x)], &input).unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/check_saved_vit.py"
+    );
+    let run = Command::new(common::python())
+        .arg(script)
+        .arg(dir)
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let hf: Vec<Vec<f32>> = serde_json::from_value(reply["logits"].clone()).unwrap();
+    Tensor::from_slice2(&hf)
+}
+
+#[test]
+fn a_registers_model_at_a_new_size_starts_from_transformers_antialiased_interpolation() {
+    // 32 px (8x8 grid) down to 20 px (5x5): Dinov2WithRegisters interpolates
+    // with antialiasing, so the resampled positions must too.
+    let dir = model_dir("registers_p4_s32");
+    let mut m = load_pretrained(&dir, Device::Cpu, None).unwrap();
+    let x = Tensor::randn([2, 3, 20, 20], (tch::Kind::Float, Device::Cpu));
+    let want = hf_logits(&dir, &x);
+    m.set_image_size(20).unwrap();
+    assert_eq!(m.config.image_size(), 20);
+    assert_close("registers resized logits", &logits(&m, &x), &want);
+    // Plain DINOv2 interpolates without antialiasing.
+    let dir = model_dir("cls_p7_s28");
+    let mut m = load_pretrained(&dir, Device::Cpu, None).unwrap();
+    let x = Tensor::randn([2, 3, 21, 21], (tch::Kind::Float, Device::Cpu));
+    let want = hf_logits(&dir, &x);
+    m.set_image_size(21).unwrap();
+    assert_close("dinov2 resized logits", &logits(&m, &x), &want);
+}

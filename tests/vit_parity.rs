@@ -534,3 +534,67 @@ fn a_random_model_from_config_runs_and_checks_input() {
         .logits(&Tensor::randn([4, 2, 8, 8], (Kind::Float, Device::Cpu)))
         .is_err());
 }
+
+#[test]
+fn every_parameter_free_activation_matches_transformers() {
+    use vitrine::model::Activation;
+    for act in Activation::NAMES {
+        let name = format!("act_{act}");
+        let m = load_pretrained(&model_dir(&name), Device::Cpu, None)
+            .unwrap_or_else(|e| panic!("{act}: {e}"));
+        let io = io(&name);
+        assert_close(
+            &format!("{act} logits"),
+            &tch::no_grad(|| m.net.forward_t(&io["pixel_values"], false)),
+            &io["logits"],
+        );
+    }
+}
+
+#[test]
+fn masked_image_modeling_checkpoint_loads_without_its_decoder() {
+    let dir = model_dir("mim_p8_s32");
+    let (m, report) =
+        load_pretrained_reporting(&dir, Device::Cpu, Some(&labels(&["a", "b"]))).unwrap();
+    assert!(report.new_head);
+    assert_eq!(
+        report.skipped,
+        [
+            "decoder.0.bias",
+            "decoder.0.weight",
+            "vit.embeddings.mask_token"
+        ]
+    );
+    let io = io("mim_p8_s32");
+    assert_close(
+        "mim backbone features",
+        &tch::no_grad(|| m.net.features(&io["pixel_values"], false)),
+        &io["cls"],
+    );
+}
+
+#[test]
+fn a_new_image_size_resamples_positions_as_transformers_interpolates() {
+    // 64 px checkpoint (4x4 grid) set to 96 px (6x6): the CLS features at 96
+    // px equal transformers' with `interpolate_pos_encoding=True`.
+    let io = io("bare_pooler_p16_s64");
+    let mut m = load_pretrained(
+        &model_dir("bare_pooler_p16_s64"),
+        Device::Cpu,
+        Some(&labels(&["p", "q"])),
+    )
+    .unwrap();
+    m.set_image_size(96).unwrap();
+    assert_eq!(m.image_size(), 96);
+    assert_eq!(
+        m.vs.variables()["vit.embeddings.position_embeddings"].size(),
+        [1, 37, 64]
+    );
+    assert_close(
+        "resized features",
+        &tch::no_grad(|| m.net.features(&io["pixel_values_interp"], false)),
+        &io["cls_interp"],
+    );
+    let err = m.set_image_size(100).unwrap_err().to_string();
+    assert!(err.contains("patch size 16"), "{err}");
+}

@@ -40,7 +40,7 @@ pub async fn submit(
         .await?
         .ok_or_else(unknown)?;
     check_task(config.task, dataset.task)?;
-    check_base_model(&config.base_model).await?;
+    check_base_model(&config.base_model, config.image_size).await?;
     let config_json = serde_json::to_string(&config).map_err(anyhow::Error::from)?;
     let (job, created) = store::insert(
         &state.db,
@@ -90,15 +90,15 @@ fn check_task(forced: Option<Task>, dataset_task: Task) -> AppResult<()> {
     Ok(())
 }
 
-/// The base model must be a local model directory or a Hub id whose
-/// `config.json` can be fetched (or is cached), of a supported architecture.
 /// How long a submission waits for the Hub to answer about a base model
 /// before queueing the job anyway (the worker downloads it and reports).
 const HUB_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn check_base_model(source: &str) -> AppResult<()> {
+/// The base model must be a local model directory or a Hub id whose
+/// `config.json` can be fetched (or is cached), of a supported architecture.
+async fn check_base_model(source: &str, image_size: Option<u32>) -> AppResult<()> {
     let source = source.to_string();
-    let probe = tokio::task::spawn_blocking(move || check_base_model_blocking(&source));
+    let probe = tokio::task::spawn_blocking(move || check_base_model_blocking(&source, image_size));
     let checked = match tokio::time::timeout(HUB_PROBE_TIMEOUT, probe).await {
         Ok(joined) => joined.map_err(anyhow::Error::from)?,
         Err(_) => {
@@ -115,28 +115,32 @@ async fn check_base_model(source: &str) -> AppResult<()> {
     })
 }
 
-/// A local directory must hold a supported `config.json`. A Hub id is
+/// A local directory (or cached Hub snapshot) must hold a checkpoint
+/// vitrine can train ([`crate::model::preflight`]). A Hub id is
 /// checked against the cache (and must be there when offline); one not yet
 /// cached has only its `config.json` fetched here (a misspelt id or an
 /// unsupported architecture is refused at once), and the worker downloads
 /// the weights, so a slow download never holds up the request. When the Hub
 /// cannot be reached the job is queued and the worker reports.
-fn check_base_model_blocking(source: &str) -> anyhow::Result<()> {
+fn check_base_model_blocking(source: &str, image_size: Option<u32>) -> anyhow::Result<()> {
     use crate::model::hub::{probe_config, HubId, HubProbe};
-    use crate::model::{resolve_model_source, HubOptions, ModelConfig};
+    use crate::model::{preflight, resolve_model_source, HubOptions};
     let options = HubOptions::from_env();
     let cache_only = HubOptions {
         offline: true,
         ..options.clone()
     };
-    let config = match resolve_model_source(source, &cache_only) {
-        Ok(dir) => dir.join("config.json"),
+    let dir = match resolve_model_source(source, &cache_only) {
+        Ok(dir) => dir,
         Err(e) => {
             let hub_id = HubId::parse(source)
                 .filter(|_| !source.starts_with('/') && !source.starts_with('.'));
             match hub_id {
                 Some(id) if !options.offline => match probe_config(&id, &options) {
-                    HubProbe::Config(path) => path,
+                    HubProbe::Config(config) => {
+                        preflight::check_config(&config, image_size)?;
+                        return Ok(());
+                    }
                     HubProbe::Refused(detail) => {
                         anyhow::bail!("base model `{source}`: {detail}")
                     }
@@ -149,6 +153,6 @@ fn check_base_model_blocking(source: &str) -> anyhow::Result<()> {
             }
         }
     };
-    ModelConfig::from_file(&config)?;
+    preflight::check_base_model(&dir, image_size)?;
     Ok(())
 }

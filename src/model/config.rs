@@ -161,48 +161,115 @@ impl ModelConfig {
 }
 
 /// The activation of the MLP blocks (`hidden_act`), as `transformers.activations.ACT2FN`.
+///
+/// Every parameter-free entry of `ACT2FN` is supported; `prelu` and `xielu`
+/// (learned parameters no ViT or DINOv2 checkpoint has) are refused by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
-    /// `gelu`: exact, erf-based.
+    /// `gelu`, `gelu_python`: exact, erf-based.
     Gelu,
-    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation.
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`, `gelu_accurate`,
+    /// `gelu_python_tanh`: the tanh approximation (the same function,
+    /// written differently; they agree to float rounding).
     GeluTanh,
+    /// `gelu_10`: exact GELU clipped to [-10, 10].
+    Gelu10,
     /// `quick_gelu`: `x * sigmoid(1.702 x)`.
     QuickGelu,
     Relu,
+    /// `relu2`: `relu(x)^2`.
+    Relu2,
+    /// `relu6`: `min(max(x, 0), 6)`.
+    Relu6,
+    /// `leaky_relu`: slope 0.01 below zero (`nn.LeakyReLU()`).
+    LeakyRelu,
     /// `silu` or `swish`.
     Silu,
+    /// `mish`: `x * tanh(softplus(x))`.
+    Mish,
+    Hardswish,
+    Tanh,
+    Sigmoid,
+    /// `sqrtsoftplus`: `sqrt(softplus(x))`.
+    SqrtSoftplus,
+    /// `laplace`: `0.5 * (1 + erf((x - mu) / (sigma * sqrt(2))))`, MEGA's constants.
+    Laplace,
+    /// `linear`: the identity.
+    Linear,
 }
 
 impl Activation {
     pub const NAMES: &'static [&'static str] = &[
         "gelu",
+        "gelu_python",
         "gelu_new",
         "gelu_pytorch_tanh",
         "gelu_fast",
+        "gelu_accurate",
+        "gelu_python_tanh",
+        "gelu_10",
         "quick_gelu",
         "relu",
+        "relu2",
+        "relu6",
+        "leaky_relu",
         "silu",
         "swish",
+        "mish",
+        "hardswish",
+        "tanh",
+        "sigmoid",
+        "sqrtsoftplus",
+        "laplace",
+        "linear",
     ];
 
     pub fn apply(self, xs: &tch::Tensor) -> tch::Tensor {
         match self {
             Self::Gelu => xs.gelu("none"),
             Self::GeluTanh => xs.gelu("tanh"),
+            Self::Gelu10 => xs.gelu("none").clamp(-10.0, 10.0),
             Self::QuickGelu => xs * (xs * 1.702).sigmoid(),
             Self::Relu => xs.relu(),
+            Self::Relu2 => xs.relu().square(),
+            Self::Relu6 => xs.clamp(0.0, 6.0),
+            Self::LeakyRelu => xs.leaky_relu(),
             Self::Silu => xs.silu(),
+            Self::Mish => xs.mish(),
+            Self::Hardswish => xs.hardswish(),
+            Self::Tanh => xs.tanh(),
+            Self::Sigmoid => xs.sigmoid(),
+            Self::SqrtSoftplus => xs.softplus().sqrt(),
+            Self::Laplace => {
+                // transformers' literals (rounded 1/sqrt(2) and 1/(2 sqrt(pi))), kept as written.
+                #[allow(clippy::approx_constant)]
+                let (mu, sigma) = (0.707107, 0.282095);
+                ((xs - mu) / (sigma * std::f64::consts::SQRT_2)).erf() * 0.5 + 0.5
+            }
+            Self::Linear => xs.shallow_clone(),
         }
     }
 
+    /// The name written back to `config.json`: one `transformers` maps to
+    /// the same function.
     fn name(self) -> &'static str {
         match self {
             Self::Gelu => "gelu",
             Self::GeluTanh => "gelu_pytorch_tanh",
+            Self::Gelu10 => "gelu_10",
             Self::QuickGelu => "quick_gelu",
             Self::Relu => "relu",
+            Self::Relu2 => "relu2",
+            Self::Relu6 => "relu6",
+            Self::LeakyRelu => "leaky_relu",
             Self::Silu => "silu",
+            Self::Mish => "mish",
+            Self::Hardswish => "hardswish",
+            Self::Tanh => "tanh",
+            Self::Sigmoid => "sigmoid",
+            Self::SqrtSoftplus => "sqrtsoftplus",
+            Self::Laplace => "laplace",
+            Self::Linear => "linear",
         }
     }
 }
@@ -211,11 +278,23 @@ impl std::str::FromStr for Activation {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         Ok(match s {
-            "gelu" => Self::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
+            "gelu" | "gelu_python" => Self::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" | "gelu_accurate"
+            | "gelu_python_tanh" => Self::GeluTanh,
+            "gelu_10" => Self::Gelu10,
             "quick_gelu" => Self::QuickGelu,
             "relu" => Self::Relu,
+            "relu2" => Self::Relu2,
+            "relu6" => Self::Relu6,
+            "leaky_relu" => Self::LeakyRelu,
             "silu" | "swish" => Self::Silu,
+            "mish" => Self::Mish,
+            "hardswish" => Self::Hardswish,
+            "tanh" => Self::Tanh,
+            "sigmoid" => Self::Sigmoid,
+            "sqrtsoftplus" => Self::SqrtSoftplus,
+            "laplace" => Self::Laplace,
+            "linear" => Self::Linear,
             other => {
                 return Err(format!(
                     "unsupported hidden_act `{other}` (supported: {})",
@@ -363,6 +442,15 @@ impl ViTConfig {
     pub fn grid_size(&self) -> i64 {
         self.image_size / self.patch_size
     }
+
+    /// The class names of `architectures` (e.g. `ViTForMaskedImageModeling`).
+    pub fn architectures(&self) -> Vec<&str> {
+        self.extra
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default()
+    }
 }
 
 /// `image_size` / `patch_size` are ints, or `[h, w]` pairs in some configs:
@@ -470,10 +558,10 @@ mod tests {
 
     #[test]
     fn refuses_unknown_activation_naming_it() {
-        let err = parse(serde_json::json!({"model_type": "vit", "hidden_act": "mish"}))
+        let err = parse(serde_json::json!({"model_type": "vit", "hidden_act": "prelu"}))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("unsupported hidden_act `mish`"), "{err}");
+        assert!(err.contains("unsupported hidden_act `prelu`"), "{err}");
     }
 
     #[test]

@@ -7,8 +7,11 @@
 //! same shape, and every checkpoint tensor is used, except tensors the
 //! classification model has no place for, which are skipped *by name* and
 //! reported: the checkpoint's `classifier.*` when a new head is made for
-//! other labels, and `vit.pooler.*` / `vit.embeddings.mask_token` (parts of
-//! `ViTModel` / `ViTForMaskedImageModeling` that classification never uses).
+//! other labels, and `vit.pooler.*` / `vit.embeddings.mask_token` /
+//! `decoder.*` of a `ViTForMaskedImageModeling` checkpoint (parts of
+//! `ViTModel` / `ViTForMaskedImageModeling`, the latter the pixel
+//! reconstruction head of SimMIM-style pre-training, that classification
+//! never uses).
 //!
 //! `pytorch_model.bin` (pickle) is refused: unpickling runs arbitrary code
 //! and tch would need TorchScript archives anyway; convert it to
@@ -141,10 +144,14 @@ pub fn load_pretrained_reporting(
 
     let prefix = config.backbone_prefix();
     let mask_token = format!("{prefix}.embeddings.mask_token");
+    // `decoder.*`: the reconstruction head of a checkpoint saved as
+    // `ViTForMaskedImageModeling` (elsewhere `decoder.*` stays unexpected).
+    let mim_decoder = matches!(&config, ModelConfig::Vit(c) if c.architectures().contains(&"ViTForMaskedImageModeling"));
     let skippable = |name: &str| {
         (new_head && name.starts_with("classifier."))
             || name.starts_with(&format!("{prefix}.pooler."))
             || name == mask_token
+            || (mim_decoder && name.starts_with("decoder."))
     };
     // A DINOv2 mask token (pre-training only) absent from the checkpoint
     // keeps its zero initialisation, as in `transformers`.
@@ -255,26 +262,7 @@ fn copy_strict(
 /// Every tensor of the checkpoint in `dir`, as fp32 on the CPU, and the
 /// other storage dtypes met.
 pub fn read_checkpoint(dir: &Path) -> Result<(BTreeMap<String, Tensor>, Vec<String>)> {
-    let single = dir.join("model.safetensors");
-    let index = dir.join("model.safetensors.index.json");
-    let files: Vec<PathBuf> = if single.is_file() {
-        vec![single]
-    } else if index.is_file() {
-        shard_files(dir, &index)?
-    } else if dir.join("pytorch_model.bin").is_file() {
-        return Err(ModelError::UnsupportedCheckpoint(format!(
-            "{}: only `pytorch_model.bin` was found; vitrine reads safetensors only \
-             (pickle files can run code). Convert it, e.g. \
-             `python -c \"import torch, safetensors.torch as s; \
-             s.save_file(torch.load('pytorch_model.bin'), 'model.safetensors', {{'format': 'pt'}})\"`",
-            dir.display()
-        )));
-    } else {
-        return Err(ModelError::UnsupportedCheckpoint(format!(
-            "{}: no `model.safetensors` or `model.safetensors.index.json`",
-            dir.display()
-        )));
-    };
+    let files = weight_files(dir)?;
     let mut tensors = BTreeMap::new();
     let mut converted = BTreeSet::new();
     for file in files {
@@ -307,6 +295,32 @@ pub fn read_checkpoint(dir: &Path) -> Result<(BTreeMap<String, Tensor>, Vec<Stri
         }
     }
     Ok((tensors, converted.into_iter().collect()))
+}
+
+/// The safetensors file(s) of the checkpoint in `dir`: `model.safetensors`,
+/// or the shards of `model.safetensors.index.json`. A directory with only
+/// `pytorch_model.bin` is refused with the command that converts it.
+pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    Ok(if single.is_file() {
+        vec![single]
+    } else if index.is_file() {
+        shard_files(dir, &index)?
+    } else if dir.join("pytorch_model.bin").is_file() {
+        return Err(ModelError::UnsupportedCheckpoint(format!(
+            "{}: only `pytorch_model.bin` was found; vitrine reads safetensors only \
+             (pickle files can run code). Convert it, e.g. \
+             `python -c \"import torch, safetensors.torch as s; \
+             s.save_file(torch.load('pytorch_model.bin'), 'model.safetensors', {{'format': 'pt'}})\"`",
+            dir.display()
+        )));
+    } else {
+        return Err(ModelError::UnsupportedCheckpoint(format!(
+            "{}: no `model.safetensors` or `model.safetensors.index.json`",
+            dir.display()
+        )));
+    })
 }
 
 /// The shard files named by a `model.safetensors.index.json`, each once.
@@ -346,7 +360,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     })
 }
 
-fn read_optional_json(path: &Path) -> Result<Option<serde_json::Value>> {
+pub(crate) fn read_optional_json(path: &Path) -> Result<Option<serde_json::Value>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -9,6 +9,8 @@
 //! - [`save`]: writes a directory `transformers` loads unchanged.
 //! - [`hub`]: resolves a model source (local directory or Hub id) to a directory.
 //! - [`params`]: which variables belong to the backbone, a layer, the head; freezing.
+//! - [`resize`]: another native input size (position embeddings resampled).
+//! - [`preflight`]: what a job checks of its base model before it is queued.
 
 pub mod config;
 pub mod dinov2;
@@ -18,6 +20,8 @@ pub mod hub;
 mod layers;
 pub mod load;
 pub mod params;
+pub mod preflight;
+pub mod resize;
 pub mod save;
 pub mod timm;
 pub mod vit;

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 import transformers
-from transformers import ViTConfig, ViTForImageClassification, ViTModel
+from transformers import ViTConfig, ViTForImageClassification, ViTForMaskedImageModeling, ViTModel
 
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -119,7 +119,30 @@ def main(root):
     m.to(torch.bfloat16).save_pretrained(out, max_shard_size="40KB")
     m.float()
 
+    # Every parameter-free activation of transformers' ACT2FN, one fixture each.
+    for act in ACTIVATIONS:
+        m = ViTForImageClassification(labelled(config(hidden_act=act, num_hidden_layers=1), ["a", "b"]))
+        with torch.no_grad():  # pre-activations spread over about [-30, 30]: clipping and tails matter
+            m.vit.layers[0].mlp.fc1.weight.normal_(0, 2.0)  # `intermediate.dense` on disk
+        hf_fixture(root, f"act_{act}", m, 32)
+
+    # ViTForMaskedImageModeling (SimMIM-style pre-training): backbone with a
+    # mask token, no pooler, and a `decoder.*` pixel head. Reference: the
+    # backbone's final-layernorm CLS token.
+    m = ViTForMaskedImageModeling(config(encoder_stride=8)).eval()
+    out = os.path.join(root, "mim_p8_s32")
+    os.makedirs(out, exist_ok=True)
+    m.save_pretrained(os.path.join(out, "model"))
+    write_io(out, m.vit, 32, 3, has_head=False)
+
     timm_fixture(root)
+
+
+ACTIVATIONS = [
+    "gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate",
+    "gelu_python_tanh", "gelu_10", "quick_gelu", "relu", "relu2", "relu6", "leaky_relu",
+    "silu", "swish", "mish", "hardswish", "tanh", "sigmoid", "sqrtsoftplus", "laplace", "linear",
+]
 
 
 def timm_fixture(root):

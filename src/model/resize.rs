@@ -1,0 +1,74 @@
+//! Changing the input size a model takes natively: its position embeddings
+//! are resampled once, exactly as `transformers` interpolates them on the
+//! fly at that size (bicubic, align_corners false, in fp32; antialiased for
+//! `dinov2_with_registers`), and `image_size` is updated. So the model at
+//! the new size starts out giving the outputs `transformers` gives for the
+//! original checkpoint with `interpolate_pos_encoding=True`, and a saved
+//! copy runs at the new size in `transformers` with no interpolation.
+
+use tch::{Kind, Tensor};
+
+use super::error::{ModelError, Result};
+use super::{Model, ModelConfig};
+
+/// Checks that `size` is a usable square input side for `config`.
+pub fn check_image_size(config: &ModelConfig, size: i64) -> Result<()> {
+    let patch = config.patch_size();
+    if size < patch || size % patch != 0 {
+        return Err(ModelError::InvalidInput(format!(
+            "`image_size` {size} is not a positive multiple of the model's patch size {patch}"
+        )));
+    }
+    Ok(())
+}
+
+impl Model {
+    /// Makes the model take `size` x `size` inputs natively. A no-op at its own size.
+    pub fn set_image_size(&mut self, size: i64) -> Result<()> {
+        check_image_size(&self.config, size)?;
+        if size == self.config.image_size() {
+            return Ok(());
+        }
+        let antialias = matches!(&self.config, ModelConfig::Dinov2(c) if c.with_registers);
+        let name = format!(
+            "{}.embeddings.position_embeddings",
+            self.config.backbone_prefix()
+        );
+        let mut var = self.vs.variables().remove(&name).ok_or_else(|| {
+            ModelError::UnsupportedCheckpoint(format!("the model has no `{name}`"))
+        })?;
+        let (_, tokens, dim) = var.size3()?;
+        let old_grid = ((tokens - 1) as f64).sqrt().round() as i64;
+        if old_grid * old_grid + 1 != tokens {
+            return Err(ModelError::UnsupportedCheckpoint(format!(
+                "`{name}` has {tokens} positions, not a square grid plus a class token"
+            )));
+        }
+        let new_grid = size / self.config.patch_size();
+        let resampled = tch::no_grad(|| {
+            let grid = var
+                .narrow(1, 1, tokens - 1)
+                .reshape([1, old_grid, old_grid, dim])
+                .permute([0, 3, 1, 2])
+                .to_kind(Kind::Float);
+            let grid = if antialias {
+                grid.internal_upsample_bicubic2d_aa([new_grid, new_grid], false, None, None)
+            } else {
+                grid.upsample_bicubic2d([new_grid, new_grid], false, None, None)
+            };
+            let grid = grid.to_kind(var.kind()).permute([0, 2, 3, 1]).reshape([
+                1,
+                new_grid * new_grid,
+                dim,
+            ]);
+            Tensor::cat(&[var.narrow(1, 0, 1), grid], 1)
+        });
+        var.set_data(&resampled);
+        match &mut self.config {
+            ModelConfig::Vit(c) => c.image_size = size,
+            ModelConfig::Dinov2(c) => c.image_size = size,
+        }
+        tracing::info!(tensor = %name, from = old_grid, to = new_grid, "position embeddings resampled");
+        Ok(())
+    }
+}
