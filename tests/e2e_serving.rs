@@ -138,85 +138,98 @@ async fn bad_inputs_get_the_right_status() {
     let fx = fixtures();
     let server = TestServer::start(|c| c.max_body_bytes = 64 * 1024).await;
     let model_id = train(&server, &fx, 1).await;
+    let png = std::fs::read(&fx.red_png).unwrap();
+    let post = |path: &str| client().post(format!("{}{path}", server.url));
+    let raw = |path: &str, content_type: &str, body: Vec<u8>| {
+        post(path).header("content-type", content_type).body(body)
+    };
+    let parts = |parts: Vec<(&'static str, Vec<u8>, &'static str)>| {
+        let form = parts.into_iter().fold(
+            reqwest::multipart::Form::new(),
+            |form, (name, bytes, file)| {
+                form.part(name, reqwest::multipart::Part::bytes(bytes).file_name(file))
+            },
+        );
+        post("/predict").multipart(form)
+    };
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
         (
-            client()
-                .post(format!("{}/predict", server.url))
-                .header("content-type", "image/png")
-                .body(b"not an image".to_vec()),
+            raw("/predict", "image/png", b"not an image".to_vec()),
             422,
             "undecodable_image",
         ),
         (
-            client().post(format!("{}/predict", server.url)).multipart(
-                reqwest::multipart::Form::new()
-                    .part(
-                        "image",
-                        reqwest::multipart::Part::bytes(std::fs::read(&fx.red_png).unwrap())
-                            .file_name("ok.png"),
-                    )
-                    .part(
-                        "image",
-                        reqwest::multipart::Part::bytes(b"GIF89a broken".to_vec())
-                            .file_name("broken.gif"),
-                    ),
-            ),
+            parts(vec![
+                ("image", png.clone(), "ok.png"),
+                ("image", b"GIF89a broken".to_vec(), "broken.gif"),
+            ]),
             422,
             "broken.gif",
         ),
         (
-            client()
-                .post(format!("{}/predict", server.url))
-                .header("content-type", "image/png")
-                .body(vec![0u8; 200 * 1024]),
+            parts(vec![("photo", png.clone(), "ok.png")]),
+            400,
+            "unknown_part",
+        ),
+        (
+            raw("/predict", "image/png", vec![0u8; 200 * 1024]),
             413,
             "payload_too_large",
         ),
         (
-            client()
-                .post(format!("{}/predict", server.url))
-                .header("content-type", "text/plain")
-                .body("hi"),
+            raw("/predict", "text/plain", b"hi".to_vec()),
             415,
             "unsupported_media_type",
         ),
+        // curl --data-binary's default type, on a body that is no image.
         (
-            client()
-                .post(format!("{}/predict", server.url))
-                .json(&json!({"images": []})),
+            raw(
+                "/predict",
+                "application/x-www-form-urlencoded",
+                b"a=1".to_vec(),
+            ),
+            415,
+            "Content-Type: image/jpeg",
+        ),
+        (
+            post("/predict").json(&json!({"images": []})),
             400,
             "no_image",
         ),
         (
-            client()
-                .post(format!("{}/predict", server.url))
-                .json(&json!({"images": ["%%%"]})),
+            post("/predict").json(&json!({"images": ["%%%"]})),
             422,
             "invalid_base64",
         ),
         (
-            client()
-                .post(format!("{}/predict", server.url))
-                .json(&json!({"imgs": []})),
+            post("/predict").json(&json!({"imgs": []})),
             422,
             "invalid_json",
         ),
         (
-            client()
-                .post(format!("{}/models/nope/predict", server.url))
-                .header("content-type", "image/png")
-                .body(std::fs::read(&fx.red_png).unwrap()),
+            raw("/models/nope/predict", "image/png", png.clone()),
             404,
             "not_found",
         ),
         (
-            client()
-                .post(format!("{}/predict?threshold=3", server.url))
-                .header("content-type", "image/png")
-                .body(std::fs::read(&fx.red_png).unwrap()),
+            raw("/predict?threshold=3", "image/png", png.clone()),
             400,
             "invalid_query",
         ),
+        (
+            raw("/predict?top_k=0", "image/png", png.clone()),
+            400,
+            "at least 1",
+        ),
+        // Accepted as users send them: an image body under curl's default
+        // type or no type, and a `file` part.
+        (
+            raw("/predict", "application/x-www-form-urlencoded", png.clone()),
+            200,
+            "red",
+        ),
+        (raw("/predict", "", png.clone()), 200, "red"),
+        (parts(vec![("file", png.clone(), "red.png")]), 200, "red"),
     ];
     for (req, status, needle) in cases {
         let resp = req.send().await.unwrap();

@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{Json, Query};
 use super::AppState;
 use crate::error::{AppError, AppResult};
+use crate::imaging::decode::sniff_format;
 use crate::serve::output::{self, ImageResult, OutputOptions};
 
 pub fn router(state: &AppState) -> Router<AppState> {
@@ -107,6 +108,12 @@ async fn predict(
             "send at least one image (multipart `image` parts, a raw image/* body, or JSON `images`)",
         ));
     }
+    if opts.top_k == Some(0) {
+        return Err(AppError::bad_request(
+            "invalid_query",
+            "`top_k` must be at least 1",
+        ));
+    }
     if let Some(t) = opts.threshold {
         if !(0.0..=1.0).contains(&t) {
             return Err(AppError::bad_request(
@@ -193,7 +200,7 @@ async fn read_images(
                 AppError::bad_request("invalid_multipart", e.body_text())
             }
         })? {
-            if field.name() != Some("image") {
+            if !field.name().is_some_and(|n| IMAGE_PARTS.contains(&n)) {
                 return Err(AppError::bad_request(
                     "unknown_part",
                     format!(
@@ -238,7 +245,7 @@ async fn read_images(
                     })
             })
             .collect()
-    } else if content_type.starts_with("image/") || content_type == "application/octet-stream" {
+    } else if content_type.starts_with("image/") || SNIFFED.contains(&content_type.as_str()) {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 too_large()
@@ -246,17 +253,38 @@ async fn read_images(
                 AppError::bad_request("invalid_body", e.body_text())
             }
         })?;
+        // Without an image/* type, only a body that looks like an image is
+        // taken for one (`curl --data-binary @cat.jpg` sends form-urlencoded).
+        if !content_type.starts_with("image/") && sniff_format(&bytes).is_none() {
+            return Err(unsupported(&content_type));
+        }
         Ok(vec![Upload {
             name: "the request body".into(),
             bytes,
         }])
     } else {
-        Err(AppError::client(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!(
-                "Content-Type `{content_type}` is not accepted: use multipart/form-data, image/*, or application/json"
-            ),
-        ))
+        Err(unsupported(&content_type))
     }
+}
+
+/// Multipart part names taken as images (`image` is the documented one).
+const IMAGE_PARTS: &[&str] = &["image", "images", "file"];
+
+/// Content types under which a raw body is still an image if its bytes say
+/// so: none, generic binary, and what `curl --data-binary` sends by default.
+const SNIFFED: &[&str] = &[
+    "",
+    "application/octet-stream",
+    "application/x-www-form-urlencoded",
+];
+
+fn unsupported(content_type: &str) -> AppError {
+    AppError::client(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!(
+            "Content-Type `{content_type}` is not accepted: use multipart/form-data, image/* \
+             (e.g. curl -H 'Content-Type: image/jpeg' --data-binary @cat.jpg), or application/json"
+        ),
+    )
 }
