@@ -94,6 +94,12 @@ put("thin_2x300.png", enc(Image.fromarray(photo(2, 300)), "PNG"))
 put("baseline.jpg", enc(base, "JPEG", quality=95), lossy=True)
 put("gray.jpg", enc(base.convert("L"), "JPEG", quality=95), lossy=True)
 put("progressive.jpg", enc(base, "JPEG", quality=95, progressive=True), lossy=True)
+# Hard colour edges: where chroma upsampling (4:2:0) differs most.
+y, x = np.mgrid[0:60, 0:90]
+edges = np.stack([np.where(x < 30, 230, 20), np.where(y < 20, 200, 30), np.where(x > 60, 220, 10)], -1)
+edges = Image.fromarray(np.clip(edges + rng.normal(0, 15, edges.shape), 0, 255).astype(np.uint8))
+put("edges_420.jpg", enc(edges, "JPEG", quality=95), lossy=True)
+put("edges_444.jpg", enc(edges, "JPEG", quality=95, subsampling=0), lossy=True)
 put("cmyk.jpg", enc(base.convert("CMYK"), "JPEG", quality=95), lossy=True)
 for o in range(1, 9):
     exif = Image.Exif()
