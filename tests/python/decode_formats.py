@@ -119,6 +119,8 @@ put("still.gif", enc(base.quantize(50), "GIF"))
 put("trns.gif", enc(base.quantize(50), "GIF", transparency=3))
 frames = [Image.fromarray(photo(61, 43)).quantize(50) for _ in range(3)]
 put("animated.gif", enc(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0))
+put("animated.webp", enc(frames[0].convert("RGB"), "WEBP", lossless=True, save_all=True, append_images=[f.convert("RGB") for f in frames[1:]], duration=100))
+put("animated.png", enc(frames[0].convert("RGB"), "PNG", save_all=True, append_images=[f.convert("RGB") for f in frames[1:]], duration=100))
 # TIFF.
 put("rgb.tiff", enc(base, "TIFF"))
 put("lzw.tiff", enc(base, "TIFF", compression="tiff_lzw"))
