@@ -95,3 +95,30 @@ fn batches_are_parallel_decoded_tensors() {
         .unwrap();
     assert_eq!(t.size(), [3, 224, 224]);
 }
+
+#[test]
+fn a_truncated_jpeg_is_an_error_not_grey_pixels() {
+    let limits = DecodeLimits::default();
+    let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
+    let mut jpeg = Cursor::new(Vec::new());
+    img.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+    let jpeg = jpeg.into_inner();
+    assert_eq!(decode(&jpeg, &limits).unwrap().dimensions(), (64, 48));
+    // Bytes after the end-of-image marker (camera trailers) are fine.
+    let mut trailer = jpeg.clone();
+    trailer.extend_from_slice(b"trailer \xff\xd8 junk");
+    assert_eq!(decode(&trailer, &limits).unwrap().dimensions(), (64, 48));
+    // Cut in the headers: the decoder's own error.
+    let sos = jpeg.windows(2).position(|w| w == [0xff, 0xda]).unwrap();
+    assert!(decode(&jpeg[..sos / 2], &limits).is_err());
+    // Cut anywhere in the image data, even just the marker: refused, as
+    // Pillow refuses it ("image file is truncated"), where the decoder
+    // would fill the rest with grey.
+    let data = jpeg.len() - sos;
+    for cut in [sos + data / 2, sos + data * 9 / 10, jpeg.len() - 2] {
+        match decode(&jpeg[..cut], &limits) {
+            Err(ImageError::Decode(m)) => assert!(m.contains("truncated JPEG"), "{m}"),
+            other => panic!("cut at {cut}: {other:?}"),
+        }
+    }
+}

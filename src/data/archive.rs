@@ -1,17 +1,22 @@
-//! Recognising and safely extracting zip and tar.gz archives.
+//! Recognising and safely extracting zip and tar (plain, gzip or bzip2)
+//! archives.
 //!
 //! Safety rules, checked for every entry before anything is written:
-//! no absolute paths, no `..`, no symbolic or hard links, no device files;
-//! at most `max_entries` entries; at most `max_bytes` bytes written in total,
-//! counted while decompressing (headers are only used to refuse early, never
-//! trusted). Everything is written below `dest`, which the caller removes
-//! on any error.
+//! no absolute paths, no `..`, no symbolic or hard links, no device files,
+//! no entry written twice (the same file again, or a file where a directory
+//! is); at most `max_entries` entries; at most `max_bytes` bytes written in
+//! total, counted while decompressing (headers are only used to refuse
+//! early, never trusted). Everything is written below `dest`, which the
+//! caller removes on any error. Names are stored in Unicode NFC, so a label
+//! folder zipped on macOS (often NFD) and the same name typed in a metadata
+//! file or another split are one label.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 
 use super::error::DatasetError;
 use super::is_ignored_component;
@@ -21,18 +26,27 @@ use super::is_ignored_component;
 pub enum ArchiveFormat {
     #[serde(rename = "zip")]
     Zip,
+    #[serde(rename = "tar")]
+    Tar,
     #[serde(rename = "tar.gz")]
     TarGz,
+    #[serde(rename = "tar.bz2")]
+    TarBz2,
 }
 
 impl ArchiveFormat {
     pub fn as_str(self) -> &'static str {
         match self {
             ArchiveFormat::Zip => "zip",
+            ArchiveFormat::Tar => "tar",
             ArchiveFormat::TarGz => "tar.gz",
+            ArchiveFormat::TarBz2 => "tar.bz2",
         }
     }
 }
+
+/// What the refusals name as accepted.
+pub const ACCEPTED: &str = "zip, tar, tar.gz (.tgz) or tar.bz2";
 
 /// Limits on what an archive may expand to.
 #[derive(Debug, Clone, Copy)]
@@ -49,26 +63,79 @@ pub struct ExtractStats {
     pub bytes: u64,
 }
 
+const TAR_BLOCK: usize = 512;
+
 /// Recognises the format from the first bytes (names are not trusted).
 pub fn detect(path: &Path) -> Result<ArchiveFormat, DatasetError> {
-    let mut head = [0u8; 4];
+    let mut head = [0u8; TAR_BLOCK];
     let mut f = File::open(path).map_err(io_internal)?;
     let n = read_up_to(&mut f, &mut head).map_err(io_internal)?;
     detect_bytes(&head[..n])
 }
 
-/// Recognises the format from a buffer's first bytes.
+/// Recognises the format from a buffer's first bytes (up to 512 of them: a
+/// plain tar is recognised by its first header block).
 pub fn detect_bytes(head: &[u8]) -> Result<ArchiveFormat, DatasetError> {
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
-        Ok(ArchiveFormat::Zip)
-    } else if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(ArchiveFormat::TarGz)
-    } else {
-        Err(DatasetError::bad(
-            "not_an_archive",
-            "the upload is neither a zip nor a tar.gz archive (recognised by content, not name)",
-        ))
+        return Ok(ArchiveFormat::Zip);
     }
+    // Before the compressed formats: a plain tar starts with a file name,
+    // which could be anything (`BZh-scans/...`).
+    if is_tar_header(head) {
+        return Ok(ArchiveFormat::Tar);
+    }
+    if head.starts_with(&[0x1f, 0x8b]) {
+        return Ok(ArchiveFormat::TarGz);
+    }
+    if head.starts_with(b"BZh") {
+        return Ok(ArchiveFormat::TarBz2);
+    }
+    let unsupported = [
+        (&b"\xfd7zXZ\x00"[..], "an xz-compressed file"),
+        (&b"7z\xbc\xaf\x27\x1c"[..], "a 7z archive"),
+        (&b"Rar!\x1a\x07"[..], "a RAR archive"),
+        (&b"\x28\xb5\x2f\xfd"[..], "a zstd-compressed file"),
+        (&b"\x5d\x00\x00"[..], "an lzma-compressed file"),
+    ];
+    if let Some((_, what)) = unsupported.iter().find(|(m, _)| head.starts_with(m)) {
+        return Err(DatasetError::bad(
+            "unsupported_archive",
+            format!(
+                "the upload is {what}, which is not accepted; repack it as {ACCEPTED} (recognised by content, not name)"
+            ),
+        ));
+    }
+    Err(DatasetError::bad(
+        "not_an_archive",
+        format!("the upload is not a {ACCEPTED} archive (recognised by content, not name)"),
+    ))
+}
+
+/// A tar header block: `ustar` magic, or (old v7 tars) a valid checksum.
+fn is_tar_header(block: &[u8]) -> bool {
+    if block.len() < TAR_BLOCK {
+        return false;
+    }
+    if &block[257..262] == b"ustar" {
+        return true;
+    }
+    let stored = std::str::from_utf8(&block[148..156])
+        .ok()
+        .map(|s| s.trim_matches(|c: char| c == '\0' || c == ' '))
+        .and_then(|s| u32::from_str_radix(s, 8).ok());
+    let sum: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(b)
+            }
+        })
+        .sum();
+    // An all-zero block (an empty tar) sums to 256 with the checksum blank.
+    stored == Some(sum) && block[0] != 0
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -113,7 +180,7 @@ pub fn safe_relative(name: &str) -> Result<Option<PathBuf>, DatasetError> {
                 if is_ignored_component(c) {
                     return Ok(None);
                 }
-                out.push(c);
+                out.push(c.nfc().collect::<String>());
             }
             Component::CurDir => {}
             Component::ParentDir => return Err(unsafe_path("contains `..`")),
@@ -134,7 +201,13 @@ pub fn extract(
 ) -> Result<ExtractStats, DatasetError> {
     match format {
         ArchiveFormat::Zip => extract_zip(archive, dest, limits),
-        ArchiveFormat::TarGz => extract_tar_gz(archive, dest, limits),
+        ArchiveFormat::Tar => extract_tar(archive, dest, limits, "tar", |f| Box::new(f)),
+        ArchiveFormat::TarGz => extract_tar(archive, dest, limits, "gzip", |f| {
+            Box::new(flate2::read::MultiGzDecoder::new(f))
+        }),
+        ArchiveFormat::TarBz2 => extract_tar(archive, dest, limits, "bzip2", |f| {
+            Box::new(bzip2::read::MultiBzDecoder::new(f))
+        }),
     }
 }
 
@@ -176,12 +249,85 @@ fn copy_capped(src: &mut impl Read, dst: &mut impl Write, budget: u64) -> io::Re
     Ok((copied <= budget).then_some(copied))
 }
 
-fn create_file(dest: &Path, rel: &Path) -> Result<File, DatasetError> {
-    let path = dest.join(rel);
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(io_internal)?;
+fn clash(entry: &str) -> DatasetError {
+    DatasetError::bad(
+        "duplicate_entry",
+        format!(
+            "archive entry `{entry}` clashes with an earlier entry: the same file twice, or a file and a directory of one name"
+        ),
+    )
+}
+
+/// A directory below `dest`; a file in its way is a clash, not an i/o error.
+fn create_dir(dest: &Path, rel: &Path, entry: &str) -> Result<(), DatasetError> {
+    let mut path = dest.to_path_buf();
+    for comp in rel.components() {
+        path.push(comp);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(clash(entry)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&path).map_err(io_internal)?
+            }
+            Err(e) => return Err(io_internal(e)),
+        }
     }
-    File::create(&path).map_err(io_internal)
+    Ok(())
+}
+
+/// A new file below `dest`; one already there (a duplicate entry) is a clash.
+fn create_file(dest: &Path, rel: &Path, entry: &str) -> Result<File, DatasetError> {
+    if let Some(parent) = rel.parent() {
+        create_dir(dest, parent, entry)?;
+    }
+    match File::create_new(dest.join(rel)) {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(clash(entry)),
+        Err(e) => Err(io_internal(e)),
+    }
+}
+
+/// The entry count of a zip's end-of-central-directory record (zip64 too);
+/// `None` if the record is not where the format puts it (the zip reader
+/// then decides).
+fn zip_listed_entries(f: &mut File) -> io::Result<Option<u64>> {
+    use std::io::{Seek, SeekFrom};
+    let len = f.seek(SeekFrom::End(0))?;
+    // The record (22 bytes) plus a comment of at most 65535 bytes.
+    let tail_len = len.min(22 + 65535);
+    f.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = vec![0u8; tail_len as usize];
+    f.read_exact(&mut tail)?;
+    let Some(at) = (0..tail.len().saturating_sub(21))
+        .rev()
+        .find(|&i| tail[i..i + 4] == *b"PK\x05\x06")
+    else {
+        return Ok(None);
+    };
+    let count = u16::from_le_bytes([tail[at + 10], tail[at + 11]]);
+    if count != u16::MAX {
+        return Ok(Some(u64::from(count)));
+    }
+    // zip64: a locator just before the record points at the zip64 record.
+    let Some(loc) = at.checked_sub(20).map(|i| &tail[i..i + 20]) else {
+        return Ok(None);
+    };
+    if loc[..4] != *b"PK\x06\x07" {
+        return Ok(None);
+    }
+    let offset = u64::from_le_bytes(loc[8..16].try_into().expect("8 bytes"));
+    let mut rec = [0u8; 40];
+    if offset.checked_add(40).is_none_or(|end| end > len) {
+        return Ok(None);
+    }
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(&mut rec)?;
+    if rec[..4] != *b"PK\x06\x06" {
+        return Ok(None);
+    }
+    Ok(Some(u64::from_le_bytes(
+        rec[32..40].try_into().expect("8 bytes"),
+    )))
 }
 
 fn extract_zip(
@@ -193,6 +339,20 @@ fn extract_zip(
     let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| corrupt(None, e, true))?;
     if zip.len() as u64 > limits.max_entries {
         return Err(too_many(&limits));
+    }
+    // The zip reader keeps one entry per name and drops the others
+    // silently: compare with the central directory's own count.
+    let mut raw = File::open(archive).map_err(io_internal)?;
+    if let Some(listed) = zip_listed_entries(&mut raw).map_err(io_internal)? {
+        if listed > zip.len() as u64 {
+            return Err(DatasetError::bad(
+                "duplicate_entry",
+                format!(
+                    "the archive lists {listed} entries but only {} distinct names: some file appears twice, and which copy is meant is unknowable",
+                    zip.len()
+                ),
+            ));
+        }
     }
     // Early refusal on declared sizes; the real count below catches liars.
     let mut declared: u64 = 0;
@@ -220,10 +380,10 @@ fn extract_zip(
             continue;
         };
         if entry.is_dir() {
-            fs::create_dir_all(dest.join(&rel)).map_err(io_internal)?;
+            create_dir(dest, &rel, &name)?;
             continue;
         }
-        let mut out = create_file(dest, &rel)?;
+        let mut out = create_file(dest, &rel, &name)?;
         let budget = limits.max_bytes - stats.bytes;
         match copy_capped(&mut entry, &mut out, budget) {
             Ok(Some(n)) => stats.bytes += n,
@@ -238,19 +398,39 @@ fn extract_zip(
     Ok(stats)
 }
 
-fn extract_tar_gz(
+/// Extracts a tar archive, `decompress` wrapping the file in the stream's
+/// decoder (`codec` names it in messages).
+fn extract_tar(
     archive: &Path,
     dest: &Path,
     limits: ExtractLimits,
+    codec: &str,
+    decompress: impl FnOnce(BufReader<File>) -> Box<dyn Read>,
 ) -> Result<ExtractStats, DatasetError> {
     let file = File::open(archive).map_err(io_internal)?;
-    let gz = flate2::read::MultiGzDecoder::new(BufReader::new(file));
-    let mut tar = tar::Archive::new(gz);
-    let mut stats = ExtractStats::default();
+    let mut stream = decompress(BufReader::new(file));
     let read_err = |entry: Option<&str>, e: io::Error| {
-        let eof = e.kind() == io::ErrorKind::UnexpectedEof;
+        // The tar reader reports a short plain tar as "unexpected EOF
+        // during skip" of kind `Other`.
+        let eof =
+            e.kind() == io::ErrorKind::UnexpectedEof || e.to_string().contains("unexpected EOF");
         corrupt(entry, e, eof)
     };
+    // A compressed single file (`images.gz`) is not a tar: say so, rather
+    // than whatever the tar reader makes of its bytes.
+    let mut head = vec![0u8; TAR_BLOCK];
+    let n = read_up_to(&mut stream, &mut head).map_err(|e| read_err(None, e))?;
+    head.truncate(n);
+    if n < TAR_BLOCK || !(is_tar_header(&head) || head.iter().all(|&b| b == 0)) {
+        return Err(DatasetError::bad(
+            "not_an_archive",
+            format!(
+                "the {codec} data does not hold a tar archive; accepted: {ACCEPTED} (a compressed single file is not a dataset)"
+            ),
+        ));
+    }
+    let mut tar = tar::Archive::new(io::Cursor::new(head).chain(stream));
+    let mut stats = ExtractStats::default();
     {
         let entries = tar.entries().map_err(|e| read_err(None, e))?;
         for entry in entries {
@@ -280,14 +460,14 @@ fn extract_tar_gz(
                 continue;
             };
             if kind.is_dir() {
-                fs::create_dir_all(dest.join(&rel)).map_err(io_internal)?;
+                create_dir(dest, &rel, &name)?;
                 continue;
             }
             let budget = limits.max_bytes - stats.bytes;
             if entry.size() > budget {
                 return Err(too_big(&limits, &name));
             }
-            let mut out = create_file(dest, &rel)?;
+            let mut out = create_file(dest, &rel, &name)?;
             match copy_capped(&mut entry, &mut out, budget) {
                 Ok(Some(n)) => stats.bytes += n,
                 Ok(None) => return Err(too_big(&limits, &name)),
@@ -296,7 +476,7 @@ fn extract_tar_gz(
             stats.files += 1;
         }
     }
-    // Read the gzip stream to its end so a truncated or corrupt trailer is
+    // Read the stream to its end so a truncated or corrupt trailer is
     // noticed, still within the byte budget.
     let mut rest = tar.into_inner();
     let budget = limits.max_bytes - stats.bytes;
@@ -310,6 +490,57 @@ fn extract_tar_gz(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tar_block(name: &str, magic: bool) -> Vec<u8> {
+        let mut h = if magic {
+            tar::Header::new_ustar()
+        } else {
+            tar::Header::new_old()
+        };
+        h.set_path(name).unwrap();
+        h.set_size(0);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn formats_by_content() {
+        assert_eq!(detect_bytes(b"PK\x03\x04rest").unwrap(), ArchiveFormat::Zip);
+        assert_eq!(
+            detect_bytes(&[0x1f, 0x8b, 8]).unwrap(),
+            ArchiveFormat::TarGz
+        );
+        assert_eq!(detect_bytes(b"BZh91AY").unwrap(), ArchiveFormat::TarBz2);
+        assert_eq!(
+            detect_bytes(&tar_block("cat/a.png", true)).unwrap(),
+            ArchiveFormat::Tar
+        );
+        assert_eq!(
+            detect_bytes(&tar_block("cat/a.png", false)).unwrap(),
+            ArchiveFormat::Tar
+        );
+        let mut broken = tar_block("cat/a.png", false);
+        broken[0] ^= 1;
+        assert_eq!(detect_bytes(&broken).unwrap_err().code, "not_an_archive");
+        assert_eq!(detect_bytes(&[0; 512]).unwrap_err().code, "not_an_archive");
+        for (magic, what) in [
+            (&b"\xfd7zXZ\x00\x00"[..], "xz"),
+            (b"7z\xbc\xaf\x27\x1c\x00", "7z"),
+            (b"Rar!\x1a\x07\x01\x00", "RAR"),
+        ] {
+            let e = detect_bytes(magic).unwrap_err();
+            assert_eq!(e.code, "unsupported_archive");
+            assert!(e.detail.contains(what), "{}", e.detail);
+        }
+    }
+
+    #[test]
+    fn names_are_nfc() {
+        assert_eq!(
+            safe_relative("cafe\u{301}/x.png").unwrap(),
+            Some(PathBuf::from("caf\u{e9}/x.png"))
+        );
+    }
 
     #[test]
     fn entry_names() {

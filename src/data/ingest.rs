@@ -295,6 +295,22 @@ fn check_labels(items: &[(Item, Checked)], task: Task) -> Result<Vec<String>, Da
 }
 
 fn warn(summary: &mut DatasetSummary) {
+    if summary.layout == "metadata" && summary.task == Task::MultiClass {
+        // `cat;indoor` is one label unless it uses the documented separator.
+        let odd: Vec<String> = summary
+            .labels
+            .iter()
+            .filter(|l| l.contains([';', ',']))
+            .cloned()
+            .collect();
+        if !odd.is_empty() {
+            summary.warnings.push(format!(
+                "label(s) {} contain `;` or `,` and are each one label; for several labels per image separate them with `{}` (`cat|indoor`) or give a list",
+                name_some(&odd, 5),
+                super::metadata::CSV_LABEL_SEPARATOR
+            ));
+        }
+    }
     if let Some(train) = summary.splits.get("train") {
         let counts: Vec<(&String, &usize)> = train.per_label.iter().collect();
         if let (Some(max), Some(min)) = (

@@ -98,8 +98,10 @@ fn io(e: std::io::Error) -> DatasetError {
     }
 }
 
+/// `metadata.csv` / `metadata.jsonl`, in any letter case (`Metadata.CSV`
+/// from Windows tools).
 fn is_metadata(name: &str) -> bool {
-    name == "metadata.csv" || name == "metadata.jsonl"
+    name.eq_ignore_ascii_case("metadata.csv") || name.eq_ignore_ascii_case("metadata.jsonl")
 }
 
 /// Finds the layout and every labelled image below `files` (the extracted
@@ -115,7 +117,33 @@ pub fn detect(files: &Path) -> Result<Found, DatasetError> {
             break;
         }
     }
-    let (dirs, names) = list(&files.join(&root)).map_err(io)?;
+    let (mut dirs, mut names) = list(&files.join(&root)).map_err(io)?;
+    let loose_images = |names: &[String]| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| has_image_extension(Path::new(n)))
+            .cloned()
+            .collect()
+    };
+    if dirs.is_empty() && !names.iter().any(|n| is_metadata(n)) && !names.is_empty() {
+        if root.pop() {
+            // `cat/*.jpg` alone: that folder is a label, not a wrapper (the
+            // label rules then refuse a single-label dataset by name).
+            (dirs, names) = list(&files.join(&root)).map_err(io)?;
+        } else {
+            let images = loose_images(&names);
+            if !images.is_empty() {
+                return Err(DatasetError::invalid(
+                    "no_labels",
+                    format!(
+                        "{} image(s) at the top of the archive ({}) and nothing saying their labels: put each in a folder named for its label (`<label>/<image>`, or `train/<label>/<image>`), or list them in a metadata.csv / metadata.jsonl with `file_name` and `label` columns",
+                        images.len(),
+                        name_some(&images, 3)
+                    ),
+                ));
+            }
+        }
+    }
     if dirs.is_empty() && names.is_empty() {
         return Err(DatasetError::invalid(
             "empty_archive",
@@ -202,6 +230,7 @@ fn from_label_dirs(
     for label in labels {
         let label_dir = dir.join(&label);
         let mut any = false;
+        let mut others = Vec::new();
         for rel in walk(&files.join(&label_dir)).map_err(io)? {
             let rel = label_dir.join(rel);
             if has_image_extension(&rel) {
@@ -212,20 +241,68 @@ fn from_label_dirs(
                     labels: vec![label.clone()],
                 });
             } else {
-                skipped.push(Skipped::new(rel, "not an image file (by extension)"));
+                others.push(rel);
             }
         }
-        if !any {
+        if !any && !others.is_empty() {
+            let names: Vec<String> = others.iter().map(|p| p.display().to_string()).collect();
             return Err(DatasetError::invalid(
                 "label_without_images",
                 format!(
-                    "label directory `{}` contains no images",
-                    label_dir.display()
+                    "label directory `{}` contains no images, only {} other file(s): {}; images are recognised by extension: {}",
+                    label_dir.display(),
+                    names.len(),
+                    name_some(&names, 3),
+                    IMAGE_EXTENSIONS.join(", ")
                 ),
             ));
         }
+        if !any {
+            // An empty folder holds no examples: like imagefolder, it is no
+            // label; listed so nobody wonders where it went.
+            skipped.push(Skipped::new(
+                &label_dir,
+                "empty directory: not a label (no images)",
+            ));
+        }
+        for rel in others {
+            skipped.push(Skipped::new(rel, "not an image file (by extension)"));
+        }
     }
     Ok(())
+}
+
+/// Names the files metadata lists but the archive lacks, pointing at a file
+/// of the same name elsewhere (a `file_name` without its folder, or in
+/// another letter case).
+fn missing_files(files: &Path, root: &Path, missing: &[(String, PathBuf)]) -> DatasetError {
+    let present = walk(&files.join(root)).unwrap_or_default();
+    let mut named: Vec<String> = missing
+        .iter()
+        .take(10)
+        .map(|(shown, want)| {
+            let want_name = want.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let near = present.iter().find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.eq_ignore_ascii_case(want_name))
+            });
+            match near {
+                Some(p) => format!("{shown}: the archive has `{}`", root.join(p).display()),
+                None => shown.clone(),
+            }
+        })
+        .collect();
+    if missing.len() > 10 {
+        named.push(format!("and {} more", missing.len() - 10));
+    }
+    DatasetError::invalid(
+        "missing_file",
+        format!(
+            "metadata names files that are not in the archive (`file_name` is relative to the folder holding the metadata file, and case matters): {}",
+            named.join(", ")
+        ),
+    )
 }
 
 fn from_metadata(
@@ -246,8 +323,10 @@ fn from_metadata(
             sources.push((dir.clone(), dir.join(m), split));
         }
     }
-    let mut items = Vec::new();
-    let mut listed = std::collections::BTreeSet::new();
+    let mut items: Vec<Item> = Vec::new();
+    // First row seen for each file: (index in `items`, where it was said).
+    let mut listed: BTreeMap<PathBuf, (usize, String)> = BTreeMap::new();
+    let mut conflicts = Vec::new();
     let mut missing = Vec::new();
     let mut multi_label = false;
     for (base, meta, default_split) in &sources {
@@ -269,11 +348,14 @@ fn from_metadata(
                 }
             };
             if !files.join(&rel).is_file() {
-                missing.push(format!(
-                    "{} (line {} of {})",
-                    row.file_name,
-                    row.line,
-                    meta.display()
+                missing.push((
+                    format!(
+                        "`{}` (line {} of {})",
+                        row.file_name,
+                        row.line,
+                        meta.display()
+                    ),
+                    rel,
                 ));
                 continue;
             }
@@ -288,7 +370,24 @@ fn from_metadata(
             } else {
                 default_split
             };
-            listed.insert(rel.clone());
+            let here = format!("line {} of {}", row.line, meta.display());
+            if let Some((first, there)) = listed.get(&rel) {
+                // Repeated rows: the same labels are harmless; different
+                // ones are a mistake or a one-row-per-label file, and
+                // guessing either way would train on wrong labels.
+                let mut a = items[*first].labels.clone();
+                let mut b = row.labels.clone();
+                a.sort();
+                b.sort();
+                if a != b {
+                    conflicts.push(format!(
+                        "`{}`: {there} says {:?}, {here} says {:?}",
+                        row.file_name, items[*first].labels, row.labels
+                    ));
+                }
+                continue;
+            }
+            listed.insert(rel.clone(), (items.len(), here));
             items.push(Item {
                 split,
                 rel,
@@ -297,11 +396,19 @@ fn from_metadata(
         }
     }
     if !missing.is_empty() {
+        return Err(missing_files(files, root, &missing));
+    }
+    if !conflicts.is_empty() {
+        let more = conflicts.len().saturating_sub(5);
+        conflicts.truncate(5);
+        if more > 0 {
+            conflicts.push(format!("and {more} more"));
+        }
         return Err(DatasetError::invalid(
-            "missing_file",
+            "invalid_metadata",
             format!(
-                "metadata names files that are not in the archive: {}",
-                name_some(&missing, 10)
+                "files listed more than once with different labels: {}; give each file one row (several labels: `cat|indoor` in CSV, a list in JSON Lines)",
+                conflicts.join("; ")
             ),
         ));
     }
@@ -309,7 +416,7 @@ fn from_metadata(
     for rel in walk(&files.join(root)).map_err(io)? {
         let rel = root.join(rel);
         let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if is_metadata(name) || listed.contains(&rel) {
+        if is_metadata(name) || listed.contains_key(&rel) {
             continue;
         }
         let reason = if has_image_extension(&rel) {
@@ -319,9 +426,6 @@ fn from_metadata(
         };
         skipped.push(Skipped::new(rel, reason));
     }
-    // Duplicate rows for one file: keep the first.
-    let mut seen = BTreeMap::new();
-    items.retain(|i| seen.insert(i.rel.clone(), ()).is_none());
     Ok(Found {
         layout: "metadata",
         task: if multi_label {

@@ -3,13 +3,20 @@
 //! other column).
 //!
 //! Multi-label rows: in JSON Lines a JSON list (`"labels": ["cat", "indoor"]`);
-//! in CSV a cell with labels separated by `|` (`cat|indoor`) or a JSON list
-//! (`"[""cat"", ""indoor""]"`). Any such row makes the dataset multi-label;
+//! in CSV a cell with labels separated by `|` (`cat|indoor`), a JSON list
+//! (`"[""cat"", ""indoor""]"`) or the Python list pandas writes
+//! (`"['cat', 'indoor']"`). Any such row makes the dataset multi-label;
 //! an empty list is an image with no label, allowed only there.
+//!
+//! What spreadsheets and scripts produce is accepted too: a UTF-8 byte order
+//! mark, CRLF line ends, quoted fields, extra columns, column names in any
+//! letter case. Files must be UTF-8. Labels and file names are compared in
+//! Unicode NFC, as archive entry names are.
 
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
+use unicode_normalization::UnicodeNormalization;
 
 use super::error::DatasetError;
 
@@ -40,24 +47,61 @@ fn empty_label(meta: &Path, line: usize) -> DatasetError {
     )
 }
 
+/// A column name as matched: trimmed, any letter case.
+fn is_column(name: &str, want: &str) -> bool {
+    name.trim().eq_ignore_ascii_case(want)
+}
+
 /// Picks the label column among the header names.
 fn label_column<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Option<&'a str> {
     for want in ["labels", "label"] {
-        if let Some(n) = names.clone().find(|n| *n == want) {
+        if let Some(n) = names.clone().find(|n| is_column(n, want)) {
             return Some(n);
         }
     }
-    let others: Vec<&str> = names.filter(|n| *n != "file_name").collect();
+    let others: Vec<&str> = names.filter(|n| !is_column(n, "file_name")).collect();
     (others.len() == 1).then(|| others[0])
+}
+
+fn columns<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn nfc(s: &str) -> String {
+    s.nfc().collect()
 }
 
 /// Reads a metadata file; `shown` is the name used in messages.
 pub fn read(path: &Path, shown: &Path) -> Result<Vec<MetadataRow>, DatasetError> {
-    let is_csv = path.extension().is_some_and(|e| e == "csv");
+    let bytes = std::fs::read(path).map_err(|e| invalid(shown, e))?;
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let line = 1 + bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            let utf16 = bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]);
+            return Err(invalid(
+                shown,
+                format!(
+                    "line {line} is not UTF-8 text{}; save the file as UTF-8",
+                    if utf16 { " (the file is UTF-16)" } else { "" }
+                ),
+            ));
+        }
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let is_csv = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     let rows = if is_csv {
-        read_csv(path, shown)?
+        read_csv(text, shown)?
     } else {
-        read_jsonl(path, shown)?
+        read_jsonl(text, shown)?
     };
     if rows.is_empty() {
         return Err(invalid(shown, "no rows"));
@@ -72,7 +116,7 @@ fn labels_from_json(
 ) -> Result<(Vec<String>, bool), DatasetError> {
     let one = |v: &Value| -> Result<String, DatasetError> {
         let s = match v {
-            Value::String(s) => s.trim().to_string(),
+            Value::String(s) => nfc(s.trim()),
             Value::Number(n) => n.to_string(),
             Value::Bool(b) => b.to_string(),
             _ => {
@@ -94,8 +138,7 @@ fn labels_from_json(
     }
 }
 
-fn read_jsonl(path: &Path, shown: &Path) -> Result<Vec<MetadataRow>, DatasetError> {
-    let text = std::fs::read_to_string(path).map_err(|e| invalid(shown, e))?;
+fn read_jsonl(text: &str, shown: &Path) -> Result<Vec<MetadataRow>, DatasetError> {
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
@@ -105,15 +148,25 @@ fn read_jsonl(path: &Path, shown: &Path) -> Result<Vec<MetadataRow>, DatasetErro
         let obj: serde_json::Map<String, Value> = serde_json::from_str(line)
             .map_err(|e| invalid(shown, format!("line {line_no} is not a JSON object: {e}")))?;
         let file_name = obj
-            .get("file_name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| invalid(shown, format!("line {line_no} has no string `file_name`")))?
+            .iter()
+            .find(|(k, _)| is_column(k, "file_name"))
+            .and_then(|(_, v)| v.as_str())
+            .ok_or_else(|| {
+                invalid(
+                    shown,
+                    format!(
+                        "line {line_no} has no string `file_name` (fields: {})",
+                        columns(obj.keys().map(String::as_str))
+                    ),
+                )
+            })?
             .to_string();
         let col = label_column(obj.keys().map(String::as_str)).ok_or_else(|| {
             invalid(
                 shown,
                 format!(
-                    "line {line_no}: no label column (`label`, `labels`, or a single other field)"
+                    "line {line_no}: no label field (`label`, `labels`, or a single field besides `file_name`; fields: {})",
+                    columns(obj.keys().map(String::as_str))
                 ),
             )
         })?;
@@ -128,37 +181,55 @@ fn read_jsonl(path: &Path, shown: &Path) -> Result<Vec<MetadataRow>, DatasetErro
     Ok(rows)
 }
 
-fn read_csv(path: &Path, shown: &Path) -> Result<Vec<MetadataRow>, DatasetError> {
+fn read_csv(text: &str, shown: &Path) -> Result<Vec<MetadataRow>, DatasetError> {
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| invalid(shown, e))?;
+        .from_reader(text.as_bytes());
     let headers = rdr.headers().map_err(|e| invalid(shown, e))?.clone();
     let file_col = headers
         .iter()
-        .position(|h| h == "file_name")
-        .ok_or_else(|| invalid(shown, "no `file_name` column"))?;
+        .position(|h| is_column(h, "file_name"))
+        .ok_or_else(|| {
+            invalid(
+                shown,
+                format!(
+                    "no `file_name` column (columns: {})",
+                    columns(headers.iter())
+                ),
+            )
+        })?;
     let label_name = label_column(headers.iter()).ok_or_else(|| {
         invalid(
             shown,
-            "no label column (`label`, `labels`, or a single other column)",
+            format!(
+                "no label column (`label`, `labels`, or a single column besides `file_name`; columns: {})",
+                columns(headers.iter())
+            ),
         )
     })?;
     let label_col = headers.iter().position(|h| h == label_name).unwrap_or(0);
     let mut rows = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
-        let line = i + 2;
-        let rec = rec.map_err(|e| invalid(shown, format!("line {line}: {e}")))?;
+        let rec = rec.map_err(|e| invalid(shown, format!("line {}: {e}", i + 2)))?;
+        // The real line (quoted cells may span lines).
+        let line = rec.position().map_or(i + 2, |p| p.line() as usize);
         let file_name = rec.get(file_col).unwrap_or_default().to_string();
         let cell = rec.get(label_col).unwrap_or_default().trim();
         let (labels, is_list) = if cell.starts_with('[') {
             let v: Value = serde_json::from_str(cell)
-                .map_err(|e| invalid(shown, format!("line {line}: label list is not JSON: {e}")))?;
+                .ok()
+                .or_else(|| python_list(cell))
+                .ok_or_else(|| {
+                    invalid(
+                        shown,
+                        format!("line {line}: label list `{cell}` is neither a JSON nor a Python list of labels"),
+                    )
+                })?;
             labels_from_json(&v, shown, line)?
         } else if cell.contains(CSV_LABEL_SEPARATOR) {
             let parts: Vec<String> = cell
                 .split(CSV_LABEL_SEPARATOR)
-                .map(|s| s.trim().to_string())
+                .map(|s| nfc(s.trim()))
                 .collect();
             if parts.iter().any(String::is_empty) {
                 return Err(empty_label(shown, line));
@@ -167,7 +238,7 @@ fn read_csv(path: &Path, shown: &Path) -> Result<Vec<MetadataRow>, DatasetError>
         } else if cell.is_empty() {
             return Err(empty_label(shown, line));
         } else {
-            (vec![cell.to_string()], false)
+            (vec![nfc(cell)], false)
         };
         rows.push(MetadataRow {
             line,
@@ -179,16 +250,138 @@ fn read_csv(path: &Path, shown: &Path) -> Result<Vec<MetadataRow>, DatasetError>
     Ok(rows)
 }
 
+/// A Python list literal of strings and numbers, as `str(list)` and pandas'
+/// `to_csv` write it: `['cat', "dog's bed", 3]`. `None` if it is anything
+/// else.
+fn python_list(cell: &str) -> Option<Value> {
+    let inner = cell.strip_prefix('[')?.strip_suffix(']')?;
+    let mut out = Vec::new();
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let Some(&c) = chars.peek() else { break };
+        if c == '\'' || c == '"' {
+            chars.next();
+            let mut s = String::new();
+            loop {
+                match chars.next()? {
+                    '\\' => s.push(chars.next()?),
+                    q if q == c => break,
+                    other => s.push(other),
+                }
+            }
+            out.push(Value::String(s));
+        } else {
+            let mut token = String::new();
+            while chars.peek().is_some_and(|&c| c != ',') {
+                token.push(chars.next()?);
+            }
+            let n: serde_json::Number = token.trim().parse().ok()?;
+            out.push(Value::Number(n));
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        match chars.next() {
+            None => break,
+            Some(',') => {}
+            Some(_) => return None,
+        }
+    }
+    Some(Value::Array(out))
+}
+
 /// A metadata `file_name` as a safe relative path (`None`: absolute or `..`).
 pub fn safe_file_name(name: &str) -> Option<PathBuf> {
     let normalised = name.replace('\\', "/");
     let mut out = PathBuf::new();
     for c in Path::new(&normalised).components() {
         match c {
-            Component::Normal(c) => out.push(c),
+            Component::Normal(c) => out.push(nfc(&c.to_string_lossy())),
             Component::CurDir => {}
             _ => return None,
         }
     }
     (!out.as_os_str().is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csv_rows(text: &str) -> Result<Vec<MetadataRow>, DatasetError> {
+        read_csv(text, Path::new("metadata.csv"))
+    }
+
+    fn labels(rows: &[MetadataRow]) -> Vec<(String, Vec<String>, bool)> {
+        rows.iter()
+            .map(|r| (r.file_name.clone(), r.labels.clone(), r.is_list))
+            .collect()
+    }
+
+    #[test]
+    fn python_lists_as_pandas_writes_them() {
+        let rows = csv_rows(
+            "file_name,labels\na.png,\"['cat', 'indoor']\"\nb.png,\"['a \\' b', \"\"dog's bed\"\", 3]\"\nc.png,[]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            labels(&rows),
+            [
+                ("a.png".into(), vec!["cat".into(), "indoor".into()], true),
+                (
+                    "b.png".into(),
+                    vec!["a ' b".into(), "dog's bed".into(), "3".into()],
+                    true
+                ),
+                ("c.png".into(), vec![], true),
+            ]
+        );
+        for bad in ["['cat' 'dog']", "['cat", "[cat]"] {
+            let e = csv_rows(&format!("file_name,labels\na.png,\"{bad}\"\n")).unwrap_err();
+            assert!(e.detail.contains("line 2"), "{bad}: {}", e.detail);
+        }
+    }
+
+    #[test]
+    fn header_in_any_case_and_errors_list_the_columns() {
+        let rows = csv_rows("File_Name , Label,source\na.png,cat,web\n").unwrap();
+        assert_eq!(labels(&rows), [("a.png".into(), vec!["cat".into()], false)]);
+        let e = csv_rows("filename,label\na.png,cat\n").unwrap_err();
+        assert!(e.detail.contains("`filename`, `label`"), "{}", e.detail);
+        let e = csv_rows("file_name,class,source\na.png,cat,web\n").unwrap_err();
+        assert!(e.detail.contains("`class`, `source`"), "{}", e.detail);
+    }
+
+    #[test]
+    fn bom_non_utf8_and_line_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metadata.jsonl");
+        std::fs::write(
+            &p,
+            "\u{feff}{\"file_name\": \"a.png\", \"label\": \"cat\"}\r\n",
+        )
+        .unwrap();
+        let rows = read(&p, Path::new("metadata.jsonl")).unwrap();
+        assert_eq!(labels(&rows), [("a.png".into(), vec!["cat".into()], false)]);
+        let p = dir.path().join("METADATA.CSV");
+        std::fs::write(&p, b"file_name,label\na.png,cat\nb.png,caf\xe9\n").unwrap();
+        let e = read(&p, Path::new("METADATA.CSV")).unwrap_err();
+        assert!(e.detail.contains("line 3 is not UTF-8"), "{}", e.detail);
+        // A quoted cell over two lines: the next row is on line 4.
+        let rows = csv_rows("file_name,label\n\"a\nb.png\",cat\nc.png,\n").unwrap_err();
+        assert!(rows.detail.contains("line 4"), "{}", rows.detail);
+    }
+
+    #[test]
+    fn labels_and_names_are_nfc() {
+        let rows = csv_rows("file_name,label\ncafe\u{301}/a.png,cafe\u{301}\n").unwrap();
+        assert_eq!(rows[0].labels, ["caf\u{e9}"]);
+        assert_eq!(
+            safe_file_name(&rows[0].file_name).unwrap(),
+            PathBuf::from("caf\u{e9}/a.png")
+        );
+    }
 }

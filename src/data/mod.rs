@@ -46,12 +46,18 @@ impl Task {
 }
 
 /// File names the imagefolder convention recognises as images.
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif"];
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "jpe", "jfif", "png", "webp", "bmp", "gif", "tif", "tiff",
+];
 
 /// True for names every archive tool leaves behind and nobody means as data:
-/// `__MACOSX/`, `.DS_Store`, `._foo`, `Thumbs.db` and other hidden files.
+/// `__MACOSX/`, `.DS_Store`, `._foo`, `Thumbs.db`, `desktop.ini` and other
+/// hidden files.
 pub fn is_ignored_component(name: &str) -> bool {
-    name.starts_with('.') || name == "__MACOSX" || name.eq_ignore_ascii_case("Thumbs.db")
+    name.starts_with('.')
+        || name == "__MACOSX"
+        || name.eq_ignore_ascii_case("Thumbs.db")
+        || name.eq_ignore_ascii_case("desktop.ini")
 }
 
 /// The canonical split a directory name stands for.

@@ -35,7 +35,7 @@ pub fn router(config: &ServeConfig) -> Router<AppState> {
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct DatasetUpload {
-    /// A zip or tar.gz archive in the imagefolder layout.
+    /// A zip, tar, tar.gz or tar.bz2 archive in the imagefolder layout.
     #[schema(format = Binary, content_media_type = "application/octet-stream")]
     dataset: String,
 }

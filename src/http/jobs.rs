@@ -46,7 +46,7 @@ pub struct CreateJob {
 
 /// Queue a fine-tuning job.
 ///
-/// Either `multipart/form-data` with a `dataset` part (zip or tar.gz) and a
+/// Either `multipart/form-data` with a `dataset` part (zip, tar, tar.gz or tar.bz2) and a
 /// `config` part (JSON), or JSON `{"dataset_id": …, "config": {…}}`. An
 /// `Idempotency-Key` header makes retries safe: the same key returns the
 /// job created the first time.
@@ -149,7 +149,7 @@ async fn read_multipart(
     let dataset_id = dataset_id.ok_or_else(|| {
         AppError::bad_request(
             "missing_dataset",
-            "a `dataset` part (zip or tar.gz) or a `dataset_id` part is required",
+            "a `dataset` part (zip, tar, tar.gz or tar.bz2) or a `dataset_id` part is required",
         )
     })?;
     Ok((dataset_id, config))

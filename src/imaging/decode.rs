@@ -43,13 +43,56 @@ pub fn sniff_format(bytes: &[u8]) -> Option<image::ImageFormat> {
                 | image::ImageFormat::WebP
                 | image::ImageFormat::Bmp
                 | image::ImageFormat::Gif
+                | image::ImageFormat::Tiff
         )
     })
 }
 
-/// Decodes JPEG, PNG, WebP, BMP or GIF (first frame) into 8-bit RGB with the
-/// EXIF orientation applied. Grayscale is replicated, alpha dropped (as PIL's
-/// `convert("RGB")` does) and 16-bit samples scaled to 8 bits.
+/// A JPEG cut short. The decoder fills what is missing with grey and says
+/// nothing; Pillow (so `transformers`' `load_image`) refuses such a file
+/// ("image file is truncated"), and training on half-grey images is
+/// wrong. Complete files have an end-of-image marker after the first scan
+/// (marker bytes cannot occur inside entropy-coded data); anything may
+/// follow it.
+fn jpeg_is_truncated(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+                   // Walk the marker segments up to the first start of scan. Headers the
+                   // walk cannot follow are left to the decoder (false: not judged here).
+    loop {
+        while bytes.get(i) == Some(&0xff) && bytes.get(i + 1) == Some(&0xff) {
+            i += 1; // fill bytes
+        }
+        let (Some(&0xff), Some(&marker)) = (bytes.get(i), bytes.get(i + 1)) else {
+            return false;
+        };
+        i += 2;
+        if marker == 0xd9 {
+            return false; // EOI before any scan: nothing to decode, not cut
+        }
+        if (0xd0..=0xd7).contains(&marker) || marker == 0x01 {
+            continue;
+        }
+        let Some(len) = bytes
+            .get(i..i + 2)
+            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+        else {
+            return false;
+        };
+        i += len;
+        if marker == 0xda {
+            break;
+        }
+    }
+    !bytes
+        .get(i..)
+        .is_some_and(|scan| scan.windows(2).any(|w| w == [0xff, 0xd9]))
+}
+
+/// Decodes JPEG, PNG, WebP, BMP, GIF (first frame) or TIFF (first page)
+/// into 8-bit RGB with the EXIF orientation applied, as `transformers`'
+/// `load_image` does. Grayscale is replicated, alpha dropped (as PIL's
+/// `convert("RGB")` does), CMYK converted and 16-bit samples scaled to 8
+/// bits; a truncated JPEG is an error, as in Pillow.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
     decode_dynamic(bytes, limits).map(|img| match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
@@ -60,6 +103,11 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
 /// Like [`decode`], but keeps the decoded colour type.
 pub fn decode_dynamic(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, ImageError> {
     let format = sniff_format(bytes).ok_or(ImageError::UnsupportedFormat)?;
+    if format == image::ImageFormat::Jpeg && jpeg_is_truncated(bytes) {
+        return Err(ImageError::Decode(
+            "truncated JPEG (no end-of-image marker after the image data)".into(),
+        ));
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut lim = image::Limits::default();
     lim.max_alloc = Some(limits.max_alloc());

@@ -20,7 +20,7 @@ pub enum ImageError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("not a JPEG, PNG, WebP, BMP or GIF image")]
+    #[error("not a JPEG, PNG, WebP, BMP, GIF or TIFF image")]
     UnsupportedFormat,
     #[error("image is {width}x{height}, more than the limit of {max_pixels} pixels")]
     TooLarge {

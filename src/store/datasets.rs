@@ -15,7 +15,7 @@ pub struct DatasetRecord {
     pub id: Uuid,
     /// SHA-256 of the archive as uploaded (hex); the same archive is stored once.
     pub sha256: String,
-    /// `zip` or `tar.gz`.
+    /// `zip`, `tar`, `tar.gz` or `tar.bz2`.
     pub format: String,
     /// Size of the uploaded archive.
     pub size_bytes: i64,
