@@ -56,7 +56,9 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let model = crate::model::load_pretrained(&dir, device, None)?;
     let preprocessor: PreprocessorConfig = serde_json::from_value(model.preprocessor_json.clone())
         .context("reading preprocessor_config.json")?;
-    let pipeline = Pipeline::from_preprocessor(&preprocessor, None);
+    // One input size per model, whatever the preprocessor says (see
+    // `Pipeline::for_model`), so images of any size stack into one batch.
+    let pipeline = Pipeline::for_model(&preprocessor, model.image_size() as u32);
     let task = match model.config.to_json()["problem_type"].as_str() {
         Some("multi_label_classification") => Task::MultiLabel,
         _ => Task::MultiClass,

@@ -2,10 +2,14 @@
 //! and colour type (RGBA, grayscale, 16-bit, EXIF-rotated, palette GIF, ...)
 //! and the `pixel_values` of the PIL image processors (`ViTImageProcessorPil`,
 //! a DINOv2-style `BitImageProcessorPil`: shortest edge 256 bicubic + centre
-//! crop 224, and nearest at 96); vitrine must agree to one 8-bit level per
+//! crop 224, a crop of 64 larger than a shortest-edge-40 resize, which pads
+//! with zeros before normalising, the image at the PIL offsets
+//! `ceil(pad / 2)`, and nearest at 96); vitrine must agree to one 8-bit level per
 //! element (a difference of `rescale_factor / std` after normalisation) with
 //! a mean difference far below that. The torchvision backend
-//! (`ViTImageProcessor`) is compared too and reported.
+//! (`ViTImageProcessor`) is compared too and reported: it resizes slightly
+//! differently and puts an odd padding's extra pixel on the other side
+//! (offset `floor(pad / 2)`), one pixel shift from the PIL backend.
 
 mod common;
 

@@ -64,7 +64,9 @@ struct Window {
 }
 
 impl Pipeline {
-    /// Builds the pipeline a preprocessor config describes. `image_size`
+    /// Builds the pipeline a preprocessor config describes, as is: without a
+    /// fixed output size (see [`Self::output_size`]) images keep their own
+    /// sizes. Models run through [`Self::for_model`]. `image_size`
     /// overrides the output side (e.g. a model fine-tuned at 384): the
     /// crop (or the exact size) becomes `image_size` squared, and a
     /// shortest-edge resize is scaled in proportion.
@@ -137,6 +139,26 @@ impl Pipeline {
             limits: DecodeLimits::default(),
             augment: AugmentConfig::default(),
         }
+    }
+
+    /// The pipeline a model runs with: its preprocessor's, except that when
+    /// the preprocessor does not pin the output size (`do_resize: false`, or
+    /// a shortest-edge resize without a centre crop, so every image would
+    /// come out at its own size), images are resized to the model's
+    /// `image_size` squared. A ViT takes that size only (`transformers`
+    /// raises "Input image size doesn't match model" otherwise), and one
+    /// size per model is what lets images of any shape share a batch.
+    pub fn for_model(cfg: &PreprocessorConfig, image_size: u32) -> Pipeline {
+        Self::from_preprocessor(cfg, None).with_model_size(image_size)
+    }
+
+    /// Pins an output size the preprocessor leaves open to `side` x `side`
+    /// (see [`Self::for_model`]); a no-op when the output size is fixed.
+    pub fn with_model_size(mut self, side: u32) -> Self {
+        if self.output_size().is_none() {
+            self.resize = SizeSpec::square(side.max(1)).target();
+        }
+        self
     }
 
     /// Sets the decode limits (the service passes its configured pixel cap).

@@ -87,12 +87,16 @@ fn load_info(row: &ModelRow, data_dir: &std::path::Path) -> AppResult<ModelInfo>
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(anyhow::Error::from)?,
         Err(_) => serde_json::from_str("{}").map_err(anyhow::Error::from)?,
     };
+    // The model's input size, for preprocessors that leave it open.
+    let image_size = crate::model::ModelConfig::from_file(&dir.join("config.json"))
+        .map_err(|e| anyhow::anyhow!("model {}: {e}", row.id))?
+        .image_size();
     Ok(ModelInfo {
         id: row.id.clone(),
         labels,
         task,
         thresholds,
-        pipeline: Pipeline::from_preprocessor(&preprocessor, None),
+        pipeline: Pipeline::for_model(&preprocessor, image_size as u32),
         dir,
     })
 }

@@ -38,7 +38,10 @@ pub fn run(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
         .map_err(|e| {
             TrainError::fatal(format!("the base model's preprocessor_config.json: {e}"))
         })?;
-    let pipeline = Pipeline::from_preprocessor(&preprocessor, cfg.image_size);
+    // As the saved model will be served: an output size the preprocessor
+    // leaves open is the model's `image_size` (after `adapt`).
+    let pipeline = Pipeline::from_preprocessor(&preprocessor, cfg.image_size)
+        .with_model_size(model.image_size() as u32);
     let params = select_trainable(&model, cfg);
     if params.is_empty() {
         return Err(TrainError::fatal("no trainable parameters for this mode"));

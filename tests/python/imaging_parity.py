@@ -51,6 +51,9 @@ save("exif6_320x200.jpg", Image.fromarray(photo(320, 200)), quality=100, subsamp
 save("palette_150x100.gif", Image.fromarray(photo(150, 100)).quantize(64))
 save("lossless_200.webp", Image.fromarray(photo(200, 200)), lossless=True)
 save("bmp_123x77.bmp", Image.fromarray(photo(123, 77)))
+# 51x40 after a shortest-edge-40 resize: an odd padding to 64 (PIL puts
+# the extra column on the left, the torchvision backend on the right).
+save("odd_61x47.png", Image.fromarray(photo(61, 47)))
 
 
 def load(name):
@@ -68,6 +71,14 @@ processors = {
         BitImageProcessorPil(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
                              image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
         BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
+                          image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
+    ),
+    # A crop larger than the resized image: transformers pads with zeros
+    # (before rescaling and normalising) around the image.
+    "bit_pad_40_64": (
+        BitImageProcessorPil(size={"shortest_edge": 40}, crop_size={"height": 64, "width": 64},
+                             image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
+        BitImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 64, "width": 64},
                           image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
     ),
     "vit_nearest_96": (
