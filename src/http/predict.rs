@@ -168,6 +168,16 @@ fn decode_all(pipeline: &crate::imaging::Pipeline, images: Vec<Upload>) -> AppRe
             })
         })
         .collect::<AppResult<_>>()?;
+    // Every model's pipeline has one output size (`Pipeline::for_model`);
+    // should that ever not hold, this is our error, not a panic.
+    if let Some(t) = tensors.iter().find(|t| t.size() != tensors[0].size()) {
+        return Err(anyhow::anyhow!(
+            "preprocessed images differ in shape: {:?} and {:?}",
+            tensors[0].size(),
+            t.size()
+        )
+        .into());
+    }
     Ok(tch::Tensor::stack(&tensors, 0))
 }
 
