@@ -6,12 +6,13 @@ import json
 import sys
 
 import torch
-from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers.image_utils import load_image
 
 model = AutoModelForImageClassification.from_pretrained(sys.argv[1]).eval()
 proc = AutoImageProcessor.from_pretrained(sys.argv[1])
-images = [Image.open(p).convert("RGB") for p in sys.argv[2:]]
+# As the image-classification pipeline loads them: EXIF orientation applied, RGB.
+images = [load_image(p) for p in sys.argv[2:]]
 with torch.no_grad():
     logits = model(**proc(images, return_tensors="pt")).logits
 multi = model.config.problem_type == "multi_label_classification"
