@@ -38,6 +38,9 @@ def save(name, img, **kw):
 
 save("rgb_640x480.png", Image.fromarray(photo(640, 480)))
 save("tall_300x800.png", Image.fromarray(photo(300, 800)))
+# Portrait photo: Pillow 12+ resizes it vertical pass first (the height
+# shrinks by more than twice the width's pixels), landscape horizontal first.
+save("portrait_480x640.png", Image.fromarray(photo(480, 640)))
 save("wide_1000x200.jpg", Image.fromarray(photo(1000, 200)), quality=100, subsampling=0)
 save("small_100x50.png", Image.fromarray(photo(100, 50)))
 rgba = np.concatenate([photo(256, 256), rng.integers(0, 256, (256, 256, 1), dtype=np.uint8)], -1)
