@@ -7,9 +7,8 @@ mod common;
 use std::io::{Cursor, Write};
 use std::time::Instant;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use common::{body_json, TestApp};
+use axum::http::StatusCode;
+use common::{body_json, upload, upload_request, TestApp};
 use serde_json::Value;
 
 // ---------- archive builders ----------
@@ -75,32 +74,6 @@ fn refs(v: &[(String, Vec<u8>)]) -> Vec<(&str, Vec<u8>)> {
 }
 
 // ---------- HTTP helpers ----------
-
-fn upload_request(part: &str, bytes: &[u8]) -> Request<Body> {
-    let boundary = "vitrine-test-boundary";
-    let mut body = Vec::new();
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{part}\"; filename=\"data.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(bytes);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    Request::post("/datasets")
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(Body::from(body))
-        .unwrap()
-}
-
-async fn upload(app: &TestApp, bytes: &[u8]) -> (StatusCode, Value) {
-    let resp = app.send(upload_request("dataset", bytes)).await;
-    let status = resp.status();
-    (status, body_json(resp).await)
-}
 
 /// Nothing under `tmp/` or `datasets/`, no row in the table.
 async fn assert_clean(app: &TestApp) {

@@ -8,9 +8,8 @@ mod common;
 
 use std::io::{Cursor, Write};
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use common::{body_json, TestApp};
+use axum::http::StatusCode;
+use common::{upload, TestApp};
 use serde_json::{json, Value};
 
 fn encode(w: u32, h: u32, seed: u8, format: image::ImageFormat) -> Vec<u8> {
@@ -108,29 +107,6 @@ fn tar(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
         b.append_data(&mut h, name, data.as_slice()).unwrap();
     }
     b.into_inner().unwrap()
-}
-
-fn upload_request(bytes: &[u8]) -> Request<Body> {
-    let boundary = "vitrine-user-archives";
-    let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"dataset\"; filename=\"d\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-    )
-    .into_bytes();
-    body.extend_from_slice(bytes);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    Request::post("/datasets")
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(Body::from(body))
-        .unwrap()
-}
-
-async fn upload(app: &TestApp, bytes: &[u8]) -> (StatusCode, Value) {
-    let resp = app.send(upload_request(bytes)).await;
-    let status = resp.status();
-    (status, body_json(resp).await)
 }
 
 async fn stored(app: &TestApp, bytes: &[u8]) -> Value {

@@ -195,22 +195,8 @@ fn saved_model_loads_in_transformers_with_the_same_logits() {
     // transformers' check reads `pixel_values` from a safetensors file.
     let input = tmp.path().join("input.safetensors");
     Tensor::write_safetensors(&[("pixel_values", x)], &input).unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/check_saved_vit.py"
-    );
-    let run = Command::new(common::python())
-        .arg(script)
-        .arg(&out)
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "transformers refused it:\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let reply: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    // Fails the test if transformers refuses the saved directory.
+    let reply = common::python_json("tests/python/check_saved_vit.py", &[&out, &input]);
     assert_eq!(reply["class"], "Dinov2ForImageClassification");
     assert_eq!(reply["problem_type"], "multi_label_classification");
     assert_eq!(
@@ -254,22 +240,8 @@ fn registers_model_matches_transformers_and_round_trips() {
     save_pretrained(&m, &out, ProblemType::SingleLabel).unwrap();
     let input = tmp.path().join("input.safetensors");
     Tensor::write_safetensors(&[("pixel_values", x)], &input).unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/check_saved_vit.py"
-    );
-    let run = Command::new(common::python())
-        .arg(script)
-        .arg(&out)
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "transformers refused it:\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let reply: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    // Fails the test if transformers refuses the saved directory.
+    let reply = common::python_json("tests/python/check_saved_vit.py", &[&out, &input]);
     assert_eq!(reply["class"], "Dinov2WithRegistersForImageClassification");
     let hf: Vec<Vec<f32>> = serde_json::from_value(reply["logits"].clone()).unwrap();
     assert_close(
@@ -372,22 +344,7 @@ fn hf_logits(dir: &Path, x: &Tensor) -> Tensor {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("input.safetensors");
     Tensor::write_safetensors(&[("pixel_values", x)], &input).unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/check_saved_vit.py"
-    );
-    let run = Command::new(common::python())
-        .arg(script)
-        .arg(dir)
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let reply: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let reply = common::python_json("tests/python/check_saved_vit.py", &[dir, &input]);
     let hf: Vec<Vec<f32>> = serde_json::from_value(reply["logits"].clone()).unwrap();
     Tensor::from_slice2(&hf)
 }

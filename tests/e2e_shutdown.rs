@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::e2e::{fixtures, submit, wait_for_job};
+use common::e2e::{fixtures, submit_and_wait};
 use common::process::ServerProcess;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::Mutex;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,13 +20,7 @@ async fn sigterm_under_load_exits_cleanly() {
     let mut server = ServerProcess::start(data.path(), &["--shutdown-grace-secs", "20"]).await;
     let url = server.url.clone();
     let cfg = json!({"base_model": fx.base_model, "mode": "linear_probe", "epochs": 1, "image_size": 224});
-    let resp = submit(&url, &fx.tints_zip, cfg, None).await;
-    assert_eq!(resp.status(), 202);
-    let id = resp.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let job = wait_for_job(&url, &id, Duration::from_secs(120)).await;
+    let job = submit_and_wait(&url, &fx.tints_zip, cfg, Duration::from_secs(120)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
 
     // Requests of 16 images keep the engine busy; half the clients give up

@@ -18,7 +18,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use common::e2e::{fixtures, get_json, submit, wait_for_job};
+use common::e2e::{fixtures, get_json, submit, submit_and_wait};
 use common::process::{free_port, ServerProcess};
 use serde_json::{json, Value};
 use tch::Device;
@@ -316,13 +316,13 @@ async fn a_submission_checks_the_hub_id_before_queueing() {
         .any(|a| a.starts_with("org/resnet/model")));
 
     // A real id: only the config at submission, the weights by the worker.
-    let resp = submit(&server.url, &fx.tints_zip, cfg("org/tiny-vit"), None).await;
-    assert_eq!(resp.status(), 202);
-    let id = resp.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let job = wait_for_job(&server.url, &id, Duration::from_secs(120)).await;
+    let job = submit_and_wait(
+        &server.url,
+        &fx.tints_zip,
+        cfg("org/tiny-vit"),
+        Duration::from_secs(120),
+    )
+    .await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let model = get_json(
         &server.url,
@@ -353,13 +353,7 @@ async fn an_unreachable_hub_queues_the_job_and_the_worker_reports() {
     )
     .await;
     let cfg = json!({"base_model": "org/tiny-vit", "mode": "linear_probe", "epochs": 1});
-    let resp = submit(&server.url, &fx.tints_zip, cfg, None).await;
-    assert_eq!(resp.status(), 202);
-    let id = resp.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let job = wait_for_job(&server.url, &id, Duration::from_secs(120)).await;
+    let job = submit_and_wait(&server.url, &fx.tints_zip, cfg, Duration::from_secs(120)).await;
     assert_eq!(job["status"], "failed", "{job}");
     let error = job["error"].to_string();
     assert!(

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use vitrine::imaging::{decode, DecodeLimits};
 
 #[derive(serde::Deserialize)]
@@ -28,16 +26,7 @@ fn every_format_decodes_as_transformers_load_image_does() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/python/decode_formats.py"
     );
-    let out = Command::new(common::python())
-        .arg(script)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_python(script, &[dir.path().to_str().unwrap()], dir.path());
     let cases: Vec<Case> =
         serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
     let mut failures = Vec::new();

@@ -14,7 +14,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use vitrine::imaging::{Pipeline, PreprocessorConfig};
 
@@ -59,16 +58,7 @@ fn pixel_values_match_transformers_pil_processors() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/python/imaging_parity.py"
     );
-    let out = Command::new(common::python())
-        .arg(script)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_python(script, &[dir.path().to_str().unwrap()], dir.path());
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
     let images: Vec<String> = serde_json::from_value(index["images"].clone()).unwrap();

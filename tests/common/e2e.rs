@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -65,13 +64,7 @@ impl TestServer {
     /// Submits a job, expects 202, waits for it and expects it to succeed;
     /// returns the finished job.
     pub async fn run_job(&self, archive: &Path, config: Value, timeout: Duration) -> Value {
-        let resp = self.submit(archive, config).await;
-        assert_eq!(resp.status(), 202);
-        let id = resp.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let job = self.wait_for_job(&id, timeout).await;
+        let job = submit_and_wait(&self.url, archive, config, timeout).await;
         assert_eq!(job["status"], "succeeded", "{job}");
         job
     }
@@ -103,6 +96,18 @@ pub async fn submit(
         req = req.header("idempotency-key", key);
     }
     req.send().await.unwrap()
+}
+
+/// Submits a job to the server at `url` (expecting 202) and waits for it to
+/// end; returns the job as it ended, whatever its status.
+pub async fn submit_and_wait(url: &str, archive: &Path, config: Value, timeout: Duration) -> Value {
+    let resp = submit(url, archive, config, None).await;
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for_job(url, &id, timeout).await
 }
 
 pub async fn get_json(url: &str, path: &str) -> Value {
@@ -187,21 +192,7 @@ pub fn fixtures() -> Fixtures {
 /// `transformers`' scores for a saved model directory and one image
 /// (`tests/e2e/hf_predict.py`): `{"labels": [...], "scores": [[...]]}`.
 pub fn hf_scores(model_dir: &Path, image: &Path) -> Value {
-    let out = Command::new(super::python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/e2e/hf_predict.py"
-        ))
-        .arg(model_dir)
-        .arg(image)
-        .output()
-        .expect("running python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    super::python_json("tests/e2e/hf_predict.py", &[model_dir, image])
 }
 
 /// The largest |score - reference| over every label of one image's result

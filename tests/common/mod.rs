@@ -42,6 +42,31 @@ impl TestApp {
     }
 }
 
+/// `POST /datasets` with `bytes` as the multipart part named `part`.
+pub fn upload_request(part: &str, bytes: &[u8]) -> Request<Body> {
+    let boundary = "vitrine-test-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{part}\"; filename=\"data.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    Request::post("/datasets")
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Body::from(body))
+        .unwrap()
+}
+
+/// Uploads `bytes` as a dataset archive: the status and the JSON answer.
+pub async fn upload(app: &TestApp, bytes: &[u8]) -> (axum::http::StatusCode, serde_json::Value) {
+    let resp = app.send(upload_request("dataset", bytes)).await;
+    let status = resp.status();
+    (status, body_json(resp).await)
+}
+
 pub async fn body_bytes(resp: Response<Body>) -> Vec<u8> {
     resp.into_body()
         .collect()
@@ -65,6 +90,23 @@ pub fn python() -> std::path::PathBuf {
 }
 
 /// Runs a Python script in `cwd`, failing the test with its stderr.
+/// Runs a script of `tests/` (path relative to the crate) with path
+/// arguments; fails the test with its stderr unless it succeeds, and parses
+/// its stdout as JSON.
+pub fn python_json(script: &str, args: &[&std::path::Path]) -> serde_json::Value {
+    let out = std::process::Command::new(python())
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
+        .args(args)
+        .output()
+        .expect("running python");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
 pub fn run_python(script: &str, args: &[&str], cwd: &std::path::Path) {
     let out = std::process::Command::new(python())
         .arg(script)
