@@ -109,18 +109,10 @@ fn check_fit(info: &BaseModelInfo, image_size: Option<u32>) -> Result<()> {
             info.num_channels
         )));
     }
-    if let Some(size) = image_size {
-        let (size, patch) = (i64::from(size), info.patch_size);
-        if size % patch != 0 {
-            return Err(ModelError::InvalidInput(format!(
-                "`image_size` {size} is not a multiple of the model's patch size {patch} \
-                 (e.g. {} or {})",
-                size / patch * patch,
-                (size / patch + 1) * patch
-            )));
-        }
+    match image_size {
+        Some(size) => super::resize::check_patch_grid(i64::from(size), info.patch_size),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Name and shape of every tensor of the checkpoint, from the safetensors

@@ -13,10 +13,22 @@ use super::{Model, ModelConfig};
 
 /// Checks that `size` is a usable square input side for `config`.
 pub fn check_image_size(config: &ModelConfig, size: i64) -> Result<()> {
-    let patch = config.patch_size();
+    check_patch_grid(size, config.patch_size())
+}
+
+/// `size` must be a positive multiple of the patch size; the error names
+/// the nearest sizes that are.
+pub fn check_patch_grid(size: i64, patch: i64) -> Result<()> {
     if size < patch || size % patch != 0 {
+        let below = (size / patch * patch).max(patch);
+        let above = (size / patch + 1) * patch;
+        let suggestion = if below == above || size < patch {
+            format!("e.g. {above}")
+        } else {
+            format!("e.g. {below} or {above}")
+        };
         return Err(ModelError::InvalidInput(format!(
-            "`image_size` {size} is not a positive multiple of the model's patch size {patch}"
+            "`image_size` {size} is not a multiple of the model's patch size {patch} ({suggestion})"
         )));
     }
     Ok(())
@@ -70,5 +82,24 @@ impl Model {
         }
         tracing::info!(tensor = %name, from = old_grid, to = new_grid, "position embeddings resampled");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_patch_grid;
+
+    #[test]
+    fn off_grid_sizes_name_the_nearest_valid_ones() {
+        assert!(check_patch_grid(224, 16).is_ok());
+        let err = |size, patch| check_patch_grid(size, patch).unwrap_err().to_string();
+        assert!(
+            err(230, 14).contains("(e.g. 224 or 238)"),
+            "{}",
+            err(230, 14)
+        );
+        // Below one patch there is no smaller valid size to suggest.
+        assert!(err(8, 16).contains("(e.g. 16)"), "{}", err(8, 16));
+        assert!(err(0, 16).contains("(e.g. 16)"), "{}", err(0, 16));
     }
 }
