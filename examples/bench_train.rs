@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use vitrine::data::IngestLimits;
-use vitrine::jobs::config::JobConfig;
+use vitrine::train::config::JobConfig;
 use vitrine::train::{TrainEvent, TrainSpec};
 
 fn main() -> anyhow::Result<()> {

@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{Json, Query};
 use super::AppState;
 use crate::error::{AppError, AppResult};
-use crate::jobs::config::JobConfig;
+use crate::train::config::JobConfig;
 use crate::jobs::service;
 use crate::jobs::view::JobView;
 use crate::store::jobs::{self as store, JobStatus};

@@ -22,8 +22,8 @@ use super::AppState;
     ),
     components(schemas(
         crate::error::Problem,
-        crate::jobs::view::JobView, crate::jobs::config::JobConfig,
-        crate::jobs::config::Mode, crate::jobs::config::Precision,
+        crate::jobs::view::JobView, crate::train::config::JobConfig,
+        crate::train::config::Mode, crate::train::config::Precision,
         crate::store::jobs::JobStatus, crate::data::Task,
         crate::train::EpochMetrics, crate::train::TrainEvent,
         super::jobs::CreateJob, super::predict::PredictJson, super::predict::PredictResponse,

@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 
-use super::config::JobConfig;
+use crate::train::config::JobConfig;
 use crate::data::Task;
 use crate::error::{AppError, AppResult};
 use crate::http::AppState;

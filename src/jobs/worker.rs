@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::config::JobConfig;
+use crate::train::config::JobConfig;
 use super::events::JobEvent;
 use crate::http::AppState;
 use crate::store::jobs::{self as store, JobRow, JobStatus};

@@ -8,6 +8,7 @@
 
 mod batches;
 mod checkpoint;
+pub mod config;
 mod data;
 mod eval;
 mod features;
@@ -27,7 +28,7 @@ pub use eval::{EpochMetrics, Evaluation};
 pub use session::run;
 
 use crate::data::Task;
-use crate::jobs::config::JobConfig;
+use crate::train::config::JobConfig;
 
 /// Everything a training run needs, resolved by the worker.
 pub struct TrainSpec {

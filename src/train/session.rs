@@ -17,7 +17,7 @@ use super::optim::{lr_at, AdamW};
 use super::{features, Events, StopFlag, TrainError, TrainEvent, TrainOutcome, TrainSpec};
 use crate::data::Task;
 use crate::imaging::{Pipeline, PreprocessorConfig};
-use crate::jobs::config::{JobConfig, Mode, Precision};
+use crate::train::config::{JobConfig, Mode, Precision};
 use crate::model::{Model, ParamGroup};
 use crate::train::data::{prepare, Prepared};
 
