@@ -75,7 +75,13 @@ fn main() -> anyhow::Result<()> {
         let secs = steps[steps.len() - 1] - steps[skip];
         timed as f64 * batch / secs.as_secs_f64()
     });
-    let validation = &outcome.metrics["validation"]["validation"];
+    let card = outcome.card.ok_or_else(|| anyhow::anyhow!("no epoch completed"))?;
+    let validation = card
+        .validation
+        .as_ref()
+        .map(|m| serde_json::to_value(&m.validation))
+        .transpose()?
+        .unwrap_or_default();
     println!(
         "{}",
         serde_json::json!({
@@ -85,7 +91,7 @@ fn main() -> anyhow::Result<()> {
             "timed_steps": timed,
             "images_per_sec": images_per_sec,
             "wall_secs": wall,
-            "best_epoch": outcome.metrics["best_epoch"],
+            "best_epoch": card.best_epoch,
             "accuracy": validation.get("accuracy"),
             "validation": validation,
         })

@@ -1,6 +1,46 @@
-//! Subcommand dispatch.
+//! The command line: its grammar (subcommands around [`ServeConfig`]) and
+//! their dispatch.
 
-use crate::config::{BenchCommand, Cli, Command};
+use clap::{Parser, Subcommand};
+
+use crate::config::ServeConfig;
+
+/// Fine-tune Vision Transformers and serve their predictions over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "vitrine", version, long_version = crate::torch_info::LONG_VERSION)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options for `serve`, which runs when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+// Parsed once per process: the size of `Serve` does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service and its workers (the default).
+    Serve(ServeConfig),
+    /// Print the libtorch version, the devices it sees and whether CUDA works.
+    Info,
+    /// Print the OpenAPI document generated from the code.
+    Openapi,
+    /// Classify local image files with a model, no server; prints JSON.
+    Predict(crate::predict_local::PredictArgs),
+    /// Measure preprocessing throughput against Pillow + `ViTImageProcessor`.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Decode, resize to 224 and normalise generated JPEGs with vitrine and,
+    /// in the same run, with Pillow + `ViTImageProcessorPil` on as many processes.
+    Preprocess(crate::imaging::bench::BenchArgs),
+}
+
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

@@ -1,46 +1,11 @@
-//! The one configuration struct. Every flag is also an environment variable,
-//! and `vitrine --help` is the reference for both.
+//! The one configuration struct of the service. Every flag is also an
+//! environment variable, and `vitrine --help` is the reference for both.
+//! The command-line grammar around it lives in `cli`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-
-/// Fine-tune Vision Transformers and serve their predictions over HTTP.
-#[derive(Debug, Parser)]
-#[command(name = "vitrine", version, long_version = crate::torch_info::LONG_VERSION)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Options for `serve`, which runs when no subcommand is given.
-    #[command(flatten)]
-    pub serve: ServeConfig,
-}
-
-// Parsed once per process: the size of `Serve` does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the HTTP service and its workers (the default).
-    Serve(ServeConfig),
-    /// Print the libtorch version, the devices it sees and whether CUDA works.
-    Info,
-    /// Print the OpenAPI document generated from the code.
-    Openapi,
-    /// Classify local image files with a model, no server; prints JSON.
-    Predict(crate::predict_local::PredictArgs),
-    /// Measure preprocessing throughput against Pillow + `ViTImageProcessor`.
-    #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Decode, resize to 224 and normalise generated JPEGs with vitrine and,
-    /// in the same run, with Pillow + `ViTImageProcessorPil` on as many processes.
-    Preprocess(crate::imaging::bench::BenchArgs),
-}
+use clap::{Args, Parser, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -158,9 +123,25 @@ impl ServeConfig {
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("vitrine.db").display()))
     }
 
+    /// The limits uploaded datasets are checked against.
+    pub fn ingest_limits(&self) -> crate::data::IngestLimits {
+        crate::data::IngestLimits {
+            max_entries: self.max_archive_entries,
+            max_uncompressed_bytes: self.max_uncompressed_bytes,
+            max_image_pixels: self.max_image_pixels,
+            max_undecodable_fraction: self.max_undecodable_fraction,
+        }
+    }
+
     /// A configuration for tests and embedding: defaults, rooted at `data_dir`.
     pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
-        let mut cfg = Cli::parse_from(["vitrine"]).serve;
+        /// `ServeConfig` alone, to read its defaults (and environment).
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        let mut cfg = Defaults::parse_from(["vitrine"]).serve;
         cfg.data_dir = data_dir.into();
         cfg.database_url = None;
         cfg

@@ -1,9 +1,8 @@
-//! The one error type of the HTTP layer, rendered as RFC 9457
-//! `application/problem+json`. Client errors carry their own status and a
-//! stable `code`; everything else is logged and answered with a bare 500.
+//! The one error type of the service. Client errors carry a [`ErrorKind`]
+//! and a stable `code`; everything else is logged and answered with a bare
+//! 500. Only `http/` knows HTTP: it maps each kind to a status
+//! (`http::problem`) and renders RFC 9457 `application/problem+json`.
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 /// The body of every error response.
@@ -21,12 +20,31 @@ pub struct Problem {
     pub code: String,
 }
 
+/// What kind of client error: decides the HTTP status (in `http/` alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Malformed request (400).
+    BadRequest,
+    /// Missing or wrong credentials (401).
+    Unauthorized,
+    /// No such resource (404).
+    NotFound,
+    /// The resource's state forbids it (409).
+    Conflict,
+    /// Over a size or count limit (413).
+    TooLarge,
+    /// A body type that is not accepted (415).
+    UnsupportedMediaType,
+    /// Well-formed but not usable (422).
+    Unprocessable,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// A problem with the request, reported to the client as is.
     #[error("{detail}")]
     Client {
-        status: StatusCode,
+        kind: ErrorKind,
         code: &'static str,
         detail: String,
     },
@@ -42,42 +60,42 @@ pub enum AppError {
 }
 
 impl AppError {
-    pub fn client(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn client(kind: ErrorKind, code: &'static str, detail: impl Into<String>) -> Self {
         Self::Client {
-            status,
+            kind,
             code,
             detail: detail.into(),
         }
     }
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::client(StatusCode::BAD_REQUEST, code, detail)
+        Self::client(ErrorKind::BadRequest, code, detail)
     }
     pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::client(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+        Self::client(ErrorKind::Unprocessable, code, detail)
     }
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::client(StatusCode::NOT_FOUND, "not_found", detail)
+        Self::client(ErrorKind::NotFound, "not_found", detail)
     }
     pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::client(StatusCode::CONFLICT, code, detail)
+        Self::client(ErrorKind::Conflict, code, detail)
     }
     pub fn payload_too_large(detail: impl Into<String>) -> Self {
-        Self::client(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail)
+        Self::client(ErrorKind::TooLarge, "payload_too_large", detail)
     }
     pub fn unauthorized() -> Self {
         Self::client(
-            StatusCode::UNAUTHORIZED,
+            ErrorKind::Unauthorized,
             "unauthorized",
             "a valid `Authorization: Bearer <token>` header is required",
         )
     }
 
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::Client { status, .. } => *status,
-            Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+    pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
+        Self::client(
+            ErrorKind::UnsupportedMediaType,
+            "unsupported_media_type",
+            detail,
+        )
     }
 }
 
@@ -85,55 +103,6 @@ impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
         Self::Internal(anyhow::Error::new(e).context("database"))
     }
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let (code, detail, retry_after) = match self {
-            Self::Client { code, detail, .. } => (code, detail, None),
-            Self::Overloaded {
-                retry_after_secs,
-                detail,
-            } => ("overloaded", detail, Some(retry_after_secs)),
-            Self::Internal(err) => {
-                tracing::error!(error = ?err, "internal error");
-                (
-                    "internal",
-                    "an internal error occurred; it has been logged".to_string(),
-                    None,
-                )
-            }
-        };
-        problem_response(status, code, detail, retry_after)
-    }
-}
-
-/// Builds a problem document response; also used for errors raised by
-/// middleware (body limits, timeouts) so that every error has one shape.
-pub fn problem_response(
-    status: StatusCode,
-    code: &str,
-    detail: String,
-    retry_after_secs: Option<u64>,
-) -> Response {
-    let problem = Problem {
-        kind: format!("urn:vitrine:problem:{code}"),
-        title: status.canonical_reason().unwrap_or("Error").to_string(),
-        status: status.as_u16(),
-        detail,
-        code: code.to_string(),
-    };
-    let mut resp = (status, axum::Json(problem)).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    if let Some(secs) = retry_after_secs {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    resp
 }
 
 pub type AppResult<T> = Result<T, AppError>;

@@ -3,6 +3,7 @@
 //! `main.rs` only parses the command line; everything lives here so that the
 //! integration tests and extra binaries build the very same application.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod data;
@@ -11,12 +12,14 @@ pub mod error;
 pub mod http;
 pub mod imaging;
 pub mod jobs;
+pub mod layering;
 pub mod metrics;
 pub mod model;
 pub mod predict_local;
 pub mod serve;
 pub mod server;
 pub mod store;
+pub mod task;
 pub mod telemetry;
 pub mod torch_info;
 pub mod train;

@@ -1,5 +1,5 @@
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    vitrine::cli::run(vitrine::config::Cli::parse())
+    vitrine::cli::run(vitrine::cli::Cli::parse())
 }

@@ -7,9 +7,8 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use crate::data::Task;
-use crate::imaging::{Pipeline, PreprocessorConfig};
 use crate::serve::output::{self, ImageResult, OutputOptions};
+use crate::train::TrainedModel;
 
 #[derive(Debug, Clone, Args)]
 pub struct PredictArgs {
@@ -53,20 +52,9 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let device = crate::torch_info::parse_device(&args.device).map_err(anyhow::Error::msg)?;
     let dir =
         crate::model::resolve_model_source(&args.model, &crate::model::HubOptions::from_env())?;
+    let trained = TrainedModel::load(&dir)?;
     let model = crate::model::load_pretrained(&dir, device, None)?;
-    let preprocessor: PreprocessorConfig = serde_json::from_value(model.preprocessor_json.clone())
-        .context("reading preprocessor_config.json")?;
-    // One input size per model, whatever the preprocessor says (see
-    // `Pipeline::for_model`), so images of any size stack into one batch.
-    let pipeline = Pipeline::for_model(&preprocessor, model.image_size() as u32);
-    let task = match model.config.to_json()["problem_type"].as_str() {
-        Some("multi_label_classification") => Task::MultiLabel,
-        _ => Task::MultiClass,
-    };
-    let thresholds: Option<Vec<f64>> = std::fs::read(dir.join("metrics.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|m| serde_json::from_value(m["thresholds"].clone()).ok());
+    let pipeline = &trained.pipeline;
     let mut tensors = Vec::with_capacity(args.images.len());
     for path in &args.images {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -83,7 +71,13 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         threshold: args.threshold,
         all_scores: false,
     };
-    let results = output::format(&logits, task, model.labels(), thresholds.as_deref(), &opts);
+    let results = output::format(
+        &logits,
+        trained.task,
+        &trained.labels,
+        trained.thresholds.as_deref(),
+        &opts,
+    );
     let answer = Answer {
         model: args.model.clone(),
         results: results

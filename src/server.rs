@@ -6,8 +6,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::AppState;
 use crate::config::ServeConfig;
-use crate::http::{self, AppState};
 
 /// Runs `vitrine serve` until SIGTERM or Ctrl-C.
 pub fn run(config: ServeConfig) -> anyhow::Result<()> {
@@ -27,50 +27,19 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
 
 /// Prepares the data directory and database, then serves until `shutdown`.
 pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let state = build_state(config).await?;
+    let state = AppState::build(config).await?;
     let listener = TcpListener::bind(state.config.listen)
         .await
         .with_context(|| format!("binding {}", state.config.listen))?;
     serve_on(listener, state, shutdown).await
 }
 
-/// Opens the database under the configured data directory and settles the
-/// devices the workers will use (none with `--no-workers`).
-pub async fn build_state(config: ServeConfig) -> anyhow::Result<AppState> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let devices = if config.no_workers {
-        vec![]
-    } else {
-        crate::torch_info::resolve_devices(&config.devices).map_err(anyhow::Error::msg)?
-    };
-    let inference_devices =
-        crate::torch_info::resolve_devices(&config.devices).map_err(anyhow::Error::msg)?;
-    let db = crate::db::connect(&config.database_url()).await?;
-    let mut state = AppState::new(db, config, &inference_devices);
-    state.jobs.devices = devices
-        .into_iter()
-        .map(crate::torch_info::device_name)
-        .collect();
-    Ok(state)
-}
-
 /// Starts one training worker per configured device.
 pub fn start_workers(
     state: &AppState,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let devices = state
-        .jobs
-        .devices
-        .iter()
-        .map(|d| crate::torch_info::parse_device(d).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(crate::jobs::worker::spawn_workers(
-        state.clone(),
-        devices,
-        shutdown.clone(),
-    ))
+) -> Vec<tokio::task::JoinHandle<()>> {
+    crate::jobs::worker::spawn_workers(&state.jobs, shutdown.clone())
 }
 
 /// Serves on an already bound listener (tests bind port 0).
@@ -81,13 +50,12 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     tracing::info!(addr = %listener.local_addr()?, "vitrine listening");
-    let workers = start_workers(&state, &shutdown)?;
-    let app = http::router(state.clone());
-    let stop = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        stop.cancelled().await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    let workers = start_workers(&state, &shutdown);
+    let server = tokio::spawn(crate::http::serve(
+        listener,
+        state.clone(),
+        shutdown.clone(),
+    ));
     shutdown.cancelled().await;
     tracing::info!(grace_secs = grace.as_secs(), "shutting down");
     let started = tokio::time::Instant::now();

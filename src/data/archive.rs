@@ -150,11 +150,7 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 fn io_internal(e: io::Error) -> DatasetError {
-    DatasetError {
-        status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-        code: "internal",
-        detail: format!("i/o error while extracting: {e}"),
-    }
+    DatasetError::internal(format!("i/o error while extracting: {e}"))
 }
 
 /// Checks an entry name and turns it into a relative path. `Ok(None)`: an

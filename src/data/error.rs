@@ -1,14 +1,14 @@
-//! Why a dataset was refused: a stable `code`, an HTTP status and a detail
-//! that names the file or the rule.
+//! Why a dataset was refused: a stable `code`, a kind of error and a
+//! detail that names the file or the rule.
 
-use axum::http::StatusCode;
-
+use crate::error::ErrorKind;
 use crate::AppError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {detail}")]
 pub struct DatasetError {
-    pub status: StatusCode,
+    /// `None`: a fault of this service (i/o), logged and never sent.
+    pub kind: Option<ErrorKind>,
     pub code: &'static str,
     pub detail: String,
 }
@@ -17,7 +17,7 @@ impl DatasetError {
     /// 400: the upload is not a usable archive.
     pub fn bad(code: &'static str, detail: impl Into<String>) -> Self {
         Self {
-            status: StatusCode::BAD_REQUEST,
+            kind: Some(ErrorKind::BadRequest),
             code,
             detail: detail.into(),
         }
@@ -25,7 +25,7 @@ impl DatasetError {
     /// 413: a size or count limit.
     pub fn too_large(code: &'static str, detail: impl Into<String>) -> Self {
         Self {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind: Some(ErrorKind::TooLarge),
             code,
             detail: detail.into(),
         }
@@ -33,8 +33,16 @@ impl DatasetError {
     /// 422: a well-formed archive whose content is not a usable dataset.
     pub fn invalid(code: &'static str, detail: impl Into<String>) -> Self {
         Self {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
+            kind: Some(ErrorKind::Unprocessable),
             code,
+            detail: detail.into(),
+        }
+    }
+    /// A fault of this service while reading the upload (disk, i/o).
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self {
+            kind: None,
+            code: "internal",
             detail: detail.into(),
         }
     }
@@ -42,7 +50,10 @@ impl DatasetError {
 
 impl From<DatasetError> for AppError {
     fn from(e: DatasetError) -> Self {
-        AppError::client(e.status, e.code, e.detail)
+        match e.kind {
+            Some(kind) => AppError::client(kind, e.code, e.detail),
+            None => AppError::Internal(anyhow::anyhow!("dataset: {}", e.detail)),
+        }
     }
 }
 

@@ -14,7 +14,6 @@ use super::layout::{self, Item};
 use super::manifest::{Manifest, Sample};
 use super::summary::{DatasetSummary, SizeRange, Skipped};
 use super::Task;
-use crate::config::ServeConfig;
 use crate::imaging::{self, DecodeLimits, ImageError};
 
 /// Where the extracted archive lives inside a dataset directory.
@@ -25,7 +24,8 @@ pub const SUMMARY_FILE: &str = "summary.json";
 /// gets a warning.
 const IMBALANCE_RATIO: f64 = 10.0;
 
-/// The limits a dataset is checked against (from [`ServeConfig`]).
+/// The limits a dataset is checked against (the service takes them from
+/// its configuration).
 #[derive(Debug, Clone, Copy)]
 pub struct IngestLimits {
     pub max_entries: u64,
@@ -33,17 +33,6 @@ pub struct IngestLimits {
     pub max_image_pixels: u64,
     /// Fraction of undecodable images tolerated (skipped); above it, refused.
     pub max_undecodable_fraction: f64,
-}
-
-impl IngestLimits {
-    pub fn from_config(cfg: &ServeConfig) -> Self {
-        Self {
-            max_entries: cfg.max_archive_entries,
-            max_uncompressed_bytes: cfg.max_uncompressed_bytes,
-            max_image_pixels: cfg.max_image_pixels,
-            max_undecodable_fraction: cfg.max_undecodable_fraction,
-        }
-    }
 }
 
 /// A validated dataset.
@@ -221,11 +210,7 @@ pub fn ingest_archive(
 }
 
 fn internal(e: std::io::Error) -> DatasetError {
-    DatasetError {
-        status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-        code: "internal",
-        detail: format!("writing the dataset: {e}"),
-    }
+    DatasetError::internal(format!("writing the dataset: {e}"))
 }
 
 fn check_image(path: &Path, limits: &DecodeLimits) -> Result<Checked, ImageError> {

@@ -91,11 +91,7 @@ fn list(dir: &Path) -> std::io::Result<(Vec<String>, Vec<String>)> {
 }
 
 fn io(e: std::io::Error) -> DatasetError {
-    DatasetError {
-        status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-        code: "internal",
-        detail: format!("reading the extracted dataset: {e}"),
-    }
+    DatasetError::internal(format!("reading the extracted dataset: {e}"))
 }
 
 /// `metadata.csv` / `metadata.jsonl`, in any letter case (`Metadata.CSV`

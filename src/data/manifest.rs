@@ -77,17 +77,4 @@ impl Manifest {
         self.task = task;
         Ok(self)
     }
-
-    /// The manifest with a validation split: unchanged when the dataset has
-    /// one, else a seeded stratified draw of `fraction` of `train`
-    /// (see [`super::split::stratified_split`]).
-    pub fn with_validation_split(mut self, fraction: f64, seed: u64) -> Manifest {
-        if self.validation.is_none() {
-            let (train, val) =
-                super::split::stratified_split(&self.train, self.labels.len(), fraction, seed);
-            self.train = train;
-            self.validation = Some(val);
-        }
-        self
-    }
 }

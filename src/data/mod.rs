@@ -8,6 +8,7 @@ pub mod ingest;
 pub mod layout;
 pub mod manifest;
 pub mod metadata;
+pub mod record;
 pub mod service;
 pub mod split;
 pub mod summary;
@@ -18,32 +19,7 @@ pub use ingest::{IngestLimits, Ingested};
 pub use manifest::{Manifest, Sample};
 pub use summary::DatasetSummary;
 
-use serde::{Deserialize, Serialize};
-
-/// Single label per image (softmax) or any number of labels (sigmoid).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    MultiClass,
-    MultiLabel,
-}
-
-impl Task {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Task::MultiClass => "multi_class",
-            Task::MultiLabel => "multi_label",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Task> {
-        match s {
-            "multi_class" => Some(Task::MultiClass),
-            "multi_label" => Some(Task::MultiLabel),
-            _ => None,
-        }
-    }
-}
+pub use crate::task::Task;
 
 /// File names the imagefolder convention recognises as images.
 pub const IMAGE_EXTENSIONS: &[&str] = &[

@@ -5,15 +5,27 @@
 
 use std::path::{Path, PathBuf};
 
-use axum::extract::multipart::Field;
-use axum::http::StatusCode;
+use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
+use sqlx::SqlitePool;
 use tokio::io::AsyncWriteExt;
 
 use super::ingest::{ingest_archive, IngestLimits};
-use crate::http::AppState;
-use crate::store::datasets::{self, DatasetRecord, NewDataset};
+use super::record::{self, DatasetRecord};
+use crate::store::datasets::{self as store, NewDataset};
 use crate::AppError;
+
+/// Where datasets go and what they are checked against. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DatasetStore {
+    pub db: SqlitePool,
+    /// The data directory: archives are extracted under `datasets/`, and
+    /// uploads in progress live under `tmp/`.
+    pub data_dir: PathBuf,
+    pub limits: IngestLimits,
+    /// Largest accepted upload, in bytes.
+    pub max_upload_bytes: u64,
+}
 
 /// The outcome of an upload.
 #[derive(Debug, Clone)]
@@ -52,97 +64,76 @@ pub fn dataset_rel_path(sha256: &str) -> String {
     format!("datasets/{sha256}")
 }
 
-/// Reads a multipart `dataset` part (the archive) and stores it. Used by
-/// `POST /datasets` and by `POST /jobs`.
-pub async fn ingest_field(state: &AppState, mut field: Field<'_>) -> Result<Stored, AppError> {
-    let cfg = &state.config;
-    let tmp_dir = cfg.data_dir.join("tmp");
-    tokio::fs::create_dir_all(&tmp_dir)
-        .await
-        .map_err(anyhow::Error::from)?;
-    let upload = TempPath(Some(
-        tmp_dir.join(format!("{}.upload", uuid::Uuid::now_v7())),
-    ));
-    let mut file = tokio::fs::File::create(upload.path())
-        .await
-        .map_err(anyhow::Error::from)?;
-    let mut hasher = Sha256::new();
-    let mut size: u64 = 0;
-    loop {
-        let chunk = match field.chunk().await {
-            Ok(Some(c)) => c,
-            Ok(None) => break,
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(too_large(cfg.max_upload_bytes))
-            }
-            Err(e) => return Err(AppError::bad_request("invalid_multipart", e.body_text())),
-        };
-        size += chunk.len() as u64;
-        if size > cfg.max_upload_bytes {
-            return Err(too_large(cfg.max_upload_bytes));
-        }
-        hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(anyhow::Error::from)?;
+impl DatasetStore {
+    /// The refusal of an upload over `max_upload_bytes` (worded as the
+    /// HTTP layer words its own body limit).
+    pub fn too_large(&self) -> AppError {
+        AppError::payload_too_large(format!(
+            "the dataset archive is larger than {} bytes (--max-upload-bytes, VITRINE_MAX_UPLOAD_BYTES)",
+            self.max_upload_bytes
+        ))
     }
-    file.flush().await.map_err(anyhow::Error::from)?;
-    drop(file);
-    let sha256 = hex::encode(hasher.finalize());
-    store_archive(state, upload, &sha256, size).await
-}
 
-fn too_large(limit: u64) -> AppError {
-    AppError::payload_too_large(format!(
-        "the dataset archive is larger than {limit} bytes (VITRINE_MAX_UPLOAD_BYTES)"
-    ))
-}
-
-/// Stores an archive already on disk (e.g. for the CLI or tests): hashes it,
-/// then as [`ingest_field`]. The file is left in place.
-pub async fn ingest_path(state: &AppState, archive: &Path) -> Result<Stored, AppError> {
-    let tmp_dir = state.config.data_dir.join("tmp");
-    tokio::fs::create_dir_all(&tmp_dir)
-        .await
-        .map_err(anyhow::Error::from)?;
-    let copy = TempPath(Some(
-        tmp_dir.join(format!("{}.upload", uuid::Uuid::now_v7())),
-    ));
-    tokio::fs::copy(archive, copy.path())
-        .await
-        .map_err(anyhow::Error::from)?;
-    let bytes_path = copy.path().to_path_buf();
-    let (sha256, size) = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
-        let mut f = std::fs::File::open(bytes_path)?;
-        let mut h = Sha256::new();
-        let n = std::io::copy(&mut f, &mut h)?;
-        Ok((hex::encode(h.finalize()), n))
-    })
-    .await
-    .map_err(anyhow::Error::from)?
-    .map_err(anyhow::Error::from)?;
-    store_archive(state, copy, &sha256, size).await
+    /// Stores an uploaded archive arriving as `chunks` (the `dataset` part
+    /// of `POST /datasets` or `POST /jobs`): streamed to a temp file while
+    /// hashed, then validated and extracted unless already stored. A
+    /// chunk's error ends the upload with that error.
+    pub async fn ingest<S, B>(&self, chunks: S) -> Result<Stored, AppError>
+    where
+        S: Stream<Item = Result<B, AppError>>,
+        B: AsRef<[u8]>,
+    {
+        let tmp_dir = self.data_dir.join("tmp");
+        tokio::fs::create_dir_all(&tmp_dir)
+            .await
+            .map_err(anyhow::Error::from)?;
+        let upload = TempPath(Some(
+            tmp_dir.join(format!("{}.upload", uuid::Uuid::now_v7())),
+        ));
+        let mut file = tokio::fs::File::create(upload.path())
+            .await
+            .map_err(anyhow::Error::from)?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut chunks = std::pin::pin!(chunks);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            let chunk = chunk.as_ref();
+            size += chunk.len() as u64;
+            if size > self.max_upload_bytes {
+                return Err(self.too_large());
+            }
+            hasher.update(chunk);
+            file.write_all(chunk).await.map_err(anyhow::Error::from)?;
+        }
+        file.flush().await.map_err(anyhow::Error::from)?;
+        drop(file);
+        let sha256 = hex::encode(hasher.finalize());
+        store_archive(self, upload, &sha256, size).await
+    }
 }
 
 async fn store_archive(
-    state: &AppState,
+    state: &DatasetStore,
     upload: TempPath,
     sha256: &str,
     size: u64,
 ) -> Result<Stored, AppError> {
     let db = &state.db;
-    if let Some(record) = datasets::find_by_sha256(db, sha256).await? {
+    if let Some(record) = record::find_by_sha256(db, sha256).await? {
         return Ok(Stored {
             record,
             created: false,
         });
     }
-    let data_dir = state.config.data_dir.clone();
+    let data_dir = state.data_dir.clone();
     let work = TempPath(Some(
         data_dir
             .join("tmp")
             .join(format!("{}.d", uuid::Uuid::now_v7())),
     ));
     std::fs::create_dir_all(work.path()).map_err(anyhow::Error::from)?;
-    let limits = IngestLimits::from_config(&state.config);
+    let limits: IngestLimits = state.limits;
     let (archive, dir) = (upload.path().to_path_buf(), work.path().to_path_buf());
     let ingested = tokio::task::spawn_blocking(move || ingest_archive(&archive, &dir, &limits))
         .await
@@ -155,7 +146,7 @@ async fn store_archive(
     if let Err(e) = std::fs::rename(work.path(), &target) {
         // Another upload of the same archive won the race, or a crash left
         // an unrecorded directory behind.
-        if let Some(record) = datasets::find_by_sha256(db, sha256).await? {
+        if let Some(record) = record::find_by_sha256(db, sha256).await? {
             return Ok(Stored {
                 record,
                 created: false,
@@ -177,15 +168,15 @@ async fn store_archive(
         size_bytes: size as i64,
         path: &rel,
         task: ingested.task,
-        summary: &ingested.summary,
+        summary_json: &serde_json::to_string(&ingested.summary).map_err(anyhow::Error::from)?,
     };
-    match datasets::insert(db, &new).await {
-        Ok(record) => Ok(Stored {
-            record,
+    match store::insert(db, &new).await {
+        Ok(row) => Ok(Stored {
+            record: row.try_into()?,
             created: true,
         }),
         Err(e) => {
-            if let Some(record) = datasets::find_by_sha256(db, sha256).await? {
+            if let Some(record) = record::find_by_sha256(db, sha256).await? {
                 return Ok(Stored {
                     record,
                     created: false,

@@ -4,7 +4,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::manifest::Sample;
+use super::manifest::{Manifest, Sample};
 
 /// Splits `samples` into (train, validation), drawing about `fraction` of
 /// each stratum into validation. The stratum of an image is its label (for
@@ -66,6 +66,21 @@ pub fn stratified_split(
         }
     }
     (train, val)
+}
+
+impl Manifest {
+    /// The manifest with a validation split: unchanged when the dataset has
+    /// one, else a seeded stratified draw of `fraction` of `train`
+    /// (see [`stratified_split`]).
+    pub fn with_validation_split(mut self, fraction: f64, seed: u64) -> Manifest {
+        if self.validation.is_none() {
+            let (train, val) =
+                stratified_split(&self.train, self.labels.len(), fraction, seed);
+            self.train = train;
+            self.validation = Some(val);
+        }
+        self
+    }
 }
 
 #[cfg(test)]

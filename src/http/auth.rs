@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::AppState;
+use crate::app::AppState;
 use crate::AppError;
 
 /// Lets the request through when no token is configured or when it carries

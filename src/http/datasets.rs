@@ -1,6 +1,6 @@
 //! `/datasets`: upload a labelled image archive, read what was found in it.
 
-use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::extract::{Multipart, Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
@@ -8,25 +8,19 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::extract::{Json, Query};
-use super::AppState;
+use super::multipart::BodyLimit;
+use crate::app::AppState;
 use crate::config::ServeConfig;
-use crate::data::service::ingest_field;
-use crate::store::datasets::{self, DatasetRecord};
+use crate::data::record::{self, DatasetRecord};
 use crate::AppError;
 
-/// Slack over `max_upload_bytes` for the multipart framing around the archive.
-const MULTIPART_OVERHEAD: u64 = 64 << 10;
-
 pub fn router(config: &ServeConfig) -> Router<AppState> {
-    let limit = config.max_upload_bytes.saturating_add(MULTIPART_OVERHEAD);
     Router::new()
         .route(
             "/datasets",
             get(list_datasets)
                 .post(upload_dataset)
-                .layer(DefaultBodyLimit::max(
-                    usize::try_from(limit).unwrap_or(usize::MAX),
-                )),
+                .layer(BodyLimit::upload(config).layer()),
         )
         .route("/datasets/{id}", get(get_dataset))
 }
@@ -70,13 +64,10 @@ pub async fn upload_dataset(
     State(state): State<AppState>,
     mut multipart: Multipart,
 ) -> Result<(StatusCode, Json<DatasetRecord>), AppError> {
-    while let Some(field) = multipart
-        .next_field()
-        .await
-        .map_err(|e| multipart_error(&state, e))?
-    {
+    let limit = BodyLimit::upload(&state.config);
+    while let Some(field) = limit.next_field(&mut multipart).await? {
         if field.name() == Some("dataset") {
-            let stored = ingest_field(&state, field).await?;
+            let stored = state.datasets.ingest(limit.chunks(field)).await?;
             let status = if stored.created {
                 StatusCode::CREATED
             } else {
@@ -89,17 +80,6 @@ pub async fn upload_dataset(
         "missing_dataset",
         "the multipart body has no `dataset` part (the archive)",
     ))
-}
-
-fn multipart_error(state: &AppState, e: axum::extract::multipart::MultipartError) -> AppError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        AppError::payload_too_large(format!(
-            "the dataset archive is larger than {} bytes (VITRINE_MAX_UPLOAD_BYTES)",
-            state.config.max_upload_bytes
-        ))
-    } else {
-        AppError::bad_request("invalid_multipart", e.body_text())
-    }
 }
 
 /// One dataset with its summary.
@@ -118,7 +98,7 @@ pub async fn get_dataset(
 ) -> Result<Json<DatasetRecord>, AppError> {
     let not_found = || AppError::not_found(format!("no dataset `{id}`"));
     let uuid: Uuid = id.parse().map_err(|_| not_found())?;
-    datasets::get(&state.db, uuid)
+    record::get(&state.db, uuid)
         .await?
         .map(Json)
         .ok_or_else(not_found)
@@ -137,6 +117,6 @@ pub async fn list_datasets(
 ) -> Result<Json<DatasetList>, AppError> {
     let limit = p.limit.unwrap_or(50).clamp(1, 500);
     let offset = p.offset.unwrap_or(0).max(0);
-    let records = datasets::list(&state.db, limit, offset).await?;
+    let records = record::list(&state.db, limit, offset).await?;
     Ok(Json(DatasetList { datasets: records }))
 }

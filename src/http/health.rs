@@ -7,8 +7,8 @@ use axum::routing::get;
 use axum::Router;
 use serde::Serialize;
 
-use super::AppState;
-use crate::error::problem_response;
+use crate::app::AppState;
+use super::problem::problem_response;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -14,10 +14,11 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Json, Query};
-use super::AppState;
+use super::multipart::BodyLimit;
+use crate::app::AppState;
 use crate::error::{AppError, AppResult};
-use crate::train::config::JobConfig;
 use crate::jobs::service;
+use crate::train::config::JobConfig;
 use crate::jobs::view::JobView;
 use crate::store::jobs::{self as store, JobStatus};
 
@@ -26,9 +27,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route(
             "/jobs",
             post(create_job)
-                .layer(DefaultBodyLimit::max(
-                    state.config.max_upload_bytes as usize,
-                ))
+                .layer(BodyLimit::upload(&state.config).layer())
                 .get(list_jobs),
         )
         .route("/jobs/{id}", get(get_job))
@@ -83,9 +82,9 @@ pub async fn create_job(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let (dataset_id, config) = if content_type.starts_with("multipart/form-data") {
-        let multipart = Multipart::from_request(req, &state)
-            .await
-            .map_err(|e| AppError::bad_request("invalid_multipart", e.body_text()))?;
+        let multipart = BodyLimit::upload(&state.config)
+            .multipart(req, &state)
+            .await?;
         read_multipart(&state, multipart).await?
     } else {
         let Json(body) = Json::<CreateJob>::from_request(req, &state).await?;
@@ -94,7 +93,7 @@ pub async fn create_job(
             .map_err(|e| AppError::unprocessable("invalid_config", e))?;
         (body.dataset_id, body.config)
     };
-    let (job, created) = service::submit(&state, &dataset_id, config, key.as_deref()).await?;
+    let (job, created) = service::submit(&state.jobs, &dataset_id, config, key.as_deref()).await?;
     let view = view_of(&state, job).await?;
     let mut resp = (StatusCode::ACCEPTED, axum::Json(&view)).into_response();
     let headers = resp.headers_mut();
@@ -118,22 +117,18 @@ async fn read_multipart(
 ) -> AppResult<(String, JobConfig)> {
     let mut config = None;
     let mut dataset_id = None;
-    while let Some(field) = multipart
-        .next_field()
-        .await
-        .map_err(|e| multipart_error(state, e))?
-    {
+    let limit = BodyLimit::upload(&state.config);
+    while let Some(field) = limit.next_field(&mut multipart).await? {
         match field.name().unwrap_or("") {
             "config" => {
-                let text = field.text().await.map_err(|e| multipart_error(state, e))?;
-                config = Some(service::parse_config(&text)?);
+                config = Some(service::parse_config(&limit.text(field).await?)?);
             }
             "dataset" => {
-                let stored = crate::data::service::ingest_field(state, field).await?;
+                let stored = state.datasets.ingest(limit.chunks(field)).await?;
                 dataset_id = Some(stored.record.id.to_string());
             }
             "dataset_id" => {
-                dataset_id = Some(field.text().await.map_err(|e| multipart_error(state, e))?);
+                dataset_id = Some(limit.text(field).await?);
             }
             other => {
                 return Err(AppError::bad_request(
@@ -155,20 +150,9 @@ async fn read_multipart(
     Ok((dataset_id, config))
 }
 
-fn multipart_error(state: &AppState, e: axum::extract::multipart::MultipartError) -> AppError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        AppError::payload_too_large(format!(
-            "the upload exceeds the limit of {} bytes (--max-upload-bytes)",
-            state.config.max_upload_bytes
-        ))
-    } else {
-        AppError::bad_request("invalid_multipart", e.body_text())
-    }
-}
-
 async fn view_of(state: &AppState, job: store::JobRow) -> AppResult<JobView> {
     let summary = match uuid::Uuid::parse_str(&job.dataset_id) {
-        Ok(id) => crate::store::datasets::get(&state.db, id)
+        Ok(id) => crate::data::record::get(&state.db, id)
             .await?
             .and_then(|d| serde_json::to_value(&d.summary).ok()),
         Err(_) => None,

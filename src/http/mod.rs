@@ -1,7 +1,6 @@
 //! The HTTP surface: one file per resource, each with its own `router()`,
 //! merged here with the cross-cutting layers.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -9,13 +8,13 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
-use sqlx::SqlitePool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower_http::cors::CorsLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::config::ServeConfig;
-use crate::error::problem_response;
-use crate::metrics::Metrics;
+use crate::app::AppState;
+use problem::problem_response;
 
 mod auth;
 pub mod datasets;
@@ -23,48 +22,21 @@ pub mod extract;
 mod health;
 mod jobs;
 mod models;
+pub mod multipart;
 pub mod openapi;
 mod predict;
+pub mod problem;
 
-/// What every handler can reach. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub db: SqlitePool,
-    pub config: Arc<ServeConfig>,
-    pub metrics: Metrics,
-    pub jobs: JobsRuntime,
-    pub inference: crate::serve::Inference,
-}
-
-/// What the job endpoints share with the workers.
-#[derive(Clone, Default)]
-pub struct JobsRuntime {
-    pub hub: crate::jobs::events::EventHub,
-    /// Wakes idle workers when a job is queued.
-    pub notify: Arc<tokio::sync::Notify>,
-    /// Devices that have a worker in this process (`cpu`, `cuda:0`).
-    pub devices: Vec<String>,
-}
-
-impl AppState {
-    /// Starts the inference threads on `devices` too.
-    pub fn new(db: SqlitePool, config: ServeConfig, devices: &[tch::Device]) -> Self {
-        let metrics = Metrics::new();
-        let engine = crate::serve::engine::EngineConfig {
-            max_batch: config.predict_max_batch,
-            max_wait: Duration::from_millis(config.predict_max_wait_ms),
-            queue: config.predict_queue,
-            cache: config.model_cache,
-        };
-        let inference = crate::serve::Inference::start(devices, engine, &metrics.registry);
-        Self {
-            db,
-            config: Arc::new(config),
-            metrics,
-            jobs: JobsRuntime::default(),
-            inference,
-        }
-    }
+/// Serves `state`'s routes on `listener` until `shutdown` fires, then lets
+/// in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }
 
 /// Builds the application: public probes, then everything else behind auth.

@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Json, Query};
-use super::AppState;
+use crate::app::AppState;
 use crate::error::{AppError, AppResult};
 use crate::jobs::view::rfc3339;
 use crate::store::models::{self as store, ModelRow};
+use crate::train::ModelCard;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -42,14 +43,29 @@ pub struct ModelView {
 }
 
 async fn view(state: &AppState, row: ModelRow) -> AppResult<ModelView> {
+    // The row keeps the model's card; a card that no longer reads (written
+    // by a future version, say) still lists the model, with its row's facts.
+    let (labels, metrics) = match ModelCard::from_json(row.metrics.as_bytes()) {
+        Ok(card) => (
+            card.labels.clone(),
+            serde_json::to_value(&card).map_err(anyhow::Error::from)?,
+        ),
+        Err(e) => {
+            tracing::warn!(model = %row.id, error = %e, "unreadable model card");
+            (
+                serde_json::from_str(&row.labels).unwrap_or_default(),
+                serde_json::Value::Object(Default::default()),
+            )
+        }
+    };
     Ok(ModelView {
         aliases: store::aliases_of(&state.db, &row.id).await?,
-        labels: serde_json::from_str(&row.labels).unwrap_or_default(),
-        metrics: serde_json::from_str(&row.metrics).unwrap_or_default(),
+        labels,
+        metrics,
         id: row.id,
         job_id: row.job_id,
         base_model: row.base_model,
-        task: row.task,
+        task: row.task.as_str().to_string(),
         created_at: rfc3339(row.created_at),
     })
 }

@@ -6,7 +6,7 @@ use axum::routing::get;
 use axum::Router;
 use utoipa::OpenApi;
 
-use super::AppState;
+use crate::app::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,7 +29,7 @@ use super::AppState;
         super::jobs::CreateJob, super::predict::PredictJson, super::predict::PredictResponse,
         crate::serve::output::Prediction, crate::serve::output::ImageResult,
         super::models::ModelView, super::models::SetAlias,
-        crate::store::datasets::DatasetRecord, crate::data::DatasetSummary,
+        crate::data::record::DatasetRecord, crate::data::DatasetSummary,
         super::datasets::DatasetList, super::datasets::DatasetUpload,
     )),
     modifiers(&BearerAuth),

@@ -2,7 +2,7 @@
 //! model (or the `production` alias), or with a named model or alias.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::routing::post;
 use axum::Router;
@@ -11,13 +11,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Json, Query};
-use super::AppState;
+use super::multipart::BodyLimit;
+use crate::app::AppState;
 use crate::error::{AppError, AppResult};
 use crate::imaging::decode::sniff_format;
 use crate::serve::output::{self, ImageResult, OutputOptions};
 
 pub fn router(state: &AppState) -> Router<AppState> {
-    let limit = DefaultBodyLimit::max(state.config.max_body_bytes as usize);
+    let limit = BodyLimit::body(&state.config).layer();
     Router::new()
         .route("/predict", post(predict_default).layer(limit))
         .route("/models/{id}/predict", post(predict_named).layer(limit))
@@ -192,24 +193,12 @@ async fn read_images(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let too_large = || {
-        AppError::payload_too_large(format!(
-            "the request body exceeds the limit of {} bytes (--max-body-bytes)",
-            state.config.max_body_bytes
-        ))
-    };
+    let limit = BodyLimit::body(&state.config);
     if content_type.starts_with("multipart/form-data") {
-        let mut multipart = Multipart::from_request(req, state)
-            .await
-            .map_err(|e| AppError::bad_request("invalid_multipart", e.body_text()))?;
+        let mut multipart = limit.multipart(req, state).await?;
         let mut out = Vec::new();
-        while let Some(field) = multipart.next_field().await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                too_large()
-            } else {
-                AppError::bad_request("invalid_multipart", e.body_text())
-            }
-        })? {
+        let mut received = 0u64;
+        while let Some(field) = limit.next_field(&mut multipart).await? {
             if !field.name().is_some_and(|n| IMAGE_PARTS.contains(&n)) {
                 return Err(AppError::bad_request(
                     "unknown_part",
@@ -224,13 +213,11 @@ async fn read_images(
                 out.len() + 1,
                 field.file_name().unwrap_or("unnamed")
             );
-            let bytes = field.bytes().await.map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    too_large()
-                } else {
-                    AppError::bad_request("invalid_multipart", e.body_text())
-                }
-            })?;
+            let bytes = limit.bytes(field).await?;
+            received += bytes.len() as u64;
+            if received > limit.bytes {
+                return Err(limit.too_large());
+            }
             out.push(Upload { name, bytes });
         }
         Ok(out)
@@ -256,13 +243,13 @@ async fn read_images(
             })
             .collect()
     } else if content_type.starts_with("image/") || SNIFFED.contains(&content_type.as_str()) {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                too_large()
-            } else {
-                AppError::bad_request("invalid_body", e.body_text())
-            }
-        })?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| limit.body_error(e.status(), e.body_text()))?;
+        // The route's layer allows multipart framing on top of the limit.
+        if bytes.len() as u64 > limit.bytes {
+            return Err(limit.too_large());
+        }
         // Without an image/* type, only a body that looks like an image is
         // taken for one (`curl --data-binary @cat.jpg` sends form-urlencoded).
         if !content_type.starts_with("image/") && sniff_format(&bytes).is_none() {
@@ -289,9 +276,7 @@ const SNIFFED: &[&str] = &[
 ];
 
 fn unsupported(content_type: &str) -> AppError {
-    AppError::client(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
+    AppError::unsupported_media_type(
         format!(
             "Content-Type `{content_type}` is not accepted: use multipart/form-data, image/* \
              (e.g. curl -H 'Content-Type: image/jpeg' --data-binary @cat.jpg), or application/json"

@@ -1,13 +1,11 @@
 //! Submitting jobs: everything that can be refused is refused here, before
 //! the job is queued.
 
-use axum::http::StatusCode;
-
-use crate::train::config::JobConfig;
+use super::JobQueue;
 use crate::data::Task;
 use crate::error::{AppError, AppResult};
-use crate::http::AppState;
 use crate::store::jobs::{self as store, JobRow, NewJob};
+use crate::train::config::JobConfig;
 
 /// Parses the client's config document; the error names the field.
 pub fn parse_config(text: &str) -> AppResult<JobConfig> {
@@ -18,17 +16,17 @@ pub fn parse_config(text: &str) -> AppResult<JobConfig> {
 /// it was created now (false: an earlier request with the same
 /// idempotency key created it).
 pub async fn submit(
-    state: &AppState,
+    queue: &JobQueue,
     dataset_id: &str,
     config: JobConfig,
     idempotency_key: Option<&str>,
 ) -> AppResult<(JobRow, bool)> {
     if let Some(key) = idempotency_key {
-        if let Some(job) = store::find_by_idempotency_key(&state.db, key).await? {
+        if let Some(job) = store::find_by_idempotency_key(&queue.db, key).await? {
             return Ok((job, false));
         }
     }
-    check_device(state, config.device.as_deref())?;
+    check_device(queue, config.device.as_deref())?;
     let unknown = || {
         AppError::unprocessable(
             "unknown_dataset",
@@ -36,34 +34,34 @@ pub async fn submit(
         )
     };
     let uuid = uuid::Uuid::parse_str(dataset_id).map_err(|_| unknown())?;
-    let dataset = crate::store::datasets::get(&state.db, uuid)
+    let dataset = crate::store::datasets::get(&queue.db, uuid)
         .await?
         .ok_or_else(unknown)?;
     check_task(config.task, dataset.task)?;
     check_base_model(&config.base_model, config.image_size).await?;
     let config_json = serde_json::to_string(&config).map_err(anyhow::Error::from)?;
     let (job, created) = store::insert(
-        &state.db,
+        &queue.db,
         NewJob {
             dataset_id,
             config_json: &config_json,
             idempotency_key,
             device: config.device.as_deref(),
-            max_attempts: state.config.job_max_attempts as i64,
+            max_attempts: queue.max_attempts as i64,
         },
     )
     .await?;
     if created {
         tracing::info!(job = %job.id, dataset = %dataset_id, "job queued");
-        state.jobs.notify.notify_waiters();
+        queue.notify.notify_waiters();
     }
     Ok((job, created))
 }
 
 /// A job asking for a device nobody here serves would wait forever.
-fn check_device(state: &AppState, wanted: Option<&str>) -> AppResult<()> {
+fn check_device(queue: &JobQueue, wanted: Option<&str>) -> AppResult<()> {
     let Some(wanted) = wanted else { return Ok(()) };
-    let devices = &state.jobs.devices;
+    let devices = queue.device_names();
     let served = devices
         .iter()
         .any(|d| d == wanted || (wanted == "cuda" && d.starts_with("cuda:")));
@@ -107,11 +105,7 @@ async fn check_base_model(source: &str, image_size: Option<u32>) -> AppResult<()
         }
     };
     checked.map_err(|e| {
-        AppError::client(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_base_model",
-            format!("{e:#}"),
-        )
+        AppError::unprocessable("unknown_base_model", format!("{e:#}"))
     })
 }
 

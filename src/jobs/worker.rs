@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::train::config::JobConfig;
 use super::events::JobEvent;
-use crate::http::AppState;
+use super::JobQueue;
 use crate::store::jobs::{self as store, JobRow, JobStatus};
 use crate::store::models::NewModel;
 use crate::train::{TrainError, TrainEvent, TrainOutcome, TrainSpec};
@@ -20,21 +20,21 @@ use crate::train::{TrainError, TrainEvent, TrainOutcome, TrainSpec};
 /// Starts a worker task per device; they stop when `shutdown` fires,
 /// requeueing the job they were running.
 pub fn spawn_workers(
-    state: AppState,
-    devices: Vec<tch::Device>,
+    queue: &JobQueue,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    devices
-        .into_iter()
-        .map(|device| {
-            let worker = Worker::new(state.clone(), device);
+    queue
+        .devices
+        .iter()
+        .map(|&device| {
+            let worker = Worker::new(queue.clone(), device);
             tokio::spawn(worker.run(shutdown.clone()))
         })
         .collect()
 }
 
 struct Worker {
-    state: AppState,
+    queue: JobQueue,
     device: tch::Device,
     device_name: String,
     /// Unique per process and device: a restarted process never owns the
@@ -51,7 +51,7 @@ enum Stop {
 }
 
 impl Worker {
-    fn new(state: AppState, device: tch::Device) -> Self {
+    fn new(queue: JobQueue, device: tch::Device) -> Self {
         let device_name = crate::torch_info::device_name(device);
         let owner = format!(
             "{}-{}-{}",
@@ -60,7 +60,7 @@ impl Worker {
             &uuid::Uuid::now_v7().simple().to_string()[20..]
         );
         Self {
-            state,
+            queue,
             device,
             device_name,
             owner,
@@ -68,18 +68,18 @@ impl Worker {
     }
 
     fn lease_ms(&self) -> i64 {
-        (self.state.config.job_lease_secs * 1000) as i64
+        self.queue.lease.as_millis() as i64
     }
 
     async fn run(self, shutdown: CancellationToken) {
         tracing::info!(device = %self.device_name, owner = %self.owner, "worker started");
         let poll = Duration::from_millis(500);
         while !shutdown.is_cancelled() {
-            if let Err(e) = store::reap_expired(&self.state.db).await {
+            if let Err(e) = store::reap_expired(&self.queue.db).await {
                 tracing::warn!(error = ?e, "reaping expired leases failed");
             }
             let claimed = store::claim_next(
-                &self.state.db,
+                &self.queue.db,
                 &self.device_name,
                 &self.owner,
                 self.lease_ms(),
@@ -89,7 +89,7 @@ impl Worker {
                 Ok(Some(job)) => self.run_job(job, &shutdown).await,
                 Ok(None) => {
                     tokio::select! {
-                        _ = self.state.jobs.notify.notified() => {}
+                        _ = self.queue.notify.notified() => {}
                         _ = tokio::time::sleep(poll) => {}
                         _ = shutdown.cancelled() => {}
                     }
@@ -114,7 +114,7 @@ impl Worker {
         if let (Some(obj), Some(more)) = (data.as_object_mut(), extra.as_object()) {
             obj.extend(more.clone());
         }
-        self.state.jobs.hub.publish(
+        self.queue.hub.publish(
             job_id,
             JobEvent {
                 kind: "status",
@@ -176,7 +176,7 @@ impl Worker {
             tokio::select! {
                 Some(ev) = events_rx.recv() => reporter.on_event(ev).await,
                 _ = lease_tick.tick() => {
-                    match store::renew_lease(&self.state.db, &id, &self.owner, self.lease_ms()).await {
+                    match store::renew_lease(&self.queue.db, &id, &self.owner, self.lease_ms()).await {
                         Ok(Some(true)) if matches!(stop, Stop::Finished) => {
                             tracing::info!(job = %id, "cancel requested");
                             stop = Stop::Cancelled;
@@ -216,7 +216,7 @@ impl Worker {
         let config: JobConfig = serde_json::from_str(&job.config)
             .map_err(|e| TrainError::fatal(format!("stored config is invalid: {e}")))?;
         let dataset_id = uuid::Uuid::parse_str(&job.dataset_id).map_err(TrainError::fatal)?;
-        let dataset = crate::store::datasets::get(&self.state.db, dataset_id)
+        let dataset = crate::store::datasets::get(&self.queue.db, dataset_id)
             .await
             .map_err(TrainError::retry)?
             .ok_or_else(|| TrainError::fatal("the job's dataset no longer exists"))?;
@@ -227,7 +227,7 @@ impl Worker {
         .await
         .map_err(TrainError::retry)?
         .map_err(|e| TrainError::fatal(format!("base model `{}`: {e:#}", config.base_model)))?;
-        let data_dir = &self.state.config.data_dir;
+        let data_dir = &self.queue.data_dir;
         Ok(TrainSpec {
             job_id: job.id.clone(),
             config,
@@ -246,7 +246,7 @@ impl Worker {
         result: Result<TrainOutcome, TrainError>,
         stop: Stop,
     ) -> bool {
-        let db = &self.state.db;
+        let db = &self.queue.db;
         let id = job.id.as_str();
         let owner = self.owner.as_str();
         let outcome = match (stop, result) {
@@ -268,7 +268,7 @@ impl Worker {
                     false,
                     serde_json::json!({"error": msg}),
                 );
-                self.state.jobs.notify.notify_one();
+                self.queue.notify.notify_one();
                 return false;
             }
             (_, Err(e)) => Err(e.to_string()),
@@ -301,7 +301,7 @@ impl Worker {
         outcome: TrainOutcome,
         status: JobStatus,
     ) -> Result<(JobStatus, Option<String>), String> {
-        let Some(best) = outcome.best_model_dir else {
+        let (Some(best), Some(card)) = (outcome.best_model_dir, outcome.card) else {
             return match status {
                 JobStatus::Cancelled => Ok((JobStatus::Cancelled, None)),
                 _ => Err("training ended before any epoch completed".into()),
@@ -309,7 +309,7 @@ impl Worker {
         };
         let model_id = uuid::Uuid::now_v7().to_string();
         let rel = PathBuf::from("models").join(&model_id);
-        let dest = self.state.config.data_dir.join(&rel);
+        let dest = self.queue.data_dir.join(&rel);
         let moved = async {
             tokio::fs::create_dir_all(dest.parent().unwrap()).await?;
             tokio::fs::rename(&best, &dest).await
@@ -318,16 +318,11 @@ impl Worker {
             tracing::error!(job = %job.id, error = ?e, "moving the model failed");
             return Err("storing the trained model failed".into());
         }
-        let config: serde_json::Value = serde_json::from_str(&job.config).unwrap_or_default();
-        let labels = serde_json::to_string(&outcome.labels).unwrap_or_default();
-        let metrics = outcome.metrics.to_string();
-        let task = serde_json::to_value(outcome.task)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let labels = serde_json::to_string(&card.labels).unwrap_or_default();
+        let card_json = serde_json::to_string(&card).unwrap_or_default();
         let rel_str = rel.to_string_lossy();
         let recorded = store::finish_with_model(
-            &self.state.db,
+            &self.queue.db,
             &job.id,
             &self.owner,
             status,
@@ -335,10 +330,10 @@ impl Worker {
                 id: &model_id,
                 job_id: Some(&job.id),
                 path: &rel_str,
-                base_model: config["base_model"].as_str().unwrap_or_default(),
-                task: &task,
+                base_model: card.base_model(),
+                task: card.task,
                 labels_json: &labels,
-                metrics_json: &metrics,
+                metrics_json: &card_json,
             },
         )
         .await;
@@ -387,7 +382,7 @@ impl<'a> Reporter<'a> {
     }
 
     async fn on_event(&mut self, ev: TrainEvent) {
-        let hub = &self.worker.state.jobs.hub;
+        let hub = &self.worker.queue.hub;
         let value = serde_json::to_value(&ev).unwrap_or_default();
         match &ev {
             TrainEvent::Epoch(m) => {
@@ -396,7 +391,7 @@ impl<'a> Reporter<'a> {
                 self.metrics.push(m.clone());
                 let json = serde_json::Value::Array(self.metrics.clone()).to_string();
                 let _ = store::set_metrics(
-                    &self.worker.state.db,
+                    &self.worker.queue.db,
                     self.job_id,
                     &self.worker.owner,
                     &json,
@@ -439,7 +434,7 @@ impl<'a> Reporter<'a> {
 
     /// A resumed job keeps the epochs recorded by its earlier attempts.
     async fn load_existing_metrics(&mut self) {
-        if let Ok(Some(row)) = store::get(&self.worker.state.db, self.job_id).await {
+        if let Ok(Some(row)) = store::get(&self.worker.queue.db, self.job_id).await {
             if let Ok(serde_json::Value::Array(list)) = serde_json::from_str(&row.metrics) {
                 self.metrics = list;
             }
@@ -465,7 +460,7 @@ impl<'a> Reporter<'a> {
         self.last_write = Some(Instant::now());
         let json = serde_json::Value::Object(self.progress.clone()).to_string();
         if let Err(e) = store::set_progress(
-            &self.worker.state.db,
+            &self.worker.queue.db,
             self.job_id,
             &self.worker.owner,
             &json,

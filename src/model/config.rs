@@ -6,10 +6,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
+pub use super::activation::Activation;
 pub use super::dinov2_config::Dinov2Config;
 use super::error::{ModelError, Result};
+use super::fields::{check_sizes, id2label_de, id2label_ser, square_size};
 
 /// The configuration of one supported architecture.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +108,20 @@ impl ModelConfig {
         }
     }
 
+    /// The task its `problem_type` names: `multi_label_classification` is
+    /// multi-label, anything else (or nothing) multi-class, as in `transformers`
+    /// (which only infers otherwise from the labels it is given in training).
+    pub fn task(&self) -> crate::task::Task {
+        let problem_type = match self {
+            Self::Vit(c) => c.problem_type.as_deref(),
+            Self::Dinov2(c) => c.problem_type.as_deref(),
+        };
+        match problem_type {
+            Some("multi_label_classification") => crate::task::Task::MultiLabel,
+            _ => crate::task::Task::MultiClass,
+        }
+    }
+
     pub fn set_labels(&mut self, labels: Vec<String>) {
         match self {
             Self::Vit(c) => c.id2label = labels,
@@ -160,163 +176,6 @@ impl ModelConfig {
     }
 }
 
-/// The activation of the MLP blocks (`hidden_act`), as `transformers.activations.ACT2FN`.
-///
-/// Every parameter-free entry of `ACT2FN` is supported; `prelu` and `xielu`
-/// (learned parameters no ViT or DINOv2 checkpoint has) are refused by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `gelu`, `gelu_python`: exact, erf-based.
-    Gelu,
-    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`, `gelu_accurate`,
-    /// `gelu_python_tanh`: the tanh approximation (the same function,
-    /// written differently; they agree to float rounding).
-    GeluTanh,
-    /// `gelu_10`: exact GELU clipped to [-10, 10].
-    Gelu10,
-    /// `quick_gelu`: `x * sigmoid(1.702 x)`.
-    QuickGelu,
-    Relu,
-    /// `relu2`: `relu(x)^2`.
-    Relu2,
-    /// `relu6`: `min(max(x, 0), 6)`.
-    Relu6,
-    /// `leaky_relu`: slope 0.01 below zero (`nn.LeakyReLU()`).
-    LeakyRelu,
-    /// `silu` or `swish`.
-    Silu,
-    /// `mish`: `x * tanh(softplus(x))`.
-    Mish,
-    Hardswish,
-    Tanh,
-    Sigmoid,
-    /// `sqrtsoftplus`: `sqrt(softplus(x))`.
-    SqrtSoftplus,
-    /// `laplace`: `0.5 * (1 + erf((x - mu) / (sigma * sqrt(2))))`, MEGA's constants.
-    Laplace,
-    /// `linear`: the identity.
-    Linear,
-}
-
-impl Activation {
-    pub const NAMES: &'static [&'static str] = &[
-        "gelu",
-        "gelu_python",
-        "gelu_new",
-        "gelu_pytorch_tanh",
-        "gelu_fast",
-        "gelu_accurate",
-        "gelu_python_tanh",
-        "gelu_10",
-        "quick_gelu",
-        "relu",
-        "relu2",
-        "relu6",
-        "leaky_relu",
-        "silu",
-        "swish",
-        "mish",
-        "hardswish",
-        "tanh",
-        "sigmoid",
-        "sqrtsoftplus",
-        "laplace",
-        "linear",
-    ];
-
-    pub fn apply(self, xs: &tch::Tensor) -> tch::Tensor {
-        match self {
-            Self::Gelu => xs.gelu("none"),
-            Self::GeluTanh => xs.gelu("tanh"),
-            Self::Gelu10 => xs.gelu("none").clamp(-10.0, 10.0),
-            Self::QuickGelu => xs * (xs * 1.702).sigmoid(),
-            Self::Relu => xs.relu(),
-            Self::Relu2 => xs.relu().square(),
-            Self::Relu6 => xs.clamp(0.0, 6.0),
-            Self::LeakyRelu => xs.leaky_relu(),
-            Self::Silu => xs.silu(),
-            Self::Mish => xs.mish(),
-            Self::Hardswish => xs.hardswish(),
-            Self::Tanh => xs.tanh(),
-            Self::Sigmoid => xs.sigmoid(),
-            Self::SqrtSoftplus => xs.softplus().sqrt(),
-            Self::Laplace => {
-                // transformers' literals (rounded 1/sqrt(2) and 1/(2 sqrt(pi))), kept as written.
-                #[allow(clippy::approx_constant)]
-                let (mu, sigma) = (0.707107, 0.282095);
-                ((xs - mu) / (sigma * std::f64::consts::SQRT_2)).erf() * 0.5 + 0.5
-            }
-            Self::Linear => xs.shallow_clone(),
-        }
-    }
-
-    /// The name written back to `config.json`: one `transformers` maps to
-    /// the same function.
-    fn name(self) -> &'static str {
-        match self {
-            Self::Gelu => "gelu",
-            Self::GeluTanh => "gelu_pytorch_tanh",
-            Self::Gelu10 => "gelu_10",
-            Self::QuickGelu => "quick_gelu",
-            Self::Relu => "relu",
-            Self::Relu2 => "relu2",
-            Self::Relu6 => "relu6",
-            Self::LeakyRelu => "leaky_relu",
-            Self::Silu => "silu",
-            Self::Mish => "mish",
-            Self::Hardswish => "hardswish",
-            Self::Tanh => "tanh",
-            Self::Sigmoid => "sigmoid",
-            Self::SqrtSoftplus => "sqrtsoftplus",
-            Self::Laplace => "laplace",
-            Self::Linear => "linear",
-        }
-    }
-}
-
-impl std::str::FromStr for Activation {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "gelu" | "gelu_python" => Self::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" | "gelu_accurate"
-            | "gelu_python_tanh" => Self::GeluTanh,
-            "gelu_10" => Self::Gelu10,
-            "quick_gelu" => Self::QuickGelu,
-            "relu" => Self::Relu,
-            "relu2" => Self::Relu2,
-            "relu6" => Self::Relu6,
-            "leaky_relu" => Self::LeakyRelu,
-            "silu" | "swish" => Self::Silu,
-            "mish" => Self::Mish,
-            "hardswish" => Self::Hardswish,
-            "tanh" => Self::Tanh,
-            "sigmoid" => Self::Sigmoid,
-            "sqrtsoftplus" => Self::SqrtSoftplus,
-            "laplace" => Self::Laplace,
-            "linear" => Self::Linear,
-            other => {
-                return Err(format!(
-                    "unsupported hidden_act `{other}` (supported: {})",
-                    Self::NAMES.join(", ")
-                ))
-            }
-        })
-    }
-}
-
-impl<'de> Deserialize<'de> for Activation {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for Activation {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
 
 /// `ViTConfig` of `transformers`. Fields it does not use (`encoder_stride`,
 /// `architectures`, `transformers_version`, ...) are kept in `extra` and
@@ -453,68 +312,6 @@ impl ViTConfig {
     }
 }
 
-/// `image_size` / `patch_size` are ints, or `[h, w]` pairs in some configs:
-/// only square sizes are supported.
-pub(super) fn square_size<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        One(i64),
-        Pair(Vec<i64>),
-    }
-    match Size::deserialize(d)? {
-        Size::One(v) => Ok(v),
-        Size::Pair(v) if v.len() == 2 && v[0] == v[1] => Ok(v[0]),
-        Size::Pair(v) => Err(serde::de::Error::custom(format!(
-            "only square sizes are supported, got {v:?}"
-        ))),
-    }
-}
-
-pub(super) fn id2label_de<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let map: Option<BTreeMap<String, String>> = Option::deserialize(d)?;
-    let Some(map) = map else {
-        return Ok(Vec::new());
-    };
-    let n = map.len();
-    let mut labels = vec![None; n];
-    for (key, label) in map {
-        let idx: usize = key.parse().map_err(|_| {
-            serde::de::Error::custom(format!("id2label key `{key}` is not an integer"))
-        })?;
-        let slot = labels.get_mut(idx).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "id2label ids must be 0..{} without gaps, found {idx}",
-                n - 1
-            ))
-        })?;
-        *slot = Some(label);
-    }
-    Ok(labels.into_iter().map(|l| l.expect("all filled")).collect())
-}
-
-pub(super) fn id2label_ser<S: Serializer>(labels: &[String], s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut map = s.serialize_map(Some(labels.len()))?;
-    for (i, l) in labels.iter().enumerate() {
-        map.serialize_entry(&i.to_string(), l)?;
-    }
-    map.end()
-}
-
-/// Every named size must be positive and the width must split evenly into
-/// attention heads (shared by the architectures' `validate`).
-pub(crate) fn check_sizes(positive: &[(&str, i64)], hidden: i64, heads: i64) -> Result<(), String> {
-    if let Some((name, v)) = positive.iter().find(|(_, v)| *v <= 0) {
-        return Err(format!("`{name}` must be positive, got {v}"));
-    }
-    if hidden % heads != 0 {
-        return Err(format!(
-            "`hidden_size` {hidden} is not a multiple of `num_attention_heads` {heads}"
-        ));
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

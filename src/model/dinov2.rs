@@ -25,25 +25,11 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::config::{Activation, Dinov2Config};
-use super::layers::{linear, SelfAttention};
+use super::layers::{self, linear, normal, SelfAttention};
 use super::ImageClassifier;
 
-fn normal(std: f64) -> nn::Init {
-    nn::Init::Randn {
-        mean: 0.,
-        stdev: std,
-    }
-}
-
 fn layer_norm(p: nn::Path, c: &Dinov2Config) -> nn::LayerNorm {
-    nn::layer_norm(
-        p,
-        vec![c.hidden_size],
-        nn::LayerNormConfig {
-            eps: c.layer_norm_eps,
-            ..Default::default()
-        },
-    )
+    layers::layer_norm(p, c.hidden_size, c.layer_norm_eps)
 }
 
 /// Patch projection, CLS token, mask token and position embeddings (`dinov2.embeddings`).

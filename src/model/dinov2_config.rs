@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::config::{id2label_de, id2label_ser, square_size, Activation};
+use super::activation::Activation;
+use super::fields::{check_sizes, id2label_de, id2label_ser, square_size};
 
 /// `Dinov2Config`; defaults are those of `transformers` (`facebook/dinov2-base`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,7 +152,7 @@ impl Dinov2Config {
             ("patch_size", self.patch_size),
             ("num_channels", self.num_channels),
         ];
-        super::config::check_sizes(&positive, self.hidden_size, self.num_attention_heads)?;
+        check_sizes(&positive, self.hidden_size, self.num_attention_heads)?;
         if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 || self.mlp_hidden_size() <= 0 {
             return Err(format!("`mlp_ratio` {} gives no MLP units", self.mlp_ratio));
         }

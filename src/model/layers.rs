@@ -1,9 +1,29 @@
-//! Building blocks ViT and DINOv2 share: the HF-initialised linear layer
-//! and multi-head self-attention (`<layer>.attention.attention.{query,key,
+//! Building blocks ViT and DINOv2 share: normal initialisation, layer norm,
+//! the HF-initialised linear layer and multi-head self-attention (`<layer>.attention.attention.{query,key,
 //! value}` and `<layer>.attention.output.dense`, the same names in both).
 
 use tch::nn::{self, Module};
 use tch::Tensor;
+
+/// N(0, std), as `transformers` initialises weights and embeddings.
+pub fn normal(std: f64) -> nn::Init {
+    nn::Init::Randn {
+        mean: 0.,
+        stdev: std,
+    }
+}
+
+/// `nn.LayerNorm` over the hidden size with the config's epsilon.
+pub fn layer_norm(p: nn::Path, hidden_size: i64, eps: f64) -> nn::LayerNorm {
+    nn::layer_norm(
+        p,
+        vec![hidden_size],
+        nn::LayerNormConfig {
+            eps,
+            ..Default::default()
+        },
+    )
+}
 
 /// `nn.Linear` initialised as `transformers` does: weights N(0, std), bias 0.
 pub fn linear(p: nn::Path, i: i64, o: i64, bias: bool, std: f64) -> nn::Linear {
@@ -12,10 +32,7 @@ pub fn linear(p: nn::Path, i: i64, o: i64, bias: bool, std: f64) -> nn::Linear {
         i,
         o,
         nn::LinearConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.,
-                stdev: std,
-            },
+            ws_init: normal(std),
             bs_init: Some(nn::Init::Const(0.)),
             bias,
         },

@@ -12,10 +12,12 @@
 //! - [`resize`]: another native input size (position embeddings resampled).
 //! - [`preflight`]: what a job checks of its base model before it is queued.
 
+mod activation;
 pub mod config;
 pub mod dinov2;
 mod dinov2_config;
 pub mod error;
+mod fields;
 pub mod hub;
 mod layers;
 pub mod load;

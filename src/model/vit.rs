@@ -15,7 +15,7 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::config::{Activation, ViTConfig};
-use super::layers::{linear, SelfAttention};
+use super::layers::{self, linear, normal, SelfAttention};
 use super::ImageClassifier;
 
 /// Patch projection, CLS token and position embeddings (`vit.embeddings`).
@@ -35,25 +35,16 @@ impl ViTEmbeddings {
         let cls_token = p.var(
             "cls_token",
             &[1, 1, c.hidden_size],
-            nn::Init::Randn {
-                mean: 0.,
-                stdev: std,
-            },
+            normal(std),
         );
         let position_embeddings = p.var(
             "position_embeddings",
             &[1, num_positions, c.hidden_size],
-            nn::Init::Randn {
-                mean: 0.,
-                stdev: std,
-            },
+            normal(std),
         );
         let conv = nn::ConvConfig {
             stride: c.patch_size,
-            ws_init: nn::Init::Randn {
-                mean: 0.,
-                stdev: std,
-            },
+            ws_init: normal(std),
             bs_init: nn::Init::Const(0.),
             ..Default::default()
         };
@@ -124,14 +115,7 @@ pub struct ViTLayer {
 }
 
 fn layer_norm(p: nn::Path, c: &ViTConfig) -> nn::LayerNorm {
-    nn::layer_norm(
-        p,
-        vec![c.hidden_size],
-        nn::LayerNormConfig {
-            eps: c.layer_norm_eps,
-            ..Default::default()
-        },
-    )
+    layers::layer_norm(p, c.hidden_size, c.layer_norm_eps)
 }
 
 impl ViTLayer {

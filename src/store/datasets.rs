@@ -1,42 +1,25 @@
 //! The `datasets` table: content-addressed, validated archives.
 
-use std::path::{Path, PathBuf};
-
 use chrono::{DateTime, TimeZone, Utc};
-use serde::Serialize;
 use sqlx::SqlitePool;
 use uuid::Uuid;
 
-use crate::data::{DatasetSummary, Manifest, Task};
+use crate::task::Task;
 
-/// A stored dataset, as the API returns it.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct DatasetRecord {
+/// A row of `datasets`. The summary stays JSON text here: its type belongs
+/// to `data`, which turns rows into API records (`data::record`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetRow {
     pub id: Uuid,
-    /// SHA-256 of the archive as uploaded (hex); the same archive is stored once.
+    /// SHA-256 of the archive as uploaded (hex).
     pub sha256: String,
-    /// `zip`, `tar`, `tar.gz` or `tar.bz2`.
     pub format: String,
-    /// Size of the uploaded archive.
     pub size_bytes: i64,
     /// Extracted directory, relative to the data dir.
-    #[serde(skip)]
     pub path: String,
     pub task: Task,
-    pub summary: DatasetSummary,
+    pub summary_json: String,
     pub created_at: DateTime<Utc>,
-}
-
-impl DatasetRecord {
-    /// The dataset's directory.
-    pub fn dir(&self, data_dir: &Path) -> PathBuf {
-        data_dir.join(&self.path)
-    }
-
-    /// The manifest, with absolute sample paths.
-    pub fn load_manifest(&self, data_dir: &Path) -> anyhow::Result<Manifest> {
-        Manifest::load(&self.dir(data_dir))
-    }
 }
 
 /// What [`insert`] needs.
@@ -47,7 +30,7 @@ pub struct NewDataset<'a> {
     pub size_bytes: i64,
     pub path: &'a str,
     pub task: Task,
-    pub summary: &'a DatasetSummary,
+    pub summary_json: &'a str,
 }
 
 #[derive(sqlx::FromRow)]
@@ -57,23 +40,22 @@ struct Row {
     format: String,
     size_bytes: i64,
     path: String,
-    task: String,
+    task: Task,
     summary: String,
     created_at: i64,
 }
 
-impl TryFrom<Row> for DatasetRecord {
+impl TryFrom<Row> for DatasetRow {
     type Error = anyhow::Error;
     fn try_from(r: Row) -> anyhow::Result<Self> {
-        Ok(DatasetRecord {
+        Ok(DatasetRow {
             id: r.id.parse()?,
             sha256: r.sha256,
             format: r.format,
             size_bytes: r.size_bytes,
             path: r.path,
-            task: Task::parse(&r.task)
-                .ok_or_else(|| anyhow::anyhow!("unknown task `{}`", r.task))?,
-            summary: serde_json::from_str(&r.summary)?,
+            task: r.task,
+            summary_json: r.summary,
             created_at: Utc
                 .timestamp_millis_opt(r.created_at)
                 .single()
@@ -84,12 +66,12 @@ impl TryFrom<Row> for DatasetRecord {
 
 const COLUMNS: &str = "id, sha256, format, size_bytes, path, task, summary, created_at";
 
-fn convert(rows: Vec<Row>) -> anyhow::Result<Vec<DatasetRecord>> {
-    rows.into_iter().map(DatasetRecord::try_from).collect()
+fn convert(rows: Vec<Row>) -> anyhow::Result<Vec<DatasetRow>> {
+    rows.into_iter().map(DatasetRow::try_from).collect()
 }
 
 /// Inserts a dataset; a second insert of the same sha256 is a unique violation.
-pub async fn insert(db: &SqlitePool, new: &NewDataset<'_>) -> anyhow::Result<DatasetRecord> {
+pub async fn insert(db: &SqlitePool, new: &NewDataset<'_>) -> anyhow::Result<DatasetRow> {
     let id = Uuid::now_v7();
     let now = crate::db::now_ms();
     let row: Row = sqlx::query_as(&format!(
@@ -100,15 +82,15 @@ pub async fn insert(db: &SqlitePool, new: &NewDataset<'_>) -> anyhow::Result<Dat
     .bind(new.format)
     .bind(new.size_bytes)
     .bind(new.path)
-    .bind(new.task.as_str())
-    .bind(serde_json::to_string(new.summary)?)
+    .bind(new.task)
+    .bind(new.summary_json)
     .bind(now)
     .fetch_one(db)
     .await?;
     row.try_into()
 }
 
-pub async fn get(db: &SqlitePool, id: Uuid) -> anyhow::Result<Option<DatasetRecord>> {
+pub async fn get(db: &SqlitePool, id: Uuid) -> anyhow::Result<Option<DatasetRow>> {
     let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM datasets WHERE id = ?"))
         .bind(id.to_string())
         .fetch_optional(db)
@@ -119,7 +101,7 @@ pub async fn get(db: &SqlitePool, id: Uuid) -> anyhow::Result<Option<DatasetReco
 pub async fn find_by_sha256(
     db: &SqlitePool,
     sha256: &str,
-) -> anyhow::Result<Option<DatasetRecord>> {
+) -> anyhow::Result<Option<DatasetRow>> {
     let row: Option<Row> =
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM datasets WHERE sha256 = ?"))
             .bind(sha256)
@@ -129,7 +111,7 @@ pub async fn find_by_sha256(
 }
 
 /// Newest first.
-pub async fn list(db: &SqlitePool, limit: i64, offset: i64) -> anyhow::Result<Vec<DatasetRecord>> {
+pub async fn list(db: &SqlitePool, limit: i64, offset: i64) -> anyhow::Result<Vec<DatasetRow>> {
     let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM datasets ORDER BY id DESC LIMIT ? OFFSET ?"
     ))

@@ -3,6 +3,7 @@
 use sqlx::{FromRow, SqlitePool};
 
 use crate::db::now_ms;
+use crate::task::Task;
 
 #[derive(Debug, Clone, FromRow)]
 pub struct ModelRow {
@@ -11,9 +12,10 @@ pub struct ModelRow {
     /// Relative to the data directory.
     pub path: String,
     pub base_model: String,
-    pub task: String,
+    pub task: Task,
     /// JSON array of label names, index = class id.
     pub labels: String,
+    /// The model's card (`metrics.json`), as JSON text.
     pub metrics: String,
     pub created_at: i64,
 }
@@ -23,7 +25,7 @@ pub struct NewModel<'a> {
     pub job_id: Option<&'a str>,
     pub path: &'a str,
     pub base_model: &'a str,
-    pub task: &'a str,
+    pub task: Task,
     pub labels_json: &'a str,
     pub metrics_json: &'a str,
 }
@@ -57,14 +59,6 @@ pub async fn insert_in(
 pub async fn get(db: &SqlitePool, id: &str) -> sqlx::Result<Option<ModelRow>> {
     sqlx::query_as("SELECT * FROM models WHERE id = ?1")
         .bind(id)
-        .fetch_optional(db)
-        .await
-}
-
-/// The model a job produced, if it produced one.
-pub async fn find_by_job(db: &SqlitePool, job_id: &str) -> sqlx::Result<Option<ModelRow>> {
-    sqlx::query_as("SELECT * FROM models WHERE job_id = ?1")
-        .bind(job_id)
         .fetch_optional(db)
         .await
 }

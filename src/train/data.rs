@@ -30,13 +30,13 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Image counts per split, for `metrics.json`.
-    pub fn summary_counts(&self) -> serde_json::Value {
-        serde_json::json!({
-            "train": self.train.len(),
-            "validation": self.validation.len(),
-            "test": self.test.as_ref().map(Samples::len),
-        })
+    /// Image counts per split, for the model card.
+    pub fn split_counts(&self) -> super::record::SplitCounts {
+        super::record::SplitCounts {
+            train: self.train.len(),
+            validation: self.validation.len(),
+            test: self.test.as_ref().map(Samples::len),
+        }
     }
 }
 

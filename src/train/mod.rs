@@ -15,6 +15,7 @@ mod features;
 pub mod metrics;
 mod oom;
 pub mod optim;
+pub mod record;
 mod resolution;
 mod session;
 
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use eval::{EpochMetrics, Evaluation};
+pub use record::{ModelCard, TrainedModel};
 pub use session::run;
 
 use crate::data::Task;
@@ -82,10 +84,8 @@ pub struct TrainOutcome {
     pub best_model_dir: Option<PathBuf>,
     /// True when the stop flag ended the run early.
     pub interrupted: bool,
-    pub task: Task,
-    pub labels: Vec<String>,
-    /// The `metrics.json` document.
-    pub metrics: serde_json::Value,
+    /// The model's record (also in the directory), when there is a model.
+    pub card: Option<ModelCard>,
 }
 
 /// Why a run failed.

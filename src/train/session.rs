@@ -14,12 +14,13 @@ use super::checkpoint::{Checkpoints, LoopState};
 use super::eval::{evaluate, loss, targets_tensor, EpochMetrics, Evaluation};
 use super::oom::retry_smaller;
 use super::optim::{lr_at, AdamW};
+use super::record::{ModelCard, TestMetrics};
 use super::{features, Events, StopFlag, TrainError, TrainEvent, TrainOutcome, TrainSpec};
 use crate::data::Task;
 use crate::imaging::{Pipeline, PreprocessorConfig};
-use crate::train::config::{JobConfig, Mode, Precision};
+use super::config::{JobConfig, Mode, Precision};
+use super::data::{prepare, Prepared};
 use crate::model::{Model, ParamGroup};
-use crate::train::data::{prepare, Prepared};
 
 /// Trains `spec`'s job to the end, to early stopping, or until `stop` is set.
 pub fn run(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutcome, TrainError> {
@@ -476,9 +477,7 @@ impl Trainer<'_> {
         let mut outcome = TrainOutcome {
             best_model_dir: None,
             interrupted,
-            task: self.data.task,
-            labels: self.data.labels.clone(),
-            metrics: serde_json::Value::Null,
+            card: None,
         };
         if !has_best {
             return Ok(outcome);
@@ -494,36 +493,32 @@ impl Trainer<'_> {
         if self.data.test.is_some() && !interrupted {
             load_weights(&opt.params, &self.best_dir.join("model.safetensors"))?;
             if let Some(inputs) = self.inputs()? {
-                if let Some((loss, eval)) =
+                if let Some((loss, metrics)) =
                     self.evaluate_split(&inputs, Split::Test, thresholds.as_deref())?
                 {
-                    test = Some(serde_json::json!({"loss": loss, "metrics": eval}));
+                    test = Some(TestMetrics { loss, metrics });
                 }
             }
         }
-        let metrics = serde_json::json!({
-            "task": self.data.task,
-            "labels": self.data.labels,
-            "best_epoch": best_epoch,
-            "validation": best,
-            "test": test,
-            "thresholds": thresholds,
-            "history": state.history,
-            "dataset": self.data.summary_counts(),
-            "config": self.cfg,
-        });
-        std::fs::write(
-            self.best_dir.join("metrics.json"),
-            serde_json::to_vec_pretty(&metrics).map_err(TrainError::retry)?,
-        )
-        .map_err(TrainError::retry)?;
+        let card = ModelCard {
+            task: self.data.task,
+            labels: self.data.labels.clone(),
+            best_epoch,
+            validation: best,
+            test,
+            thresholds,
+            history: state.history.clone(),
+            dataset: self.data.split_counts(),
+            config: self.cfg.clone(),
+        };
+        card.write(&self.best_dir).map_err(TrainError::retry)?;
         std::fs::write(
             self.best_dir.join("training_config.json"),
             serde_json::to_vec_pretty(self.cfg).map_err(TrainError::retry)?,
         )
         .map_err(TrainError::retry)?;
         outcome.best_model_dir = Some(self.best_dir.clone());
-        outcome.metrics = metrics;
+        outcome.card = Some(card);
         Ok(outcome)
     }
 }

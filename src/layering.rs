@@ -1,0 +1,124 @@
+//! The import rule, checked over the source tree: a module may use only
+//! modules of a lower layer, and only `http/` knows axum.
+//!
+//! | layer | modules |
+//! |---|---|
+//! | 6 | `http`, `server`, `cli`, `predict_local`, `telemetry` (the edges) |
+//! | 5 | `app`, `config` (the application state and its settings) |
+//! | 4 | `jobs`, `serve` |
+//! | 3 | `train` |
+//! | 2 | `data`, `model` |
+//! | 1 | `imaging`, `store`, `db`, `torch_info`, `torchx` |
+//! | 0 | `task`, `error`, `metrics` (vocabulary shared by every layer) |
+
+/// The layer of a top-level module, `None` for one the rule does not know
+/// (a new module must be placed in the table).
+pub fn layer(module: &str) -> Option<u8> {
+    Some(match module {
+        "http" | "server" | "cli" | "predict_local" | "telemetry" | "layering" => 6,
+        "app" | "config" => 5,
+        "jobs" | "serve" => 4,
+        "train" => 3,
+        "data" | "model" => 2,
+        "imaging" | "store" | "db" | "torch_info" | "torchx" => 1,
+        "task" | "error" | "metrics" => 0,
+        _ => return None,
+    })
+}
+
+/// Every `crate::<module>` a source text names outside comments.
+pub fn crate_imports(source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in source.lines() {
+        let code = match line.find("//") {
+            Some(i) => &line[..i],
+            None => line,
+        };
+        let mut rest = code;
+        while let Some(i) = rest.find("crate::") {
+            let name: String = rest[i + 7..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() && !out.contains(&name) {
+                out.push(name);
+            }
+            rest = &rest[i + 7..];
+        }
+    }
+    out
+}
+
+/// The rule's violations in one file of `module`: imports of a module of
+/// the same or a higher layer, and axum outside `http`.
+pub fn violations(module: &str, source: &str) -> Vec<String> {
+    let Some(own) = layer(module) else {
+        return vec![format!("module `{module}` has no layer in src/layering.rs")];
+    };
+    let mut out = Vec::new();
+    for used in crate_imports(source) {
+        if used == module {
+            continue;
+        }
+        match layer(&used) {
+            Some(l) if l < own => {}
+            Some(_) => out.push(format!("`{module}` (layer {own}) imports `{used}`")),
+            None => {} // an item of lib.rs itself (`crate::AppError`)
+        }
+    }
+    if module != "http" && source.lines().any(|l| {
+        let code = l.split("//").next().unwrap_or("");
+        code.contains("axum::") || code.contains("use axum")
+    }) {
+        out.push(format!("`{module}` uses axum; only `http` may"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn visit(dir: &Path, f: &mut dyn FnMut(&Path)) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                visit(&path, f);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                f(&path);
+            }
+        }
+    }
+
+    #[test]
+    fn no_module_imports_a_higher_one_and_only_http_knows_axum() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        visit(&src, &mut |path| {
+            let rel = path.strip_prefix(&src).unwrap();
+            let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+            let module = first.trim_end_matches(".rs").to_string();
+            if module == "lib" || module == "main" {
+                return;
+            }
+            let text = std::fs::read_to_string(path).unwrap();
+            for v in violations(&module, &text) {
+                found.push(format!("{}: {v}", rel.display()));
+            }
+        });
+        assert!(found.is_empty(), "layering violations:\n{}", found.join("\n"));
+    }
+
+    #[test]
+    fn the_checker_sees_upward_imports_and_axum() {
+        let v = violations("data", "use crate::http::AppState;\nuse crate::imaging::Pipeline;\n");
+        assert_eq!(v, vec!["`data` (layer 2) imports `http`".to_string()]);
+        assert!(violations("store", "use crate::data::Task;").len() == 1);
+        assert!(violations("jobs", "use crate::serve::Registry;").len() == 1);
+        assert!(violations("train", "//! see crate::jobs::worker\n").is_empty());
+        assert_eq!(violations("serve", "use axum::Router;").len(), 1);
+        assert!(violations("http", "use axum::Router;\nuse crate::app::AppState;").is_empty());
+        assert_eq!(violations("newmod", "").len(), 1);
+    }
+}
