@@ -30,10 +30,11 @@ run: build
 test: $(STAMP)
 	cargo test --locked --all-targets -- --test-threads=2
 
-## lint: formatting and clippy, warnings are errors
+## lint: formatting, clippy (warnings are errors) and the import rule (src/layering.rs)
 lint: $(STAMP)
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
+	cargo test --locked --lib layering
 
 ## openapi: regenerate openapi/openapi.json from the code
 openapi: $(STAMP)

@@ -19,13 +19,11 @@ pub struct Query<T>(pub T);
 
 impl From<JsonRejection> for AppError {
     fn from(r: JsonRejection) -> Self {
-        let status = r.status();
-        let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-            "unsupported_media_type"
-        } else {
-            "invalid_json"
-        };
-        AppError::client(status, code, r.body_text())
+        match r.status() {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => AppError::unsupported_media_type(r.body_text()),
+            StatusCode::UNPROCESSABLE_ENTITY => AppError::unprocessable("invalid_json", r.body_text()),
+            _ => AppError::bad_request("invalid_json", r.body_text()),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::routing::post;
 use axum::Router;
 use base64::Engine as _;

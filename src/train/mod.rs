@@ -29,7 +29,6 @@ pub use eval::{EpochMetrics, Evaluation};
 pub use record::{ModelCard, TrainedModel};
 pub use session::run;
 
-use crate::data::Task;
 use crate::train::config::JobConfig;
 
 /// Everything a training run needs, resolved by the worker.
