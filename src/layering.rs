@@ -8,7 +8,7 @@
 //! | 4 | `jobs`, `serve` |
 //! | 3 | `train` |
 //! | 2 | `data`, `model` |
-//! | 1 | `imaging`, `store`, `db`, `torch_info`, `torchx` |
+//! | 1 | `imaging`, `store`, `db`, `torch_info`, `torchx`, `devices` |
 //! | 0 | `task`, `error`, `metrics` (vocabulary shared by every layer) |
 
 /// The layer of a top-level module, `None` for one the rule does not know
@@ -20,7 +20,7 @@ pub fn layer(module: &str) -> Option<u8> {
         "jobs" | "serve" => 4,
         "train" => 3,
         "data" | "model" => 2,
-        "imaging" | "store" | "db" | "torch_info" | "torchx" => 1,
+        "imaging" | "store" | "db" | "torch_info" | "torchx" | "devices" => 1,
         "task" | "error" | "metrics" => 0,
         _ => return None,
     })
@@ -66,10 +66,12 @@ pub fn violations(module: &str, source: &str) -> Vec<String> {
             None => {} // an item of lib.rs itself (`crate::AppError`)
         }
     }
-    if module != "http" && source.lines().any(|l| {
-        let code = l.split("//").next().unwrap_or("");
-        code.contains("axum::") || code.contains("use axum")
-    }) {
+    if module != "http"
+        && source.lines().any(|l| {
+            let code = l.split("//").next().unwrap_or("");
+            code.contains("axum::") || code.contains("use axum")
+        })
+    {
         out.push(format!("`{module}` uses axum; only `http` may"));
     }
     out
@@ -97,7 +99,12 @@ mod tests {
         let mut found = Vec::new();
         visit(&src, &mut |path| {
             let rel = path.strip_prefix(&src).unwrap();
-            let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+            let first = rel
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy();
             let module = first.trim_end_matches(".rs").to_string();
             if module == "lib" || module == "main" {
                 return;
@@ -107,12 +114,19 @@ mod tests {
                 found.push(format!("{}: {v}", rel.display()));
             }
         });
-        assert!(found.is_empty(), "layering violations:\n{}", found.join("\n"));
+        assert!(
+            found.is_empty(),
+            "layering violations:\n{}",
+            found.join("\n")
+        );
     }
 
     #[test]
     fn the_checker_sees_upward_imports_and_axum() {
-        let v = violations("data", "use crate::http::AppState;\nuse crate::imaging::Pipeline;\n");
+        let v = violations(
+            "data",
+            "use crate::http::AppState;\nuse crate::imaging::Pipeline;\n",
+        );
         assert_eq!(v, vec!["`data` (layer 2) imports `http`".to_string()]);
         assert!(violations("store", "use crate::data::Task;").len() == 1);
         assert!(violations("jobs", "use crate::serve::Registry;").len() == 1);

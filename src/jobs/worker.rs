@@ -1,6 +1,11 @@
 //! One worker per configured device. It claims a job, runs the training on
 //! an OS thread of its own, renews its lease while listening to the
 //! trainer's reports, and records the outcome under that lease.
+//!
+//! A fatal device error ([`crate::devices::is_fatal_device_error`], or the
+//! trainer's `TrainError::DeviceFatal`) fails the job at once (a retry
+//! would run in the same dead CUDA context), takes the device out of
+//! service, and ends the worker: it claims nothing more on that device.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,11 +15,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::train::config::JobConfig;
 use super::events::JobEvent;
 use super::JobQueue;
+use crate::devices::is_fatal_device_error;
 use crate::store::jobs::{self as store, JobRow, JobStatus};
 use crate::store::models::NewModel;
+use crate::train::config::JobConfig;
 use crate::train::{TrainError, TrainEvent, TrainOutcome, TrainSpec};
 
 /// Starts a worker task per device; they stop when `shutdown` fires,
@@ -75,6 +81,10 @@ impl Worker {
         tracing::info!(device = %self.device_name, owner = %self.owner, "worker started");
         let poll = Duration::from_millis(500);
         while !shutdown.is_cancelled() {
+            if !self.queue.health.is_up(&self.device_name) {
+                tracing::warn!(device = %self.device_name, "worker stopped: its device is out of service until restart");
+                return;
+            }
             if let Err(e) = store::reap_expired(&self.queue.db).await {
                 tracing::warn!(error = ?e, "reaping expired leases failed");
             }
@@ -147,10 +157,16 @@ impl Worker {
         let (done_tx, mut done_rx) = oneshot::channel();
         {
             let stop_flag = stop_flag.clone();
+            let health = self.queue.health.clone();
+            let device_name = self.device_name.clone();
             std::thread::Builder::new()
                 .name(format!("vitrine-train-{}", self.device_name))
                 .spawn(move || {
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        if let Some(message) = health.take_injected_fault(&device_name) {
+                            // As a failing kernel would: tch panics with libtorch's message.
+                            panic!("{message}");
+                        }
                         crate::train::run(spec, events_tx, stop_flag)
                     }))
                     .unwrap_or_else(|p| {
@@ -257,6 +273,16 @@ impl Worker {
                 self.publish_status(id, JobStatus::Queued, false, serde_json::json!({}));
                 return false;
             }
+            (_, Err(e)) if is_device_fatal(&e) => {
+                let msg = e.to_string();
+                self.queue.health.report_fatal(&self.device_name, &msg);
+                Err(format!(
+                    "device {} failed with a fatal error and is out of service until the service \
+                     restarts (the job is not retried there): {}",
+                    self.device_name,
+                    msg.lines().next().unwrap_or_default()
+                ))
+            }
             (Stop::Cancelled, Ok(o)) => self.record_model(job, o, JobStatus::Cancelled).await,
             (_, Ok(o)) => self.record_model(job, o, JobStatus::Succeeded).await,
             (_, Err(TrainError::Retryable(msg))) if job.attempts < job.max_attempts => {
@@ -350,6 +376,13 @@ impl Worker {
             }
         }
     }
+}
+
+/// Whether a training error means the device's CUDA context is dead: the
+/// trainer said so, or the message (a libtorch panic caught anywhere in
+/// training, e.g. `training step failed: CUDA error: ...`) says so.
+fn is_device_fatal(e: &TrainError) -> bool {
+    matches!(e, TrainError::DeviceFatal(_)) || is_fatal_device_error(&e.to_string())
 }
 
 /// Turns trainer reports into progress rows (throttled), per-epoch metrics
@@ -469,5 +502,119 @@ impl<'a> Reporter<'a> {
         {
             tracing::warn!(job = %self.job_id, error = ?e, "writing progress failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::DeviceHealth;
+    use crate::store::datasets::NewDataset;
+    use crate::store::jobs::NewJob;
+
+    async fn queue(dir: &std::path::Path) -> JobQueue {
+        let url = format!("sqlite://{}", dir.join("vitrine.db").display());
+        JobQueue {
+            db: crate::db::connect(&url).await.unwrap(),
+            hub: Default::default(),
+            notify: Default::default(),
+            devices: vec![tch::Device::Cpu],
+            data_dir: dir.to_path_buf(),
+            max_attempts: 3,
+            lease: Duration::from_secs(30),
+            health: DeviceHealth::new(&["cpu".into()], &prometheus::Registry::new()),
+        }
+    }
+
+    /// Queues a job on a dataset row and a base model directory that exist
+    /// (the worker resolves both before training starts).
+    async fn queue_job(queue: &JobQueue) -> String {
+        let base = queue.data_dir.join("base");
+        std::fs::create_dir_all(&base).unwrap();
+        let sha = uuid::Uuid::now_v7().simple().to_string();
+        let dataset = crate::store::datasets::insert(
+            &queue.db,
+            &NewDataset {
+                sha256: &sha,
+                format: "zip",
+                size_bytes: 1,
+                path: "datasets/x",
+                task: crate::task::Task::MultiClass,
+                summary_json: "{}",
+            },
+        )
+        .await
+        .unwrap();
+        let config = format!(r#"{{"base_model":"{}"}}"#, base.display());
+        let (job, _) = store::insert(
+            &queue.db,
+            NewJob {
+                dataset_id: &dataset.id.to_string(),
+                config_json: &config,
+                idempotency_key: None,
+                device: None,
+                max_attempts: 3,
+            },
+        )
+        .await
+        .unwrap();
+        job.id
+    }
+
+    /// The training thread sees a fatal CUDA error (injected: tch panics
+    /// with libtorch's message, as a failing kernel makes it): the job
+    /// fails at once with the reason (attempts were left: a retryable error
+    /// would have requeued it), the device leaves service, and the worker
+    /// ends without claiming the next job.
+    #[tokio::test]
+    async fn a_fatal_device_error_fails_the_job_and_stops_the_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = queue(dir.path()).await;
+        let first = queue_job(&queue).await;
+        let second = queue_job(&queue).await;
+        queue.health.inject_fault(
+            "cpu",
+            "CUDA error: device-side assert triggered\nCUDA kernel errors might be asynchronously reported at some other API call",
+        );
+        let workers = spawn_workers(&queue, CancellationToken::new());
+        tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(workers))
+            .await
+            .expect("the worker stops by itself");
+
+        let job = store::get(&queue.db, &first).await.unwrap().unwrap();
+        assert_eq!(job.status(), JobStatus::Failed);
+        assert_eq!(job.attempts, 1, "not retried");
+        let error = job.error.unwrap();
+        assert!(
+            error.starts_with("device cpu failed with a fatal error and is out of service")
+                && error.ends_with("training crashed: CUDA error: device-side assert triggered"),
+            "{error}"
+        );
+        assert_eq!(
+            store::get(&queue.db, &second)
+                .await
+                .unwrap()
+                .unwrap()
+                .status(),
+            JobStatus::Queued,
+            "nothing more is claimed on a dead device"
+        );
+        assert!(!queue.health.is_up("cpu"));
+    }
+
+    /// The trainer's own words count too: a step that failed with a fatal
+    /// message (as `train::session` reports it) or `DeviceFatal`.
+    #[test]
+    fn fatal_training_errors_are_recognised() {
+        assert!(is_device_fatal(&TrainError::retry(
+            "training step failed: CUDA error: an illegal memory access was encountered"
+        )));
+        assert!(is_device_fatal(&TrainError::DeviceFatal("anything".into())));
+        assert!(!is_device_fatal(&TrainError::retry(
+            "training step failed: CUDA out of memory. Tried to allocate 2.00 GiB"
+        )));
+        assert!(!is_device_fatal(&TrainError::fatal(
+            "the job's dataset no longer exists"
+        )));
     }
 }

@@ -96,6 +96,10 @@ pub enum TrainError {
     /// Something transient (I/O, a crash inside libtorch): retry.
     #[error("{0}")]
     Retryable(String),
+    /// A fatal device error (`crate::devices::is_fatal_device_error`): the
+    /// CUDA context is dead, so the job fails and the device leaves service.
+    #[error("{0}")]
+    DeviceFatal(String),
 }
 
 impl TrainError {
