@@ -75,7 +75,9 @@ fn main() -> anyhow::Result<()> {
         let secs = steps[steps.len() - 1] - steps[skip];
         timed as f64 * batch / secs.as_secs_f64()
     });
-    let card = outcome.card.ok_or_else(|| anyhow::anyhow!("no epoch completed"))?;
+    let card = outcome
+        .card
+        .ok_or_else(|| anyhow::anyhow!("no epoch completed"))?;
     let validation = card
         .validation
         .as_ref()

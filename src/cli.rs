@@ -41,7 +41,6 @@ pub enum BenchCommand {
     Preprocess(crate::imaging::bench::BenchArgs),
 }
 
-
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => crate::server::run(cli.serve),

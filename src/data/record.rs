@@ -63,7 +63,10 @@ pub async fn get(db: &SqlitePool, id: Uuid) -> anyhow::Result<Option<DatasetReco
 }
 
 /// The dataset stored from the archive with this SHA-256, if any.
-pub async fn find_by_sha256(db: &SqlitePool, sha256: &str) -> anyhow::Result<Option<DatasetRecord>> {
+pub async fn find_by_sha256(
+    db: &SqlitePool,
+    sha256: &str,
+) -> anyhow::Result<Option<DatasetRecord>> {
     store::find_by_sha256(db, sha256)
         .await?
         .map(TryInto::try_into)

@@ -74,8 +74,7 @@ impl Manifest {
     /// (see [`stratified_split`]).
     pub fn with_validation_split(mut self, fraction: f64, seed: u64) -> Manifest {
         if self.validation.is_none() {
-            let (train, val) =
-                stratified_split(&self.train, self.labels.len(), fraction, seed);
+            let (train, val) = stratified_split(&self.train, self.labels.len(), fraction, seed);
             self.train = train;
             self.validation = Some(val);
         }

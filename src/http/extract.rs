@@ -21,7 +21,9 @@ impl From<JsonRejection> for AppError {
     fn from(r: JsonRejection) -> Self {
         match r.status() {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => AppError::unsupported_media_type(r.body_text()),
-            StatusCode::UNPROCESSABLE_ENTITY => AppError::unprocessable("invalid_json", r.body_text()),
+            StatusCode::UNPROCESSABLE_ENTITY => {
+                AppError::unprocessable("invalid_json", r.body_text())
+            }
             _ => AppError::bad_request("invalid_json", r.body_text()),
         }
     }

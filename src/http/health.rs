@@ -7,8 +7,8 @@ use axum::routing::get;
 use axum::Router;
 use serde::Serialize;
 
-use crate::app::AppState;
 use super::problem::problem_response;
+use crate::app::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

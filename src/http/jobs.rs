@@ -18,9 +18,9 @@ use super::multipart::BodyLimit;
 use crate::app::AppState;
 use crate::error::{AppError, AppResult};
 use crate::jobs::service;
-use crate::train::config::JobConfig;
 use crate::jobs::view::JobView;
 use crate::store::jobs::{self as store, JobStatus};
+use crate::train::config::JobConfig;
 
 pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()

@@ -77,14 +77,23 @@ impl BodyLimit {
     }
 
     /// Reads the request as multipart.
-    pub async fn multipart<S: Send + Sync>(&self, req: Request, state: &S) -> Result<Multipart, AppError> {
+    pub async fn multipart<S: Send + Sync>(
+        &self,
+        req: Request,
+        state: &S,
+    ) -> Result<Multipart, AppError> {
         Multipart::from_request(req, state)
             .await
-            .map_err(|e: MultipartRejection| AppError::bad_request("invalid_multipart", e.body_text()))
+            .map_err(|e: MultipartRejection| {
+                AppError::bad_request("invalid_multipart", e.body_text())
+            })
     }
 
     /// The next part, if any.
-    pub async fn next_field<'a>(&self, m: &'a mut Multipart) -> Result<Option<Field<'a>>, AppError> {
+    pub async fn next_field<'a>(
+        &self,
+        m: &'a mut Multipart,
+    ) -> Result<Option<Field<'a>>, AppError> {
         m.next_field().await.map_err(|e| self.multipart_error(e))
     }
 

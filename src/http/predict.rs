@@ -276,10 +276,8 @@ const SNIFFED: &[&str] = &[
 ];
 
 fn unsupported(content_type: &str) -> AppError {
-    AppError::unsupported_media_type(
-        format!(
-            "Content-Type `{content_type}` is not accepted: use multipart/form-data, image/* \
+    AppError::unsupported_media_type(format!(
+        "Content-Type `{content_type}` is not accepted: use multipart/form-data, image/* \
              (e.g. curl -H 'Content-Type: image/jpeg' --data-binary @cat.jpg), or application/json"
-        ),
-    )
+    ))
 }

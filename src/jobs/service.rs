@@ -104,9 +104,7 @@ async fn check_base_model(source: &str, image_size: Option<u32>) -> AppResult<()
             Ok(())
         }
     };
-    checked.map_err(|e| {
-        AppError::unprocessable("unknown_base_model", format!("{e:#}"))
-    })
+    checked.map_err(|e| AppError::unprocessable("unknown_base_model", format!("{e:#}")))
 }
 
 /// A local directory (or cached Hub snapshot) must hold a checkpoint

@@ -176,7 +176,6 @@ impl ModelConfig {
     }
 }
 
-
 /// `ViTConfig` of `transformers`. Fields it does not use (`encoder_stride`,
 /// `architectures`, `transformers_version`, ...) are kept in `extra` and
 /// written back on save.
@@ -311,7 +310,6 @@ impl ViTConfig {
             .unwrap_or_default()
     }
 }
-
 
 #[cfg(test)]
 mod tests {

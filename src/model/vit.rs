@@ -32,11 +32,7 @@ impl ViTEmbeddings {
     pub fn new(p: nn::Path, c: &ViTConfig) -> Self {
         let std = c.initializer_range;
         let num_positions = c.grid_size() * c.grid_size() + 1;
-        let cls_token = p.var(
-            "cls_token",
-            &[1, 1, c.hidden_size],
-            normal(std),
-        );
+        let cls_token = p.var("cls_token", &[1, 1, c.hidden_size], normal(std));
         let position_embeddings = p.var(
             "position_embeddings",
             &[1, num_positions, c.hidden_size],

@@ -98,10 +98,7 @@ pub async fn get(db: &SqlitePool, id: Uuid) -> anyhow::Result<Option<DatasetRow>
     row.map(TryInto::try_into).transpose()
 }
 
-pub async fn find_by_sha256(
-    db: &SqlitePool,
-    sha256: &str,
-) -> anyhow::Result<Option<DatasetRow>> {
+pub async fn find_by_sha256(db: &SqlitePool, sha256: &str) -> anyhow::Result<Option<DatasetRow>> {
     let row: Option<Row> =
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM datasets WHERE sha256 = ?"))
             .bind(sha256)

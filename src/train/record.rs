@@ -100,23 +100,25 @@ impl TrainedModel {
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let card = match std::fs::read(dir.join(CARD_FILE)) {
-            Ok(bytes) => Some(ModelCard::from_json(&bytes).map_err(|e| {
-                ModelError::InvalidConfig {
-                    path: dir.join(CARD_FILE),
-                    detail: e.to_string(),
-                }
-            })?),
+            Ok(bytes) => {
+                Some(
+                    ModelCard::from_json(&bytes).map_err(|e| ModelError::InvalidConfig {
+                        path: dir.join(CARD_FILE),
+                        detail: e.to_string(),
+                    })?,
+                )
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(ModelError::io(dir.join(CARD_FILE), e)),
         };
         let preprocessor: PreprocessorConfig =
             match std::fs::read(dir.join("preprocessor_config.json")) {
-                Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                    ModelError::InvalidConfig {
+                Ok(bytes) => {
+                    serde_json::from_slice(&bytes).map_err(|e| ModelError::InvalidConfig {
                         path: dir.join("preprocessor_config.json"),
                         detail: e.to_string(),
-                    }
-                })?,
+                    })?
+                }
                 Err(_) => PreprocessorConfig::default(),
             };
         // One input size per model, whatever the preprocessor says (see

@@ -11,6 +11,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::batches::spawn_loader;
 use super::checkpoint::{Checkpoints, LoopState};
+use super::config::{JobConfig, Mode, Precision};
+use super::data::{prepare, Prepared};
 use super::eval::{evaluate, loss, targets_tensor, EpochMetrics, Evaluation};
 use super::oom::retry_smaller;
 use super::optim::{lr_at, AdamW};
@@ -18,8 +20,6 @@ use super::record::{ModelCard, TestMetrics};
 use super::{features, Events, StopFlag, TrainError, TrainEvent, TrainOutcome, TrainSpec};
 use crate::data::Task;
 use crate::imaging::{Pipeline, PreprocessorConfig};
-use super::config::{JobConfig, Mode, Precision};
-use super::data::{prepare, Prepared};
 use crate::model::{Model, ParamGroup};
 
 /// Trains `spec`'s job to the end, to early stopping, or until `stop` is set.
