@@ -129,7 +129,7 @@ async fn zip_with_splits_in_a_wrapper_dir_is_stored() {
     let list = body_json(app.get("/datasets").await).await;
     assert_eq!(list["datasets"][0]["id"], id);
 
-    let record = vitrine::store::datasets::get(&app.state.db, id.parse().unwrap())
+    let record = vitrine::data::record::get(&app.state.db, id.parse().unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -157,7 +157,7 @@ async fn tar_gz_label_dirs_without_splits_get_a_seeded_split() {
     assert_eq!(body["format"], "tar.gz");
     assert_eq!(body["summary"]["layout"], "labels");
     let record =
-        vitrine::store::datasets::get(&app.state.db, body["id"].as_str().unwrap().parse().unwrap())
+        vitrine::data::record::get(&app.state.db, body["id"].as_str().unwrap().parse().unwrap())
             .await
             .unwrap()
             .unwrap();

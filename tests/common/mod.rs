@@ -10,7 +10,8 @@ use http_body_util::BodyExt;
 use tempfile::TempDir;
 use tower::ServiceExt;
 use vitrine::config::ServeConfig;
-use vitrine::http::{router, AppState};
+use vitrine::app::AppState;
+use vitrine::http::router;
 
 /// A fresh application over a temporary data directory.
 pub struct TestApp {
@@ -27,7 +28,7 @@ impl TestApp {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = ServeConfig::for_data_dir(dir.path());
         tweak(&mut cfg);
-        let state = vitrine::server::build_state(cfg).await.unwrap();
+        let state = vitrine::app::AppState::build(cfg).await.unwrap();
         Self { state, dir }
     }
 
