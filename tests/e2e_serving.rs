@@ -355,6 +355,8 @@ async fn new_models_hot_swap_and_aliases_pin() {
     let flow_png = png.clone();
     let stop = tokio_util::sync::CancellationToken::new();
     let flow_stop = stop.clone();
+    let answers = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flow_answers = answers.clone();
     let flow = tokio::spawn(async move {
         let mut seen = Vec::new();
         while !flow_stop.is_cancelled() {
@@ -373,12 +375,21 @@ async fn new_models_hot_swap_and_aliases_pin() {
             if seen.last() != Some(&model) {
                 seen.push(model);
             }
+            flow_answers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         seen
     });
     let second = train(&server, &fx, 2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let the flow answer twice after the second model was recorded (a
+    // fixed pause is too short on a loaded machine).
+    let after = answers.load(std::sync::atomic::Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while answers.load(std::sync::atomic::Ordering::SeqCst) < after + 2
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.cancel();
     let seen = flow.await.unwrap();
     assert_eq!(
