@@ -71,6 +71,7 @@ def loader(folder, batch, shuffle, workers, pin):
 
 
 def main() -> None:
+    process_started = time.perf_counter()
     args = parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -161,6 +162,7 @@ def main() -> None:
         "batch": args.batch,
         "steps": len(train_loader) * args.epochs,
         "images_per_sec": ips,
+        "wall_secs": time.perf_counter() - process_started,
         "epochs": records,
     }))
 
