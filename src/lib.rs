@@ -19,6 +19,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod torch_info;
+pub mod torchx;
 pub mod train;
 
 pub use error::AppError;

@@ -16,10 +16,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{Json, Query};
 use super::AppState;
 use crate::error::{AppError, AppResult};
-use crate::train::config::JobConfig;
 use crate::jobs::service;
 use crate::jobs::view::JobView;
 use crate::store::jobs::{self as store, JobStatus};
+use crate::train::config::JobConfig;
 
 pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()

@@ -3,11 +3,11 @@
 
 use axum::http::StatusCode;
 
-use crate::train::config::JobConfig;
 use crate::data::Task;
 use crate::error::{AppError, AppResult};
 use crate::http::AppState;
 use crate::store::jobs::{self as store, JobRow, NewJob};
+use crate::train::config::JobConfig;
 
 /// Parses the client's config document; the error names the field.
 pub fn parse_config(text: &str) -> AppResult<JobConfig> {

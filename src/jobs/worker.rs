@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::train::config::JobConfig;
 use super::events::JobEvent;
 use crate::http::AppState;
 use crate::store::jobs::{self as store, JobRow, JobStatus};
 use crate::store::models::NewModel;
+use crate::train::config::JobConfig;
 use crate::train::{TrainError, TrainEvent, TrainOutcome, TrainSpec};
 
 /// Starts a worker task per device; they stop when `shutdown` fires,
