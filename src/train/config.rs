@@ -96,7 +96,7 @@ pub struct JobConfig {
     #[serde(default)]
     pub mixed_precision: Precision,
     /// Never use TF32 for fp32 matmuls and convolutions on a GPU (slower,
-    /// bit-for-bit IEEE fp32). While such a job runs, TF32 is off for the
+    /// full fp32 precision). While such a job runs, TF32 is off for the
     /// whole process, as libtorch's switch is process-wide.
     #[serde(default)]
     pub strict_fp32: bool,
