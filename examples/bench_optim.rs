@@ -25,7 +25,10 @@ fn vit_b_shapes() -> Vec<(String, Vec<i64>)> {
             "vit.embeddings.patch_embeddings.projection.weight".into(),
             vec![d, 3, 16, 16],
         ),
-        ("vit.embeddings.patch_embeddings.projection.bias".into(), vec![d]),
+        (
+            "vit.embeddings.patch_embeddings.projection.bias".into(),
+            vec![d],
+        ),
     ];
     for i in 0..12 {
         let l = format!("vit.encoder.layer.{i}");
