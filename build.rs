@@ -1,4 +1,5 @@
-//! Makes the binary find libtorch by itself and keeps `libtorch_cuda.so` linked.
+//! Makes the binary find libtorch by itself, keeps `libtorch_cuda.so` linked,
+//! and compiles the small C++ shim of `src/torchx` against libtorch's headers.
 //!
 //! torch-sys links against the libtorch it finds (here: the `torch` wheel in
 //! the repo's `.venv`, via `LIBTORCH_USE_PYTORCH=1`) but puts no run path on
@@ -13,7 +14,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");
 
-    let (version, lib_dir) = locate_libtorch();
+    let torch = locate_libtorch();
+    let (version, lib_dir) = (torch.version, torch.lib_dir);
     println!("cargo:rustc-env=VITRINE_LIBTORCH_VERSION={version}");
     println!("cargo:rustc-env=VITRINE_LIBTORCH_LIB={}", lib_dir.display());
 
@@ -26,16 +28,50 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+    compile_shim(&torch.include_dir, torch.cxx11_abi);
 }
 
-/// Returns libtorch's version and its `lib` directory.
-fn locate_libtorch() -> (String, PathBuf) {
+/// Builds `src/torchx/shim.cpp` as torch-sys builds its own C++ (C++17,
+/// libtorch's C++ ABI), into a static library linked before libtorch.
+fn compile_shim(include: &Path, cxx11_abi: bool) {
+    println!("cargo:rerun-if-changed=src/torchx/shim.cpp");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .std("c++17")
+        .warnings(false)
+        .include(include)
+        .include(include.join("torch/csrc/api/include"))
+        .define("_GLIBCXX_USE_CXX11_ABI", if cxx11_abi { "1" } else { "0" })
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        .file("src/torchx/shim.cpp")
+        .compile("vitrine_torchx");
+}
+
+/// Where libtorch is and how it was built.
+struct Libtorch {
+    version: String,
+    lib_dir: PathBuf,
+    include_dir: PathBuf,
+    /// libtorch's `_GLIBCXX_USE_CXX11_ABI` (true for every wheel since 2.7).
+    cxx11_abi: bool,
+}
+
+/// Finds libtorch: `$LIBTORCH`, else the `torch` package of the venv's Python.
+fn locate_libtorch() -> Libtorch {
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let abi_override = std::env::var("LIBTORCH_CXX11_ABI").ok().map(|v| v != "0");
     if let Ok(dir) = std::env::var("LIBTORCH") {
         let dir = PathBuf::from(dir);
         let version = std::fs::read_to_string(dir.join("build-version"))
             .map(|v| v.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());
-        return (version, dir.join("lib"));
+        return Libtorch {
+            version,
+            lib_dir: dir.join("lib"),
+            include_dir: dir.join("include"),
+            cxx11_abi: abi_override.unwrap_or(true),
+        };
     }
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let venv_python = manifest.join(".venv/bin/python");
@@ -48,7 +84,8 @@ fn locate_libtorch() -> (String, PathBuf) {
         .args([
             "-c",
             "import os, torch; print(torch.__version__); \
-             print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
+             print(os.path.dirname(torch.__file__)); \
+             print(int(torch.compiled_with_cxx11_abi()))",
         ])
         .output()
         .unwrap_or_else(|e| panic!("running {python:?} to locate torch: {e}; run `make setup`"));
@@ -60,6 +97,12 @@ fn locate_libtorch() -> (String, PathBuf) {
     let text = String::from_utf8(out.stdout).unwrap();
     let mut lines = text.lines();
     let version = lines.next().unwrap_or("unknown").to_string();
-    let lib = PathBuf::from(lines.next().expect("torch lib dir"));
-    (version, lib)
+    let root = PathBuf::from(lines.next().expect("torch's directory"));
+    let abi = lines.next().map(|v| v.trim() != "0").unwrap_or(true);
+    Libtorch {
+        version,
+        lib_dir: root.join("lib"),
+        include_dir: root.join("include"),
+        cxx11_abi: abi_override.unwrap_or(abi),
+    }
 }

@@ -19,7 +19,7 @@ fn main() {
     let threads: i32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2);
     let steps: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
     tch::set_num_threads(threads);
-    tch::manual_seed(0);
+    vitrine::torchx::manual_seed(Device::Cpu, 0).expect("seeding");
     let config: ViTConfig = serde_json::from_value(serde_json::json!({
         "hidden_size": 192, "num_hidden_layers": 12, "num_attention_heads": 3,
         "intermediate_size": 768, "image_size": 224, "patch_size": 16
@@ -38,12 +38,13 @@ fn main() {
     let mut times = Vec::with_capacity(steps);
     for i in 0..steps + 2 {
         let started = Instant::now();
-        opt.zero_grad();
+        opt.zero_grad().expect("dropping gradients");
         let loss = net.forward_t(&x, true).cross_entropy_for_logits(&y);
         loss.backward();
         let _ = loss.double_value(&[]);
-        opt.clip_grad_norm(1.0);
-        opt.step(1e-4);
+        let clipped = opt.clip_grad_norm(1.0).expect("clipping");
+        opt.step(1e-4, Some(&clipped.found_inf))
+            .expect("the optimiser step");
         if i >= 2 {
             times.push(started.elapsed().as_secs_f64());
         }

@@ -56,11 +56,12 @@ fn main() -> anyhow::Result<()> {
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // Timestamps are taken as the events arrive, on a thread of their own.
+    // The trainer reports every few steps (when it reads the loss back).
     let steps = std::thread::spawn(move || {
         let mut at = Vec::new();
         while let Some(event) = rx.blocking_recv() {
-            if let TrainEvent::Step { .. } = event {
-                at.push(Instant::now());
+            if let TrainEvent::Step { step, .. } = event {
+                at.push((step, Instant::now()));
             }
         }
         at
@@ -70,11 +71,16 @@ fn main() -> anyhow::Result<()> {
     let wall = started.elapsed().as_secs_f64();
     let steps = steps.join().expect("the event thread");
 
-    let timed = steps.len().saturating_sub(skip + 1);
-    let images_per_sec = (timed > 0).then(|| {
-        let secs = steps[steps.len() - 1] - steps[skip];
-        timed as f64 * batch / secs.as_secs_f64()
-    });
+    // From the first report after the warm-up steps to the last report.
+    let first = steps.iter().find(|(step, _)| *step as usize > skip);
+    let last = steps.last();
+    let (timed, images_per_sec) = match (first, last) {
+        (Some(&(s0, t0)), Some(&(s1, t1))) if s1 > s0 => {
+            let timed = (s1 - s0) as usize;
+            (timed, Some(timed as f64 * batch / (t1 - t0).as_secs_f64()))
+        }
+        _ => (0, None),
+    };
     let card = outcome
         .card
         .ok_or_else(|| anyhow::anyhow!("no epoch completed"))?;
@@ -89,7 +95,7 @@ fn main() -> anyhow::Result<()> {
         serde_json::json!({
             "impl": "vitrine",
             "threads": threads,
-            "steps": steps.len(),
+            "steps": steps.last().map(|s| s.0).unwrap_or(0),
             "timed_steps": timed,
             "images_per_sec": images_per_sec,
             "wall_secs": wall,

@@ -41,6 +41,18 @@ const FATAL_PHRASES: &[&str] = &[
     "invalid program counter",
     // cudaErrorLaunchTimeout: "the launch timed out and was terminated"
     "launch timed out and was terminated",
+    // cudaErrorInvalidAddressSpace
+    "operation not supported on global/shared address space",
+    // cudaErrorNvlinkUncorrectable's other wording
+    "invalid access of peer gpu memory over nvlink",
+    // cudaErrorDevicesUnavailable: exclusive-process mode, or a lost device
+    "busy or unavailable",
+    // cudaErrorNoKernelImageForDevice: this build cannot run on the device
+    // at all (its architecture is missing); every kernel would fail.
+    "no kernel image is available for execution on the device",
+    // cudaErrorUnknown: what a GPU that fell off the bus (Xid 79) reports.
+    "cuda error: unknown error",
+    "cuda driver error: unknown error",
     // The same errors seen through the libraries and the driver API.
     "cublas_status_execution_failed",
     "cudnn_status_execution_failed",
@@ -59,8 +71,10 @@ const FATAL_PHRASES: &[&str] = &[
 
 /// Whether an error message (a libtorch exception's text, as tch panics or
 /// returns it) reports a fatal device error: one after which the CUDA
-/// context of the process is unusable, so retrying on that device cannot
-/// succeed. Out-of-memory, invalid arguments and missing kernels are not.
+/// context of the process is unusable (or the device cannot run this build
+/// at all), so retrying on that device cannot succeed. Out-of-memory and
+/// invalid arguments are not. Meant as the one classifier of fatal device
+/// errors, for training (`train::oom`) and serving alike.
 pub fn is_fatal_device_error(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     let from_the_gpu_stack = m.contains("cuda") || m.contains("cublas") || m.contains("cudnn");
@@ -205,8 +219,10 @@ mod tests {
     /// Messages as libtorch 2.x raises them (c10::Error / AcceleratorError
     /// text, including the advice lines libtorch appends).
     const FATAL: &[&str] = &[
-        "CUDA error: device-side assert triggered\nCUDA kernel errors might be asynchronously reported at some other API call, so the stacktrace below might be incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\nCompile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n",
-        "CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be asynchronously reported at some other API call",
+        "CUDA error: device-side assert triggered\nSearch for `cudaErrorAssert' in https://docs.nvidia.com/cuda/cuda-runtime-api/group__CUDART__TYPES.html for more information.\nCUDA kernel errors might be asynchronously reported at some other API call, so the stacktrace below might be incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\nCompile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n",
+        "CUDA error: an illegal memory access was encountered\nSearch for `cudaErrorIllegalAddress' in https://docs.nvidia.com/cuda/cuda-runtime-api/group__CUDART__TYPES.html for more information.\nCUDA kernel errors might be asynchronously reported at some other API call, so the stacktrace below might be incorrect.",
+        // tch's panic text: the error's Debug form inside unwrap's message.
+        "called `Result::unwrap()` on an `Err` value: Torch(\"CUDA error: an illegal memory access was encountered\\nSearch for `cudaErrorIllegalAddress'\")",
         "CUDA error: unspecified launch failure",
         "CUDA error: uncorrectable ECC error encountered",
         "CUDA error: misaligned address",
@@ -217,6 +233,11 @@ mod tests {
         "cuDNN error: CUDNN_STATUS_MAPPING_ERROR",
         "CUDA driver error: an illegal memory access was encountered",
         "training step failed: CUDA error: device-side assert triggered",
+        "CUDA error: operation not supported on global/shared address space",
+        "CUDA error: CUDA-capable device(s) is/are busy or unavailable",
+        "CUDA error: no kernel image is available for execution on the device",
+        "CUDA error: unknown error",
+        "CUDA error: uncorrectable NVLink error detected during the execution",
     ];
 
     const NOT_FATAL: &[&str] = &[
@@ -225,9 +246,11 @@ mod tests {
         "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
         "cuDNN error: CUDNN_STATUS_NOT_ENOUGH_WORKSPACE",
         "CUDA error: invalid device ordinal",
-        "CUDA error: no kernel image is available for execution on the device",
         "CUDA error: invalid argument",
+        "CUDA error: CUBLAS_STATUS_NOT_SUPPORTED when calling `cublasGemmEx(...)`",
         "mat1 and mat2 shapes cannot be multiplied (4x192 and 768x10)",
+        "cuDNN error: CUDNN_STATUS_NOT_SUPPORTED",
+        "Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu!",
         "DefaultCPUAllocator: can't allocate memory: you tried to allocate 4398046511104 bytes",
         // The phrase without a GPU library in sight is not a device error.
         "undecodable image: misaligned address.jpg",

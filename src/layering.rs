@@ -3,24 +3,32 @@
 //!
 //! | layer | modules |
 //! |---|---|
-//! | 6 | `http`, `server`, `cli`, `predict_local`, `telemetry` (the edges) |
-//! | 5 | `app`, `config` (the application state and its settings) |
-//! | 4 | `jobs`, `serve` |
-//! | 3 | `train` |
-//! | 2 | `data`, `model` |
-//! | 1 | `imaging`, `store`, `db`, `torch_info`, `torchx`, `devices` |
+//! | 10 | `cli` (the command line dispatches to everything) |
+//! | 9 | `server`, `predict_local` |
+//! | 8 | `http`, `telemetry` |
+//! | 7 | `app` (the application state) |
+//! | 6 | `config` (its settings) |
+//! | 5 | `jobs`, `serve` |
+//! | 4 | `train` |
+//! | 3 | `data`, `model` |
+//! | 2 | `imaging`, `store`, `torch_info`, `torchx` |
+//! | 1 | `db`, `devices` (device health, read by training, serving and `http`) |
 //! | 0 | `task`, `error`, `metrics` (vocabulary shared by every layer) |
 
 /// The layer of a top-level module, `None` for one the rule does not know
 /// (a new module must be placed in the table).
 pub fn layer(module: &str) -> Option<u8> {
     Some(match module {
-        "http" | "server" | "cli" | "predict_local" | "telemetry" | "layering" => 6,
-        "app" | "config" => 5,
-        "jobs" | "serve" => 4,
-        "train" => 3,
-        "data" | "model" => 2,
-        "imaging" | "store" | "db" | "torch_info" | "torchx" | "devices" => 1,
+        "cli" => 10,
+        "server" | "predict_local" => 9,
+        "http" | "telemetry" => 8,
+        "app" => 7,
+        "config" => 6,
+        "jobs" | "serve" => 5,
+        "train" => 4,
+        "data" | "model" => 3,
+        "imaging" | "store" | "torch_info" | "torchx" => 2,
+        "db" | "devices" => 1,
         "task" | "error" | "metrics" => 0,
         _ => return None,
     })
@@ -106,7 +114,8 @@ mod tests {
                 .as_os_str()
                 .to_string_lossy();
             let module = first.trim_end_matches(".rs").to_string();
-            if module == "lib" || module == "main" {
+            // `layering.rs` quotes violations in its own tests.
+            if module == "lib" || module == "main" || module == "layering" {
                 return;
             }
             let text = std::fs::read_to_string(path).unwrap();
@@ -127,7 +136,7 @@ mod tests {
             "data",
             "use crate::http::AppState;\nuse crate::imaging::Pipeline;\n",
         );
-        assert_eq!(v, vec!["`data` (layer 2) imports `http`".to_string()]);
+        assert_eq!(v, vec!["`data` (layer 3) imports `http`".to_string()]);
         assert!(violations("store", "use crate::data::Task;").len() == 1);
         assert!(violations("jobs", "use crate::serve::Registry;").len() == 1);
         assert!(violations("train", "//! see crate::jobs::worker\n").is_empty());

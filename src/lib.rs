@@ -23,6 +23,7 @@ pub mod store;
 pub mod task;
 pub mod telemetry;
 pub mod torch_info;
+pub mod torchx;
 pub mod train;
 
 pub use error::AppError;

@@ -6,7 +6,7 @@ Hugging Face: a FastAPI app around
 with one worker process.
 
   hf_pipeline_server.py --model DIR [--host 127.0.0.1] [--port 8000]
-                        [--threads T]
+                        [--threads T] [--device cpu|cuda] [--dtype float32|bfloat16]
 
 - `POST /predict`, multipart part `image` (an `UploadFile`), answers the
   pipeline's output for that image: a JSON list of the top 5
@@ -19,7 +19,9 @@ with one worker process.
   `AutoImageProcessor` picks, as the pipeline does by default).
 - `torch.set_num_threads(T)` (default: the number of CPUs) before loading,
   the same T vitrine gets with `--torch-threads`; inference under
-  `torch.inference_mode()` (the pipeline's default), float32, CPU.
+  `torch.inference_mode()` (the pipeline's default), on `--device` (the CPU
+  by default; `cuda` as `pipeline(..., device="cuda")` puts it there) in
+  `--dtype` (float32 by default, the pipeline's own default).
 - `GET /healthz` answers `{"status": "ok"}` once the model is loaded.
 """
 import argparse
@@ -32,8 +34,9 @@ from PIL import Image
 from transformers import pipeline
 
 
-def build_app(model_dir):
-    classifier = pipeline("image-classification", model=model_dir, device="cpu")
+def build_app(model_dir, device="cpu", dtype="float32"):
+    classifier = pipeline("image-classification", model=model_dir, device=device,
+                          dtype=getattr(torch, dtype))
     app = FastAPI(title="transformers image-classification pipeline")
 
     @app.get("/healthz")
@@ -54,9 +57,11 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    app = build_app(args.model)
+    app = build_app(args.model, args.device, args.dtype)
     uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="warning")
 
 

@@ -39,6 +39,8 @@ pub enum ImageError {
     MixedSizes(String),
     #[error("resize failed: {0}")]
     Resize(String),
+    #[error("colour jitter gives values that are not 8-bit; use the float batches")]
+    NotEightBit,
     #[error("tensor: {0}")]
     Tensor(#[from] tch::TchError),
 }

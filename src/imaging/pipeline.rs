@@ -297,69 +297,88 @@ impl Pipeline {
         Ok((resized, window))
     }
 
+    /// The geometry of one image: the resized pixels, the window the output
+    /// reads, and the augmentation draw.
+    fn place(
+        &self,
+        img: &RgbImage,
+        augment: Option<Draw>,
+    ) -> Result<(RgbImage, Window, Option<Draw>), ImageError> {
+        match augment {
+            None => {
+                let (r, w) = self.eval_geometry(img)?;
+                Ok((r, w, None))
+            }
+            Some(d) => {
+                let (h, w) = self.train_size();
+                let r = self.resize(img, w, h, Some(&d))?;
+                let window = Window {
+                    left: 0,
+                    top: 0,
+                    width: w,
+                    height: h,
+                };
+                Ok((r, window, Some(d)))
+            }
+        }
+    }
+
     /// Preprocesses one decoded image into `out` (`3 * H * W` floats, CHW).
-    /// Returns `(H, W)`; `out` must be large enough.
+    /// Returns `(H, W)`.
     fn process_into(
         &self,
         img: &RgbImage,
         augment: Option<Draw>,
         out: &mut Vec<f32>,
     ) -> Result<(u32, u32), ImageError> {
-        let (resized, window, draw) = match augment {
-            None => {
-                let (r, w) = self.eval_geometry(img)?;
-                (r, w, None)
-            }
-            Some(d) => {
-                let (h, w) = self.train_size();
-                let r = self.resize(img, w, h, Some(&d))?;
-                (
-                    r,
-                    Window {
-                        left: 0,
-                        top: 0,
-                        width: w,
-                        height: h,
-                    },
-                    Some(d),
-                )
-            }
-        };
+        let (resized, window, draw) = self.place(img, augment)?;
+        let flip = draw.map(|d| d.flip).unwrap_or(false);
+        match draw.and_then(|d| d.jitter) {
+            None => write_planes(&resized, window, flip, out, |c, v| {
+                self.lut[c][usize::from(v)]
+            }),
+            Some(f) => self.write_jittered(&resized, window, flip, f, out),
+        }
+        Ok((window.height, window.width))
+    }
+
+    /// Like [`Self::process_into`], but the 8-bit values before rescaling
+    /// and normalisation (padding is value 0, which normalises to the same
+    /// float as in `process_into`). Colour jitter makes values that are not
+    /// 8-bit: an error.
+    fn process_into_u8(
+        &self,
+        img: &RgbImage,
+        augment: Option<Draw>,
+        out: &mut Vec<u8>,
+    ) -> Result<(u32, u32), ImageError> {
+        let (resized, window, draw) = self.place(img, augment)?;
+        if draw.and_then(|d| d.jitter).is_some() {
+            return Err(ImageError::NotEightBit);
+        }
+        let flip = draw.map(|d| d.flip).unwrap_or(false);
+        write_planes(&resized, window, flip, out, |_, v| v);
+        Ok((window.height, window.width))
+    }
+
+    /// The colour-jittered output, in floats.
+    fn write_jittered(
+        &self,
+        resized: &RgbImage,
+        window: Window,
+        flip: bool,
+        factors: [f32; 3],
+        out: &mut Vec<f32>,
+    ) {
         let (ow, oh) = (window.width as usize, window.height as usize);
         let plane = ow * oh;
         out.clear();
         out.resize(3 * plane, 0.0);
         let (rw, rh) = (i64::from(resized.width()), i64::from(resized.height()));
         let raw = resized.as_raw();
-        let flip = draw.map(|d| d.flip).unwrap_or(false);
-        let jitter = draw.and_then(|d| d.jitter);
-        let mean_grey = jitter.map(|_| mean_grey(&resized)).unwrap_or(0.0);
+        let mean_grey = mean_grey(resized);
         let (r_plane, rest) = out.split_at_mut(plane);
         let (g_plane, b_plane) = rest.split_at_mut(plane);
-        let inside = window.left >= 0
-            && window.top >= 0
-            && window.left + ow as i64 <= rw
-            && window.top + oh as i64 <= rh;
-        if inside && !flip && jitter.is_none() {
-            // The common case (evaluation, no padding): a row-wise table lookup.
-            let [lr, lg, lb] = &self.lut;
-            for y in 0..oh {
-                let start = (((window.top + y as i64) * rw + window.left) * 3) as usize;
-                let row = &raw[start..start + 3 * ow];
-                let o = y * ow;
-                let (r, g, b) = (
-                    &mut r_plane[o..o + ow],
-                    &mut g_plane[o..o + ow],
-                    &mut b_plane[o..o + ow],
-                );
-                for (x, px) in row.chunks_exact(3).enumerate() {
-                    r[x] = lr[px[0] as usize];
-                    g[x] = lg[px[1] as usize];
-                    b[x] = lb[px[2] as usize];
-                }
-            }
-            return Ok((window.height, window.width));
-        }
         for y in 0..oh {
             let sy = window.top + y as i64;
             for x in 0..ow {
@@ -374,33 +393,35 @@ impl Pipeline {
                     continue;
                 }
                 let i = ((sy * rw + sx) * 3) as usize;
-                let (r, g, b) = (raw[i], raw[i + 1], raw[i + 2]);
-                match jitter {
-                    None => {
-                        r_plane[o] = self.lut[0][r as usize];
-                        g_plane[o] = self.lut[1][g as usize];
-                        b_plane[o] = self.lut[2][b as usize];
-                    }
-                    Some(f) => {
-                        let p = jitter_pixel(
-                            [
-                                f32::from(r) / 255.0,
-                                f32::from(g) / 255.0,
-                                f32::from(b) / 255.0,
-                            ],
-                            f,
-                            mean_grey,
-                        );
-                        let norm =
-                            |c: usize| (p[c] * 255.0 * self.scale - self.mean[c]) / self.std[c];
-                        r_plane[o] = norm(0);
-                        g_plane[o] = norm(1);
-                        b_plane[o] = norm(2);
-                    }
-                }
+                let p = jitter_pixel(
+                    [
+                        f32::from(raw[i]) / 255.0,
+                        f32::from(raw[i + 1]) / 255.0,
+                        f32::from(raw[i + 2]) / 255.0,
+                    ],
+                    factors,
+                    mean_grey,
+                );
+                let norm = |c: usize| (p[c] * 255.0 * self.scale - self.mean[c]) / self.std[c];
+                r_plane[o] = norm(0);
+                g_plane[o] = norm(1);
+                b_plane[o] = norm(2);
             }
         }
-        Ok((window.height, window.width))
+    }
+
+    /// The per-channel table that turns an 8-bit value into the model's
+    /// input float (rescale, then normalise, exactly as this pipeline does):
+    /// what a device applies to [`Self::load_batch_u8`]'s output to get
+    /// [`Self::load_batch`]'s, bit for bit.
+    pub fn normalisation_table(&self) -> [[f32; 256]; 3] {
+        self.lut
+    }
+
+    /// Whether [`Self::load_batch_u8`] can serve batches of this kind
+    /// (augmented or not): not with colour jitter.
+    pub fn has_u8_batches(&self, augmented: bool) -> bool {
+        !(augmented && self.augment.colour_jitter > 0.0)
     }
 
     /// `[3, H, W]` float values of one decoded image, without augmentation.
@@ -440,7 +461,12 @@ impl Pipeline {
 
     /// A `[B, 3, H, W]` f32 tensor from encoded images, decoded in parallel.
     pub fn batch_from_bytes(&self, images: &[&[u8]]) -> Result<Tensor, ImageError> {
-        self.batch(images.len(), |i| decode(images[i], &self.limits), None)
+        self.batch(
+            images.len(),
+            |i| decode(images[i], &self.limits),
+            None,
+            |img, draw, out| self.process_into(img, draw, out),
+        )
     }
 
     /// A `[B, 3, H, W]` f32 tensor from image files, read, decoded and
@@ -454,32 +480,55 @@ impl Pipeline {
         paths: &[PathBuf],
         augment: Option<u64>,
     ) -> Result<Tensor, ImageError> {
-        self.batch(paths.len(), |i| load_file(&paths[i], &self.limits), augment)
+        self.batch(
+            paths.len(),
+            |i| load_file(&paths[i], &self.limits),
+            augment,
+            |img, draw, out| self.process_into(img, draw, out),
+        )
     }
 
-    fn batch(
+    /// [`Self::load_batch`] as a `[B, 3, H, W]` u8 tensor of the pixel values
+    /// before rescaling and normalisation: a quarter of the bytes to copy to
+    /// a GPU, which then normalises with [`Self::normalisation_table`].
+    /// Not available with colour jitter (see [`Self::has_u8_batches`]).
+    pub fn load_batch_u8(
+        &self,
+        paths: &[PathBuf],
+        augment: Option<u64>,
+    ) -> Result<Tensor, ImageError> {
+        self.batch(
+            paths.len(),
+            |i| load_file(&paths[i], &self.limits),
+            augment,
+            |img, draw, out| self.process_into_u8(img, draw, out),
+        )
+    }
+
+    fn batch<T: tch::kind::Element + Copy + Default + Send + Sync>(
         &self,
         n: usize,
         load: impl Fn(usize) -> Result<RgbImage, ImageError> + Sync,
         augment: Option<u64>,
+        process: impl Fn(&RgbImage, Option<Draw>, &mut Vec<T>) -> Result<(u32, u32), ImageError> + Sync,
     ) -> Result<Tensor, ImageError> {
         let fixed = match augment {
             Some(_) => Some(self.train_size()),
             None => self.output_size(),
         };
-        let one = |i: usize, out: &mut Vec<f32>| -> Result<(u32, u32), ImageError> {
+        let one = |i: usize, out: &mut Vec<T>| -> Result<(u32, u32), ImageError> {
             let img = load(i)?;
             let draw = augment.map(|seed| {
                 self.augment
                     .draw(img.width(), img.height(), &mut rng_for(seed, i))
             });
-            self.process_into(&img, draw, out)
+            process(&img, draw, out)
         };
         let (h, w) = match fixed {
             Some(hw) => hw,
             None => {
                 // Aspect-preserving resize without a crop: sizes may differ.
-                let items: Vec<(Vec<f32>, (u32, u32))> = (0..n)
+                let items: Vec<(Vec<T>, (u32, u32))> = (0..n)
                     .into_par_iter()
                     .map(|i| {
                         let mut v = Vec::new();
@@ -490,7 +539,7 @@ impl Pipeline {
                 if let Some((_, hw)) = items.iter().find(|x| x.1 != first) {
                     return Err(ImageError::MixedSizes(format!("{first:?} and {hw:?}")));
                 }
-                let flat: Vec<f32> = items.into_iter().flat_map(|x| x.0).collect();
+                let flat: Vec<T> = items.into_iter().flat_map(|x| x.0).collect();
                 return Ok(Tensor::from_slice(&flat).view([
                     n as i64,
                     3,
@@ -500,7 +549,7 @@ impl Pipeline {
             }
         };
         let per = 3 * h as usize * w as usize;
-        let mut flat = vec![0f32; n * per];
+        let mut flat = vec![T::default(); n * per];
         flat.par_chunks_mut(per.max(1))
             .enumerate()
             .try_for_each_init(Vec::new, |buf, (i, chunk)| {
@@ -512,6 +561,67 @@ impl Pipeline {
                 Ok::<(), ImageError>(())
             })?;
         Ok(Tensor::from_slice(&flat).view([n as i64, 3, i64::from(h), i64::from(w)]))
+    }
+}
+
+/// Writes the output planes (CHW) of 8-bit-valued output: `value(c, v)`
+/// maps value `v` of channel `c`; padding outside the resized image is
+/// value 0, as HF's centre crop pads with zeros.
+fn write_planes<T: Copy>(
+    resized: &RgbImage,
+    window: Window,
+    flip: bool,
+    out: &mut Vec<T>,
+    value: impl Fn(usize, u8) -> T,
+) {
+    let (ow, oh) = (window.width as usize, window.height as usize);
+    let plane = ow * oh;
+    out.clear();
+    out.resize(3 * plane, value(0, 0));
+    let (rw, rh) = (i64::from(resized.width()), i64::from(resized.height()));
+    let raw = resized.as_raw();
+    let (r_plane, rest) = out.split_at_mut(plane);
+    let (g_plane, b_plane) = rest.split_at_mut(plane);
+    let inside = window.left >= 0
+        && window.top >= 0
+        && window.left + ow as i64 <= rw
+        && window.top + oh as i64 <= rh;
+    if inside && !flip {
+        // The common case (evaluation, no padding): row by row.
+        for y in 0..oh {
+            let start = (((window.top + y as i64) * rw + window.left) * 3) as usize;
+            let row = &raw[start..start + 3 * ow];
+            let o = y * ow;
+            let (r, g, b) = (
+                &mut r_plane[o..o + ow],
+                &mut g_plane[o..o + ow],
+                &mut b_plane[o..o + ow],
+            );
+            for (x, px) in row.chunks_exact(3).enumerate() {
+                r[x] = value(0, px[0]);
+                g[x] = value(1, px[1]);
+                b[x] = value(2, px[2]);
+            }
+        }
+        return;
+    }
+    for y in 0..oh {
+        let sy = window.top + y as i64;
+        for x in 0..ow {
+            let xx = if flip { ow - 1 - x } else { x };
+            let sx = window.left + xx as i64;
+            let o = y * ow + x;
+            if sy < 0 || sy >= rh || sx < 0 || sx >= rw {
+                r_plane[o] = value(0, 0);
+                g_plane[o] = value(1, 0);
+                b_plane[o] = value(2, 0);
+                continue;
+            }
+            let i = ((sy * rw + sx) * 3) as usize;
+            r_plane[o] = value(0, raw[i]);
+            g_plane[o] = value(1, raw[i + 1]);
+            b_plane[o] = value(2, raw[i + 2]);
+        }
     }
 }
 

@@ -265,6 +265,7 @@ impl Worker {
         let db = &self.queue.db;
         let id = job.id.as_str();
         let owner = self.owner.as_str();
+        let device_fatal = result.as_ref().err().and_then(device_fatal_message);
         let outcome = match (stop, result) {
             (Stop::LeaseLost, _) => return false,
             (Stop::Shutdown, Ok(o)) if o.interrupted => {
@@ -273,8 +274,8 @@ impl Worker {
                 self.publish_status(id, JobStatus::Queued, false, serde_json::json!({}));
                 return false;
             }
-            (_, Err(e)) if is_device_fatal(&e) => {
-                let msg = e.to_string();
+            (_, Err(_)) if device_fatal.is_some() => {
+                let msg = device_fatal.unwrap_or_default();
                 self.queue.health.report_fatal(&self.device_name, &msg);
                 Err(format!(
                     "device {} failed with a fatal error and is out of service until the service \
@@ -378,11 +379,15 @@ impl Worker {
     }
 }
 
-/// Whether a training error means the device's CUDA context is dead: the
-/// trainer said so, or the message (a libtorch panic caught anywhere in
-/// training, e.g. `training step failed: CUDA error: ...`) says so.
-fn is_device_fatal(e: &TrainError) -> bool {
-    matches!(e, TrainError::DeviceFatal(_)) || is_fatal_device_error(&e.to_string())
+/// libtorch's message when a training error means the device's CUDA
+/// context is dead: the trainer said so (`DeviceFatal`), or the message of
+/// a libtorch panic caught elsewhere (`training crashed: CUDA error: ...`)
+/// says so.
+fn device_fatal_message(e: &TrainError) -> Option<String> {
+    match e {
+        TrainError::DeviceFatal(m) => Some(m.clone()),
+        other => Some(other.to_string()).filter(|m| is_fatal_device_error(m)),
+    }
 }
 
 /// Turns trainer reports into progress rows (throttled), per-epoch metrics
@@ -606,15 +611,27 @@ mod tests {
     /// message (as `train::session` reports it) or `DeviceFatal`.
     #[test]
     fn fatal_training_errors_are_recognised() {
-        assert!(is_device_fatal(&TrainError::retry(
-            "training step failed: CUDA error: an illegal memory access was encountered"
-        )));
-        assert!(is_device_fatal(&TrainError::DeviceFatal("anything".into())));
-        assert!(!is_device_fatal(&TrainError::retry(
-            "training step failed: CUDA out of memory. Tried to allocate 2.00 GiB"
-        )));
-        assert!(!is_device_fatal(&TrainError::fatal(
-            "the job's dataset no longer exists"
-        )));
+        let fatal = |e: TrainError| device_fatal_message(&e);
+        assert_eq!(
+            fatal(TrainError::retry(
+                "training step failed: CUDA error: an illegal memory access was encountered"
+            ))
+            .as_deref(),
+            Some("training step failed: CUDA error: an illegal memory access was encountered")
+        );
+        assert_eq!(
+            fatal(TrainError::DeviceFatal(
+                "CUDA error: misaligned address".into()
+            ))
+            .as_deref(),
+            Some("CUDA error: misaligned address"),
+            "libtorch's words, without the variant's preamble"
+        );
+        let oom = "training step failed: CUDA out of memory. Tried to allocate 2.00 GiB";
+        assert_eq!(fatal(TrainError::retry(oom)), None);
+        assert_eq!(
+            fatal(TrainError::fatal("the job's dataset no longer exists")),
+            None
+        );
     }
 }

@@ -6,11 +6,13 @@ use std::sync::mpsc::{sync_channel, Receiver};
 
 use tch::Tensor;
 
+use super::input::PixelFormat;
 use crate::imaging::Pipeline;
 
 /// A batch of decoded images and the indices of their samples.
 pub struct Batch {
     pub indices: Vec<usize>,
+    /// In `format`: place it on the device with `input::InputPlacer`.
     pub pixels: Result<Tensor, String>,
 }
 
@@ -22,6 +24,7 @@ pub fn spawn_loader(
     order: Vec<usize>,
     batch: usize,
     augment_seed: Option<u64>,
+    format: PixelFormat,
 ) -> Receiver<Batch> {
     let (tx, rx) = sync_channel(2);
     std::thread::Builder::new()
@@ -30,9 +33,7 @@ pub fn spawn_loader(
             for (i, chunk) in order.chunks(batch.max(1)).enumerate() {
                 let batch_paths: Vec<PathBuf> = chunk.iter().map(|&j| paths[j].clone()).collect();
                 let seed = augment_seed.map(|s| s.wrapping_mul(1_000_003).wrapping_add(i as u64));
-                let pixels = pipeline
-                    .load_batch(&batch_paths, seed)
-                    .map_err(|e| e.to_string());
+                let pixels = format.load(&pipeline, &batch_paths, seed);
                 let msg = Batch {
                     indices: chunk.to_vec(),
                     pixels,

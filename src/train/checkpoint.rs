@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use super::amp::ScalerState;
 use super::optim::AdamW;
 use super::EpochMetrics;
 
@@ -21,6 +22,10 @@ pub struct LoopState {
     pub epochs_since_best: u32,
     pub micro_batch: u32,
     pub history: Vec<EpochMetrics>,
+    /// fp16's loss scale and growth tracker (absent in other precisions and
+    /// in checkpoints written before loss scaling existed).
+    #[serde(default)]
+    pub loss_scaler: Option<ScalerState>,
 }
 
 pub struct Checkpoints {

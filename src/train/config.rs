@@ -21,16 +21,22 @@ pub enum Mode {
     Full,
 }
 
-/// Numeric precision of the forward pass.
+/// Numeric precision of training on a GPU (the CPU always trains in fp32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
-    /// bf16 autocast on a GPU, fp32 on the CPU.
+    /// bf16 autocast where the GPU supports it (compute capability 8.0 and
+    /// up), else fp16 autocast with dynamic loss scaling.
     #[default]
     Auto,
+    /// fp32 weights and arithmetic; matmuls may use TF32 unless
+    /// `strict_fp32` is set.
     Fp32,
-    /// bf16 autocast (GPU only; fp32 on the CPU).
+    /// bf16 autocast.
     Bf16,
+    /// fp16 autocast with dynamic loss scaling (steps whose gradients
+    /// overflow are skipped and the scale adapts).
+    Fp16,
 }
 
 /// A fine-tuning job's settings. Only `base_model` is required.
@@ -89,6 +95,11 @@ pub struct JobConfig {
     pub augmentation: bool,
     #[serde(default)]
     pub mixed_precision: Precision,
+    /// Never use TF32 for fp32 matmuls and convolutions on a GPU (slower,
+    /// full fp32 precision). While such a job runs, TF32 is off for the
+    /// whole process, as libtorch's switch is process-wide.
+    #[serde(default)]
+    pub strict_fp32: bool,
     /// `cpu`, `cuda` (any GPU) or `cuda:N`; any worker when absent.
     #[serde(default)]
     pub device: Option<String>,
@@ -236,6 +247,33 @@ mod tests {
         assert_eq!(cfg.epochs, 10);
         assert_eq!(cfg.lr(), 1e-3);
         assert!(cfg.task.is_none());
+        assert_eq!(cfg.mixed_precision, Precision::Auto);
+        assert!(!cfg.strict_fp32);
+    }
+
+    /// Stored configs of earlier versions still parse, and the precision
+    /// names are stable.
+    #[test]
+    fn precision_names_are_stable() {
+        for (name, want) in [
+            ("auto", Precision::Auto),
+            ("fp32", Precision::Fp32),
+            ("bf16", Precision::Bf16),
+            ("fp16", Precision::Fp16),
+        ] {
+            let cfg = JobConfig::from_json(&format!(
+                r#"{{"base_model":"x","mixed_precision":"{name}"}}"#
+            ))
+            .unwrap();
+            assert_eq!(cfg.mixed_precision, want);
+            let back = serde_json::to_value(&cfg).unwrap();
+            assert_eq!(back["mixed_precision"], name);
+        }
+        let strict = JobConfig::from_json(
+            r#"{"base_model":"x","mixed_precision":"fp32","strict_fp32":true}"#,
+        )
+        .unwrap();
+        assert!(strict.strict_fp32);
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::sync::atomic::Ordering;
 use tch::{Device, Tensor};
 
 use super::batches::spawn_loader;
+use super::input::{InputPlacer, PixelFormat};
+use super::oom::infer_in_chunks;
 use super::{Events, StopFlag, TrainError, TrainEvent};
 use crate::imaging::Pipeline;
 use crate::model::ImageClassifier;
@@ -17,6 +19,8 @@ pub struct FeatureSource<'a> {
     pub work_dir: &'a Path,
     pub net: &'a dyn ImageClassifier,
     pub pipeline: &'a Pipeline,
+    pub placer: &'a InputPlacer,
+    pub format: PixelFormat,
     pub batch: usize,
     pub device: Device,
     pub events: &'a Events,
@@ -32,6 +36,8 @@ pub fn compute_or_load(
         work_dir,
         net,
         pipeline,
+        placer,
+        format,
         batch,
         device,
         events,
@@ -55,17 +61,24 @@ pub fn compute_or_load(
     let total: usize = splits.iter().map(|(_, p)| p.len()).sum();
     let mut done = 0;
     let mut out = Vec::with_capacity(splits.len());
+    let mut micro = batch as u32;
     for (_, paths) in splits {
         let order: Vec<usize> = (0..paths.len()).collect();
-        let rx = spawn_loader(pipeline.clone(), paths.clone(), order, batch, None);
+        let rx = spawn_loader(pipeline.clone(), paths.clone(), order, batch, None, format);
         let mut parts = Vec::new();
         for b in rx {
             if stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
-            let pixels = b.pixels.map_err(TrainError::fatal)?.to_device(device);
-            let f = tch::no_grad(|| net.features(&pixels, false));
-            parts.push(f.to_kind(tch::Kind::Float));
+            let pixels = placer.place(&b.pixels.map_err(TrainError::fatal)?);
+            let f = infer_in_chunks(
+                &mut micro,
+                &pixels,
+                |xs| Ok(tch::no_grad(|| net.features(xs, false)).to_kind(tch::Kind::Float)),
+                |micro| tracing::warn!(micro, "out of memory computing features; smaller batches"),
+            )
+            .map_err(|f| TrainError::from_failure(f, device, "computing features"))?;
+            parts.push(f);
             done += b.indices.len();
             let _ = events.send(TrainEvent::Features { done, total });
         }

@@ -6,14 +6,16 @@
 //! derived from `(seed, epoch)`, so a job resumed from an epoch checkpoint
 //! continues exactly as if it had never stopped, with no RNG state to save.
 
+pub mod amp;
 mod batches;
 mod checkpoint;
 pub mod config;
 mod data;
 mod eval;
 mod features;
+mod input;
 pub mod metrics;
-mod oom;
+pub mod oom;
 pub mod optim;
 pub mod record;
 mod resolution;
@@ -96,9 +98,10 @@ pub enum TrainError {
     /// Something transient (I/O, a crash inside libtorch): retry.
     #[error("{0}")]
     Retryable(String),
-    /// A fatal device error (`crate::devices::is_fatal_device_error`): the
-    /// CUDA context is dead, so the job fails and the device leaves service.
-    #[error("{0}")]
+    /// The GPU's CUDA context died (device-side assert, illegal memory
+    /// access, ECC error, ...): this job fails, and nothing can run on that
+    /// device until the process restarts, so it must not be retried there.
+    #[error("the GPU failed and is unusable until the service restarts: {0}")]
     DeviceFatal(String),
 }
 
@@ -108,6 +111,20 @@ impl TrainError {
     }
     pub fn retry(e: impl std::fmt::Display) -> Self {
         Self::Retryable(e.to_string())
+    }
+
+    /// The error for a classified libtorch failure: a dead CUDA context is
+    /// `DeviceFatal` (only on a GPU), anything else retryable.
+    pub fn from_failure(failure: oom::Failure, device: tch::Device, context: &str) -> Self {
+        match failure.kind {
+            oom::FailureKind::DeviceFatal if device.is_cuda() => Self::DeviceFatal(failure.message),
+            _ => Self::Retryable(format!("{context}: {}", failure.message)),
+        }
+    }
+
+    /// Whether this error means the device itself is broken.
+    pub fn is_device_fatal(&self) -> bool {
+        matches!(self, Self::DeviceFatal(_))
     }
 }
 

@@ -1,5 +1,12 @@
 //! The training loop for all three modes.
+//!
+//! On a GPU nothing in a step waits for the device: inputs are copied
+//! without blocking, the optimiser and clipping keep their decisions on the
+//! device, and the loss is read back only every [`LOSS_READ_EVERY`] steps
+//! (and at the end of an epoch).
 
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -9,26 +16,74 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
+use super::amp::{LossScaler, PrecisionPlan, Tf32Lease};
 use super::batches::spawn_loader;
 use super::checkpoint::{Checkpoints, LoopState};
-use super::config::{JobConfig, Mode, Precision};
+use super::config::{JobConfig, Mode};
 use super::data::{prepare, Prepared};
 use super::eval::{evaluate, loss, targets_tensor, EpochMetrics, Evaluation};
-use super::oom::retry_smaller;
+use super::input::{InputPlacer, PixelFormat};
+use super::oom::{self, infer_in_chunks, retry_smaller, FailureKind};
 use super::optim::{lr_at, AdamW};
 use super::record::{ModelCard, TestMetrics};
 use super::{features, Events, StopFlag, TrainError, TrainEvent, TrainOutcome, TrainSpec};
 use crate::data::Task;
 use crate::imaging::{Pipeline, PreprocessorConfig};
 use crate::model::{Model, ParamGroup};
+use crate::torchx;
+
+/// Optimiser steps between two reads of the loss on the host (each read
+/// waits for the device to finish the steps queued so far).
+pub const LOSS_READ_EVERY: u64 = 10;
 
 /// Trains `spec`'s job to the end, to early stopping, or until `stop` is set.
+/// A libtorch error anywhere (tch panics) ends the run with an error; on a
+/// GPU, an error that means the CUDA context is dead is
+/// [`TrainError::DeviceFatal`], wherever it surfaced.
 pub fn run(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutcome, TrainError> {
+    let device = spec.device;
+    std::panic::catch_unwind(AssertUnwindSafe(|| run_job(spec, events, stop)))
+        .unwrap_or_else(|p| {
+            Err(TrainError::retry(format!(
+                "training crashed: {}",
+                oom::panic_message(&p)
+            )))
+        })
+        .map_err(|e| device_fatal_if_so(e, device))
+}
+
+/// Re-labels an error whose message shows a dead CUDA context.
+fn device_fatal_if_so(e: TrainError, device: Device) -> TrainError {
+    match e {
+        TrainError::Fatal(m) | TrainError::Retryable(m)
+            if device.is_cuda() && oom::classify(&m) == FailureKind::DeviceFatal =>
+        {
+            TrainError::DeviceFatal(m)
+        }
+        e => e,
+    }
+}
+
+/// A shim error (seeding, autocast, fused kernels) as a training error.
+fn torch_error(device: Device, context: &str) -> impl Fn(torchx::TorchError) -> TrainError + '_ {
+    move |e| TrainError::from_failure(oom::Failure::new(e.0), device, context)
+}
+
+fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutcome, TrainError> {
     let cfg = &spec.config;
     std::fs::create_dir_all(&spec.work_dir)
         .map_err(|e| TrainError::retry(format!("creating the job's work directory: {e}")))?;
     let data = prepare(&spec)?;
-    tch::manual_seed(cfg.seed as i64);
+    // Only this job's device: other workers' generators are left alone.
+    torchx::manual_seed(spec.device, cfg.seed).map_err(torch_error(spec.device, "seeding"))?;
+    let plan = PrecisionPlan::for_job(cfg.mixed_precision, cfg.strict_fp32, spec.device);
+    tracing::info!(job = %spec.job_id, device = ?spec.device, plan = ?plan, "training precision");
+    let _tf32 = spec
+        .device
+        .is_cuda()
+        .then(|| Tf32Lease::acquire(plan.tf32))
+        .transpose()
+        .map_err(torch_error(spec.device, "setting TF32"))?;
     let mut model =
         crate::model::load_pretrained(&spec.base_model_dir, spec.device, Some(&data.labels))
             .map_err(|e| TrainError::fatal(format!("loading base model: {e:#}")))?;
@@ -59,19 +114,32 @@ pub fn run(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
             epochs_since_best: 0,
             micro_batch: cfg.batch_size / cfg.grad_accum_steps,
             history: vec![],
+            loss_scaler: None,
         },
     };
+    let mut scaler = plan.loss_scaling.then(|| {
+        let mut s = LossScaler::new(spec.device);
+        if let Some(saved) = state.loss_scaler {
+            s.restore(saved);
+        }
+        s
+    });
+    let augmented = cfg.augmentation && cfg.mode != Mode::LinearProbe;
     let mut trainer = Trainer {
         spec: &spec,
         cfg,
         data: &data,
         model: &model,
+        placer: InputPlacer::new(&pipeline, spec.device),
+        train_format: PixelFormat::for_device(spec.device, &pipeline, augmented),
+        eval_format: PixelFormat::for_device(spec.device, &pipeline, false),
         pipeline,
+        plan,
         events: &events,
         stop: &stop,
         best_dir: spec.work_dir.join("best"),
     };
-    let interrupted = trainer.train(&mut opt, &mut state, &ckpt)?;
+    let interrupted = trainer.train(&mut opt, &mut scaler, &mut state, &ckpt)?;
     trainer.finish(&mut opt, &state, interrupted)
 }
 
@@ -121,6 +189,11 @@ struct Trainer<'a> {
     data: &'a Prepared,
     model: &'a Model,
     pipeline: Pipeline,
+    plan: PrecisionPlan,
+    /// Puts loader batches on the device (normalising 8-bit ones there).
+    placer: InputPlacer,
+    train_format: PixelFormat,
+    eval_format: PixelFormat,
     events: &'a Events,
     stop: &'a StopFlag,
     best_dir: PathBuf,
@@ -145,8 +218,10 @@ impl Trainer<'_> {
         self.stop.load(Ordering::Relaxed)
     }
 
-    fn bf16(&self) -> bool {
-        self.device().is_cuda() && self.cfg.mixed_precision != Precision::Fp32
+    /// The forward pass of images as the plan says (autocast or fp32).
+    fn forward_images(&self, xs: &Tensor, train: bool) -> Result<Tensor, String> {
+        let _autocast = self.plan.autocast().map_err(|e| e.0)?;
+        Ok(self.model.net.forward_t(xs, train))
     }
 
     fn inputs(&self) -> Result<Option<Inputs>, TrainError> {
@@ -166,6 +241,8 @@ impl Trainer<'_> {
                 work_dir: &self.spec.work_dir,
                 net: self.model.net.as_ref(),
                 pipeline: &self.pipeline,
+                placer: &self.placer,
+                format: self.eval_format,
                 batch,
                 device: self.device(),
                 events: self.events,
@@ -189,6 +266,7 @@ impl Trainer<'_> {
     fn train(
         &mut self,
         opt: &mut AdamW,
+        scaler: &mut Option<LossScaler>,
         state: &mut LoopState,
         ckpt: &Checkpoints,
     ) -> Result<bool, TrainError> {
@@ -213,31 +291,42 @@ impl Trainer<'_> {
             self.data.task,
             self.data.labels.len(),
         );
+        let device = self.device();
         let run_started = Instant::now();
         let steps_at_start = state.global_step;
         while state.epochs_done < cfg.epochs {
             let epoch = state.epochs_done;
             // Everything random in this epoch derives from (seed, epoch).
-            tch::manual_seed((cfg.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9)) as i64);
+            torchx::manual_seed(
+                device,
+                cfg.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9),
+            )
+            .map_err(torch_error(device, "seeding"))?;
             let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64));
             let mut order: Vec<usize> = (0..n_train).collect();
             order.shuffle(&mut rng);
             let epoch_started = Instant::now();
             let (mut loss_sum, mut seen) = (0.0, 0usize);
             let mut lr = 0.0;
+            // The epoch's order and targets go to the device once; each
+            // batch is then a slice of them (a copy from pageable memory
+            // per batch would wait for the device every step).
+            let order_cpu =
+                Tensor::from_slice(&order.iter().map(|&v| v as i64).collect::<Vec<_>>());
+            let epoch_targets = targets.index_select(0, &order_cpu).to_device(device);
+            let batch = cfg.batch_size as i64;
 
             let mut step_batches: StepBatches = match &inputs {
                 Inputs::Features { train, .. } => {
-                    let chunks: Vec<Vec<usize>> = order
-                        .chunks(cfg.batch_size as usize)
-                        .map(|c| c.to_vec())
-                        .collect();
+                    let order_dev = order_cpu.to_device(train.device());
                     let train = train.shallow_clone();
-                    Box::new(chunks.into_iter().map(move |idx| {
-                        let i =
-                            Tensor::from_slice(&idx.iter().map(|&x| x as i64).collect::<Vec<_>>())
-                                .to_device(train.device());
-                        Ok((idx, train.index_select(0, &i)))
+                    let n = n_train as i64;
+                    Box::new((0..n).step_by(batch as usize).map(move |start| {
+                        let len = batch.min(n - start);
+                        Ok((
+                            len as usize,
+                            train.index_select(0, &order_dev.narrow(0, start, len)),
+                        ))
                     }))
                 }
                 Inputs::Images => {
@@ -248,33 +337,56 @@ impl Trainer<'_> {
                         order.clone(),
                         cfg.batch_size as usize,
                         seed,
+                        self.train_format,
                     );
-                    Box::new(
-                        rx.into_iter()
-                            .map(|b| b.pixels.map(|p| (b.indices, p)).map_err(TrainError::fatal)),
-                    )
+                    Box::new(rx.into_iter().map(|b| {
+                        b.pixels
+                            .map(|p| (b.indices.len(), p))
+                            .map_err(TrainError::fatal)
+                    }))
                 }
             };
             let mut interrupted = false;
+            // Losses (times batch sizes) summed on the device since the
+            // last read, and the images they cover.
+            let mut window: Option<Tensor> = None;
+            let mut window_images = 0usize;
+            let mut step_in_epoch = 0u64;
             for item in &mut step_batches {
                 if self.stopped() {
                     interrupted = true;
                     break;
                 }
-                let (idx, x) = item?;
-                let x = x.to_device(self.device());
-                let i = Tensor::from_slice(&idx.iter().map(|&v| v as i64).collect::<Vec<_>>());
-                let y = targets.index_select(0, &i).to_device(self.device());
+                let (len, x) = item?;
+                let x = self.placer.place(&x);
+                let y = epoch_targets.narrow(0, step_in_epoch as i64 * batch, len as i64);
                 lr = lr_at(
                     state.global_step as usize,
                     total_steps as usize,
                     warmup,
                     cfg.lr(),
                 );
-                let batch_loss = self.step(opt, state, &inputs, &x, &y, lr)?;
-                loss_sum += batch_loss * idx.len() as f64;
-                seen += idx.len();
+                let batch_loss = self.step(opt, scaler, state, &inputs, &x, &y, lr)? * len as f64;
+                window = Some(match window.take() {
+                    Some(w) => w + batch_loss,
+                    None => batch_loss,
+                });
+                window_images += len;
+                seen += len;
                 state.global_step += 1;
+                step_in_epoch += 1;
+                if step_in_epoch % LOSS_READ_EVERY != 0 && step_in_epoch != steps_per_epoch {
+                    continue;
+                }
+                let sum = window.take().map(|w| w.double_value(&[])).unwrap_or(0.0);
+                let mean = sum / window_images.max(1) as f64;
+                if !mean.is_finite() {
+                    return Err(TrainError::fatal(format!(
+                        "the loss became {mean}; lower the learning rate"
+                    )));
+                }
+                loss_sum += sum;
+                window_images = 0;
                 let elapsed = run_started.elapsed().as_secs_f64();
                 let done_here = (state.global_step - steps_at_start) as f64;
                 let per_step = elapsed / done_here.max(1.0);
@@ -282,7 +394,7 @@ impl Trainer<'_> {
                     epoch: epoch + 1,
                     step: state.global_step,
                     total_steps,
-                    loss: batch_loss,
+                    loss: mean,
                     learning_rate: lr,
                     images_per_sec: seen as f64 / epoch_started.elapsed().as_secs_f64().max(1e-9),
                     eta_secs: per_step * (total_steps - state.global_step) as f64,
@@ -319,6 +431,7 @@ impl Trainer<'_> {
             }
             state.history.push(metrics.clone());
             state.epochs_done += 1;
+            state.loss_scaler = scaler.as_ref().map(LossScaler::state);
             ckpt.save(opt, state)
                 .map_err(|e| TrainError::retry(format!("writing checkpoint: {e:#}")))?;
             let _ = self.events.send(TrainEvent::Epoch(metrics));
@@ -333,21 +446,29 @@ impl Trainer<'_> {
     }
 
     /// One optimiser step over a batch, split into micro-batches; halves the
-    /// micro-batch and retries when memory runs out.
+    /// micro-batch and retries when memory runs out (in the forward or
+    /// backward pass, unscaling, clipping, or the optimiser before it starts
+    /// changing weights). Returns the batch's mean loss, on the device.
+    #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
         opt: &mut AdamW,
+        scaler: &mut Option<LossScaler>,
         state: &mut LoopState,
         inputs: &Inputs,
         x: &Tensor,
         y: &Tensor,
         lr: f64,
-    ) -> Result<f64, TrainError> {
+    ) -> Result<Tensor, TrainError> {
         let n = x.size()[0];
         let job = &self.spec.job_id;
-        let attempt = |micro: i64| {
-            opt.zero_grad();
-            let mut total = 0.0;
+        // Set once the optimiser may have changed weights: a retry then
+        // would apply part of the update twice.
+        let updating = Cell::new(false);
+        let attempt = |micro: i64| -> Result<Tensor, String> {
+            let err = |e: torchx::TorchError| e.0;
+            opt.zero_grad().map_err(err)?;
+            let mut total: Option<Tensor> = None;
             let mut start = 0;
             while start < n {
                 let len = micro.min(n - start);
@@ -355,33 +476,42 @@ impl Trainer<'_> {
                 let ys = y.narrow(0, start, len);
                 let logits = match inputs {
                     Inputs::Features { .. } => self.model.net.head(&xs),
-                    Inputs::Images if self.bf16() => {
-                        tch::autocast(true, || self.model.net.forward_t(&xs, true))
-                    }
-                    Inputs::Images => self.model.net.forward_t(&xs, true),
+                    Inputs::Images => self.forward_images(&xs, true)?,
                 };
                 let l = loss(&logits, &ys, self.data.task, self.cfg.label_smoothing);
                 let weighted = &l * (len as f64 / n as f64);
-                weighted.backward();
-                total += l.double_value(&[]) * len as f64;
+                match scaler.as_ref() {
+                    Some(s) => s.scale_loss(&weighted).backward(),
+                    None => weighted.backward(),
+                }
+                let part = l.detach() * len as f64;
+                total = Some(match total.take() {
+                    Some(t) => t + part,
+                    None => part,
+                });
                 start += len;
             }
-            total / n as f64
+            if let Some(s) = scaler.as_mut() {
+                s.unscale(&opt.grads()).map_err(err)?;
+            }
+            let clipped = opt.clip_grad_norm(self.cfg.max_grad_norm).map_err(err)?;
+            updating.set(true);
+            // Skipped on the device when the gradients hold inf/NaN (an
+            // fp16 overflow, or a diverging run the loss check reports).
+            opt.step(lr, Some(&clipped.found_inf)).map_err(err)?;
+            if let Some(s) = scaler.as_mut() {
+                s.update().map_err(err)?;
+            }
+            Ok(total.expect("a non-empty batch") / n as f64)
         };
         let smaller = |micro_batch: u32| {
             tracing::warn!(%job, micro_batch, "out of memory; retrying with a smaller micro-batch");
             let _ = self.events.send(TrainEvent::OutOfMemory { micro_batch });
         };
-        let loss = retry_smaller(&mut state.micro_batch, n, attempt, smaller)
-            .map_err(|msg| TrainError::retry(format!("training step failed: {msg}")))?;
-        if !loss.is_finite() {
-            return Err(TrainError::fatal(format!(
-                "the loss became {loss}; lower the learning rate"
-            )));
-        }
-        opt.clip_grad_norm(self.cfg.max_grad_norm);
-        opt.step(lr);
-        Ok(loss)
+        retry_smaller(&mut state.micro_batch, n, attempt, smaller, || {
+            !updating.get()
+        })
+        .map_err(|f| TrainError::from_failure(f, self.device(), "training step failed"))
     }
 
     /// Logits of a whole split, then its loss and metrics. `None`: stopped.
@@ -413,24 +543,28 @@ impl Trainer<'_> {
                     order,
                     self.cfg.batch_size as usize,
                     None,
+                    self.eval_format,
                 );
                 let mut parts = Vec::new();
+                let mut micro = self.cfg.batch_size;
                 for b in rx {
                     if self.stopped() {
                         return Ok(None);
                     }
-                    let x = b
-                        .pixels
-                        .map_err(TrainError::fatal)?
-                        .to_device(self.device());
-                    let out = tch::no_grad(|| {
-                        if self.bf16() {
-                            tch::autocast(true, || self.model.net.forward_t(&x, false))
-                        } else {
-                            self.model.net.forward_t(&x, false)
-                        }
-                    });
-                    parts.push(out.to_kind(Kind::Float));
+                    let x = self.placer.place(&b.pixels.map_err(TrainError::fatal)?);
+                    let out = infer_in_chunks(
+                        &mut micro,
+                        &x,
+                        |xs| {
+                            let out = tch::no_grad(|| self.forward_images(xs, false))?;
+                            Ok(out.to_kind(Kind::Float))
+                        },
+                        |micro| {
+                            tracing::warn!(job = %self.spec.job_id, micro, "out of memory while evaluating; smaller batches")
+                        },
+                    )
+                    .map_err(|f| TrainError::from_failure(f, self.device(), "evaluating"))?;
+                    parts.push(out);
                 }
                 Tensor::cat(&parts, 0)
             }
@@ -523,8 +657,8 @@ impl Trainer<'_> {
     }
 }
 
-/// The batches of one epoch: sample indices and inputs.
-type StepBatches<'a> = Box<dyn Iterator<Item = Result<(Vec<usize>, Tensor), TrainError>> + 'a>;
+/// The batches of one epoch, in the epoch's order: size and inputs.
+type StepBatches<'a> = Box<dyn Iterator<Item = Result<(usize, Tensor), TrainError>> + 'a>;
 
 #[derive(Clone, Copy)]
 enum Split {
@@ -580,6 +714,186 @@ mod tests {
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
         serde_json::from_value(v).unwrap()
+    }
+
+    /// A dataset archive (two labels, `n` small PNGs each) ingested as
+    /// `POST /datasets` does, and a tiny ViT saved in the HF layout.
+    fn tiny_job(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+        use std::io::Write;
+        let zip_path = dir.join("data.zip");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+        for (label, tint) in [("cat", 40u8), ("dog", 200u8)] {
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(20 + i as u32, 18, |x, y| {
+                    image::Rgb([tint, ((x * 9 + y * 5) % 256) as u8, (i * 17 % 256) as u8])
+                });
+                let mut png = Vec::new();
+                img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                    .unwrap();
+                zip.start_file(
+                    format!("train/{label}/{i}.png"),
+                    zip::write::SimpleFileOptions::default(),
+                )
+                .unwrap();
+                zip.write_all(&png).unwrap();
+            }
+        }
+        zip.finish().unwrap();
+        let dataset = dir.join("dataset");
+        let limits = crate::data::IngestLimits {
+            max_entries: 1000,
+            max_uncompressed_bytes: 1 << 30,
+            max_image_pixels: 1 << 20,
+            max_undecodable_fraction: 0.0,
+        };
+        crate::data::ingest::ingest_archive(&zip_path, &dataset, &limits).unwrap();
+        let model_dir = dir.join("base");
+        crate::model::save_pretrained(
+            &tiny_model(),
+            &model_dir,
+            crate::model::ProblemType::SingleLabel,
+        )
+        .unwrap();
+        (dataset, model_dir)
+    }
+
+    /// The body of `a_cpu_training_run_prints_no_warnings`, run in a child
+    /// process so that libtorch's stderr can be captured: a full fine-tune
+    /// on the CPU through `run`, plus the mixed-precision machinery a GPU
+    /// job uses (autocast guard, TF32 switches, loss scaling, fused AdamW),
+    /// driven on the CPU. With `VITRINE_TEST_DEPRECATED_AUTOCAST` set it
+    /// calls tch's autocast instead, to show the capture sees warnings.
+    #[test]
+    #[ignore = "run in a child process by a_cpu_training_run_prints_no_warnings"]
+    fn cpu_training_run_child() {
+        if std::env::var_os("VITRINE_TEST_DEPRECATED_AUTOCAST").is_some() {
+            // What `tch::autocast` calls first on a GPU (on the CPU it calls
+            // nothing): torch-sys's wrapper of a deprecated ATen function.
+            extern "C" {
+                fn at_autocast_is_enabled() -> bool; // the control: warns
+            }
+            assert!(!unsafe { at_autocast_is_enabled() }); // the control: warns
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (dataset_dir, base_model_dir) = tiny_job(dir.path(), 10);
+        let config = JobConfig::from_json(
+            &serde_json::json!({
+                "base_model": base_model_dir, "mode": "full", "epochs": 2, "batch_size": 4,
+                "grad_accum_steps": 2, "layer_lr_decay": 0.8, "learning_rate": 1e-3,
+                "mixed_precision": "auto"
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let spec = TrainSpec {
+            job_id: "child".into(),
+            config,
+            dataset_dir,
+            base_model_dir,
+            work_dir: dir.path().join("work"),
+            device: Device::Cpu,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let outcome = run(spec, tx, Default::default()).unwrap();
+        assert_eq!(outcome.card.unwrap().history.len(), 2);
+        let mut steps = vec![];
+        while let Ok(ev) = rx.try_recv() {
+            if let TrainEvent::Step { step, loss, .. } = ev {
+                assert!(loss.is_finite());
+                steps.push(step);
+            }
+        }
+        // 16 training images, batches of 4: 4 steps per epoch, the loss
+        // read once per epoch (fewer than LOSS_READ_EVERY steps).
+        assert_eq!(steps, vec![4, 8]);
+
+        std::thread::spawn(|| {
+            let x = Tensor::ones([4, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+            let _tf32 = Tf32Lease::acquire(true).unwrap();
+            let mut scaler = LossScaler::new(Device::Cpu);
+            let mut opt = AdamW::new(vec![("w".into(), x.shallow_clone(), 1.0)], 0.01);
+            let y = {
+                let _g = crate::train::amp::AutocastGuard::enter(
+                    torchx::AutocastDevice::Cpu,
+                    torchx::FloatKind::BF16,
+                )
+                .unwrap();
+                x.matmul(&x).sum(Kind::Float)
+            };
+            scaler.scale_loss(&y).backward();
+            scaler.unscale(&opt.grads()).unwrap();
+            let clipped = opt.clip_grad_norm(1.0).unwrap();
+            opt.step(1e-3, Some(&clipped.found_inf)).unwrap();
+            scaler.update().unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+
+    fn run_child(deprecated: bool) -> String {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "train::session::tests::cpu_training_run_child",
+            "--ignored",
+            "--test-threads=1",
+        ]);
+        if deprecated {
+            cmd.env("VITRINE_TEST_DEPRECATED_AUTOCAST", "1");
+        }
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "child failed:\n{stdout}\n{stderr}"
+        );
+        stderr
+    }
+
+    fn warns(stderr: &str) -> bool {
+        let s = stderr.to_ascii_lowercase();
+        s.contains("warning") || s.contains("deprecat")
+    }
+
+    /// Issue 14: torch-sys's autocast calls print a deprecation warning per
+    /// call, which broke JSON logs. A CPU training run (and the GPU-only
+    /// machinery, driven on the CPU) now prints nothing on stderr, while the
+    /// old call still does (so the capture works).
+    #[test]
+    fn a_cpu_training_run_prints_no_warnings() {
+        let control = run_child(true);
+        assert!(warns(&control), "the old autocast should warn: {control:?}");
+        let stderr = run_child(false);
+        assert!(!warns(&stderr), "warnings on stderr:\n{stderr}");
+    }
+
+    /// Nothing in the crate calls tch's autocast or torch-sys's deprecated
+    /// autocast functions any more (but the control above).
+    #[test]
+    fn no_code_uses_tchs_autocast() {
+        let needles = [concat!("tch::", "autocast("), concat!("at_", "autocast_")];
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut stack = vec![src];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let uses = text
+                        .lines()
+                        .filter(|l| needles.iter().any(|n| l.contains(n)))
+                        .filter(|l| !l.ends_with("// the control: warns"))
+                        .count();
+                    assert_eq!(uses, 0, "{} calls tch's autocast", path.display());
+                }
+            }
+        }
     }
 
     #[test]

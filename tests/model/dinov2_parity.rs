@@ -7,12 +7,8 @@
 //! Also: saving back to a directory `transformers` loads unchanged, strict
 //! loading, groups and freezing.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 
 use tch::{Device, Kind, Tensor};
 use vitrine::model::load::load_pretrained_reporting;
@@ -23,28 +19,9 @@ use vitrine::model::{
 
 const TOL: f64 = 1e-4;
 
+/// The fixture root, generated once per test binary.
 fn fixtures() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dinov2_fixtures");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/make_dinov2_fixtures.py"
-        );
-        let out = Command::new(common::python())
-            .arg(script)
-            .arg(&dir)
-            .output()
-            .expect("run python");
-        assert!(
-            out.status.success(),
-            "fixture script failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
+    crate::common::python_fixtures("tests/python/make_dinov2_fixtures.py")
 }
 
 fn io_file(name: &str, file: &str) -> HashMap<String, Tensor> {
@@ -196,7 +173,7 @@ fn saved_model_loads_in_transformers_with_the_same_logits() {
     let input = tmp.path().join("input.safetensors");
     Tensor::write_safetensors(&[("pixel_values", x)], &input).unwrap();
     // Fails the test if transformers refuses the saved directory.
-    let reply = common::python_json("tests/python/check_saved_vit.py", &[&out, &input]);
+    let reply = crate::common::python_json("tests/python/check_saved_vit.py", &[&out, &input]);
     assert_eq!(reply["class"], "Dinov2ForImageClassification");
     assert_eq!(reply["problem_type"], "multi_label_classification");
     assert_eq!(
@@ -241,7 +218,7 @@ fn registers_model_matches_transformers_and_round_trips() {
     let input = tmp.path().join("input.safetensors");
     Tensor::write_safetensors(&[("pixel_values", x)], &input).unwrap();
     // Fails the test if transformers refuses the saved directory.
-    let reply = common::python_json("tests/python/check_saved_vit.py", &[&out, &input]);
+    let reply = crate::common::python_json("tests/python/check_saved_vit.py", &[&out, &input]);
     assert_eq!(reply["class"], "Dinov2WithRegistersForImageClassification");
     let hf: Vec<Vec<f32>> = serde_json::from_value(reply["logits"].clone()).unwrap();
     assert_close(
@@ -344,7 +321,7 @@ fn hf_logits(dir: &Path, x: &Tensor) -> Tensor {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("input.safetensors");
     Tensor::write_safetensors(&[("pixel_values", x)], &input).unwrap();
-    let reply = common::python_json("tests/python/check_saved_vit.py", &[dir, &input]);
+    let reply = crate::common::python_json("tests/python/check_saved_vit.py", &[dir, &input]);
     let hf: Vec<Vec<f32>> = serde_json::from_value(reply["logits"].clone()).unwrap();
     Tensor::from_slice2(&hf)
 }

@@ -4,13 +4,11 @@
 //! requests batched together by the engine) and `vitrine predict`, each
 //! image is resized to the model's `image_size`.
 
-mod common;
-
 use std::io::Cursor;
 use std::path::Path;
 use std::time::Duration;
 
-use common::e2e::{fixtures, TestServer};
+use crate::common::e2e::{fixtures, TestServer};
 use serde_json::{json, Value};
 
 fn png(width: u32, height: u32) -> Vec<u8> {

@@ -1,10 +1,8 @@
 //! The service skeleton through its router: probes, errors, auth, OpenAPI.
 
-mod common;
-
+use crate::common::{body_bytes, body_json, TestApp};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use common::{body_bytes, body_json, TestApp};
 
 #[tokio::test]
 async fn health_and_readiness_answer_ok() {

@@ -2,14 +2,12 @@
 //! even while batches whose clients already gave up are still running, and
 //! no client that waited gets anything but an answer or a clean refusal.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::e2e::{fixtures, submit_and_wait};
+use crate::common::process::ServerProcess;
 use base64::Engine as _;
-use common::e2e::{fixtures, submit_and_wait};
-use common::process::ServerProcess;
 use serde_json::json;
 use tokio::sync::Mutex;
 

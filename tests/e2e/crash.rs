@@ -2,12 +2,10 @@
 //! expired lease sends the job back to the queue and it resumes from its
 //! last epoch checkpoint; the model is recorded once.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::e2e::{fixtures, get_json, submit, wait_for_job};
-use common::process::ServerProcess;
+use crate::common::e2e::{fixtures, get_json, submit, wait_for_job};
+use crate::common::process::ServerProcess;
 use serde_json::{json, Value};
 
 const LEASE: &[&str] = &["--job-lease-secs", "2"];

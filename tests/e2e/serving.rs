@@ -2,12 +2,10 @@
 //! form, concurrency with dynamic batching, overload, aliases, hot swap and
 //! every bad input's status.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::e2e::{fixtures, Fixtures, TestServer};
 use base64::Engine as _;
-use common::e2e::{fixtures, Fixtures, TestServer};
 use serde_json::{json, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
@@ -49,7 +47,7 @@ async fn answers_match_transformers_in_every_input_form() {
 
     // Reference: transformers on the saved model directory.
     let dir = server.dir.path().join("models").join(&model_id);
-    let reference = common::e2e::hf_scores(&dir, &fx.red_png);
+    let reference = crate::common::e2e::hf_scores(&dir, &fx.red_png);
 
     // Raw body, multipart with two parts, base64 JSON: the same scores.
     let raw: Value = predict_raw(&server, "/predict?all_scores=true", png.clone())
@@ -102,7 +100,7 @@ async fn answers_match_transformers_in_every_input_form() {
         &js["results"][0],
     ]
     .into_iter()
-    .map(|result| common::e2e::max_score_diff(result, &reference))
+    .map(|result| crate::common::e2e::max_score_diff(result, &reference))
     .fold(0.0, f64::max);
     println!("max |score - transformers| = {worst:e}");
     assert!(worst <= 1e-4, "scores differ from transformers by {worst}");
@@ -355,6 +353,8 @@ async fn new_models_hot_swap_and_aliases_pin() {
     let flow_png = png.clone();
     let stop = tokio_util::sync::CancellationToken::new();
     let flow_stop = stop.clone();
+    let answers = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flow_answers = answers.clone();
     let flow = tokio::spawn(async move {
         let mut seen = Vec::new();
         while !flow_stop.is_cancelled() {
@@ -373,12 +373,21 @@ async fn new_models_hot_swap_and_aliases_pin() {
             if seen.last() != Some(&model) {
                 seen.push(model);
             }
+            flow_answers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         seen
     });
     let second = train(&server, &fx, 2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let the flow answer twice after the second model was recorded (a
+    // fixed pause is too short on a loaded machine).
+    let after = answers.load(std::sync::atomic::Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while answers.load(std::sync::atomic::Ordering::SeqCst) < after + 2
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.cancel();
     let seen = flow.await.unwrap();
     assert_eq!(

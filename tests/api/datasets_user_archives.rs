@@ -4,12 +4,12 @@
 //! macOS (NFD) names, TIFF and truncated images. Each case once went wrong
 //! (a 500, a misleading code, or silently wrong labels).
 
-mod common;
-
 use std::io::{Cursor, Write};
 
 use axum::http::StatusCode;
-use common::{upload, TestApp};
+
+use crate::common::refusal::{assert_refused, defaults, Refusal};
+use crate::common::{upload, TestApp};
 use serde_json::{json, Value};
 
 fn encode(w: u32, h: u32, seed: u8, format: image::ImageFormat) -> Vec<u8> {
@@ -115,21 +115,6 @@ async fn stored(app: &TestApp, bytes: &[u8]) -> Value {
     body
 }
 
-/// Refused with `status` and `code`, leaving no file and no row behind;
-/// returns the detail.
-async fn refused(app: &TestApp, bytes: &[u8], status: StatusCode, code: &str) -> String {
-    let (got, body) = upload(app, bytes).await;
-    assert_eq!((got, body["code"].as_str()), (status, Some(code)), "{body}");
-    for sub in ["tmp", "datasets"] {
-        let dir = app.dir.path().join(sub);
-        if dir.exists() {
-            let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
-            assert!(left.is_empty(), "{sub}/ not empty: {left:?}");
-        }
-    }
-    body["detail"].as_str().unwrap().to_string()
-}
-
 fn with(mut a: Entries, b: impl IntoIterator<Item = (&'static str, Vec<u8>)>) -> Entries {
     a.extend(b.into_iter().map(|(n, d)| (n.to_string(), d)));
     a
@@ -151,114 +136,6 @@ async fn plain_tar_and_tar_bz2_are_accepted() {
     let body = stored(&app, &bz.finish().unwrap()).await;
     assert_eq!(body["format"], "tar.bz2");
     assert_eq!(body["summary"]["labels"], json!(["ant", "bee"]));
-
-    // Cut short: truncated, not a 500 and not "not an archive".
-    let app = TestApp::new().await;
-    refused(
-        &app,
-        &plain[..plain.len() / 2],
-        StatusCode::BAD_REQUEST,
-        "truncated_archive",
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn other_formats_are_named_and_compressed_single_files_are_not_archives() {
-    let app = TestApp::new().await;
-    for (magic, what) in [
-        (&b"\xfd7zXZ\x00\x00\x04"[..], "xz"),
-        (b"7z\xbc\xaf\x27\x1c\x00\x04", "7z"),
-        (b"Rar!\x1a\x07\x01\x00", "RAR"),
-    ] {
-        let mut bytes = magic.to_vec();
-        bytes.extend_from_slice(&[0; 600]);
-        let detail = refused(&app, &bytes, StatusCode::BAD_REQUEST, "unsupported_archive").await;
-        assert!(detail.contains(what) && detail.contains("zip"), "{detail}");
-    }
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&b"one big text file\n".repeat(100)).unwrap();
-    let detail = refused(
-        &app,
-        &gz.finish().unwrap(),
-        StatusCode::BAD_REQUEST,
-        "not_an_archive",
-    )
-    .await;
-    assert!(detail.contains("gzip data does not hold a tar"), "{detail}");
-}
-
-#[tokio::test]
-async fn clashing_entries_are_refused_not_overwritten() {
-    let app = TestApp::new().await;
-    let files = labelled("", &["cat", "dog"], 2);
-    // The same name twice: the second would silently replace the first.
-    let twice = with(files.clone(), [("cat/0.png", png(200))]);
-    let detail = refused(
-        &app,
-        &zip(&twice),
-        StatusCode::BAD_REQUEST,
-        "duplicate_entry",
-    )
-    .await;
-    assert!(
-        detail.contains("5 entries but only 4 distinct names"),
-        "{detail}"
-    );
-    let detail = refused(
-        &app,
-        &tar(&twice),
-        StatusCode::BAD_REQUEST,
-        "duplicate_entry",
-    )
-    .await;
-    assert!(detail.contains("`cat/0.png`"), "{detail}");
-    // A file, then a directory of the same name (was a 500).
-    let clash = with(
-        files.clone(),
-        [("cat/x", b"data".to_vec()), ("cat/x/y.png", png(201))],
-    );
-    for bytes in [zip(&clash), tar(&clash)] {
-        let detail = refused(&app, &bytes, StatusCode::BAD_REQUEST, "duplicate_entry").await;
-        assert!(detail.contains("`cat/x/y.png`"), "{detail}");
-    }
-    // A directory, then a file of that name.
-    let clash = with(files, [("cat/sub/", vec![]), ("cat/sub", png(202))]);
-    refused(
-        &app,
-        &tar(&clash),
-        StatusCode::BAD_REQUEST,
-        "duplicate_entry",
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn one_class_folder_is_too_few_labels_and_loose_images_say_how_to_label() {
-    let app = TestApp::new().await;
-    // Zipping the one folder of a single class (was "no usable images").
-    for prefix in ["", "my photos/"] {
-        let detail = refused(
-            &app,
-            &zip(&labelled(prefix, &["cat"], 3)),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "too_few_labels",
-        )
-        .await;
-        assert!(detail.contains("found 1 (cat)"), "{detail}");
-    }
-    let loose: Entries = (0..3).map(|i| (format!("{i}.jpg"), png(i))).collect();
-    let detail = refused(
-        &app,
-        &zip(&loose),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "no_labels",
-    )
-    .await;
-    assert!(
-        detail.contains("3 image(s)") && detail.contains("metadata.csv"),
-        "{detail}"
-    );
 }
 
 #[tokio::test]
@@ -283,21 +160,6 @@ async fn empty_class_folders_are_skipped_and_listed() {
         .map(|k| k["file"].as_str().unwrap())
         .collect();
     assert_eq!(skipped, ["bird", "fish"]);
-
-    // A folder with files but no images is still a mistake worth refusing.
-    let app = TestApp::new().await;
-    let files = with(
-        labelled("", &["cat", "dog"], 2),
-        [("bird/scan.heic", b"....".to_vec())],
-    );
-    let detail = refused(
-        &app,
-        &zip(&files),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "label_without_images",
-    )
-    .await;
-    assert!(detail.contains("bird/scan.heic"), "{detail}");
 }
 
 #[tokio::test]
@@ -337,57 +199,6 @@ async fn metadata_as_spreadsheets_and_pandas_write_it() {
         warnings.contains("`cat;indoor`") && warnings.contains("`|`"),
         "{warnings}"
     );
-}
-
-#[tokio::test]
-async fn metadata_mistakes_are_named() {
-    let app = TestApp::new().await;
-    let images = || -> Entries {
-        (0..4)
-            .map(|i| (format!("img/{i}.png"), png(i + 10)))
-            .collect()
-    };
-    // One file, two labels on two rows: was silently the first.
-    let csv = "file_name,label\nimg/0.png,cat\nimg/1.png,dog\nimg/2.png,cat\nimg/3.png,dog\nimg/0.png,dog\nimg/1.png,dog\n";
-    let detail = refused(
-        &app,
-        &zip(&with(images(), [("metadata.csv", csv.into())])),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_metadata",
-    )
-    .await;
-    assert!(
-        detail.contains("`img/0.png`: line 2 of metadata.csv says [\"cat\"], line 6 of metadata.csv says [\"dog\"]"),
-        "{detail}"
-    );
-    assert!(!detail.contains("img/1.png"), "{detail}");
-
-    // File names without their folder, or in another case: point at the file.
-    let csv = "file_name,label\n0.png,cat\nimg/1.png,dog\nimg/2.PNG,cat\nimg/3.png,dog\n";
-    let detail = refused(
-        &app,
-        &zip(&with(images(), [("metadata.csv", csv.into())])),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "missing_file",
-    )
-    .await;
-    assert!(
-        detail.contains("`0.png` (line 2 of metadata.csv): the archive has `img/0.png`")
-            && detail.contains("`img/2.PNG` (line 4 of metadata.csv): the archive has `img/2.png`"),
-        "{detail}"
-    );
-
-    // Latin-1 from an old spreadsheet.
-    let mut csv = b"file_name,label\nimg/0.png,caf".to_vec();
-    csv.extend_from_slice(b"\xe9\nimg/1.png,dog\nimg/2.png,cat\nimg/3.png,dog\n");
-    let detail = refused(
-        &app,
-        &zip(&with(images(), [("metadata.csv", csv)])),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_metadata",
-    )
-    .await;
-    assert!(detail.contains("line 2 is not UTF-8"), "{detail}");
 }
 
 #[tokio::test]
@@ -445,28 +256,253 @@ async fn tiff_and_any_case_extensions_are_images() {
     assert_eq!(s["skipped"], json!([]));
 }
 
+/// Below the tolerance a truncated JPEG is skipped and listed (above it,
+/// it is refused: see [`REFUSALS`]).
 #[tokio::test]
-async fn a_truncated_jpeg_is_undecodable_not_half_grey() {
-    let app = TestApp::new().await;
-    let jpeg = encode(64, 48, 9, image::ImageFormat::Jpeg);
-    let files = with(
-        labelled("", &["cat", "dog"], 3),
-        [("cat/cut.jpg", jpeg[..jpeg.len() * 2 / 3].to_vec())],
-    );
-    let detail = refused(
-        &app,
-        &zip(&files),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "undecodable_images",
-    )
-    .await;
-    assert!(
-        detail.contains("cat/cut.jpg") && detail.contains("truncated JPEG"),
-        "{detail}"
-    );
-    // Below the tolerance it is skipped and listed instead.
+async fn a_truncated_jpeg_below_the_tolerance_is_skipped_and_listed() {
     let lenient = TestApp::with_config(|c| c.max_undecodable_fraction = 0.5).await;
-    let body = stored(&lenient, &zip(&files)).await;
+    let body = stored(&lenient, &zip(&with_cut_jpeg())).await;
     assert_eq!(body["summary"]["images"], 6);
     assert_eq!(body["summary"]["skipped"][0]["file"], "cat/cut.jpg");
+}
+
+// ---------- refused ----------
+
+/// Two images of two classes, with a third of `cat` cut after two thirds.
+fn with_cut_jpeg() -> Entries {
+    let jpeg = encode(64, 48, 9, image::ImageFormat::Jpeg);
+    with(
+        labelled("", &["cat", "dog"], 3),
+        [("cat/cut.jpg", jpeg[..jpeg.len() * 2 / 3].to_vec())],
+    )
+}
+
+/// An archive format vitrine does not read: its magic bytes, then zeros.
+fn magic(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    out.extend_from_slice(&[0; 600]);
+    out
+}
+
+/// Two classes of two images, where `cat/0.png` appears twice.
+fn cat_0_twice() -> Entries {
+    with(labelled("", &["cat", "dog"], 2), [("cat/0.png", png(200))])
+}
+
+/// A file `cat/x`, then `cat/x/y.png` under it.
+fn file_then_dir() -> Entries {
+    with(
+        labelled("", &["cat", "dog"], 2),
+        [("cat/x", b"data".to_vec()), ("cat/x/y.png", png(201))],
+    )
+}
+
+/// Four images under `img/` and a `metadata.csv`.
+fn with_metadata(csv: impl Into<Vec<u8>>) -> Vec<u8> {
+    let images = (0..4).map(|i| (format!("img/{i}.png"), png(i + 10)));
+    zip(&with(images.collect(), [("metadata.csv", csv.into())]))
+}
+
+/// `img/0.png` labelled `cat` on line 2 and `dog` on line 6; `img/1.png`
+/// labelled `dog` twice.
+const TWO_LABELS_FOR_ONE_FILE: &str = "file_name,label\nimg/0.png,cat\nimg/1.png,dog\nimg/2.png,cat\nimg/3.png,dog\nimg/0.png,dog\nimg/1.png,dog\n";
+
+const BAD_REQUEST: StatusCode = StatusCode::BAD_REQUEST;
+const UNPROCESSABLE: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
+
+/// Each of these once went wrong: a 500, a misleading code, or silently
+/// wrong labels.
+const REFUSALS: &[Refusal] = &[
+    Refusal {
+        // Not a 500 and not "not an archive".
+        case: "half a plain tar",
+        limits: defaults,
+        archive: || {
+            let plain = tar(&labelled("photos/", &["cat", "dog"], 2));
+            plain[..plain.len() / 2].to_vec()
+        },
+        status: BAD_REQUEST,
+        code: "truncated_archive",
+        detail: &[],
+    },
+    Refusal {
+        case: "xz",
+        limits: defaults,
+        archive: || magic(b"\xfd7zXZ\x00\x00\x04"),
+        status: BAD_REQUEST,
+        code: "unsupported_archive",
+        detail: &["xz", "zip"],
+    },
+    Refusal {
+        case: "7z",
+        limits: defaults,
+        archive: || magic(b"7z\xbc\xaf\x27\x1c\x00\x04"),
+        status: BAD_REQUEST,
+        code: "unsupported_archive",
+        detail: &["7z", "zip"],
+    },
+    Refusal {
+        case: "RAR",
+        limits: defaults,
+        archive: || magic(b"Rar!\x1a\x07\x01\x00"),
+        status: BAD_REQUEST,
+        code: "unsupported_archive",
+        detail: &["RAR", "zip"],
+    },
+    Refusal {
+        case: "one gzipped file",
+        limits: defaults,
+        archive: || {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&b"one big text file\n".repeat(100)).unwrap();
+            gz.finish().unwrap()
+        },
+        status: BAD_REQUEST,
+        code: "not_an_archive",
+        detail: &["gzip data does not hold a tar"],
+    },
+    Refusal {
+        // The second would silently replace the first.
+        case: "the same name twice in a zip",
+        limits: defaults,
+        archive: || zip(&cat_0_twice()),
+        status: BAD_REQUEST,
+        code: "duplicate_entry",
+        detail: &["5 entries but only 4 distinct names"],
+    },
+    Refusal {
+        case: "the same name twice in a tar",
+        limits: defaults,
+        archive: || tar(&cat_0_twice()),
+        status: BAD_REQUEST,
+        code: "duplicate_entry",
+        detail: &["`cat/0.png`"],
+    },
+    Refusal {
+        // Was a 500.
+        case: "a file, then a directory of that name, in a zip",
+        limits: defaults,
+        archive: || zip(&file_then_dir()),
+        status: BAD_REQUEST,
+        code: "duplicate_entry",
+        detail: &["`cat/x/y.png`"],
+    },
+    Refusal {
+        case: "a file, then a directory of that name, in a tar",
+        limits: defaults,
+        archive: || tar(&file_then_dir()),
+        status: BAD_REQUEST,
+        code: "duplicate_entry",
+        detail: &["`cat/x/y.png`"],
+    },
+    Refusal {
+        case: "a directory, then a file of that name, in a tar",
+        limits: defaults,
+        archive: || {
+            let entries = [("cat/sub/", vec![]), ("cat/sub", png(202))];
+            tar(&with(labelled("", &["cat", "dog"], 2), entries))
+        },
+        status: BAD_REQUEST,
+        code: "duplicate_entry",
+        detail: &[],
+    },
+    Refusal {
+        // Zipping the one folder of a single class (was "no usable images").
+        case: "one class folder",
+        limits: defaults,
+        archive: || zip(&labelled("", &["cat"], 3)),
+        status: UNPROCESSABLE,
+        code: "too_few_labels",
+        detail: &["found 1 (cat)"],
+    },
+    Refusal {
+        case: "one class folder in a wrapper folder",
+        limits: defaults,
+        archive: || zip(&labelled("my photos/", &["cat"], 3)),
+        status: UNPROCESSABLE,
+        code: "too_few_labels",
+        detail: &["found 1 (cat)"],
+    },
+    Refusal {
+        case: "loose images say how to label them",
+        limits: defaults,
+        archive: || zip(&(0..3).map(|i| (format!("{i}.jpg"), png(i))).collect::<Vec<_>>()),
+        status: UNPROCESSABLE,
+        code: "no_labels",
+        detail: &["3 image(s)", "metadata.csv"],
+    },
+    Refusal {
+        // Empty folders are skipped, but files and no images is a mistake.
+        case: "a class folder with files but no images",
+        limits: defaults,
+        archive: || {
+            let heic = [("bird/scan.heic", b"....".to_vec())];
+            zip(&with(labelled("", &["cat", "dog"], 2), heic))
+        },
+        status: UNPROCESSABLE,
+        code: "label_without_images",
+        detail: &["bird/scan.heic"],
+    },
+    Refusal {
+        // Was silently the first.
+        case: "one file, two labels on two rows",
+        limits: defaults,
+        archive: || with_metadata(TWO_LABELS_FOR_ONE_FILE),
+        status: UNPROCESSABLE,
+        code: "invalid_metadata",
+        detail: &["`img/0.png`: line 2 of metadata.csv says [\"cat\"], line 6 of metadata.csv says [\"dog\"]"],
+    },
+    Refusal {
+        // Point at the file the row must have meant.
+        case: "file names without their folder, or in another case",
+        limits: defaults,
+        archive: || {
+            with_metadata("file_name,label\n0.png,cat\nimg/1.png,dog\nimg/2.PNG,cat\nimg/3.png,dog\n")
+        },
+        status: UNPROCESSABLE,
+        code: "missing_file",
+        detail: &[
+            "`0.png` (line 2 of metadata.csv): the archive has `img/0.png`",
+            "`img/2.PNG` (line 4 of metadata.csv): the archive has `img/2.png`",
+        ],
+    },
+    Refusal {
+        case: "Latin-1 metadata from an old spreadsheet",
+        limits: defaults,
+        archive: || {
+            let mut csv = b"file_name,label\nimg/0.png,caf".to_vec();
+            csv.extend_from_slice(b"\xe9\nimg/1.png,dog\nimg/2.png,cat\nimg/3.png,dog\n");
+            with_metadata(csv)
+        },
+        status: UNPROCESSABLE,
+        code: "invalid_metadata",
+        detail: &["line 2 is not UTF-8"],
+    },
+    Refusal {
+        // Not decoded as half grey.
+        case: "a truncated JPEG above the tolerance",
+        limits: defaults,
+        archive: || zip(&with_cut_jpeg()),
+        status: UNPROCESSABLE,
+        code: "undecodable_images",
+        detail: &["cat/cut.jpg", "truncated JPEG"],
+    },
+];
+
+#[tokio::test]
+async fn every_refusal_names_what_to_fix_and_leaves_nothing_behind() {
+    assert_refused(REFUSALS).await;
+}
+
+/// Only the file whose rows disagree is named, not one labelled the same
+/// twice.
+#[tokio::test]
+async fn rows_that_agree_are_not_a_conflict() {
+    let case = REFUSALS
+        .iter()
+        .find(|r| r.case == "one file, two labels on two rows")
+        .unwrap();
+    let body = case.check().await.unwrap();
+    let detail = body["detail"].as_str().unwrap();
+    assert!(!detail.contains("img/1.png"), "{detail}");
 }

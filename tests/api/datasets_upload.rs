@@ -2,14 +2,13 @@
 //! every kind of refusal with its exact status and code, leaving nothing
 //! behind on disk or in the database.
 
-mod common;
-
 use std::io::{Cursor, Write};
 use std::time::Instant;
 
 use axum::http::StatusCode;
-use common::{body_json, upload, upload_request, TestApp};
-use serde_json::Value;
+
+use crate::common::refusal::{assert_refused, defaults, refused, Refusal};
+use crate::common::{body_json, upload, upload_request, TestApp};
 
 // ---------- archive builders ----------
 
@@ -73,33 +72,6 @@ fn refs(v: &[(String, Vec<u8>)]) -> Vec<(&str, Vec<u8>)> {
     v.iter().map(|(n, d)| (n.as_str(), d.clone())).collect()
 }
 
-// ---------- HTTP helpers ----------
-
-/// Nothing under `tmp/` or `datasets/`, no row in the table.
-async fn assert_clean(app: &TestApp) {
-    for sub in ["tmp", "datasets"] {
-        let dir = app.dir.path().join(sub);
-        if dir.exists() {
-            let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
-            assert!(left.is_empty(), "{sub}/ not empty: {left:?}");
-        }
-    }
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM datasets")
-        .fetch_one(&app.state.db)
-        .await
-        .unwrap();
-    assert_eq!(n, 0);
-    assert!(!app.dir.path().join("evil.png").exists());
-    assert!(!app.dir.path().parent().unwrap().join("evil.png").exists());
-}
-
-async fn refused(app: &TestApp, bytes: &[u8], status: StatusCode, code: &str) -> Value {
-    let (got, body) = upload(app, bytes).await;
-    assert_eq!((got, body["code"].as_str()), (status, Some(code)), "{body}");
-    assert_clean(app).await;
-    body
-}
-
 // ---------- accepted ----------
 
 #[tokio::test]
@@ -129,7 +101,7 @@ async fn zip_with_splits_in_a_wrapper_dir_is_stored() {
     let list = body_json(app.get("/datasets").await).await;
     assert_eq!(list["datasets"][0]["id"], id);
 
-    let record = vitrine::store::datasets::get(&app.state.db, id.parse().unwrap())
+    let record = vitrine::data::record::get(&app.state.db, id.parse().unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -157,7 +129,7 @@ async fn tar_gz_label_dirs_without_splits_get_a_seeded_split() {
     assert_eq!(body["format"], "tar.gz");
     assert_eq!(body["summary"]["layout"], "labels");
     let record =
-        vitrine::store::datasets::get(&app.state.db, body["id"].as_str().unwrap().parse().unwrap())
+        vitrine::data::record::get(&app.state.db, body["id"].as_str().unwrap().parse().unwrap())
             .await
             .unwrap()
             .unwrap();
@@ -247,123 +219,27 @@ async fn undecodable_images_below_the_tolerance_are_skipped_and_listed() {
 
 // ---------- refused ----------
 
-#[tokio::test]
-async fn not_an_archive() {
-    let app = TestApp::new().await;
-    refused(
-        &app,
-        b"just some text, not an archive",
-        StatusCode::BAD_REQUEST,
-        "not_an_archive",
-    )
-    .await;
-    refused(
-        &app,
-        &png(8, 8, 0),
-        StatusCode::BAD_REQUEST,
-        "not_an_archive",
-    )
-    .await;
+/// A tar.gz with one image and a link of `kind` to `/etc/passwd`.
+fn tar_gz_with_link(kind: tar::EntryType) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    let data = png(4, 4, 0);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "train/a/1.png", data.as_slice())
+        .unwrap();
+    let mut l = tar::Header::new_gnu();
+    l.set_entry_type(kind);
+    l.set_size(0);
+    b.append_link(&mut l, "train/b/link.png", "/etc/passwd")
+        .unwrap();
+    b.into_inner().unwrap().finish().unwrap()
 }
 
-#[tokio::test]
-async fn truncated_archives() {
-    let app = TestApp::new().await;
-    let files = labelled("train/", &["a", "b"], 3, 32);
-    let z = zip(&refs(&files));
-    refused(
-        &app,
-        &z[..z.len() / 2],
-        StatusCode::BAD_REQUEST,
-        "truncated_archive",
-    )
-    .await;
-    let t = tar_gz(&refs(&files));
-    refused(
-        &app,
-        &t[..t.len() / 2],
-        StatusCode::BAD_REQUEST,
-        "truncated_archive",
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn zip_slip_and_absolute_paths() {
-    let app = TestApp::new().await;
-    let mut files = labelled("train/", &["a", "b"], 2, 16);
-    files.push(("../evil.png".into(), png(4, 4, 0)));
-    let body = refused(
-        &app,
-        &zip(&refs(&files)),
-        StatusCode::BAD_REQUEST,
-        "unsafe_entry_path",
-    )
-    .await;
-    assert!(body["detail"].as_str().unwrap().contains("../evil.png"));
-    files.pop();
-    files.push(("/tmp/abs.png".into(), png(4, 4, 0)));
-    refused(
-        &app,
-        &zip(&refs(&files)),
-        StatusCode::BAD_REQUEST,
-        "unsafe_entry_path",
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn tar_links_are_refused() {
-    let app = TestApp::new().await;
-    for kind in [tar::EntryType::Symlink, tar::EntryType::Link] {
-        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        let mut b = tar::Builder::new(gz);
-        let data = png(4, 4, 0);
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, "train/a/1.png", data.as_slice())
-            .unwrap();
-        let mut l = tar::Header::new_gnu();
-        l.set_entry_type(kind);
-        l.set_size(0);
-        b.append_link(&mut l, "train/b/link.png", "/etc/passwd")
-            .unwrap();
-        let bytes = b.into_inner().unwrap().finish().unwrap();
-        let body = refused(&app, &bytes, StatusCode::BAD_REQUEST, "unsafe_entry_path").await;
-        assert!(body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("train/b/link.png"));
-    }
-}
-
-#[tokio::test]
-async fn too_many_entries() {
-    let app = TestApp::with_config(|c| c.max_archive_entries = 5).await;
-    let files = labelled("", &["a", "b"], 4, 8);
-    refused(
-        &app,
-        &zip(&refs(&files)),
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "too_many_entries",
-    )
-    .await;
-    refused(
-        &app,
-        &tar_gz(&refs(&files)),
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "too_many_entries",
-    )
-    .await;
-}
-
-/// 1 GiB of zeros deflates to about 1 MiB; refused at the 64 MiB limit,
-/// quickly, from the declared size.
-#[tokio::test]
-async fn zip_bomb_is_refused_quickly() {
-    let app = TestApp::with_config(|c| c.max_uncompressed_bytes = 64 << 20).await;
+/// 1 GiB of zeros in one entry: about 1 MiB deflated.
+fn zip_bomb() -> Vec<u8> {
     let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
     let opts = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated)
@@ -374,28 +250,11 @@ async fn zip_bomb_is_refused_quickly() {
     for _ in 0..1024 {
         w.write_all(&block).unwrap();
     }
-    let bomb = w.finish().unwrap().into_inner();
-    assert!(bomb.len() < 4 << 20, "{}", bomb.len());
-    let t = Instant::now();
-    let body = refused(
-        &app,
-        &bomb,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "archive_too_large",
-    )
-    .await;
-    assert!(t.elapsed().as_secs() < 10);
-    assert!(body["detail"]
-        .as_str()
-        .unwrap()
-        .contains("train/a/zeros.png"));
+    w.finish().unwrap().into_inner()
 }
 
-/// A zip whose headers claim 1 KiB for a 128 MiB entry: the bytes actually
-/// decompressed are counted, so it is refused all the same.
-#[tokio::test]
-async fn zip_with_lying_sizes_is_refused() {
-    let app = TestApp::with_config(|c| c.max_uncompressed_bytes = 16 << 20).await;
+/// A zip whose headers claim 1 KiB for a 128 MiB entry.
+fn zip_with_lying_sizes() -> Vec<u8> {
     let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
     let opts = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated);
@@ -411,139 +270,240 @@ async fn zip_with_lying_sizes_is_refused() {
     bytes[22..26].copy_from_slice(&lie);
     let cd = bytes.windows(4).rposition(|w| w == b"PK\x01\x02").unwrap();
     bytes[cd + 24..cd + 28].copy_from_slice(&lie);
-    refused(
-        &app,
-        &bytes,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "archive_too_large",
-    )
-    .await;
+    bytes
 }
 
-#[tokio::test]
-async fn tar_gz_bomb_is_refused() {
-    let app = TestApp::with_config(|c| c.max_uncompressed_bytes = 16 << 20).await;
-    let zeros = vec![0u8; 64 << 20];
-    let bytes = tar_gz(&[("train/a/zeros.png", zeros)]);
-    refused(
-        &app,
-        &bytes,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "archive_too_large",
-    )
-    .await;
+fn two_labels_with(extra: &[(&str, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    let mut files = labelled("train/", &["a", "b"], 2, 16);
+    files.extend(extra.iter().map(|(n, d)| (n.to_string(), d.clone())));
+    files
 }
 
-#[tokio::test]
-async fn upload_over_the_limit() {
-    let app = TestApp::with_config(|c| c.max_upload_bytes = 2000).await;
-    let files = labelled("", &["a", "b"], 4, 32);
-    let body = refused(
-        &app,
-        &zip(&refs(&files)),
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-    )
-    .await;
-    assert!(body["detail"].as_str().unwrap().contains("2000"));
+fn metadata_zip(csv: &str, images: &[&str]) -> Vec<u8> {
+    let mut files = vec![("metadata.csv", csv.as_bytes().to_vec())];
+    for (i, name) in images.iter().enumerate() {
+        files.push((name, png(8, 8, i as u8 + 1)));
+    }
+    zip(&files)
 }
 
+const BAD_REQUEST: StatusCode = StatusCode::BAD_REQUEST;
+const TOO_LARGE: StatusCode = StatusCode::PAYLOAD_TOO_LARGE;
+const UNPROCESSABLE: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
+
+/// Every kind of refusal, with its exact status and code.
+const REFUSALS: &[Refusal] = &[
+    Refusal {
+        case: "text is not an archive",
+        limits: defaults,
+        archive: || b"just some text, not an archive".to_vec(),
+        status: BAD_REQUEST,
+        code: "not_an_archive",
+        detail: &[],
+    },
+    Refusal {
+        case: "an image is not an archive",
+        limits: defaults,
+        archive: || png(8, 8, 0),
+        status: BAD_REQUEST,
+        code: "not_an_archive",
+        detail: &[],
+    },
+    Refusal {
+        case: "half a zip",
+        limits: defaults,
+        archive: || {
+            let z = zip(&refs(&labelled("train/", &["a", "b"], 3, 32)));
+            z[..z.len() / 2].to_vec()
+        },
+        status: BAD_REQUEST,
+        code: "truncated_archive",
+        detail: &[],
+    },
+    Refusal {
+        case: "half a tar.gz",
+        limits: defaults,
+        archive: || {
+            let t = tar_gz(&refs(&labelled("train/", &["a", "b"], 3, 32)));
+            t[..t.len() / 2].to_vec()
+        },
+        status: BAD_REQUEST,
+        code: "truncated_archive",
+        detail: &[],
+    },
+    Refusal {
+        case: "zip slip",
+        limits: defaults,
+        archive: || zip(&refs(&two_labels_with(&[("../evil.png", png(4, 4, 0))]))),
+        status: BAD_REQUEST,
+        code: "unsafe_entry_path",
+        detail: &["../evil.png"],
+    },
+    Refusal {
+        case: "absolute path",
+        limits: defaults,
+        archive: || zip(&refs(&two_labels_with(&[("/tmp/abs.png", png(4, 4, 0))]))),
+        status: BAD_REQUEST,
+        code: "unsafe_entry_path",
+        detail: &[],
+    },
+    Refusal {
+        case: "tar symlink",
+        limits: defaults,
+        archive: || tar_gz_with_link(tar::EntryType::Symlink),
+        status: BAD_REQUEST,
+        code: "unsafe_entry_path",
+        detail: &["train/b/link.png"],
+    },
+    Refusal {
+        case: "tar hard link",
+        limits: defaults,
+        archive: || tar_gz_with_link(tar::EntryType::Link),
+        status: BAD_REQUEST,
+        code: "unsafe_entry_path",
+        detail: &["train/b/link.png"],
+    },
+    Refusal {
+        case: "too many zip entries",
+        limits: |c| c.max_archive_entries = 5,
+        archive: || zip(&refs(&labelled("", &["a", "b"], 4, 8))),
+        status: TOO_LARGE,
+        code: "too_many_entries",
+        detail: &[],
+    },
+    Refusal {
+        case: "too many tar.gz entries",
+        limits: |c| c.max_archive_entries = 5,
+        archive: || tar_gz(&refs(&labelled("", &["a", "b"], 4, 8))),
+        status: TOO_LARGE,
+        code: "too_many_entries",
+        detail: &[],
+    },
+    Refusal {
+        // The bytes actually decompressed are counted, not the headers.
+        case: "zip with lying sizes",
+        limits: |c| c.max_uncompressed_bytes = 16 << 20,
+        archive: zip_with_lying_sizes,
+        status: TOO_LARGE,
+        code: "archive_too_large",
+        detail: &[],
+    },
+    Refusal {
+        case: "tar.gz bomb",
+        limits: |c| c.max_uncompressed_bytes = 16 << 20,
+        archive: || tar_gz(&[("train/a/zeros.png", vec![0u8; 64 << 20])]),
+        status: TOO_LARGE,
+        code: "archive_too_large",
+        detail: &[],
+    },
+    Refusal {
+        case: "upload over the limit",
+        limits: |c| c.max_upload_bytes = 2000,
+        archive: || zip(&refs(&labelled("", &["a", "b"], 4, 32))),
+        status: TOO_LARGE,
+        code: "payload_too_large",
+        detail: &["2000"],
+    },
+    Refusal {
+        case: "image over the pixel limit",
+        limits: |c| c.max_image_pixels = 100 * 100,
+        archive: || {
+            let mut files = labelled("", &["a", "b"], 2, 16);
+            files.push(("b/huge.png".into(), png(200, 120, 9)));
+            zip(&refs(&files))
+        },
+        status: TOO_LARGE,
+        code: "image_too_large",
+        detail: &["b/huge.png"],
+    },
+    Refusal {
+        case: "one label",
+        limits: defaults,
+        archive: || zip(&refs(&labelled("train/", &["only"], 3, 8))),
+        status: UNPROCESSABLE,
+        code: "too_few_labels",
+        detail: &[],
+    },
+    Refusal {
+        case: "a label folder without images",
+        limits: defaults,
+        archive: || {
+            let mut files = labelled("", &["a", "b"], 2, 8);
+            files.push(("c/notes.txt".into(), b"no images here".to_vec()));
+            zip(&refs(&files))
+        },
+        status: UNPROCESSABLE,
+        code: "label_without_images",
+        detail: &["c"],
+    },
+    Refusal {
+        case: "a label only in validation",
+        limits: defaults,
+        archive: || {
+            let mut files = labelled("train/", &["a", "b"], 2, 8);
+            files.extend(labelled("val/", &["z"], 1, 8));
+            zip(&refs(&files))
+        },
+        status: UNPROCESSABLE,
+        code: "label_without_images",
+        detail: &[],
+    },
+    Refusal {
+        case: "an empty label in metadata.csv",
+        limits: defaults,
+        archive: || metadata_zip("file_name,label\na.png,cat\nb.png,\n", &["a.png", "b.png"]),
+        status: UNPROCESSABLE,
+        code: "empty_label",
+        detail: &["line 3"],
+    },
+    Refusal {
+        case: "metadata naming a missing file",
+        limits: defaults,
+        archive: || {
+            metadata_zip(
+                "file_name,label\na.png,cat\nb.png,dog\nghost.png,dog\n",
+                &["a.png", "b.png"],
+            )
+        },
+        status: UNPROCESSABLE,
+        code: "missing_file",
+        detail: &["ghost.png"],
+    },
+    Refusal {
+        case: "undecodable images above the tolerance",
+        limits: defaults,
+        archive: || {
+            let mut files = labelled("", &["a", "b"], 3, 16);
+            files.push(("b/broken.png".into(), b"\x89PNG\r\n\x1a\n garbage".to_vec()));
+            zip(&refs(&files))
+        },
+        status: UNPROCESSABLE,
+        code: "undecodable_images",
+        detail: &["b/broken.png"],
+    },
+];
+
 #[tokio::test]
-async fn image_over_the_pixel_limit() {
-    let app = TestApp::with_config(|c| c.max_image_pixels = 100 * 100).await;
-    let mut files = labelled("", &["a", "b"], 2, 16);
-    files.push(("b/huge.png".into(), png(200, 120, 9)));
-    let body = refused(
-        &app,
-        &zip(&refs(&files)),
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "image_too_large",
-    )
-    .await;
-    assert!(body["detail"].as_str().unwrap().contains("b/huge.png"));
+async fn every_refusal_has_its_status_code_and_detail_and_leaves_nothing_behind() {
+    assert_refused(REFUSALS).await;
 }
 
+/// 1 GiB of zeros deflates to about 1 MiB; refused at the 64 MiB limit,
+/// quickly, from the declared size.
 #[tokio::test]
-async fn label_rules() {
-    let app = TestApp::new().await;
-    let one = labelled("train/", &["only"], 3, 8);
-    refused(
-        &app,
-        &zip(&refs(&one)),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "too_few_labels",
-    )
-    .await;
-
-    let mut empty_dir = labelled("", &["a", "b"], 2, 8);
-    empty_dir.push(("c/notes.txt".into(), b"no images here".to_vec()));
-    let body = refused(
-        &app,
-        &zip(&refs(&empty_dir)),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "label_without_images",
-    )
-    .await;
-    assert!(body["detail"].as_str().unwrap().contains('c'));
-
-    let mut val_only = labelled("train/", &["a", "b"], 2, 8);
-    val_only.extend(labelled("val/", &["z"], 1, 8));
-    refused(
-        &app,
-        &zip(&refs(&val_only)),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "label_without_images",
-    )
-    .await;
-
-    let csv = "file_name,label\na.png,cat\nb.png,\n";
-    let files = vec![
-        ("metadata.csv", csv.as_bytes().to_vec()),
-        ("a.png", png(8, 8, 1)),
-        ("b.png", png(8, 8, 2)),
-    ];
-    let body = refused(
-        &app,
-        &zip(&files),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "empty_label",
-    )
-    .await;
-    assert!(body["detail"].as_str().unwrap().contains("line 3"));
-}
-
-#[tokio::test]
-async fn metadata_naming_missing_files() {
-    let app = TestApp::new().await;
-    let csv = "file_name,label\na.png,cat\nb.png,dog\nghost.png,dog\n";
-    let files = vec![
-        ("metadata.csv", csv.as_bytes().to_vec()),
-        ("a.png", png(8, 8, 1)),
-        ("b.png", png(8, 8, 2)),
-    ];
-    let body = refused(
-        &app,
-        &zip(&files),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "missing_file",
-    )
-    .await;
-    assert!(body["detail"].as_str().unwrap().contains("ghost.png"));
-}
-
-#[tokio::test]
-async fn undecodable_images_above_the_tolerance() {
-    let app = TestApp::new().await;
-    let mut files = labelled("", &["a", "b"], 3, 16);
-    files.push(("b/broken.png".into(), b"\x89PNG\r\n\x1a\n garbage".to_vec()));
-    let body = refused(
-        &app,
-        &zip(&refs(&files)),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "undecodable_images",
-    )
-    .await;
-    assert!(body["detail"].as_str().unwrap().contains("b/broken.png"));
+async fn zip_bomb_is_refused_quickly() {
+    let app = TestApp::with_config(|c| c.max_uncompressed_bytes = 64 << 20).await;
+    let bomb = zip_bomb();
+    assert!(bomb.len() < 4 << 20, "{}", bomb.len());
+    let t = Instant::now();
+    let body = refused(&app, &bomb, TOO_LARGE, "archive_too_large")
+        .await
+        .unwrap();
+    assert!(t.elapsed().as_secs() < 10);
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("train/a/zeros.png"));
 }
 
 #[tokio::test]

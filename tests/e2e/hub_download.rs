@@ -6,20 +6,18 @@
 //! (a misspelt id or an unsupported architecture is a 422 at once; an
 //! unreachable Hub queues the job and the worker reports the failure).
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::e2e::{fixtures, get_json, submit, submit_and_wait};
+use crate::common::process::{free_port, ServerProcess};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use common::e2e::{fixtures, get_json, submit, submit_and_wait};
-use common::process::{free_port, ServerProcess};
 use serde_json::{json, Value};
 use tch::Device;
 use tokio_util::sync::CancellationToken;

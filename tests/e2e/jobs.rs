@@ -1,11 +1,9 @@
 //! Fine-tuning through the real HTTP API on a real SQLite file: a tiny ViT
 //! pre-trained by the test fixtures on one task is fine-tuned on another.
 
-mod common;
-
 use std::time::Duration;
 
-use common::e2e::{fixtures, TestServer};
+use crate::common::e2e::{fixtures, TestServer};
 use serde_json::{json, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
@@ -290,7 +288,8 @@ async fn bad_configs_and_unknown_models_are_refused_before_queueing() {
     let mut ids = Vec::new();
     for _ in 0..2 {
         let resp =
-            common::e2e::submit(&server.url, &fx.tints_zip, cfg.clone(), Some("abc-123")).await;
+            crate::common::e2e::submit(&server.url, &fx.tints_zip, cfg.clone(), Some("abc-123"))
+                .await;
         assert_eq!(resp.status(), 202);
         ids.push(
             resp.json::<Value>().await.unwrap()["id"]
@@ -348,7 +347,7 @@ async fn training_at_another_resolution_saves_a_native_model() {
             .unwrap();
     assert_eq!(pre["size"], json!({"height": 48, "width": 48}));
 
-    let reference = common::e2e::hf_scores(&dir, &fx.red_png);
+    let reference = crate::common::e2e::hf_scores(&dir, &fx.red_png);
     let answer: Value = reqwest::Client::new()
         .post(format!("{}/predict?all_scores=true", server.url))
         .header("content-type", "image/png")
@@ -359,7 +358,7 @@ async fn training_at_another_resolution_saves_a_native_model() {
         .json()
         .await
         .unwrap();
-    let worst = common::e2e::max_score_diff(&answer["results"][0], &reference);
+    let worst = crate::common::e2e::max_score_diff(&answer["results"][0], &reference);
     println!("48 px model: max |score - transformers| = {worst:e}");
     assert!(worst <= 1e-4, "{worst}");
     server.stop().await;

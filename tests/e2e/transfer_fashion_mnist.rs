@@ -17,14 +17,12 @@
 //! tests print `SKIPPED ...` and pass, except when `CI` is set: then they
 //! fail, so CI cannot go green without having run them.
 
-mod common;
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::e2e::TestServer;
+use crate::common::e2e::TestServer;
 use serde_json::{json, Value};
 
 /// Where Debian's `dataset-fashion-mnist` puts the data;
@@ -69,7 +67,7 @@ fn skip(test: &str, why: &str) {
 
 /// The real DINOv2-small directory; `None` when the download is impossible.
 fn fetch_dinov2(test: &str) -> Option<PathBuf> {
-    common::fetch_dinov2_small()
+    crate::common::fetch_dinov2_small()
         .map_err(|e| {
             skip(
                 test,
@@ -130,7 +128,7 @@ fn fixtures(test: &str) -> Option<Fixtures> {
     let tmp = dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
-    let run = |script: &str, args: &[&str]| common::run_python(script, args, &tmp);
+    let run = |script: &str, args: &[&str]| crate::common::run_python(script, args, &tmp);
     let split = ["--train", "100", "--validation", "30", "--seed", "1"];
     run(&scripts[0], &[&["classes.zip"], &split[..]].concat());
     let split = ["--train", "60", "--validation", "20", "--seed", "1"];

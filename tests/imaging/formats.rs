@@ -6,8 +6,6 @@
 //! ones (zune-jpeg and libjpeg-turbo differ in IDCT and upsampling). What
 //! `load_image` refuses (truncated files, non-images) vitrine refuses too.
 
-mod common;
-
 use vitrine::imaging::{decode, DecodeLimits};
 
 #[derive(serde::Deserialize)]
@@ -26,7 +24,7 @@ fn every_format_decodes_as_transformers_load_image_does() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/python/decode_formats.py"
     );
-    common::run_python(script, &[dir.path().to_str().unwrap()], dir.path());
+    crate::common::run_python(script, &[dir.path().to_str().unwrap()], dir.path());
     let cases: Vec<Case> =
         serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
     let mut failures = Vec::new();

@@ -5,12 +5,8 @@
 //! directory `transformers` loads unchanged, strict-loading errors, groups
 //! and freezing.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 
 use tch::{Device, Kind, Tensor};
 use vitrine::model::load::load_pretrained_reporting;
@@ -23,27 +19,7 @@ const TOL: f64 = 1e-4;
 
 /// The fixture root, generated once per test binary.
 fn fixtures() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vit_fixtures");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/make_vit_fixtures.py"
-        );
-        let out = Command::new(common::python())
-            .arg(script)
-            .arg(&dir)
-            .output()
-            .expect("run python");
-        assert!(
-            out.status.success(),
-            "fixture script failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
+    crate::common::python_fixtures("tests/python/make_vit_fixtures.py")
 }
 
 fn io(name: &str) -> HashMap<String, Tensor> {
@@ -220,22 +196,11 @@ fn saved_model_loads_in_transformers_with_the_same_logits() {
         .collect();
     assert_eq!(leftovers, ["best"], "no temporary directories remain");
 
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/check_saved_vit.py"
+    // transformers loads it, and its logits are ours.
+    let reply = crate::common::python_json(
+        "tests/python/check_saved_vit.py",
+        &[&out, &fixtures().join("cls_p8_s32_d2/io.safetensors")],
     );
-    let run = Command::new(common::python())
-        .arg(script)
-        .arg(&out)
-        .arg(fixtures().join("cls_p8_s32_d2/io.safetensors"))
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "transformers refused it:\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let reply: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(reply["class"], "ViTForImageClassification");
     assert_eq!(reply["problem_type"], "multi_label_classification");
     assert_eq!(

@@ -1,0 +1,15 @@
+//! The service through its router and its SQLite store: HTTP foundations,
+//! dataset uploads, the job queue and the migrations. No model is trained
+//! here.
+//!
+//! One test binary per area (`api`, `model`, `imaging`, `e2e`): each links
+//! libtorch once, and every file below is one module of it.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod datasets_upload;
+mod datasets_user_archives;
+mod http_foundation;
+mod job_queue;
+mod migrations;

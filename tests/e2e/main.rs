@@ -1,0 +1,19 @@
+//! End to end: a real server (in-process on port 0, or the `vitrine` binary
+//! as a child process) over a real SQLite file, trained and queried over
+//! HTTP. Fixtures are made by the Python scripts beside this file
+//! (`synthetic.py`, `hf_predict.py`, `random_dinov2.py`).
+//!
+//! The tests here share one process: they never set environment variables
+//! or libtorch's thread count in it (the child processes get theirs), and
+//! the fixtures they share are made once under a lock.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod crash;
+mod hub_download;
+mod jobs;
+mod open_size;
+mod serving;
+mod shutdown;
+mod transfer_fashion_mnist;
