@@ -42,6 +42,14 @@ pub enum BenchCommand {
     Preprocess(crate::imaging::bench::BenchArgs),
 }
 
+impl Cli {
+    /// Whether this command line runs `serve` (the default), the one
+    /// command whose libgomp wait policy `main` settles before it starts.
+    pub fn runs_the_service(&self) -> bool {
+        matches!(self.command, None | Some(Command::Serve(_)))
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => crate::server::run(cli.serve),

@@ -1,5 +1,10 @@
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    vitrine::cli::run(vitrine::cli::Cli::parse())
+    let cli = vitrine::cli::Cli::parse();
+    if cli.runs_the_service() {
+        // Before any thread starts: it may replace this process.
+        vitrine::torch_info::threads::reexec_with_openmp_wait_policy();
+    }
+    vitrine::cli::run(cli)
 }

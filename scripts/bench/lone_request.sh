@@ -15,6 +15,8 @@
 #   IMAGES=20           request images
 #   VITRINE=path        the vitrine binary (default: built here, release)
 #   VITRINE_ARGS=""     extra `vitrine serve` flags (e.g. "--cpu-threads 2")
+#   BASELINE=path       another vitrine binary (an earlier build) to time in
+#                       the same rounds, labelled vitrine-baseline
 #   THREADS=$(nproc)    the pipeline's torch threads (torch.set_num_threads)
 #   PYDEPS=dir          a --target dir holding fastapi, uvicorn,
 #                       python-multipart and requests when the venv lacks
@@ -88,9 +90,13 @@ images=("$tmp"/images/*.jpg)
 
 data=$tmp/data
 start_vitrine() { # extra flags...
-  local port; port=$(free_port)
+  start_binary "$vitrine" "$@"
+}
+start_binary() { # binary, extra flags...
+  local port bin=$1; shift
+  port=$(free_port)
   url=http://127.0.0.1:$port
-  "$vitrine" serve --listen "127.0.0.1:$port" --data-dir "$data" "$@" >>"$tmp/vitrine.log" 2>&1 &
+  "$bin" serve --listen "127.0.0.1:$port" --data-dir "$data" "$@" >>"$tmp/vitrine.log" 2>&1 &
   server_pid=$!
   wait_up "$url/readyz" "$server_pid"
 }
@@ -132,6 +138,12 @@ for round in $(seq "$rounds"); do
   start_vitrine --no-workers $vitrine_args
   measure vitrine predictions.0.label
   stop_server
+  if [ -n "${BASELINE:-}" ]; then
+    log "round $round: baseline $BASELINE"
+    start_binary "$BASELINE" --no-workers
+    measure vitrine-baseline predictions.0.label
+    stop_server
+  fi
   log "round $round: transformers pipeline ($threads torch threads)"
   start_python
   measure fastapi-pipeline 0.label
@@ -152,12 +164,16 @@ print()
 print("| server | p50 ms per round | median p50 ms | p90 ms (median) |")
 print("|---|---|---|---|")
 med = {}
-for label in ("vitrine", "fastapi-pipeline"):
+for label in ("vitrine", "vitrine-baseline", "fastapi-pipeline"):
     rs = [r for r in rows if r["label"] == label]
+    if not rs:
+        continue
     p50s = [r["p50_ms"] for r in rs]
     med[label] = statistics.median(p50s)
     p90 = statistics.median(r["p90_ms"] for r in rs)
     print(f"| {label} | {' / '.join(f'{p:.1f}' for p in p50s)} | {med[label]:.1f} | {p90:.1f} |")
 print()
 print(f"p50 ratio vitrine / pipeline: {med['vitrine'] / med['fastapi-pipeline']:.2f}")
+if "vitrine-baseline" in med:
+    print(f"p50 ratio baseline / pipeline: {med['vitrine-baseline'] / med['fastapi-pipeline']:.2f}")
 PY

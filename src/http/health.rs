@@ -33,7 +33,8 @@ pub async fn healthz() -> axum::Json<Health> {
 /// The database answers, every migration is applied, and no device is out
 /// of service after a fatal error (only a restart brings it back).
 #[utoipa::path(get, path = "/readyz", tag = "health",
-    responses((status = 200, body = Health), (status = 503, body = crate::error::Problem)))]
+    responses((status = 200, body = Health),
+        (status = 503, body = crate::error::Problem, description = "Database not ready, or a device out of service (named)")))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match crate::db::is_ready(&state.db).await {
         Ok(true) => match devices_down(&state.devices) {

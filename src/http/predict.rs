@@ -69,7 +69,8 @@ pub struct PredictResponse {
     responses((status = 200, body = PredictResponse),
         (status = 409, body = crate::error::Problem, description = "No model yet"),
         (status = 413, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
-        (status = 429, body = crate::error::Problem, description = "Overloaded; see Retry-After")),
+        (status = 429, body = crate::error::Problem, description = "Overloaded; see Retry-After"),
+        (status = 503, body = crate::error::Problem, description = "The device went out of service after a fatal error; a retry may land on another")),
     security(("bearer" = [])))]
 pub async fn predict_default(
     State(state): State<AppState>,
@@ -85,7 +86,8 @@ pub async fn predict_default(
     request_body(content = PredictJson, description = "Or multipart `image` parts, or a raw image/* body"),
     responses((status = 200, body = PredictResponse), (status = 404, body = crate::error::Problem),
         (status = 413, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
-        (status = 429, body = crate::error::Problem)),
+        (status = 429, body = crate::error::Problem),
+        (status = 503, body = crate::error::Problem, description = "The device went out of service after a fatal error; a retry may land on another")),
     security(("bearer" = [])))]
 pub async fn predict_named(
     State(state): State<AppState>,

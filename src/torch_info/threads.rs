@@ -91,6 +91,52 @@ pub fn keep_torch_single_threaded() {
     native::set_thread_local_threads(1);
 }
 
+/// The OpenMP wait policy `serve` runs with when the environment sets
+/// none: how long libgomp's threads spin at the end of a parallel region
+/// before they sleep (`GOMP_SPINCOUNT`, in pause instructions).
+pub const SERVE_SPINCOUNT: &str = "10000";
+
+/// What libgomp should be told before it loads, given the environment
+/// (`var` reads a variable): `GOMP_SPINCOUNT=SERVE_SPINCOUNT` unless
+/// `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` is set already (the operator's
+/// choice wins, and a re-executed process finds it set).
+pub fn openmp_env_to_set(
+    var: impl Fn(&str) -> Option<String>,
+) -> Option<(&'static str, &'static str)> {
+    if var("OMP_WAIT_POLICY").is_some() || var("GOMP_SPINCOUNT").is_some() {
+        return None;
+    }
+    Some(("GOMP_SPINCOUNT", SERVE_SPINCOUNT))
+}
+
+/// libgomp reads its wait policy once, as it loads with libtorch, before
+/// `main`. Its default spins each idle team thread for 300,000 pauses
+/// (8-10 ms here) after every parallel region: fastest on an idle machine,
+/// but when other processes (or our own decoding) take a core, a thread
+/// spinning at a barrier for a preempted peer burns the time its peer
+/// needs, and a lone `/predict` went from 23 ms to 75-340 ms at a load of
+/// 3 on 2 cores. So `serve` re-executes itself once with a short spin
+/// ([`openmp_env_to_set`]) unless the environment chose a policy. Returns
+/// only when it did not re-execute (nothing to set, or `exec` failed: the
+/// service then runs with libgomp's default, and says so).
+pub fn reexec_with_openmp_wait_policy() {
+    use std::os::unix::process::CommandExt;
+    let Some((name, value)) = openmp_env_to_set(|v| std::env::var(v).ok()) else {
+        return;
+    };
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
+    let err = std::process::Command::new(&exe)
+        .arg0(arg0)
+        .args(args)
+        .env(name, value)
+        .exec();
+    eprintln!("vitrine: could not re-execute with {name}={value} ({err}); libgomp keeps its default wait policy");
+}
+
 /// The cores this process may run on (its affinity mask and cgroup quota,
 /// as the standard library reads them).
 pub fn available_cpus() -> usize {
@@ -151,6 +197,29 @@ mod tests {
         let other = std::thread::spawn(work).join().unwrap();
         assert!(other > 1 || available_cpus() == 1, "{other}");
         assert!(native::set_thread_local_threads(1), "libgomp is found");
+    }
+
+    #[test]
+    fn the_wait_policy_is_set_only_when_the_environment_has_none() {
+        let env = |set: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                set.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            openmp_env_to_set(env(&[])),
+            Some(("GOMP_SPINCOUNT", SERVE_SPINCOUNT))
+        );
+        assert_eq!(
+            openmp_env_to_set(env(&[("OMP_WAIT_POLICY", "active")])),
+            None
+        );
+        assert_eq!(
+            openmp_env_to_set(env(&[("GOMP_SPINCOUNT", "300000")])),
+            None
+        );
     }
 
     #[test]
