@@ -45,6 +45,7 @@ impl AppState {
             max_wait: Duration::from_millis(config.predict_max_wait_ms),
             queue: config.predict_queue,
             cache: config.model_cache,
+            precision: config.predict_precision,
         };
         let inference =
             crate::serve::Inference::start(&inference_devices, engine, &metrics.registry);
