@@ -160,9 +160,9 @@ def top(url: str, image: str) -> None:
 # bf16 dense (no sparsity) tensor-core peaks, TFLOP/s, from NVIDIA's data
 # sheets; the first name fragment that matches the device name wins.
 PEAKS = [
+    ("GH200", "GH200", 989.4),
     ("H200 NVL", "H200 NVL", 835.0),
     ("H200", "H200 SXM", 989.4),
-    ("GH200", "GH200", 989.4),
     ("H100 NVL", "H100 NVL", 835.0),
     ("H100 PCIe", "H100 PCIe", 756.0),
     ("H100", "H100 SXM", 989.4),
@@ -199,7 +199,8 @@ def train_gflop_per_image(config: dict) -> float:
 
 
 def fmt_curve(xs) -> str:
-    return " > ".join(f"{x:.3f}" for x in xs) if xs else "-"
+    """Values per epoch; a NaN loss (vitrine's JSON writes it as null) shows as NaN."""
+    return " > ".join("NaN" if x is None or x != x else f"{x:.3f}" for x in xs) if xs else "-"
 
 
 def load_json(path: Path):
@@ -260,6 +261,9 @@ def report(d: str) -> None:
           + f", driver {envf.get('driver', 'n/a')}, torch {envf.get('torch')} (CUDA "
           f"{envf.get('torch_cuda')}), transformers {envf.get('transformers')}, "
           f"{envf.get('cpus')} CPUs, /dev/shm {envf.get('dev_shm_gib', '?')} GiB")
+    if (envf.get("dev_shm_gib") or 99) < 2 and meta["workers"] > 0:
+        print(f"warning: /dev/shm holds {envf['dev_shm_gib']} GiB; DataLoader workers pass "
+              "batches through it and may fail (as root: mount -o remount,size=16G /dev/shm)")
     print(f"MFU peak: {card}" + (f", bf16 dense {peak:g} TFLOP/s" if peak else ", MFU not computed")
           + f"; {num(gflop)} GFLOP per training image ({meta['model']}, 3x forward)")
     print(f"training: {meta['model']} random init, {meta['classes']} classes, full fine-tune at 224, "
@@ -304,14 +308,14 @@ def report(d: str) -> None:
     vvl, tvl = [e["validation_loss"] for e in vep], [e.get("validation_loss") for e in tep]
     alike = curves_alike(vtl, ttl)
     row("train loss per epoch", fmt_curve(vtl), fmt_curve(ttl), alike,
-        met("fall alike", alike.startswith("alike")))
+        met("fall alike", alike.startswith("alike") if alike != "n/a" else None))
     row("validation loss per epoch", fmt_curve(vvl), fmt_curve([x for x in tvl if x is not None]),
         curves_alike(vvl, tvl))
     va = vep[-1]["validation"].get("accuracy") if vep else None
     ta = tep[-1].get("accuracy") if tep else None
     row("final validation accuracy", num(va and 100 * va, suffix="%"), num(ta and 100 * ta, suffix="%"),
         f"{100 * (va - ta):+.1f} pts" if va is not None and ta is not None else "-",
-        met("within 2 pts", va is not None and ta is not None and abs(va - ta) <= 0.02))
+        met("within 2 pts", abs(va - ta) <= 0.02 if va is not None and ta is not None else None))
     row("wall time: job submit to model / PyTorch process (incl. load, validation)",
         num((vjob or {}).get("wall_secs"), suffix=" s"), num(twall, suffix=" s"), "")
 
@@ -343,7 +347,7 @@ def report(d: str) -> None:
 
 
 def met(target: str, ok, measurable: bool = True) -> str:
-    if not measurable:
+    if ok is None or not measurable:
         return f"{target}: n/a"
     return f"{target}: {'met' if ok else 'NOT MET'}"
 
@@ -351,8 +355,10 @@ def met(target: str, ok, measurable: bool = True) -> str:
 def curves_alike(a, b) -> str:
     """Both fall from the first epoch to the last, and no epoch's values
     differ by more than 10% of the larger first-epoch value."""
-    if len(a) != len(b) or not a or any(x is None or x != x for x in a + b):
+    if len(a) != len(b) or not a:
         return "n/a"
+    if any(x is None or x != x for x in a + b):
+        return "differ (NaN)"
     gap = max(abs(x - y) for x, y in zip(a, b))
     tol = 0.1 * max(a[0], b[0])
     falls = len(a) == 1 or (a[-1] < a[0] and b[-1] < b[0])
