@@ -22,6 +22,8 @@ pub struct AppState {
     pub jobs: JobQueue,
     pub datasets: DatasetStore,
     pub inference: crate::serve::Inference,
+    /// Devices taken out of service by a fatal error (`/readyz`, `/metrics`).
+    pub devices: crate::devices::DeviceHealth,
 }
 
 impl AppState {
@@ -32,7 +34,9 @@ impl AppState {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let inference_devices =
-            crate::torch_info::resolve_devices(&config.devices).map_err(anyhow::Error::msg)?;
+            crate::torch_info::resolve_devices(&config.devices).map_err(|e| {
+                anyhow::anyhow!("invalid device list (--devices, VITRINE_DEVICES): {e}")
+            })?;
         let worker_devices = if config.no_workers {
             vec![]
         } else {
@@ -47,8 +51,17 @@ impl AppState {
             cache: config.model_cache,
             precision: config.predict_precision,
         };
-        let inference =
-            crate::serve::Inference::start(&inference_devices, engine, &metrics.registry);
+        let names: Vec<String> = inference_devices
+            .iter()
+            .map(|d| crate::torch_info::device_name(*d))
+            .collect();
+        let devices = crate::devices::DeviceHealth::new(&names, &metrics.registry);
+        let inference = crate::serve::Inference::start(
+            &inference_devices,
+            engine,
+            &metrics.registry,
+            devices.clone(),
+        );
         let jobs = JobQueue {
             db: db.clone(),
             hub: Default::default(),
@@ -57,6 +70,7 @@ impl AppState {
             data_dir: config.data_dir.clone(),
             max_attempts: config.job_max_attempts,
             lease: Duration::from_secs(config.job_lease_secs),
+            health: devices.clone(),
         };
         let datasets = DatasetStore {
             db: db.clone(),
@@ -71,6 +85,7 @@ impl AppState {
             jobs,
             datasets,
             inference,
+            devices,
         })
     }
 }

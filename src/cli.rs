@@ -23,7 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP service and its workers (the default).
     Serve(ServeConfig),
-    /// Print the libtorch version, the devices it sees and whether CUDA works.
+    /// Print the libtorch version, the devices it sees, the NVIDIA driver
+    /// and CUDA versions, and why no GPU is usable when one is present.
     Info,
     /// Print the OpenAPI document generated from the code.
     Openapi,
@@ -48,6 +49,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Info) => {
             let info = crate::torch_info::TorchInfo::probe();
             println!("{}", serde_json::to_string_pretty(&info)?);
+            if let Some(warning) = &info.warning {
+                eprintln!("warning: {warning}");
+            }
             Ok(())
         }
         Some(Command::Bench(BenchCommand::Preprocess(args))) => crate::imaging::bench::run(args),

@@ -121,7 +121,15 @@ pub struct ServeConfig {
     #[arg(long, env = "VITRINE_MODEL_CACHE", default_value_t = 3)]
     pub model_cache: usize,
 
-    /// Threads libtorch may use per operation on the CPU (0: libtorch's default).
+    /// CPU threads for the whole service (0: the cores this process may
+    /// use). libtorch, rayon (image decoding) and tokio (HTTP) share them
+    /// out (`vitrine info` shows the split) instead of each taking every
+    /// core.
+    #[arg(long, env = "VITRINE_CPU_THREADS", default_value_t = 0)]
+    pub cpu_threads: usize,
+
+    /// Threads libtorch may use per operation on the CPU (0: its share of
+    /// `--cpu-threads`).
     #[arg(long, env = "VITRINE_TORCH_THREADS", default_value_t = 0)]
     pub torch_threads: usize,
 }

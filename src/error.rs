@@ -37,6 +37,9 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     /// Well-formed but not usable (422).
     Unprocessable,
+    /// The part of the service it needs is out of order, e.g. a device
+    /// after a fatal error; a retry may land elsewhere (503).
+    Unavailable,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@
 //! | 4 | `train` |
 //! | 3 | `data`, `model` |
 //! | 2 | `imaging`, `store`, `torch_info`, `torchx` |
-//! | 1 | `db` |
+//! | 1 | `db`, `devices` (device health, read by training, serving and `http`) |
 //! | 0 | `task`, `error`, `metrics` (vocabulary shared by every layer) |
 
 /// The layer of a top-level module, `None` for one the rule does not know
@@ -28,7 +28,7 @@ pub fn layer(module: &str) -> Option<u8> {
         "train" => 4,
         "data" | "model" => 3,
         "imaging" | "store" | "torch_info" | "torchx" => 2,
-        "db" => 1,
+        "db" | "devices" => 1,
         "task" | "error" | "metrics" => 0,
         _ => return None,
     })

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod db;
+pub mod devices;
 pub mod error;
 pub mod http;
 pub mod imaging;

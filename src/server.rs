@@ -12,10 +12,20 @@ use crate::config::ServeConfig;
 /// Runs `vitrine serve` until SIGTERM or Ctrl-C.
 pub fn run(config: ServeConfig) -> anyhow::Result<()> {
     crate::telemetry::init(config.log_format);
-    if config.torch_threads > 0 {
-        tch::set_num_threads(config.torch_threads as i32);
+    let threads = crate::torch_info::ThreadBudget::new(config.cpu_threads, config.torch_threads);
+    threads.apply();
+    tracing::info!(
+        cpus = threads.cpus,
+        torch = threads.torch,
+        rayon = threads.rayon,
+        tokio = threads.tokio,
+        "thread budget"
+    );
+    if let Some(warning) = crate::torch_info::gpu_warning() {
+        tracing::warn!("{warning}");
     }
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.tokio)
         .enable_all()
         .build()?
         .block_on(async move {

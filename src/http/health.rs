@@ -30,12 +30,21 @@ pub async fn healthz() -> axum::Json<Health> {
     axum::Json(Health { status: "ok" })
 }
 
-/// The database answers and every migration is applied.
+/// The database answers, every migration is applied, and no device is out
+/// of service after a fatal error (only a restart brings it back).
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = crate::error::Problem)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match crate::db::is_ready(&state.db).await {
-        Ok(true) => axum::Json(Health { status: "ok" }).into_response(),
+        Ok(true) => match devices_down(&state.devices) {
+            None => axum::Json(Health { status: "ok" }).into_response(),
+            Some(detail) => problem_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "device_unavailable",
+                detail,
+                None,
+            ),
+        },
         Ok(false) => problem_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
@@ -52,6 +61,19 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             )
         }
     }
+}
+
+/// What `/readyz` says about devices out of service, if any.
+fn devices_down(health: &crate::devices::DeviceHealth) -> Option<String> {
+    let down = health.down();
+    if down.is_empty() {
+        return None;
+    }
+    let each: Vec<String> = down.iter().map(|(d, why)| format!("{d} ({why})")).collect();
+    Some(format!(
+        "out of service after a fatal device error, until the process restarts: {}",
+        each.join("; ")
+    ))
 }
 
 /// Prometheus metrics in the text exposition format.
@@ -75,4 +97,71 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use crate::app::AppState;
+    use crate::config::ServeConfig;
+
+    async fn get(state: &AppState, path: &str) -> (u16, String) {
+        let resp = super::super::router(state.clone())
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// A fatal error on a device turns `/readyz` into a 503 problem
+    /// document naming it, and `/metrics` shows it down and counted.
+    #[tokio::test]
+    async fn readyz_names_a_device_out_of_service_and_metrics_count_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServeConfig::for_data_dir(dir.path());
+        config.devices = vec!["cpu".into()];
+        let state = AppState::build(config).await.unwrap();
+        assert_eq!(get(&state, "/readyz").await.0, 200);
+        let (_, metrics) = get(&state, "/metrics").await;
+        assert!(
+            metrics.contains("vitrine_device_up{device=\"cpu\"} 1"),
+            "{metrics}"
+        );
+
+        state.devices.report_fatal(
+            "cpu",
+            "CUDA error: device-side assert triggered\nCUDA kernel errors might be asynchronously reported",
+        );
+        let (status, body) = get(&state, "/readyz").await;
+        assert_eq!(status, 503);
+        let problem: crate::error::Problem = serde_json::from_str(&body).unwrap();
+        assert_eq!(problem.code, "device_unavailable");
+        assert!(
+            problem
+                .detail
+                .contains("cpu (CUDA error: device-side assert triggered)"),
+            "{}",
+            problem.detail
+        );
+        assert_eq!(
+            get(&state, "/healthz").await.0,
+            200,
+            "the process itself is alive"
+        );
+        let (_, metrics) = get(&state, "/metrics").await;
+        assert!(
+            metrics.contains("vitrine_device_up{device=\"cpu\"} 0"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("vitrine_device_fatal_errors_total{device=\"cpu\"} 1"),
+            "{metrics}"
+        );
+    }
 }

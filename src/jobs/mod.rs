@@ -27,10 +27,12 @@ pub struct JobQueue {
     pub max_attempts: u32,
     /// How long a worker's claim lasts without renewal.
     pub lease: std::time::Duration,
+    /// Which devices are out of service (shared with the inference engines).
+    pub health: crate::devices::DeviceHealth,
 }
 
 impl JobQueue {
-    /// The names of the devices served here (`cpu`, `cuda:0`).
+    /// The names of the devices that have a worker here (`cpu`, `cuda:0`).
     pub fn device_names(&self) -> Vec<String> {
         self.devices
             .iter()

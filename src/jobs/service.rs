@@ -58,24 +58,51 @@ pub async fn submit(
     Ok((job, created))
 }
 
-/// A job asking for a device nobody here serves would wait forever.
+/// A job asking for a device nobody here serves would wait forever: `cuda`
+/// with no GPU worker, `cuda:1` with workers on `cpu,cuda:0`, or a device
+/// taken out of service by a fatal error. A process with no workers
+/// (`--no-workers`) queues it: another node may serve it.
 fn check_device(queue: &JobQueue, wanted: Option<&str>) -> AppResult<()> {
     let Some(wanted) = wanted else { return Ok(()) };
     let devices = queue.device_names();
-    let served = devices
-        .iter()
-        .any(|d| d == wanted || (wanted == "cuda" && d.starts_with("cuda:")));
-    if served || devices.is_empty() {
-        // No workers in this process: another node may serve it.
+    if devices.is_empty() {
         return Ok(());
     }
-    Err(AppError::unprocessable(
-        "no_such_device",
+    let matches = |d: &String| d == wanted || (wanted == "cuda" && d.starts_with("cuda:"));
+    let in_service: Vec<&String> = devices.iter().filter(|d| queue.health.is_up(d)).collect();
+    if in_service.iter().any(|d| matches(d)) {
+        return Ok(());
+    }
+    let asked = if wanted == "cuda" {
+        "a GPU (`cuda`)".to_string()
+    } else {
+        format!("`{wanted}`")
+    };
+    let detail = if devices.iter().any(matches) {
         format!(
-            "no worker runs on `{wanted}`; this service has {}",
+            "the job asks for {asked}, but its worker is out of service after a fatal device error; \
+             devices in service: {}",
+            list_or_none(&in_service)
+        )
+    } else {
+        format!(
+            "the job asks for {asked}, but no worker here runs on it; this service trains on {}",
             devices.join(", ")
-        ),
-    ))
+        )
+    };
+    Err(AppError::unprocessable("no_such_device", detail))
+}
+
+fn list_or_none(devices: &[&String]) -> String {
+    if devices.is_empty() {
+        "none".into()
+    } else {
+        devices
+            .iter()
+            .map(|d| d.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 fn check_task(forced: Option<Task>, dataset_task: Task) -> AppResult<()> {
@@ -147,4 +174,70 @@ fn check_base_model_blocking(source: &str, image_size: Option<u32>) -> anyhow::R
     };
     preflight::check_base_model(&dir, image_size)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::DeviceHealth;
+
+    fn queue(devices: &[tch::Device], health: &DeviceHealth) -> JobQueue {
+        JobQueue {
+            // Never connected: check_device reads no table.
+            db: sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap(),
+            hub: Default::default(),
+            notify: Default::default(),
+            devices: devices.to_vec(),
+            data_dir: "unused".into(),
+            max_attempts: 3,
+            lease: std::time::Duration::from_secs(30),
+            health: health.clone(),
+        }
+    }
+
+    fn refused(q: &JobQueue, wanted: &str) -> String {
+        match check_device(q, Some(wanted)).unwrap_err() {
+            AppError::Client {
+                kind: crate::error::ErrorKind::Unprocessable,
+                code: "no_such_device",
+                detail,
+            } => detail,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gpu_job_without_a_gpu_worker_is_refused() {
+        let health = DeviceHealth::default();
+        let cpu_only = queue(&[tch::Device::Cpu], &health);
+        assert!(check_device(&cpu_only, None).is_ok());
+        assert!(check_device(&cpu_only, Some("cpu")).is_ok());
+        let detail = refused(&cpu_only, "cuda");
+        assert!(
+            detail.contains("a GPU (`cuda`)") && detail.contains("trains on cpu"),
+            "{detail}"
+        );
+        assert!(refused(&cpu_only, "cuda:0").contains("`cuda:0`"));
+
+        let gpus = queue(&[tch::Device::Cpu, tch::Device::Cuda(0)], &health);
+        assert!(check_device(&gpus, Some("cuda")).is_ok());
+        assert!(check_device(&gpus, Some("cuda:0")).is_ok());
+        assert!(refused(&gpus, "cuda:1").contains("trains on cpu, cuda:0"));
+
+        // No workers in this process: another node may serve it.
+        assert!(check_device(&queue(&[], &health), Some("cuda")).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_device_out_of_service_takes_no_new_jobs() {
+        let health = DeviceHealth::default();
+        let q = queue(&[tch::Device::Cpu, tch::Device::Cuda(0)], &health);
+        health.report_fatal("cuda:0", "CUDA error: unspecified launch failure");
+        for wanted in ["cuda", "cuda:0"] {
+            let detail = refused(&q, wanted);
+            assert!(detail.contains("out of service"), "{detail}");
+            assert!(detail.contains("devices in service: cpu"), "{detail}");
+        }
+        assert!(check_device(&q, Some("cpu")).is_ok());
+    }
 }

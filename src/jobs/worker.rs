@@ -1,6 +1,11 @@
 //! One worker per configured device. It claims a job, runs the training on
 //! an OS thread of its own, renews its lease while listening to the
 //! trainer's reports, and records the outcome under that lease.
+//!
+//! A fatal device error ([`crate::devices::is_fatal_device_error`], or the
+//! trainer's `TrainError::DeviceFatal`) fails the job at once (a retry
+//! would run in the same dead CUDA context), takes the device out of
+//! service, and ends the worker: it claims nothing more on that device.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::events::JobEvent;
 use super::JobQueue;
+use crate::devices::is_fatal_device_error;
 use crate::store::jobs::{self as store, JobRow, JobStatus};
 use crate::store::models::NewModel;
 use crate::train::config::JobConfig;
@@ -75,6 +81,10 @@ impl Worker {
         tracing::info!(device = %self.device_name, owner = %self.owner, "worker started");
         let poll = Duration::from_millis(500);
         while !shutdown.is_cancelled() {
+            if !self.queue.health.is_up(&self.device_name) {
+                tracing::warn!(device = %self.device_name, "worker stopped: its device is out of service until restart");
+                return;
+            }
             if let Err(e) = store::reap_expired(&self.queue.db).await {
                 tracing::warn!(error = ?e, "reaping expired leases failed");
             }
@@ -147,10 +157,16 @@ impl Worker {
         let (done_tx, mut done_rx) = oneshot::channel();
         {
             let stop_flag = stop_flag.clone();
+            let health = self.queue.health.clone();
+            let device_name = self.device_name.clone();
             std::thread::Builder::new()
                 .name(format!("vitrine-train-{}", self.device_name))
                 .spawn(move || {
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        if let Some(message) = health.take_injected_fault(&device_name) {
+                            // As a failing kernel would: tch panics with libtorch's message.
+                            panic!("{message}");
+                        }
                         crate::train::run(spec, events_tx, stop_flag)
                     }))
                     .unwrap_or_else(|p| {
@@ -249,6 +265,7 @@ impl Worker {
         let db = &self.queue.db;
         let id = job.id.as_str();
         let owner = self.owner.as_str();
+        let device_fatal = result.as_ref().err().and_then(device_fatal_message);
         let outcome = match (stop, result) {
             (Stop::LeaseLost, _) => return false,
             (Stop::Shutdown, Ok(o)) if o.interrupted => {
@@ -256,6 +273,16 @@ impl Worker {
                 tracing::info!(job = %id, ok = ?requeued, "job requeued for the next start");
                 self.publish_status(id, JobStatus::Queued, false, serde_json::json!({}));
                 return false;
+            }
+            (_, Err(_)) if device_fatal.is_some() => {
+                let msg = device_fatal.unwrap_or_default();
+                self.queue.health.report_fatal(&self.device_name, &msg);
+                Err(format!(
+                    "device {} failed with a fatal error and is out of service until the service \
+                     restarts (the job is not retried there): {}",
+                    self.device_name,
+                    msg.lines().next().unwrap_or_default()
+                ))
             }
             (Stop::Cancelled, Ok(o)) => self.record_model(job, o, JobStatus::Cancelled).await,
             (_, Ok(o)) => self.record_model(job, o, JobStatus::Succeeded).await,
@@ -349,6 +376,17 @@ impl Worker {
                 Err("recording the trained model failed".into())
             }
         }
+    }
+}
+
+/// libtorch's message when a training error means the device's CUDA
+/// context is dead: the trainer said so (`DeviceFatal`), or the message of
+/// a libtorch panic caught elsewhere (`training crashed: CUDA error: ...`)
+/// says so.
+fn device_fatal_message(e: &TrainError) -> Option<String> {
+    match e {
+        TrainError::DeviceFatal(m) => Some(m.clone()),
+        other => Some(other.to_string()).filter(|m| is_fatal_device_error(m)),
     }
 }
 
@@ -469,5 +507,131 @@ impl<'a> Reporter<'a> {
         {
             tracing::warn!(job = %self.job_id, error = ?e, "writing progress failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::DeviceHealth;
+    use crate::store::datasets::NewDataset;
+    use crate::store::jobs::NewJob;
+
+    async fn queue(dir: &std::path::Path) -> JobQueue {
+        let url = format!("sqlite://{}", dir.join("vitrine.db").display());
+        JobQueue {
+            db: crate::db::connect(&url).await.unwrap(),
+            hub: Default::default(),
+            notify: Default::default(),
+            devices: vec![tch::Device::Cpu],
+            data_dir: dir.to_path_buf(),
+            max_attempts: 3,
+            lease: Duration::from_secs(30),
+            health: DeviceHealth::new(&["cpu".into()], &prometheus::Registry::new()),
+        }
+    }
+
+    /// Queues a job on a dataset row and a base model directory that exist
+    /// (the worker resolves both before training starts).
+    async fn queue_job(queue: &JobQueue) -> String {
+        let base = queue.data_dir.join("base");
+        std::fs::create_dir_all(&base).unwrap();
+        let sha = uuid::Uuid::now_v7().simple().to_string();
+        let dataset = crate::store::datasets::insert(
+            &queue.db,
+            &NewDataset {
+                sha256: &sha,
+                format: "zip",
+                size_bytes: 1,
+                path: "datasets/x",
+                task: crate::task::Task::MultiClass,
+                summary_json: "{}",
+            },
+        )
+        .await
+        .unwrap();
+        let config = format!(r#"{{"base_model":"{}"}}"#, base.display());
+        let (job, _) = store::insert(
+            &queue.db,
+            NewJob {
+                dataset_id: &dataset.id.to_string(),
+                config_json: &config,
+                idempotency_key: None,
+                device: None,
+                max_attempts: 3,
+            },
+        )
+        .await
+        .unwrap();
+        job.id
+    }
+
+    /// The training thread sees a fatal CUDA error (injected: tch panics
+    /// with libtorch's message, as a failing kernel makes it): the job
+    /// fails at once with the reason (attempts were left: a retryable error
+    /// would have requeued it), the device leaves service, and the worker
+    /// ends without claiming the next job.
+    #[tokio::test]
+    async fn a_fatal_device_error_fails_the_job_and_stops_the_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = queue(dir.path()).await;
+        let first = queue_job(&queue).await;
+        let second = queue_job(&queue).await;
+        queue.health.inject_fault(
+            "cpu",
+            "CUDA error: device-side assert triggered\nCUDA kernel errors might be asynchronously reported at some other API call",
+        );
+        let workers = spawn_workers(&queue, CancellationToken::new());
+        tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(workers))
+            .await
+            .expect("the worker stops by itself");
+
+        let job = store::get(&queue.db, &first).await.unwrap().unwrap();
+        assert_eq!(job.status(), JobStatus::Failed);
+        assert_eq!(job.attempts, 1, "not retried");
+        let error = job.error.unwrap();
+        assert!(
+            error.starts_with("device cpu failed with a fatal error and is out of service")
+                && error.ends_with("training crashed: CUDA error: device-side assert triggered"),
+            "{error}"
+        );
+        assert_eq!(
+            store::get(&queue.db, &second)
+                .await
+                .unwrap()
+                .unwrap()
+                .status(),
+            JobStatus::Queued,
+            "nothing more is claimed on a dead device"
+        );
+        assert!(!queue.health.is_up("cpu"));
+    }
+
+    /// The trainer's own words count too: a step that failed with a fatal
+    /// message (as `train::session` reports it) or `DeviceFatal`.
+    #[test]
+    fn fatal_training_errors_are_recognised() {
+        let fatal = |e: TrainError| device_fatal_message(&e);
+        assert_eq!(
+            fatal(TrainError::retry(
+                "training step failed: CUDA error: an illegal memory access was encountered"
+            ))
+            .as_deref(),
+            Some("training step failed: CUDA error: an illegal memory access was encountered")
+        );
+        assert_eq!(
+            fatal(TrainError::DeviceFatal(
+                "CUDA error: misaligned address".into()
+            ))
+            .as_deref(),
+            Some("CUDA error: misaligned address"),
+            "libtorch's words, without the variant's preamble"
+        );
+        let oom = "training step failed: CUDA out of memory. Tried to allocate 2.00 GiB";
+        assert_eq!(fatal(TrainError::retry(oom)), None);
+        assert_eq!(
+            fatal(TrainError::fatal("the job's dataset no longer exists")),
+            None
+        );
     }
 }

@@ -5,6 +5,11 @@
 //! images; then it runs one forward pass per model and splits the results
 //! back. A lone request (nothing queued, nothing on its way) runs at once
 //! instead of paying `max_wait`.
+//!
+//! A fatal device error (see [`crate::devices`]) takes the engine's device
+//! out of service: the batch that hit it and every request still queued
+//! are answered [`EngineError::DeviceDown`], and the thread ends, so no
+//! request runs in a dead CUDA context; engines of other devices continue.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -19,6 +24,7 @@ use prometheus::Histogram;
 use tch::{Device, Kind, Tensor};
 use tokio::sync::oneshot;
 
+use crate::devices::{is_fatal_device_error, DeviceHealth};
 use crate::model::Model;
 use crate::torchx::{AutocastDevice, FloatKind};
 use crate::train::amp::{AutocastGuard, Tf32Lease};
@@ -30,9 +36,20 @@ pub struct Job {
     /// [n, 3, H, W], preprocessed.
     pub pixels: Tensor,
     /// Raw logits [n, num_labels], or why not.
-    pub reply: oneshot::Sender<Result<Tensor, String>>,
+    pub reply: oneshot::Sender<Result<Tensor, EngineError>>,
     /// Withdrawn when the engine receives the job.
     pub arrival: Option<ArrivalTicket>,
+}
+
+/// Why an engine did not answer with logits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The model failed to load or run (logged; internal to the client).
+    #[error("{0}")]
+    Failed(String),
+    /// The device is out of service after a fatal error (its name, the error).
+    #[error("device {0} is out of service after a fatal error: {1}")]
+    DeviceDown(String, String),
 }
 
 /// Tuning of one engine.
@@ -120,6 +137,8 @@ pub struct Engine {
     tx: SyncSender<Job>,
     depth: Arc<AtomicI64>,
     pub device: Device,
+    /// The device's name (`cpu`, `cuda:0`), as [`DeviceHealth`] knows it.
+    pub name: String,
 }
 
 /// Why a request could not be queued.
@@ -136,20 +155,23 @@ impl Engine {
         config: EngineConfig,
         batch_sizes: Histogram,
         arrivals: Arrivals,
+        health: DeviceHealth,
     ) -> Self {
         let (tx, rx) = sync_channel(config.queue.max(1));
         let depth = Arc::new(AtomicI64::new(0));
-        let thread_depth = depth.clone();
+        let name = crate::torch_info::device_name(device);
+        let mut thread = EngineThread::new(device, config, depth.clone(), batch_sizes, arrivals);
+        thread.health = health;
         std::thread::Builder::new()
-            .name(format!(
-                "vitrine-infer-{}",
-                crate::torch_info::device_name(device)
-            ))
-            .spawn(move || {
-                EngineThread::new(device, config, thread_depth, batch_sizes, arrivals).run(rx)
-            })
+            .name(format!("vitrine-infer-{name}"))
+            .spawn(move || thread.run(rx))
             .expect("spawning the inference thread");
-        Self { tx, depth, device }
+        Self {
+            tx,
+            depth,
+            device,
+            name,
+        }
     }
 
     /// Requests queued or in the current batch.
@@ -179,6 +201,9 @@ struct Loaded {
 
 struct EngineThread {
     device: Device,
+    /// `device`'s name in `health`.
+    name: String,
+    health: DeviceHealth,
     config: EngineConfig,
     depth: Arc<AtomicI64>,
     batch_sizes: Histogram,
@@ -199,6 +224,8 @@ impl EngineThread {
     ) -> Self {
         Self {
             device,
+            name: crate::torch_info::device_name(device),
+            health: DeviceHealth::default(),
             config,
             depth,
             batch_sizes,
@@ -234,6 +261,10 @@ impl EngineThread {
         tracing::info!(device = ?self.device, autocast = ?self.autocast, "inference engine ready");
         while let Ok(mut first) = rx.recv() {
             first.arrival = None;
+            if !self.health.is_up(&self.name) {
+                self.refuse(first);
+                break;
+            }
             let jobs = self.gather(first, &rx);
             let n = jobs.len() as i64;
             let jobs = without_abandoned(jobs);
@@ -241,7 +272,35 @@ impl EngineThread {
                 self.run_batch(jobs);
             }
             self.depth.fetch_sub(n, Ordering::Relaxed);
+            if !self.health.is_up(&self.name) {
+                break;
+            }
         }
+        if !self.health.is_up(&self.name) {
+            // Answer what is queued; later submissions find the channel closed.
+            while let Ok(job) = rx.try_recv() {
+                self.refuse(job);
+            }
+            tracing::warn!(device = %self.name, "inference engine stopped: its device is out of service");
+            // Freeing tensors into a dead CUDA context can only fail.
+            std::mem::forget(std::mem::take(&mut self.models));
+        }
+    }
+
+    /// The error every request on an out-of-service device gets.
+    fn device_down(&self) -> EngineError {
+        let reason = self
+            .health
+            .down()
+            .into_iter()
+            .find(|(d, _)| *d == self.name)
+            .map_or_else(|| "fatal device error".to_string(), |(_, r)| r);
+        EngineError::DeviceDown(self.name.clone(), reason)
+    }
+
+    fn refuse(&self, job: Job) {
+        let _ = job.reply.send(Err(self.device_down()));
+        self.depth.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// The batch that starts with `first`: every job already queued, then,
@@ -285,10 +344,16 @@ impl EngineThread {
                 jobs.into_iter().partition(|j| j.model_id == id);
             jobs = rest;
             let dir = group[0].model_dir.clone();
+            if !self.health.is_up(&self.name) {
+                for job in group {
+                    let _ = job.reply.send(Err(self.device_down()));
+                }
+                continue;
+            }
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.forward(&id, &dir, &group)
             }))
-            .unwrap_or_else(|_| Err("inference crashed".to_string()));
+            .unwrap_or_else(|panic| Err(panic_message(panic.as_ref())));
             match result {
                 Ok(parts) => {
                     for (job, logits) in group.into_iter().zip(parts) {
@@ -296,9 +361,15 @@ impl EngineThread {
                     }
                 }
                 Err(msg) => {
-                    tracing::error!(model = %id, error = %msg, "inference failed");
+                    tracing::error!(model = %id, device = %self.name, error = %msg, "inference failed");
+                    let error = if is_fatal_device_error(&msg) {
+                        self.health.report_fatal(&self.name, &msg);
+                        self.device_down()
+                    } else {
+                        EngineError::Failed(msg)
+                    };
                     for job in group {
-                        let _ = job.reply.send(Err(msg.clone()));
+                        let _ = job.reply.send(Err(error.clone()));
                     }
                 }
             }
@@ -314,6 +385,10 @@ impl EngineThread {
         let device = self.device;
         let autocast = self.autocast;
         let batch_sizes = self.batch_sizes.clone();
+        if let Some(message) = self.health.take_injected_fault(&self.name) {
+            // What libtorch does with a failing kernel: tch panics with its message.
+            panic!("{message}");
+        }
         let model = self.model(id, dir)?;
         let sizes: Vec<i64> = group.iter().map(|j| j.pixels.size()[0]).collect();
         let x =
@@ -371,6 +446,17 @@ fn without_abandoned(mut jobs: Vec<Job>) -> Vec<Job> {
         );
     }
     jobs
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .map_or_else(
+            || "inference crashed".into(),
+            |m| format!("inference crashed: {m}"),
+        )
 }
 
 fn images_of(job: &Job) -> usize {

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use prometheus::{Histogram, HistogramOpts, IntGauge};
 use tch::Tensor;
 
-use crate::error::{AppError, AppResult};
-use engine::{ArrivalTicket, Arrivals, Engine, EngineConfig, Job, Refused};
+use crate::devices::DeviceHealth;
+use crate::error::{AppError, AppResult, ErrorKind};
+use engine::{ArrivalTicket, Arrivals, Engine, EngineConfig, EngineError, Job, Refused};
 pub use registry::{ModelInfo, Registry};
 
 /// Everything `/predict` needs, shared by the handlers.
@@ -19,16 +20,19 @@ pub use registry::{ModelInfo, Registry};
 pub struct Inference {
     engines: Arc<Vec<Engine>>,
     arrivals: Arrivals,
+    health: DeviceHealth,
     pub registry: Registry,
     pub queue_depth: IntGauge,
 }
 
 impl Inference {
-    /// Starts one engine thread per device.
+    /// Starts one engine thread per device; `health` takes a device out
+    /// of service after a fatal error (shared with the training workers).
     pub fn start(
         devices: &[tch::Device],
         config: EngineConfig,
         registry: &prometheus::Registry,
+        health: DeviceHealth,
     ) -> Self {
         let batch_sizes = Histogram::with_opts(
             HistogramOpts::new("vitrine_inference_batch_size", "Images per forward pass")
@@ -50,11 +54,20 @@ impl Inference {
         let arrivals = Arrivals::default();
         let engines = devices
             .iter()
-            .map(|&d| Engine::start(d, config, batch_sizes.clone(), arrivals.clone()))
+            .map(|&d| {
+                Engine::start(
+                    d,
+                    config,
+                    batch_sizes.clone(),
+                    arrivals.clone(),
+                    health.clone(),
+                )
+            })
             .collect();
         Self {
             engines: Arc::new(engines),
             arrivals,
+            health,
             registry: Registry::default(),
             queue_depth,
         }
@@ -85,27 +98,46 @@ impl Inference {
         self.arrivals.announce()
     }
 
-    /// Runs preprocessed images through `model` on the least busy device;
-    /// returns logits [n, labels]. `ticket` (from [`Inference::announce`])
-    /// travels with the job and is withdrawn when an engine receives it.
+    /// Runs preprocessed images through `model` on the least busy device
+    /// in service ([`pick_engine`]); returns logits [n, labels]. `ticket`
+    /// (from [`Inference::announce`]) travels with the job and is withdrawn
+    /// when an engine receives it.
     pub async fn logits(
         &self,
         model: &ModelInfo,
         pixels: Tensor,
         ticket: ArrivalTicket,
     ) -> AppResult<Tensor> {
-        let engine = self
+        self.infer(model.id.clone(), model.dir.clone(), pixels, Some(ticket))
+            .await
+    }
+
+    async fn infer(
+        &self,
+        model_id: String,
+        model_dir: std::path::PathBuf,
+        pixels: Tensor,
+        arrival: Option<ArrivalTicket>,
+    ) -> AppResult<Tensor> {
+        let loads: Vec<EngineLoad> = self
             .engines
             .iter()
-            .min_by_key(|e| e.depth())
-            .expect("at least one engine");
+            .map(|e| EngineLoad {
+                gpu: e.device.is_cuda(),
+                depth: e.depth(),
+                up: self.health.is_up(&e.name),
+            })
+            .collect();
+        let Some(engine) = pick_engine(&loads).map(|i| &self.engines[i]) else {
+            return Err(no_device_in_service(&self.health));
+        };
         let (reply, rx) = tokio::sync::oneshot::channel();
         let job = Job {
-            model_id: model.id.clone(),
-            model_dir: model.dir.clone(),
+            model_id,
+            model_dir,
             pixels,
             reply,
-            arrival: Some(ticket),
+            arrival,
         };
         match engine.submit(job) {
             Ok(()) => {}
@@ -115,6 +147,11 @@ impl Inference {
                     detail: "the prediction queue is full; retry shortly".into(),
                 })
             }
+            // The engine ended between the health check and the send: its
+            // device went out of service just now.
+            Err(Refused::Stopped) if !self.health.is_up(&engine.name) => {
+                return Err(device_down(&engine.name))
+            }
             Err(Refused::Stopped) => {
                 return Err(AppError::Internal(anyhow::anyhow!(
                     "inference engine stopped"
@@ -123,11 +160,179 @@ impl Inference {
         }
         self.queue_depth
             .set(self.engines.iter().map(Engine::depth).sum());
-        let result = rx.await.map_err(|_| {
-            AppError::Internal(anyhow::anyhow!("inference engine dropped a request"))
-        })?;
+        let result = rx.await;
         self.queue_depth
             .set(self.engines.iter().map(Engine::depth).sum());
-        result.map_err(|e| AppError::Internal(anyhow::anyhow!(e)))
+        match result {
+            Ok(Ok(logits)) => Ok(logits),
+            Ok(Err(EngineError::DeviceDown(device, _))) => Err(device_down(&device)),
+            Ok(Err(EngineError::Failed(msg))) => Err(AppError::Internal(anyhow::anyhow!(msg))),
+            Err(_) if !self.health.is_up(&engine.name) => Err(device_down(&engine.name)),
+            Err(_) => Err(AppError::Internal(anyhow::anyhow!(
+                "inference engine dropped a request"
+            ))),
+        }
+    }
+}
+
+/// What [`pick_engine`] knows of one engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLoad {
+    /// Whether the engine runs on a GPU.
+    pub gpu: bool,
+    /// Requests queued or running.
+    pub depth: i64,
+    /// Whether its device is in service.
+    pub up: bool,
+}
+
+/// The engine a request goes to: the least busy one in service; on a tie a
+/// GPU engine before the CPU (with `cpu,cuda:0` a lone request must not
+/// run on the CPU), then the first listed. `None` when no device is in
+/// service.
+pub fn pick_engine(engines: &[EngineLoad]) -> Option<usize> {
+    engines
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.up)
+        .min_by_key(|(i, e)| (e.depth, !e.gpu, *i))
+        .map(|(i, _)| i)
+}
+
+/// The request's device failed for good; another may answer a retry.
+fn device_down(device: &str) -> AppError {
+    AppError::client(
+        ErrorKind::Unavailable,
+        "device_unavailable",
+        format!("device {device} went out of service after a fatal error; retry the request"),
+    )
+}
+
+fn no_device_in_service(health: &DeviceHealth) -> AppError {
+    let down: Vec<String> = health.down().into_iter().map(|(d, _)| d).collect();
+    AppError::client(
+        ErrorKind::Unavailable,
+        "device_unavailable",
+        format!(
+            "no device can serve predictions: {} out of service after a fatal error",
+            down.join(", ")
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(gpu: bool, depth: i64) -> EngineLoad {
+        EngineLoad {
+            gpu,
+            depth,
+            up: true,
+        }
+    }
+
+    #[test]
+    fn ties_go_to_a_gpu_engine_and_load_decides_otherwise() {
+        let cpu_first = [load(false, 0), load(true, 0)];
+        assert_eq!(pick_engine(&cpu_first), Some(1), "cpu,cuda:0 idle: the GPU");
+        assert_eq!(pick_engine(&[load(true, 0), load(false, 0)]), Some(0));
+        assert_eq!(
+            pick_engine(&[load(false, 0), load(true, 2)]),
+            Some(0),
+            "the GPU is busier"
+        );
+        assert_eq!(
+            pick_engine(&[load(false, 1), load(true, 1), load(true, 1)]),
+            Some(1),
+            "among tied GPUs, the first"
+        );
+        assert_eq!(
+            pick_engine(&[load(false, 3), load(true, 1), load(true, 0)]),
+            Some(2)
+        );
+        assert_eq!(pick_engine(&[load(false, 0)]), Some(0));
+    }
+
+    #[test]
+    fn devices_out_of_service_are_skipped() {
+        let mut engines = [load(false, 5), load(true, 0)];
+        engines[1].up = false;
+        assert_eq!(pick_engine(&engines), Some(0));
+        engines[0].up = false;
+        assert_eq!(pick_engine(&engines), None);
+        assert_eq!(pick_engine(&[]), None);
+    }
+
+    fn config() -> EngineConfig {
+        EngineConfig {
+            max_batch: 8,
+            max_wait: std::time::Duration::from_millis(1),
+            queue: 8,
+            cache: 1,
+        }
+    }
+
+    fn pixels() -> Tensor {
+        Tensor::zeros([1, 3, 4, 4], (tch::Kind::Float, tch::Device::Cpu))
+    }
+
+    /// An injected fatal error on `cuda:0` (the engine never reaches a GPU:
+    /// the fault fires before the model loads, as a failing kernel would
+    /// inside the forward pass) takes that device out; the CPU engine
+    /// continues to take requests.
+    #[tokio::test]
+    async fn a_fatal_error_takes_its_engine_out_and_the_others_continue() {
+        let registry = prometheus::Registry::new();
+        let health = DeviceHealth::new(&["cpu".into(), "cuda:0".into()], &registry);
+        let inference = Inference::start(
+            &[tch::Device::Cpu, tch::Device::Cuda(0)],
+            config(),
+            &registry,
+            health.clone(),
+        );
+        health.inject_fault(
+            "cuda:0",
+            "CUDA error: an illegal memory access was encountered
+CUDA kernel errors might be asynchronously reported",
+        );
+        let missing = std::path::PathBuf::from("/nonexistent/model");
+        // Both idle: the GPU engine gets it, and fails for good.
+        let err = inference
+            .infer("m".into(), missing.clone(), pixels(), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, AppError::Client { kind: ErrorKind::Unavailable, code: "device_unavailable", detail } if detail.contains("cuda:0")),
+            "{err:?}"
+        );
+        assert!(!health.is_up("cuda:0"));
+        assert_eq!(
+            health.down()[0].1,
+            "inference crashed: CUDA error: an illegal memory access was encountered"
+        );
+        // The next request goes to the CPU engine, which runs it (the model
+        // directory does not exist: an ordinary, internal failure).
+        for _ in 0..2 {
+            let err = inference
+                .infer("m".into(), missing.clone(), pixels(), None)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, AppError::Internal(e) if e.to_string().contains("loading model m")),
+                "{err:?}"
+            );
+        }
+        assert!(health.is_up("cpu"));
+        // With the CPU out too, nothing can answer.
+        health.report_fatal("cpu", "CUDA error: misaligned address");
+        let err = inference
+            .infer("m".into(), missing, pixels(), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, AppError::Client { kind: ErrorKind::Unavailable, detail, .. } if detail.contains("cpu, cuda:0")),
+            "{err:?}"
+        );
     }
 }

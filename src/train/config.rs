@@ -217,17 +217,21 @@ impl JobConfig {
             check((16..=1024).contains(&s), "`image_size` must be 16..=1024")?;
         }
         if let Some(d) = &self.device {
-            if d != "cuda" {
-                crate::torch_info::parse_device(d).map_err(|e| format!("`device`: {e}"))?;
-            }
+            crate::torch_info::parse_device(d).map_err(|e| format!("`device`: {e}"))?;
         }
         Ok(())
     }
 
-    /// Parses and validates a JSON document.
+    /// Parses and validates a JSON document. `device` is stored by its
+    /// canonical name (`cuda:01` is `cuda:0`): workers claim by name.
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let cfg: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let mut cfg: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
         cfg.validate()?;
+        if let Some(d) = cfg.device.as_deref().filter(|d| *d != "cuda") {
+            let device =
+                crate::torch_info::parse_device(d).map_err(|e| format!("`device`: {e}"))?;
+            cfg.device = Some(crate::torch_info::device_name(device));
+        }
         Ok(cfg)
     }
 }
@@ -284,5 +288,23 @@ mod tests {
         assert!(err.contains("full"), "{err}");
         let err = JobConfig::from_json(r#"{"base_model":"x","device":"tpu:0"}"#).unwrap_err();
         assert!(err.contains("device"), "{err}");
+    }
+
+    #[test]
+    fn devices_are_checked_and_stored_by_their_canonical_name() {
+        for bad in ["tpu:0", "cuda:", "cuda:x", " cpu", "auto", "gpu"] {
+            let json = format!(r#"{{"base_model":"x","device":"{bad}"}}"#);
+            let err = JobConfig::from_json(&json).unwrap_err();
+            assert!(err.starts_with("`device`: unknown device"), "{bad}: {err}");
+        }
+        let device = |d: &str| {
+            JobConfig::from_json(&format!(r#"{{"base_model":"x","device":"{d}"}}"#))
+                .unwrap()
+                .device
+                .unwrap()
+        };
+        assert_eq!(device("cuda:01"), "cuda:1");
+        assert_eq!(device("cuda"), "cuda", "any GPU");
+        assert_eq!(device("cpu"), "cpu");
     }
 }
