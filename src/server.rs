@@ -26,6 +26,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.tokio)
+        .on_thread_start(crate::torch_info::threads::keep_torch_single_threaded)
         .enable_all()
         .build()?
         .block_on(async move {

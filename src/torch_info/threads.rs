@@ -1,10 +1,20 @@
 //! One CPU thread budget for the three pools that compute on the CPU:
 //! libtorch's intra-op threads (OpenMP), rayon (image decoding) and tokio
-//! (HTTP). Each sizes itself to every core by default, so on a small
-//! machine they take turns on the same cores (OpenMP's barrier waits spin
-//! while a preempted team member is away); the budget sizes them together
-//! from one number, `--cpu-threads` (default: the cores this process may
-//! use), and is applied once, at start, before any of them runs.
+//! (HTTP), sized together from one number, `--cpu-threads` (default: the
+//! cores this process may use), and applied once, at start.
+//!
+//! libtorch's OpenMP runtime (libgomp) gives every thread that runs a
+//! parallel operator a team of its own, and a team's threads spin for a
+//! while (GOMP_SPINCOUNT: 300,000 pauses, 8-10 ms on the 2-core EPYC this
+//! was measured on) after each operator before they sleep. A request's
+//! image was turned into a tensor on a rayon thread (`Tensor::from_slice`
+//! fills its buffer in parallel) and stacked on a blocking thread, so each
+//! of those threads grew a team whose spinning overlapped the inference
+//! thread's forward pass: on 2 cores, three spinning threads stall each
+//! other's barriers. So only the threads that compute (inference engines,
+//! trainers) run libtorch in parallel; every helper thread (tokio's,
+//! rayon's, data loaders) runs it single-threaded
+//! ([`keep_torch_single_threaded`]) and never starts a team.
 
 use serde::Serialize;
 
@@ -46,20 +56,39 @@ impl ThreadBudget {
         }
     }
 
-    /// Sizes libtorch's and rayon's pools. Call once, at start, before
-    /// either has run (rayon's global pool can be sized only once).
+    /// Sizes libtorch's default and rayon's pool, whose threads run libtorch
+    /// single-threaded. Call once, at start, before either has run (rayon's
+    /// global pool and libtorch's inter-op pool can be sized only once);
+    /// tokio's runtime takes [`ThreadBudget::tokio`] and
+    /// [`keep_torch_single_threaded`] as its thread-start hook.
     pub fn apply(&self) {
+        // The default of every thread that has not run libtorch yet.
         tch::set_num_threads(self.torch as i32);
+        static INTEROP: std::sync::Once = std::sync::Once::new();
         // Eager inference and training never use the inter-op pool.
-        tch::set_num_interop_threads(1);
+        INTEROP.call_once(|| tch::set_num_interop_threads(1));
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(self.rayon)
             .thread_name(|i| format!("vitrine-rayon-{i}"))
+            .start_handler(|_| keep_torch_single_threaded())
             .build_global()
         {
             tracing::warn!(error = %e, "rayon's pool was already started; its size is left as is");
         }
     }
+}
+
+/// Makes libtorch run single-threaded on the calling thread (a helper:
+/// tokio, rayon, a data loader), so that it never grows an OpenMP team
+/// whose spinning competes with the threads that compute. Other threads
+/// keep the process-wide default.
+pub fn keep_torch_single_threaded() {
+    // libtorch sets a thread's count lazily, at its first parallel
+    // operator, from the process-wide default; do that now so it cannot
+    // undo what follows. (`tch::set_num_threads` would also change that
+    // default for every thread started later.)
+    let _ = tch::get_num_threads();
+    native::set_thread_local_threads(1);
 }
 
 /// The cores this process may run on (its affinity mask and cgroup quota,
@@ -68,9 +97,61 @@ pub fn available_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// libgomp's per-thread setting, looked up in the process (libtorch
+/// loaded libgomp; nothing links it directly).
+mod native {
+    use std::ffi::{c_char, c_int, c_void};
+    use std::sync::OnceLock;
+
+    extern "C" {
+        fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+    }
+
+    /// glibc's `RTLD_DEFAULT`: search the global scope.
+    const RTLD_DEFAULT: *mut c_void = std::ptr::null_mut();
+
+    /// `omp_set_num_threads(n)`: the calling thread's OpenMP ICV only.
+    /// Returns whether libgomp was found.
+    pub fn set_thread_local_threads(n: c_int) -> bool {
+        static OMP: OnceLock<Option<usize>> = OnceLock::new();
+        let omp = *OMP.get_or_init(|| {
+            // SAFETY: dlsym with a NUL-terminated name only reads symbol tables.
+            let p = unsafe { dlsym(RTLD_DEFAULT, c"omp_set_num_threads".as_ptr()) };
+            (!p.is_null()).then_some(p as usize)
+        });
+        if let Some(f) = omp {
+            // SAFETY: the C entry point of libgomp, `void omp_set_num_threads(int)`
+            // (by value; the Fortran one is `omp_set_num_threads_`).
+            let f: unsafe extern "C" fn(c_int) = unsafe { std::mem::transmute(f) };
+            unsafe { f(n) };
+        }
+        omp.is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A helper thread runs libtorch's parallel operators single-threaded
+    /// (no OpenMP team), even after one ran; a thread that is no helper
+    /// keeps the default.
+    #[test]
+    fn helper_threads_never_start_an_openmp_team() {
+        let work = || {
+            let x = tch::Tensor::ones([1 << 20], (tch::Kind::Float, tch::Device::Cpu));
+            let _ = (&x * 2.0).sum(tch::Kind::Float);
+            tch::get_num_threads()
+        };
+        let helper = std::thread::spawn(move || {
+            keep_torch_single_threaded();
+            work()
+        });
+        assert_eq!(helper.join().unwrap(), 1);
+        let other = std::thread::spawn(work).join().unwrap();
+        assert!(other > 1 || available_cpus() == 1, "{other}");
+        assert!(native::set_thread_local_threads(1), "libgomp is found");
+    }
 
     #[test]
     fn the_budget_is_shared_out_from_one_number() {

@@ -30,6 +30,8 @@ pub fn spawn_loader(
     std::thread::Builder::new()
         .name("vitrine-loader".into())
         .spawn(move || {
+            // It builds tensors; the trainer's thread is the one that computes.
+            crate::torch_info::threads::keep_torch_single_threaded();
             for (i, chunk) in order.chunks(batch.max(1)).enumerate() {
                 let batch_paths: Vec<PathBuf> = chunk.iter().map(|&j| paths[j].clone()).collect();
                 let seed = augment_seed.map(|s| s.wrapping_mul(1_000_003).wrapping_add(i as u64));
