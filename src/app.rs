@@ -49,6 +49,7 @@ impl AppState {
             max_wait: Duration::from_millis(config.predict_max_wait_ms),
             queue: config.predict_queue,
             cache: config.model_cache,
+            precision: config.predict_precision,
         };
         let names: Vec<String> = inference_devices
             .iter()

@@ -106,6 +106,17 @@ pub struct ServeConfig {
     #[arg(long, env = "VITRINE_PREDICT_QUEUE", default_value_t = 128)]
     pub predict_queue: usize,
 
+    /// Numeric precision of predictions on a GPU: `auto` (bf16 autocast
+    /// where the GPU has bf16, else fp16), `bf16`, or `fp32` (with TF32
+    /// matmuls). The CPU always runs fp32.
+    #[arg(
+        long,
+        env = "VITRINE_PREDICT_PRECISION",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub predict_precision: crate::serve::engine::PredictPrecision,
+
     /// Models kept loaded per device (least recently used evicted).
     #[arg(long, env = "VITRINE_MODEL_CACHE", default_value_t = 3)]
     pub model_cache: usize,

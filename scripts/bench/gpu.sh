@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check (issue 14): one command that a machine with an NVIDIA GPU and
-# torch 2.11 runs in about 5 minutes, with no network and no Rust toolchain,
-# printing one table:
+# torch 2.11 runs in about 4-5 minutes, with no network and no Rust
+# toolchain, printing one table:
 #   - `vitrine info`, the card, driver, CUDA and the MFU peak it is held to;
 #   - training: a random-init ViT-B/16 (made here with transformers, saved in
 #     the HF layout), 10 classes, full fine-tune at 224, batch 64,
@@ -35,8 +35,12 @@
 # Knobs: DEVICE=cuda:0 MODEL=vit-base|vit-tiny TRAIN_IMAGES=8000 VAL_IMAGES=1000
 #   CLASSES=10 EPOCHS=3 BATCH=64 LR=5e-5 SIDES="320 512" WORKERS=$(nproc)
 #   CONCURRENCY="1 32 64" DURATION=10 WARMUP=3 REQUEST_IMAGES=32
-#   PIPELINE_DTYPE=float32 JOB_TIMEOUT=900 PEAK_TFLOPS (override the card's peak)
-#   RESULTS_DIR  also copy table.md and results.tar.gz (every JSON and log) there
+#   PIPELINE_DTYPE=float32 PEAK_TFLOPS (override the card's peak)
+#   JOB_TIMEOUT=180 TORCH_TIMEOUT=180  seconds each training side may take; a
+#                side that fails or overruns is reported as such and the rest
+#                still runs, so one device call always ends with a table
+#   RESULTS_DIR  also copy table.md and results.tar.gz (every JSON and log)
+#                there, even when a step fails
 #   KEEP=1       keep the temporary directory (printed)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -52,7 +56,7 @@ esac
 if [ -n "$dry" ]; then
   : "${DEVICE:=cpu}" "${MODEL:=vit-tiny}" "${TRAIN_IMAGES:=160}" "${VAL_IMAGES:=40}"
   : "${EPOCHS:=2}" "${BATCH:=16}" "${CONCURRENCY:=1 4}" "${DURATION:=3}" "${WARMUP:=1}"
-  : "${REQUEST_IMAGES:=8}"
+  : "${REQUEST_IMAGES:=8}" "${JOB_TIMEOUT:=900}" "${TORCH_TIMEOUT:=900}"
 fi
 device=${DEVICE:-cuda:0}
 model=${MODEL:-vit-base}
@@ -69,8 +73,11 @@ duration=${DURATION:-10}
 warmup=${WARMUP:-3}
 n_req=${REQUEST_IMAGES:-32}
 pipeline_dtype=${PIPELINE_DTYPE:-float32}
-job_timeout=${JOB_TIMEOUT:-900}
+job_timeout=${JOB_TIMEOUT:-180}
+torch_timeout=${TORCH_TIMEOUT:-180}
 wheels=${WHEELS:-dist/wheels}
+pipe_device=cpu
+[[ $device == cuda* ]] && pipe_device=$device
 
 log() { echo "== [$((SECONDS - started)) s] $*" >&2; }
 die() { echo "gpu.sh: $*" >&2; exit 1; }
@@ -93,13 +100,41 @@ loadgen=$(pick "${LOADGEN:-}" dist/loadgen target/release/examples/loadgen)
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/vitrine-gpu.XXXXXX")
 res=$tmp/results
 logs=$res/logs
+fx=$tmp/fixtures
 mkdir -p "$logs"
 server_pid=
+reported=
+# Whatever happens, print the table of what was measured and hand the
+# results over before the temporary directory goes.
 cleanup() {
+  local rc=$?
   if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  if [ -z "$reported" ] && [ -f "$res/env.json" ]; then
+    echo "gpu.sh stopped early (exit $rc); the table of what was measured:" >&2
+    write_meta
+    "$py" scripts/bench/gpu_bench.py report "$res" | tee "$res/table.md" || true
+  fi
+  if [ -n "${RESULTS_DIR:-}" ]; then
+    mkdir -p "$RESULTS_DIR"
+    if [ -f "$res/table.md" ]; then cp "$res/table.md" "$RESULTS_DIR/"; fi
+    tar -czf "$RESULTS_DIR/results.tar.gz" -C "$tmp" results || true
+  fi
   if [ -n "${KEEP:-}" ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
+write_meta() {
+  cat >"$res/meta.json" <<EOF
+{"dry_run": $([ -n "$dry" ] && echo true || echo false), "device": "$device", "model": "$model",
+ "model_dir": "$fx/$model", "train_images": $train_n, "val_images": $val_n, "classes": $classes,
+ "epochs": $epochs, "batch": $batch, "lr": $lr, "sides": "$side_min-$side_max",
+ "workers": $workers, "concurrency": [$(echo $concurrency | tr ' ' ',')], "duration": $duration,
+ "warmup": $warmup, "request_images": $n_req, "pipeline_device": "$pipe_device",
+ "pipeline_dtype": "$pipeline_dtype", "job_timeout": $job_timeout, "torch_timeout": $torch_timeout,
+ "wall_secs": $((SECONDS - started))}
+EOF
+}
+# One line per step that did not go as planned; the table lists them.
+failed() { echo "$*" >>"$res/failures.txt"; echo "gpu.sh: $*" >&2; }
 
 # Carried files may lose their executable bit; run copies that have it.
 for b in vitrine loadgen; do
@@ -131,8 +166,7 @@ fi
 free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 bench() { "$py" scripts/bench/gpu_bench.py "$@"; }
 stop_server() {
-  kill "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
+  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
   server_pid=
 }
 start_vitrine() { # log-name [serve flags...]
@@ -147,85 +181,96 @@ start_vitrine() { # log-name [serve flags...]
 
 # --- environment ----------------------------------------------------------
 log "vitrine info ($vitrine, libtorch from $torch_lib)"
-"$vitrine" info >"$res/info.json" 2>"$logs/info.stderr" || { cat "$logs/info.stderr" >&2; die "vitrine info failed"; }
+"$vitrine" info >"$res/info.json" 2>"$logs/info.stderr" ||
+  { cat "$logs/info.stderr" >&2; die "vitrine info failed"; }
 cat "$res/info.json" >&2
 bench env "$res/env.json"
+write_meta
 if [[ $device == cuda* ]]; then
   grep -q '"cuda_available": true' "$res/info.json" ||
     die "vitrine sees no CUDA device (see vitrine info above); DEVICE=cpu runs without one"
 fi
 
 # --- fixtures -------------------------------------------------------------
-fx=$tmp/fixtures
 log "writing $train_n + $val_n JPEGs ($side_min-$side_max px, $classes classes) and a random-init $model"
 "$py" scripts/bench/train_fixtures.py "$fx" --train "$train_n" --validation "$val_n" \
   --classes "$classes" --model "$model" --sides "$side_min" "$side_max" --separable \
-  --jobs "$(nproc)" 2>"$logs/fixtures.log"
+  --jobs "$(nproc)" 2>"$logs/fixtures.log" || { cat "$logs/fixtures.log" >&2; die "fixtures failed"; }
 model_dir=$fx/$model
 
 # --- training: vitrine through POST /jobs -----------------------------------
-log "vitrine: $epochs epochs through POST /jobs on $device"
+log "vitrine: $epochs epochs through POST /jobs on $device (at most $job_timeout s)"
 start_vitrine vitrine-train
 config=$(printf '{"base_model":"%s","mode":"full","epochs":%d,"batch_size":%d,"learning_rate":%s,"mixed_precision":"auto","device":"%s","seed":0}' \
   "$model_dir" "$epochs" "$batch" "$lr" "$device")
-bench job "$url" "$fx/images.zip" "$config" "$res/vitrine_job.json" "$job_timeout" ||
-  { tail -n 40 "$logs/vitrine-train.log" >&2; exit 1; }
+served_dir=
+if bench job "$url" "$fx/images.zip" "$config" "$res/vitrine_job.json" "$job_timeout"; then
+  model_id=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["model_id"])' "$res/vitrine_job.json")
+  served_dir=$tmp/data/models/$model_id
+  [ -f "$served_dir/config.json" ] || { failed "vitrine training: no model directory at $served_dir"; served_dir=; }
+else
+  failed "vitrine training: the job did not succeed (its status and error are above)"
+  tail -n 30 "$logs/vitrine-train.log" >&2
+fi
 stop_server
-model_id=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["model_id"])' "$res/vitrine_job.json")
-served_dir=$tmp/data/models/$model_id
-[ -f "$served_dir/config.json" ] || die "no model directory at $served_dir"
 
 # --- training: the plain PyTorch loop ---------------------------------------
 torch_flags=()
 if [[ $device == cuda* ]]; then torch_flags=(--bf16 --pin-memory); fi
-log "PyTorch loop: $epochs epochs on $device, $workers DataLoader workers ${torch_flags[*]}"
-"$py" scripts/bench/train_torch.py "$fx/images" "$model_dir" "$(nproc)" "$workers" "$batch" \
-  --device "$device" --epochs "$epochs" --lr "$lr" --evaluate "${torch_flags[@]}" \
-  >"$res/torch.json" 2>"$logs/torch.log" || { tail -n 40 "$logs/torch.log" >&2; exit 1; }
+log "PyTorch loop: $epochs epochs on $device, $workers DataLoader workers ${torch_flags[*]} (at most $torch_timeout s)"
+rc=0
+timeout -k 10 "$torch_timeout" "$py" scripts/bench/train_torch.py "$fx/images" "$model_dir" \
+  "$(nproc)" "$workers" "$batch" --device "$device" --epochs "$epochs" --lr "$lr" --evaluate \
+  "${torch_flags[@]}" >"$res/torch.json" 2>"$logs/torch.log" || rc=$?
 grep '^{"progress"' "$logs/torch.log" >&2 || true
+if [ "$rc" != 0 ]; then
+  failed "PyTorch loop: exit $rc$([ "$rc" = 124 ] && echo " (over $torch_timeout s)")"
+  grep -v '^{"progress"' "$logs/torch.log" | tail -n 30 >&2
+fi
 
 # --- serving ----------------------------------------------------------------
 mapfile -t images < <(find "$fx/images/validation" -name '*.jpg' | sort | head -n "$n_req")
 run_load() { # label url concurrency
-  "$loadgen" "$2" --concurrency "$3" --duration "$duration" --warmup "$warmup" --label "$1" \
-    "${images[@]}" >"$tmp/load.txt" 2>>"$logs/loadgen.log" || { cat "$tmp/load.txt" >&2; die "loadgen failed"; }
-  grep -v '^LOADGEN_JSON ' "$tmp/load.txt" >&2 || true
-  sed -n 's/^LOADGEN_JSON //p' "$tmp/load.txt" >>"$res/predict.jsonl"
+  if "$loadgen" "$2" --concurrency "$3" --duration "$duration" --warmup "$warmup" --label "$1" \
+    "${images[@]}" >"$tmp/load.txt" 2>>"$logs/loadgen.log"; then
+    grep -v '^LOADGEN_JSON ' "$tmp/load.txt" >&2 || true
+    sed -n 's/^LOADGEN_JSON //p' "$tmp/load.txt" >>"$res/predict.jsonl"
+  else
+    failed "loadgen $1 c=$3 failed"
+    cat "$tmp/load.txt" >&2
+  fi
 }
-log "/predict: vitrine on $device (model $model_id)"
-start_vitrine vitrine-serve --no-workers
-vitrine_top=$(bench top "$url/predict" "${images[0]}")
-for c in $concurrency; do run_load vitrine "$url/predict" "$c"; done
-stop_server
+vitrine_top=
+if [ -n "$served_dir" ]; then
+  log "/predict: vitrine on $device (model $model_id)"
+  start_vitrine vitrine-serve --no-workers
+  vitrine_top=$(bench top "$url/predict" "${images[0]}") || failed "vitrine /predict failed"
+  for c in $concurrency; do run_load vitrine "$url/predict" "$c"; done
+  stop_server
+else
+  failed "vitrine /predict: skipped (no trained model); the pipeline serves the untrained base model"
+fi
 
-pipe_device=cpu
-[[ $device == cuda* ]] && pipe_device=$device
 log "/predict: FastAPI + transformers.pipeline on $pipe_device ($pipeline_dtype)"
 port=$(free_port)
 url=http://127.0.0.1:$port
-PYTHONPATH=$server_path "$py" scripts/bench/hf_pipeline_server.py --model "$served_dir" \
+PYTHONPATH=$server_path "$py" scripts/bench/hf_pipeline_server.py --model "${served_dir:-$model_dir}" \
   --port "$port" --threads "$(nproc)" --device "$pipe_device" --dtype "$pipeline_dtype" \
   >>"$logs/pipeline.log" 2>&1 &
 server_pid=$!
-bench wait "$url/healthz" "$server_pid" 300 || { tail -n 40 "$logs/pipeline.log" >&2; exit 1; }
-pipeline_top=$(bench top "$url/predict" "${images[0]}")
-for c in $concurrency; do run_load fastapi-pipeline "$url/predict" "$c"; done
+pipeline_top=
+if bench wait "$url/healthz" "$server_pid" 300; then
+  pipeline_top=$(bench top "$url/predict" "${images[0]}") || failed "pipeline /predict failed"
+  for c in $concurrency; do run_load fastapi-pipeline "$url/predict" "$c"; done
+else
+  failed "the pipeline server did not come up"
+  tail -n 30 "$logs/pipeline.log" >&2
+fi
 stop_server
 
 # --- the table --------------------------------------------------------------
 printf '{"vitrine": "%s", "pipeline": "%s"}\n' "$vitrine_top" "$pipeline_top" >"$res/tops.json"
-cat >"$res/meta.json" <<EOF
-{"dry_run": $([ -n "$dry" ] && echo true || echo false), "device": "$device", "model": "$model", "model_dir": "$model_dir",
- "train_images": $train_n, "val_images": $val_n, "classes": $classes, "epochs": $epochs,
- "batch": $batch, "lr": $lr, "sides": "$side_min-$side_max", "concurrency": [$(echo $concurrency | tr ' ' ',')],
- "duration": $duration, "warmup": $warmup, "request_images": ${#images[@]},
- "pipeline_device": "$pipe_device", "pipeline_dtype": "$pipeline_dtype",
- "wall_secs": $((SECONDS - started))}
-EOF
+write_meta
 echo
 bench report "$res" | tee "$res/table.md"
-if [ -n "${RESULTS_DIR:-}" ]; then
-  mkdir -p "$RESULTS_DIR"
-  cp "$res/table.md" "$RESULTS_DIR/"
-  tar -czf "$RESULTS_DIR/results.tar.gz" -C "$tmp" results
-fi
+reported=1

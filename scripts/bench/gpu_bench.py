@@ -160,9 +160,9 @@ def top(url: str, image: str) -> None:
 # bf16 dense (no sparsity) tensor-core peaks, TFLOP/s, from NVIDIA's data
 # sheets; the first name fragment that matches the device name wins.
 PEAKS = [
+    ("GH200", "GH200", 989.4),
     ("H200 NVL", "H200 NVL", 835.0),
     ("H200", "H200 SXM", 989.4),
-    ("GH200", "GH200", 989.4),
     ("H100 NVL", "H100 NVL", 835.0),
     ("H100 PCIe", "H100 PCIe", 756.0),
     ("H100", "H100 SXM", 989.4),
@@ -199,45 +199,80 @@ def train_gflop_per_image(config: dict) -> float:
 
 
 def fmt_curve(xs) -> str:
-    return " > ".join(f"{x:.3f}" for x in xs)
+    """Values per epoch; a NaN loss (vitrine's JSON writes it as null) shows as NaN."""
+    return " > ".join("NaN" if x is None or x != x else f"{x:.3f}" for x in xs) if xs else "-"
+
+
+def load_json(path: Path):
+    """A result file's JSON, or None where the step wrote nothing usable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def torch_epochs(d: Path) -> tuple[list, float | None]:
+    """The PyTorch loop's epochs: its result line, else (killed or failed)
+    the per-epoch progress lines it printed as it went."""
+    out = load_json(d / "torch.json")
+    if out:
+        return out["epochs"], out.get("wall_secs")
+    lines = (d / "logs" / "torch.log").read_text().splitlines() if (d / "logs" / "torch.log").exists() else []
+    return [json.loads(l)["progress"] for l in lines if l.startswith('{"progress"')], None
+
+
+def steady(ips: list) -> float | None:
+    """Mean images/s of the epochs after the first (None with fewer than 2)."""
+    return sum(ips[1:]) / len(ips[1:]) if len(ips) > 1 else None
+
+
+def num(x, spec=".1f", suffix="") -> str:
+    return "-" if x is None else f"{x:{spec}}{suffix}"
+
+
+def ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
 
 
 def report(d: str) -> None:
     d = Path(d)
-    meta = json.loads((d / "meta.json").read_text())
-    envf = json.loads((d / "env.json").read_text())
-    info_text = (d / "info.json").read_text().strip() if (d / "info.json").exists() else ""
-    try:
-        info = json.loads(info_text)
-    except ValueError:
-        info = {"raw": info_text}
-    vjob = json.loads((d / "vitrine_job.json").read_text()) if (d / "vitrine_job.json").exists() else None
-    tjob = json.loads((d / "torch.json").read_text()) if (d / "torch.json").exists() else None
+    meta = load_json(d / "meta.json")
+    envf = load_json(d / "env.json") or {}
+    info = load_json(d / "info.json") or {}
+    vjob = load_json(d / "vitrine_job.json")
+    tep, twall = torch_epochs(d)
     loads = [json.loads(l) for l in (d / "predict.jsonl").read_text().splitlines()
              if l.strip()] if (d / "predict.jsonl").exists() else []
-    tops = json.loads((d / "tops.json").read_text()) if (d / "tops.json").exists() else {}
+    tops = load_json(d / "tops.json") or {}
+    failures = (d / "failures.txt").read_text().splitlines() if (d / "failures.txt").exists() else []
 
     gpu = envf.get("gpu") if meta["device"].startswith("cuda") else None
     card, peak = card_peak(gpu)
-    gflop = train_gflop_per_image(json.loads(Path(meta["model_dir"], "config.json").read_text()))
+    cfg = load_json(Path(meta["model_dir"]) / "config.json")
+    gflop = train_gflop_per_image(cfg) if cfg else None
+    n_epochs = meta["epochs"]
 
     print(f"## vitrine GPU benchmark ({'DRY RUN, ' if meta.get('dry_run') else ''}"
-          f"{meta['device']}, {meta['wall_secs']:.0f} s)")
+          f"{meta['device']}, {meta['wall_secs']} s)")
     print()
     print("vitrine info: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in info.items()))
     print(f"machine: {gpu or 'no GPU'}"
           + (f" (compute {envf.get('capability')}, {envf.get('gpu_memory_gib')} GiB)" if gpu else "")
-          + f", driver {envf.get('driver', 'n/a')}, torch {envf['torch']} (CUDA "
-          f"{envf.get('torch_cuda')}), transformers {envf['transformers']}, "
-          f"{envf['cpus']} CPUs, /dev/shm {envf.get('dev_shm_gib', '?')} GiB")
+          + f", driver {envf.get('driver', 'n/a')}, torch {envf.get('torch')} (CUDA "
+          f"{envf.get('torch_cuda')}), transformers {envf.get('transformers')}, "
+          f"{envf.get('cpus')} CPUs, /dev/shm {envf.get('dev_shm_gib', '?')} GiB")
+    if (envf.get("dev_shm_gib") or 99) < 2 and meta["workers"] > 0:
+        print(f"warning: /dev/shm holds {envf['dev_shm_gib']} GiB; DataLoader workers pass "
+              "batches through it and may fail (as root: mount -o remount,size=16G /dev/shm)")
     print(f"MFU peak: {card}" + (f", bf16 dense {peak:g} TFLOP/s" if peak else ", MFU not computed")
-          + f"; {gflop:.1f} GFLOP per training image ({meta['model']}, 3x forward)")
+          + f"; {num(gflop)} GFLOP per training image ({meta['model']}, 3x forward)")
     print(f"training: {meta['model']} random init, {meta['classes']} classes, full fine-tune at 224, "
-          f"batch {meta['batch']}, lr {meta['lr']:g}, {meta['epochs']} epochs over "
+          f"batch {meta['batch']}, lr {meta['lr']:g}, {n_epochs} epochs over "
           f"{meta['train_images']} JPEGs ({meta['sides']} px), validation {meta['val_images']}; "
-          f"vitrine mixed_precision auto via POST /jobs; PyTorch: ImageFolder + DataLoader "
-          f"({tjob['workers'] if tjob else '?'} workers, pinned), SDPA, "
-          f"{'bf16 autocast' if tjob and tjob.get('bf16') else 'fp32'}, AdamW, clip 1.0")
+          f"vitrine: POST /jobs, mixed_precision auto; PyTorch: ImageFolder + DataLoader "
+          f"({meta['workers']} workers"
+          + (", pinned), SDPA, bf16 autocast" if gpu else "), SDPA, fp32")
+          + ", AdamW, clip 1.0")
     print(f"serving: /predict, {meta['duration']} s per point after {meta['warmup']} s warm-up, "
           f"{meta['request_images']} validation JPEGs; FastAPI + transformers.pipeline on "
           f"{meta['pipeline_device']} ({meta['pipeline_dtype']})")
@@ -245,64 +280,75 @@ def report(d: str) -> None:
     print("| measurement | vitrine | baseline | ratio | target |")
     print("|---|---|---|---|---|")
 
-    def row(what, ours, theirs, ratio="", target=""):
-        print(f"| {what} | {ours} | {theirs} | {ratio} | {target} |")
+    def row(what, ours, theirs, r="", target=""):
+        print(f"| {what} | {ours} | {theirs} | {r} | {target} |")
 
     def mfu(ips):
-        return f"{100 * ips * gflop * 1e9 / (peak * 1e12):.1f}%" if peak and ips else "n/a"
+        return 100 * ips * gflop * 1e9 / (peak * 1e12) if peak and ips and gflop else None
 
-    if vjob and tjob:
-        vep, tep = vjob["metrics"], tjob["epochs"]
-        steady = "epochs 2-%d" % len(vep) if len(vep) > 1 else "epoch 1 only (no steady epoch)"
-        vips = [e["train_images_per_sec"] for e in vep]
-        tips = [e["train_images_per_sec"] for e in tep]
-        vs = sum(vips[1:]) / len(vips[1:]) if len(vips) > 1 else vips[0]
-        ts = sum(tips[1:]) / len(tips[1:]) if len(tips) > 1 else tips[0]
-        row(f"train images/s, steady ({steady})", f"{vs:.1f}", f"{ts:.1f} (PyTorch loop)",
-            f"{vs / ts:.2f}x", met(">= 1.1x", vs / ts >= 1.1))
-        row(f"train MFU ({gflop:.1f} GFLOP/image)", mfu(vs), mfu(ts), "",
-            met(">= 40%", peak and vs * gflop * 1e9 / (peak * 1e12) >= 0.4))
-        row("train images/s, epoch 1 (warm-up, excluded)", f"{vips[0]:.1f}", f"{tips[0]:.1f}",
-            f"{vips[0] / tips[0]:.2f}x")
-        vtl, ttl = [e["train_loss"] for e in vep], [e["train_loss"] for e in tep]
-        vvl = [e["validation_loss"] for e in vep]
-        tvl = [e.get("validation_loss", float("nan")) for e in tep]
-        alike = curves_alike(vtl, ttl)
-        row("train loss per epoch", fmt_curve(vtl), fmt_curve(ttl), alike,
-            met("fall alike", alike.startswith("alike")))
-        row("validation loss per epoch", fmt_curve(vvl), fmt_curve(tvl), curves_alike(vvl, tvl))
-        va = vep[-1]["validation"]["accuracy"]
-        ta = tep[-1].get("accuracy", float("nan"))
-        row("final validation accuracy", f"{100 * va:.1f}%", f"{100 * ta:.1f}%",
-            f"{100 * (va - ta):+.1f} pts", met("within 2 pts", abs(va - ta) <= 0.02))
-        row("wall time: job submit to model / PyTorch process (incl. load, validation)",
-            f"{vjob['wall_secs']:.1f} s", f"{tjob.get('wall_secs', float('nan')):.1f} s", "")
-    else:
-        row("training", "not run" if not vjob else "ok", "not run" if not tjob else "ok", "")
+    vep = (vjob or {}).get("metrics") or []
+    vips = [e["train_images_per_sec"] for e in vep]
+    tips = [e["train_images_per_sec"] for e in tep]
+    vs, ts = steady(vips), steady(tips)
+    span = f"epochs 2-{n_epochs}" if n_epochs > 2 else "epoch 2"
+    if n_epochs < 2:
+        span = "needs 2+ epochs"
+    row(f"train images/s, steady ({span})", num(vs), num(ts) + " (PyTorch loop)", ratio(vs, ts),
+        met(">= 1.1x", vs and ts and vs / ts >= 1.1))
+    row(f"train MFU ({num(gflop)} GFLOP/image)", num(mfu(vs), suffix="%"),
+        num(mfu(ts), suffix="%"), "", met(">= 40%", mfu(vs) and mfu(vs) >= 40, peak is not None))
+    row("train images/s, epoch 1 (warm-up, not counted)", num(vips[0] if vips else None),
+        num(tips[0] if tips else None), ratio(vips[0] if vips else None, tips[0] if tips else None))
+    if len(vep) < n_epochs or len(tep) < n_epochs:
+        last = ((vjob or {}).get("progress_samples") or [{}])[-1].get("images_per_sec")
+        row("epochs finished (a side that stopped early)", f"{len(vep)} of {n_epochs}"
+            + (f"; last in-epoch {last:.1f} images/s" if last and len(vep) < n_epochs else ""),
+            f"{len(tep)} of {n_epochs}", "")
+    vtl, ttl = [e["train_loss"] for e in vep], [e["train_loss"] for e in tep]
+    vvl, tvl = [e["validation_loss"] for e in vep], [e.get("validation_loss") for e in tep]
+    alike = curves_alike(vtl, ttl)
+    row("train loss per epoch", fmt_curve(vtl), fmt_curve(ttl), alike,
+        met("fall alike", alike.startswith("alike") if alike != "n/a" else None))
+    row("validation loss per epoch", fmt_curve(vvl), fmt_curve([x for x in tvl if x is not None]),
+        curves_alike(vvl, tvl))
+    va = vep[-1]["validation"].get("accuracy") if vep else None
+    ta = tep[-1].get("accuracy") if tep else None
+    row("final validation accuracy", num(va and 100 * va, suffix="%"), num(ta and 100 * ta, suffix="%"),
+        f"{100 * (va - ta):+.1f} pts" if va is not None and ta is not None else "-",
+        met("within 2 pts", abs(va - ta) <= 0.02 if va is not None and ta is not None else None))
+    row("wall time: job submit to model / PyTorch process (incl. load, validation)",
+        num((vjob or {}).get("wall_secs"), suffix=" s"), num(twall, suffix=" s"), "")
 
     by = {(r["label"], r["concurrency"]): r for r in loads}
     for c in meta["concurrency"]:
-        v, p = by.get(("vitrine", c)), by.get(("fastapi-pipeline", c))
-        if not v or not p:
-            row(f"/predict c={c}", "missing" if not v else "", "missing" if not p else "", "")
-            continue
-        tgt = met(">= 3x", p["rps"] and v["rps"] / p["rps"] >= 3) if c == 32 else ""
-        row(f"/predict c={c} images/s", f"{v['rps']:.1f}", f"{p['rps']:.1f} (pipeline)",
-            f"{v['rps'] / p['rps']:.2f}x" if p["rps"] else "n/a", tgt)
-        row(f"/predict c={c} p50 / p99 ms", f"{v['p50_ms']:.1f} / {v['p99_ms']:.1f}",
-            f"{p['p50_ms']:.1f} / {p['p99_ms']:.1f}",
-            (f"{p['p50_ms'] / v['p50_ms']:.2f}x / {p['p99_ms'] / v['p99_ms']:.2f}x (pipeline/vitrine)"
-             if v["p50_ms"] and v["p99_ms"] else "n/a"),
-            met("p50 no worse", v["p50_ms"] <= p["p50_ms"]) if c == 1 else "")
+        v, p = by.get(("vitrine", c)) or {}, by.get(("fastapi-pipeline", c)) or {}
+        tgt = met(">= 3x", v.get("rps") and p.get("rps") and v["rps"] / p["rps"] >= 3) if c == 32 else ""
+        row(f"/predict c={c} images/s", num(v.get("rps")), num(p.get("rps")) + " (pipeline)",
+            ratio(v.get("rps"), p.get("rps")), tgt)
+        lat = "-"
+        if v.get("p50_ms") and p.get("p50_ms"):
+            lat = (f"{p['p50_ms'] / v['p50_ms']:.2f}x / {p['p99_ms'] / v['p99_ms']:.2f}x "
+                   "(pipeline/vitrine)")
+        row(f"/predict c={c} p50 / p99 ms", f"{num(v.get('p50_ms'))} / {num(v.get('p99_ms'))}",
+            f"{num(p.get('p50_ms'))} / {num(p.get('p99_ms'))}", lat,
+            met("p50 no worse", v.get("p50_ms") and p.get("p50_ms") and v["p50_ms"] <= p["p50_ms"])
+            if c == 1 else "")
         if v.get("errors") or p.get("errors"):
-            row(f"/predict c={c} errors", v.get("errors"), p.get("errors"), "")
+            row(f"/predict c={c} errors", v.get("errors") or 0, p.get("errors") or 0, "")
     if tops:
         same = tops.get("vitrine") == tops.get("pipeline")
-        row("top label of one image", tops.get("vitrine"), tops.get("pipeline"),
-            "same" if same else "DIFFERENT")
+        row("top label of one image", tops.get("vitrine") or "-", tops.get("pipeline") or "-",
+            "same" if same else "different")
+    if failures:
+        print()
+        print("Steps that did not go as planned:")
+        for f in failures:
+            print(f"- {f}")
 
 
-def met(target: str, ok) -> str:
+def met(target: str, ok, measurable: bool = True) -> str:
+    if ok is None or not measurable:
+        return f"{target}: n/a"
     return f"{target}: {'met' if ok else 'NOT MET'}"
 
 
@@ -311,8 +357,8 @@ def curves_alike(a, b) -> str:
     differ by more than 10% of the larger first-epoch value."""
     if len(a) != len(b) or not a:
         return "n/a"
-    if any(x != x for x in a + b):  # NaN
-        return "n/a"
+    if any(x is None or x != x for x in a + b):
+        return "differ (NaN)"
     gap = max(abs(x - y) for x, y in zip(a, b))
     tol = 0.1 * max(a[0], b[0])
     falls = len(a) == 1 or (a[-1] < a[0] and b[-1] < b[0])

@@ -26,6 +26,8 @@ use tokio::sync::oneshot;
 
 use crate::devices::{is_fatal_device_error, DeviceHealth};
 use crate::model::Model;
+use crate::torchx::{AutocastDevice, FloatKind};
+use crate::train::amp::{AutocastGuard, Tf32Lease};
 
 /// Images of one request for one model, and where the scores go.
 pub struct Job {
@@ -59,6 +61,42 @@ pub struct EngineConfig {
     pub queue: usize,
     /// Models kept loaded.
     pub cache: usize,
+    /// Numeric precision of the forward passes on a GPU.
+    pub precision: PredictPrecision,
+}
+
+/// The precision of inference on a GPU (the CPU always runs fp32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PredictPrecision {
+    /// bf16 autocast where the GPU has it (compute capability 8.0 and up),
+    /// else fp16 autocast; fp32 on the CPU.
+    #[default]
+    Auto,
+    /// bf16 autocast (GPU only).
+    Bf16,
+    /// fp32, with TF32 matmuls on GPUs that have them.
+    Fp32,
+}
+
+impl PredictPrecision {
+    /// The autocast dtype of forward passes on `device`; `None`: fp32.
+    pub fn autocast(
+        self,
+        device: Device,
+        capability: Option<(i32, i32)>,
+    ) -> Option<(AutocastDevice, FloatKind)> {
+        if !device.is_cuda() {
+            return None;
+        }
+        match self {
+            Self::Fp32 => None,
+            Self::Bf16 => Some((AutocastDevice::Cuda, FloatKind::BF16)),
+            Self::Auto if capability.is_some_and(|c| c >= (8, 0)) => {
+                Some((AutocastDevice::Cuda, FloatKind::BF16))
+            }
+            Self::Auto => Some((AutocastDevice::Cuda, FloatKind::F16)),
+        }
+    }
 }
 
 /// How often a batch being gathered looks again at whether requests are
@@ -172,6 +210,8 @@ struct EngineThread {
     arrivals: Arrivals,
     /// Most recently used last.
     models: VecDeque<Loaded>,
+    /// Autocast of forward passes, settled when the thread starts.
+    autocast: Option<(AutocastDevice, FloatKind)>,
 }
 
 impl EngineThread {
@@ -191,11 +231,34 @@ impl EngineThread {
             batch_sizes,
             arrivals,
             models: VecDeque::new(),
+            autocast: None,
         }
     }
 
     fn run(mut self, rx: Receiver<Job>) {
         let _guard = tch::no_grad_guard();
+        // On a GPU: a stream of this thread's own (training on the same GPU
+        // runs on another), and TF32 for fp32 matmuls unless a strict job
+        // forbids it for now.
+        let _tf32 = match self.device.is_cuda() {
+            true => match Tf32Lease::acquire(true) {
+                Ok(lease) => Some(lease),
+                Err(e) => {
+                    tracing::warn!(error = %e, "TF32 could not be enabled");
+                    None
+                }
+            },
+            false => None,
+        };
+        if let Err(e) = crate::torchx::use_own_stream(self.device) {
+            tracing::warn!(device = ?self.device, error = %e, "inference stays on the default stream");
+        }
+        let capability = match self.device {
+            Device::Cuda(i) => crate::torchx::cuda_capability(i).ok().flatten(),
+            _ => None,
+        };
+        self.autocast = self.config.precision.autocast(self.device, capability);
+        tracing::info!(device = ?self.device, autocast = ?self.autocast, "inference engine ready");
         while let Ok(mut first) = rx.recv() {
             first.arrival = None;
             if !self.health.is_up(&self.name) {
@@ -320,6 +383,7 @@ impl EngineThread {
         group: &[Job],
     ) -> Result<Vec<Tensor>, String> {
         let device = self.device;
+        let autocast = self.autocast;
         let batch_sizes = self.batch_sizes.clone();
         if let Some(message) = self.health.take_injected_fault(&self.name) {
             // What libtorch does with a failing kernel: tch panics with its message.
@@ -330,6 +394,14 @@ impl EngineThread {
         let x =
             Tensor::cat(&group.iter().map(|j| &j.pixels).collect::<Vec<_>>(), 0).to_device(device);
         batch_sizes.observe(x.size()[0] as f64);
+        // Entered and left per batch (also when a forward pass panics): the
+        // guard restores this thread's autocast state on unwind.
+        let _autocast = match autocast {
+            Some((dev, dtype)) => {
+                Some(AutocastGuard::enter(dev, dtype).map_err(|e| e.to_string())?)
+            }
+            None => None,
+        };
         let logits = model
             .net
             .forward_t(&x, false)
@@ -402,6 +474,7 @@ mod tests {
             max_wait,
             queue: 16,
             cache: 1,
+            precision: PredictPrecision::Auto,
         };
         let hist = Histogram::with_opts(HistogramOpts::new("b", "b")).unwrap();
         EngineThread::new(
@@ -411,6 +484,22 @@ mod tests {
             hist,
             arrivals.clone(),
         )
+    }
+
+    #[test]
+    fn predict_precision_follows_the_device_and_its_capability() {
+        use PredictPrecision::*;
+        let (h100, t4) = (Some((9, 0)), Some((7, 5)));
+        let bf16 = Some((AutocastDevice::Cuda, FloatKind::BF16));
+        let fp16 = Some((AutocastDevice::Cuda, FloatKind::F16));
+        for p in [Auto, Bf16, Fp32] {
+            assert_eq!(p.autocast(Device::Cpu, None), None, "{p:?} on the CPU");
+        }
+        assert_eq!(Auto.autocast(Device::Cuda(0), h100), bf16);
+        assert_eq!(Auto.autocast(Device::Cuda(0), t4), fp16);
+        assert_eq!(Auto.autocast(Device::Cuda(0), None), fp16);
+        assert_eq!(Bf16.autocast(Device::Cuda(1), t4), bf16);
+        assert_eq!(Fp32.autocast(Device::Cuda(0), h100), None);
     }
 
     fn job(images: i64, arrival: Option<ArrivalTicket>) -> Job {

@@ -270,6 +270,7 @@ mod tests {
             max_wait: std::time::Duration::from_millis(1),
             queue: 8,
             cache: 1,
+            precision: engine::PredictPrecision::Auto,
         }
     }
 

@@ -65,6 +65,7 @@ mod ffi {
         pub fn vx_manual_seed(device: i32, index: i32, seed: u64) -> *mut c_char;
         pub fn vx_current_seed(device: i32, index: i32, seed: *mut u64) -> *mut c_char;
         pub fn vx_cuda_capability(index: i32, major: *mut i32, minor: *mut i32) -> *mut c_char;
+        pub fn vx_cuda_use_pool_stream(index: i32, stream_id: *mut i64) -> *mut c_char;
     }
 }
 
@@ -383,10 +384,39 @@ pub fn cuda_capability(index: usize) -> Result<Option<(i32, i32)>> {
     Ok((major >= 0).then_some((major, minor)))
 }
 
+/// Gives the calling thread a CUDA stream of its own on `device` (from
+/// libtorch's pool), so its kernels never queue behind another thread's
+/// on the default stream: the inference engine of a GPU and a job training
+/// on it overlap. A no-op on the CPU. Returns the stream's id (CUDA only).
+pub fn use_own_stream(device: tch::Device) -> Result<Option<i64>> {
+    match device {
+        tch::Device::Cuda(i) => {
+            let mut id = 0;
+            check(unsafe { ffi::vx_cuda_use_pool_stream(i as i32, &mut id) })?;
+            Ok(Some(id))
+        }
+        _ => Ok(None),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use tch::{Device, Kind};
+
+    #[test]
+    fn own_streams_are_a_cpu_no_op_and_a_clear_error_without_cuda() {
+        assert_eq!(use_own_stream(Device::Cpu).unwrap(), None);
+        if !tch::Cuda::is_available() {
+            // Asking for a CUDA stream where there is none is an error
+            // message, not an abort.
+            let err = unsafe {
+                let mut id = 0;
+                check(ffi::vx_cuda_use_pool_stream(0, &mut id))
+            };
+            assert!(err.is_err());
+        }
+    }
 
     #[test]
     fn errors_come_back_as_messages_not_crashes() {

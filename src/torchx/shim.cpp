@@ -14,6 +14,7 @@
 #include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/Exception.h>
 
 #include <dlfcn.h>
@@ -282,6 +283,21 @@ char *vx_cuda_capability(int32_t index, int32_t *major, int32_t *minor) {
       *major = a;
       *minor = b;
     }
+  });
+}
+
+// Makes a stream from CUDA's pool the current stream of device `index` on
+// the calling thread (the current stream is thread-local), so that work
+// queued by this thread (an inference engine, a training job) does not wait
+// behind another thread's kernels on the default stream. Through c10's
+// device-agnostic guard interface: no CUDA headers needed.
+char *vx_cuda_use_pool_stream(int32_t index, int64_t *stream_id) {
+  return guarded([&] {
+    c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
+    c10::Device device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index));
+    c10::Stream stream = impl.getStreamFromGlobalPool(device, /*isHighPriority=*/false);
+    impl.exchangeStream(stream);
+    *stream_id = stream.id();
   });
 }
 

@@ -84,6 +84,9 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
         .then(|| Tf32Lease::acquire(plan.tf32))
         .transpose()
         .map_err(torch_error(spec.device, "setting TF32"))?;
+    // A stream of this thread's own: `/predict` on the same GPU does not
+    // wait behind the training kernels (nor they behind it).
+    torchx::use_own_stream(spec.device).map_err(torch_error(spec.device, "taking a stream"))?;
     let mut model =
         crate::model::load_pretrained(&spec.base_model_dir, spec.device, Some(&data.labels))
             .map_err(|e| TrainError::fatal(format!("loading base model: {e:#}")))?;

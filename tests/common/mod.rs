@@ -12,8 +12,8 @@ use axum::http::{Request, Response};
 use http_body_util::BodyExt;
 use tempfile::TempDir;
 use tower::ServiceExt;
-use vitrine::config::ServeConfig;
 use vitrine::app::AppState;
+use vitrine::config::ServeConfig;
 use vitrine::http::router;
 
 /// A fresh application over a temporary data directory.
