@@ -38,28 +38,6 @@ impl Failure {
     }
 }
 
-/// CUDA runtime errors that poison the context ("sticky" errors, per the
-/// CUDA runtime documentation), with the exact text of
-/// `cudaGetErrorString`, plus a device that cannot run this build at all.
-const FATAL_CUDA: &[&str] = &[
-    "device-side assert triggered",
-    "an illegal memory access was encountered",
-    "unspecified launch failure",
-    "the launch timed out and was terminated",
-    "hardware stack error",
-    "an illegal instruction was encountered",
-    "misaligned address",
-    "operation not supported on global/shared address space",
-    "invalid program counter",
-    "uncorrectable ECC error encountered",
-    "uncorrectable NVLink error detected during the execution",
-    "Invalid access of peer GPU memory over nvlink or a hardware error",
-    "CUDA-capable device(s) is/are busy or unavailable",
-    "no kernel image is available for execution on the device",
-    "CUDA error: unknown error",
-    "CUDA driver error: unknown error",
-];
-
 /// Allocation failures, as libtorch words them: the CUDA caching allocator,
 /// a raw CUDA allocation, the CPU allocator, cuBLAS, cuBLASLt's workspace,
 /// cuDNN 8 (`CUDNN_STATUS_ALLOC_FAILED`) and 9 (`..._ALLOCATION_FAILED`),
@@ -77,9 +55,11 @@ const OUT_OF_MEMORY: &[&str] = &[
 ];
 
 /// Classifies a libtorch/CUDA error message. A dead context wins over
-/// everything (a fault may be reported by a later allocation).
+/// everything (a fault may be reported by a later allocation); which errors
+/// kill a context is decided in one place for training and serving,
+/// [`crate::devices::is_fatal_device_error`].
 pub fn classify(message: &str) -> FailureKind {
-    if FATAL_CUDA.iter().any(|s| message.contains(s)) {
+    if crate::devices::is_fatal_device_error(message) {
         FailureKind::DeviceFatal
     } else if OUT_OF_MEMORY.iter().any(|s| message.contains(s))
         || message.to_ascii_lowercase().contains("out of memory")
