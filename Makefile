@@ -10,7 +10,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 export VITRINE_PYTHON := $(VENV)/bin/python
 
-.PHONY: setup build run test lint fmt openapi bench
+.PHONY: setup build run test lint openapi
 
 $(STAMP): scripts/setup.sh requirements/torch.txt requirements/test.txt requirements/constraints.txt
 	scripts/setup.sh

@@ -14,7 +14,8 @@
 //! 4 levels; 4:4:4 files are unaffected. `jpeg-decoder` halves that mean
 //! difference (0.06-0.10 vs 0.10-0.22 mean |diff|, max 3 vs 4) but decodes
 //! 2x slower and is worse on 4:2:2, and `zune-jpeg` exposes no raw chroma
-//! planes to upsample ourselves, so the bias stays (see README).
+//! planes to upsample ourselves, so the bias stays (see docs/benchmarks.md,
+//! "Preprocessing parity with transformers").
 
 use std::io::Cursor;
 
