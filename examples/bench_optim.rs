@@ -12,6 +12,7 @@
 use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
+use vitrine::train::optim::reference::{self, RefParam};
 use vitrine::train::optim::AdamW;
 
 /// (name, shape) of ViT-B/16 with a 10-class head, as `transformers` names
@@ -72,60 +73,6 @@ fn lr_scale(name: &str) -> f64 {
     0.75f64.powi(distance as i32)
 }
 
-/// The per-parameter AdamW and clipping vitrine used before the fused
-/// kernels (about 13 kernels per parameter and a host sync in clipping).
-struct Former {
-    params: Vec<(Tensor, f64, bool, Tensor, Tensor)>,
-    step: i32,
-}
-
-impl Former {
-    fn clip(&self, max_norm: f64) -> f64 {
-        tch::no_grad(|| {
-            let grads: Vec<Tensor> = self.params.iter().map(|p| p.0.grad()).collect();
-            let total = Tensor::stack(
-                &grads
-                    .iter()
-                    .map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float))
-                    .collect::<Vec<_>>(),
-                0,
-            )
-            .sum(Kind::Float)
-            .sqrt()
-            .double_value(&[]);
-            if total.is_finite() && total > max_norm {
-                for mut g in grads {
-                    let _ = g.g_mul_scalar_(max_norm / (total + 1e-6));
-                }
-            }
-            total
-        })
-    }
-
-    fn update(&mut self, lr: f64, wd: f64) {
-        self.step += 1;
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
-        let bc1 = 1.0 - b1.powi(self.step);
-        let bc2 = 1.0 - b2.powi(self.step);
-        tch::no_grad(|| {
-            for (p, scale, decay, m, v) in &mut self.params {
-                let grad = p.grad();
-                let lr_p = lr * *scale;
-                if *decay {
-                    let _ = p.g_mul_scalar_(1.0 - lr_p * wd);
-                }
-                let _ = m.lerp_(&grad, 1.0 - b1);
-                let _ = v.g_mul_scalar_(b2);
-                let _ = v.addcmul_(&(&grad * (1.0 - b2)), &grad);
-                let mut denom = v.sqrt();
-                let _ = denom.g_div_scalar_(bc2.sqrt());
-                let _ = denom.g_add_scalar_(eps);
-                let _ = p.addcdiv_(&(&*m * (-lr_p / bc1)), &denom);
-            }
-        });
-    }
-}
-
 /// Gives every tensor a gradient (outside the timed region).
 fn fill_grads(tensors: &[Tensor]) {
     let loss = tensors
@@ -175,22 +122,18 @@ fn main() {
             .collect(),
         0.05,
     );
-    let mut former = Former {
-        params: shapes
-            .iter()
-            .zip(&former_tensors)
-            .map(|((n, _), t)| {
-                (
-                    t.shallow_clone(),
-                    lr_scale(n),
-                    vitrine::train::optim::decays(n),
-                    t.zeros_like(),
-                    t.zeros_like(),
-                )
-            })
-            .collect(),
-        step: 0,
-    };
+    let mut former: Vec<RefParam> = shapes
+        .iter()
+        .zip(&former_tensors)
+        .map(|((n, _), t)| RefParam {
+            tensor: t.shallow_clone(),
+            lr_scale: lr_scale(n),
+            decay: vitrine::train::optim::decays(n),
+            exp_avg: t.zeros_like(),
+            exp_avg_sq: t.zeros_like(),
+        })
+        .collect();
+    let mut former_step = 0;
     fill_grads(&fused_tensors);
     fill_grads(&former_tensors);
 
@@ -205,8 +148,9 @@ fn main() {
         started.elapsed().as_secs_f64() / steps as f64
     };
     let former_secs = time(&mut || {
-        former.clip(1.0);
-        former.update(1e-4, 0.05);
+        former_step += 1;
+        reference::clip_grad_norm(&former, 1.0);
+        reference::step(&mut former, former_step, 1e-4, 0.05);
     });
     let fused_secs = time(&mut || {
         let clipped = fused.clip_grad_norm(1.0).expect("clipping");

@@ -1,5 +1,5 @@
 //! Fine-tuning on one OS thread. `run` owns the model for the whole job and
-//! reports through a channel; the async worker (`crate::jobs::worker`) turns
+//! reports through a channel; the caller (a job worker, one layer up) turns
 //! those reports into database writes and server-sent events.
 //!
 //! Determinism: the shuffle order, augmentation and libtorch's RNG are all

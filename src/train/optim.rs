@@ -280,8 +280,12 @@ pub fn lr_at(step: usize, total: usize, warmup: usize, peak: f64) -> f64 {
 
 /// The AdamW and clipping vitrine used before the fused kernels, one
 /// parameter at a time, kept as the reference the fused step must match.
-#[cfg(test)]
-mod reference {
+/// The per-parameter AdamW and clipping vitrine used before the fused
+/// kernels (about 13 kernels per parameter and a host sync in clipping):
+/// the reference the fused step is tested against, and the baseline of
+/// `examples/bench_optim.rs`. Not for training.
+#[doc(hidden)]
+pub mod reference {
     use tch::{Kind, Tensor};
 
     pub struct RefParam {
