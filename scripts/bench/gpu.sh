@@ -36,6 +36,9 @@
 #   CLASSES=10 EPOCHS=3 BATCH=64 LR=5e-5 SIDES="320 512" WORKERS=$(nproc)
 #   CONCURRENCY="1 32 64" DURATION=10 WARMUP=3 REQUEST_IMAGES=32
 #   PIPELINE_DTYPE=float32 PEAK_TFLOPS (override the card's peak)
+#   EXTRA_PRECISIONS  other mixed_precision values, one shorter vitrine job each
+#                (default on CUDA: fp16, which exercises loss scaling; on CPU: none)
+#   EXTRA_EPOCHS=1  epochs of those jobs
 #   JOB_TIMEOUT=180 TORCH_TIMEOUT=180  seconds each training side may take; a
 #                side that fails or overruns is reported as such and the rest
 #                still runs, so one device call always ends with a table
@@ -74,6 +77,7 @@ warmup=${WARMUP:-3}
 n_req=${REQUEST_IMAGES:-32}
 pipeline_dtype=${PIPELINE_DTYPE:-float32}
 job_timeout=${JOB_TIMEOUT:-180}
+EXTRA_EPOCHS=${EXTRA_EPOCHS:-1}
 torch_timeout=${TORCH_TIMEOUT:-180}
 wheels=${WHEELS:-dist/wheels}
 pipe_device=cpu
@@ -213,6 +217,20 @@ else
   tail -n 30 "$logs/vitrine-train.log" >&2
 fi
 stop_server
+
+# --- other precisions: a shorter vitrine job each ----------------------------
+# fp16 exercises the dynamic loss scaler, which bf16 never needs.
+extra_precisions=${EXTRA_PRECISIONS-}
+if [ -z "${EXTRA_PRECISIONS+set}" ] && [[ $device == cuda* ]]; then extra_precisions=fp16; fi
+for precision in $extra_precisions; do
+  log "vitrine: $EXTRA_EPOCHS epoch(s) with mixed_precision $precision (at most $job_timeout s)"
+  start_vitrine "vitrine-$precision"
+  config=$(printf '{"base_model":"%s","mode":"full","epochs":%d,"batch_size":%d,"learning_rate":%s,"mixed_precision":"%s","device":"%s","seed":0}' \
+    "$model_dir" "$EXTRA_EPOCHS" "$batch" "$lr" "$precision" "$device")
+  bench job "$url" "$fx/images.zip" "$config" "$res/vitrine_job_$precision.json" "$job_timeout" ||
+    failed "vitrine training with mixed_precision $precision: the job did not succeed"
+  stop_server
+done
 
 # --- training: the plain PyTorch loop ---------------------------------------
 torch_flags=()

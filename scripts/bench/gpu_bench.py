@@ -339,6 +339,21 @@ def report(d: str) -> None:
         same = tops.get("vitrine") == tops.get("pipeline")
         row("top label of one image", tops.get("vitrine") or "-", tops.get("pipeline") or "-",
             "same" if same else "different")
+    extras = sorted(d.glob("vitrine_job_*.json"))
+    if extras:
+        print()
+        print("Other precisions (vitrine, same data and recipe, shorter runs; "
+              "mixed_precision as named):")
+        for path in extras:
+            j = load_json(path) or {}
+            eps = j.get("metrics") or []
+            acc = eps[-1]["validation"].get("accuracy") if eps else None
+            ips = [e["train_images_per_sec"] for e in eps]
+            print(f"- {path.stem.removeprefix('vitrine_job_')}: {j.get('status')}, "
+                  f"{len(eps)} epoch(s), train images/s per epoch {fmt_curve(ips)}, "
+                  f"train loss {fmt_curve([e['train_loss'] for e in eps])}, "
+                  f"final validation accuracy {num(acc and 100 * acc, suffix='%')}"
+                  + (f"; error: {j.get('error')}" if j.get("error") else ""))
     if failures:
         print()
         print("Steps that did not go as planned:")

@@ -88,8 +88,13 @@ impl Channels {
 }
 
 /// The fields of `preprocessor_config.json` vitrine honours.
+///
+/// Absent fields take the defaults of the processor the file names:
+/// `ViTImageProcessor`'s, or `ConvNextImageProcessor`'s (bicubic, shortest
+/// edge 384, `crop_pct` 224/256) when `image_processor_type` (or an older
+/// `feature_extractor_type`) names ConvNeXt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(from = "RawPreprocessorConfig")]
 pub struct PreprocessorConfig {
     pub do_resize: bool,
     pub size: SizeSpec,
@@ -109,6 +114,81 @@ pub struct PreprocessorConfig {
     /// Written so that `transformers` picks its ViT processor for the model dir.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_processor_type: Option<String>,
+    /// `ConvNextImageProcessor`'s crop: below a 384 shortest edge, resize the
+    /// shortest edge to `shortest_edge / crop_pct` and centre-crop a
+    /// `shortest_edge` square; at 384 or more, warp to the square. Only
+    /// ConvNeXt processors read it (timm configs carry it too, unread by
+    /// `ViTImageProcessor`), see [`PreprocessorConfig::geometry`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crop_pct: Option<f64>,
+}
+
+/// The resize and crop a preprocessor asks for, before any size override.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Geometry {
+    pub resize: Option<ResizeTarget>,
+    /// `(height, width)` of the centre crop.
+    pub crop: Option<(u32, u32)>,
+}
+
+/// `preprocessor_config.json` as written, every field optional, so the
+/// defaults can depend on the processor class it names.
+#[derive(Deserialize)]
+struct RawPreprocessorConfig {
+    do_resize: Option<bool>,
+    size: Option<SizeSpec>,
+    resample: Option<u8>,
+    do_rescale: Option<bool>,
+    rescale_factor: Option<f64>,
+    do_normalize: Option<bool>,
+    image_mean: Option<Channels>,
+    image_std: Option<Channels>,
+    do_center_crop: Option<bool>,
+    crop_size: Option<SizeSpec>,
+    do_convert_rgb: Option<bool>,
+    image_processor_type: Option<String>,
+    feature_extractor_type: Option<String>,
+    crop_pct: Option<f64>,
+}
+
+impl From<RawPreprocessorConfig> for PreprocessorConfig {
+    fn from(raw: RawPreprocessorConfig) -> Self {
+        let d = Self::default();
+        let class = raw
+            .image_processor_type
+            .as_deref()
+            .or(raw.feature_extractor_type.as_deref());
+        let convnext = class.is_some_and(|c| c.starts_with("ConvNext"));
+        let (size, resample, crop_pct) = if convnext {
+            let size = SizeSpec::Dict(SizeDict {
+                shortest_edge: Some(384),
+                ..Default::default()
+            });
+            (size, 3, raw.crop_pct.or(Some(224.0 / 256.0)))
+        } else {
+            (d.size, d.resample, raw.crop_pct)
+        };
+        Self {
+            do_resize: raw.do_resize.unwrap_or(d.do_resize),
+            size: raw.size.unwrap_or(size),
+            resample: raw.resample.unwrap_or(resample),
+            do_rescale: raw.do_rescale.unwrap_or(d.do_rescale),
+            rescale_factor: raw.rescale_factor.unwrap_or(d.rescale_factor),
+            do_normalize: raw.do_normalize.unwrap_or(d.do_normalize),
+            image_mean: raw.image_mean.unwrap_or(d.image_mean),
+            image_std: raw.image_std.unwrap_or(d.image_std),
+            do_center_crop: raw.do_center_crop.unwrap_or(d.do_center_crop),
+            crop_size: raw.crop_size,
+            do_convert_rgb: raw.do_convert_rgb,
+            // An old `ConvNextFeatureExtractor` file reads as the processor.
+            image_processor_type: raw.image_processor_type.or(if convnext {
+                Some("ConvNextImageProcessor".into())
+            } else {
+                d.image_processor_type
+            }),
+            crop_pct,
+        }
+    }
 }
 
 impl Default for PreprocessorConfig {
@@ -126,6 +206,7 @@ impl Default for PreprocessorConfig {
             crop_size: None,
             do_convert_rgb: None,
             image_processor_type: Some("ViTImageProcessor".into()),
+            crop_pct: None,
         }
     }
 }
@@ -136,6 +217,88 @@ impl PreprocessorConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))
+    }
+
+    /// Whether `transformers` would read this file with a ConvNeXt image
+    /// processor (ConvNeXt and ResNet checkpoints on the Hub use it).
+    pub fn is_convnext(&self) -> bool {
+        self.image_processor_type
+            .as_deref()
+            .is_some_and(|c| c.starts_with("ConvNext"))
+    }
+
+    /// The resize and centre crop this file asks for at `side` x `side`
+    /// output (`None`: its own size). ConvNeXt processors derive both from
+    /// `size.shortest_edge` and `crop_pct` (`ConvNextImageProcessor.resize`);
+    /// the others read `size` and, with `do_center_crop`, `crop_size`.
+    pub fn geometry(&self, side: Option<u32>) -> Geometry {
+        if self.is_convnext() && (self.do_resize || side.is_some()) {
+            let Some(edge) = side.or(match self.size.target() {
+                Some(ResizeTarget::ShortestEdge { shortest, .. }) => Some(shortest),
+                // ConvNeXt refuses other sizes; a square is its own edge.
+                Some(ResizeTarget::Exact { height, .. }) => Some(height),
+                None => None,
+            }) else {
+                return Geometry {
+                    resize: None,
+                    crop: None,
+                };
+            };
+            let crop_pct = self.crop_pct.unwrap_or(224.0 / 256.0);
+            return if edge < 384 {
+                Geometry {
+                    resize: Some(ResizeTarget::ShortestEdge {
+                        // `int(shortest_edge / crop_pct)`: truncated.
+                        shortest: (f64::from(edge) / crop_pct) as u32,
+                        longest: None,
+                    }),
+                    crop: Some((edge, edge)),
+                }
+            } else {
+                Geometry {
+                    resize: SizeSpec::square(edge).target(),
+                    crop: None,
+                }
+            };
+        }
+        let mut resize = if self.do_resize && !self.is_convnext() {
+            self.size.target()
+        } else {
+            None
+        };
+        let mut crop = self.centre_crop();
+        if let Some(side) = side {
+            match (crop, resize) {
+                (Some((ch, _)), Some(ResizeTarget::ShortestEdge { shortest, longest })) => {
+                    let f = f64::from(side) / f64::from(ch.max(1));
+                    resize = Some(ResizeTarget::ShortestEdge {
+                        shortest: (f64::from(shortest) * f).round() as u32,
+                        longest: longest.map(|l| (f64::from(l) * f).round() as u32),
+                    });
+                }
+                (None, Some(ResizeTarget::ShortestEdge { .. })) => {
+                    resize = Some(ResizeTarget::ShortestEdge {
+                        shortest: side,
+                        longest: None,
+                    })
+                }
+                _ => resize = SizeSpec::square(side).target(),
+            }
+            if crop.is_some() {
+                crop = Some((side, side));
+            }
+        }
+        Geometry { resize, crop }
+    }
+
+    fn centre_crop(&self) -> Option<(u32, u32)> {
+        if !self.do_center_crop {
+            return None;
+        }
+        self.crop_size.and_then(|c| c.target()).map(|t| match t {
+            ResizeTarget::Exact { height, width } => (height, width),
+            ResizeTarget::ShortestEdge { shortest, .. } => (shortest, shortest),
+        })
     }
 
     /// ImageNet statistics, as timm and DINOv2 processors use.
@@ -194,5 +357,71 @@ mod tests {
             })
         );
         assert_eq!(int.image_mean.rgb(), [0.5; 3]);
+    }
+
+    fn convnext(json: &str) -> PreprocessorConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn convnext_crops_by_crop_pct_below_384_and_warps_above() {
+        let hub = convnext(
+            r#"{"image_processor_type":"ConvNextImageProcessor","size":{"shortest_edge":224},
+            "crop_pct":0.875,"resample":3}"#,
+        );
+        let shortest = |s| ResizeTarget::ShortestEdge {
+            shortest: s,
+            longest: None,
+        };
+        assert_eq!(
+            hub.geometry(None),
+            Geometry {
+                resize: Some(shortest(256)),
+                crop: Some((224, 224))
+            }
+        );
+        // Fine-tuned at 160: int(160 / 0.875) = 182, crop 160.
+        assert_eq!(
+            hub.geometry(Some(160)),
+            Geometry {
+                resize: Some(shortest(182)),
+                crop: Some((160, 160))
+            }
+        );
+        let warp = Geometry {
+            resize: Some(ResizeTarget::Exact {
+                height: 384,
+                width: 384,
+            }),
+            crop: None,
+        };
+        assert_eq!(hub.geometry(Some(384)), warp);
+        // microsoft/resnet-50 as on the Hub: an old feature extractor, int size.
+        let resnet = convnext(
+            r#"{"crop_pct":0.875,"do_normalize":true,"do_resize":true,
+            "feature_extractor_type":"ConvNextFeatureExtractor","resample":3,"size":224}"#,
+        );
+        assert_eq!(resnet.geometry(None), hub.geometry(None));
+        // Absent fields take ConvNeXt's defaults: 384 (warped), bicubic.
+        let bare = convnext(r#"{"feature_extractor_type":"ConvNextFeatureExtractor"}"#);
+        assert!(bare.is_convnext());
+        assert_eq!((bare.resample, bare.crop_pct), (3, Some(224.0 / 256.0)));
+        assert_eq!(bare.geometry(None), warp);
+    }
+
+    #[test]
+    fn crop_pct_is_ignored_by_other_processors() {
+        let vit = convnext(r#"{"image_processor_type":"ViTImageProcessor","crop_pct":0.9}"#);
+        assert_eq!(
+            vit.geometry(None),
+            Geometry {
+                resize: Some(ResizeTarget::Exact {
+                    height: 224,
+                    width: 224
+                }),
+                crop: None
+            }
+        );
+        assert_eq!(vit.resample, 2);
     }
 }

@@ -8,7 +8,7 @@ pub mod decode;
 pub mod pipeline;
 
 pub use augment::AugmentConfig;
-pub use config::{PreprocessorConfig, ResizeTarget, SizeSpec};
+pub use config::{Geometry, PreprocessorConfig, ResizeTarget, SizeSpec};
 pub use decode::{decode, decode_dynamic, DecodeLimits};
 pub use pipeline::Pipeline;
 

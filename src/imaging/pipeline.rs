@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use tch::Tensor;
 
 use super::augment::{jitter_pixel, rng_for, AugmentConfig, Draw};
-use super::config::{PreprocessorConfig, ResizeTarget, SizeSpec};
+use super::config::{Geometry, PreprocessorConfig, ResizeTarget, SizeSpec};
 use super::decode::{decode, DecodeLimits};
 use super::ImageError;
 
@@ -71,40 +71,7 @@ impl Pipeline {
     /// crop (or the exact size) becomes `image_size` squared, and a
     /// shortest-edge resize is scaled in proportion.
     pub fn from_preprocessor(cfg: &PreprocessorConfig, image_size: Option<u32>) -> Pipeline {
-        let mut resize = if cfg.do_resize {
-            cfg.size.target()
-        } else {
-            None
-        };
-        let mut crop = if cfg.do_center_crop {
-            cfg.crop_size.and_then(|c| c.target()).map(|t| match t {
-                ResizeTarget::Exact { height, width } => (height, width),
-                ResizeTarget::ShortestEdge { shortest, .. } => (shortest, shortest),
-            })
-        } else {
-            None
-        };
-        if let Some(side) = image_size {
-            match (crop, resize) {
-                (Some((ch, _)), Some(ResizeTarget::ShortestEdge { shortest, longest })) => {
-                    let f = f64::from(side) / f64::from(ch.max(1));
-                    resize = Some(ResizeTarget::ShortestEdge {
-                        shortest: (f64::from(shortest) * f).round() as u32,
-                        longest: longest.map(|l| (f64::from(l) * f).round() as u32),
-                    });
-                }
-                (_, Some(ResizeTarget::ShortestEdge { .. })) if crop.is_none() => {
-                    resize = Some(ResizeTarget::ShortestEdge {
-                        shortest: side,
-                        longest: None,
-                    })
-                }
-                _ => resize = SizeSpec::square(side).target(),
-            }
-            if crop.is_some() {
-                crop = Some((side, side));
-            }
-        }
+        let Geometry { resize, crop } = cfg.geometry(image_size);
         let scale = if cfg.do_rescale {
             cfg.rescale_factor as f32
         } else {

@@ -21,10 +21,17 @@ pub fn adapt(model: &mut Model, size: u32) -> Result<(), TrainError> {
 }
 
 /// Points the preprocessor at the new size: the crop (if it crops, keeping
-/// the resize-to-crop ratio) or the resize target.
+/// the resize-to-crop ratio) or the resize target. A ConvNeXt processor
+/// takes only `shortest_edge` and derives its crop from `crop_pct`.
 fn resize_preprocessor(pre: &mut serde_json::Value, size: i64) {
     let square = serde_json::json!({"height": size, "width": size});
-    if pre.get("do_center_crop").and_then(|v| v.as_bool()) == Some(true) {
+    let class = |key: &str| pre.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    let convnext = class("image_processor_type")
+        .or_else(|| class("feature_extractor_type"))
+        .is_some_and(|c| c.starts_with("ConvNext"));
+    if convnext {
+        pre["size"] = serde_json::json!({ "shortest_edge": size });
+    } else if pre.get("do_center_crop").and_then(|v| v.as_bool()) == Some(true) {
         let ratio = pre["size"]["shortest_edge"]
             .as_f64()
             .zip(pre["crop_size"]["height"].as_f64())
@@ -34,5 +41,27 @@ fn resize_preprocessor(pre: &mut serde_json::Value, size: i64) {
         pre["size"] = serde_json::json!({"shortest_edge": (size as f64 * ratio).round() as i64});
     } else {
         pre["size"] = square;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn convnext_preprocessor_keeps_its_shortest_edge_form() {
+        let mut pre = serde_json::json!({"image_processor_type": "ConvNextImageProcessor",
+            "size": {"shortest_edge": 224}, "crop_pct": 0.875});
+        resize_preprocessor(&mut pre, 160);
+        assert_eq!(pre["size"], serde_json::json!({"shortest_edge": 160}));
+        assert_eq!(pre["crop_pct"], 0.875);
+        let mut bit = serde_json::json!({"do_center_crop": true,
+            "size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}});
+        resize_preprocessor(&mut bit, 448);
+        assert_eq!(bit["size"], serde_json::json!({"shortest_edge": 512}));
+        assert_eq!(
+            bit["crop_size"],
+            serde_json::json!({"height": 448, "width": 448})
+        );
     }
 }

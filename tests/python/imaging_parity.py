@@ -12,7 +12,8 @@ import io, json, os, sys
 
 import numpy as np
 from PIL import Image, ImageOps
-from transformers import BitImageProcessor, BitImageProcessorPil, ViTImageProcessor, ViTImageProcessorPil
+from transformers import (BitImageProcessor, BitImageProcessorPil, ConvNextImageProcessor,
+                          ConvNextImageProcessorPil, ViTImageProcessor, ViTImageProcessorPil)
 
 out = sys.argv[1]
 img_dir = os.path.join(out, "images")
@@ -83,6 +84,27 @@ processors = {
                              image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
         BitImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 64, "width": 64},
                           image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
+    ),
+    # ConvNeXt and ResNet checkpoints: shortest edge to int(224 / crop_pct),
+    # centre crop 224; at 384 and above the image is warped, not cropped.
+    "convnext_224": (
+        ConvNextImageProcessorPil(size={"shortest_edge": 224}, crop_pct=0.875,
+                                  image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
+        ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=0.875,
+                               image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
+    ),
+    "convnext_160_pct95": (
+        ConvNextImageProcessorPil(size={"shortest_edge": 160}, crop_pct=0.95),
+        ConvNextImageProcessor(size={"shortest_edge": 160}, crop_pct=0.95),
+    ),
+    "convnext_384": (
+        ConvNextImageProcessorPil(size={"shortest_edge": 384}),
+        ConvNextImageProcessor(size={"shortest_edge": 384}),
+    ),
+    # Swin checkpoints: ViTImageProcessor, bicubic, ImageNet statistics.
+    "swin": (
+        ViTImageProcessorPil(resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
+        ViTImageProcessor(resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
     ),
     "vit_nearest_96": (
         ViTImageProcessorPil(size={"height": 96, "width": 96}, resample=0),
