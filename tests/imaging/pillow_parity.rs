@@ -4,7 +4,9 @@
 //! a DINOv2-style `BitImageProcessorPil`: shortest edge 256 bicubic + centre
 //! crop 224, a crop of 64 larger than a shortest-edge-40 resize, which pads
 //! with zeros before normalising, the image at the PIL offsets
-//! `ceil(pad / 2)`, and nearest at 96); vitrine must agree to one 8-bit level per
+//! `ceil(pad / 2)`, nearest at 96, `ConvNextImageProcessorPil` at 224 and
+//! 160 (shortest edge to `int(size / crop_pct)`, centre crop) and at 384
+//! (warped), and Swin's bicubic `ViTImageProcessorPil`); vitrine must agree to one 8-bit level per
 //! element (a difference of `rescale_factor / std` after normalisation) with
 //! a mean difference far below that. The torchvision backend
 //! (`ViTImageProcessor`) is compared too and reported: it resizes slightly
