@@ -10,7 +10,9 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from transformers.image_utils import load_image
 
 model = AutoModelForImageClassification.from_pretrained(sys.argv[1]).eval()
-proc = AutoImageProcessor.from_pretrained(sys.argv[1])
+# The PIL backend: vitrine's preprocessing follows it (tests/imaging); the
+# default torchvision backend resizes a level or two differently.
+proc = AutoImageProcessor.from_pretrained(sys.argv[1], backend="pil")
 # As the image-classification pipeline loads them: EXIF orientation applied, RGB.
 images = [load_image(p) for p in sys.argv[2:]]
 with torch.no_grad():

@@ -1,7 +1,7 @@
 //! End to end: a real server (in-process on port 0, or the `vitrine` binary
 //! as a child process) over a real SQLite file, trained and queried over
 //! HTTP. Fixtures are made by the Python scripts beside this file
-//! (`synthetic.py`, `hf_predict.py`, `random_dinov2.py`).
+//! (`synthetic.py`, `hf_predict.py`, `random_dinov2.py`, `random_backbone.py`).
 //!
 //! The tests here share one process: they never set environment variables
 //! or libtorch's thread count in it (the child processes get theirs), and
@@ -10,6 +10,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod backbones;
 mod crash;
 mod hub_download;
 mod jobs;
