@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 pub use super::activation::Activation;
 pub use super::convnext_config::ConvNextConfig;
 pub use super::dinov2_config::Dinov2Config;
-pub use super::resnet_config::{ResNetConfig, ResNetLayerType};
 use super::error::{ModelError, Result};
 use super::fields::{check_sizes, id2label_de, id2label_ser, square_size};
+pub use super::resnet_config::{ResNetConfig, ResNetLayerType};
 
 /// The configuration of one supported architecture.
 #[derive(Debug, Clone, PartialEq)]

@@ -132,7 +132,9 @@ impl ConvNextLayer {
         // Channels last for the layernorm and the pointwise (linear) layers.
         let h = self.dwconv.forward(xs).permute([0, 2, 3, 1]);
         let h = self.layernorm.forward(&h);
-        let h = self.pwconv2.forward(&self.act.apply(&self.pwconv1.forward(&h)));
+        let h = self
+            .pwconv2
+            .forward(&self.act.apply(&self.pwconv1.forward(&h)));
         let h = match &self.layer_scale_parameter {
             Some(gamma) => h * gamma,
             None => h,
@@ -219,12 +221,12 @@ impl ConvNextModel {
             .enumerate()
             .map(|(s, rates)| ConvNextStage::new((&enc / s).set_group(s + 1), c, s, rates))
             .collect();
-        let last = *c.hidden_sizes.last().expect("validated: one stage at least");
-        let layernorm = layers::layer_norm(
-            &p.set_group(n + 1) / "layernorm",
-            last,
-            c.layer_norm_eps,
-        );
+        let last = *c
+            .hidden_sizes
+            .last()
+            .expect("validated: one stage at least");
+        let layernorm =
+            layers::layer_norm(&p.set_group(n + 1) / "layernorm", last, c.layer_norm_eps);
         Self {
             embeddings,
             stages,
@@ -263,7 +265,9 @@ impl ConvNextForImageClassification {
         let head = root.set_group(c.num_stages as usize + 2);
         let classifier = linear(
             &head / "classifier",
-            *c.hidden_sizes.last().expect("validated: one stage at least"),
+            *c.hidden_sizes
+                .last()
+                .expect("validated: one stage at least"),
             num_labels,
             true,
             c.initializer_range,

@@ -128,7 +128,10 @@ impl ConvNextConfig {
         if let Some((name, v)) = positive.iter().find(|(_, v)| *v <= 0) {
             return Err(format!("`{name}` must be positive, got {v}"));
         }
-        for (name, list) in [("hidden_sizes", &self.hidden_sizes), ("depths", &self.depths)] {
+        for (name, list) in [
+            ("hidden_sizes", &self.hidden_sizes),
+            ("depths", &self.depths),
+        ] {
             if list.len() != self.num_stages as usize {
                 return Err(format!(
                     "`{name}` has {} entries but `num_stages` is {}",

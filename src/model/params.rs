@@ -208,7 +208,11 @@ mod tests {
             assert_eq!(ParamGroup::of_vit_name(name), want, "{name}");
         }
         let cnn = [
-            ("convnext", "convnext.embeddings.layernorm.bias", Some(Embeddings)),
+            (
+                "convnext",
+                "convnext.embeddings.layernorm.bias",
+                Some(Embeddings),
+            ),
             (
                 "convnext",
                 "convnext.encoder.stages.2.downsampling_layer.1.weight",

@@ -42,7 +42,14 @@ struct ConvLayer {
 }
 
 impl ConvLayer {
-    fn new(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, act: Option<Activation>) -> Self {
+    fn new(
+        p: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        k: i64,
+        stride: i64,
+        act: Option<Activation>,
+    ) -> Self {
         // `transformers` initialises convolutions with kaiming_normal_(fan_out, relu).
         let cfg = nn::ConvConfig {
             stride,
@@ -196,9 +203,7 @@ impl ResNetModel {
 
     /// `[B, hidden_sizes[-1]]`: the spatial average (`pooler_output`, flattened).
     pub fn pooled(&self, last_hidden_state: &Tensor) -> Tensor {
-        last_hidden_state
-            .adaptive_avg_pool2d([1, 1])
-            .flatten(1, -1)
+        last_hidden_state.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
     }
 }
 
@@ -229,7 +234,9 @@ impl ResNetForImageClassification {
         };
         let classifier = nn::linear(
             &head / "classifier" / 1,
-            *c.hidden_sizes.last().expect("validated: one stage at least"),
+            *c.hidden_sizes
+                .last()
+                .expect("validated: one stage at least"),
             num_labels,
             linear,
         );

@@ -156,7 +156,10 @@ impl ResNetConfig {
                 self.depths.len()
             ));
         }
-        for (name, list) in [("hidden_sizes", &self.hidden_sizes), ("depths", &self.depths)] {
+        for (name, list) in [
+            ("hidden_sizes", &self.hidden_sizes),
+            ("depths", &self.depths),
+        ] {
             if let Some(v) = list.iter().find(|v| **v <= 0) {
                 return Err(format!("`{name}` entries must be positive, got {v}"));
             }

@@ -93,7 +93,11 @@ fn check_eval(name: &str) {
         &tch::no_grad(|| m.net.features(x, false)),
         &io["pooled"],
     );
-    assert_close(&format!("{name} logits"), &eval_logits(&m, x), &io["logits"]);
+    assert_close(
+        &format!("{name} logits"),
+        &eval_logits(&m, x),
+        &io["logits"],
+    );
     assert_eq!(m.net.num_layers(), m.config.num_hidden_layers(), "{name}");
 }
 
@@ -122,7 +126,10 @@ fn resnet_eval_logits_and_pooled_features_match_transformers() {
     let m = load_pretrained(&model_dir("rn_basic"), Device::Cpu, None).unwrap();
     let counter = &m.vs.variables()["resnet.embedder.embedder.normalization.num_batches_tracked"];
     assert_eq!(counter.kind(), Kind::Int64);
-    assert!(counter.int64_value(&[]) > 0, "the perturbed count is loaded");
+    assert!(
+        counter.int64_value(&[]) > 0,
+        "the perturbed count is loaded"
+    );
 }
 
 #[test]
@@ -172,7 +179,11 @@ fn one_training_step_matches_transformers_with_batch_norm_statistics() {
         let m = load_pretrained(&model_dir(name), Device::Cpu, None).unwrap();
         let (x, y) = (&io["pixel_values"], &io["labels"]);
         let (logits, logits2) = sgd_step(&m, x, y);
-        assert_close(&format!("{name} train logits"), &logits, &io["train_logits"]);
+        assert_close(
+            &format!("{name} train logits"),
+            &logits,
+            &io["train_logits"],
+        );
         assert_close(
             &format!("{name} train logits after a step"),
             &logits2,
@@ -216,7 +227,11 @@ fn frozen_stages_keep_their_batch_norm_statistics() {
         let before = buffers(&m);
         m.net.set_first_trained_layer(2);
         let logits = tch::no_grad(|| m.net.forward_t(x, true));
-        assert_close(&format!("{name} frozen-stage logits"), &logits, &io["frozen_logits"]);
+        assert_close(
+            &format!("{name} frozen-stage logits"),
+            &logits,
+            &io["frozen_logits"],
+        );
         for (bname, after) in buffers(&m) {
             let changed = max_diff(&after, &before[&bname]) > 0.0;
             let group = m.param_group(&bname).unwrap();
@@ -275,7 +290,7 @@ fn saved_models_load_in_transformers_with_the_same_logits() {
     let name = "rn_bottleneck";
     let io = io(name);
     let m = load_pretrained(&model_dir(name), Device::Cpu, None).unwrap();
-    sgd_step(&m, &io["pixel_values"], &io["labels"]);
+    let _ = sgd_step(&m, &io["pixel_values"], &io["labels"]);
     let tmp = check_saved(&m, name, "ResNetForImageClassification");
     let saved: HashMap<String, Tensor> =
         Tensor::read_safetensors(tmp.path().join("saved/model.safetensors"))
@@ -358,7 +373,11 @@ fn parameters_group_by_stage_and_buffers_never_train() {
     }
 
     let m = load_pretrained(&model_dir("cnx_s4_ls"), Device::Cpu, None).unwrap();
-    let groups: Vec<_> = m.grouped_variables().into_iter().map(|(_, g, _)| g).collect();
+    let groups: Vec<_> = m
+        .grouped_variables()
+        .into_iter()
+        .map(|(_, g, _)| g)
+        .collect();
     assert!(groups.contains(&ParamGroup::FinalNorm));
     assert!(groups.contains(&ParamGroup::Layer(3)));
     assert!(groups.contains(&ParamGroup::Embeddings));
@@ -375,10 +394,16 @@ fn input_sizes_follow_what_the_convolutions_take() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("minimum input of 32x32"), "{err}");
-    assert_eq!(m.logits(&Tensor::zeros([2, 3, 36, 44], f)).unwrap().size(), [2, 5]);
+    assert_eq!(
+        m.logits(&Tensor::zeros([2, 3, 36, 44], f)).unwrap().size(),
+        [2, 5]
+    );
     let err = m.set_image_size(16).unwrap_err().to_string();
     assert!(err.contains("minimum input side 32"), "{err}");
-    assert!(m.set_image_size(30).is_err(), "not on the stem's patch grid");
+    assert!(
+        m.set_image_size(30).is_err(),
+        "not on the stem's patch grid"
+    );
     let before = m.vs.variables().len();
     m.set_image_size(96).unwrap();
     assert_eq!((m.image_size(), m.vs.variables().len()), (96, before));
@@ -387,7 +412,10 @@ fn input_sizes_follow_what_the_convolutions_take() {
     let mut m = load_pretrained(&model_dir("rn_basic"), Device::Cpu, None).unwrap();
     assert_eq!(m.image_size(), 224);
     assert!(m.check_input(&Tensor::zeros([1, 3, 7, 9], f)).is_ok());
-    assert_eq!(m.logits(&Tensor::zeros([2, 3, 7, 9], f)).unwrap().size(), [2, 5]);
+    assert_eq!(
+        m.logits(&Tensor::zeros([2, 3, 7, 9], f)).unwrap().size(),
+        [2, 5]
+    );
     m.set_image_size(100).unwrap();
     assert_eq!(m.image_size(), 100);
     let ModelConfig::ResNet(c) = &m.config else {
