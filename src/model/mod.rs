@@ -1,4 +1,4 @@
-//! Vision Transformer models in tch `nn`, loaded from and saved to the
+//! Image classifiers (ViT, DINOv2, ConvNeXt, ResNet) in tch `nn`, loaded from and saved to the
 //! Hugging Face layout (`config.json`, `model.safetensors`,
 //! `preprocessor_config.json`) with no renaming.
 //!
