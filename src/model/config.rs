@@ -9,9 +9,11 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use super::activation::Activation;
+pub use super::convnext_config::ConvNextConfig;
 pub use super::dinov2_config::Dinov2Config;
 use super::error::{ModelError, Result};
 use super::fields::{check_sizes, id2label_de, id2label_ser, square_size};
+pub use super::resnet_config::{ResNetConfig, ResNetLayerType};
 
 /// The configuration of one supported architecture.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +23,10 @@ pub enum ModelConfig {
     /// `model_type: "dinov2"` (`Dinov2Model`, `Dinov2ForImageClassification`)
     /// and `"dinov2_with_registers"` (`Dinov2WithRegisters*`, register tokens).
     Dinov2(Dinov2Config),
+    /// `model_type: "convnext"` (`ConvNextModel`, `ConvNextForImageClassification`).
+    ConvNext(ConvNextConfig),
+    /// `model_type: "resnet"` (`ResNetModel`, `ResNetForImageClassification`).
+    ResNet(ResNetConfig),
 }
 
 impl ModelConfig {
@@ -68,6 +74,12 @@ impl ModelConfig {
                 config.validate().map_err(invalid)?;
                 Ok(Self::Dinov2(config))
             }
+            "convnext" => ConvNextConfig::parse(value)
+                .map(Self::ConvNext)
+                .map_err(invalid),
+            "resnet" => ResNetConfig::parse(value)
+                .map(Self::ResNet)
+                .map_err(invalid),
             _ => Err(ModelError::UnknownModelType(model_type)),
         }
     }
@@ -88,6 +100,8 @@ impl ModelConfig {
         match self {
             Self::Vit(_) => "vit",
             Self::Dinov2(c) => c.model_type(),
+            Self::ConvNext(_) => "convnext",
+            Self::ResNet(_) => "resnet",
         }
     }
 
@@ -97,6 +111,8 @@ impl ModelConfig {
         match self {
             Self::Vit(_) => "vit",
             Self::Dinov2(c) => c.backbone_prefix(),
+            Self::ConvNext(_) => "convnext",
+            Self::ResNet(_) => "resnet",
         }
     }
 
@@ -105,6 +121,8 @@ impl ModelConfig {
         match self {
             Self::Vit(c) => &c.id2label,
             Self::Dinov2(c) => &c.id2label,
+            Self::ConvNext(c) => &c.id2label,
+            Self::ResNet(c) => &c.id2label,
         }
     }
 
@@ -115,6 +133,8 @@ impl ModelConfig {
         let problem_type = match self {
             Self::Vit(c) => c.problem_type.as_deref(),
             Self::Dinov2(c) => c.problem_type.as_deref(),
+            Self::ConvNext(c) => c.problem_type.as_deref(),
+            Self::ResNet(c) => c.problem_type.as_deref(),
         };
         match problem_type {
             Some("multi_label_classification") => crate::task::Task::MultiLabel,
@@ -126,13 +146,19 @@ impl ModelConfig {
         match self {
             Self::Vit(c) => c.id2label = labels,
             Self::Dinov2(c) => c.id2label = labels,
+            Self::ConvNext(c) => c.id2label = labels,
+            Self::ResNet(c) => c.id2label = labels,
         }
     }
 
+    /// Encoder blocks; for the CNNs, stages (each one unit of partial
+    /// fine-tuning and layer-wise decay).
     pub fn num_hidden_layers(&self) -> usize {
         match self {
             Self::Vit(c) => c.num_hidden_layers as usize,
             Self::Dinov2(c) => c.num_hidden_layers as usize,
+            Self::ConvNext(c) => c.num_stages as usize,
+            Self::ResNet(c) => c.depths.len(),
         }
     }
 
@@ -140,13 +166,20 @@ impl ModelConfig {
         match self {
             Self::Vit(c) => c.image_size,
             Self::Dinov2(c) => c.image_size,
+            Self::ConvNext(c) => c.image_size,
+            Self::ResNet(c) => c.image_size(),
         }
     }
 
+    /// The side an input size must be a multiple of: the patch size of the
+    /// transformers and of ConvNeXt's stem; 1 for ResNet, whose padded
+    /// convolutions and pooling take any size.
     pub fn patch_size(&self) -> i64 {
         match self {
             Self::Vit(c) => c.patch_size,
             Self::Dinov2(c) => c.patch_size,
+            Self::ConvNext(c) => c.patch_size,
+            Self::ResNet(_) => 1,
         }
     }
 
@@ -154,6 +187,26 @@ impl ModelConfig {
         match self {
             Self::Vit(c) => c.num_channels,
             Self::Dinov2(c) => c.num_channels,
+            Self::ConvNext(c) => c.num_channels,
+            Self::ResNet(c) => c.num_channels,
+        }
+    }
+
+    /// The checkpoint name of the classifier's weight: `classifier.1.weight`
+    /// for ResNet, whose head is `Sequential(Flatten, Linear)`.
+    pub fn head_weight_name(&self) -> &'static str {
+        match self {
+            Self::ResNet(_) => "classifier.1.weight",
+            _ => "classifier.weight",
+        }
+    }
+
+    /// The smallest input side the network takes: one patch for the
+    /// transformers; ConvNeXt's downsampling needs `patch_size * 2^(stages - 1)`.
+    pub fn min_input_size(&self) -> i64 {
+        match self {
+            Self::ConvNext(c) => c.min_input_size(),
+            _ => self.patch_size(),
         }
     }
 
@@ -162,6 +215,8 @@ impl ModelConfig {
         let mut value = match self {
             Self::Vit(c) => serde_json::to_value(c).expect("a ViTConfig serialises"),
             Self::Dinov2(c) => c.to_json(),
+            Self::ConvNext(c) => serde_json::to_value(c).expect("a ConvNextConfig serialises"),
+            Self::ResNet(c) => serde_json::to_value(c).expect("a ResNetConfig serialises"),
         };
         let labels = self.labels();
         let label2id: serde_json::Map<String, serde_json::Value> = labels

@@ -242,22 +242,11 @@ impl Dinov2Layer {
         }
     }
 
-    /// Stochastic depth: in training, drops the whole branch of a sample
-    /// with probability `drop_path` and rescales the kept ones.
-    fn drop_path(&self, xs: Tensor, train: bool) -> Tensor {
-        if !train || self.drop_path == 0.0 {
-            return xs;
-        }
-        let keep = 1.0 - self.drop_path;
-        let mask = (Tensor::rand([xs.size()[0], 1, 1], (xs.kind(), xs.device())) + keep).floor();
-        xs / keep * mask
-    }
-
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let h = self.attention.forward_t(&self.norm1.forward(xs), train) * &self.layer_scale1;
-        let xs = self.drop_path(h, train) + xs;
+        let xs = layers::drop_path(h, self.drop_path, train) + xs;
         let h = self.mlp.forward(&self.norm2.forward(&xs)) * &self.layer_scale2;
-        self.drop_path(h, train) + xs
+        layers::drop_path(h, self.drop_path, train) + xs
     }
 }
 

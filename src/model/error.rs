@@ -13,7 +13,7 @@ pub enum ModelError {
     },
     #[error("{path}: invalid config: {detail}")]
     InvalidConfig { path: PathBuf, detail: String },
-    #[error("unsupported model_type `{0}` (supported: vit, dinov2, dinov2_with_registers)")]
+    #[error("unsupported model_type `{0}` (supported: vit, dinov2, dinov2_with_registers, convnext, resnet)")]
     UnknownModelType(String),
     #[error("{0}")]
     UnsupportedCheckpoint(String),

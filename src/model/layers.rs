@@ -1,5 +1,6 @@
-//! Building blocks ViT and DINOv2 share: normal initialisation, layer norm,
-//! the HF-initialised linear layer and multi-head self-attention (`<layer>.attention.attention.{query,key,
+//! Building blocks the architectures share: normal initialisation, layer norm,
+//! the HF-initialised linear layer, stochastic depth, and multi-head
+//! self-attention of ViT and DINOv2 (`<layer>.attention.attention.{query,key,
 //! value}` and `<layer>.attention.output.dense`, the same names in both).
 
 use tch::nn::{self, Module};
@@ -37,6 +38,21 @@ pub fn linear(p: nn::Path, i: i64, o: i64, bias: bool, std: f64) -> nn::Linear {
             bias,
         },
     )
+}
+
+/// Stochastic depth (`DropPath` of `transformers`): in training, drops a
+/// sample's whole residual branch with probability `rate` and scales the
+/// kept ones by `1 / (1 - rate)`; the identity otherwise. `xs` is
+/// `[B, ...]` of any rank.
+pub fn drop_path(xs: Tensor, rate: f64, train: bool) -> Tensor {
+    if !train || rate == 0.0 {
+        return xs;
+    }
+    let keep = 1.0 - rate;
+    let mut shape = vec![1; xs.dim()];
+    shape[0] = xs.size()[0];
+    let mask = (Tensor::rand(shape, (xs.kind(), xs.device())) + keep).floor();
+    xs / keep * mask
 }
 
 /// Multi-head self-attention of one encoder layer.

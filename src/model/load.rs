@@ -1,7 +1,11 @@
 //! Strict loading of a model directory in the Hugging Face layout
 //! (`config.json` + `model.safetensors`, or a sharded
-//! `model.safetensors.index.json`), of bare `ViTModel` / `Dinov2Model`
-//! checkpoints (keys without the `vit.` / `dinov2.` prefix) and of timm checkpoints (through [`super::timm`]).
+//! `model.safetensors.index.json`), of bare `ViTModel` / `Dinov2Model` /
+//! `ConvNextModel` / `ResNetModel` checkpoints (keys without the `vit.` /
+//! `dinov2.` / ... prefix) and of timm checkpoints (through [`super::timm`]).
+//!
+//! Batch-norm networks (ResNet) carry int64 `*.num_batches_tracked`
+//! counters: those, and no other integer tensor, are read as int64.
 //!
 //! Strict means: every model variable is found in the checkpoint with the
 //! same shape, and every checkpoint tensor is used, except tensors the
@@ -91,7 +95,10 @@ pub fn load_pretrained_reporting(
         let config = ModelConfig::from_json(raw_config, &config_path)?;
         let prefix = format!("{}.", config.backbone_prefix());
         let bare = !tensors.keys().any(|k| k.starts_with(&prefix))
-            && tensors.keys().any(|k| k.starts_with("embeddings."));
+            && tensors
+                .keys()
+                // ResNet's stem is `embedder`, the others' `embeddings`.
+                .any(|k| k.starts_with("embeddings.") || k.starts_with("embedder."));
         if bare {
             tensors = tensors
                 .into_iter()
@@ -112,7 +119,8 @@ pub fn load_pretrained_reporting(
         (format, config, None)
     };
 
-    let has_head = tensors.contains_key("classifier.weight");
+    let head_weight = config.head_weight_name();
+    let has_head = tensors.contains_key(head_weight);
     let checkpoint_labels = config.labels().to_vec();
     let (labels, new_head) = match labels {
         Some(labels) => {
@@ -121,7 +129,7 @@ pub fn load_pretrained_reporting(
             (labels.to_vec(), !same)
         }
         None if has_head => {
-            let rows = tensors["classifier.weight"].size()[0] as usize;
+            let rows = tensors[head_weight].size()[0] as usize;
             let labels = if checkpoint_labels.is_empty() {
                 (0..rows).map(|i| format!("LABEL_{i}")).collect()
             } else {
@@ -259,8 +267,9 @@ fn copy_strict(
     Ok(skipped)
 }
 
-/// Every tensor of the checkpoint in `dir`, as fp32 on the CPU, and the
-/// other storage dtypes met.
+/// Every tensor of the checkpoint in `dir`, as fp32 on the CPU (batch-norm
+/// `num_batches_tracked` counters as int64), and the other floating-point
+/// storage dtypes met.
 pub fn read_checkpoint(dir: &Path) -> Result<(BTreeMap<String, Tensor>, Vec<String>)> {
     let files = weight_files(dir)?;
     let mut tensors = BTreeMap::new();
@@ -278,23 +287,35 @@ pub fn read_checkpoint(dir: &Path) -> Result<(BTreeMap<String, Tensor>, Vec<Stri
                 Dtype::F16 => Kind::Half,
                 Dtype::BF16 => Kind::BFloat16,
                 Dtype::F64 => Kind::Double,
+                Dtype::I64 if is_batch_counter(&name) => Kind::Int64,
                 other => {
                     return Err(invalid(format!(
                         "tensor `{name}` has dtype {other:?}; only floating point weights are supported"
                     )))
                 }
             };
-            if kind != Kind::Float {
+            if kind != Kind::Float && kind != Kind::Int64 {
                 converted.insert(format!("{:?}", view.dtype()));
             }
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            let t = Tensor::f_from_data_size(view.data(), &shape, kind)?.to_kind(Kind::Float);
+            let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
+            let t = if kind == Kind::Int64 {
+                t
+            } else {
+                t.to_kind(Kind::Float)
+            };
             if tensors.insert(name.clone(), t).is_some() {
                 return Err(invalid(format!("tensor `{name}` appears in two shards")));
             }
         }
     }
     Ok((tensors, converted.into_iter().collect()))
+}
+
+/// Whether `name` is a batch norm's `num_batches_tracked`, the one integer
+/// tensor a checkpoint may hold.
+pub(crate) fn is_batch_counter(name: &str) -> bool {
+    name.ends_with(".num_batches_tracked")
 }
 
 /// The safetensors file(s) of the checkpoint in `dir`: `model.safetensors`,
@@ -380,7 +401,26 @@ pub fn default_preprocessor_for(config: &ModelConfig) -> serde_json::Value {
     match config {
         ModelConfig::Vit(c) => default_preprocessor(c.image_size),
         ModelConfig::Dinov2(c) => dinov2_preprocessor(c.image_size),
+        ModelConfig::ConvNext(_) | ModelConfig::ResNet(_) => convnext_preprocessor(),
     }
+}
+
+/// `ConvNextImageProcessor` as configured for `facebook/convnext-*-224` and
+/// `microsoft/resnet-*` on the Hub: shortest edge to 224 / `crop_pct` (256),
+/// bicubic, centre-crop 224, rescale by 1/255, ImageNet mean and std.
+pub fn convnext_preprocessor() -> serde_json::Value {
+    serde_json::json!({
+        "image_processor_type": "ConvNextImageProcessor",
+        "do_resize": true,
+        "size": {"shortest_edge": 224},
+        "crop_pct": 0.875,
+        "resample": 3,
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225]
+    })
 }
 
 /// `BitImageProcessor` as configured for every `facebook/dinov2-*`

@@ -1,10 +1,12 @@
-//! Vision Transformer models in tch `nn`, loaded from and saved to the
+//! Image classifiers (ViT, DINOv2, ConvNeXt, ResNet) in tch `nn`, loaded from and saved to the
 //! Hugging Face layout (`config.json`, `model.safetensors`,
 //! `preprocessor_config.json`) with no renaming.
 //!
 //! - [`config`]: `config.json`, dispatched on `model_type`.
 //! - [`vit`]: the ViT network, variable paths spelled like `transformers`.
 //! - [`dinov2`]: the DINOv2 network (LayerScale, SwiGLU option), same conventions.
+//! - [`convnext`], [`resnet`]: the convolutional networks, same conventions
+//!   (ResNet's batch norm in `batch_norm.rs`).
 //! - [`load`]: strict loading of safetensors checkpoints (HF, bare `ViTModel`, timm).
 //! - [`save`]: writes a directory `transformers` loads unchanged.
 //! - [`hub`]: resolves a model source (local directory or Hub id) to a directory.
@@ -13,7 +15,10 @@
 //! - [`preflight`]: what a job checks of its base model before it is queued.
 
 mod activation;
+mod batch_norm;
 pub mod config;
+pub mod convnext;
+mod convnext_config;
 pub mod dinov2;
 mod dinov2_config;
 pub mod error;
@@ -24,6 +29,8 @@ pub mod load;
 pub mod params;
 pub mod preflight;
 pub mod resize;
+pub mod resnet;
+mod resnet_config;
 pub mod save;
 pub mod timm;
 pub mod vit;
@@ -32,7 +39,9 @@ use std::path::PathBuf;
 
 use tch::{nn, Tensor};
 
-pub use config::{Activation, Dinov2Config, ModelConfig, ViTConfig};
+pub use config::{
+    Activation, ConvNextConfig, Dinov2Config, ModelConfig, ResNetConfig, ResNetLayerType, ViTConfig,
+};
 pub use error::ModelError;
 pub use hub::{resolve_model_source, HubOptions};
 pub use load::{load_pretrained, CheckpointFormat, LoadReport};
@@ -54,6 +63,17 @@ pub trait ImageClassifier: Send {
     }
     /// Encoder depth, for partial fine-tuning and layer-wise LR decay.
     fn num_layers(&self) -> usize;
+    /// For networks with batch norm (ResNet): from now on, `forward_t` with
+    /// `train = true` normalises with batch statistics and updates the
+    /// running ones only in encoder layers (stages) `>= layer`, and in the
+    /// stem only when `layer == 0`; the others run as in eval (running
+    /// statistics, no update), as frozen layers should. `0`, the initial
+    /// value, trains every batch norm; `num_layers()` or more none.
+    ///
+    /// Takes `&self` (the setting lives in a `Cell`) because the trainer
+    /// holds its model by shared reference. A no-op for networks without
+    /// batch norm, where `train` only switches dropout and stochastic depth.
+    fn set_first_trained_layer(&self, _layer: usize) {}
 }
 
 /// A loaded model: its variables, the network reading them, and the
@@ -92,6 +112,16 @@ impl Model {
                 c,
                 config.labels().len() as i64,
             )),
+            ModelConfig::ConvNext(c) => Box::new(convnext::ConvNextForImageClassification::new(
+                &vs.root(),
+                c,
+                config.labels().len() as i64,
+            )),
+            ModelConfig::ResNet(c) => Box::new(resnet::ResNetForImageClassification::new(
+                &vs.root(),
+                c,
+                config.labels().len() as i64,
+            )),
         };
         Ok(Self {
             vs,
@@ -124,11 +154,13 @@ impl Model {
     }
 
     /// Checks that `pixel_values` is a `[B, C, H, W]` float batch the network
-    /// can take (channels as configured, at least one patch per side), so a
-    /// bad request is an error rather than a libtorch panic.
+    /// can take (channels as configured, at least one patch per side, or
+    /// what a CNN's downsampling needs), so a bad request is an error rather
+    /// than a libtorch panic.
     pub fn check_input(&self, pixel_values: &Tensor) -> Result<(), ModelError> {
         let size = pixel_values.size();
         let (channels, patch) = (self.config.num_channels(), self.config.patch_size());
+        let min = self.config.min_input_size();
         let bad = |why: String| Err(ModelError::InvalidInput(why));
         if size.len() != 4 {
             return bad(format!(
@@ -142,6 +174,12 @@ impl Model {
             return bad(format!(
                 "the model takes {channels} channel(s), got {}",
                 size[1]
+            ));
+        }
+        if min != patch && (size[2] < min || size[3] < min) {
+            return bad(format!(
+                "images of {}x{} are smaller than the model's minimum input of {min}x{min}",
+                size[2], size[3]
             ));
         }
         if size[2] < patch || size[3] < patch {

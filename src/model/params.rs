@@ -12,9 +12,9 @@ use super::Model;
 /// The part of a model a variable belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ParamGroup {
-    /// Patch projection, CLS token, position embeddings.
+    /// Patch projection, CLS token, position embeddings (a CNN's stem).
     Embeddings,
-    /// Encoder block `i` (0-based).
+    /// Encoder block `i` (0-based); a CNN's stage `i`.
     Layer(usize),
     /// Final layernorm (and pooler, when present).
     FinalNorm,
@@ -29,16 +29,18 @@ impl ParamGroup {
     }
 
     /// The group of a variable of a classification model whose backbone
-    /// attribute is `prefix` (`vit`, `dinov2`), from its HF name.
+    /// attribute is `prefix` (`vit`, `dinov2`, `convnext`, `resnet`), from its HF name.
     pub fn of_hf_name(prefix: &str, name: &str) -> Option<Self> {
         if name.starts_with("classifier.") {
             return Some(Self::Head);
         }
         let rest = name.strip_prefix(prefix)?.strip_prefix('.')?;
-        if rest.starts_with("embeddings.") {
+        if rest.starts_with("embeddings.") || rest.starts_with("embedder.") {
             Some(Self::Embeddings)
         } else if let Some(layer) = rest.strip_prefix("encoder.layer.") {
             layer.split('.').next()?.parse().ok().map(Self::Layer)
+        } else if let Some(stage) = rest.strip_prefix("encoder.stages.") {
+            stage.split('.').next()?.parse().ok().map(Self::Layer)
         } else if rest.starts_with("layernorm.") || rest.starts_with("pooler.") {
             Some(Self::FinalNorm)
         } else {
@@ -94,12 +96,16 @@ impl Model {
         ParamGroup::of_hf_name(self.config.backbone_prefix(), name)
     }
 
-    /// Named variables with their group, sorted by name.
+    /// Named parameters with their group, sorted by name. Buffers (batch
+    /// norms' running statistics and counters: variables of the `VarStore`
+    /// that are not trainable) are left out: they never take a gradient.
     pub fn grouped_variables(&self) -> Vec<(String, ParamGroup, Tensor)> {
+        let buffers = self.buffer_names();
         let mut vars: Vec<_> = self
             .vs
             .variables()
             .into_iter()
+            .filter(|(name, _)| !buffers.contains(name))
             .map(|(name, t)| {
                 let group = self
                     .param_group(&name)
@@ -109,6 +115,24 @@ impl Model {
             .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         vars
+    }
+
+    /// Names of the variables that are state rather than parameters
+    /// (`running_mean`, `running_var`, `num_batches_tracked`): those the
+    /// `VarStore` does not list as trainable.
+    pub fn buffer_names(&self) -> std::collections::BTreeSet<String> {
+        let trainable: std::collections::HashSet<usize> = self
+            .vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.data_ptr() as usize)
+            .collect();
+        self.vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| !trainable.contains(&(t.data_ptr() as usize)))
+            .map(|(name, _)| name)
+            .collect()
     }
 
     /// Backbone variables (everything but the head), by name.
@@ -177,10 +201,37 @@ mod tests {
             ("vit.layernorm.weight", Some(FinalNorm)),
             ("vit.pooler.dense.weight", Some(FinalNorm)),
             ("classifier.bias", Some(Head)),
+            ("classifier.1.weight", Some(Head)),
             ("blocks.0.attn.qkv.weight", None),
         ];
         for (name, want) in cases {
             assert_eq!(ParamGroup::of_vit_name(name), want, "{name}");
+        }
+        let cnn = [
+            (
+                "convnext",
+                "convnext.embeddings.layernorm.bias",
+                Some(Embeddings),
+            ),
+            (
+                "convnext",
+                "convnext.encoder.stages.2.downsampling_layer.1.weight",
+                Some(Layer(2)),
+            ),
+            ("convnext", "convnext.layernorm.weight", Some(FinalNorm)),
+            (
+                "resnet",
+                "resnet.embedder.embedder.normalization.running_var",
+                Some(Embeddings),
+            ),
+            (
+                "resnet",
+                "resnet.encoder.stages.3.layers.0.shortcut.convolution.weight",
+                Some(Layer(3)),
+            ),
+        ];
+        for (prefix, name, want) in cnn {
+            assert_eq!(ParamGroup::of_hf_name(prefix, name), want, "{name}");
         }
         assert_eq!(Layer(3).optimizer_group(12), 4);
         assert_eq!(Head.optimizer_group(12), 14);

@@ -1,7 +1,8 @@
 //! What a fine-tuning job checks of its base model when it is submitted,
 //! so that a checkpoint vitrine cannot train is refused then, naming the
 //! problem, rather than failing the job later: the weights are safetensors
-//! (not only `pytorch_model.bin`) of floating-point tensors, the
+//! (not only `pytorch_model.bin`) of floating-point tensors (and int64
+//! batch-norm counters), the
 //! configuration is supported (HF `model_type`, or a timm checkpoint), the
 //! model takes RGB images, and a requested `image_size` fits its patches.
 //!
@@ -17,7 +18,7 @@ use super::{load, timm, ModelConfig};
 /// What a job needs to know of its base model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseModelInfo {
-    /// `vit`, `dinov2`, `dinov2_with_registers`, or `timm`.
+    /// `vit`, `dinov2`, `dinov2_with_registers`, `convnext`, `resnet`, or `timm`.
     pub model_type: String,
     pub patch_size: i64,
     pub num_channels: i64,
@@ -67,7 +68,7 @@ pub fn check_base_model(dir: &Path, image_size: Option<u32>) -> Result<BaseModel
                 std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
             )
         })?;
-        hf_info(raw, &config_path)?
+        hf_info(raw, &config_path, image_size)?
     };
     check_fit(&info, image_size)?;
     Ok(info)
@@ -86,13 +87,21 @@ pub fn check_config(config_path: &Path, image_size: Option<u32>) -> Result<Optio
     if timm::is_timm(&raw, &Default::default()) {
         return Ok(None);
     }
-    let info = hf_info(raw, config_path)?;
+    let info = hf_info(raw, config_path, image_size)?;
     check_fit(&info, image_size)?;
     Ok(Some(info))
 }
 
-fn hf_info(raw: serde_json::Value, config_path: &Path) -> Result<BaseModelInfo> {
+fn hf_info(
+    raw: serde_json::Value,
+    config_path: &Path,
+    image_size: Option<u32>,
+) -> Result<BaseModelInfo> {
     let config = ModelConfig::from_json(raw, config_path)?;
+    if let (ModelConfig::ConvNext(_), Some(size)) = (&config, image_size) {
+        // Its downsampling needs more than one patch per side.
+        super::resize::check_image_size(&config, i64::from(size))?;
+    }
     Ok(BaseModelInfo {
         model_type: config.model_type().into(),
         patch_size: config.patch_size(),
@@ -116,7 +125,8 @@ fn check_fit(info: &BaseModelInfo, image_size: Option<u32>) -> Result<()> {
 }
 
 /// Name and shape of every tensor of the checkpoint, from the safetensors
-/// headers; refuses dtypes other than floating point, as loading would.
+/// headers; refuses dtypes other than floating point, as loading would
+/// (int64 only for batch norms' `*.num_batches_tracked`).
 fn tensor_headers(dir: &Path) -> Result<Vec<(String, Vec<i64>)>> {
     let mut out = Vec::new();
     for file in load::weight_files(dir)? {
@@ -132,7 +142,8 @@ fn tensor_headers(dir: &Path) -> Result<Vec<(String, Vec<i64>)>> {
                 continue;
             }
             let dtype = info["dtype"].as_str().unwrap_or("?");
-            if !matches!(dtype, "F32" | "F16" | "BF16" | "F64") {
+            let counter = dtype == "I64" && load::is_batch_counter(&name);
+            if !matches!(dtype, "F32" | "F16" | "BF16" | "F64") && !counter {
                 return Err(invalid(format!(
                     "tensor `{name}` has dtype {dtype}; only floating point weights are supported"
                 )));

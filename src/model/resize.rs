@@ -5,6 +5,9 @@
 //! the new size starts out giving the outputs `transformers` gives for the
 //! original checkpoint with `interpolate_pos_encoding=True`, and a saved
 //! copy runs at the new size in `transformers` with no interpolation.
+//!
+//! The convolutional networks (ConvNeXt, ResNet) take any size that fits
+//! their downsampling: only `image_size` in the configuration changes.
 
 use tch::{Kind, Tensor};
 
@@ -13,7 +16,14 @@ use super::{Model, ModelConfig};
 
 /// Checks that `size` is a usable square input side for `config`.
 pub fn check_image_size(config: &ModelConfig, size: i64) -> Result<()> {
-    check_patch_grid(size, config.patch_size())
+    check_patch_grid(size, config.patch_size())?;
+    let min = config.min_input_size();
+    if size < min {
+        return Err(ModelError::InvalidInput(format!(
+            "`image_size` {size} is below the model's minimum input side {min}"
+        )));
+    }
+    Ok(())
 }
 
 /// `size` must be a positive multiple of the patch size; the error names
@@ -40,6 +50,17 @@ impl Model {
         check_image_size(&self.config, size)?;
         if size == self.config.image_size() {
             return Ok(());
+        }
+        match &mut self.config {
+            ModelConfig::ConvNext(c) => {
+                c.image_size = size;
+                return Ok(());
+            }
+            ModelConfig::ResNet(c) => {
+                c.image_size = Some(size);
+                return Ok(());
+            }
+            ModelConfig::Vit(_) | ModelConfig::Dinov2(_) => {}
         }
         let antialias = matches!(&self.config, ModelConfig::Dinov2(c) if c.with_registers);
         let name = format!(
@@ -79,6 +100,8 @@ impl Model {
         match &mut self.config {
             ModelConfig::Vit(c) => c.image_size = size,
             ModelConfig::Dinov2(c) => c.image_size = size,
+            // Set (and returned) above: nothing to resample.
+            ModelConfig::ConvNext(_) | ModelConfig::ResNet(_) => {}
         }
         tracing::info!(tensor = %name, from = old_grid, to = new_grid, "position embeddings resampled");
         Ok(())

@@ -1,7 +1,8 @@
 //! Writes a model as a directory `transformers` loads unchanged:
-//! `config.json` (`ViTForImageClassification` or `Dinov2ForImageClassification`,
-//! the new `id2label`/`label2id`),
-//! `model.safetensors` (contiguous fp32, HF names) and
+//! `config.json` (`ViTForImageClassification`, `Dinov2ForImageClassification`,
+//! ..., the new `id2label`/`label2id`),
+//! `model.safetensors` (contiguous fp32, HF names; batch norms'
+//! `num_batches_tracked` as int64, as torch stores them) and
 //! `preprocessor_config.json`.
 //!
 //! Files go to a temporary sibling directory first, which is then renamed
@@ -79,6 +80,8 @@ fn config_json(config: &ModelConfig) -> serde_json::Value {
         ModelConfig::Vit(_) => "ViTForImageClassification",
         ModelConfig::Dinov2(c) if c.with_registers => "Dinov2WithRegistersForImageClassification",
         ModelConfig::Dinov2(_) => "Dinov2ForImageClassification",
+        ModelConfig::ConvNext(_) => "ConvNextForImageClassification",
+        ModelConfig::ResNet(_) => "ResNetForImageClassification",
     };
     value["architectures"] = serde_json::json!([architecture]);
     // The weights are written in fp32 whatever the source stored.
@@ -89,25 +92,27 @@ fn config_json(config: &ModelConfig) -> serde_json::Value {
     value
 }
 
-/// All variables, contiguous little-endian fp32 on the CPU, in one safetensors buffer.
+/// All variables, contiguous little-endian fp32 (int64 counters as I64) on
+/// the CPU, in one safetensors buffer.
 fn safetensors_bytes(model: &Model) -> Result<Vec<u8>> {
-    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, t) in model.vs.variables() {
-        let t = t
-            .detach()
-            .to_device(Device::Cpu)
-            .to_kind(Kind::Float)
-            .contiguous();
+        let (kind, dtype, width) = if t.kind() == Kind::Int64 {
+            (Kind::Int64, Dtype::I64, 8)
+        } else {
+            (Kind::Float, Dtype::F32, 4)
+        };
+        let t = t.detach().to_device(Device::Cpu).to_kind(kind).contiguous();
         let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
         let numel = t.numel();
-        let mut buf = vec![0u8; numel * 4];
+        let mut buf = vec![0u8; numel * width];
         t.f_copy_data_u8(&mut buf, numel)?;
-        data.push((name, shape, buf));
+        data.push((name, dtype, shape, buf));
     }
     let views = data
         .iter()
-        .map(|(name, shape, buf)| {
-            TensorView::new(Dtype::F32, shape.clone(), buf)
+        .map(|(name, dtype, shape, buf)| {
+            TensorView::new(*dtype, shape.clone(), buf)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| ModelError::UnsupportedCheckpoint(format!("tensor `{name}`: {e}")))
         })

@@ -1,10 +1,11 @@
-//! The models on libtorch: ViT and DINOv2 against `transformers` (and the
+//! The models on libtorch: ViT, DINOv2, ConvNeXt and ResNet against `transformers` (and the
 //! real DINOv2-small against onnxruntime), what a submission checks of a
 //! base model up front, and libtorch itself.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod cnn_parity;
 mod dinov2_parity;
 mod dinov2_real;
 mod preflight;
