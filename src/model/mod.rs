@@ -65,15 +65,15 @@ pub trait ImageClassifier: Send {
     fn num_layers(&self) -> usize;
     /// For networks with batch norm (ResNet): from now on, `forward_t` with
     /// `train = true` normalises with batch statistics and updates the
-    /// running ones only in encoder layers (stages) `>= layer`, and in the
-    /// stem only when `layer == 0`; the others run as in eval (running
-    /// statistics, no update), as frozen layers should. `0`, the initial
-    /// value, trains every batch norm; `num_layers()` or more none.
+    /// running ones only in the parts `which` trains (the stem with
+    /// [`ParamGroup::Embeddings`], stage `s` with `Layer(s)`); the others run
+    /// as in eval (running statistics, no update), as frozen layers should.
+    /// Initially every part trains. [`Model::set_trainable`] calls it.
     ///
     /// Takes `&self` (the setting lives in a `Cell`) because the trainer
     /// holds its model by shared reference. A no-op for networks without
     /// batch norm, where `train` only switches dropout and stochastic depth.
-    fn set_first_trained_layer(&self, _layer: usize) {}
+    fn set_trainable_parts(&self, _which: Trainable) {}
 }
 
 /// A loaded model: its variables, the network reading them, and the

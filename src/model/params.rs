@@ -135,6 +135,20 @@ impl Model {
             .collect()
     }
 
+    /// The buffers ([`Self::buffer_names`]) with their tensors, by name:
+    /// training state that is not a parameter, so epoch checkpoints keep it.
+    pub fn buffers(&self) -> Vec<(String, Tensor)> {
+        let names = self.buffer_names();
+        let mut out: Vec<_> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| names.contains(n))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Backbone variables (everything but the head), by name.
     pub fn backbone_variables(&self) -> Vec<(String, Tensor)> {
         self.grouped_variables()
@@ -167,6 +181,7 @@ impl Model {
     /// optimisers (AdamW included) skip them, weight decay too.
     /// Returns the number of trainable scalars.
     pub fn set_trainable(&self, which: Trainable) -> i64 {
+        self.net.set_trainable_parts(which);
         let layers = self.net.num_layers();
         let mut count = 0;
         for (_, group, t) in self.grouped_variables() {

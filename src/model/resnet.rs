@@ -16,8 +16,8 @@
 //! the shape changes. Features: the global average of the last stage.
 //!
 //! Batch norm follows torch: batch statistics and running-statistics
-//! updates in training, running statistics in eval; stages before
-//! [`ImageClassifier::set_first_trained_layer`]'s layer always run as in eval.
+//! updates in training, running statistics in eval; frozen parts
+//! ([`ImageClassifier::set_trainable_parts`]) always run as in eval.
 //!
 //! Optimiser groups: embedder 0, stage `s` `s + 1`, classifier `S + 2`
 //! (`S` stages; `S + 1` is unused: ResNet has no final norm).
@@ -29,7 +29,7 @@ use tch::Tensor;
 
 use super::batch_norm::BatchNorm2d;
 use super::config::{Activation, ResNetConfig, ResNetLayerType};
-use super::ImageClassifier;
+use super::{ImageClassifier, ParamGroup, Trainable};
 
 /// `ResNetConvLayer`: convolution (no bias, "same" padding), batch norm,
 /// optional activation, under `convolution` / `normalization`. Also the
@@ -213,8 +213,8 @@ impl ResNetModel {
 pub struct ResNetForImageClassification {
     pub resnet: ResNetModel,
     pub classifier: nn::Linear,
-    /// See [`ImageClassifier::set_first_trained_layer`].
-    first_trained_layer: Cell<usize>,
+    /// See [`ImageClassifier::set_trainable_parts`].
+    trained_parts: Cell<Trainable>,
 }
 
 impl ResNetForImageClassification {
@@ -243,7 +243,7 @@ impl ResNetForImageClassification {
         Self {
             resnet,
             classifier,
-            first_trained_layer: Cell::new(0),
+            trained_parts: Cell::new(Trainable::All),
         }
     }
 }
@@ -258,13 +258,10 @@ impl ImageClassifier for ResNetForImageClassification {
         } else {
             pixel_values.to_kind(kind)
         };
-        let first = self.first_trained_layer.get();
+        let (which, stages) = (self.trained_parts.get(), self.num_layers());
         let bn_train = |stage: Option<usize>| {
-            train
-                && match stage {
-                    None => first == 0,
-                    Some(s) => s >= first,
-                }
+            let part = stage.map_or(ParamGroup::Embeddings, ParamGroup::Layer);
+            train && which.includes(part, stages)
         };
         let h = self.resnet.last_hidden_state(&pixel_values, bn_train);
         self.resnet.pooled(&h)
@@ -278,7 +275,7 @@ impl ImageClassifier for ResNetForImageClassification {
         self.resnet.stages.len()
     }
 
-    fn set_first_trained_layer(&self, layer: usize) {
-        self.first_trained_layer.set(layer);
+    fn set_trainable_parts(&self, which: Trainable) {
+        self.trained_parts.set(which);
     }
 }

@@ -50,8 +50,14 @@ impl Checkpoints {
             .find(|d| d.join("state.json").exists())
     }
 
-    /// Loads the newest checkpoint into the optimiser's parameters and state.
-    pub fn restore(&self, opt: &mut AdamW) -> anyhow::Result<Option<LoopState>> {
+    /// Loads the newest checkpoint into the optimiser's parameters and state
+    /// and into `buffers` (batch-norm statistics: not parameters, but they
+    /// change in training).
+    pub fn restore(
+        &self,
+        opt: &mut AdamW,
+        buffers: &[(String, tch::Tensor)],
+    ) -> anyhow::Result<Option<LoopState>> {
         let Some(dir) = self.latest() else {
             return Ok(None);
         };
@@ -69,6 +75,12 @@ impl Checkpoints {
                     .with_context(|| format!("checkpoint lacks {}", p.name))?;
                 p.tensor.shallow_clone().copy_(src);
             }
+            for (name, tensor) in buffers {
+                let src = weights
+                    .get(name)
+                    .with_context(|| format!("checkpoint lacks buffer {name}"))?;
+                tensor.shallow_clone().copy_(src);
+            }
             Ok(())
         })?;
         opt.load(&dir.join("optimizer.safetensors"))?;
@@ -76,21 +88,23 @@ impl Checkpoints {
     }
 
     /// Writes a checkpoint atomically (write aside, then rename).
-    /// Only the trained parameters are stored: frozen ones come back from
-    /// the base model.
-    pub fn save(&self, opt: &AdamW, state: &LoopState) -> anyhow::Result<()> {
+    /// Only the trained parameters and the buffers are stored: frozen
+    /// parameters come back from the base model.
+    pub fn save(
+        &self,
+        opt: &AdamW,
+        buffers: &[(String, tch::Tensor)],
+        state: &LoopState,
+    ) -> anyhow::Result<()> {
         let tmp = self.dir.with_extension("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
         let named: Vec<(&str, tch::Tensor)> = opt
             .params
             .iter()
-            .map(|p| {
-                (
-                    p.name.as_str(),
-                    p.tensor.detach().to_device(tch::Device::Cpu),
-                )
-            })
+            .map(|p| (p.name.as_str(), &p.tensor))
+            .chain(buffers.iter().map(|(n, t)| (n.as_str(), t)))
+            .map(|(name, t)| (name, t.detach().to_device(tch::Device::Cpu)))
             .collect();
         tch::Tensor::write_safetensors(&named, tmp.join("weights.safetensors"))
             .context("writing checkpoint weights")?;

@@ -29,7 +29,7 @@ use super::record::{ModelCard, TestMetrics};
 use super::{features, Events, StopFlag, TrainError, TrainEvent, TrainOutcome, TrainSpec};
 use crate::data::Task;
 use crate::imaging::{Pipeline, PreprocessorConfig};
-use crate::model::{Model, ParamGroup};
+use crate::model::{Model, ParamGroup, Trainable};
 use crate::torchx;
 
 /// Optimiser steps between two reads of the loss on the host (each read
@@ -107,7 +107,7 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
     }
     let mut opt = AdamW::new(params, cfg.weight_decay);
     let ckpt = Checkpoints::new(&spec.work_dir);
-    let mut state = match restore(&ckpt, &mut opt)? {
+    let mut state = match restore(&ckpt, &mut opt, &model.buffers())? {
         Some(s) => s,
         None => LoopState {
             epochs_done: 0,
@@ -147,25 +147,30 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
 }
 
 /// Reads the checkpoint if there is one; a damaged one is a retryable error.
-fn restore(ckpt: &Checkpoints, opt: &mut AdamW) -> Result<Option<LoopState>, TrainError> {
-    ckpt.restore(opt)
+fn restore(
+    ckpt: &Checkpoints,
+    opt: &mut AdamW,
+    buffers: &[(String, Tensor)],
+) -> Result<Option<LoopState>, TrainError> {
+    ckpt.restore(opt, buffers)
         .map_err(|e| TrainError::retry(format!("{e:#}")))
 }
 
 /// Which parameters train in this mode, with their learning-rate scale.
-/// Roles come from the model's own parameter groups (embeddings, block i,
-/// final norm, head).
+/// Roles come from the model's own parameter groups (embeddings, block or
+/// stage i, final norm, head). Batch norms of frozen parts stop updating
+/// their statistics ([`crate::model::ImageClassifier::set_trainable_parts`]).
 fn select_trainable(model: &Model, cfg: &JobConfig) -> Vec<(String, Tensor, f64)> {
     let depth = model.net.num_layers();
-    let first_trained = depth.saturating_sub(cfg.unfreeze_last_n());
+    let which = match cfg.mode {
+        Mode::LinearProbe => Trainable::HeadOnly,
+        Mode::Partial => Trainable::LastLayers(cfg.unfreeze_last_n()),
+        Mode::Full => Trainable::All,
+    };
+    model.net.set_trainable_parts(which);
     let mut out = Vec::new();
     for (name, group, tensor) in model.grouped_variables() {
-        let trains = match (cfg.mode, group) {
-            (Mode::LinearProbe, g) => g == ParamGroup::Head,
-            (Mode::Partial, ParamGroup::Layer(l)) => l >= first_trained,
-            (Mode::Partial, g) => g != ParamGroup::Embeddings,
-            (Mode::Full, _) => true,
-        };
+        let trains = which.includes(group, depth);
         let tensor = tensor.set_requires_grad(trains);
         if !trains {
             continue;
@@ -435,7 +440,7 @@ impl Trainer<'_> {
             state.history.push(metrics.clone());
             state.epochs_done += 1;
             state.loss_scaler = scaler.as_ref().map(LossScaler::state);
-            ckpt.save(opt, state)
+            ckpt.save(opt, &self.model.buffers(), state)
                 .map_err(|e| TrainError::retry(format!("writing checkpoint: {e:#}")))?;
             let _ = self.events.send(TrainEvent::Epoch(metrics));
             if let Some(p) = cfg.early_stopping_patience {

@@ -225,7 +225,9 @@ fn frozen_stages_keep_their_batch_norm_statistics() {
         let m = load_pretrained(&model_dir(name), Device::Cpu, None).unwrap();
         let x = &io["pixel_values"];
         let before = buffers(&m);
-        m.net.set_first_trained_layer(2);
+        // Stem, stages 0 and 1 frozen.
+        m.net
+            .set_trainable_parts(Trainable::LastLayers(m.net.num_layers() - 2));
         let logits = tch::no_grad(|| m.net.forward_t(x, true));
         assert_close(
             &format!("{name} frozen-stage logits"),
@@ -241,7 +243,7 @@ fn frozen_stages_keep_their_batch_norm_statistics() {
 
         // Every stage frozen: a training forward is an eval forward.
         let m = load_pretrained(&model_dir(name), Device::Cpu, None).unwrap();
-        m.net.set_first_trained_layer(m.net.num_layers());
+        m.net.set_trainable_parts(Trainable::HeadOnly);
         let before = buffers(&m);
         let logits = tch::no_grad(|| m.net.forward_t(x, true));
         assert_close(&format!("{name} all frozen"), &logits, &io["logits"]);
@@ -361,7 +363,6 @@ fn parameters_group_by_stage_and_buffers_never_train() {
 
     // partial: the last stage and the head train; buffers never take gradients.
     m.set_trainable(Trainable::LastLayers(1));
-    m.net.set_first_trained_layer(2);
     let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
     m.net.forward_t(&x, true).sum(Kind::Float).backward();
     for (name, group, t) in m.grouped_variables() {

@@ -16,7 +16,7 @@ OUT_DIR/NAME/io.safetensors with, in fp32:
   eval mode, and every buffer after both forwards as `after.<name>`
   (running_mean, running_var, num_batches_tracked);
 - ResNet only: `frozen_logits`, a train-mode forward with the stem and
-  stages 0-1 in eval mode (what `set_first_trained_layer(2)` asks of vitrine).
+  stages 0-1 in eval mode (what `set_trainable_parts(LastLayers(stages - 2))` asks of vitrine).
 
 Random init leaves batch-norm statistics at 0/1 and ConvNeXt's layer scale
 at 1e-6 (blocks near the identity): both are randomised, seeded, before
