@@ -12,6 +12,7 @@ pub use super::activation::Activation;
 pub use super::dinov2_config::Dinov2Config;
 use super::error::{ModelError, Result};
 use super::fields::{check_sizes, id2label_de, id2label_ser, square_size};
+pub use super::swin_config::SwinConfig;
 
 /// The configuration of one supported architecture.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +22,8 @@ pub enum ModelConfig {
     /// `model_type: "dinov2"` (`Dinov2Model`, `Dinov2ForImageClassification`)
     /// and `"dinov2_with_registers"` (`Dinov2WithRegisters*`, register tokens).
     Dinov2(Dinov2Config),
+    /// `model_type: "swin"` (`SwinModel`, `SwinForImageClassification`).
+    Swin(SwinConfig),
 }
 
 impl ModelConfig {
@@ -68,6 +71,18 @@ impl ModelConfig {
                 config.validate().map_err(invalid)?;
                 Ok(Self::Dinov2(config))
             }
+            "swin" => {
+                let mut config: SwinConfig =
+                    serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+                for derived in ["label2id", "num_labels", "_num_labels", "model_type"]
+                    .into_iter()
+                    .chain(super::swin_config::DERIVED)
+                {
+                    config.extra.remove(derived);
+                }
+                config.validate().map_err(invalid)?;
+                Ok(Self::Swin(config))
+            }
             _ => Err(ModelError::UnknownModelType(model_type)),
         }
     }
@@ -88,6 +103,7 @@ impl ModelConfig {
         match self {
             Self::Vit(_) => "vit",
             Self::Dinov2(c) => c.model_type(),
+            Self::Swin(_) => "swin",
         }
     }
 
@@ -97,6 +113,7 @@ impl ModelConfig {
         match self {
             Self::Vit(_) => "vit",
             Self::Dinov2(c) => c.backbone_prefix(),
+            Self::Swin(_) => "swin",
         }
     }
 
@@ -105,6 +122,7 @@ impl ModelConfig {
         match self {
             Self::Vit(c) => &c.id2label,
             Self::Dinov2(c) => &c.id2label,
+            Self::Swin(c) => &c.id2label,
         }
     }
 
@@ -115,6 +133,7 @@ impl ModelConfig {
         let problem_type = match self {
             Self::Vit(c) => c.problem_type.as_deref(),
             Self::Dinov2(c) => c.problem_type.as_deref(),
+            Self::Swin(c) => c.problem_type.as_deref(),
         };
         match problem_type {
             Some("multi_label_classification") => crate::task::Task::MultiLabel,
@@ -126,6 +145,7 @@ impl ModelConfig {
         match self {
             Self::Vit(c) => c.id2label = labels,
             Self::Dinov2(c) => c.id2label = labels,
+            Self::Swin(c) => c.id2label = labels,
         }
     }
 
@@ -133,6 +153,8 @@ impl ModelConfig {
         match self {
             Self::Vit(c) => c.num_hidden_layers as usize,
             Self::Dinov2(c) => c.num_hidden_layers as usize,
+            // A Swin "layer" is a stage (blocks at one resolution).
+            Self::Swin(c) => c.num_stages(),
         }
     }
 
@@ -140,6 +162,7 @@ impl ModelConfig {
         match self {
             Self::Vit(c) => c.image_size,
             Self::Dinov2(c) => c.image_size,
+            Self::Swin(c) => c.image_size,
         }
     }
 
@@ -147,6 +170,7 @@ impl ModelConfig {
         match self {
             Self::Vit(c) => c.patch_size,
             Self::Dinov2(c) => c.patch_size,
+            Self::Swin(c) => c.patch_size,
         }
     }
 
@@ -154,6 +178,7 @@ impl ModelConfig {
         match self {
             Self::Vit(c) => c.num_channels,
             Self::Dinov2(c) => c.num_channels,
+            Self::Swin(c) => c.num_channels,
         }
     }
 
@@ -162,6 +187,7 @@ impl ModelConfig {
         let mut value = match self {
             Self::Vit(c) => serde_json::to_value(c).expect("a ViTConfig serialises"),
             Self::Dinov2(c) => c.to_json(),
+            Self::Swin(c) => c.to_json(),
         };
         let labels = self.labels();
         let label2id: serde_json::Map<String, serde_json::Value> = labels
@@ -346,9 +372,9 @@ mod tests {
 
     #[test]
     fn refuses_unknown_model_type_by_name() {
-        let err = parse(serde_json::json!({"model_type": "swin"})).unwrap_err();
-        assert!(matches!(&err, ModelError::UnknownModelType(t) if t == "swin"));
-        assert!(err.to_string().contains("`swin`"), "{err}");
+        let err = parse(serde_json::json!({"model_type": "swinv2"})).unwrap_err();
+        assert!(matches!(&err, ModelError::UnknownModelType(t) if t == "swinv2"));
+        assert!(err.to_string().contains("`swinv2`"), "{err}");
     }
 
     #[test]

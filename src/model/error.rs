@@ -13,7 +13,9 @@ pub enum ModelError {
     },
     #[error("{path}: invalid config: {detail}")]
     InvalidConfig { path: PathBuf, detail: String },
-    #[error("unsupported model_type `{0}` (supported: vit, dinov2, dinov2_with_registers)")]
+    #[error(
+        "unsupported model_type `{0}` (supported: vit, dinov2, dinov2_with_registers, swin, convnext, resnet)"
+    )]
     UnknownModelType(String),
     #[error("{0}")]
     UnsupportedCheckpoint(String),

@@ -1,7 +1,7 @@
 //! Strict loading of a model directory in the Hugging Face layout
 //! (`config.json` + `model.safetensors`, or a sharded
-//! `model.safetensors.index.json`), of bare `ViTModel` / `Dinov2Model`
-//! checkpoints (keys without the `vit.` / `dinov2.` prefix) and of timm checkpoints (through [`super::timm`]).
+//! `model.safetensors.index.json`), of bare `ViTModel` / `Dinov2Model` /
+//! `SwinModel` checkpoints (keys without the `vit.` / `dinov2.` / `swin.` prefix) and of timm checkpoints (through [`super::timm`]).
 //!
 //! Strict means: every model variable is found in the checkpoint with the
 //! same shape, and every checkpoint tensor is used, except tensors the
@@ -380,7 +380,25 @@ pub fn default_preprocessor_for(config: &ModelConfig) -> serde_json::Value {
     match config {
         ModelConfig::Vit(c) => default_preprocessor(c.image_size),
         ModelConfig::Dinov2(c) => dinov2_preprocessor(c.image_size),
+        ModelConfig::Swin(c) => swin_preprocessor(c.image_size),
     }
+}
+
+/// What `microsoft/swin-*` checkpoints ship (a `ViTImageProcessor`):
+/// resize to the model's size (bicubic), rescale by 1/255, ImageNet mean
+/// and std.
+pub fn swin_preprocessor(image_size: i64) -> serde_json::Value {
+    serde_json::json!({
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": true,
+        "size": {"height": image_size, "width": image_size},
+        "resample": 3,
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225]
+    })
 }
 
 /// `BitImageProcessor` as configured for every `facebook/dinov2-*`

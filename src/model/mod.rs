@@ -5,6 +5,7 @@
 //! - [`config`]: `config.json`, dispatched on `model_type`.
 //! - [`vit`]: the ViT network, variable paths spelled like `transformers`.
 //! - [`dinov2`]: the DINOv2 network (LayerScale, SwiGLU option), same conventions.
+//! - [`swin`]: the Swin Transformer (shifted-window attention, stages), same conventions.
 //! - [`load`]: strict loading of safetensors checkpoints (HF, bare `ViTModel`, timm).
 //! - [`save`]: writes a directory `transformers` loads unchanged.
 //! - [`hub`]: resolves a model source (local directory or Hub id) to a directory.
@@ -25,6 +26,8 @@ pub mod params;
 pub mod preflight;
 pub mod resize;
 pub mod save;
+pub mod swin;
+mod swin_config;
 pub mod timm;
 pub mod vit;
 
@@ -32,7 +35,7 @@ use std::path::PathBuf;
 
 use tch::{nn, Tensor};
 
-pub use config::{Activation, Dinov2Config, ModelConfig, ViTConfig};
+pub use config::{Activation, Dinov2Config, ModelConfig, SwinConfig, ViTConfig};
 pub use error::ModelError;
 pub use hub::{resolve_model_source, HubOptions};
 pub use load::{load_pretrained, CheckpointFormat, LoadReport};
@@ -44,7 +47,8 @@ pub use save::{save_pretrained, ProblemType};
 /// `Tensor` is `Send` but not `Sync`: a model lives on one thread.
 pub trait ImageClassifier: Send {
     /// `[B, F]`: what the classifier sees (final-layernorm CLS token for ViT,
-    /// `F = hidden`; CLS and mean patch token concatenated for DINOv2, `F = 2 * hidden`).
+    /// `F = hidden`; CLS and mean patch token concatenated for DINOv2, `F = 2 * hidden`;
+    /// the mean final-layernorm token for Swin, `F` = the last stage's width).
     fn features(&self, pixel_values: &Tensor, train: bool) -> Tensor;
     /// `[B, num_labels]` from features.
     fn head(&self, features: &Tensor) -> Tensor;
@@ -52,7 +56,8 @@ pub trait ImageClassifier: Send {
     fn forward_t(&self, pixel_values: &Tensor, train: bool) -> Tensor {
         self.head(&self.features(pixel_values, train))
     }
-    /// Encoder depth, for partial fine-tuning and layer-wise LR decay.
+    /// Encoder depth, for partial fine-tuning and layer-wise LR decay
+    /// (blocks for ViT and DINOv2, stages for Swin).
     fn num_layers(&self) -> usize;
 }
 
@@ -88,6 +93,11 @@ impl Model {
         let net: Box<dyn ImageClassifier> = match &config {
             ModelConfig::Vit(c) => Box::new(load::build_vit(&vs, c, config.labels().len())),
             ModelConfig::Dinov2(c) => Box::new(dinov2::Dinov2ForImageClassification::new(
+                &vs.root(),
+                c,
+                config.labels().len() as i64,
+            )),
+            ModelConfig::Swin(c) => Box::new(swin::SwinForImageClassification::new(
                 &vs.root(),
                 c,
                 config.labels().len() as i64,
@@ -155,6 +165,10 @@ impl Model {
                 "pixel_values must be floating point, got {:?}",
                 pixel_values.kind()
             ));
+        }
+        if let ModelConfig::Swin(c) = &self.config {
+            c.check_input_size(size[2], size[3])
+                .map_err(ModelError::InvalidInput)?;
         }
         Ok(())
     }

@@ -14,7 +14,8 @@ use super::Model;
 pub enum ParamGroup {
     /// Patch projection, CLS token, position embeddings.
     Embeddings,
-    /// Encoder block `i` (0-based).
+    /// Encoder block `i` (0-based); for Swin, stage `i` (its blocks and
+    /// the patch merging after them).
     Layer(usize),
     /// Final layernorm (and pooler, when present).
     FinalNorm,
@@ -91,7 +92,11 @@ impl Trainable {
 impl Model {
     /// The part of the network the variable `name` belongs to.
     pub fn param_group(&self, name: &str) -> Option<ParamGroup> {
-        ParamGroup::of_hf_name(self.config.backbone_prefix(), name)
+        match &self.config {
+            // Swin's encoder is `encoder.layers.{stage}`: a group per stage.
+            super::ModelConfig::Swin(_) => super::swin::param_group(name),
+            _ => ParamGroup::of_hf_name(self.config.backbone_prefix(), name),
+        }
     }
 
     /// Named variables with their group, sorted by name.

@@ -17,7 +17,7 @@ use super::{load, timm, ModelConfig};
 /// What a job needs to know of its base model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseModelInfo {
-    /// `vit`, `dinov2`, `dinov2_with_registers`, or `timm`.
+    /// `vit`, `dinov2`, `dinov2_with_registers`, `swin`, or `timm`.
     pub model_type: String,
     pub patch_size: i64,
     pub num_channels: i64,
@@ -67,7 +67,7 @@ pub fn check_base_model(dir: &Path, image_size: Option<u32>) -> Result<BaseModel
                 std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
             )
         })?;
-        hf_info(raw, &config_path)?
+        hf_info(raw, &config_path, image_size)?
     };
     check_fit(&info, image_size)?;
     Ok(info)
@@ -86,13 +86,23 @@ pub fn check_config(config_path: &Path, image_size: Option<u32>) -> Result<Optio
     if timm::is_timm(&raw, &Default::default()) {
         return Ok(None);
     }
-    let info = hf_info(raw, config_path)?;
+    let info = hf_info(raw, config_path, image_size)?;
     check_fit(&info, image_size)?;
     Ok(Some(info))
 }
 
-fn hf_info(raw: serde_json::Value, config_path: &Path) -> Result<BaseModelInfo> {
+fn hf_info(
+    raw: serde_json::Value,
+    config_path: &Path,
+    image_size: Option<u32>,
+) -> Result<BaseModelInfo> {
     let config = ModelConfig::from_json(raw, config_path)?;
+    if let (ModelConfig::Swin(c), Some(size)) = (&config, image_size) {
+        // Every stage must hold a whole attention window at that size.
+        let size = i64::from(size);
+        c.check_input_size(size, size)
+            .map_err(ModelError::InvalidInput)?;
+    }
     Ok(BaseModelInfo {
         model_type: config.model_type().into(),
         patch_size: config.patch_size(),

@@ -5,6 +5,8 @@
 //! the new size starts out giving the outputs `transformers` gives for the
 //! original checkpoint with `interpolate_pos_encoding=True`, and a saved
 //! copy runs at the new size in `transformers` with no interpolation.
+//! Swin takes any size without absolute position embeddings: only its
+//! `image_size` changes (see [`super::swin::set_image_size`]).
 
 use tch::{Kind, Tensor};
 
@@ -13,7 +15,12 @@ use super::{Model, ModelConfig};
 
 /// Checks that `size` is a usable square input side for `config`.
 pub fn check_image_size(config: &ModelConfig, size: i64) -> Result<()> {
-    check_patch_grid(size, config.patch_size())
+    check_patch_grid(size, config.patch_size())?;
+    if let ModelConfig::Swin(c) = config {
+        c.check_input_size(size, size)
+            .map_err(ModelError::InvalidInput)?;
+    }
+    Ok(())
 }
 
 /// `size` must be a positive multiple of the patch size; the error names
@@ -40,6 +47,9 @@ impl Model {
         check_image_size(&self.config, size)?;
         if size == self.config.image_size() {
             return Ok(());
+        }
+        if matches!(self.config, ModelConfig::Swin(_)) {
+            return super::swin::set_image_size(self, size);
         }
         let antialias = matches!(&self.config, ModelConfig::Dinov2(c) if c.with_registers);
         let name = format!(
@@ -79,6 +89,7 @@ impl Model {
         match &mut self.config {
             ModelConfig::Vit(c) => c.image_size = size,
             ModelConfig::Dinov2(c) => c.image_size = size,
+            ModelConfig::Swin(c) => c.image_size = size,
         }
         tracing::info!(tensor = %name, from = old_grid, to = new_grid, "position embeddings resampled");
         Ok(())

@@ -1,5 +1,6 @@
 //! Writes a model as a directory `transformers` loads unchanged:
-//! `config.json` (`ViTForImageClassification` or `Dinov2ForImageClassification`,
+//! `config.json` (`ViTForImageClassification`, `Dinov2ForImageClassification`
+//! or `SwinForImageClassification`,
 //! the new `id2label`/`label2id`),
 //! `model.safetensors` (contiguous fp32, HF names) and
 //! `preprocessor_config.json`.
@@ -79,6 +80,7 @@ fn config_json(config: &ModelConfig) -> serde_json::Value {
         ModelConfig::Vit(_) => "ViTForImageClassification",
         ModelConfig::Dinov2(c) if c.with_registers => "Dinov2WithRegistersForImageClassification",
         ModelConfig::Dinov2(_) => "Dinov2ForImageClassification",
+        ModelConfig::Swin(_) => "SwinForImageClassification",
     };
     value["architectures"] = serde_json::json!([architecture]);
     // The weights are written in fp32 whatever the source stored.
