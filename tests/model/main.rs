@@ -1,4 +1,4 @@
-//! The models on libtorch: ViT and DINOv2 against `transformers` (and the
+//! The models on libtorch: ViT, DINOv2 and Swin against `transformers` (and the
 //! real DINOv2-small against onnxruntime), what a submission checks of a
 //! base model up front, and libtorch itself.
 
@@ -8,5 +8,6 @@ mod common;
 mod dinov2_parity;
 mod dinov2_real;
 mod preflight;
+mod swin_parity;
 mod tch_smoke;
 mod vit_parity;
