@@ -627,7 +627,7 @@ mod tests {
         let windows = window_partition(&x, 2);
         assert_eq!(windows.size(), [2 * 2 * 3, 4, 3]);
         // The second window of the first image: rows 0-1, columns 2-3.
-        let want = x.narrow(1, 0, 2).narrow(2, 2, 2).reshape([4, 3]);
+        let want = x.get(0).narrow(0, 0, 2).narrow(1, 2, 2).reshape([4, 3]);
         assert!(windows.get(1).equal(&want));
         assert!(window_reverse(&windows, 2, 4, 6).equal(&x));
     }
