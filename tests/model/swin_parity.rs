@@ -361,3 +361,30 @@ fn a_new_image_size_resamples_absolute_positions_as_transformers_interpolates() 
         &tch::no_grad(|| fresh.net.forward_t(&x, false)),
     );
 }
+
+#[test]
+fn preflight_accepts_swin_and_names_what_it_refuses() {
+    use vitrine::model::preflight::{check_base_model, check_config};
+    let info = check_base_model(&model_dir("pad_s36_w4"), Some(64)).unwrap();
+    assert_eq!((info.model_type.as_str(), info.patch_size), ("swin", 4));
+    // 16 px leaves stage 1 a 2x2 map under a 4x4 window.
+    let err = check_base_model(&model_dir("pad_s36_w4"), Some(16))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("window"), "{err}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config.json");
+    std::fs::write(&config, r#"{"model_type": "swinv2", "depths": [2, 2]}"#).unwrap();
+    let err = check_config(&config, None).unwrap_err().to_string();
+    for name in ["`swinv2`", "vit", "dinov2", "swin,", "convnext", "resnet"] {
+        assert!(err.contains(name), "{name}: {err}");
+    }
+    std::fs::write(
+        &config,
+        r#"{"model_type": "swin", "num_heads": [3, 6, 12]}"#,
+    )
+    .unwrap();
+    let err = check_config(&config, None).unwrap_err().to_string();
+    assert!(err.contains("`num_heads` has 3 entries"), "{err}");
+}
