@@ -1,7 +1,8 @@
 //! Strict loading of a model directory in the Hugging Face layout
 //! (`config.json` + `model.safetensors`, or a sharded
 //! `model.safetensors.index.json`), of bare `ViTModel` / `Dinov2Model` /
-//! `SwinModel` checkpoints (keys without the `vit.` / `dinov2.` / `swin.` prefix) and of timm checkpoints (through [`super::timm`]).
+//! `SwinModel` checkpoints (keys without the `vit.` / `dinov2.` / `swin.`
+//! prefix) and of timm checkpoints (through [`super::timm`]).
 //!
 //! Strict means: every model variable is found in the checkpoint with the
 //! same shape, and every checkpoint tensor is used, except tensors the
@@ -11,7 +12,9 @@
 //! `decoder.*` of a `ViTForMaskedImageModeling` checkpoint (parts of
 //! `ViTModel` / `ViTForMaskedImageModeling`, the latter the pixel
 //! reconstruction head of SimMIM-style pre-training, that classification
-//! never uses).
+//! never uses), and the integer `relative_position_index` buffers that
+//! Swin checkpoints saved by `transformers` 4 hold (recomputed from
+//! `window_size`, as `transformers` 5 does).
 //!
 //! `pytorch_model.bin` (pickle) is refused: unpickling runs arbitrary code
 //! and tch would need TorchScript archives anyway; convert it to
@@ -26,7 +29,7 @@ use tch::{nn, Device, Kind, Tensor};
 use super::config::{ModelConfig, ViTConfig};
 use super::error::{ModelError, Result};
 use super::vit::ViTForImageClassification;
-use super::{timm, Model};
+use super::{swin, timm, Model};
 
 /// Which layout the checkpoint had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +155,7 @@ pub fn load_pretrained_reporting(
             || name.starts_with(&format!("{prefix}.pooler."))
             || name == mask_token
             || (mim_decoder && name.starts_with("decoder."))
+            || swin::is_saved_index_buffer(name)
     };
     // A DINOv2 mask token (pre-training only) absent from the checkpoint
     // keeps its zero initialisation, as in `transformers`.
@@ -273,6 +277,13 @@ pub fn read_checkpoint(dir: &Path) -> Result<(BTreeMap<String, Tensor>, Vec<Stri
         };
         let st = SafeTensors::deserialize(&bytes).map_err(|e| invalid(e.to_string()))?;
         for (name, view) in st.tensors() {
+            if view.dtype() == Dtype::I64 && swin::is_saved_index_buffer(&name) {
+                // Kept as is, to be skipped by name (see `skippable`).
+                let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+                let t = Tensor::f_from_data_size(view.data(), &shape, Kind::Int64)?;
+                tensors.insert(name, t);
+                continue;
+            }
             let kind = match view.dtype() {
                 Dtype::F32 => Kind::Float,
                 Dtype::F16 => Kind::Half,

@@ -142,7 +142,8 @@ fn tensor_headers(dir: &Path) -> Result<Vec<(String, Vec<i64>)>> {
                 continue;
             }
             let dtype = info["dtype"].as_str().unwrap_or("?");
-            if !matches!(dtype, "F32" | "F16" | "BF16" | "F64") {
+            let index_buffer = dtype == "I64" && super::swin::is_saved_index_buffer(&name);
+            if !matches!(dtype, "F32" | "F16" | "BF16" | "F64") && !index_buffer {
                 return Err(invalid(format!(
                     "tensor `{name}` has dtype {dtype}; only floating point weights are supported"
                 )));

@@ -599,6 +599,13 @@ pub(super) fn set_image_size(model: &mut Model, size: i64) -> Result<()> {
     Ok(())
 }
 
+/// Whether `name` is a `relative_position_index` buffer, which
+/// `transformers` 4 saved with the weights of Swin checkpoints (integers,
+/// determined by `window_size`). Like `transformers` 5, loading skips them.
+pub fn is_saved_index_buffer(name: &str) -> bool {
+    name.ends_with(".attention.self.relative_position_index")
+}
+
 /// The part of a Swin classifier the variable `name` belongs to: stage `s`
 /// (its blocks and its patch merging) is [`ParamGroup::Layer`]`(s)`.
 pub fn param_group(name: &str) -> Option<ParamGroup> {

@@ -388,3 +388,31 @@ fn preflight_accepts_swin_and_names_what_it_refuses() {
     let err = check_config(&config, None).unwrap_err().to_string();
     assert!(err.contains("`num_heads` has 3 entries"), "{err}");
 }
+
+#[test]
+fn index_buffers_of_older_checkpoints_are_skipped_by_name() {
+    // `transformers` 4 saved each block's `relative_position_index` (int64).
+    let tmp = tempfile::tempdir().unwrap();
+    let src = model_dir("pad_s36_w4");
+    std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
+    let mut tensors = Tensor::read_safetensors(src.join("model.safetensors")).unwrap();
+    let index = |s: usize, b: usize| {
+        format!("swin.encoder.layers.{s}.blocks.{b}.attention.self.relative_position_index")
+    };
+    for (s, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        let t = Tensor::arange(256, (Kind::Int64, Device::Cpu)).view([16, 16]);
+        tensors.push((index(s, b), t));
+    }
+    Tensor::write_safetensors(&tensors, tmp.path().join("model.safetensors")).unwrap();
+    vitrine::model::preflight::check_base_model(tmp.path(), None).unwrap();
+    let (m, report) = load_pretrained_reporting(tmp.path(), Device::Cpu, None).unwrap();
+    assert_eq!(report.skipped.len(), 4, "{report:?}");
+    assert!(report.skipped.contains(&index(1, 1)), "{report:?}");
+    assert!(report.converted_from.is_empty());
+    let io = io("pad_s36_w4");
+    assert_close(
+        "with index buffers",
+        &tch::no_grad(|| m.net.forward_t(&io["pixel_values"], false)),
+        &io["logits"],
+    );
+}
