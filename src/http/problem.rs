@@ -86,7 +86,7 @@ mod tests {
     #[test]
     fn model_client_errors_are_422_and_faults_500() {
         use crate::model::ModelError;
-        let e: AppError = ModelError::UnknownModelType("swin".into()).into();
+        let e: AppError = ModelError::UnknownModelType("swinv2".into()).into();
         assert_eq!(status(&e), StatusCode::UNPROCESSABLE_ENTITY);
         let io = ModelError::io("/x", std::io::Error::other("disk on fire"));
         let e: AppError = io.into();

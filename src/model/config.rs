@@ -14,6 +14,7 @@ pub use super::dinov2_config::Dinov2Config;
 use super::error::{ModelError, Result};
 use super::fields::{check_sizes, id2label_de, id2label_ser, square_size};
 pub use super::resnet_config::{ResNetConfig, ResNetLayerType};
+pub use super::swin_config::SwinConfig;
 
 /// The configuration of one supported architecture.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +28,8 @@ pub enum ModelConfig {
     ConvNext(ConvNextConfig),
     /// `model_type: "resnet"` (`ResNetModel`, `ResNetForImageClassification`).
     ResNet(ResNetConfig),
+    /// `model_type: "swin"` (`SwinModel`, `SwinForImageClassification`).
+    Swin(SwinConfig),
 }
 
 impl ModelConfig {
@@ -80,6 +83,18 @@ impl ModelConfig {
             "resnet" => ResNetConfig::parse(value)
                 .map(Self::ResNet)
                 .map_err(invalid),
+            "swin" => {
+                let mut config: SwinConfig =
+                    serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+                for derived in ["label2id", "num_labels", "_num_labels", "model_type"]
+                    .into_iter()
+                    .chain(super::swin_config::DERIVED)
+                {
+                    config.extra.remove(derived);
+                }
+                config.validate().map_err(invalid)?;
+                Ok(Self::Swin(config))
+            }
             _ => Err(ModelError::UnknownModelType(model_type)),
         }
     }
@@ -102,6 +117,7 @@ impl ModelConfig {
             Self::Dinov2(c) => c.model_type(),
             Self::ConvNext(_) => "convnext",
             Self::ResNet(_) => "resnet",
+            Self::Swin(_) => "swin",
         }
     }
 
@@ -113,6 +129,7 @@ impl ModelConfig {
             Self::Dinov2(c) => c.backbone_prefix(),
             Self::ConvNext(_) => "convnext",
             Self::ResNet(_) => "resnet",
+            Self::Swin(_) => "swin",
         }
     }
 
@@ -123,6 +140,7 @@ impl ModelConfig {
             Self::Dinov2(c) => &c.id2label,
             Self::ConvNext(c) => &c.id2label,
             Self::ResNet(c) => &c.id2label,
+            Self::Swin(c) => &c.id2label,
         }
     }
 
@@ -135,6 +153,7 @@ impl ModelConfig {
             Self::Dinov2(c) => c.problem_type.as_deref(),
             Self::ConvNext(c) => c.problem_type.as_deref(),
             Self::ResNet(c) => c.problem_type.as_deref(),
+            Self::Swin(c) => c.problem_type.as_deref(),
         };
         match problem_type {
             Some("multi_label_classification") => crate::task::Task::MultiLabel,
@@ -148,6 +167,7 @@ impl ModelConfig {
             Self::Dinov2(c) => c.id2label = labels,
             Self::ConvNext(c) => c.id2label = labels,
             Self::ResNet(c) => c.id2label = labels,
+            Self::Swin(c) => c.id2label = labels,
         }
     }
 
@@ -159,6 +179,8 @@ impl ModelConfig {
             Self::Dinov2(c) => c.num_hidden_layers as usize,
             Self::ConvNext(c) => c.num_stages as usize,
             Self::ResNet(c) => c.depths.len(),
+            // A Swin "layer" is a stage (blocks at one resolution).
+            Self::Swin(c) => c.num_stages(),
         }
     }
 
@@ -168,6 +190,7 @@ impl ModelConfig {
             Self::Dinov2(c) => c.image_size,
             Self::ConvNext(c) => c.image_size,
             Self::ResNet(c) => c.image_size(),
+            Self::Swin(c) => c.image_size,
         }
     }
 
@@ -180,6 +203,7 @@ impl ModelConfig {
             Self::Dinov2(c) => c.patch_size,
             Self::ConvNext(c) => c.patch_size,
             Self::ResNet(_) => 1,
+            Self::Swin(c) => c.patch_size,
         }
     }
 
@@ -189,6 +213,7 @@ impl ModelConfig {
             Self::Dinov2(c) => c.num_channels,
             Self::ConvNext(c) => c.num_channels,
             Self::ResNet(c) => c.num_channels,
+            Self::Swin(c) => c.num_channels,
         }
     }
 
@@ -217,6 +242,7 @@ impl ModelConfig {
             Self::Dinov2(c) => c.to_json(),
             Self::ConvNext(c) => serde_json::to_value(c).expect("a ConvNextConfig serialises"),
             Self::ResNet(c) => serde_json::to_value(c).expect("a ResNetConfig serialises"),
+            Self::Swin(c) => c.to_json(),
         };
         let labels = self.labels();
         let label2id: serde_json::Map<String, serde_json::Value> = labels
@@ -401,9 +427,9 @@ mod tests {
 
     #[test]
     fn refuses_unknown_model_type_by_name() {
-        let err = parse(serde_json::json!({"model_type": "swin"})).unwrap_err();
-        assert!(matches!(&err, ModelError::UnknownModelType(t) if t == "swin"));
-        assert!(err.to_string().contains("`swin`"), "{err}");
+        let err = parse(serde_json::json!({"model_type": "swinv2"})).unwrap_err();
+        assert!(matches!(&err, ModelError::UnknownModelType(t) if t == "swinv2"));
+        assert!(err.to_string().contains("`swinv2`"), "{err}");
     }
 
     #[test]

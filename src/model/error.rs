@@ -13,7 +13,9 @@ pub enum ModelError {
     },
     #[error("{path}: invalid config: {detail}")]
     InvalidConfig { path: PathBuf, detail: String },
-    #[error("unsupported model_type `{0}` (supported: vit, dinov2, dinov2_with_registers, convnext, resnet)")]
+    #[error(
+        "unsupported model_type `{0}` (supported: vit, dinov2, dinov2_with_registers, swin, convnext, resnet)"
+    )]
     UnknownModelType(String),
     #[error("{0}")]
     UnsupportedCheckpoint(String),
@@ -96,7 +98,7 @@ mod tests {
 
     #[test]
     fn client_errors_map_to_422_with_codes() {
-        let e: crate::AppError = ModelError::UnknownModelType("swin".into()).into();
+        let e: crate::AppError = ModelError::UnknownModelType("swinv2".into()).into();
         assert!(matches!(
             e,
             crate::AppError::Client {
@@ -104,7 +106,7 @@ mod tests {
                 ..
             }
         ));
-        assert!(e.to_string().contains("`swin`"));
+        assert!(e.to_string().contains("`swinv2`"));
         let io = ModelError::io("/x", std::io::Error::other("disk on fire"));
         assert!(!io.is_client_error());
         let e: crate::AppError = io.into();

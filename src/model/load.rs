@@ -1,11 +1,14 @@
 //! Strict loading of a model directory in the Hugging Face layout
 //! (`config.json` + `model.safetensors`, or a sharded
 //! `model.safetensors.index.json`), of bare `ViTModel` / `Dinov2Model` /
-//! `ConvNextModel` / `ResNetModel` checkpoints (keys without the `vit.` /
-//! `dinov2.` / ... prefix) and of timm checkpoints (through [`super::timm`]).
+//! `ConvNextModel` / `ResNetModel` / `SwinModel` checkpoints (keys without
+//! the `vit.` / `dinov2.` / ... prefix) and of timm checkpoints (through
+//! [`super::timm`]).
 //!
 //! Batch-norm networks (ResNet) carry int64 `*.num_batches_tracked`
-//! counters: those, and no other integer tensor, are read as int64.
+//! counters: those, and no other integer tensor, are read as int64 (Swin
+//! checkpoints of older `transformers` also carry int64 index buffers, which
+//! are skipped by name).
 //!
 //! Strict means: every model variable is found in the checkpoint with the
 //! same shape, and every checkpoint tensor is used, except tensors the
@@ -15,7 +18,9 @@
 //! `decoder.*` of a `ViTForMaskedImageModeling` checkpoint (parts of
 //! `ViTModel` / `ViTForMaskedImageModeling`, the latter the pixel
 //! reconstruction head of SimMIM-style pre-training, that classification
-//! never uses).
+//! never uses), and the integer `relative_position_index` buffers that
+//! Swin checkpoints saved by `transformers` 4 hold (recomputed from
+//! `window_size`, as `transformers` 5 does).
 //!
 //! `pytorch_model.bin` (pickle) is refused: unpickling runs arbitrary code
 //! and tch would need TorchScript archives anyway; convert it to
@@ -30,7 +35,7 @@ use tch::{nn, Device, Kind, Tensor};
 use super::config::{ModelConfig, ViTConfig};
 use super::error::{ModelError, Result};
 use super::vit::ViTForImageClassification;
-use super::{timm, Model};
+use super::{swin, timm, Model};
 
 /// Which layout the checkpoint had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +165,7 @@ pub fn load_pretrained_reporting(
             || name.starts_with(&format!("{prefix}.pooler."))
             || name == mask_token
             || (mim_decoder && name.starts_with("decoder."))
+            || swin::is_saved_index_buffer(name)
     };
     // A DINOv2 mask token (pre-training only) absent from the checkpoint
     // keeps its zero initialisation, as in `transformers`.
@@ -282,6 +288,13 @@ pub fn read_checkpoint(dir: &Path) -> Result<(BTreeMap<String, Tensor>, Vec<Stri
         };
         let st = SafeTensors::deserialize(&bytes).map_err(|e| invalid(e.to_string()))?;
         for (name, view) in st.tensors() {
+            if view.dtype() == Dtype::I64 && swin::is_saved_index_buffer(&name) {
+                // Kept as is, to be skipped by name (see `skippable`).
+                let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+                let t = Tensor::f_from_data_size(view.data(), &shape, Kind::Int64)?;
+                tensors.insert(name, t);
+                continue;
+            }
             let kind = match view.dtype() {
                 Dtype::F32 => Kind::Float,
                 Dtype::F16 => Kind::Half,
@@ -401,26 +414,49 @@ pub fn default_preprocessor_for(config: &ModelConfig) -> serde_json::Value {
     match config {
         ModelConfig::Vit(c) => default_preprocessor(c.image_size),
         ModelConfig::Dinov2(c) => dinov2_preprocessor(c.image_size),
-        ModelConfig::ConvNext(_) | ModelConfig::ResNet(_) => convnext_preprocessor(),
+        ModelConfig::ConvNext(c) => imagenet_preprocessor(
+            "ConvNextImageProcessor",
+            serde_json::json!({"shortest_edge": c.image_size}),
+            Some(0.875),
+        ),
+        ModelConfig::ResNet(c) => imagenet_preprocessor(
+            "ConvNextImageProcessor",
+            serde_json::json!({"shortest_edge": c.image_size()}),
+            Some(0.875),
+        ),
+        ModelConfig::Swin(c) => imagenet_preprocessor(
+            "ViTImageProcessor",
+            serde_json::json!({"height": c.image_size, "width": c.image_size}),
+            None,
+        ),
     }
 }
 
-/// `ConvNextImageProcessor` as configured for `facebook/convnext-*-224` and
-/// `microsoft/resnet-*` on the Hub: shortest edge to 224 / `crop_pct` (256),
-/// bicubic, centre-crop 224, rescale by 1/255, ImageNet mean and std.
-pub fn convnext_preprocessor() -> serde_json::Value {
-    serde_json::json!({
-        "image_processor_type": "ConvNextImageProcessor",
+/// The processors of `microsoft/swin-*` (`ViTImageProcessor`: resize to
+/// the model's size), `facebook/convnext-*-224` and `microsoft/resnet-*`
+/// (`ConvNextImageProcessor`: shortest edge to size / `crop_pct`, centre
+/// crop) on the Hub, at the model's size: bicubic, rescale by 1/255,
+/// ImageNet mean and std.
+fn imagenet_preprocessor(
+    class: &str,
+    size: serde_json::Value,
+    crop_pct: Option<f64>,
+) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "image_processor_type": class,
         "do_resize": true,
-        "size": {"shortest_edge": 224},
-        "crop_pct": 0.875,
+        "size": size,
         "resample": 3,
         "do_rescale": true,
         "rescale_factor": 1.0 / 255.0,
         "do_normalize": true,
         "image_mean": [0.485, 0.456, 0.406],
         "image_std": [0.229, 0.224, 0.225]
-    })
+    });
+    if let Some(pct) = crop_pct {
+        v["crop_pct"] = pct.into();
+    }
+    v
 }
 
 /// `BitImageProcessor` as configured for every `facebook/dinov2-*`

@@ -7,6 +7,7 @@
 //! - [`dinov2`]: the DINOv2 network (LayerScale, SwiGLU option), same conventions.
 //! - [`convnext`], [`resnet`]: the convolutional networks, same conventions
 //!   (ResNet's batch norm in `batch_norm.rs`).
+//! - [`swin`]: the Swin Transformer (shifted-window attention, stages), same conventions.
 //! - [`load`]: strict loading of safetensors checkpoints (HF, bare `ViTModel`, timm).
 //! - [`save`]: writes a directory `transformers` loads unchanged.
 //! - [`hub`]: resolves a model source (local directory or Hub id) to a directory.
@@ -32,6 +33,8 @@ pub mod resize;
 pub mod resnet;
 mod resnet_config;
 pub mod save;
+pub mod swin;
+mod swin_config;
 pub mod timm;
 pub mod vit;
 
@@ -40,7 +43,8 @@ use std::path::PathBuf;
 use tch::{nn, Tensor};
 
 pub use config::{
-    Activation, ConvNextConfig, Dinov2Config, ModelConfig, ResNetConfig, ResNetLayerType, ViTConfig,
+    Activation, ConvNextConfig, Dinov2Config, ModelConfig, ResNetConfig, ResNetLayerType,
+    SwinConfig, ViTConfig,
 };
 pub use error::ModelError;
 pub use hub::{resolve_model_source, HubOptions};
@@ -53,7 +57,8 @@ pub use save::{save_pretrained, ProblemType};
 /// `Tensor` is `Send` but not `Sync`: a model lives on one thread.
 pub trait ImageClassifier: Send {
     /// `[B, F]`: what the classifier sees (final-layernorm CLS token for ViT,
-    /// `F = hidden`; CLS and mean patch token concatenated for DINOv2, `F = 2 * hidden`).
+    /// `F = hidden`; CLS and mean patch token concatenated for DINOv2, `F = 2 * hidden`;
+    /// the mean final-layernorm token for Swin, `F` = the last stage's width).
     fn features(&self, pixel_values: &Tensor, train: bool) -> Tensor;
     /// `[B, num_labels]` from features.
     fn head(&self, features: &Tensor) -> Tensor;
@@ -61,7 +66,8 @@ pub trait ImageClassifier: Send {
     fn forward_t(&self, pixel_values: &Tensor, train: bool) -> Tensor {
         self.head(&self.features(pixel_values, train))
     }
-    /// Encoder depth, for partial fine-tuning and layer-wise LR decay.
+    /// Encoder depth, for partial fine-tuning and layer-wise LR decay
+    /// (blocks for ViT and DINOv2, stages for Swin).
     fn num_layers(&self) -> usize;
     /// For networks with batch norm (ResNet): from now on, `forward_t` with
     /// `train = true` normalises with batch statistics and updates the
@@ -118,6 +124,11 @@ impl Model {
                 config.labels().len() as i64,
             )),
             ModelConfig::ResNet(c) => Box::new(resnet::ResNetForImageClassification::new(
+                &vs.root(),
+                c,
+                config.labels().len() as i64,
+            )),
+            ModelConfig::Swin(c) => Box::new(swin::SwinForImageClassification::new(
                 &vs.root(),
                 c,
                 config.labels().len() as i64,
@@ -193,6 +204,10 @@ impl Model {
                 "pixel_values must be floating point, got {:?}",
                 pixel_values.kind()
             ));
+        }
+        if let ModelConfig::Swin(c) = &self.config {
+            c.check_input_size(size[2], size[3])
+                .map_err(ModelError::InvalidInput)?;
         }
         Ok(())
     }

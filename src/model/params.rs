@@ -14,7 +14,8 @@ use super::Model;
 pub enum ParamGroup {
     /// Patch projection, CLS token, position embeddings (a CNN's stem).
     Embeddings,
-    /// Encoder block `i` (0-based); a CNN's stage `i`.
+    /// Encoder block `i` (0-based); a CNN's stage `i`; for Swin, stage `i`
+    /// (its blocks and the patch merging after them).
     Layer(usize),
     /// Final layernorm (and pooler, when present).
     FinalNorm,
@@ -93,7 +94,11 @@ impl Trainable {
 impl Model {
     /// The part of the network the variable `name` belongs to.
     pub fn param_group(&self, name: &str) -> Option<ParamGroup> {
-        ParamGroup::of_hf_name(self.config.backbone_prefix(), name)
+        match &self.config {
+            // Swin's encoder is `encoder.layers.{stage}`: a group per stage.
+            super::ModelConfig::Swin(_) => super::swin::param_group(name),
+            _ => ParamGroup::of_hf_name(self.config.backbone_prefix(), name),
+        }
     }
 
     /// Named parameters with their group, sorted by name. Buffers (batch

@@ -18,7 +18,7 @@ use super::{load, timm, ModelConfig};
 /// What a job needs to know of its base model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseModelInfo {
-    /// `vit`, `dinov2`, `dinov2_with_registers`, `convnext`, `resnet`, or `timm`.
+    /// `vit`, `dinov2`, `dinov2_with_registers`, `swin`, `convnext`, `resnet`, or `timm`.
     pub model_type: String,
     pub patch_size: i64,
     pub num_channels: i64,
@@ -102,6 +102,12 @@ fn hf_info(
         // Its downsampling needs more than one patch per side.
         super::resize::check_image_size(&config, i64::from(size))?;
     }
+    if let (ModelConfig::Swin(c), Some(size)) = (&config, image_size) {
+        // Every stage must hold a whole attention window at that size.
+        let size = i64::from(size);
+        c.check_input_size(size, size)
+            .map_err(ModelError::InvalidInput)?;
+    }
     Ok(BaseModelInfo {
         model_type: config.model_type().into(),
         patch_size: config.patch_size(),
@@ -142,8 +148,9 @@ fn tensor_headers(dir: &Path) -> Result<Vec<(String, Vec<i64>)>> {
                 continue;
             }
             let dtype = info["dtype"].as_str().unwrap_or("?");
-            let counter = dtype == "I64" && load::is_batch_counter(&name);
-            if !matches!(dtype, "F32" | "F16" | "BF16" | "F64") && !counter {
+            let allowed_int = dtype == "I64"
+                && (load::is_batch_counter(&name) || super::swin::is_saved_index_buffer(&name));
+            if !matches!(dtype, "F32" | "F16" | "BF16" | "F64") && !allowed_int {
                 return Err(invalid(format!(
                     "tensor `{name}` has dtype {dtype}; only floating point weights are supported"
                 )));

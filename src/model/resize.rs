@@ -7,7 +7,9 @@
 //! copy runs at the new size in `transformers` with no interpolation.
 //!
 //! The convolutional networks (ConvNeXt, ResNet) take any size that fits
-//! their downsampling: only `image_size` in the configuration changes.
+//! their downsampling, and Swin any size without absolute position
+//! embeddings: only `image_size` in the configuration changes (Swin's
+//! absolute ones are resampled, see [`super::swin::set_image_size`]).
 
 use tch::{Kind, Tensor};
 
@@ -22,6 +24,10 @@ pub fn check_image_size(config: &ModelConfig, size: i64) -> Result<()> {
         return Err(ModelError::InvalidInput(format!(
             "`image_size` {size} is below the model's minimum input side {min}"
         )));
+    }
+    if let ModelConfig::Swin(c) = config {
+        c.check_input_size(size, size)
+            .map_err(ModelError::InvalidInput)?;
     }
     Ok(())
 }
@@ -60,6 +66,7 @@ impl Model {
                 c.image_size = Some(size);
                 return Ok(());
             }
+            ModelConfig::Swin(_) => return super::swin::set_image_size(self, size),
             ModelConfig::Vit(_) | ModelConfig::Dinov2(_) => {}
         }
         let antialias = matches!(&self.config, ModelConfig::Dinov2(c) if c.with_registers);
@@ -101,7 +108,7 @@ impl Model {
             ModelConfig::Vit(c) => c.image_size = size,
             ModelConfig::Dinov2(c) => c.image_size = size,
             // Set (and returned) above: nothing to resample.
-            ModelConfig::ConvNext(_) | ModelConfig::ResNet(_) => {}
+            ModelConfig::ConvNext(_) | ModelConfig::ResNet(_) | ModelConfig::Swin(_) => {}
         }
         tracing::info!(tensor = %name, from = old_grid, to = new_grid, "position embeddings resampled");
         Ok(())

@@ -1,6 +1,6 @@
 //! Writes a model as a directory `transformers` loads unchanged:
 //! `config.json` (`ViTForImageClassification`, `Dinov2ForImageClassification`,
-//! ..., the new `id2label`/`label2id`),
+//! `SwinForImageClassification`, ..., the new `id2label`/`label2id`),
 //! `model.safetensors` (contiguous fp32, HF names; batch norms'
 //! `num_batches_tracked` as int64, as torch stores them) and
 //! `preprocessor_config.json`.
@@ -82,6 +82,7 @@ fn config_json(config: &ModelConfig) -> serde_json::Value {
         ModelConfig::Dinov2(_) => "Dinov2ForImageClassification",
         ModelConfig::ConvNext(_) => "ConvNextForImageClassification",
         ModelConfig::ResNet(_) => "ResNetForImageClassification",
+        ModelConfig::Swin(_) => "SwinForImageClassification",
     };
     value["architectures"] = serde_json::json!([architecture]);
     // The weights are written in fp32 whatever the source stored.

@@ -483,6 +483,11 @@ fn a_random_model_from_config_runs() {
             .logits(&Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)))
             .unwrap();
         assert_eq!(logits.size(), [2, 3]);
-        assert_eq!(m.preprocessor_json["size"]["shortest_edge"], 224);
+        // The Hub's ConvNeXt processor, at the model's own size.
+        assert_eq!(
+            m.preprocessor_json["size"]["shortest_edge"],
+            m.image_size()
+        );
+        assert_eq!(m.preprocessor_json["crop_pct"], 0.875);
     }
 }

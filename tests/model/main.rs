@@ -1,4 +1,4 @@
-//! The models on libtorch: ViT, DINOv2, ConvNeXt and ResNet against `transformers` (and the
+//! The models on libtorch: ViT, DINOv2, Swin, ConvNeXt and ResNet against `transformers` (and the
 //! real DINOv2-small against onnxruntime), what a submission checks of a
 //! base model up front, and libtorch itself.
 
@@ -9,5 +9,6 @@ mod cnn_parity;
 mod dinov2_parity;
 mod dinov2_real;
 mod preflight;
+mod swin_parity;
 mod tch_smoke;
 mod vit_parity;

@@ -317,15 +317,15 @@ fn unknown_model_type_and_pickle_only_checkpoints_are_refused() {
     let cfg = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
     std::fs::write(
         dir.path().join("config.json"),
-        cfg.replace("\"model_type\": \"vit\"", "\"model_type\": \"swin\""),
+        cfg.replace("\"model_type\": \"vit\"", "\"model_type\": \"swinv2\""),
     )
     .unwrap();
     let err = load_pretrained(dir.path(), Device::Cpu, None).unwrap_err();
     assert!(
-        matches!(&err, ModelError::UnknownModelType(t) if t == "swin"),
+        matches!(&err, ModelError::UnknownModelType(t) if t == "swinv2"),
         "{err}"
     );
-    assert!(err.to_string().contains("`swin`"));
+    assert!(err.to_string().contains("`swinv2`"));
 
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
     std::fs::write(dir.path().join("pytorch_model.bin"), b"not really").unwrap();
