@@ -4,8 +4,9 @@
 use super::JobQueue;
 use crate::data::Task;
 use crate::error::{AppError, AppResult};
+use crate::model::preflight::BaseModelInfo;
 use crate::store::jobs::{self as store, JobRow, NewJob};
-use crate::train::config::JobConfig;
+use crate::train::config::{JobConfig, Mode};
 
 /// Parses the client's config document; the error names the field.
 pub fn parse_config(text: &str) -> AppResult<JobConfig> {
@@ -38,7 +39,7 @@ pub async fn submit(
         .await?
         .ok_or_else(unknown)?;
     check_task(config.task, dataset.task)?;
-    check_base_model(&config.base_model, config.image_size).await?;
+    check_base_model(&config).await?;
     let config_json = serde_json::to_string(&config).map_err(anyhow::Error::from)?;
     let (job, created) = store::insert(
         &queue.db,
@@ -120,18 +121,37 @@ fn check_task(forced: Option<Task>, dataset_task: Task) -> AppResult<()> {
 const HUB_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The base model must be a local model directory or a Hub id whose
-/// `config.json` can be fetched (or is cached), of a supported architecture.
-async fn check_base_model(source: &str, image_size: Option<u32>) -> AppResult<()> {
-    let source = source.to_string();
+/// `config.json` can be fetched (or is cached), of a supported architecture,
+/// deep enough for `partial` mode's `unfreeze_last_n`.
+async fn check_base_model(config: &JobConfig) -> AppResult<()> {
+    let (source, image_size) = (config.base_model.clone(), config.image_size);
     let probe = tokio::task::spawn_blocking(move || check_base_model_blocking(&source, image_size));
     let checked = match tokio::time::timeout(HUB_PROBE_TIMEOUT, probe).await {
         Ok(joined) => joined.map_err(anyhow::Error::from)?,
         Err(_) => {
             tracing::warn!("the Hub did not answer in time; the worker will fetch the base model");
-            Ok(())
+            Ok(None)
         }
     };
-    checked.map_err(|e| AppError::unprocessable("unknown_base_model", format!("{e:#}")))
+    let info =
+        checked.map_err(|e| AppError::unprocessable("unknown_base_model", format!("{e:#}")))?;
+    if let (Some(info), Mode::Partial) = (info, config.mode) {
+        let n = config.unfreeze_last_n();
+        if n > info.num_layers {
+            return Err(AppError::unprocessable(
+                "invalid_config",
+                format!(
+                    "`unfreeze_last_n` is {n}, but the base model ({}) has {} {}; \
+                     use at most {} or mode `full`",
+                    info.model_type,
+                    info.num_layers,
+                    info.layer_unit(),
+                    info.num_layers
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A local directory (or cached Hub snapshot) must hold a checkpoint
@@ -141,7 +161,10 @@ async fn check_base_model(source: &str, image_size: Option<u32>) -> AppResult<()
 /// unsupported architecture is refused at once), and the worker downloads
 /// the weights, so a slow download never holds up the request. When the Hub
 /// cannot be reached the job is queued and the worker reports.
-fn check_base_model_blocking(source: &str, image_size: Option<u32>) -> anyhow::Result<()> {
+fn check_base_model_blocking(
+    source: &str,
+    image_size: Option<u32>,
+) -> anyhow::Result<Option<BaseModelInfo>> {
     use crate::model::hub::{probe_config, HubId, HubProbe};
     use crate::model::{preflight, resolve_model_source, HubOptions};
     let options = HubOptions::from_env();
@@ -157,23 +180,21 @@ fn check_base_model_blocking(source: &str, image_size: Option<u32>) -> anyhow::R
             match hub_id {
                 Some(id) if !options.offline => match probe_config(&id, &options) {
                     HubProbe::Config(config) => {
-                        preflight::check_config(&config, image_size)?;
-                        return Ok(());
+                        return Ok(preflight::check_config(&config, image_size)?);
                     }
                     HubProbe::Refused(detail) => {
                         anyhow::bail!("base model `{source}`: {detail}")
                     }
                     HubProbe::Unreachable(why) => {
                         tracing::warn!(source, error = %why, "the Hub is unreachable; the worker will fetch the base model");
-                        return Ok(());
+                        return Ok(None);
                     }
                 },
                 _ => return Err(e.into()),
             }
         }
     };
-    preflight::check_base_model(&dir, image_size)?;
-    Ok(())
+    Ok(Some(preflight::check_base_model(&dir, image_size)?))
 }
 
 #[cfg(test)]

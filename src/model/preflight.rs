@@ -22,6 +22,19 @@ pub struct BaseModelInfo {
     pub model_type: String,
     pub patch_size: i64,
     pub num_channels: i64,
+    /// What `partial` mode counts: encoder blocks (ViT, DINOv2, timm) or
+    /// stages (Swin, ConvNeXt, ResNet).
+    pub num_layers: usize,
+}
+
+impl BaseModelInfo {
+    /// What one of [`Self::num_layers`] is called for this architecture.
+    pub fn layer_unit(&self) -> &'static str {
+        match self.model_type.as_str() {
+            "swin" | "convnext" | "resnet" => "stages",
+            _ => "encoder blocks",
+        }
+    }
 }
 
 /// Checks the model directory `dir` for a job that trains at `image_size`
@@ -56,10 +69,15 @@ pub fn check_base_model(dir: &Path, image_size: Option<u32>) -> Result<BaseModel
                 dir.display()
             )));
         }
+        let blocks: std::collections::BTreeSet<&str> = tensors
+            .iter()
+            .filter_map(|(n, _)| n.strip_prefix("blocks.")?.split('.').next())
+            .collect();
         BaseModelInfo {
             model_type: "timm".into(),
             num_channels: shape[1],
             patch_size: shape[2],
+            num_layers: blocks.len(),
         }
     } else {
         let raw = raw.ok_or_else(|| {
@@ -112,6 +130,7 @@ fn hf_info(
         model_type: config.model_type().into(),
         patch_size: config.patch_size(),
         num_channels: config.num_channels(),
+        num_layers: config.num_hidden_layers(),
     })
 }
 

@@ -120,3 +120,78 @@ impl Checkpoints {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Model, ModelConfig, ResNetConfig};
+    use tch::{Device, Kind, Tensor};
+
+    fn resnet() -> Model {
+        let config = ModelConfig::ResNet(ResNetConfig {
+            embedding_size: 8,
+            hidden_sizes: vec![8, 16],
+            depths: vec![1, 1],
+            ..ResNetConfig::default()
+        });
+        Model::from_config(config, vec!["a".into(), "b".into()], Device::Cpu).unwrap()
+    }
+
+    fn optimiser(model: &Model) -> AdamW {
+        let params = model
+            .grouped_variables()
+            .into_iter()
+            .map(|(n, _, t)| (n, t, 1.0))
+            .collect();
+        AdamW::new(params, 0.0)
+    }
+
+    /// A resumed job keeps the batch-norm statistics of its last epoch, not
+    /// the base model's: they are saved beside the parameters.
+    #[test]
+    fn batch_norm_statistics_survive_a_checkpoint() {
+        let model = resnet();
+        let opt = optimiser(&model);
+        let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+        tch::no_grad(|| model.net.forward_t(&x, true));
+        let trained: Vec<(String, Tensor)> = model
+            .buffers()
+            .into_iter()
+            .map(|(n, t)| (n, t.copy()))
+            .collect();
+        assert!(trained.iter().any(|(n, _)| n.ends_with("running_mean")));
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = Checkpoints::new(dir.path());
+        let state = LoopState {
+            epochs_done: 1,
+            global_step: 1,
+            best_epoch: None,
+            best_score: None,
+            epochs_since_best: 0,
+            micro_batch: 4,
+            history: vec![],
+            loss_scaler: None,
+        };
+        ckpt.save(&opt, &model.buffers(), &state).unwrap();
+
+        let fresh = resnet();
+        let mut opt = optimiser(&fresh);
+        let differs = |a: &[(String, Tensor)], b: &[(String, Tensor)]| {
+            a.iter()
+                .zip(b)
+                .filter(|((_, x), (_, y))| !x.equal(y))
+                .count()
+        };
+        assert!(differs(&fresh.buffers(), &trained) > 0);
+        let restored = ckpt.restore(&mut opt, &fresh.buffers()).unwrap();
+        assert_eq!(restored.unwrap().epochs_done, 1);
+        assert_eq!(differs(&fresh.buffers(), &trained), 0);
+        let counter = fresh
+            .buffers()
+            .into_iter()
+            .find(|(n, _)| n.ends_with("num_batches_tracked"))
+            .unwrap()
+            .1;
+        assert_eq!(counter.int64_value(&[]), 1);
+    }
+}

@@ -256,12 +256,18 @@ async fn bad_configs_and_unknown_models_are_refused_before_queueing() {
             "cuda:3",
         ),
         (
+            // Deeper than the model: the detail says how deep it is.
+            json!({"base_model": fx.base_model, "mode": "partial", "unfreeze_last_n": 40}),
+            "invalid_config",
+            "`unfreeze_last_n` is 40, but the base model (vit) has",
+        ),
+        (
             json!({"base_model": fx.base_model, "task": "multi_class", "epochs": 1}),
             "",
             "",
         ),
     ];
-    for (cfg, code, named) in cases.iter().take(4) {
+    for (cfg, code, named) in cases.iter().take(5) {
         let resp = server.submit(&fx.tints_zip, cfg.clone()).await;
         assert_eq!(resp.status(), 422, "{cfg}");
         assert_eq!(resp.headers()["content-type"], "application/problem+json");
@@ -273,7 +279,7 @@ async fn bad_configs_and_unknown_models_are_refused_before_queueing() {
         );
     }
     // A multi-label dataset cannot be forced to multi-class.
-    let resp = server.submit(&fx.mosaic_zip, cases[4].0.clone()).await;
+    let resp = server.submit(&fx.mosaic_zip, cases[5].0.clone()).await;
     assert_eq!(resp.status(), 422);
     assert_eq!(resp.json::<Value>().await.unwrap()["code"], "task_mismatch");
     let jobs = server.get_json("/jobs").await;

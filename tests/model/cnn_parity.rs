@@ -484,10 +484,7 @@ fn a_random_model_from_config_runs() {
             .unwrap();
         assert_eq!(logits.size(), [2, 3]);
         // The Hub's ConvNeXt processor, at the model's own size.
-        assert_eq!(
-            m.preprocessor_json["size"]["shortest_edge"],
-            m.image_size()
-        );
+        assert_eq!(m.preprocessor_json["size"]["shortest_edge"], m.image_size());
         assert_eq!(m.preprocessor_json["crop_pct"], 0.875);
     }
 }
