@@ -14,8 +14,8 @@ pub enum Mode {
     /// the classifier trains.
     #[default]
     LinearProbe,
-    /// The last `unfreeze_last_n` encoder blocks, the final norm and the
-    /// classifier train.
+    /// The last `unfreeze_last_n` encoder blocks (stages for Swin, ConvNeXt
+    /// and ResNet), the final norm and the classifier train.
     Partial,
     /// Everything trains (low learning rate, optional layer-wise decay).
     Full,
@@ -51,7 +51,9 @@ pub struct JobConfig {
     pub task: Option<Task>,
     #[serde(default)]
     pub mode: Mode,
-    /// For `partial`: how many of the last encoder blocks train (default 2).
+    /// For `partial`: how many of the last encoder blocks train (default 2);
+    /// for Swin, ConvNeXt and ResNet, how many of the last stages. At most
+    /// the model's depth.
     #[serde(default)]
     pub unfreeze_last_n: Option<usize>,
     #[serde(default = "defaults::epochs")]
