@@ -267,15 +267,27 @@ async fn a_hub_id_is_downloaded_into_the_hf_cache_and_then_found_offline() {
 async fn a_submission_checks_the_hub_id_before_queueing() {
     let fx = fixtures();
     let tmp = tempfile::tempdir().unwrap();
-    let resnet = tmp.path().join("resnet");
-    std::fs::create_dir_all(&resnet).unwrap();
+    let swinv2 = tmp.path().join("swinv2");
+    std::fs::create_dir_all(&swinv2).unwrap();
     std::fs::write(
-        resnet.join("config.json"),
-        json!({"model_type": "resnet", "architectures": ["ResNetForImageClassification"]})
+        swinv2.join("config.json"),
+        json!({"model_type": "swinv2", "architectures": ["Swinv2ForImageClassification"]})
             .to_string(),
     )
     .unwrap();
-    let hub = FakeHub::start(&[("org/tiny-vit", &fx.base_model), ("org/resnet", &resnet)]).await;
+    // A supported family beside ViT: a tiny random ResNet made by transformers.
+    let resnet = tmp.path().join("resnet");
+    crate::common::run_python(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/random_backbone.py"),
+        &["resnet", resnet.to_str().unwrap()],
+        tmp.path(),
+    );
+    let hub = FakeHub::start(&[
+        ("org/tiny-vit", &fx.base_model),
+        ("org/swinv2", &swinv2),
+        ("org/resnet", &resnet),
+    ])
+    .await;
     let cache = tmp.path().join("cache");
     let data = tmp.path().join("data");
     let cache_env = cache.to_str().unwrap();
@@ -301,37 +313,39 @@ async fn a_submission_checks_the_hub_id_before_queueing() {
         );
     }
     // An architecture vitrine does not train: refused before any weights move.
-    let resp = submit(&server.url, &fx.tints_zip, cfg("org/resnet"), None).await;
+    let resp = submit(&server.url, &fx.tints_zip, cfg("org/swinv2"), None).await;
     assert_eq!(resp.status(), 422);
     let problem: Value = resp.json().await.unwrap();
     assert!(
-        problem["detail"].as_str().unwrap().contains("resnet"),
+        problem["detail"].as_str().unwrap().contains("swinv2"),
         "{problem}"
     );
     assert!(!hub
         .asked()
         .iter()
-        .any(|a| a.starts_with("org/resnet/model")));
+        .any(|a| a.starts_with("org/swinv2/model")));
 
-    // A real id: only the config at submission, the weights by the worker.
-    let job = submit_and_wait(
-        &server.url,
-        &fx.tints_zip,
-        cfg("org/tiny-vit"),
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    let model = get_json(
-        &server.url,
-        &format!("/models/{}", job["model_id"].as_str().unwrap()),
-    )
-    .await;
-    assert_eq!(model["base_model"], "org/tiny-vit", "{model}");
-    assert!(hub
-        .asked()
-        .iter()
-        .any(|a| a == "org/tiny-vit/model.safetensors"));
+    // Real ids: only the config at submission, the weights by the worker.
+    for id in ["org/tiny-vit", "org/resnet"] {
+        let job = submit_and_wait(
+            &server.url,
+            &fx.tints_zip,
+            cfg(id),
+            Duration::from_secs(120),
+        )
+        .await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let model = get_json(
+            &server.url,
+            &format!("/models/{}", job["model_id"].as_str().unwrap()),
+        )
+        .await;
+        assert_eq!(model["base_model"], id, "{model}");
+        assert!(hub
+            .asked()
+            .iter()
+            .any(|a| *a == format!("{id}/model.safetensors")));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
