@@ -14,15 +14,60 @@ const EPOCHS: u32 = 12;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_resumes_from_its_checkpoint() {
-    let fx = fixtures();
     let data = tempfile::tempdir().unwrap();
-    let mut child = ServerProcess::start(data.path(), LEASE).await;
+    kill_and_resume(&fixtures().base_model, data.path()).await;
+}
+
+/// The same with a ResNet, whose batch-norm statistics are state beside the
+/// parameters: the saved model's `num_batches_tracked` counts every training
+/// step up to its best epoch, those before the kill included, so the
+/// statistics came back from the checkpoint rather than from the base model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_resnet_job_resumes_with_its_batch_norm_statistics() {
+    let data = tempfile::tempdir().unwrap();
+    let base = data.path().join("resnet");
+    crate::common::run_python(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/random_backbone.py"),
+        &["resnet", base.to_str().unwrap()],
+        data.path(),
+    );
+    let done = kill_and_resume(&base, &data.path().join("server")).await;
+    let model_dir = data
+        .path()
+        .join("server/models")
+        .join(done["model_id"].as_str().unwrap());
+    let card: Value =
+        serde_json::from_slice(&std::fs::read(model_dir.join("metrics.json")).unwrap()).unwrap();
+    let best_epoch = card["best_epoch"].as_u64().unwrap();
+    let steps_per_epoch = done["progress"]["total_steps"].as_u64().unwrap() / EPOCHS as u64;
+    let weights = tch::Tensor::read_safetensors(model_dir.join("model.safetensors")).unwrap();
+    let counters: Vec<i64> = weights
+        .iter()
+        .filter(|(n, _)| n.ends_with("num_batches_tracked"))
+        .map(|(_, t)| t.int64_value(&[]))
+        .collect();
+    assert!(!counters.is_empty());
+    println!("best epoch {best_epoch}, {steps_per_epoch} steps per epoch, counters {counters:?}");
+    assert!(
+        counters
+            .iter()
+            .all(|&c| c as u64 == best_epoch * steps_per_epoch),
+        "{counters:?}, best epoch {best_epoch}, {steps_per_epoch} steps per epoch"
+    );
+}
+
+/// Submits a 12-epoch full fine-tune of `base_model`, SIGKILLs the server
+/// in epoch 2, restarts it on the same data directory and checks that the
+/// job resumed (not restarted) and made one model; returns the finished job.
+async fn kill_and_resume(base_model: &std::path::Path, data: &std::path::Path) -> Value {
+    let fx = fixtures();
+    std::fs::create_dir_all(data).unwrap();
+    let mut child = ServerProcess::start(data, LEASE).await;
     let url = child.url.clone();
 
     // Enough epochs that the job is still far from done when it is killed
     // (an epoch of this tiny model takes a fraction of a second).
-    let cfg =
-        json!({"base_model": fx.base_model, "mode": "full", "epochs": EPOCHS, "batch_size": 16});
+    let cfg = json!({"base_model": base_model, "mode": "full", "epochs": EPOCHS, "batch_size": 16});
     let resp = submit(&url, &fx.tints_zip, cfg, None).await;
     assert_eq!(resp.status(), 202);
     let id = resp.json::<Value>().await.unwrap()["id"]
@@ -53,7 +98,7 @@ async fn a_killed_worker_resumes_from_its_checkpoint() {
     assert!(killed_during < EPOCHS as u64, "{before}");
     let epoch1 = before["metrics"][0].clone();
 
-    let mut child = ServerProcess::start_on(data.path(), child.port(), LEASE).await;
+    let mut child = ServerProcess::start_on(data, child.port(), LEASE).await;
     let done = wait_for_job(&url, &id, Duration::from_secs(300)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["attempts"], 2);
@@ -83,4 +128,5 @@ async fn a_killed_worker_resumes_from_its_checkpoint() {
     assert_eq!(models[0]["job_id"], id.as_str());
     assert_eq!(models[0]["id"], done["model_id"]);
     child.kill();
+    done
 }
