@@ -4,7 +4,8 @@
 //! `full` mode on the tints fixture; each saved model freezes exactly what
 //! its mode says (weights, and ResNet's batch-norm statistics, equal to the
 //! base model's), and `/models/{id}/predict` answers with `transformers`'
-//! scores (PIL processor) within 1e-4.
+//! scores (PIL processor) within 1e-4; the `full` models also answer alike
+//! through `vitrine predict` and download whole.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -73,6 +74,51 @@ fn changed(
         .map(|k| k.to_string())
         .collect();
     (differ, names.len())
+}
+
+/// `vitrine predict` on the saved directory ranks the same top label with the
+/// same score as `/predict`, and the model downloads with its weights.
+async fn cli_and_download_agree(
+    server: &TestServer,
+    model_id: &str,
+    dir: &Path,
+    image: &Path,
+    answer: &Value,
+) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["predict", "--top-k", "1", "--model"])
+        .arg(dir)
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ours, served) = (
+        &cli["results"][0]["predictions"][0],
+        &answer["predictions"][0],
+    );
+    assert_eq!(ours["label"], served["label"], "{cli} vs {answer}");
+    let gap = (ours["score"].as_f64().unwrap() - served["score"].as_f64().unwrap()).abs();
+    assert!(gap < 1e-6, "{cli} vs {answer}");
+    let resp = reqwest::get(format!("{}/models/{model_id}/download", server.url))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let bytes = resp.bytes().await.unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+    let names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.ends_with("model.safetensors")),
+        "{names:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,6 +218,9 @@ async fn each_family_trains_in_every_mode_and_serves_transformers_scores() {
                 .await
                 .unwrap();
             let worst = max_score_diff(&answer["results"][0], &reference);
+            if mode == "full" {
+                cli_and_download_agree(&server, model_id, &dir, &fx.red_png, &answer).await;
+            }
             report.push(format!(
                 "{what}: {} epochs, max |score - transformers| {worst:.1e}",
                 epochs.len()
