@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::support::{self, assert_close, assert_close_tol, labels, max_diff};
 use tch::{Device, Kind, Tensor};
 use vitrine::model::load::load_pretrained_reporting;
 use vitrine::model::preflight::check_base_model;
@@ -17,11 +18,15 @@ use vitrine::model::{
     ProblemType, Trainable,
 };
 
-const TOL: f64 = 1e-4;
 const STATS_TOL: f64 = 1e-5;
 const LR: f64 = 0.1;
 
-const CONVNEXT: [&str; 3] = ["cnx_s4_ls", "cnx_s3_nols", "cnx_s2_p2_droppath"];
+const CONVNEXT: [&str; 4] = [
+    "cnx_s4_ls",
+    "cnx_s3_nols",
+    "cnx_s2_p2_droppath",
+    "cnx_s1_p8_relu",
+];
 const RESNET: [&str; 4] = [
     "rn_basic",
     "rn_basic_dfs",
@@ -34,36 +39,11 @@ fn fixtures() -> &'static Path {
 }
 
 fn io(name: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(fixtures().join(name).join("io.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect()
+    support::io_of(fixtures(), name)
 }
 
 fn model_dir(name: &str) -> PathBuf {
-    fixtures().join(name).join("model")
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size(), "shapes differ");
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
-}
-
-fn assert_close_tol(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
-    let d = max_diff(got, want);
-    println!("{what}: max abs diff {d:.3e}");
-    assert!(d <= tol, "{what}: max abs diff {d} > {tol}");
-}
-
-fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
-    assert_close_tol(what, got, want, TOL);
-}
-
-fn labels(names: &[&str]) -> Vec<String> {
-    names.iter().map(|s| s.to_string()).collect()
+    support::model_dir_of(fixtures(), name)
 }
 
 fn eval_logits(m: &Model, x: &Tensor) -> Tensor {

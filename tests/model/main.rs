@@ -9,6 +9,7 @@ mod cnn_parity;
 mod dinov2_parity;
 mod dinov2_real;
 mod preflight;
+mod support;
 mod swin_parity;
 mod tch_smoke;
 mod vit_parity;

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::support::{self, assert_close, labels};
 use tch::{Device, Kind, Tensor};
 use vitrine::model::load::load_pretrained_reporting;
 use vitrine::model::{
@@ -15,37 +16,17 @@ use vitrine::model::{
     Trainable,
 };
 
-const TOL: f64 = 1e-4;
-
 /// The fixture root, generated once per test binary.
 fn fixtures() -> &'static Path {
     crate::common::python_fixtures("tests/python/make_vit_fixtures.py")
 }
 
 fn io(name: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(fixtures().join(name).join("io.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect()
+    support::io_of(fixtures(), name)
 }
 
 fn model_dir(name: &str) -> PathBuf {
-    fixtures().join(name).join("model")
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size(), "shapes differ");
-    (a - b).abs().max().double_value(&[])
-}
-
-fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
-    let d = max_diff(got, want);
-    println!("{what}: max abs diff {d:.3e}");
-    assert!(d <= TOL, "{what}: max abs diff {d} > {TOL}");
-}
-
-fn labels(names: &[&str]) -> Vec<String> {
-    names.iter().map(|s| s.to_string()).collect()
+    support::model_dir_of(fixtures(), name)
 }
 
 #[test]

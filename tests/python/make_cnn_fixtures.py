@@ -163,6 +163,13 @@ def main(root):
     )
     write(root, "cnx_s2_p2_droppath", m, (40, 48), 4, seed=3, train=False)
 
+    # One stage (no downsampling layer), patch 8, relu, several blocks.
+    m = ConvNextForImageClassification(
+        labelled(convnext(num_stages=1, patch_size=8, hidden_sizes=[20], depths=[3], hidden_act="relu",
+                          image_size=48), 3)
+    )
+    write(root, "cnx_s1_p8_relu", m, (48, 40), 3, seed=10)
+
     # A bare ConvNextModel (keys without `convnext.`, no head).
     m = ConvNextModel(convnext(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], image_size=32))
     write(root, "cnx_bare", m, (32, 32), 0, seed=4)
