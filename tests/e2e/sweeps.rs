@@ -1,6 +1,6 @@
 //! Sweeps trained for real on the synthetic fixtures: successive halving
 //! stops the losing candidates mid-training, the winner is promoted and
-//! `/predict` serves it through the alias; a server SIGKILLed mid-sweep
+//! `/models/<alias>/predict` serves it; a server SIGKILLed mid-sweep
 //! resumes the sweep and each of its jobs exactly once.
 
 use std::path::Path;
@@ -50,7 +50,7 @@ async fn wait_for_sweep(url: &str, id: &str) -> Value {
 /// Two have a learning rate too small to learn anything: at the rung
 /// (epoch 1) the one that learns is kept and the other two are stopped
 /// mid-training, keeping their best epoch as a model. The winner is
-/// promoted to an alias and `/predict/<alias>` answers with it.
+/// promoted to an alias and `/models/<alias>/predict` answers with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn halving_stops_the_losers_and_the_promoted_winner_serves_predictions() {
     let fx = fixtures();
@@ -120,7 +120,7 @@ async fn halving_stops_the_losers_and_the_promoted_winner_serves_predictions() {
     let model = server.get_json("/models/tints-best").await;
     assert_eq!(model["id"], done["winner_model_id"]);
     let resp = reqwest::Client::new()
-        .post(format!("{}/predict/tints-best", server.url))
+        .post(format!("{}/models/tints-best/predict", server.url))
         .header("content-type", "image/png")
         .body(std::fs::read(&fx.red_png).unwrap())
         .send()
