@@ -76,6 +76,31 @@ async fn halving_stops_the_losers_and_the_promoted_winner_serves_predictions() {
     });
     let sweep = submit_sweep(&server.url, &fx.tints_zip, spec).await;
     let id = sweep["id"].as_str().unwrap();
+    // Followed live: a snapshot, then updates, until the sweep ends.
+    let resp = reqwest::get(format!("{}/sweeps/{id}/events", server.url))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let body = tokio::time::timeout(TIMEOUT, resp.text())
+        .await
+        .expect("the stream ends with the sweep")
+        .unwrap();
+    let events: Vec<(&str, Value)> = body
+        .split("\n\n")
+        .filter_map(|block| {
+            let kind = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((kind, serde_json::from_str(data).unwrap()))
+        })
+        .collect();
+    assert_eq!(events.first().map(|e| e.0), Some("snapshot"));
+    assert!(events.len() > 2, "{body}");
+    let (kind, last) = events.last().unwrap();
+    assert_eq!((*kind, &last["status"]), ("update", &json!("succeeded")));
+    assert!(events
+        .iter()
+        .any(|(_, s)| s["rungs_done"] == 1 && s["status"] == "running"));
+
     let done = wait_for_sweep(&server.url, id).await;
     println!(
         "{}",
