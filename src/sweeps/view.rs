@@ -107,7 +107,6 @@ pub fn row_of(
     let (best_metric, best_epoch) = match kept {
         Some(epoch) => (
             card.and_then(|c| metric.read(&c["validation"]["validation"]))
-                .or_else(|| card.and_then(|c| metric.read(&c["validation"])))
                 .or_else(|| metric_at(job, metric, epoch)),
             Some(epoch),
         ),
@@ -245,4 +244,123 @@ pub async fn view(db: &SqlitePool, sweep: &SweepRow) -> sqlx::Result<SweepView> 
         finished_at: sweep.finished_at.map(rfc3339),
         leaderboard,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(
+        id: &str,
+        metric: Option<f64>,
+        params: Option<u64>,
+        secs: Option<f64>,
+    ) -> LeaderboardRow {
+        LeaderboardRow {
+            rank: 0,
+            job_id: id.into(),
+            status: JobStatus::Succeeded,
+            config: Value::Null,
+            best_metric: metric,
+            best_epoch: metric.map(|_| 1),
+            epochs_done: 1,
+            test_metric: None,
+            trainable_parameters: params,
+            wall_seconds: secs,
+            images_per_sec: None,
+            stopped_rung: None,
+            model_id: Some(format!("m-{id}")),
+        }
+    }
+
+    fn order(rows: &mut [LeaderboardRow]) -> Vec<String> {
+        rank(rows);
+        rows.iter().map(|r| r.job_id.clone()).collect()
+    }
+
+    #[test]
+    fn best_first_and_ties_go_to_the_cheaper_candidate() {
+        let mut rows = vec![
+            row("a", Some(0.8), Some(1000), Some(5.0)),
+            row("b", Some(0.9), Some(9000), Some(9.0)),
+            row("c", Some(0.8), Some(100), Some(50.0)), // fewer parameters beats a
+            row("d", Some(0.8), Some(100), Some(10.0)), // and less time beats c
+            row("e", None, None, None),                 // nothing measured: last
+        ];
+        assert_eq!(order(&mut rows), ["b", "d", "c", "a", "e"]);
+        assert_eq!(rows[0].rank, 1);
+        assert_eq!(winner(&rows).unwrap().job_id, "b");
+    }
+
+    #[test]
+    fn candidates_halving_stopped_rank_below_those_that_went_further() {
+        let mut rows = vec![
+            row("early", Some(0.99), Some(1), Some(1.0)),
+            row("late", Some(0.5), Some(1), Some(1.0)),
+            row("survivor", Some(0.4), Some(1), Some(1.0)),
+        ];
+        rows[0].stopped_rung = Some(1);
+        rows[1].stopped_rung = Some(3);
+        assert_eq!(order(&mut rows), ["survivor", "late", "early"]);
+        // Without a model the survivor cannot win: the next row with one does.
+        rows[0].model_id = None;
+        assert_eq!(winner(&rows).unwrap().job_id, "late");
+    }
+
+    #[test]
+    fn the_kept_epoch_is_the_models_and_before_it_the_best_so_far() {
+        let job = |metrics: Value| JobRow {
+            id: "j".into(),
+            status: "running".into(),
+            dataset_id: "d".into(),
+            config: "{}".into(),
+            idempotency_key: None,
+            attempts: 1,
+            max_attempts: 3,
+            device: None,
+            lease_owner: None,
+            lease_expires_at: None,
+            cancel_requested: 0,
+            progress: Some(r#"{"trainable_parameters": 42}"#.into()),
+            metrics: metrics.to_string(),
+            error: None,
+            model_id: None,
+            created_at: 0,
+            started_at: Some(1_000),
+            finished_at: None,
+            updated_at: 0,
+            sweep_id: Some("s".into()),
+            stopped_rung: None,
+        };
+        let e = |n: u32, acc: f64, f1: f64| {
+            serde_json::json!({"epoch": n, "train_images_per_sec": 10.0 * n as f64,
+                               "validation": {"accuracy": acc, "macro_f1": f1}})
+        };
+        let j = job(serde_json::json!([
+            e(1, 0.5, 0.4),
+            e(2, 0.7, 0.3),
+            e(3, 0.7, 0.6)
+        ]));
+        let r = row_of(&j, SweepMetric::Accuracy, None, 3_500);
+        assert_eq!(
+            (r.best_metric, r.best_epoch),
+            (Some(0.7), Some(2)),
+            "first best epoch"
+        );
+        assert_eq!(r.trainable_parameters, Some(42));
+        assert_eq!(r.wall_seconds, Some(2.5));
+        assert_eq!(r.images_per_sec, Some(20.0));
+        let r = row_of(&j, SweepMetric::MacroF1, None, 3_500);
+        assert_eq!((r.best_metric, r.best_epoch), (Some(0.6), Some(3)));
+        // With a model: its epoch and its card's metrics (test split too).
+        let card = serde_json::json!({"best_epoch": 2, "validation": e(2, 0.7, 0.3),
+                                      "test": {"loss": 1.0, "metrics": {"accuracy": 0.65}}});
+        let r = row_of(&j, SweepMetric::Accuracy, Some(&card), 3_500);
+        assert_eq!(
+            (r.best_metric, r.best_epoch, r.test_metric),
+            (Some(0.7), Some(2), Some(0.65))
+        );
+        assert_eq!(metric_at(&j, SweepMetric::Accuracy, 3), Some(0.7));
+        assert_eq!(metric_at(&j, SweepMetric::Accuracy, 4), None);
+    }
 }

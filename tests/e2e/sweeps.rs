@@ -176,7 +176,7 @@ async fn a_sweep_killed_mid_training_resumes_each_job_exactly_once() {
     let data = tempfile::tempdir().unwrap();
     let mut child = ServerProcess::start(data.path(), LEASE).await;
     let url = child.url.clone();
-    const EPOCHS: u64 = 6;
+    const EPOCHS: u64 = 12;
     let spec = json!({
         "base": {"base_model": fx.base_model, "mode": "full", "epochs": EPOCHS, "batch_size": 16},
         "grid": {"learning_rate": [0.001, 0.002]},
@@ -185,22 +185,34 @@ async fn a_sweep_killed_mid_training_resumes_each_job_exactly_once() {
     let sweep = submit_sweep(&url, &fx.tints_zip, spec).await;
     let id = sweep["id"].as_str().unwrap().to_string();
 
-    // Kill once a candidate has checkpointed epoch 1 and is into epoch 2.
+    // Kill once a candidate has checkpointed epoch 1 and is into epoch 2
+    // (progress is written once a second: enough epochs that the first
+    // candidate is still far from done then).
     let started = Instant::now();
     let (killed_job, epoch1) = loop {
-        let jobs = get_json(&url, "/jobs").await;
-        let hit = jobs.as_array().unwrap().iter().find(|j| {
-            j["metrics"].as_array().map_or(0, Vec::len) >= 1
+        let s = get_json(&url, &format!("/sweeps/{id}")).await;
+        let rows = s["leaderboard"].as_array().unwrap();
+        assert!(
+            rows.iter()
+                .all(|r| r["status"] == "queued" || r["status"] == "running"),
+            "a candidate ended before the kill: {s}"
+        );
+        let mut hit = None;
+        for r in rows.iter().filter(|r| r["status"] == "running") {
+            let j = get_json(&url, &format!("/jobs/{}", r["job_id"].as_str().unwrap())).await;
+            if j["metrics"].as_array().map_or(0, Vec::len) >= 1
                 && j["progress"]["epoch"].as_u64() >= Some(2)
-                && j["status"] == "running"
-        });
-        if let Some(j) = hit {
-            break (
-                j["id"].as_str().unwrap().to_string(),
-                j["metrics"][0].clone(),
-            );
+            {
+                hit = Some((
+                    j["id"].as_str().unwrap().to_string(),
+                    j["metrics"][0].clone(),
+                ));
+            }
         }
-        assert!(started.elapsed() < TIMEOUT, "no progress: {jobs}");
+        if let Some(hit) = hit {
+            break hit;
+        }
+        assert!(started.elapsed() < TIMEOUT, "no progress: {s}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     child.kill(); // SIGKILL: no chance to requeue
