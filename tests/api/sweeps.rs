@@ -155,6 +155,15 @@ async fn a_grid_expands_to_one_ordinary_job_per_combination() {
         .collect();
     assert_eq!(epochs.len(), 2);
     assert!(epochs.contains(&2) && epochs.contains(&3));
+    // Newest first.
+    let all = get(&app, "/sweeps").await;
+    let ids: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [second["id"].as_str().unwrap(), sweep_id]);
 }
 
 #[tokio::test]
@@ -308,6 +317,35 @@ async fn cancelling_a_sweep_stops_every_candidate() {
     let id = sweep["id"].as_str().unwrap();
     let running = claim_all(&app, "w").await;
     assert_eq!(running.len(), 1, "max_parallel defaults to 1");
+    vitrine::sweeps::supervisor::tick(&app.state.jobs)
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&app, &format!("/sweeps/{id}")).await["status"],
+        "running"
+    );
+
+    // A candidate can be cancelled alone, like any job; the rest go on.
+    let alone = job_ids(&sweep)
+        .into_iter()
+        .find(|j| *j != running[0])
+        .unwrap();
+    let resp = app
+        .send(
+            Request::post(format!("/jobs/{alone}/cancel"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let listed = get(&app, "/jobs").await;
+    let queued = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["status"] == "queued")
+        .count();
+    assert_eq!(queued, 1, "{listed}");
     vitrine::sweeps::supervisor::tick(&app.state.jobs)
         .await
         .unwrap();
