@@ -89,6 +89,11 @@ pub struct ServeConfig {
     #[arg(long, env = "VITRINE_JOB_MAX_ATTEMPTS", default_value_t = 3)]
     pub job_max_attempts: u32,
 
+    /// Most candidate jobs one sweep may have (`POST /sweeps`); a larger
+    /// spec is refused with 422.
+    #[arg(long, env = "VITRINE_MAX_SWEEP_CANDIDATES", default_value_t = 64)]
+    pub max_sweep_candidates: usize,
+
     /// Run no training workers (serve predictions only).
     #[arg(long, env = "VITRINE_NO_WORKERS")]
     pub no_workers: bool,

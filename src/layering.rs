@@ -7,7 +7,7 @@
 //! | 9 | `server`, `predict_local` |
 //! | 8 | `http`, `telemetry` |
 //! | 7 | `app` (the application state) |
-//! | 6 | `config` (its settings) |
+//! | 6 | `config` (its settings), `sweeps` (candidate jobs, halving, the supervisor) |
 //! | 5 | `jobs`, `serve` |
 //! | 4 | `train` |
 //! | 3 | `data`, `model` |
@@ -23,7 +23,7 @@ pub fn layer(module: &str) -> Option<u8> {
         "server" | "predict_local" => 9,
         "http" | "telemetry" => 8,
         "app" => 7,
-        "config" => 6,
+        "config" | "sweeps" => 6,
         "jobs" | "serve" => 5,
         "train" => 4,
         "data" | "model" => 3,

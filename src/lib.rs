@@ -20,6 +20,7 @@ pub mod predict_local;
 pub mod serve;
 pub mod server;
 pub mod store;
+pub mod sweeps;
 pub mod task;
 pub mod telemetry;
 pub mod torch_info;

@@ -61,7 +61,13 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     tracing::info!(addr = %listener.local_addr()?, "vitrine listening");
-    let workers = start_workers(&state, &shutdown);
+    let mut workers = start_workers(&state, &shutdown);
+    // The sweep supervisor reads and writes only the database: it runs
+    // with or without workers here (another node may train).
+    workers.push(tokio::spawn(crate::sweeps::supervisor::run(
+        state.jobs.clone(),
+        shutdown.clone(),
+    )));
     let server = tokio::spawn(crate::http::serve(
         listener,
         state.clone(),

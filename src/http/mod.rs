@@ -26,6 +26,7 @@ pub mod multipart;
 pub mod openapi;
 mod predict;
 pub mod problem;
+mod sweeps;
 
 /// Serves `state`'s routes on `listener` until `shutdown` fires, then lets
 /// in-flight requests finish.
@@ -45,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(datasets::router(&state.config))
         .merge(jobs::router(&state))
+        .merge(sweeps::router(&state))
         .merge(models::router())
         .merge(predict::router(&state))
         .route_layer(middleware::from_fn_with_state(

@@ -5,6 +5,7 @@ use super::JobQueue;
 use crate::data::Task;
 use crate::error::{AppError, AppResult};
 use crate::model::preflight::BaseModelInfo;
+use crate::store::datasets::DatasetRow;
 use crate::store::jobs::{self as store, JobRow, NewJob};
 use crate::train::config::{JobConfig, Mode};
 
@@ -27,19 +28,8 @@ pub async fn submit(
             return Ok((job, false));
         }
     }
-    check_device(queue, config.device.as_deref())?;
-    let unknown = || {
-        AppError::unprocessable(
-            "unknown_dataset",
-            format!("no dataset `{dataset_id}`; upload one with POST /datasets"),
-        )
-    };
-    let uuid = uuid::Uuid::parse_str(dataset_id).map_err(|_| unknown())?;
-    let dataset = crate::store::datasets::get(&queue.db, uuid)
-        .await?
-        .ok_or_else(unknown)?;
-    check_task(config.task, dataset.task)?;
-    check_base_model(&config).await?;
+    let dataset = find_dataset(queue, dataset_id).await?;
+    check_job(queue, &dataset, &config).await?;
     let config_json = serde_json::to_string(&config).map_err(anyhow::Error::from)?;
     let (job, created) = store::insert(
         &queue.db,
@@ -57,6 +47,32 @@ pub async fn submit(
         queue.notify.notify_waiters();
     }
     Ok((job, created))
+}
+
+/// The stored dataset a submission names; an unknown id is a 422.
+pub async fn find_dataset(queue: &JobQueue, dataset_id: &str) -> AppResult<DatasetRow> {
+    let unknown = || {
+        AppError::unprocessable(
+            "unknown_dataset",
+            format!("no dataset `{dataset_id}`; upload one with POST /datasets"),
+        )
+    };
+    let uuid = uuid::Uuid::parse_str(dataset_id).map_err(|_| unknown())?;
+    crate::store::datasets::get(&queue.db, uuid)
+        .await?
+        .ok_or_else(unknown)
+}
+
+/// Every check a job's config must pass before it is queued (device, task,
+/// base model), for `submit` and for each candidate of a sweep alike.
+pub async fn check_job(
+    queue: &JobQueue,
+    dataset: &DatasetRow,
+    config: &JobConfig,
+) -> AppResult<()> {
+    check_device(queue, config.device.as_deref())?;
+    check_task(config.task, dataset.task)?;
+    check_base_model(config).await
 }
 
 /// A job asking for a device nobody here serves would wait forever: `cuda`

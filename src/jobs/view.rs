@@ -32,6 +32,11 @@ pub struct JobView {
     pub cancel_requested: bool,
     /// The model produced, once there is one.
     pub model_id: Option<String>,
+    /// The sweep this job is a candidate of.
+    pub sweep_id: Option<String>,
+    /// The rung (an epoch number) at which the sweep's successive halving
+    /// stopped it; it then ends `cancelled` with its best epoch as a model.
+    pub stopped_rung: Option<i64>,
 }
 
 pub fn rfc3339(ms: i64) -> String {
@@ -62,6 +67,8 @@ impl JobView {
             error: row.error.clone(),
             cancel_requested: row.cancel_requested != 0,
             model_id: row.model_id.clone(),
+            sweep_id: row.sweep_id.clone(),
+            stopped_rung: row.stopped_rung,
         }
     }
 }

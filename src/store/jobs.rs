@@ -70,6 +70,11 @@ pub struct JobRow {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub updated_at: i64,
+    /// The sweep this job is a candidate of.
+    pub sweep_id: Option<String>,
+    /// The rung (an epoch number) at which the sweep's successive halving
+    /// stopped it.
+    pub stopped_rung: Option<i64>,
 }
 
 impl JobRow {
@@ -170,7 +175,10 @@ pub async fn count_by_status(db: &SqlitePool) -> sqlx::Result<Vec<(String, i64)>
 
 /// Claims the oldest queued job this device may run, in one statement.
 /// `device` is the worker's device (`cpu`, `cuda:0`); a job asking for
-/// `cuda` runs on any GPU.
+/// `cuda` runs on any GPU. A sweep's candidate is skipped while
+/// `max_parallel` of its sweep's jobs are running (the count is read in the
+/// same statement, and SQLite runs one writer at a time, so two workers
+/// cannot both take the last slot); other jobs are not held up by it.
 pub async fn claim_next(
     db: &SqlitePool,
     device: &str,
@@ -182,9 +190,12 @@ pub async fn claim_next(
         "UPDATE jobs SET status = 'running', lease_owner = ?1, lease_expires_at = ?2,
                 attempts = attempts + 1, started_at = COALESCE(started_at, ?3), updated_at = ?3
          WHERE id = (
-             SELECT id FROM jobs
+             SELECT id FROM jobs q
              WHERE status = 'queued'
                AND (device IS NULL OR device = ?4 OR (device = 'cuda' AND ?4 LIKE 'cuda:%'))
+               AND (sweep_id IS NULL OR
+                    (SELECT COUNT(*) FROM jobs r WHERE r.sweep_id = q.sweep_id AND r.status = 'running')
+                    < (SELECT s.max_parallel FROM sweeps s WHERE s.id = q.sweep_id))
              ORDER BY created_at, id LIMIT 1)
            AND status = 'queued'
          RETURNING *",

@@ -1,6 +1,8 @@
-//! Typed access to the SQLite tables, one module per table: the only code
+//! Typed access to the SQLite tables, one module per table (`sweeps` also
+//! writes the sweep columns of `jobs`): the only code
 //! that writes them.
 
 pub mod datasets;
 pub mod jobs;
 pub mod models;
+pub mod sweeps;

@@ -58,6 +58,8 @@ pub enum TrainEvent {
         train_images: usize,
         validation_images: usize,
         micro_batch: u32,
+        /// Parameters (elements) this job's mode trains.
+        trainable_parameters: u64,
     },
     /// The frozen backbone's features are being computed (linear probe).
     Features { done: usize, total: usize },

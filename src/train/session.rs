@@ -105,6 +105,7 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
     if params.is_empty() {
         return Err(TrainError::fatal("no trainable parameters for this mode"));
     }
+    let trainable_parameters = params.iter().map(|(_, t, _)| t.numel() as u64).sum();
     let mut opt = AdamW::new(params, cfg.weight_decay);
     let ckpt = Checkpoints::new(&spec.work_dir);
     let mut state = match restore(&ckpt, &mut opt, &model.buffers())? {
@@ -141,6 +142,7 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
         events: &events,
         stop: &stop,
         best_dir: spec.work_dir.join("best"),
+        trainable_parameters,
     };
     let interrupted = trainer.train(&mut opt, &mut scaler, &mut state, &ckpt)?;
     trainer.finish(&mut opt, &state, interrupted)
@@ -205,6 +207,7 @@ struct Trainer<'a> {
     events: &'a Events,
     stop: &'a StopFlag,
     best_dir: PathBuf,
+    trainable_parameters: u64,
 }
 
 /// Per-mode inputs: cached features (linear probe) or image paths.
@@ -293,6 +296,7 @@ impl Trainer<'_> {
             train_images: n_train,
             validation_images: self.data.validation.len(),
             micro_batch: state.micro_batch,
+            trainable_parameters: self.trainable_parameters,
         });
         let targets = targets_tensor(
             &self.data.train.targets(),

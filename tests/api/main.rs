@@ -13,3 +13,4 @@ mod datasets_user_archives;
 mod http_foundation;
 mod job_queue;
 mod migrations;
+mod sweeps;

@@ -17,4 +17,5 @@ mod jobs;
 mod open_size;
 mod serving;
 mod shutdown;
+mod sweeps;
 mod transfer_fashion_mnist;

@@ -1,0 +1,216 @@
+//! Submitting and cancelling sweeps: everything that can be refused is
+//! refused here, before any candidate is queued.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use super::spec::{SweepMetric, SweepSpec};
+use crate::error::{AppError, AppResult};
+use crate::jobs::events::JobEvent;
+use crate::jobs::{service as jobs, JobQueue};
+use crate::store::jobs::JobRow;
+use crate::store::sweeps::{self as store, NewCandidate, NewSweep, SweepRow};
+use crate::task::Task;
+use crate::train::config::JobConfig;
+
+/// Training throughput assumed for a one-epoch estimate when no job on the
+/// same base model and mode has recorded one: optimistic on purpose, so
+/// only a budget that surely cannot fit an epoch is refused.
+const OPTIMISTIC_IMAGES_PER_SEC: f64 = 1000.0;
+
+/// Checks the spec, expands it and runs every candidate through the checks
+/// of `POST /jobs` (config, device, task, base model), then stores the
+/// sweep and its candidates as queued jobs in one transaction.
+/// `max_candidates` is the service's limit (`--max-sweep-candidates`).
+pub async fn submit(
+    queue: &JobQueue,
+    dataset_id: &str,
+    spec: Value,
+    max_candidates: usize,
+) -> AppResult<(SweepRow, Vec<JobRow>)> {
+    let parsed = SweepSpec::from_value(spec)?;
+    let configs = parsed.expand(max_candidates)?;
+    let dataset = jobs::find_dataset(queue, dataset_id).await?;
+
+    let task = common_task(&configs, dataset.task)?;
+    let metric = parsed.metric.unwrap_or(SweepMetric::default_for(task));
+    if !metric.available_for(task) {
+        let choices = match task {
+            Task::MultiClass => "`accuracy` or `macro_f1`",
+            Task::MultiLabel => "`map` or `macro_f1`",
+        };
+        return Err(AppError::unprocessable(
+            "metric_unavailable",
+            format!(
+                "`metric`: `{}` is not a metric of a {} task; use {choices}",
+                metric.as_str(),
+                task.as_str()
+            ),
+        ));
+    }
+    let rungs = parsed.rungs.clone().unwrap_or_default();
+    if let (Some(&last), Some(fewest)) = (rungs.last(), configs.iter().map(|c| c.epochs).min()) {
+        if last >= fewest {
+            return Err(AppError::unprocessable(
+                "invalid_rungs",
+                format!(
+                    "`rungs`: the last rung (epoch {last}) must be below every candidate's \
+                     `epochs` (the fewest is {fewest})"
+                ),
+            ));
+        }
+    }
+    // The same base model (and size and depth) is checked once.
+    let mut checked = HashSet::new();
+    for (i, config) in configs.iter().enumerate() {
+        let key = (
+            config.base_model.clone(),
+            config.image_size,
+            config.device.clone(),
+            config.task,
+            serde_json::to_string(&config.mode).unwrap_or_default(),
+            config.unfreeze_last_n,
+        );
+        if checked.insert(key) {
+            jobs::check_job(queue, &dataset, config)
+                .await
+                .map_err(|e| name_candidate(e, i))?;
+        }
+    }
+    if let Some(seconds) = parsed.budget.as_ref().and_then(|b| b.max_seconds) {
+        check_budget(queue, &dataset.summary_json, &configs, seconds).await?;
+    }
+
+    let spec_json = serde_json::to_string(&parsed).map_err(anyhow::Error::from)?;
+    let rungs_json = parsed
+        .early_stop
+        .map(|_| serde_json::to_string(&rungs).unwrap_or_default());
+    let mut candidates = Vec::with_capacity(configs.len());
+    for c in &configs {
+        candidates.push(NewCandidate {
+            config_json: serde_json::to_string(c).map_err(anyhow::Error::from)?,
+            device: c.device.clone(),
+        });
+    }
+    let (sweep, jobs) = store::insert(
+        &queue.db,
+        NewSweep {
+            dataset_id,
+            spec_json: &spec_json,
+            metric: metric.as_str(),
+            max_parallel: parsed.max_parallel as i64,
+            promote_alias: parsed.promote_alias.as_deref(),
+            rungs_json: rungs_json.as_deref(),
+            reduction_factor: parsed.reduction_factor() as i64,
+            max_seconds: parsed.budget.as_ref().and_then(|b| b.max_seconds),
+        },
+        &candidates,
+        queue.max_attempts as i64,
+    )
+    .await?;
+    tracing::info!(sweep = %sweep.id, candidates = jobs.len(), metric = metric.as_str(), "sweep queued");
+    queue.notify.notify_waiters();
+    Ok((sweep, jobs))
+}
+
+/// Candidates are ranked on one metric, so they must share a task.
+fn common_task(configs: &[JobConfig], dataset_task: Task) -> AppResult<Task> {
+    let tasks: HashSet<Task> = configs
+        .iter()
+        .map(|c| c.task.unwrap_or(dataset_task))
+        .collect();
+    match tasks.len() {
+        1 => Ok(tasks.into_iter().next().unwrap_or(dataset_task)),
+        _ => Err(AppError::unprocessable(
+            "mixed_tasks",
+            "`task`: the candidates would train different tasks, whose metrics cannot be compared",
+        )),
+    }
+}
+
+/// Prefixes a candidate's refusal with which candidate it is.
+fn name_candidate(e: AppError, index: usize) -> AppError {
+    match e {
+        AppError::Client { kind, code, detail } => AppError::Client {
+            kind,
+            code,
+            detail: format!("candidate {index}: {detail}"),
+        },
+        other => other,
+    }
+}
+
+/// A budget must leave time for one epoch of the cheapest candidate, at the
+/// best throughput a job on the same base model and mode has recorded here
+/// (else [`OPTIMISTIC_IMAGES_PER_SEC`]).
+async fn check_budget(
+    queue: &JobQueue,
+    summary_json: &str,
+    configs: &[JobConfig],
+    max_seconds: f64,
+) -> AppResult<()> {
+    let summary: Value = serde_json::from_str(summary_json).unwrap_or(Value::Null);
+    let train = summary["splits"]["train"]["images"].as_u64().unwrap_or(0) as f64;
+    let has_validation = summary["splits"].get("validation").is_some();
+    let mut cheapest = f64::INFINITY;
+    for c in configs {
+        let images = if has_validation {
+            train
+        } else {
+            train * (1.0 - c.validation_fraction)
+        };
+        let mode = serde_json::to_value(c.mode)
+            .ok()
+            .and_then(|m| m.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let rate = store::best_throughput(&queue.db, &c.base_model, &mode)
+            .await?
+            .filter(|r| *r > 0.0)
+            .unwrap_or(OPTIMISTIC_IMAGES_PER_SEC);
+        cheapest = cheapest.min(images / rate);
+    }
+    if max_seconds < cheapest {
+        return Err(AppError::unprocessable(
+            "budget_too_small",
+            format!(
+                "`budget.max_seconds` ({max_seconds} s) is less than one epoch of the cheapest \
+                 candidate (about {cheapest:.2} s)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Stops a sweep: every candidate not yet ended stops (queued ones at once,
+/// running ones at their next step, keeping their best epoch); the sweep
+/// ends `cancelled` once they all have, and promotes nothing.
+pub async fn cancel(queue: &JobQueue, id: &str) -> AppResult<SweepRow> {
+    let sweep = store::get(&queue.db, id)
+        .await?
+        .ok_or_else(|| AppError::not_found(format!("no sweep `{id}`")))?;
+    if sweep.status().is_terminal() {
+        return Err(AppError::conflict(
+            "sweep_finished",
+            format!("sweep `{id}` already ended ({})", sweep.status),
+        ));
+    }
+    let cancelled = store::stop_all(&queue.db, id, "cancelled").await?;
+    publish_cancelled(queue, &cancelled);
+    tracing::info!(sweep = %id, "sweep cancel requested");
+    Ok(store::get(&queue.db, id).await?.unwrap_or(sweep))
+}
+
+/// Tells SSE followers of jobs cancelled before they ran.
+pub(crate) fn publish_cancelled(queue: &JobQueue, ids: &[String]) {
+    for id in ids {
+        queue.hub.publish(
+            id,
+            JobEvent {
+                kind: "status",
+                data: serde_json::json!({"id": id, "status": "cancelled"}),
+                terminal: true,
+            },
+        );
+    }
+}
