@@ -138,7 +138,9 @@ fn grey(img: &RgbImage) -> Vec<f32> {
 }
 
 /// `_blend(image, other, ratio)`: `image * ratio + other * (1 - ratio)`,
-/// clamped and truncated; `other` gives one value per pixel.
+/// clamped and truncated; `other` gives one value per pixel. libtorch's
+/// vectorised `add_(other, alpha)` fuses the multiply-add (measured: the
+/// unfused sum differs by a level on ~1 % of values), so this fuses too.
 fn blend(img: &RgbImage, ratio: f64, other: impl Fn(usize) -> f32) -> RgbImage {
     let r = ratio as f32;
     let alpha = (1.0 - ratio) as f32;
@@ -146,7 +148,7 @@ fn blend(img: &RgbImage, ratio: f64, other: impl Fn(usize) -> f32) -> RgbImage {
     for (i, p) in out.pixels_mut().enumerate() {
         let o = other(i);
         for c in p.0.iter_mut() {
-            *c = to_u8(f32::from(*c) * r + alpha * o);
+            *c = to_u8(alpha.mul_add(o, f32::from(*c) * r));
         }
     }
     out

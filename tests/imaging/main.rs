@@ -9,3 +9,4 @@ mod decode;
 mod formats;
 mod model_size;
 mod pillow_parity;
+mod randaugment_parity;
