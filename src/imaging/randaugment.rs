@@ -121,10 +121,34 @@ impl Op {
     pub fn apply(self, img: &RgbImage, magnitude: f64) -> RgbImage {
         match self {
             Op::Identity => img.clone(),
-            Op::ShearX => ops::affine(img, 0.0, (0.0, 0.0), (magnitude.atan().to_degrees(), 0.0), true),
-            Op::ShearY => ops::affine(img, 0.0, (0.0, 0.0), (0.0, magnitude.atan().to_degrees()), true),
-            Op::TranslateX => ops::affine(img, 0.0, ((magnitude as i64) as f64, 0.0), (0.0, 0.0), false),
-            Op::TranslateY => ops::affine(img, 0.0, (0.0, (magnitude as i64) as f64), (0.0, 0.0), false),
+            Op::ShearX => ops::affine(
+                img,
+                0.0,
+                (0.0, 0.0),
+                (magnitude.atan().to_degrees(), 0.0),
+                true,
+            ),
+            Op::ShearY => ops::affine(
+                img,
+                0.0,
+                (0.0, 0.0),
+                (0.0, magnitude.atan().to_degrees()),
+                true,
+            ),
+            Op::TranslateX => ops::affine(
+                img,
+                0.0,
+                ((magnitude as i64) as f64, 0.0),
+                (0.0, 0.0),
+                false,
+            ),
+            Op::TranslateY => ops::affine(
+                img,
+                0.0,
+                (0.0, (magnitude as i64) as f64),
+                (0.0, 0.0),
+                false,
+            ),
             Op::Rotate => ops::rotate(img, magnitude),
             Op::Brightness => ops::brightness(img, 1.0 + magnitude),
             Op::Color => ops::saturation(img, 1.0 + magnitude),

@@ -235,7 +235,10 @@ pub fn autocontrast(img: &RgbImage) -> RgbImage {
             if lo[c] == hi[c] {
                 (0.0, 1.0)
             } else {
-                (f32::from(lo[c]), (f32::from(hi[c]) - f32::from(lo[c])) * step)
+                (
+                    f32::from(lo[c]),
+                    (f32::from(hi[c]) - f32::from(lo[c])) * step,
+                )
             }
         })
         .collect();
