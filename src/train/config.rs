@@ -129,14 +129,15 @@ pub struct JobConfig {
     /// Stochastic depth while training, replacing the base model's rate:
     /// DINOv2 (every block), Swin and ConvNeXt (rising linearly to this
     /// rate over the blocks). ViT (whose `transformers` class has none) and
-    /// ResNet refuse it. The saved `config.json` records it.
+    /// ResNet refuse it. The saved `config.json` records it. No effect for
+    /// linear probes (their backbone runs in evaluation mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_path_rate: Option<f64>,
     /// Dropout while training, replacing the base model's
     /// `hidden_dropout_prob` (embeddings, attention output and MLP output)
     /// of ViT, DINOv2 and Swin; attention-probability dropout is left as the
     /// base model has it. ConvNeXt and ResNet have no dropout and refuse it.
-    /// The saved `config.json` records it.
+    /// The saved `config.json` records it. No effect for linear probes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropout: Option<f64>,
     #[serde(default)]
