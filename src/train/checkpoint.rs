@@ -153,7 +153,7 @@ mod tests {
         let model = resnet();
         let opt = optimiser(&model);
         let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
-        tch::no_grad(|| model.net.forward_t(&x, true));
+        let _ = tch::no_grad(|| model.net.forward_t(&x, true));
         let trained: Vec<(String, Tensor)> = model
             .buffers()
             .into_iter()
