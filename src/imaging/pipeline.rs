@@ -737,6 +737,27 @@ mod tests {
         assert_eq!(p384.resized_size(480, 480), (439, 439));
     }
 
+    /// RandAugment changes training images only, seeded per image, and
+    /// leaves evaluation as it was.
+    #[test]
+    fn randaugment_changes_training_images_only() {
+        let p = Pipeline::from_preprocessor(&PreprocessorConfig::default(), Some(32));
+        let ra = p
+            .clone()
+            .with_randaugment(Some(RandAugment { n: 3, m: 20 }));
+        let img = gradient(120, 90);
+        let a = ra.process_augmented(&img, 5, 1).unwrap();
+        assert_eq!(a.0, ra.process_augmented(&img, 5, 1).unwrap().0);
+        let changed = (0..8)
+            .filter(|&i| {
+                ra.process_augmented(&img, 5, i).unwrap().0
+                    != p.process_augmented(&img, 5, i).unwrap().0
+            })
+            .count();
+        assert!(changed >= 6, "{changed} of 8 images changed");
+        assert_eq!(ra.process(&img).unwrap().0, p.process(&img).unwrap().0);
+    }
+
     #[test]
     fn augmentation_is_seeded_and_differs_from_eval() {
         let p = Pipeline::from_preprocessor(&PreprocessorConfig::default(), Some(64))
