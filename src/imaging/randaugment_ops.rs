@@ -177,26 +177,31 @@ pub fn sharpness(img: &RgbImage, factor: f64) -> RgbImage {
     if w <= 2 || h <= 2 {
         return img.clone();
     }
-    let a = (1.0f64 / 13.0) as f32;
-    let b = (5.0f64 / 13.0) as f32;
     let alpha = (1.0 - factor) as f32;
     let raw = img.as_raw();
     let mut out = img.clone();
     let dst: &mut [u8] = &mut out;
+    let row = w * 3;
     for y in 1..h - 1 {
         for x in 1..w - 1 {
             for c in 0..3 {
-                let at = |xx: usize, yy: usize| f32::from(raw[(yy * w + xx) * 3 + c]);
-                let mut s = 0.0f32;
-                for dy in 0..3 {
-                    for dx in 0..3 {
-                        let k = if dx == 1 && dy == 1 { b } else { a };
-                        s += k * at(x + dx - 1, y + dy - 1);
-                    }
-                }
-                let blurred = s.round_ties_even();
-                let v = at(x, y);
-                dst[(y * w + x) * 3 + c] = to_u8(v + alpha * (blurred - v));
+                let at = |i: usize| u32::from(raw[i]);
+                let centre = y * row + x * 3 + c;
+                let (up, down) = (centre - row, centre + row);
+                let ring = at(up - 3)
+                    + at(up)
+                    + at(up + 3)
+                    + at(centre - 3)
+                    + at(centre + 3)
+                    + at(down - 3)
+                    + at(down)
+                    + at(down + 3);
+                // torchvision's float32 convolution, rounded: (ring + 5 v) / 13
+                // is never within float error of a half, so the integer
+                // rounding gives the same level.
+                let blurred = ((2 * (ring + 5 * at(centre)) + 13) / 26) as f32;
+                let v = at(centre) as f32;
+                dst[centre] = to_u8(v + alpha * (blurred - v));
             }
         }
     }
