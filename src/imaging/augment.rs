@@ -52,6 +52,15 @@ pub fn rng_for(seed: u64, index: usize) -> ChaCha8Rng {
     rng
 }
 
+/// The RNG of image `index`'s RandAugment draw: another stream of the same
+/// seed, so that turning RandAugment on leaves the crop and flip draws of
+/// [`rng_for`] as they were.
+pub fn randaugment_rng(seed: u64, index: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream((1 << 63) | index as u64);
+    rng
+}
+
 impl AugmentConfig {
     /// Draws a crop, flip and jitter for a `width` x `height` image, following
     /// torchvision's `RandomResizedCrop.get_params` (10 tries, then a

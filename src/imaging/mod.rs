@@ -6,11 +6,14 @@ pub mod bench;
 pub mod config;
 pub mod decode;
 pub mod pipeline;
+pub mod randaugment;
+mod randaugment_ops;
 
 pub use augment::AugmentConfig;
 pub use config::{Geometry, PreprocessorConfig, ResizeTarget, SizeSpec};
 pub use decode::{decode, decode_dynamic, DecodeLimits};
 pub use pipeline::Pipeline;
+pub use randaugment::RandAugment;
 
 /// Why an image could not be turned into a tensor.
 #[derive(Debug, thiserror::Error)]

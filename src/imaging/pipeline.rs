@@ -17,9 +17,10 @@ use image::RgbImage;
 use rayon::prelude::*;
 use tch::Tensor;
 
-use super::augment::{jitter_pixel, rng_for, AugmentConfig, Draw};
+use super::augment::{jitter_pixel, randaugment_rng, rng_for, AugmentConfig, Draw};
 use super::config::{Geometry, PreprocessorConfig, ResizeTarget, SizeSpec};
 use super::decode::{decode, DecodeLimits};
+use super::randaugment::RandAugment;
 use super::ImageError;
 
 thread_local! {
@@ -39,6 +40,8 @@ pub struct Pipeline {
     std: [f32; 3],
     limits: DecodeLimits,
     augment: AugmentConfig,
+    /// Applied to the decoded image before the crop when augmenting.
+    randaugment: Option<RandAugment>,
 }
 
 /// Maps a PIL resampling code to the matching `fast_image_resize` algorithm.
@@ -105,6 +108,7 @@ impl Pipeline {
             std,
             limits: DecodeLimits::default(),
             augment: AugmentConfig::default(),
+            randaugment: None,
         }
     }
 
@@ -138,6 +142,22 @@ impl Pipeline {
     pub fn with_augmentation(mut self, augment: AugmentConfig) -> Self {
         self.augment = augment;
         self
+    }
+
+    /// Sets RandAugment, applied (when a seed is given to
+    /// [`Self::load_batch`]) to the decoded 8-bit image before the random
+    /// resized crop, from its own RNG stream of `(seed, index)`.
+    pub fn with_randaugment(mut self, randaugment: Option<RandAugment>) -> Self {
+        self.randaugment = randaugment;
+        self
+    }
+
+    /// The decoded image, RandAugmented when augmenting with it.
+    fn randaugmented(&self, img: RgbImage, seed: Option<u64>, index: usize) -> RgbImage {
+        match (seed, self.randaugment) {
+            (Some(seed), Some(ra)) => ra.apply(img, &mut randaugment_rng(seed, index)),
+            _ => img,
+        }
     }
 
     pub fn limits(&self) -> &DecodeLimits {
@@ -406,11 +426,12 @@ impl Pipeline {
         seed: u64,
         index: usize,
     ) -> Result<(Vec<f32>, u32, u32), ImageError> {
+        let img = self.randaugmented(img.clone(), Some(seed), index);
         let draw = self
             .augment
             .draw(img.width(), img.height(), &mut rng_for(seed, index));
         let mut out = Vec::new();
-        let (h, w) = self.process_into(img, Some(draw), &mut out)?;
+        let (h, w) = self.process_into(&img, Some(draw), &mut out)?;
         Ok((out, h, w))
     }
 
@@ -484,7 +505,7 @@ impl Pipeline {
             None => self.output_size(),
         };
         let one = |i: usize, out: &mut Vec<T>| -> Result<(u32, u32), ImageError> {
-            let img = load(i)?;
+            let img = self.randaugmented(load(i)?, augment, i);
             let draw = augment.map(|seed| {
                 self.augment
                     .draw(img.width(), img.height(), &mut rng_for(seed, i))
@@ -714,6 +735,27 @@ mod tests {
         let p384 = Pipeline::from_preprocessor(&cfg, Some(384));
         assert_eq!(p384.output_size(), Some((384, 384)));
         assert_eq!(p384.resized_size(480, 480), (439, 439));
+    }
+
+    /// RandAugment changes training images only, seeded per image, and
+    /// leaves evaluation as it was.
+    #[test]
+    fn randaugment_changes_training_images_only() {
+        let p = Pipeline::from_preprocessor(&PreprocessorConfig::default(), Some(32));
+        let ra = p
+            .clone()
+            .with_randaugment(Some(RandAugment { n: 3, m: 20 }));
+        let img = gradient(120, 90);
+        let a = ra.process_augmented(&img, 5, 1).unwrap();
+        assert_eq!(a.0, ra.process_augmented(&img, 5, 1).unwrap().0);
+        let changed = (0..8)
+            .filter(|&i| {
+                ra.process_augmented(&img, 5, i).unwrap().0
+                    != p.process_augmented(&img, 5, i).unwrap().0
+            })
+            .count();
+        assert!(changed >= 6, "{changed} of 8 images changed");
+        assert_eq!(ra.process(&img).unwrap().0, p.process(&img).unwrap().0);
     }
 
     #[test]

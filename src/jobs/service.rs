@@ -138,7 +138,8 @@ const HUB_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 
 /// The base model must be a local model directory or a Hub id whose
 /// `config.json` can be fetched (or is cached), of a supported architecture,
-/// deep enough for `partial` mode's `unfreeze_last_n`.
+/// deep enough for `partial` mode's `unfreeze_last_n`, with the stochastic
+/// depth and dropout a job's `drop_path_rate` and `dropout` set.
 async fn check_base_model(config: &JobConfig) -> AppResult<()> {
     let (source, image_size) = (config.base_model.clone(), config.image_size);
     let probe = tokio::task::spawn_blocking(move || check_base_model_blocking(&source, image_size));
@@ -151,6 +152,14 @@ async fn check_base_model(config: &JobConfig) -> AppResult<()> {
     };
     let info =
         checked.map_err(|e| AppError::unprocessable("unknown_base_model", format!("{e:#}")))?;
+    if let Some(info) = &info {
+        crate::model::Regularisation {
+            drop_path_rate: config.drop_path_rate,
+            dropout: config.dropout,
+        }
+        .check(&info.model_type)
+        .map_err(|e| AppError::unprocessable("invalid_config", e))?;
+    }
     if let (Some(info), Mode::Partial) = (info, config.mode) {
         let n = config.unfreeze_last_n();
         if n > info.num_layers {

@@ -34,6 +34,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use super::config::{ModelConfig, ViTConfig};
 use super::error::{ModelError, Result};
+use super::regularisation::Regularisation;
 use super::vit::ViTForImageClassification;
 use super::{swin, timm, Model};
 
@@ -76,6 +77,27 @@ pub fn load_pretrained_reporting(
     dir: &Path,
     device: Device,
     labels: Option<&[String]>,
+) -> Result<(Model, LoadReport)> {
+    load_adjusted(dir, device, labels, &Regularisation::default())
+}
+
+/// [`load_pretrained`] with a job's stochastic depth and dropout written
+/// into the configuration before the network is built (refused, naming the
+/// field, for a family without them).
+pub fn load_pretrained_regularised(
+    dir: &Path,
+    device: Device,
+    labels: Option<&[String]>,
+    regularisation: &Regularisation,
+) -> Result<Model> {
+    load_adjusted(dir, device, labels, regularisation).map(|(m, _)| m)
+}
+
+fn load_adjusted(
+    dir: &Path,
+    device: Device,
+    labels: Option<&[String]>,
+    regularisation: &Regularisation,
 ) -> Result<(Model, LoadReport)> {
     if !dir.is_dir() {
         return Err(ModelError::io(
@@ -151,6 +173,12 @@ pub fn load_pretrained_reporting(
         }
     };
     config.set_labels(labels);
+    regularisation
+        .apply(&mut config)
+        .map_err(|detail| ModelError::InvalidConfig {
+            path: config_path.clone(),
+            detail,
+        })?;
 
     let Model { vs, net, .. } =
         Model::from_config(config.clone(), config.labels().to_vec(), device)?;

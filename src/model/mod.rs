@@ -29,6 +29,7 @@ mod layers;
 pub mod load;
 pub mod params;
 pub mod preflight;
+pub mod regularisation;
 pub mod resize;
 pub mod resnet;
 mod resnet_config;
@@ -48,8 +49,9 @@ pub use config::{
 };
 pub use error::ModelError;
 pub use hub::{resolve_model_source, HubOptions};
-pub use load::{load_pretrained, CheckpointFormat, LoadReport};
+pub use load::{load_pretrained, load_pretrained_regularised, CheckpointFormat, LoadReport};
 pub use params::{ParamGroup, Trainable};
+pub use regularisation::Regularisation;
 pub use save::{save_pretrained, ProblemType};
 
 /// What the trainer and the server need from a classification network.

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::data::Task;
+use crate::imaging::RandAugment;
 
 /// How much of the network is trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
@@ -64,7 +65,14 @@ pub struct JobConfig {
     /// 5e-5 (full).
     #[serde(default)]
     pub learning_rate: Option<f64>,
-    #[serde(default = "defaults::weight_decay")]
+    /// AdamW's decoupled weight decay (not on biases and norms): a number in
+    /// [0, 1), or a preset: `none` 0, `light` 0.01, `medium` 0.03, `heavy`
+    /// 0.1 (AugReg's two values are 0.03 and 0.1). Stored as the number.
+    #[serde(
+        default = "defaults::weight_decay",
+        deserialize_with = "super::weight_decay::deserialize"
+    )]
+    #[schema(value_type = super::weight_decay::WeightDecay)]
     pub weight_decay: f64,
     /// Fraction of the optimiser steps spent warming up linearly.
     #[serde(default = "defaults::warmup_ratio")]
@@ -73,7 +81,8 @@ pub struct JobConfig {
     /// (1 = no decay).
     #[serde(default)]
     pub layer_lr_decay: Option<f64>,
-    /// Multi-class only.
+    /// Multi-class only. Combines with `mixup_alpha` / `cutmix_alpha` (the
+    /// mixed targets are smoothed).
     #[serde(default)]
     pub label_smoothing: f64,
     /// Micro-batches per optimiser step (the effective batch is
@@ -95,6 +104,42 @@ pub struct JobConfig {
     /// (never for linear probes, whose features are computed once).
     #[serde(default = "defaults::yes")]
     pub augmentation: bool,
+    /// RandAugment as `torchvision.transforms.v2.RandAugment(num_ops=n,
+    /// magnitude=m)` (31 magnitude bins, signed magnitudes negated with
+    /// probability 0.5, nearest interpolation, black fill) on each training
+    /// image as decoded, before the random resized crop. Needs
+    /// `augmentation`; never for linear probes (features are computed once)
+    /// nor for validation and test images. Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub randaugment: Option<RandAugment>,
+    /// MixUp: each training batch becomes `lam * x + (1 - lam) * x_rolled`
+    /// (the batch rolled by one, as torchvision pairs samples), `lam ~
+    /// Beta(alpha, alpha)` per batch, with the targets mixed alike (soft
+    /// targets; multi-label target vectors mix the same way). 0 is off;
+    /// AugReg used 0.2 to 0.8. Not for linear probes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mixup_alpha: f64,
+    /// CutMix (`torchvision.transforms.v2.CutMix`): a box of the rolled batch
+    /// pasted in, `lam ~ Beta(alpha, alpha)` setting its size and the
+    /// targets mixed by the box's actual area. 0 is off. With `mixup_alpha`
+    /// too, each batch uses one of the two, chosen with probability 0.5.
+    /// Not for linear probes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cutmix_alpha: f64,
+    /// Stochastic depth while training, replacing the base model's rate:
+    /// DINOv2 (every block), Swin and ConvNeXt (rising linearly to this
+    /// rate over the blocks). ViT (whose `transformers` class has none) and
+    /// ResNet refuse it. The saved `config.json` records it. No effect for
+    /// linear probes (their backbone runs in evaluation mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_path_rate: Option<f64>,
+    /// Dropout while training, replacing the base model's
+    /// `hidden_dropout_prob` (embeddings, attention output and MLP output)
+    /// of ViT, DINOv2 and Swin; attention-probability dropout is left as the
+    /// base model has it. ConvNeXt and ResNet have no dropout and refuse it.
+    /// The saved `config.json` records it. No effect for linear probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<f64>,
     #[serde(default)]
     pub mixed_precision: Precision,
     /// Never use TF32 for fp32 matmuls and convolutions on a GPU (slower,
@@ -109,6 +154,10 @@ pub struct JobConfig {
     /// dataset has no validation split (stratified, seeded).
     #[serde(default = "defaults::validation_fraction")]
     pub validation_fraction: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 mod defaults {
@@ -215,6 +264,31 @@ impl JobConfig {
                 "`unfreeze_last_n` must be >= 1",
             )?;
         }
+        for (name, alpha) in [
+            ("mixup_alpha", self.mixup_alpha),
+            ("cutmix_alpha", self.cutmix_alpha),
+        ] {
+            check(
+                (0.0..=10.0).contains(&alpha),
+                &format!("`{name}` must be in [0, 10] (0 is off)"),
+            )?;
+        }
+        if let Some(r) = self.drop_path_rate {
+            check(
+                (0.0..1.0).contains(&r),
+                "`drop_path_rate` must be in [0, 1)",
+            )?;
+        }
+        if let Some(p) = self.dropout {
+            check((0.0..1.0).contains(&p), "`dropout` must be in [0, 1)")?;
+        }
+        if let Some(ra) = &self.randaugment {
+            ra.validate()?;
+            check(
+                self.augmentation,
+                "`randaugment` runs with the training augmentation; it needs `augmentation: true`",
+            )?;
+        }
         if let Some(s) = self.image_size {
             check((16..=1024).contains(&s), "`image_size` must be 16..=1024")?;
         }
@@ -251,6 +325,52 @@ mod tests {
         assert!(cfg.task.is_none());
         assert_eq!(cfg.mixed_precision, Precision::Auto);
         assert!(!cfg.strict_fp32);
+        assert!(cfg.randaugment.is_none() && cfg.drop_path_rate.is_none() && cfg.dropout.is_none());
+        assert_eq!(
+            (cfg.mixup_alpha, cfg.cutmix_alpha, cfg.weight_decay),
+            (0.0, 0.0, 0.01)
+        );
+        // Unset recipes are not written: stored configs are as before.
+        let stored = serde_json::to_value(&cfg).unwrap();
+        for field in [
+            "randaugment",
+            "mixup_alpha",
+            "cutmix_alpha",
+            "drop_path_rate",
+            "dropout",
+        ] {
+            assert!(stored.get(field).is_none(), "{field}");
+        }
+    }
+
+    #[test]
+    fn recipes_parse_and_bad_values_are_named() {
+        let cfg = JobConfig::from_json(
+            r#"{"base_model":"x","mode":"full","randaugment":{"n":2,"m":9},"mixup_alpha":0.2,
+                "cutmix_alpha":1.0,"drop_path_rate":0.1,"dropout":0.1,"weight_decay":"medium"}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.randaugment, Some(RandAugment { n: 2, m: 9 }));
+        assert_eq!(cfg.weight_decay, 0.03);
+        let back = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(back["randaugment"]["m"], 9);
+        assert_eq!(back["cutmix_alpha"], 1.0);
+        for (json, field) in [
+            (r#""randaugment":{"n":2,"m":31}"#, "randaugment.m"),
+            (r#""randaugment":{"n":0,"m":3}"#, "randaugment.n"),
+            (r#""randaugment":{"n":2}"#, "m"),
+            (
+                r#""randaugment":{"n":2,"m":3},"augmentation":false"#,
+                "augmentation",
+            ),
+            (r#""mixup_alpha":-1"#, "mixup_alpha"),
+            (r#""cutmix_alpha":11"#, "cutmix_alpha"),
+            (r#""drop_path_rate":1.0"#, "drop_path_rate"),
+            (r#""dropout":-0.1"#, "dropout"),
+        ] {
+            let err = JobConfig::from_json(&format!(r#"{{"base_model":"x",{json}}}"#)).unwrap_err();
+            assert!(err.contains(field), "{json}: {err}");
+        }
     }
 
     /// Stored configs of earlier versions still parse, and the precision

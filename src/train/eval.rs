@@ -67,7 +67,9 @@ pub fn targets_tensor(targets: &[Vec<usize>], task: Task, num_labels: usize) -> 
 }
 
 /// The training loss of a batch: cross-entropy (with label smoothing) or
-/// binary cross-entropy on logits.
+/// binary cross-entropy on logits. Multi-class targets are class ids, or
+/// `[B, K]` probabilities (MixUp / CutMix), which torch's cross-entropy
+/// smooths the same way (`(1 - e) * p + e / K`).
 pub fn loss(logits: &Tensor, targets: &Tensor, task: Task, label_smoothing: f64) -> Tensor {
     let logits = logits.to_kind(Kind::Float);
     match task {

@@ -122,8 +122,9 @@ mod tests {
 
     /// The device-side normalisation (here on the CPU device: the same
     /// table lookup) gives exactly the floats of the CPU pipeline, for
-    /// evaluation, augmented training batches, a non-default mean/std and
-    /// rescale, and a centre crop larger than the image (zero padding).
+    /// evaluation, augmented training batches (with and without
+    /// RandAugment), a non-default mean/std and rescale, and a centre crop
+    /// larger than the image (zero padding).
     #[test]
     fn device_normalisation_is_bit_identical_to_the_cpu_pipeline() {
         let dir = tempfile::tempdir().unwrap();
@@ -136,12 +137,20 @@ mod tests {
         ];
         for json in configs {
             let cfg: PreprocessorConfig = serde_json::from_str(json).unwrap();
-            let pipeline = Pipeline::from_preprocessor(&cfg, Some(32)).with_model_size(32);
-            let placer = InputPlacer::new(&pipeline, Device::Cpu);
-            for augment in [None, Some(9u64)] {
+            let plain = Pipeline::from_preprocessor(&cfg, Some(32)).with_model_size(32);
+            // RandAugment gives 8-bit images: the u8 path stays exact.
+            let randaugmented = plain
+                .clone()
+                .with_randaugment(Some(crate::imaging::RandAugment { n: 2, m: 12 }));
+            for (pipeline, augment) in [
+                (&plain, None),
+                (&plain, Some(9u64)),
+                (&randaugmented, Some(9u64)),
+            ] {
+                let placer = InputPlacer::new(pipeline, Device::Cpu);
                 let want = pipeline.load_batch(&paths, augment).unwrap();
                 let raw = PixelFormat::U8 { pinned: false }
-                    .load(&pipeline, &paths, augment)
+                    .load(pipeline, &paths, augment)
                     .unwrap();
                 assert_eq!(raw.kind(), Kind::Uint8);
                 let got = placer.place(&raw);

@@ -15,11 +15,13 @@ mod eval;
 mod features;
 mod input;
 pub mod metrics;
+pub mod mix;
 pub mod oom;
 pub mod optim;
 pub mod record;
 mod resolution;
 mod session;
+pub mod weight_decay;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;

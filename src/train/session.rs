@@ -23,13 +23,14 @@ use super::config::{JobConfig, Mode};
 use super::data::{prepare, Prepared};
 use super::eval::{evaluate, loss, targets_tensor, EpochMetrics, Evaluation};
 use super::input::{InputPlacer, PixelFormat};
+use super::mix::Mixer;
 use super::oom::{self, infer_in_chunks, retry_smaller, FailureKind};
 use super::optim::{lr_at, AdamW};
 use super::record::{ModelCard, TestMetrics};
 use super::{features, Events, StopFlag, TrainError, TrainEvent, TrainOutcome, TrainSpec};
 use crate::data::Task;
 use crate::imaging::{Pipeline, PreprocessorConfig};
-use crate::model::{Model, ParamGroup, Trainable};
+use crate::model::{Model, ParamGroup, Regularisation, Trainable};
 use crate::torchx;
 
 /// Optimiser steps between two reads of the loss on the host (each read
@@ -87,9 +88,22 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
     // A stream of this thread's own: `/predict` on the same GPU does not
     // wait behind the training kernels (nor they behind it).
     torchx::use_own_stream(spec.device).map_err(torch_error(spec.device, "taking a stream"))?;
-    let mut model =
-        crate::model::load_pretrained(&spec.base_model_dir, spec.device, Some(&data.labels))
-            .map_err(|e| TrainError::fatal(format!("loading base model: {e:#}")))?;
+    // Stochastic depth and dropout act in training only: not for linear
+    // probes, whose backbone runs in evaluation mode.
+    let regularisation = match cfg.mode {
+        Mode::LinearProbe => Regularisation::default(),
+        _ => Regularisation {
+            drop_path_rate: cfg.drop_path_rate,
+            dropout: cfg.dropout,
+        },
+    };
+    let mut model = crate::model::load_pretrained_regularised(
+        &spec.base_model_dir,
+        spec.device,
+        Some(&data.labels),
+        &regularisation,
+    )
+    .map_err(|e| TrainError::fatal(format!("loading base model: {e:#}")))?;
     if let Some(size) = cfg.image_size {
         super::resolution::adapt(&mut model, size)?;
     }
@@ -100,7 +114,8 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
     // As the saved model will be served: an output size the preprocessor
     // leaves open is the model's `image_size` (after `adapt`).
     let pipeline = Pipeline::from_preprocessor(&preprocessor, cfg.image_size)
-        .with_model_size(model.image_size() as u32);
+        .with_model_size(model.image_size() as u32)
+        .with_randaugment(cfg.randaugment);
     let params = select_trainable(&model, cfg);
     if params.is_empty() {
         return Err(TrainError::fatal("no trainable parameters for this mode"));
@@ -138,6 +153,16 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
         train_format: PixelFormat::for_device(spec.device, &pipeline, augmented),
         eval_format: PixelFormat::for_device(spec.device, &pipeline, false),
         pipeline,
+        mixer: (cfg.mode != Mode::LinearProbe)
+            .then(|| {
+                Mixer::new(
+                    cfg.mixup_alpha,
+                    cfg.cutmix_alpha,
+                    data.task,
+                    data.labels.len(),
+                )
+            })
+            .flatten(),
         plan,
         events: &events,
         stop: &stop,
@@ -199,6 +224,8 @@ struct Trainer<'a> {
     data: &'a Prepared,
     model: &'a Model,
     pipeline: Pipeline,
+    /// MixUp / CutMix of image batches (never of cached features).
+    mixer: Option<Mixer>,
     plan: PrecisionPlan,
     /// Puts loader batches on the device (normalising 8-bit ones there).
     placer: InputPlacer,
@@ -372,6 +399,15 @@ impl Trainer<'_> {
                 let (len, x) = item?;
                 let x = self.placer.place(&x);
                 let y = epoch_targets.narrow(0, step_in_epoch as i64 * batch, len as i64);
+                let (x, y) = match &self.mixer {
+                    Some(mixer) => {
+                        let size = x.size();
+                        let mut rng = Mixer::rng(rng_seed(cfg.seed, epoch), step_in_epoch);
+                        let mix = mixer.draw(size[2], size[3], &mut rng);
+                        mixer.apply(mix, &x, &y)
+                    }
+                    None => (x, y),
+                };
                 lr = lr_at(
                     state.global_step as usize,
                     total_steps as usize,
@@ -906,6 +942,119 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn train_tiny(
+        dir: &Path,
+        base_model_dir: PathBuf,
+        dataset_dir: PathBuf,
+        extra: serde_json::Value,
+    ) -> (TrainOutcome, Vec<f64>) {
+        let mut json = serde_json::json!({
+            "base_model": base_model_dir, "mode": "full", "epochs": 2, "batch_size": 4,
+            "learning_rate": 1e-3
+        });
+        json.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let spec = TrainSpec {
+            job_id: "recipes".into(),
+            config: JobConfig::from_json(&json.to_string()).unwrap(),
+            dataset_dir,
+            base_model_dir,
+            work_dir: dir.join("work"),
+            device: Device::Cpu,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let outcome = run(spec, tx, Default::default()).unwrap();
+        let mut losses = vec![];
+        while let Ok(ev) = rx.try_recv() {
+            if let TrainEvent::Step { loss, .. } = ev {
+                losses.push(loss);
+            }
+        }
+        (outcome, losses)
+    }
+
+    /// Every recipe at once on the tiny ViT (RandAugment, MixUp and CutMix,
+    /// dropout, label smoothing, heavy weight decay) trains with finite
+    /// losses, and the saved `config.json` records the dropout.
+    #[test]
+    fn every_recipe_trains_with_finite_losses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dataset_dir, base_model_dir) = tiny_job(dir.path(), 10);
+        let (outcome, losses) = train_tiny(
+            dir.path(),
+            base_model_dir,
+            dataset_dir,
+            serde_json::json!({"randaugment": {"n": 2, "m": 9}, "mixup_alpha": 0.8,
+                "cutmix_alpha": 1.0, "dropout": 0.1, "label_smoothing": 0.1,
+                "weight_decay": "heavy"}),
+        );
+        assert_eq!(losses.len(), 2);
+        assert!(
+            losses.iter().all(|l| l.is_finite() && *l > 0.0),
+            "{losses:?}"
+        );
+        let card = outcome.card.unwrap();
+        assert!(card
+            .history
+            .iter()
+            .all(|m| m.train_loss.is_finite() && m.validation_loss.is_finite()));
+        assert_eq!(card.config.weight_decay, 0.1);
+        let saved: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(outcome.best_model_dir.unwrap().join("config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(saved["hidden_dropout_prob"], 0.1);
+    }
+
+    /// `drop_path_rate` on a tiny DINOv2: it trains, the saved `config.json`
+    /// records the rate, and `transformers` loads the directory.
+    #[test]
+    fn drop_path_trains_and_the_saved_model_loads_in_transformers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dataset_dir, _) = tiny_job(dir.path(), 6);
+        let config = crate::model::ModelConfig::from_json(
+            serde_json::json!({"model_type": "dinov2", "hidden_size": 16, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "image_size": 16, "patch_size": 8}),
+            Path::new("config.json"),
+        )
+        .unwrap();
+        let model = Model::from_config(config, vec!["a".into(), "b".into()], Device::Cpu).unwrap();
+        let base = dir.path().join("dinov2");
+        crate::model::save_pretrained(&model, &base, crate::model::ProblemType::SingleLabel)
+            .unwrap();
+        let (outcome, losses) = train_tiny(
+            dir.path(),
+            base,
+            dataset_dir,
+            serde_json::json!({"epochs": 1, "drop_path_rate": 0.3, "dropout": 0.1}),
+        );
+        assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+        let best = outcome.best_model_dir.unwrap();
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(best.join("config.json")).unwrap()).unwrap();
+        assert_eq!(saved["drop_path_rate"], 0.3);
+        let python = std::env::var_os("VITRINE_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+        let out = std::process::Command::new(python)
+            .args([
+                "-c",
+                "import sys; from transformers import AutoModelForImageClassification as A; \
+                 m = A.from_pretrained(sys.argv[1]); print(m.config.drop_path_rate, m.config.hidden_dropout_prob)",
+            ])
+            .arg(&best)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout.trim(), "0.3 0.1");
     }
 
     #[test]

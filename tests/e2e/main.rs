@@ -15,6 +15,7 @@ mod crash;
 mod hub_download;
 mod jobs;
 mod open_size;
+mod recipes;
 mod serving;
 mod shutdown;
 mod sweeps;

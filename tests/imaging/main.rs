@@ -7,5 +7,7 @@ mod common;
 
 mod decode;
 mod formats;
+mod mix_parity;
 mod model_size;
 mod pillow_parity;
+mod randaugment_parity;
