@@ -15,7 +15,7 @@ use crate::common::process::ServerProcess;
 const TIMEOUT: Duration = Duration::from_secs(400);
 
 /// POST /sweeps: multipart archive + spec; expects 202, returns the sweep.
-async fn submit_sweep(url: &str, archive: &Path, spec: Value) -> Value {
+pub(crate) async fn submit_sweep(url: &str, archive: &Path, spec: Value) -> Value {
     let form = reqwest::multipart::Form::new()
         .part(
             "dataset",
@@ -33,7 +33,7 @@ async fn submit_sweep(url: &str, archive: &Path, spec: Value) -> Value {
 }
 
 /// Polls the sweep until it ends.
-async fn wait_for_sweep(url: &str, id: &str) -> Value {
+pub(crate) async fn wait_for_sweep(url: &str, id: &str) -> Value {
     let started = Instant::now();
     loop {
         let s = get_json(url, &format!("/sweeps/{id}")).await;

@@ -296,3 +296,61 @@ async fn dinov2_multi_label_mosaics_reach_a_stated_micro_f1() {
     assert_eq!(model["metrics"]["thresholds"].as_array().unwrap().len(), 10);
     server.stop().await;
 }
+
+/// A sweep on real images (issue 16): DINOv2's linear probe, the same
+/// architecture at random init, each also in `partial` mode (the last block,
+/// one epoch at 56 px). The pretrained probe must rank first, be promoted
+/// to `production`, and `/predict` (which serves `production`) answers
+/// with its model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_ranks_the_pretrained_probe_first_and_promotes_it() {
+    let test = "a_sweep_ranks_the_pretrained_probe_first_and_promotes_it";
+    let Some(fx) = fixtures(test) else { return };
+    let server = TestServer::start(|_| {}).await;
+    let probe =
+        json!({"mode": "linear_probe", "epochs": 30, "learning_rate": 0.003, "image_size": 112});
+    let partial = json!({"mode": "partial", "unfreeze_last_n": 1, "epochs": 1,
+                         "learning_rate": 1e-4, "image_size": 56});
+    let mut candidates = Vec::new();
+    for base in [&fx.dinov2, &fx.random] {
+        for mode in [&probe, &partial] {
+            let mut c = mode.clone();
+            c["base_model"] = json!(base);
+            candidates.push(c);
+        }
+    }
+    let spec = json!({"base": {"batch_size": 32, "seed": 1}, "candidates": candidates,
+                      "metric": "accuracy", "promote_alias": "production"});
+    let sweep = crate::sweeps::submit_sweep(&server.url, &fx.classes_zip, spec).await;
+    let done = crate::sweeps::wait_for_sweep(&server.url, sweep["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let board = done["leaderboard"].as_array().unwrap();
+    assert_eq!(board.len(), 4);
+    for row in board {
+        println!(
+            "{} {}: validation accuracy {:.3}, {} s",
+            row["config"]["mode"],
+            row["config"]["base_model"],
+            row["best_metric"].as_f64().unwrap_or(f64::NAN),
+            row["wall_seconds"]
+        );
+    }
+    let first = &board[0];
+    assert_eq!(first["config"]["base_model"], json!(fx.dinov2), "{done}");
+    assert_eq!(first["config"]["mode"], "linear_probe", "{done}");
+    assert_eq!(done["winner_model_id"], first["model_id"], "{done}");
+
+    let image = images_under(&fx.classes_zip, "validation/").remove(0).1;
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/predict", server.url))
+        .header("content-type", "image/png")
+        .body(image)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["model"], first["model_id"], "{answer}");
+    server.stop().await;
+}
