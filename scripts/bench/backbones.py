@@ -19,6 +19,7 @@ images per class, mode, epochs, best validation accuracy, test accuracy and
 the job's wall time. Standard library plus torch/transformers (the venv).
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -81,6 +82,8 @@ def main():
     ap.add_argument("--pretrained", default=str(ROOT / "data/cache/dinov2-small"),
                     help="DINOv2-S/14 directory ('' to skip)")
     ap.add_argument("--work", default=str(ROOT / "data/cache/backbones"))
+    ap.add_argument("--extra", default="{}",
+                    help="job-config fields added to every random-init job (JSON), e.g. recipes")
     args = ap.parse_args()
     url = args.url.rstrip("/")
     work = Path(args.work)
@@ -104,8 +107,9 @@ def main():
                             "--test", str(args.test), "--seed", str(args.seed)],
                            check=True, stdout=subprocess.DEVNULL)
         dataset = upload(url, archive)
+        extra = json.loads(args.extra)
         runs = [(family, path, params, {"mode": "full", "epochs": n_epochs, "learning_rate": 1e-3,
-                                        "image_size": args.image_size})
+                                        "image_size": args.image_size, **extra})
                 for family, (path, params) in models.items()]
         if pretrained:
             runs.append(("DINOv2-S/14 pre-trained", pretrained, 22_056_576,
@@ -122,7 +126,8 @@ def main():
             print(f"  validation {best:.3f}, test {test}, {wall:.0f} s", file=sys.stderr, flush=True)
 
     print(f"\nFashion-MNIST, 10 classes, {args.validation} validation and {args.test} test images "
-          f"per class, seed {args.seed}; random-init models at {args.image_size} px\n")
+          f"per class, seed {args.seed}; random-init models at {args.image_size} px"
+          + (f", with {args.extra}" if args.extra != "{}" else "") + "\n")
     print("| backbone | backbone parameters | train images per class | mode | epochs "
           "| best validation accuracy | test accuracy | job wall time |")
     print("|---|---|---|---|---|---|---|---|")

@@ -10,7 +10,8 @@
 #   WORK_DIR  holds the Fashion-MNIST zips (made here when the dataset is
 #             installed; carry them to a machine without it), default
 #             data/cache/backbones-gpu
-#   DEVICE=cuda:0 PER_CLASS=200 EPOCHS=15 VITRINE_BIN (default dist/vitrine,
+#   DEVICE=cuda:0 PER_CLASS=200 EPOCHS=15 EXTRA='{"randaugment": {"n": 2, "m": 9}}'
+#   (job-config fields for every job) VITRINE_BIN (default dist/vitrine,
 #   else target/release/vitrine) VITRINE_PYTHON (python with torch 2.11)
 #   RESULTS_DIR  also copy the table and the server log there
 set -euo pipefail
@@ -37,7 +38,7 @@ finish() {
 trap finish EXIT
 "$py" scripts/bench/gpu_bench.py wait "$url/readyz" "$pid" 300
 "$py" scripts/bench/backbones.py "$url" --per-class "${PER_CLASS:-200}" --epochs "${EPOCHS:-15}" \
-  --pretrained '' --work "$work" | tee "$tmp/table.md"
+  --pretrained '' --work "$work" --extra "${EXTRA:-{\}}" | tee "$tmp/table.md"
 
 # /predict on the device against transformers on the CPU.
 "$py" - "$url" "$tmp/data" "$work" <<'PY' | tee "$tmp/parity.md"
