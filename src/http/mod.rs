@@ -24,6 +24,7 @@ mod jobs;
 mod models;
 pub mod multipart;
 pub mod openapi;
+mod page;
 mod predict;
 pub mod problem;
 mod sweeps;

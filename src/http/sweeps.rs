@@ -16,6 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Json, Query};
 use super::multipart::BodyLimit;
+use super::page;
 use crate::app::AppState;
 use crate::error::{AppError, AppResult};
 use crate::store::sweeps as store;
@@ -150,30 +151,14 @@ pub async fn list_sweeps(
     State(state): State<AppState>,
     Query(q): Query<ListSweeps>,
 ) -> AppResult<Response> {
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(AppError::bad_request(
-            "invalid_query",
-            "`limit` must be 1..=200",
-        ));
-    }
+    let limit = page::limit(q.limit)?;
     let rows = store::list(&state.db, q.before.as_deref(), limit).await?;
-    let next = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| r.id.clone()))
-        .flatten();
+    let last_id = rows.last().map(|r| r.id.clone());
     let mut views = Vec::with_capacity(rows.len());
     for row in &rows {
         views.push(view::view(&state.db, row).await?);
     }
-    let mut resp = axum::Json(views).into_response();
-    if let Some(next) = next.and_then(|n| {
-        format!("</sweeps?limit={limit}&before={n}>; rel=\"next\"")
-            .parse()
-            .ok()
-    }) {
-        resp.headers_mut().insert(header::LINK, next);
-    }
-    Ok(resp)
+    Ok(page::respond(views, "/sweeps", limit, last_id))
 }
 
 async fn find(state: &AppState, id: &str) -> AppResult<store::SweepRow> {
