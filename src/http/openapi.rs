@@ -29,7 +29,7 @@ use crate::app::AppState;
         crate::store::jobs::JobStatus, crate::data::Task,
         crate::train::EpochMetrics, crate::train::TrainEvent,
         super::jobs::CreateJob, super::sweeps::CreateSweep,
-        crate::sweeps::spec::SweepSpec, crate::sweeps::spec::SweepMetric,
+        crate::sweeps::spec::SweepSpec, crate::train::config::SelectionMetric,
         crate::sweeps::spec::Budget, crate::sweeps::spec::EarlyStop,
         crate::sweeps::view::SweepView, crate::sweeps::view::LeaderboardRow,
         super::predict::PredictJson, super::predict::PredictResponse,

@@ -71,7 +71,7 @@ pub async fn check_job(
     config: &JobConfig,
 ) -> AppResult<()> {
     check_device(queue, config.device.as_deref())?;
-    check_task(config.task, dataset.task)?;
+    check_task(config, dataset.task)?;
     check_base_model(config).await
 }
 
@@ -122,11 +122,22 @@ fn list_or_none(devices: &[&String]) -> String {
     }
 }
 
-fn check_task(forced: Option<Task>, dataset_task: Task) -> AppResult<()> {
-    if forced == Some(Task::MultiClass) && dataset_task == Task::MultiLabel {
+fn check_task(config: &JobConfig, dataset_task: Task) -> AppResult<()> {
+    if config.task == Some(Task::MultiClass) && dataset_task == Task::MultiLabel {
         return Err(AppError::unprocessable(
             "task_mismatch",
             "task `multi_class` was asked for, but the dataset gives some images several labels",
+        ));
+    }
+    let task = config.task.unwrap_or(dataset_task);
+    if let Some(metric) = config.selection_metric.filter(|m| !m.available_for(task)) {
+        return Err(AppError::unprocessable(
+            "invalid_config",
+            format!(
+                "`selection_metric`: `{}` is not a metric of a {} task",
+                metric.as_str(),
+                task.as_str()
+            ),
         ));
     }
     Ok(())

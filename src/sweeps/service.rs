@@ -30,7 +30,7 @@ pub async fn submit(
     max_candidates: usize,
 ) -> AppResult<(SweepRow, Vec<JobRow>)> {
     let parsed = SweepSpec::from_value(spec)?;
-    let configs = parsed.expand(max_candidates)?;
+    let mut configs = parsed.expand(max_candidates)?;
     let dataset = jobs::find_dataset(queue, dataset_id).await?;
 
     let task = common_task(&configs, dataset.task)?;
@@ -48,6 +48,10 @@ pub async fn submit(
                 task.as_str()
             ),
         ));
+    }
+    // Each candidate keeps the epoch that is best on the sweep's metric.
+    for config in &mut configs {
+        config.selection_metric.get_or_insert(metric);
     }
     let rungs = parsed.rungs.clone().unwrap_or_default();
     if let (Some(&last), Some(fewest)) = (rungs.last(), configs.iter().map(|c| c.epochs).min()) {

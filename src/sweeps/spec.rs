@@ -7,60 +7,9 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::error::{AppError, AppResult};
-use crate::task::Task;
 use crate::train::config::JobConfig;
 
-/// The validation metric candidates are ranked on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SweepMetric {
-    /// Multi-class only.
-    Accuracy,
-    /// Either task.
-    MacroF1,
-    /// Mean average precision; multi-label only.
-    Map,
-}
-
-impl SweepMetric {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Accuracy => "accuracy",
-            Self::MacroF1 => "macro_f1",
-            Self::Map => "map",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "accuracy" => Self::Accuracy,
-            "macro_f1" => Self::MacroF1,
-            "map" => Self::Map,
-            _ => return None,
-        })
-    }
-
-    /// What the trainer maximises for a task, the default metric.
-    pub fn default_for(task: Task) -> Self {
-        match task {
-            Task::MultiClass => Self::Accuracy,
-            Task::MultiLabel => Self::Map,
-        }
-    }
-
-    pub fn available_for(self, task: Task) -> bool {
-        !matches!(
-            (self, task),
-            (Self::Accuracy, Task::MultiLabel) | (Self::Map, Task::MultiClass)
-        )
-    }
-
-    /// The metric's value in a split's metrics object (an epoch's
-    /// `validation`, a card's `test.metrics`).
-    pub fn read(self, metrics: &Value) -> Option<f64> {
-        metrics.get(self.as_str()).and_then(Value::as_f64)
-    }
-}
+pub use crate::train::config::SelectionMetric as SweepMetric;
 
 /// How a sweep stops losing candidates early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

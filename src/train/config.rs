@@ -22,6 +22,61 @@ pub enum Mode {
     Full,
 }
 
+/// The validation metric that picks a job's best epoch (the saved model)
+/// and drives early stopping; a sweep ranks its candidates on it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectionMetric {
+    /// Multi-class only.
+    Accuracy,
+    /// Either task.
+    MacroF1,
+    /// Mean average precision; multi-label only.
+    Map,
+}
+
+impl SelectionMetric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accuracy => "accuracy",
+            Self::MacroF1 => "macro_f1",
+            Self::Map => "map",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "accuracy" => Self::Accuracy,
+            "macro_f1" => Self::MacroF1,
+            "map" => Self::Map,
+            _ => return None,
+        })
+    }
+
+    /// What the trainer maximises for a task by default.
+    pub fn default_for(task: Task) -> Self {
+        match task {
+            Task::MultiClass => Self::Accuracy,
+            Task::MultiLabel => Self::Map,
+        }
+    }
+
+    pub fn available_for(self, task: Task) -> bool {
+        !matches!(
+            (self, task),
+            (Self::Accuracy, Task::MultiLabel) | (Self::Map, Task::MultiClass)
+        )
+    }
+
+    /// The metric's value in a split's metrics object (an epoch's
+    /// `validation`, a card's `test.metrics`).
+    pub fn read(self, metrics: &serde_json::Value) -> Option<f64> {
+        metrics
+            .get(self.as_str())
+            .and_then(serde_json::Value::as_f64)
+    }
+}
+
 /// Numeric precision of training on a GPU (the CPU always trains in fp32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -92,6 +147,12 @@ pub struct JobConfig {
     /// Stop after this many epochs without a better validation metric.
     #[serde(default)]
     pub early_stopping_patience: Option<u32>,
+    /// The validation metric that picks the best epoch (the saved model) and
+    /// drives early stopping: `accuracy` (the multi-class default), `map`
+    /// (the multi-label default) or `macro_f1`. A sweep sets it to its own
+    /// metric on candidates that leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection_metric: Option<SelectionMetric>,
     #[serde(default = "defaults::max_grad_norm")]
     pub max_grad_norm: f64,
     #[serde(default = "defaults::seed")]

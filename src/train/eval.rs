@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 use utoipa::ToSchema;
 
+use super::config::SelectionMetric;
 use super::metrics::{self, ClassMetrics, LabelSetMetrics};
 use crate::data::Task;
 
@@ -22,6 +23,16 @@ impl Evaluation {
         match self {
             Self::MultiClass(m) => m.accuracy,
             Self::MultiLabel(m) => m.map,
+        }
+    }
+
+    /// The job's selection metric (see [`SelectionMetric`]); its default
+    /// is [`Self::score`].
+    pub fn score_by(&self, metric: Option<SelectionMetric>) -> f64 {
+        match (self, metric) {
+            (Self::MultiClass(m), Some(SelectionMetric::MacroF1)) => m.macro_f1,
+            (Self::MultiLabel(m), Some(SelectionMetric::MacroF1)) => m.macro_f1,
+            _ => self.score(),
         }
     }
 
@@ -133,4 +144,21 @@ fn to_rows(t: &Tensor) -> Vec<Vec<f32>> {
     (0..n as usize)
         .map(|i| flat[i * c as usize..(i + 1) * c as usize].to_vec())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_selection_metric_picks_what_is_maximised() {
+        let m: ClassMetrics = serde_json::from_value(serde_json::json!({
+            "accuracy": 0.9, "macro_f1": 0.6, "per_class": [], "confusion_matrix": []
+        }))
+        .unwrap();
+        let e = Evaluation::MultiClass(m);
+        assert_eq!(e.score_by(None), 0.9);
+        assert_eq!(e.score_by(Some(SelectionMetric::Accuracy)), 0.9);
+        assert_eq!(e.score_by(Some(SelectionMetric::MacroF1)), 0.6);
+    }
 }

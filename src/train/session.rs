@@ -467,7 +467,7 @@ impl Trainer<'_> {
                 train_images_per_sec: seen as f64 / train_secs.max(1e-9),
                 validation,
             };
-            let score = metrics.validation.score();
+            let score = metrics.validation.score_by(self.cfg.selection_metric);
             let improved = state.best_score.is_none_or(|b| score > b);
             if improved {
                 self.save_best(&metrics)?;

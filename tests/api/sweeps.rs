@@ -89,6 +89,8 @@ async fn a_grid_expands_to_one_ordinary_job_per_combination() {
             assert_eq!(j["status"], "queued");
             assert_eq!(j["config"]["epochs"], 3);
             assert_eq!(j["config"]["batch_size"], 16);
+            // Each candidate keeps its best epoch by the sweep's metric.
+            assert_eq!(j["config"]["selection_metric"], "accuracy");
             assert_eq!(j["config"]["base_model"], base.as_str());
             (
                 j["config"]["learning_rate"].as_f64().unwrap(),

@@ -256,6 +256,11 @@ async fn bad_configs_and_unknown_models_are_refused_before_queueing() {
             "cuda:3",
         ),
         (
+            json!({"base_model": fx.base_model, "selection_metric": "map"}),
+            "invalid_config",
+            "`selection_metric`: `map` is not a metric of a multi_class task",
+        ),
+        (
             // Deeper than the model: the detail says how deep it is.
             json!({"base_model": fx.base_model, "mode": "partial", "unfreeze_last_n": 40}),
             "invalid_config",
@@ -267,7 +272,7 @@ async fn bad_configs_and_unknown_models_are_refused_before_queueing() {
             "",
         ),
     ];
-    for (cfg, code, named) in cases.iter().take(5) {
+    for (cfg, code, named) in cases.iter().take(6) {
         let resp = server.submit(&fx.tints_zip, cfg.clone()).await;
         assert_eq!(resp.status(), 422, "{cfg}");
         assert_eq!(resp.headers()["content-type"], "application/problem+json");
@@ -279,7 +284,7 @@ async fn bad_configs_and_unknown_models_are_refused_before_queueing() {
         );
     }
     // A multi-label dataset cannot be forced to multi-class.
-    let resp = server.submit(&fx.mosaic_zip, cases[5].0.clone()).await;
+    let resp = server.submit(&fx.mosaic_zip, cases[6].0.clone()).await;
     assert_eq!(resp.status(), 422);
     assert_eq!(resp.json::<Value>().await.unwrap()["code"], "task_mismatch");
     let jobs = server.get_json("/jobs").await;
