@@ -189,6 +189,22 @@ pub fn fixtures() -> Fixtures {
     fx
 }
 
+/// `GET /models/{id}/download` on the server at `url`: expects 200 and
+/// returns the paths of the tar.gz's entries.
+pub async fn downloaded_names(url: &str, model_id: &str) -> Vec<String> {
+    let resp = reqwest::get(format!("{url}/models/{model_id}/download"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let bytes = resp.bytes().await.unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// `transformers`' scores for a saved model directory and one image
 /// (`tests/e2e/hf_predict.py`): `{"labels": [...], "scores": [[...]]}`.
 pub fn hf_scores(model_dir: &Path, image: &Path) -> Value {

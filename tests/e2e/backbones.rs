@@ -104,17 +104,7 @@ async fn cli_and_download_agree(
     assert_eq!(ours["label"], served["label"], "{cli} vs {answer}");
     let gap = (ours["score"].as_f64().unwrap() - served["score"].as_f64().unwrap()).abs();
     assert!(gap < 1e-6, "{cli} vs {answer}");
-    let resp = reqwest::get(format!("{}/models/{model_id}/download", server.url))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let bytes = resp.bytes().await.unwrap();
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
-    let names: Vec<String> = archive
-        .entries()
-        .unwrap()
-        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-        .collect();
+    let names = crate::common::e2e::downloaded_names(&server.url, model_id).await;
     assert!(
         names.iter().any(|n| n.ends_with("model.safetensors")),
         "{names:?}"

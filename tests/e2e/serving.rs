@@ -107,19 +107,7 @@ async fn answers_match_transformers_in_every_input_form() {
     assert_eq!(raw["predictions"][0]["label"], "red");
 
     // The model downloads as a tar.gz in the HF layout.
-    let resp = client()
-        .get(format!("{}/models/{model_id}/download", server.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let bytes = resp.bytes().await.unwrap();
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
-    let names: Vec<String> = archive
-        .entries()
-        .unwrap()
-        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-        .collect();
+    let names = crate::common::e2e::downloaded_names(&server.url, &model_id).await;
     for f in [
         "config.json",
         "model.safetensors",
