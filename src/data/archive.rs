@@ -32,6 +32,9 @@ pub enum ArchiveFormat {
     TarGz,
     #[serde(rename = "tar.bz2")]
     TarBz2,
+    /// One Parquet file (a Hugging Face dataset split; `data::parquet`).
+    #[serde(rename = "parquet")]
+    Parquet,
 }
 
 impl ArchiveFormat {
@@ -41,12 +44,13 @@ impl ArchiveFormat {
             ArchiveFormat::Tar => "tar",
             ArchiveFormat::TarGz => "tar.gz",
             ArchiveFormat::TarBz2 => "tar.bz2",
+            ArchiveFormat::Parquet => "parquet",
         }
     }
 }
 
 /// What the refusals name as accepted.
-pub const ACCEPTED: &str = "zip, tar, tar.gz (.tgz) or tar.bz2";
+pub const ACCEPTED: &str = "a zip, tar, tar.gz (.tgz) or tar.bz2 archive, or a Parquet file";
 
 /// Limits on what an archive may expand to.
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +94,9 @@ pub fn detect_bytes(head: &[u8]) -> Result<ArchiveFormat, DatasetError> {
     if head.starts_with(b"BZh") {
         return Ok(ArchiveFormat::TarBz2);
     }
+    if super::parquet::is_parquet(head) {
+        return Ok(ArchiveFormat::Parquet);
+    }
     let unsupported = [
         (&b"\xfd7zXZ\x00"[..], "an xz-compressed file"),
         (&b"7z\xbc\xaf\x27\x1c"[..], "a 7z archive"),
@@ -107,7 +114,7 @@ pub fn detect_bytes(head: &[u8]) -> Result<ArchiveFormat, DatasetError> {
     }
     Err(DatasetError::bad(
         "not_an_archive",
-        format!("the upload is not a {ACCEPTED} archive (recognised by content, not name)"),
+        format!("the upload is not {ACCEPTED} (recognised by content, not name)"),
     ))
 }
 
@@ -204,7 +211,26 @@ pub fn extract(
         ArchiveFormat::TarBz2 => extract_tar(archive, dest, limits, "bzip2", |f| {
             Box::new(bzip2::read::MultiBzDecoder::new(f))
         }),
+        ArchiveFormat::Parquet => place_parquet(archive, dest),
     }
+}
+
+/// The name a single uploaded Parquet file gets (its rows are the train
+/// split; `data::parquet` unpacks it).
+pub const PARQUET_UPLOAD: &str = "upload.parquet";
+
+/// A Parquet upload is its own only entry: linked (or copied) into `dest`.
+fn place_parquet(upload: &Path, dest: &Path) -> Result<ExtractStats, DatasetError> {
+    let to = dest.join(PARQUET_UPLOAD);
+    let bytes = match fs::hard_link(upload, &to) {
+        Ok(()) => fs::metadata(&to).map_err(io_internal)?.len(),
+        Err(_) => fs::copy(upload, &to).map_err(io_internal)?,
+    };
+    Ok(ExtractStats {
+        entries: 1,
+        files: 1,
+        bytes,
+    })
 }
 
 fn too_many(limits: &ExtractLimits) -> DatasetError {

@@ -12,6 +12,7 @@ use super::archive::{self, ArchiveFormat, ExtractLimits};
 use super::error::{name_some, DatasetError};
 use super::layout::{self, Item};
 use super::manifest::{Manifest, Sample};
+use super::parquet::{self, ParquetColumns};
 use super::summary::{DatasetSummary, SizeRange, Skipped};
 use super::Task;
 use crate::imaging::{self, DecodeLimits, ImageError};
@@ -59,20 +60,36 @@ pub fn ingest_archive(
     dir: &Path,
     limits: &IngestLimits,
 ) -> Result<Ingested, DatasetError> {
+    ingest_upload(archive, dir, limits, &ParquetColumns::default())
+}
+
+/// [`ingest_archive`] with the columns of a Parquet dataset named by the
+/// uploader.
+pub fn ingest_upload(
+    archive: &Path,
+    dir: &Path,
+    limits: &IngestLimits,
+    columns: &ParquetColumns,
+) -> Result<Ingested, DatasetError> {
     let format = archive::detect(archive)?;
     let files = dir.join(FILES_DIR);
     std::fs::create_dir_all(&files).map_err(internal)?;
-    let stats = archive::extract(
-        archive,
-        format,
-        &files,
-        ExtractLimits {
-            max_entries: limits.max_entries,
-            max_bytes: limits.max_uncompressed_bytes,
-        },
-    )?;
-    let found = layout::detect(&files)?;
+    let extract_limits = ExtractLimits {
+        max_entries: limits.max_entries,
+        max_bytes: limits.max_uncompressed_bytes,
+    };
+    let stats = archive::extract(archive, format, &files, extract_limits)?;
+    let unpacked = unpack_parquet(dir, &files, &extract_limits, columns)?;
+    let mut found = layout::detect(&files)?;
     let mut skipped = found.skipped;
+    let extracted_bytes = match unpacked {
+        Some(u) => {
+            found.layout = "parquet";
+            skipped.extend(u.skipped);
+            u.bytes
+        }
+        None => stats.bytes,
+    };
 
     let decode_limits = DecodeLimits {
         max_pixels: limits.max_image_pixels,
@@ -150,7 +167,7 @@ pub fn ingest_archive(
         images: items.len(),
         splits: BTreeMap::new(),
         image_size: None,
-        extracted_bytes: stats.bytes,
+        extracted_bytes,
         skipped,
         duplicates_across_splits: Vec::new(),
         warnings: Vec::new(),
@@ -207,6 +224,28 @@ pub fn ingest_archive(
         summary,
         manifest,
     })
+}
+
+/// A Parquet dataset (the upload itself, or Parquet files in the archive)
+/// is unpacked into the imagefolder layout in place of what was extracted;
+/// `None` for any other archive.
+fn unpack_parquet(
+    dir: &Path,
+    files: &Path,
+    limits: &ExtractLimits,
+    columns: &ParquetColumns,
+) -> Result<Option<parquet::Unpacked>, DatasetError> {
+    if parquet::find(files)?.is_none() {
+        return Ok(None);
+    }
+    let raw = dir.join("parquet");
+    std::fs::rename(files, &raw).map_err(internal)?;
+    std::fs::create_dir_all(files).map_err(internal)?;
+    let (sources, others) = parquet::find(&raw)?.unwrap_or_default();
+    let mut unpacked = parquet::unpack(&sources, files, limits, columns)?;
+    unpacked.skipped.splice(0..0, others);
+    std::fs::remove_dir_all(&raw).map_err(internal)?;
+    Ok(Some(unpacked))
 }
 
 fn internal(e: std::io::Error) -> DatasetError {

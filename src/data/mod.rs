@@ -8,6 +8,7 @@ pub mod ingest;
 pub mod layout;
 pub mod manifest;
 pub mod metadata;
+pub mod parquet;
 pub mod record;
 pub mod service;
 pub mod split;

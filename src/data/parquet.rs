@@ -1,0 +1,690 @@
+//! Hugging Face Parquet datasets: what `datasets`' `push_to_hub` and
+//! `to_parquet` write, turned into the imagefolder layout the rest of
+//! ingestion already validates.
+//!
+//! An upload is a Parquet dataset when it is one `.parquet` file (its rows
+//! are the train split) or an archive holding `.parquet` files, laid out as
+//! the Hub does (`data/<split>-NNNNN-of-NNNNN.parquet`, `<split>/*.parquet`,
+//! `<config>/<split>/NNNN.parquet`, `<split>.parquet`).
+//!
+//! Each row becomes a file `<split>/<parquet stem>/<row>.<ext>` plus a line of
+//! `<split>/metadata.jsonl`, so decoding, limits, skipped-image rules, the
+//! label checks and the summary are exactly those of an archive.
+//!
+//! Columns: the image column is a `struct{bytes, path}` (the `Image`
+//! feature) or plain binary; the label column holds `ClassLabel` ids (names
+//! from the schema's `huggingface` metadata), plain integers or strings, or
+//! a list of them (multi-label). Both are found as `datasets` names them
+//! (`image`/`img`, `label`/`labels`), from the features metadata, or given
+//! by the uploader.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+
+use super::archive::ExtractLimits;
+use super::error::{name_some, DatasetError};
+use super::summary::Skipped;
+use super::{is_ignored_component, split_name};
+
+/// The first bytes of every Parquet file.
+pub const MAGIC: &[u8] = b"PAR1";
+
+/// Rows decoded per batch: a few MB of images at a time, whatever the
+/// file's size.
+const BATCH_ROWS: usize = 64;
+
+/// Column names given by the uploader; `None` finds them by convention.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParquetColumns {
+    pub image: Option<String>,
+    pub label: Option<String>,
+}
+
+/// One Parquet file of the upload and the split its rows belong to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub split: &'static str,
+    pub path: PathBuf,
+    /// The name used in messages (relative to the upload).
+    pub shown: String,
+}
+
+/// What [`unpack`] wrote.
+#[derive(Debug, Clone, Default)]
+pub struct Unpacked {
+    pub images: u64,
+    pub bytes: u64,
+    /// Rows with no image or no label, and files beside the Parquet files.
+    pub skipped: Vec<Skipped>,
+}
+
+/// True for a file whose content starts like a Parquet file.
+pub fn is_parquet(head: &[u8]) -> bool {
+    head.starts_with(MAGIC)
+}
+
+/// The Parquet files below `files` (an extracted archive) with their
+/// splits, plus the other files found beside them (skipped); `None` when
+/// the archive holds no Parquet file.
+pub fn find(files: &Path) -> Result<Option<(Vec<Source>, Vec<Skipped>)>, DatasetError> {
+    let mut all = Vec::new();
+    walk(files, Path::new(""), &mut all)
+        .map_err(|e| DatasetError::internal(format!("listing the extracted archive: {e}")))?;
+    let (parquet, others): (Vec<PathBuf>, Vec<PathBuf>) = all.into_iter().partition(|rel| {
+        rel.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+    });
+    if parquet.is_empty() {
+        return Ok(None);
+    }
+    let named: Vec<(Option<&'static str>, &PathBuf)> =
+        parquet.iter().map(|rel| (split_of(rel), rel)).collect();
+    let any_named = named.iter().any(|(s, _)| s.is_some());
+    let unnamed: Vec<String> = named
+        .iter()
+        .filter(|(s, _)| s.is_none())
+        .map(|(_, r)| r.display().to_string())
+        .collect();
+    if any_named && !unnamed.is_empty() {
+        return Err(DatasetError::invalid(
+            "parquet_split_unknown",
+            format!(
+                "cannot tell the split of {}: name Parquet files as the Hub does (`data/train-00000-of-00001.parquet`, `train/0000.parquet`; splits train, validation, test)",
+                name_some(&unnamed, 5)
+            ),
+        ));
+    }
+    let sources = named
+        .into_iter()
+        .map(|(split, rel)| Source {
+            split: split.unwrap_or("train"),
+            path: files.join(rel),
+            shown: rel.display().to_string(),
+        })
+        .collect();
+    let skipped = others
+        .into_iter()
+        .map(|rel| Skipped::new(rel, "not a Parquet file of the dataset"))
+        .collect();
+    Ok(Some((sources, skipped)))
+}
+
+/// The split a Parquet file's path names: the file's own name
+/// (`train-00000-of-00003.parquet`, `test.parquet`), else the nearest
+/// directory named for a split (`train/0000.parquet`,
+/// `default/validation/0000.parquet`).
+fn split_of(rel: &Path) -> Option<&'static str> {
+    let stem = rel.file_stem()?.to_str()?;
+    let head = stem.split(['-', '.', '_']).next().unwrap_or(stem);
+    split_name(head).or_else(|| {
+        rel.parent()?
+            .components()
+            .rev()
+            .find_map(|c| split_name(c.as_os_str().to_str()?))
+    })
+}
+
+fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(root.join(rel))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        if name.to_str().is_some_and(is_ignored_component) {
+            continue;
+        }
+        let child = rel.join(&name);
+        if e.file_type()?.is_dir() {
+            walk(root, &child, out)?;
+        } else {
+            out.push(child);
+        }
+    }
+    Ok(())
+}
+
+/// Writes every row of `sources` as an image file under `out/<split>/` and
+/// a `metadata.jsonl` per split, within `limits` (rows count as entries,
+/// image bytes as uncompressed bytes).
+pub fn unpack(
+    sources: &[Source],
+    out: &Path,
+    limits: &ExtractLimits,
+    columns: &ParquetColumns,
+) -> Result<Unpacked, DatasetError> {
+    let mut done = Unpacked::default();
+    let mut metadata: BTreeMap<&'static str, BufWriter<File>> = BTreeMap::new();
+    for source in sources {
+        let split_dir = out.join(source.split);
+        let meta = match metadata.entry(source.split) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                fs::create_dir_all(&split_dir).map_err(write_error)?;
+                let f = File::create(split_dir.join("metadata.jsonl")).map_err(write_error)?;
+                v.insert(BufWriter::new(f))
+            }
+        };
+        unpack_file(source, &split_dir, meta, limits, columns, &mut done)?;
+    }
+    for (_, mut w) in metadata {
+        w.flush().map_err(write_error)?;
+    }
+    Ok(done)
+}
+
+fn write_error(e: std::io::Error) -> DatasetError {
+    DatasetError::internal(format!("writing the unpacked Parquet dataset: {e}"))
+}
+
+fn unreadable(source: &Source, e: impl std::fmt::Display) -> DatasetError {
+    DatasetError::invalid(
+        "invalid_parquet",
+        format!("`{}` is not a readable Parquet file: {e}", source.shown),
+    )
+}
+
+/// Where a file's rows go: the image column, the label column and how to
+/// turn its values into label names.
+struct Plan {
+    image: String,
+    label: String,
+    /// `ClassLabel` names, when the features metadata gives them.
+    names: Option<Vec<String>>,
+    list: bool,
+}
+
+fn unpack_file(
+    source: &Source,
+    split_dir: &Path,
+    meta: &mut BufWriter<File>,
+    limits: &ExtractLimits,
+    columns: &ParquetColumns,
+    done: &mut Unpacked,
+) -> Result<(), DatasetError> {
+    let file = File::open(&source.path).map_err(|e| unreadable(source, e))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| unreadable(source, e))?;
+    let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+    if done.images + rows > limits.max_entries {
+        return Err(too_many(limits));
+    }
+    let plan = plan(source, builder.schema(), columns)?;
+    let reader = builder
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| unreadable(source, e))?;
+    let stem = Path::new(&source.shown)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("data")
+        .to_string();
+    let dir = split_dir.join(&stem);
+    fs::create_dir_all(&dir).map_err(write_error)?;
+    let mut row = 0usize;
+    for batch in reader {
+        let batch = batch.map_err(|e| unreadable(source, e))?;
+        write_batch(
+            source, &plan, &batch, &stem, &dir, meta, &mut row, limits, done,
+        )?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_batch(
+    source: &Source,
+    plan: &Plan,
+    batch: &RecordBatch,
+    stem: &str,
+    dir: &Path,
+    meta: &mut BufWriter<File>,
+    row: &mut usize,
+    limits: &ExtractLimits,
+    done: &mut Unpacked,
+) -> Result<(), DatasetError> {
+    let images = image_values(source, plan, batch)?;
+    let labels = label_values(source, plan, batch)?;
+    for (bytes_and_path, labels) in images.into_iter().zip(labels) {
+        let at = format!("{} row {}", source.shown, *row);
+        *row += 1;
+        let (bytes, path) = bytes_and_path;
+        let Some(bytes) = bytes else {
+            if let Some(path) = path {
+                return Err(DatasetError::invalid(
+                    "parquet_image_paths_only",
+                    format!(
+                        "{at}: the image column `{}` holds only a file path (`{path}`), not the image's bytes, and vitrine cannot read files on the machine that wrote it; write the dataset with the images embedded (`datasets` embeds them in `push_to_hub`; for `to_parquet`, load the images with the `Image()` feature first)",
+                        plan.image
+                    ),
+                ));
+            }
+            done.skipped.push(Skipped::new(&at, "no image"));
+            continue;
+        };
+        let Some(labels) = labels else {
+            done.skipped.push(Skipped::new(&at, "no label"));
+            continue;
+        };
+        done.images += 1;
+        if done.images > limits.max_entries {
+            return Err(too_many(limits));
+        }
+        done.bytes += bytes.len() as u64;
+        if done.bytes > limits.max_bytes {
+            return Err(DatasetError::too_large(
+                "archive_too_large",
+                format!(
+                    "the images of the Parquet dataset add up to more than {} bytes (VITRINE_MAX_UNCOMPRESSED_BYTES), reached at {at}",
+                    limits.max_bytes
+                ),
+            ));
+        }
+        let name = format!("{:06}.{}", *row - 1, extension(&bytes, path.as_deref()));
+        fs::write(dir.join(&name), &bytes).map_err(write_error)?;
+        let file_name = format!("{stem}/{name}");
+        let line = if plan.list {
+            serde_json::json!({ "file_name": file_name, "labels": labels })
+        } else {
+            serde_json::json!({ "file_name": file_name, "label": labels[0] })
+        };
+        serde_json::to_writer(&mut *meta, &line)
+            .map_err(|e| write_error(std::io::Error::other(e)))?;
+        meta.write_all(b"\n").map_err(write_error)?;
+    }
+    Ok(())
+}
+
+fn too_many(limits: &ExtractLimits) -> DatasetError {
+    DatasetError::too_large(
+        "too_many_entries",
+        format!(
+            "the Parquet dataset has more than {} images (VITRINE_MAX_ARCHIVE_ENTRIES)",
+            limits.max_entries
+        ),
+    )
+}
+
+/// The file extension for an image's bytes (by content; the stored path's
+/// extension only when the content is not recognised, so that decoding
+/// names the file as the user knows it).
+fn extension(bytes: &[u8], path: Option<&str>) -> String {
+    let by_content = if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
+        Some("jpg")
+    } else if bytes.starts_with(b"\x89PNG") {
+        Some("png")
+    } else if bytes.starts_with(b"GIF8") {
+        Some("gif")
+    } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        Some("webp")
+    } else if bytes.starts_with(b"BM") {
+        Some("bmp")
+    } else if bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*") {
+        Some("tiff")
+    } else {
+        None
+    };
+    if let Some(ext) = by_content {
+        return ext.to_string();
+    }
+    path.and_then(|p| Path::new(p).extension()?.to_str())
+        .filter(|e| e.len() <= 5 && e.chars().all(|c| c.is_ascii_alphanumeric()))
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_else(|| "bin".to_string())
+}
+
+/// The `huggingface` schema metadata's features, if any.
+fn features(schema: &Schema) -> Option<serde_json::Map<String, Value>> {
+    let raw = schema.metadata().get("huggingface")?;
+    let v: Value = serde_json::from_str(raw).ok()?;
+    v.get("info")?.get("features")?.as_object().cloned()
+}
+
+fn column_names(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("`{}`", f.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn is_image_type(dt: &DataType) -> bool {
+    match dt {
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => true,
+        DataType::Struct(fields) => fields.iter().any(|f| f.name() == "bytes"),
+        _ => false,
+    }
+}
+
+fn find_field<'a>(schema: &'a Schema, name: &str) -> Option<&'a Arc<Field>> {
+    schema
+        .fields()
+        .iter()
+        .find(|f| f.name() == name)
+        .or_else(|| {
+            schema
+                .fields()
+                .iter()
+                .find(|f| f.name().eq_ignore_ascii_case(name))
+        })
+}
+
+/// Picks the image and label columns of one file and how to read labels.
+fn plan(source: &Source, schema: &Schema, columns: &ParquetColumns) -> Result<Plan, DatasetError> {
+    let features = features(schema).unwrap_or_default();
+    let feature_type = |name: &str| -> Option<String> {
+        features
+            .get(name)?
+            .get("_type")?
+            .as_str()
+            .map(str::to_string)
+    };
+    let missing = |what: &str, name: &str| {
+        DatasetError::invalid(
+            "parquet_column_not_found",
+            format!(
+                "`{}` has no {what} column `{name}`; its columns: {}",
+                source.shown,
+                column_names(schema)
+            ),
+        )
+    };
+    let image = match &columns.image {
+        Some(name) => find_field(schema, name).ok_or_else(|| missing("image", name))?,
+        None => ["image", "img"]
+            .iter()
+            .find_map(|n| find_field(schema, n))
+            .or_else(|| {
+                let typed: Vec<_> = schema
+                    .fields()
+                    .iter()
+                    .filter(|f| feature_type(f.name()).as_deref() == Some("Image"))
+                    .collect();
+                (typed.len() == 1).then(|| typed[0])
+            })
+            .ok_or_else(|| {
+                DatasetError::invalid(
+                    "parquet_column_not_found",
+                    format!(
+                        "cannot tell which column of `{}` holds the images (columns: {}); name it with `image_column`",
+                        source.shown,
+                        column_names(schema)
+                    ),
+                )
+            })?,
+    };
+    if !is_image_type(image.data_type()) {
+        return Err(DatasetError::invalid(
+            "parquet_column_type",
+            format!(
+                "the image column `{}` of `{}` is {}, not image bytes (a `struct{{bytes, path}}` as the `Image` feature writes, or binary)",
+                image.name(),
+                source.shown,
+                image.data_type()
+            ),
+        ));
+    }
+    let label = match &columns.label {
+        Some(name) => find_field(schema, name).ok_or_else(|| missing("label", name))?,
+        None => ["label", "labels"]
+            .iter()
+            .find_map(|n| find_field(schema, n))
+            .or_else(|| {
+                let class_labels: Vec<_> = schema
+                    .fields()
+                    .iter()
+                    .filter(|f| features.get(f.name()).is_some_and(is_class_label))
+                    .collect();
+                let others: Vec<_> = schema
+                    .fields()
+                    .iter()
+                    .filter(|f| f.name() != image.name())
+                    .collect();
+                if class_labels.len() == 1 {
+                    Some(class_labels[0])
+                } else {
+                    (others.len() == 1).then(|| others[0])
+                }
+            })
+            .ok_or_else(|| {
+                DatasetError::invalid(
+                    "parquet_column_not_found",
+                    format!(
+                        "cannot tell which column of `{}` holds the labels (columns: {}); name it with `label_column`",
+                        source.shown,
+                        column_names(schema)
+                    ),
+                )
+            })?,
+    };
+    let (list, item) = match label.data_type() {
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            (true, f.data_type())
+        }
+        dt => (false, dt),
+    };
+    if !(item.is_integer()
+        || matches!(
+            item,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        ))
+    {
+        return Err(DatasetError::invalid(
+            "parquet_column_type",
+            format!(
+                "the label column `{}` of `{}` is {}; expected `ClassLabel` ids, integers or strings, or a list of them",
+                label.name(),
+                source.shown,
+                label.data_type()
+            ),
+        ));
+    }
+    let names = features.get(label.name()).and_then(|f| {
+        let class = if list { f.get("feature")? } else { f };
+        class_names(class)
+    });
+    Ok(Plan {
+        image: image.name().clone(),
+        label: label.name().clone(),
+        names,
+        list,
+    })
+}
+
+fn is_class_label(feature: &Value) -> bool {
+    let class = match feature.get("_type").and_then(Value::as_str) {
+        Some("List" | "Sequence" | "LargeList") => feature.get("feature"),
+        _ => Some(feature),
+    };
+    class.and_then(|c| c.get("_type")).and_then(Value::as_str) == Some("ClassLabel")
+}
+
+fn class_names(feature: &Value) -> Option<Vec<String>> {
+    if feature.get("_type")?.as_str()? != "ClassLabel" {
+        return None;
+    }
+    feature
+        .get("names")?
+        .as_array()?
+        .iter()
+        .map(|n| n.as_str().map(str::to_string))
+        .collect()
+}
+
+type ImageValue = (Option<Vec<u8>>, Option<String>);
+
+/// Each row's image bytes and stored path.
+fn image_values(
+    source: &Source,
+    plan: &Plan,
+    batch: &RecordBatch,
+) -> Result<Vec<ImageValue>, DatasetError> {
+    let column = batch
+        .column_by_name(&plan.image)
+        .ok_or_else(|| unreadable(source, format!("column `{}` vanished", plan.image)))?;
+    let n = column.len();
+    let (bytes, paths): (ArrayRef, Option<ArrayRef>) = match column.as_struct_opt() {
+        Some(s) => (
+            s.column_by_name("bytes")
+                .cloned()
+                .ok_or_else(|| unreadable(source, "image struct without `bytes`"))?,
+            s.column_by_name("path").cloned(),
+        ),
+        None => (column.clone(), None),
+    };
+    let struct_nulls = column.logical_nulls();
+    let bytes =
+        arrow_cast::cast(&bytes, &DataType::LargeBinary).map_err(|e| unreadable(source, e))?;
+    let bytes = bytes.as_binary::<i64>();
+    let paths = match paths {
+        Some(p) => {
+            Some(arrow_cast::cast(&p, &DataType::LargeUtf8).map_err(|e| unreadable(source, e))?)
+        }
+        None => None,
+    };
+    let paths = paths.as_ref().map(|p| p.as_string::<i64>());
+    Ok((0..n)
+        .map(|i| {
+            if struct_nulls.as_ref().is_some_and(|nb| nb.is_null(i)) {
+                return (None, None);
+            }
+            let b = (!bytes.is_null(i)).then(|| bytes.value(i).to_vec());
+            let p = paths
+                .filter(|p| !p.is_null(i))
+                .map(|p| p.value(i).to_string())
+                .filter(|p| !p.is_empty());
+            (b, p)
+        })
+        .collect())
+}
+
+/// Each row's label names (`None`: no label, as `ClassLabel`'s -1 or a
+/// null).
+fn label_values(
+    source: &Source,
+    plan: &Plan,
+    batch: &RecordBatch,
+) -> Result<Vec<Option<Vec<String>>>, DatasetError> {
+    let column = batch
+        .column_by_name(&plan.label)
+        .ok_or_else(|| unreadable(source, format!("column `{}` vanished", plan.label)))?;
+    let mut out = Vec::with_capacity(column.len());
+    if plan.list {
+        let lists = arrow_cast::cast(
+            column,
+            &DataType::LargeList(Arc::new(Field::new_list_field(item_type(column), true))),
+        )
+        .map_err(|e| unreadable(source, e))?;
+        let lists = lists.as_list::<i64>();
+        for i in 0..lists.len() {
+            if lists.is_null(i) {
+                out.push(None);
+                continue;
+            }
+            let values = scalar_labels(source, plan, &lists.value(i))?;
+            out.push(Some(values.into_iter().flatten().collect()));
+        }
+    } else {
+        for v in scalar_labels(source, plan, column)? {
+            out.push(v.map(|l| vec![l]));
+        }
+    }
+    Ok(out)
+}
+
+fn item_type(column: &ArrayRef) -> DataType {
+    match column.data_type() {
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            f.data_type().clone()
+        }
+        dt => dt.clone(),
+    }
+}
+
+/// Label names of a flat array of ids or strings.
+fn scalar_labels(
+    source: &Source,
+    plan: &Plan,
+    values: &ArrayRef,
+) -> Result<Vec<Option<String>>, DatasetError> {
+    if values.data_type().is_integer() {
+        let ids = arrow_cast::cast(values, &DataType::Int64).map_err(|e| unreadable(source, e))?;
+        let ids = ids.as_primitive::<arrow_array::types::Int64Type>();
+        return (0..ids.len())
+            .map(|i| {
+                if ids.is_null(i) || ids.value(i) < 0 {
+                    return Ok(None);
+                }
+                let id = ids.value(i);
+                match &plan.names {
+                    Some(names) => names.get(id as usize).cloned().map(Some).ok_or_else(|| {
+                        DatasetError::invalid(
+                            "invalid_metadata",
+                            format!(
+                                "`{}`: label id {id} in column `{}` is outside its `ClassLabel` names ({} of them)",
+                                source.shown,
+                                plan.label,
+                                names.len()
+                            ),
+                        )
+                    }),
+                    None => Ok(Some(id.to_string())),
+                }
+            })
+            .collect();
+    }
+    let text = arrow_cast::cast(values, &DataType::LargeUtf8).map_err(|e| unreadable(source, e))?;
+    let text = text.as_string::<i64>();
+    Ok((0..text.len())
+        .map(|i| (!text.is_null(i)).then(|| text.value(i).to_string()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_come_from_hub_names() {
+        let s = |p: &str| split_of(Path::new(p));
+        assert_eq!(s("data/train-00000-of-00002.parquet"), Some("train"));
+        assert_eq!(
+            s("data/validation-00000-of-00001.parquet"),
+            Some("validation")
+        );
+        assert_eq!(s("test.parquet"), Some("test"));
+        assert_eq!(s("default/train/0000.parquet"), Some("train"));
+        assert_eq!(s("val/part.parquet"), Some("validation"));
+        assert_eq!(s("data/part-1.parquet"), None);
+    }
+
+    #[test]
+    fn extensions_come_from_content_first() {
+        assert_eq!(extension(b"\xff\xd8\xff\xe0rest", Some("x.png")), "jpg");
+        assert_eq!(extension(b"\x89PNG\r\n", None), "png");
+        assert_eq!(extension(b"RIFF1234WEBPVP8 ", None), "webp");
+        assert_eq!(extension(b"garbage", Some("photo.HEIC")), "heic");
+        assert_eq!(extension(b"garbage", Some("../../x")), "bin");
+        assert_eq!(extension(b"garbage", None), "bin");
+    }
+
+    #[test]
+    fn class_label_features_are_recognised() {
+        let single = serde_json::json!({"names": ["a", "b"], "_type": "ClassLabel"});
+        let list = serde_json::json!({"feature": single.clone(), "_type": "List"});
+        let old = serde_json::json!({"feature": single.clone(), "_type": "Sequence"});
+        assert!(is_class_label(&single) && is_class_label(&list) && is_class_label(&old));
+        assert!(!is_class_label(
+            &serde_json::json!({"_type": "Value", "dtype": "string"})
+        ));
+        assert_eq!(class_names(&single), Some(vec!["a".into(), "b".into()]));
+    }
+}
