@@ -7,6 +7,7 @@ pub mod config;
 pub mod decode;
 pub mod pipeline;
 pub mod randaugment;
+pub mod thumbnail;
 mod randaugment_ops;
 
 pub use augment::AugmentConfig;
