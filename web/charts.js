@@ -19,11 +19,24 @@ export function ticks(lo, hi, n = 5) {
 }
 
 /**
+ * The width in pixels a chart gets in the page: the main column, or one of
+ * `columns` side by side (one column at phone width). Drawing the SVG at
+ * its real width keeps its text at the page's size.
+ */
+export function widthFor(columns = 1) {
+  const main = document.getElementById("main");
+  const inner = (main?.clientWidth || 1000) - 32;
+  const col = window.innerWidth > 720 ? (inner - 16 * (columns - 1)) / columns : inner;
+  return Math.max(280, Math.round(col - 40));
+}
+
+/**
  * A line chart. series: [{name, points: [[x, y], ...], cls}]. Options:
  * xLabel, yLabel, yMin, yMax, id, dots (draw points; default true).
  */
-export function lineChart({ id, title, series, xLabel = "", yLabel = "", yMin, yMax, dots = true, empty = "No points yet." }) {
-  const W = 600, H = 260, L = 56, R = 12, T = 12, B = 40;
+export function lineChart({ id, title, series, xLabel = "", yLabel = "", yMin, yMax, dots = true, integerX = false,
+  width = widthFor(1), empty = "No points yet." }) {
+  const W = width, H = 240, L = 56, R = 12, T = 12, B = 40;
   const all = series.flatMap((se) => se.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y)));
   const svg = s("svg", {
     viewBox: `0 0 ${W} ${H}`, class: "chart line-chart", role: "img",
@@ -48,7 +61,7 @@ export function lineChart({ id, title, series, xLabel = "", yLabel = "", yMin, y
     grid.append(s("line", { x1: L, x2: W - R, y1: py(t), y2: py(t) }));
     grid.append(s("text", { x: L - 6, y: py(t) + 4, "text-anchor": "end" }, fmtNum(t, 3)));
   }
-  const xt = ticks(x0, x1, 6).filter((t) => Number.isInteger(t) || x1 - x0 > 6 ? Number.isInteger(t) : true);
+  const xt = ticks(x0, x1, Math.max(2, Math.min(8, Math.floor(W / 80)))).filter((t) => !integerX || Number.isInteger(t));
   for (const t of xt) {
     if (t < x0 || t > x1) continue;
     grid.append(s("text", { x: px(t), y: H - B + 16, "text-anchor": "middle" }, fmtNum(t, 1)));
@@ -88,8 +101,8 @@ function figure(title, svg, series) {
  * Horizontal grouped bars: one row per category, one bar per group.
  * groups: [{name, values: {category: count}}].
  */
-export function barChart({ id, title, categories, groups }) {
-  const W = 600, L = 130, R = 50, T = 8, barH = 14, gap = 10;
+export function barChart({ id, title, categories, groups, width = widthFor(1) }) {
+  const W = width, L = Math.min(140, Math.round(width / 3)), R = 44, T = 8, barH = 14, gap = 10;
   const rowH = groups.length * barH + gap;
   const H = T + categories.length * rowH + 24;
   const max = Math.max(1, ...groups.flatMap((g) => categories.map((c) => g.values[c] || 0)));
@@ -98,7 +111,8 @@ export function barChart({ id, title, categories, groups }) {
   const px = (v) => ((W - L - R) * v) / max;
   categories.forEach((c, ci) => {
     const y = T + ci * rowH;
-    const label = c.length > 18 ? c.slice(0, 17) + "…" : c;
+    const fit = Math.floor(L / 8);
+    const label = c.length > fit ? c.slice(0, fit - 1) + "…" : c;
     svg.append(s("text", { x: L - 8, y: y + (groups.length * barH) / 2 + 4, "text-anchor": "end", class: "cat" },
       s("title", {}, c), label));
     groups.forEach((g, gi) => {

@@ -87,9 +87,13 @@ export function fmtTime(iso) {
   return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
 }
 
-/** The first characters of an id, enough to tell ids apart on screen. */
+/**
+ * The last characters of an id, enough to tell ids apart on screen (ids are
+ * UUIDv7: their first characters are a timestamp, alike for ids made
+ * within the same minute).
+ */
 export function shortId(id) {
-  return id ? String(id).slice(0, 8) : "–";
+  return id ? String(id).slice(-8) : "–";
 }
 
 /** A status word as a coloured badge. */

@@ -197,8 +197,8 @@ pub async fn image(
         max_pixels: state.config.max_image_pixels,
     };
     let png = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
-        let bytes = std::fs::read(&path)
-            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let bytes =
+            std::fs::read(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
         // Stored images passed the checks at upload; one failing now is a fault.
         Ok(thumbnail_png(&bytes, &limits, side)?)
     })

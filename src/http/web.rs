@@ -56,7 +56,8 @@ static ASSETS: &[Asset] = assets! {
 
 /// The page may load only its own scripts and styles and talk only to its
 /// own origin; images are also `blob:` URLs (fetched with the token).
-const CSP: &str = "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; \
+const CSP: &str =
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; \
                    connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
 pub fn router() -> Router<AppState> {
@@ -66,7 +67,10 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn index(headers: HeaderMap) -> Response {
-    serve(find("index.html").expect("index.html is embedded"), &headers)
+    serve(
+        find("index.html").expect("index.html is embedded"),
+        &headers,
+    )
 }
 
 async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
@@ -119,7 +123,10 @@ fn serve(asset: &'static Asset, headers: &HeaderMap) -> Response {
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CSP),
         );
-        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
     }
     resp
 }

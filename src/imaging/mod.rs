@@ -7,8 +7,8 @@ pub mod config;
 pub mod decode;
 pub mod pipeline;
 pub mod randaugment;
-pub mod thumbnail;
 mod randaugment_ops;
+pub mod thumbnail;
 
 pub use augment::AugmentConfig;
 pub use config::{Geometry, PreprocessorConfig, ResizeTarget, SizeSpec};

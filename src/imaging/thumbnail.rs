@@ -10,7 +10,11 @@ pub const SIDES: std::ops::RangeInclusive<u32> = 16..=512;
 
 /// `bytes` decoded and shrunk (never enlarged) to fit in `side` x `side`,
 /// keeping the aspect ratio, encoded as PNG.
-pub fn thumbnail_png(bytes: &[u8], limits: &DecodeLimits, side: u32) -> Result<Vec<u8>, ImageError> {
+pub fn thumbnail_png(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    side: u32,
+) -> Result<Vec<u8>, ImageError> {
     let img = decode(bytes, limits)?;
     let (w, h) = img.dimensions();
     let scale = (f64::from(side) / f64::from(w.max(h))).min(1.0);

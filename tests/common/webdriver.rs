@@ -244,13 +244,14 @@ impl Browser {
     pub async fn wait_js(&self, what: &str, script: &str, timeout: Duration) -> Value {
         let started = Instant::now();
         loop {
-            let v = self.try_call(
-                "POST",
-                &self.s("/execute/sync"),
-                json!({"script": script, "args": []}),
-            )
-            .await
-            .unwrap_or(Value::Null);
+            let v = self
+                .try_call(
+                    "POST",
+                    &self.s("/execute/sync"),
+                    json!({"script": script, "args": []}),
+                )
+                .await
+                .unwrap_or(Value::Null);
             if !(v.is_null() || v == false) {
                 return v;
             }
@@ -290,11 +291,15 @@ impl Browser {
     }
 
     pub async fn text(&self, e: &Element) -> String {
-        self.call("GET", &self.s(&format!("/element/{}/text", e.0)), Value::Null)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.call(
+            "GET",
+            &self.s(&format!("/element/{}/text", e.0)),
+            Value::Null,
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
     }
 
     /// Fills the input matching `css` with `text`, replacing what it held.
@@ -331,9 +336,7 @@ impl Browser {
 
     /// Saves a PNG of the page as `<screenshots>/<name>.png` and prints its path.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
-        let b64 = self
-            .call("GET", &self.s("/screenshot"), Value::Null)
-            .await;
+        let b64 = self.call("GET", &self.s("/screenshot"), Value::Null).await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(b64.as_str().unwrap_or_default())
             .expect("screenshot is base64");
@@ -403,9 +406,7 @@ impl Browser {
 
     /// Ends the session (chromium exits) and stops chromedriver.
     pub async fn quit(mut self) {
-        let _ = self
-            .try_call("DELETE", &self.s(""), Value::Null)
-            .await;
+        let _ = self.try_call("DELETE", &self.s(""), Value::Null).await;
         self.session.clear();
         let _ = self.driver.kill();
         let _ = self.driver.wait();

@@ -110,10 +110,15 @@ async fn the_page_uploads_trains_live_and_predicts() {
     browser.full_screenshot("02-dataset").await;
 
     // A job from the form, on this dataset.
-    browser.click(&browser.wait_for("#train-this", WAIT).await).await;
+    browser
+        .click(&browser.wait_for("#train-this", WAIT).await)
+        .await;
     browser.wait_for("#job-form", WAIT).await;
     let chosen = browser
-        .js("return document.querySelector('#f-dataset_id').value", json!([]))
+        .js(
+            "return document.querySelector('#f-dataset_id').value",
+            json!([]),
+        )
         .await;
     assert_eq!(chosen, dataset_id.as_str(), "the form names the dataset");
     browser
@@ -123,15 +128,11 @@ async fn the_page_uploads_trains_live_and_predicts() {
     browser.fill("#f-epochs", &EPOCHS.to_string()).await;
     browser.fill("#f-learning_rate", "0.002").await;
     browser.screenshot("03-job-form").await;
-    browser.click(&browser.wait_for("#start-job", WAIT).await).await;
+    browser
+        .click(&browser.wait_for("#start-job", WAIT).await)
+        .await;
     browser.wait_for("#job-curves", WAIT).await;
-    let job_id = browser
-        .url()
-        .await
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let job_id = browser.url().await.rsplit('/').next().unwrap().to_string();
     // Record the loss curve's point count at each re-render while it trains.
     browser
         .js(
@@ -179,12 +180,8 @@ async fn the_page_uploads_trains_live_and_predicts() {
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    let counts: Vec<u64> = serde_json::from_value(
-        browser
-            .js("return window.__counts", json!([]))
-            .await,
-    )
-    .unwrap();
+    let counts: Vec<u64> =
+        serde_json::from_value(browser.js("return window.__counts", json!([])).await).unwrap();
     // Each epoch adds a train and a validation point to the loss chart.
     let mut seen: Vec<u64> = counts.clone();
     seen.dedup();
@@ -305,7 +302,10 @@ async fn the_page_uploads_trains_live_and_predicts() {
     assert_eq!(top, api_answer["predictions"][0]["label"]);
     assert_eq!(top, "red", "{api_answer}");
     let bars = browser
-        .js("return document.querySelectorAll('#predictions .scorebar').length", json!([]))
+        .js(
+            "return document.querySelectorAll('#predictions .scorebar').length",
+            json!([]),
+        )
         .await;
     assert_eq!(bars, 4, "one score bar per label");
     browser.screenshot("07-predict").await;
@@ -318,7 +318,13 @@ async fn the_page_uploads_trains_live_and_predicts() {
         .await;
     browser.screenshot("08-jobs").await;
     browser.goto(&format!("{url}/#/sweeps")).await;
-    browser.wait_js("the sweeps page", "return document.querySelector('main h1')?.textContent === 'Sweeps'", WAIT).await;
+    browser
+        .wait_js(
+            "the sweeps page",
+            "return document.querySelector('main h1')?.textContent === 'Sweeps'",
+            WAIT,
+        )
+        .await;
     browser.set_window_size(390, 844).await;
     browser
         .goto(&format!("{url}/#/datasets/{dataset_id}"))
@@ -388,7 +394,11 @@ async fn with_a_token_the_page_asks_for_it_and_survives_a_restart() {
     browser.screenshot("11-token").await;
     browser.fill("#token", "not-the-token").await;
     browser
-        .click(&browser.wait_for("#token-form button[type=submit]", WAIT).await)
+        .click(
+            &browser
+                .wait_for("#token-form button[type=submit]", WAIT)
+                .await,
+        )
         .await;
     let error = browser
         .wait_js(
@@ -397,18 +407,25 @@ async fn with_a_token_the_page_asks_for_it_and_survives_a_restart() {
             WAIT,
         )
         .await;
-    assert!(
-        error.as_str().unwrap().contains("not accepted"),
-        "{error}"
-    );
+    assert!(error.as_str().unwrap().contains("not accepted"), "{error}");
     assert!(browser.find("#token-form").await.is_some(), "asks again");
     browser.screenshot("12-token-wrong").await;
     browser.fill("#token", token).await;
     browser
-        .click(&browser.wait_for("#token-form button[type=submit]", WAIT).await)
+        .click(
+            &browser
+                .wait_for("#token-form button[type=submit]", WAIT)
+                .await,
+        )
         .await;
     browser
-        .wait_for(&format!("#datasets-table a[href='#/datasets/{}']", job["dataset_id"].as_str().unwrap()), WAIT)
+        .wait_for(
+            &format!(
+                "#datasets-table a[href='#/datasets/{}']",
+                job["dataset_id"].as_str().unwrap()
+            ),
+            WAIT,
+        )
         .await;
     assert!(!browser.url().await.contains(token), "never in the URL");
     let kept = browser

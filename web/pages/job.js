@@ -6,7 +6,7 @@
 import { h, mount, fmtNum, fmtPct, fmtTime, fmtDuration, shortId, badge, facts, errorBox, describe } from "../dom.js";
 import { api } from "../api.js";
 import { follow } from "../sse.js";
-import { lineChart, heatmap, scoreBar } from "../charts.js";
+import { lineChart, heatmap, scoreBar, widthFor } from "../charts.js";
 import { progressText, progressFraction, baseName, headline } from "./jobs.js";
 
 const TERMINAL = ["succeeded", "failed", "cancelled"];
@@ -95,7 +95,7 @@ export async function render(main, route) {
     const metricName = multiLabel ? "mAP" : "accuracy";
     mount(curves,
       h("div", { class: "card" }, lineChart({
-        id: "loss-chart", title: "Loss per epoch", xLabel: "epoch", yLabel: "loss",
+        id: "loss-chart", title: "Loss per epoch", xLabel: "epoch", yLabel: "loss", integerX: true, width: widthFor(2),
         series: [
           { name: "train", points: ms.map((m) => [m.epoch, m.train_loss]) },
           { name: "validation", points: ms.map((m) => [m.epoch, m.validation_loss]) },
@@ -104,6 +104,7 @@ export async function render(main, route) {
       })),
       h("div", { class: "card" }, lineChart({
         id: "metric-chart", title: `Validation ${metricName} per epoch`, xLabel: "epoch", yLabel: metricName, yMin: 0, yMax: 1,
+        integerX: true, width: widthFor(2),
         series: [
           { name: metricName, points: ms.map((m) => [m.epoch, multiLabel ? m.validation.map : m.validation.accuracy]) },
           { name: "macro F1", points: ms.map((m) => [m.epoch, m.validation?.macro_f1]) },
@@ -116,7 +117,7 @@ export async function render(main, route) {
     const pts = [...steps.entries()].sort((a, b) => a[0] - b[0]);
     mount(stepBox, lineChart({
       id: "step-chart", title: "Training loss per step (live, since this page opened)", xLabel: "step", yLabel: "loss",
-      series: [{ name: "train loss", points: pts }], dots: pts.length < 60,
+      series: [{ name: "train loss", points: pts }], dots: pts.length < 60, integerX: true,
       empty: TERMINAL.includes(job.status) ? "Steps are shown live while a job runs." : "Waiting for the first steps…",
     }));
   }

@@ -3,7 +3,7 @@
 
 import { h, mount, fmtNum, fmtPct, fmtTime, shortId, facts, errorBox, describe } from "../dom.js";
 import { api, request } from "../api.js";
-import { lineChart } from "../charts.js";
+import { lineChart, widthFor } from "../charts.js";
 import { baseName } from "./jobs.js";
 
 function validationOf(m) {
@@ -120,6 +120,7 @@ export async function renderOne(main, route) {
       h("p", {}, h("a", { class: "button", href: `#/predict?model=${m.id}` }, "Try it"))),
       h("section", { class: "card" }, lineChart({
         id: "model-history", title: "Validation per epoch", xLabel: "epoch", yLabel: "score", yMin: 0, yMax: 1,
+        integerX: true, width: widthFor(2),
         series: [
           { name: v?.name || "score", points: hist.map((e) => [e.epoch, e.validation?.accuracy ?? e.validation?.map]) },
           { name: "macro F1", points: hist.map((e) => [e.epoch, e.validation?.macro_f1]) },

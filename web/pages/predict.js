@@ -40,6 +40,8 @@ export async function render(main, route) {
     previewUrl = URL.createObjectURL(f);
     preview.src = previewUrl;
     preview.hidden = false;
+    // Small images (icons, dataset-sized crops) are shown enlarged, crisp.
+    preview.onload = () => preview.classList.toggle("small", preview.naturalWidth < 160);
   }
   file.addEventListener("change", () => { showPreview(); run(); });
   for (const t of ["dragenter", "dragover"]) drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); });
