@@ -50,8 +50,13 @@ export function lineChart({ id, title, series, xLabel = "", yLabel = "", yMin, y
   let x0 = Math.min(...all.map((p) => p[0])), x1 = Math.max(...all.map((p) => p[0]));
   if (x1 === x0) { x0 -= 1; x1 += 1; }
   let y0 = yMin ?? Math.min(...all.map((p) => p[1])), y1 = yMax ?? Math.max(...all.map((p) => p[1]));
+  if (y1 === y0) {
+    const d = Math.abs(y0) / 2 || 1;
+    y0 -= d;
+    y1 += d;
+  }
+  // Start at zero when the values are closer to it than to each other.
   if (yMin === undefined && y0 > 0 && y0 < (y1 - y0)) y0 = 0;
-  if (y1 === y0) { y1 = y0 + 1; }
   const px = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
   const py = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
 

@@ -310,13 +310,76 @@ async fn the_page_uploads_trains_live_and_predicts() {
     assert_eq!(bars, 4, "one score bar per label");
     browser.screenshot("07-predict").await;
 
+    // A multi-label job (submitted through the API): its page shows mAP
+    // and each label's threshold, as the API has them.
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "dataset",
+            reqwest::multipart::Part::bytes(std::fs::read(&fx.mosaic_zip).unwrap())
+                .file_name("mosaic.zip"),
+        )
+        .text(
+            "config",
+            json!({"base_model": fx.base_model, "mode": "linear_probe", "epochs": 2,
+                   "learning_rate": 0.01})
+            .to_string(),
+        );
+    let resp = client(None)
+        .post(format!("{url}/jobs"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let ml_id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    browser.goto(&format!("{url}/#/jobs/{ml_id}")).await;
+    browser
+        .wait_js(
+            "the multi-label job to end",
+            "const b = document.querySelector('#job-head .badge');
+             return b && ['succeeded', 'failed', 'cancelled'].includes(b.dataset.status) && b.dataset.status;",
+            JOB_TIMEOUT,
+        )
+        .await;
+    let ml_page = browser
+        .wait_js(
+            "the per-label thresholds",
+            "const cells = [...document.querySelectorAll('#per-class td.threshold')];
+             const title = document.querySelector('#metric-chart')?.getAttribute('aria-label');
+             return cells.length && {epoch: Number(document.querySelector('#epoch-select').value),
+               thresholds: cells.map(c => Number(c.dataset.threshold)), title};",
+            WAIT,
+        )
+        .await;
+    let ml_job = get_json(url, &format!("/jobs/{ml_id}")).await;
+    assert_eq!(ml_job["status"], "succeeded", "{ml_job}");
+    let ml_epoch = ml_job["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["epoch"] == ml_page["epoch"])
+        .unwrap();
+    let api_thresholds: Vec<f64> = ml_epoch["validation"]["per_label"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["threshold"].as_f64().unwrap())
+        .collect();
+    let page_thresholds: Vec<f64> = serde_json::from_value(ml_page["thresholds"].clone()).unwrap();
+    assert_eq!(page_thresholds, api_thresholds, "each label's threshold");
+    assert_eq!(ml_page["title"], "Validation mAP per epoch");
+    browser.full_screenshot("08-job-multi-label").await;
+
     // The lists, and the dataset page at phone width with nothing wider
     // than the screen.
     browser.goto(&format!("{url}/#/jobs")).await;
     browser
         .wait_for(&format!("tr[data-job='{job_id}']"), WAIT)
         .await;
-    browser.screenshot("08-jobs").await;
+    browser.screenshot("09-jobs").await;
     browser.goto(&format!("{url}/#/sweeps")).await;
     browser
         .wait_js(
@@ -340,10 +403,10 @@ async fn the_page_uploads_trains_live_and_predicts() {
         overflow.as_i64() <= Some(0),
         "the page is wider than a phone by {overflow} px"
     );
-    browser.screenshot("09-dataset-phone").await;
+    browser.screenshot("10-dataset-phone").await;
     browser.goto(&format!("{url}/#/jobs/{job_id}")).await;
     browser.wait_for("#confusion", WAIT).await;
-    browser.screenshot("10-job-phone").await;
+    browser.screenshot("11-job-phone").await;
     browser.quit().await;
 }
 
@@ -391,7 +454,7 @@ async fn with_a_token_the_page_asks_for_it_and_survives_a_restart() {
     // The page loads without a token, then asks for one.
     browser.goto(&format!("{url}/")).await;
     browser.wait_for("#token-form", WAIT).await;
-    browser.screenshot("11-token").await;
+    browser.screenshot("12-token").await;
     browser.fill("#token", "not-the-token").await;
     browser
         .click(
@@ -409,7 +472,7 @@ async fn with_a_token_the_page_asks_for_it_and_survives_a_restart() {
         .await;
     assert!(error.as_str().unwrap().contains("not accepted"), "{error}");
     assert!(browser.find("#token-form").await.is_some(), "asks again");
-    browser.screenshot("12-token-wrong").await;
+    browser.screenshot("13-token-wrong").await;
     browser.fill("#token", token).await;
     browser
         .click(
@@ -432,6 +495,60 @@ async fn with_a_token_the_page_asks_for_it_and_survives_a_restart() {
         .js("return sessionStorage.getItem('vitrine.token')", json!([]))
         .await;
     assert_eq!(kept, token);
+
+    // Refusals are shown beside what they name: an upload that is not an
+    // archive beside the file, a config out of range beside its field.
+    browser.goto(&format!("{url}/#/datasets")).await;
+    let file = browser.wait_for("#dataset-file", WAIT).await;
+    browser.type_text(&file, fx.red_png.to_str().unwrap()).await;
+    browser
+        .click(&browser.wait_for("#upload-button", WAIT).await)
+        .await;
+    let refusal = browser
+        .wait_js(
+            "the upload's refusal",
+            "const e = document.querySelector('#dataset-error'); return e && !e.hidden && e.textContent;",
+            WAIT,
+        )
+        .await;
+    let refusal = refusal.as_str().unwrap();
+    assert!(
+        refusal.starts_with("red.png: ") && refusal.contains("(not_an_archive)"),
+        "{refusal}"
+    );
+    browser.goto(&format!("{url}/#/jobs/new")).await;
+    browser
+        .select("#f-dataset_id", job["dataset_id"].as_str().unwrap())
+        .await;
+    browser
+        .fill("#f-base_model", fx.base_model.to_str().unwrap())
+        .await;
+    browser.fill("#f-epochs", "0").await;
+    browser
+        .click(&browser.wait_for("#start-job", WAIT).await)
+        .await;
+    let refusal = browser
+        .wait_js(
+            "the config's refusal",
+            "const e = document.querySelector('#f-epochs-error'); return e && !e.hidden && e.textContent;",
+            WAIT,
+        )
+        .await;
+    assert!(
+        refusal
+            .as_str()
+            .unwrap()
+            .contains("`epochs` must be 1..=1000 (invalid_config)"),
+        "{refusal}"
+    );
+    let invalid = browser
+        .js(
+            "return document.querySelector('#f-epochs').getAttribute('aria-invalid')",
+            json!([]),
+        )
+        .await;
+    assert_eq!(invalid, "true");
+    browser.screenshot("14-job-form-refused").await;
 
     // The page's event-stream parser, on chunks cut mid-line and mid-CRLF.
     let events = browser
@@ -469,7 +586,7 @@ async fn with_a_token_the_page_asks_for_it_and_survives_a_restart() {
             WAIT,
         )
         .await;
-    browser.screenshot("13-reconnecting").await;
+    browser.screenshot("15-reconnecting").await;
     let server = ServerProcess::start_on(data.path(), port, &args).await;
     browser
         .wait_js(

@@ -115,10 +115,11 @@ export async function render(main, route) {
 
   function renderSteps() {
     const pts = [...steps.entries()].sort((a, b) => a[0] - b[0]);
+    stepBox.hidden = !pts.length && TERMINAL.includes(job.status);
     mount(stepBox, lineChart({
       id: "step-chart", title: "Training loss per step (live, since this page opened)", xLabel: "step", yLabel: "loss",
       series: [{ name: "train loss", points: pts }], dots: pts.length < 60, integerX: true,
-      empty: TERMINAL.includes(job.status) ? "Steps are shown live while a job runs." : "Waiting for the first steps…",
+      empty: "Waiting for the first steps…",
     }));
   }
 
@@ -169,7 +170,7 @@ export async function render(main, route) {
             h("td", {}, scoreBar(c.recall, `recall of ${c.label}`)),
             h("td", {}, fmtNum(c.f1)),
             h("td", {}, fmtNum(c.support)),
-            multiLabel ? h("td", { class: "threshold" }, fmtNum(c.threshold)) : null,
+            multiLabel ? h("td", { class: "threshold", "data-threshold": c.threshold }, c.threshold?.toFixed(3) ?? "–") : null,
             multiLabel ? h("td", {}, fmtNum(c.average_precision)) : null)))))),
       multiLabel ? h("p", { class: "help" }, "Thresholds: each label's decision threshold, chosen on validation; /predict uses them unless a request sets its own.") : null);
   }
