@@ -11,7 +11,6 @@
 //! Without chromium and chromedriver the tests print `SKIPPED` and pass,
 //! except under `CI`, where they fail.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -25,7 +24,7 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(240);
 const EPOCHS: u64 = 4;
 
 /// One browser at a time: the machine running the suite may have 2 cores.
-static ONE_BROWSER: Mutex<()> = Mutex::new(());
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn client(token: Option<&str>) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
@@ -50,7 +49,7 @@ async fn get_json(url: &str, path: &str) -> Value {
 /// Upload, train, watch, check the confusion matrix, promote, predict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_uploads_trains_live_and_predicts() {
-    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_BROWSER.lock().await;
     let test = "the_page_uploads_trains_live_and_predicts";
     let Some(browser) = Browser::start(test).await else {
         return;
@@ -416,7 +415,7 @@ async fn the_page_uploads_trains_live_and_predicts() {
 /// live when the server does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_the_page_asks_for_it_and_survives_a_restart() {
-    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_BROWSER.lock().await;
     let test = "with_a_token_the_page_asks_for_it_and_survives_a_restart";
     let Some(browser) = Browser::start(test).await else {
         return;
