@@ -39,7 +39,7 @@ pub struct Browser {
 /// `name` as given by the environment variable `var`, else found on the PATH.
 fn program(var: &str, name: &str) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(var) {
-        return Some(p.into());
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
