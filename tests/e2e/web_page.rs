@@ -402,10 +402,10 @@ async fn the_page_uploads_trains_live_and_predicts() {
         overflow.as_i64() <= Some(0),
         "the page is wider than a phone by {overflow} px"
     );
-    browser.screenshot("10-dataset-phone").await;
+    browser.full_screenshot("10-dataset-phone").await;
     browser.goto(&format!("{url}/#/jobs/{job_id}")).await;
     browser.wait_for("#confusion", WAIT).await;
-    browser.screenshot("11-job-phone").await;
+    browser.full_screenshot("11-job-phone").await;
     browser.quit().await;
 }
 
