@@ -3,10 +3,12 @@
 //! a dataset and see its class chart and thumbnails, start a job from the
 //! form and watch the curves gain a point per epoch, read the confusion
 //! matrix and check it against the API, promote the model, predict an
-//! image; with `--api-token`, the page asks for the token, refuses a wrong
-//! one and works with the right one; a dropped connection shows
-//! "Reconnecting" and recovers. Screenshots of each page land in
-//! `target/test-output/screenshots/` (the path is printed).
+//! image, read a multi-label job's thresholds and a sweep's leaderboard;
+//! with `--api-token`, the page asks for the token, refuses a wrong one and
+//! works with the right one; refusals show beside the file or field they
+//! name; a dropped connection shows "Reconnecting" and recovers.
+//! Screenshots of each page land in `target/test-output/screenshots/` (the
+//! path is printed).
 //!
 //! Without chromium and chromedriver the tests print `SKIPPED` and pass,
 //! except under `CI`, where they fail.
@@ -379,11 +381,49 @@ async fn the_page_uploads_trains_live_and_predicts() {
         .wait_for(&format!("tr[data-job='{job_id}']"), WAIT)
         .await;
     browser.screenshot("09-jobs").await;
+
+    // A sweep of two linear probes: the leaderboard in the API's order.
+    let spec = json!({
+        "base": {"base_model": fx.base_model, "mode": "linear_probe", "epochs": 2},
+        "candidates": [{"learning_rate": 0.01}, {"learning_rate": 0.0001}],
+        "metric": "accuracy",
+    });
+    let resp = client(None)
+        .post(format!("{url}/sweeps"))
+        .json(&json!({"dataset_id": dataset_id, "spec": spec}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let sweep_id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    browser.goto(&format!("{url}/#/sweeps/{sweep_id}")).await;
+    let rows = browser
+        .wait_js(
+            "the finished leaderboard",
+            "const b = document.querySelector('main h1 .badge');
+             if (!b || b.dataset.status !== 'succeeded') return null;
+             return [...document.querySelectorAll('#leaderboard tbody tr')]
+               .map(r => r.querySelector('a').getAttribute('href').split('/').pop());",
+            JOB_TIMEOUT,
+        )
+        .await;
+    let sweep = get_json(url, &format!("/sweeps/{sweep_id}")).await;
+    let ranked: Vec<Value> = sweep["leaderboard"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["job_id"].clone())
+        .collect();
+    assert_eq!(ranked.len(), 2);
+    assert_eq!(rows, json!(ranked), "the API's ranking");
+    browser.screenshot("16-sweep").await;
     browser.goto(&format!("{url}/#/sweeps")).await;
     browser
-        .wait_js(
-            "the sweeps page",
-            "return document.querySelector('main h1')?.textContent === 'Sweeps'",
+        .wait_for(
+            &format!("#sweeps-table a[href='#/sweeps/{sweep_id}']"),
             WAIT,
         )
         .await;
