@@ -71,10 +71,33 @@ async fn the_page_uploads_trains_live_and_predicts() {
     browser
         .type_text(&file, fx.tints_zip.to_str().unwrap())
         .await;
+    // Record the progress bar as the upload reports it (the hash routes
+    // keep the document, so the record outlives the navigation).
+    browser
+        .js(
+            "window.__upload = [];
+             const bar = document.querySelector('#upload-progress');
+             new MutationObserver(() => window.__upload.push([bar.value, bar.max, bar.hidden]))
+               .observe(bar, {attributes: true});
+             return true;",
+            json!([]),
+        )
+        .await;
     browser
         .click(&browser.wait_for("#upload-button", WAIT).await)
         .await;
     browser.wait_for("#class-chart rect.bar", WAIT).await;
+    let progress: Vec<(f64, f64, bool)> =
+        serde_json::from_value(browser.js("return window.__upload", json!([])).await).unwrap();
+    let archive = std::fs::metadata(&fx.tints_zip).unwrap().len() as f64;
+    let (sent, total, _) = *progress
+        .iter()
+        .rfind(|p| !p.2 && p.1 > 1.0)
+        .unwrap_or_else(|| panic!("the progress bar never showed bytes: {progress:?}"));
+    assert!(
+        sent == total && total > archive,
+        "the bar ends full at the body's size (archive {archive} bytes): {progress:?}"
+    );
     let hash = browser.url().await;
     let dataset_id = hash.rsplit('/').next().unwrap().to_string();
     let record = get_json(url, &format!("/datasets/{dataset_id}")).await;

@@ -6,6 +6,13 @@ import { baseName } from "./jobs.js";
 
 const TERMINAL = ["succeeded", "failed", "cancelled"];
 
+/** The config fields (other than base model and mode) that differ between candidates. */
+function varying(configs) {
+  const keys = [...new Set(configs.flatMap((c) => Object.keys(c)))].sort();
+  return keys.filter((k) => k !== "base_model" && k !== "mode"
+    && new Set(configs.map((c) => JSON.stringify(c[k] ?? null))).size > 1);
+}
+
 export async function renderList(main) {
   const sweeps = await api("/sweeps?limit=100");
   mount(main, h("h1", {}, "Sweeps"),
@@ -28,6 +35,7 @@ export async function renderOne(main, route) {
   let stopped = false;
   async function load() {
     const s = await api(`/sweeps/${encodeURIComponent(id)}`);
+    const varies = varying(s.leaderboard.map((r) => r.config || {}));
     mount(main, h("h1", {}, `Sweep ${shortId(s.id)} `, badge(s.status)),
       s.error ? h("div", { class: "error", role: "alert" }, s.error) : null,
       facts([
@@ -40,13 +48,14 @@ export async function renderOne(main, route) {
       ]),
       h("h2", {}, "Leaderboard"),
       h("div", { class: "table-scroll" }, h("table", { class: "list num", id: "leaderboard" },
-        h("thead", {}, h("tr", {}, ["Rank", "Job", "Status", "Base model", "Mode", `Best ${s.metric}`, "Epoch", "Epochs", "Test", "Wall time", "Images/s", "Model"].map((t) => h("th", { scope: "col" }, t)))),
+        h("thead", {}, h("tr", {}, ["Rank", "Job", "Status", "Base model", "Mode", "Settings", `Best ${s.metric}`, "Epoch", "Epochs", "Test", "Wall time", "Images/s", "Model"].map((t) => h("th", { scope: "col" }, t)))),
         h("tbody", {}, s.leaderboard.map((r) => h("tr", { class: r.job_id === s.winner_job_id ? "best" : "" },
           h("td", {}, String(r.rank)),
           h("td", {}, h("a", { href: `#/jobs/${r.job_id}` }, shortId(r.job_id))),
           h("td", {}, badge(r.status), r.stopped_rung ? h("span", { class: "muted" }, ` stopped at ${r.stopped_rung}`) : ""),
           h("td", { class: "clip", title: r.config?.base_model }, baseName(r.config?.base_model)),
           h("td", {}, r.config?.mode || "linear_probe"),
+          h("td", { class: "settings" }, varies.map((k) => `${k} ${JSON.stringify(r.config?.[k] ?? null)}`).join(", ") || "–"),
           h("td", {}, fmtNum(r.best_metric)),
           h("td", {}, fmtNum(r.best_epoch)),
           h("td", {}, fmtNum(r.epochs_done)),
