@@ -41,8 +41,9 @@ function notFound(el) {
   mount(el, h("h1", {}, "Not found"), h("p", {}, "No such page. ", h("a", { href: "#/datasets" }, "Go to the datasets.")));
 }
 
-async function route() {
+async function route(ev) {
   if (asking) return;
+  const navigated = ev?.type === "hashchange";
   if (cleanup) { try { cleanup(); } catch (_) { /* ignore */ } cleanup = null; }
   const r = parseHash();
   const [render, section] = pageFor(r);
@@ -54,6 +55,11 @@ async function route() {
   try {
     const c = await render(main, r);
     if (typeof c === "function") cleanup = c;
+    // Tell assistive technology where it is: the page's heading as the
+    // title, and focus on the new content after a navigation.
+    const title = main.querySelector("h1")?.textContent?.trim();
+    document.title = title ? `${title} · vitrine` : "vitrine";
+    if (navigated) main.focus({ preventScroll: true });
   } catch (e) {
     if (e instanceof ApiError && e.status === 401) return; // the token form takes over
     mount(main, h("h1", {}, "Something went wrong"), h("div", { class: "error", role: "alert" }, describe(e)),
