@@ -30,36 +30,55 @@ if [ "${have%%+*}" != "$WANT_TORCH" ]; then
 fi
 "$VENV/bin/python" -c 'import transformers, safetensors, PIL' 
 
+# Debian packages some tests need. Optional: without them those tests skip
+# (or fail under CI), so setup only warns when it cannot install them.
+# apt-get runs as root, or through password-less sudo; the package lists are
+# refreshed once, and only if a first install fails.
+APT_REFRESHED=0
+apt_install() {
+  # $@: the packages.
+  local run=()
+  if [ "$(id -u)" = 0 ]; then
+    run=(env DEBIAN_FRONTEND=noninteractive)
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    run=(sudo -n env DEBIAN_FRONTEND=noninteractive)
+  else
+    return 1
+  fi
+  command -v apt-get >/dev/null || return 1
+  "${run[@]}" apt-get install -y "$@" && return 0
+  # The package lists may be missing or stale: refresh them and retry once.
+  if [ "$APT_REFRESHED" = 0 ]; then
+    APT_REFRESHED=1
+    "${run[@]}" apt-get update || return 1
+  fi
+  "${run[@]}" apt-get install -y "$@"
+}
+warn_missing() {
+  # $1: the packages, $2: what skips without them.
+  echo "setup: WARNING: could not install the Debian package(s) $1" >&2
+  echo "setup: WARNING: (needs root or password-less sudo, and apt-get); install with" >&2
+  echo "setup: WARNING:   sudo apt-get install $1" >&2
+  echo "setup: WARNING: until then $2 are skipped (they fail under CI)" >&2
+}
+
 # Fashion-MNIST (Debian's dataset-fashion-mnist) for the transfer-learning
-# tests and scripts/fashion_mnist.py. Optional: without it those tests skip
-# (or fail under CI), so setup only warns when it cannot install it.
+# tests and scripts/fashion_mnist.py.
 # VITRINE_FASHION_MNIST overrides the directory checked (for testing this).
 FASHION_MNIST=${VITRINE_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
 FASHION_MNIST_PKG=dataset-fashion-mnist
-install_fashion_mnist() {
-  # $@: how to run apt-get (as root, or through sudo -n).
-  if ! command -v apt-get >/dev/null; then
-    return 1
-  fi
-  "$@" apt-get install -y "$FASHION_MNIST_PKG" && return 0
-  # The package lists may be missing or stale: refresh them and retry once.
-  "$@" apt-get update && "$@" apt-get install -y "$FASHION_MNIST_PKG"
-}
 if [ ! -d "$FASHION_MNIST" ]; then
   echo "setup: $FASHION_MNIST is missing; installing $FASHION_MNIST_PKG"
-  if [ "$(id -u)" = 0 ]; then
-    install_fashion_mnist env DEBIAN_FRONTEND=noninteractive || fm_failed=1
-  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-    install_fashion_mnist sudo -n env DEBIAN_FRONTEND=noninteractive || fm_failed=1
-  else
-    fm_failed=1
-  fi
-  if [ "${fm_failed:-0}" = 1 ]; then
-    echo "setup: WARNING: could not install the Debian package $FASHION_MNIST_PKG" >&2
-    echo "setup: WARNING: (needs root or password-less sudo, and apt-get); install it with" >&2
-    echo "setup: WARNING:   sudo apt-get install $FASHION_MNIST_PKG" >&2
-    echo "setup: WARNING: until then the Fashion-MNIST transfer tests are skipped (they fail under CI)" >&2
-  fi
+  apt_install "$FASHION_MNIST_PKG" || warn_missing "$FASHION_MNIST_PKG" "the Fashion-MNIST transfer tests"
+fi
+
+# Headless chromium and its WebDriver server for the web page's browser
+# tests (tests/e2e/web_page.rs). VITRINE_CHROMIUM / VITRINE_CHROMEDRIVER
+# name other binaries (the tests read them too).
+if ! command -v "${VITRINE_CHROMIUM:-chromium}" >/dev/null \
+   || ! command -v "${VITRINE_CHROMEDRIVER:-chromedriver}" >/dev/null; then
+  echo "setup: chromium or chromedriver is missing; installing chromium chromium-driver"
+  apt_install chromium chromium-driver || warn_missing "chromium chromium-driver" "the browser tests of the web page"
 fi
 touch "$VENV/.vitrine-setup"
 echo "setup: torch $have ready in $VENV"

@@ -17,6 +17,7 @@ use crate::app::AppState;
 use problem::problem_response;
 
 mod auth;
+pub mod dataset_images;
 pub mod datasets;
 pub mod extract;
 mod health;
@@ -28,6 +29,7 @@ mod page;
 mod predict;
 pub mod problem;
 mod sweeps;
+mod web;
 
 /// Serves `state`'s routes on `listener` until `shutdown` fires, then lets
 /// in-flight requests finish.
@@ -46,6 +48,7 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .merge(openapi::router())
         .merge(datasets::router(&state.config))
+        .merge(dataset_images::router())
         .merge(jobs::router(&state))
         .merge(sweeps::router(&state))
         .merge(models::router())
@@ -57,6 +60,7 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .merge(health::router())
+        .merge(web::router())
         .merge(protected)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(

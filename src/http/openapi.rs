@@ -21,6 +21,7 @@ use crate::app::AppState;
         super::models::list_models, super::models::get_model, super::models::delete_model,
         super::models::set_alias, super::models::download_model,
         super::datasets::upload_dataset, super::datasets::get_dataset, super::datasets::list_datasets,
+        super::dataset_images::thumbnails, super::dataset_images::image,
     ),
     components(schemas(
         crate::error::Problem,
@@ -37,6 +38,8 @@ use crate::app::AppState;
         super::models::ModelView, super::models::SetAlias,
         crate::data::record::DatasetRecord, crate::data::DatasetSummary,
         super::datasets::DatasetList, super::datasets::DatasetUpload,
+        super::dataset_images::Thumbnails, super::dataset_images::ClassSamples,
+        super::dataset_images::SampleImage,
     )),
     modifiers(&BearerAuth),
     tags(

@@ -8,6 +8,7 @@ pub mod decode;
 pub mod pipeline;
 pub mod randaugment;
 mod randaugment_ops;
+pub mod thumbnail;
 
 pub use augment::AugmentConfig;
 pub use config::{Geometry, PreprocessorConfig, ResizeTarget, SizeSpec};

@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod dataset_images;
 mod datasets_parquet;
 mod datasets_upload;
 mod datasets_user_archives;

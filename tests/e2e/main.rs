@@ -1,6 +1,7 @@
 //! End to end: a real server (in-process on port 0, or the `vitrine` binary
 //! as a child process) over a real SQLite file, trained and queried over
-//! HTTP. Fixtures are made by the Python scripts beside this file
+//! HTTP (and through the web page, in headless chromium: `web_page.rs`).
+//! Fixtures are made by the Python scripts beside this file
 //! (`synthetic.py`, `hf_predict.py`, `random_dinov2.py`, `random_backbone.py`).
 //!
 //! The tests here share one process: they never set environment variables
@@ -20,3 +21,4 @@ mod serving;
 mod shutdown;
 mod sweeps;
 mod transfer_fashion_mnist;
+mod web_page;
