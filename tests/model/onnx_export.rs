@@ -1,0 +1,251 @@
+//! ONNX export against onnxruntime: the random-weight checkpoints of the
+//! parity fixtures (tests/python/make_*_fixtures.py) are exported by
+//! `vitrine::export`, checked by `onnx.checker.check_model` and run by
+//! onnxruntime (tests/python/onnx_run.py), whose logits must equal
+//! vitrine's own forward pass within 1e-4 (fp32) at batch 1 and, with a
+//! dynamic batch, at 5; `probabilities` must be the softmax (sigmoid for
+//! multi-label) of the logits.
+
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Tensor};
+use vitrine::export::{self, ExportError, ExportOptions, Precision};
+use vitrine::model::load_pretrained;
+use vitrine::train::TrainedModel;
+
+use crate::support::TOL;
+
+fn fixture(script: &'static str, name: &str) -> PathBuf {
+    crate::common::python_fixtures(script)
+        .join(name)
+        .join("model")
+}
+
+fn vit(name: &str) -> PathBuf {
+    fixture("tests/python/make_vit_fixtures.py", name)
+}
+
+fn dinov2(name: &str) -> PathBuf {
+    fixture("tests/python/make_dinov2_fixtures.py", name)
+}
+
+/// How a fixture is prepared before export.
+#[derive(Default, Clone, Copy)]
+struct Prep {
+    /// Writes a `preprocessor_config.json` resizing to `side` squared
+    /// (without one, the default `ViTImageProcessor` gives 224).
+    side: Option<u32>,
+    multi_label: bool,
+}
+
+/// A copy of `dir` with `prep` applied.
+fn prepared(dir: &Path, prep: Prep) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+    }
+    if let Some(side) = prep.side {
+        let cfg = serde_json::json!({
+            "do_resize": true, "size": {"height": side, "width": side}, "resample": 2,
+            "do_rescale": true, "rescale_factor": 1.0 / 255.0, "do_normalize": true,
+            "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+            "image_processor_type": "ViTImageProcessor",
+        });
+        std::fs::write(
+            tmp.path().join("preprocessor_config.json"),
+            serde_json::to_vec(&cfg).unwrap(),
+        )
+        .unwrap();
+    }
+    if prep.multi_label {
+        let path = tmp.path().join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        cfg["problem_type"] = "multi_label_classification".into();
+        std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    }
+    tmp
+}
+
+/// What onnxruntime answered for one export.
+struct Ran {
+    reply: serde_json::Value,
+}
+
+impl Ran {
+    fn f(&self, key: &str) -> f64 {
+        self.reply[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no `{key}` in {}", self.reply))
+    }
+}
+
+/// Exports `dir` with `opts`, runs 5 random images through vitrine and
+/// onnxruntime, and checks the logits within `tol` (and probabilities).
+fn check(dir: &Path, prep: Prep, opts: ExportOptions, tol: f64) -> Ran {
+    let dir = prepared(dir, prep);
+    let trained = TrainedModel::load(dir.path()).unwrap();
+    let model = load_pretrained(dir.path(), Device::Cpu, None).unwrap();
+    let exported = export::export(&model, &trained, &opts).unwrap();
+    let onnx_path = dir.path().join("model.onnx");
+    std::fs::write(&onnx_path, &exported.onnx).unwrap();
+
+    let shape = &exported.metadata.input.shape;
+    let (c, h, w) = (shape[1].unwrap(), shape[2].unwrap(), shape[3].unwrap());
+    tch::manual_seed(7);
+    let x = Tensor::randn([5, c, h, w], (tch::Kind::Float, Device::Cpu));
+    let want = model.logits(&x).unwrap();
+    let io = dir.path().join("io.safetensors");
+    Tensor::write_safetensors(&[("pixel_values", &x), ("logits", &want)], &io).unwrap();
+    let reply = crate::common::python_json("tests/python/onnx_run.py", &[&onnx_path, &io]);
+    let ran = Ran { reply };
+    let name = dir.path().display().to_string();
+    println!("{name} {:?}: {}", opts, ran.reply["batch1"]);
+    assert!(ran.f("batch1") <= tol, "batch 1: {}", ran.reply);
+    assert!(ran.f("probs1") <= 1e-5, "probabilities: {}", ran.reply);
+    assert_eq!(ran.reply["dtype"], "float32");
+    if opts.dynamic_batch {
+        assert_eq!(ran.reply["input_shape"][0], serde_json::Value::Null);
+        assert_eq!(ran.reply["n"], 5);
+        assert!(ran.f("batchN") <= tol, "batch 5: {}", ran.reply);
+        assert!(ran.f("probsN") <= 1e-5, "probabilities: {}", ran.reply);
+    } else {
+        assert_eq!(ran.reply["input_shape"][0], 1);
+        assert_eq!(ran.reply["static_batch_refused"], true);
+    }
+    // The metadata in the file is the sidecar document.
+    let meta = serde_json::to_value(&exported.metadata).unwrap();
+    assert_eq!(ran.reply["metadata"], meta);
+    assert_eq!(meta["labels"], serde_json::json!(model.labels()));
+    ran
+}
+
+fn dynamic() -> ExportOptions {
+    ExportOptions {
+        dynamic_batch: true,
+        ..Default::default()
+    }
+}
+
+fn own(side: u32) -> Prep {
+    Prep {
+        side: Some(side),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn vit_matches_at_its_own_size_and_with_interpolated_positions() {
+    check(&vit("cls_p8_s32_d2"), own(32), dynamic(), TOL);
+    // No preprocessor: 224 px as `/predict` runs it, positions resampled.
+    check(&vit("cls_p8_s32_d2"), Prep::default(), dynamic(), TOL);
+    // One channel, no qkv bias, tanh GELU, eps 1e-6, batch fixed at 1.
+    check(
+        &vit("cls_p4_s16_d3_nobias"),
+        own(16),
+        ExportOptions::default(),
+        TOL,
+    );
+    // Stored in bfloat16 and sharded.
+    check(&vit("cls_bf16_sharded"), own(32), dynamic(), TOL);
+}
+
+#[test]
+fn every_activation_matches() {
+    for act in [
+        "gelu",
+        "gelu_python",
+        "gelu_new",
+        "gelu_pytorch_tanh",
+        "gelu_fast",
+        "gelu_accurate",
+        "gelu_python_tanh",
+        "gelu_10",
+        "quick_gelu",
+        "relu",
+        "relu2",
+        "relu6",
+        "leaky_relu",
+        "silu",
+        "swish",
+        "mish",
+        "hardswish",
+        "tanh",
+        "sigmoid",
+        "sqrtsoftplus",
+        "laplace",
+        "linear",
+    ] {
+        println!("activation {act}");
+        check(&vit(&format!("act_{act}")), own(32), dynamic(), TOL);
+    }
+}
+
+#[test]
+fn dinov2_matches_with_swiglu_registers_and_resampled_positions() {
+    check(&dinov2("cls_p7_s28"), own(28), dynamic(), TOL);
+    check(&dinov2("cls_swiglu_p4_s16"), own(16), dynamic(), TOL);
+    // Trained at 518, used at 224 (bicubic resampling of the 37x37 grid).
+    check(&dinov2("cls_p14_s518"), own(224), dynamic(), TOL);
+    check(&dinov2("registers_p4_s32"), own(32), dynamic(), TOL);
+    // Registers at another size: antialiased resampling.
+    check(
+        &dinov2("registers_p4_s32"),
+        own(20),
+        ExportOptions::default(),
+        TOL,
+    );
+}
+
+#[test]
+fn multi_label_models_output_sigmoid_probabilities() {
+    let prep = Prep {
+        side: Some(32),
+        multi_label: true,
+    };
+    let ran = check(&vit("cls_p8_s32_d2"), prep, dynamic(), TOL);
+    assert_eq!(ran.reply["metadata"]["task"], "multi_label");
+    assert_eq!(ran.reply["metadata"]["probabilities"], "sigmoid");
+    let ran = check(&dinov2("cls_p7_s28"), own(28), dynamic(), TOL);
+    assert_eq!(ran.reply["metadata"]["probabilities"], "softmax");
+}
+
+#[test]
+fn later_opsets_match() {
+    for opset in [18, 21] {
+        let opts = ExportOptions { opset, ..dynamic() };
+        let ran = check(&dinov2("cls_swiglu_p4_s16"), own(16), opts, TOL);
+        assert_eq!(ran.reply["metadata"]["opset"], opset);
+    }
+}
+
+#[test]
+fn the_metadata_describes_the_preprocessing() {
+    let ran = check(&vit("cls_p8_s32_d2"), own(32), dynamic(), TOL);
+    let pre = &ran.reply["metadata"]["preprocessing"];
+    assert_eq!(pre["resize"], serde_json::json!([32, 32]));
+    assert_eq!(pre["resample"], "bilinear");
+    assert_eq!(pre["center_crop"], serde_json::Value::Null);
+    let mean: Vec<f64> = serde_json::from_value(pre["image_mean"].clone()).unwrap();
+    assert!((mean[0] - 0.485).abs() < 1e-6);
+    assert!((pre["rescale_factor"].as_f64().unwrap() - 1.0 / 255.0).abs() < 1e-9);
+    assert_eq!(ran.reply["metadata"]["format"], "vitrine-onnx/1");
+}
+
+#[test]
+fn unsupported_opsets_are_refused_by_name() {
+    for opset in [11, 16, 22] {
+        let opts = ExportOptions {
+            opset,
+            ..Default::default()
+        };
+        let err = export::export_dir(&vit("cls_p8_s32_d2"), &opts)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, ExportError::UnsupportedOpset(o) if o == opset));
+        assert_eq!(err.code(), Some("unsupported_opset"));
+        assert!(err.to_string().contains(&format!("opset {opset}")), "{err}");
+    }
+    let _ = Precision::Fp32;
+}
