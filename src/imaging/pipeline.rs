@@ -34,6 +34,8 @@ pub struct Pipeline {
     filter: ResizeAlg,
     /// The PIL code `filter` came from, for [`Pipeline::spec`].
     resample: u8,
+    /// Rescale factor, mean and std as configured (f64), for [`Pipeline::spec`].
+    exact: (f64, [f64; 3], [f64; 3]),
     crop: Option<(u32, u32)>,
     /// Per channel, per 8-bit value: the normalised float.
     lut: [[f32; 256]; 3],
@@ -86,9 +88,9 @@ pub struct PreprocessingSpec {
     /// The same filter as a PIL code (`Image.Resampling`).
     pub resample_pil: u8,
     pub center_crop: Option<[u32; 2]>,
-    pub rescale_factor: f32,
-    pub image_mean: [f32; 3],
-    pub image_std: [f32; 3],
+    pub rescale_factor: f64,
+    pub image_mean: [f64; 3],
+    pub image_std: [f64; 3],
 }
 
 /// A place in the resized image to read the output from: an offset that may
@@ -137,6 +139,23 @@ impl Pipeline {
             resize,
             filter: resize_alg(cfg.resample),
             resample: cfg.resample,
+            exact: (
+                if cfg.do_rescale {
+                    cfg.rescale_factor
+                } else {
+                    1.0
+                },
+                if cfg.do_normalize {
+                    cfg.image_mean.rgb64()
+                } else {
+                    [0.0; 3]
+                },
+                if cfg.do_normalize {
+                    cfg.image_std.rgb64()
+                } else {
+                    [1.0; 3]
+                },
+            ),
             crop,
             lut,
             scale,
@@ -213,9 +232,9 @@ impl Pipeline {
             resample: resample_name(self.resample).to_string(),
             resample_pil: self.resample,
             center_crop: self.crop.map(|(h, w)| [h, w]),
-            rescale_factor: self.scale,
-            image_mean: self.mean,
-            image_std: self.std,
+            rescale_factor: self.exact.0,
+            image_mean: self.exact.1,
+            image_std: self.exact.2,
         }
     }
 

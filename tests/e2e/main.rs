@@ -14,6 +14,7 @@ mod backbones;
 mod crash;
 mod hub_download;
 mod jobs;
+mod onnx_download;
 mod open_size;
 mod recipes;
 mod serving;

@@ -1,0 +1,164 @@
+//! ONNX over HTTP: a model trained through the API, downloaded with
+//! `?format=onnx`, ranks the same top label as `/predict` on 20 images
+//! when run by onnxruntime with the README's own Python snippet
+//! (preprocessing read from the file's metadata); the metadata endpoint
+//! matches the file; bad formats and opsets are refused by code.
+
+use std::io::Read;
+use std::time::Duration;
+
+use crate::common::e2e::{downloaded_names, fixtures, TestServer};
+use serde_json::{json, Value};
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The README's Python block of its "Export to ONNX" section.
+fn readme_snippet() -> String {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("## Export to ONNX").expect("the section")..];
+    let start = section.find("```python\n").expect("a python block") + "```python\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    section[start..end].to_string()
+}
+
+/// `n` images of a dataset zip spread over its entries (so over its
+/// classes), with their names.
+fn images_of(zip_path: &std::path::Path, n: usize) -> Vec<(String, Vec<u8>)> {
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(zip_path).unwrap()).unwrap();
+    let names: Vec<String> = archive
+        .file_names()
+        .filter(|n| n.ends_with(".png") || n.ends_with(".jpg"))
+        .map(String::from)
+        .collect();
+    let mut names: Vec<String> = names.clone();
+    names.sort();
+    let step = (names.len() / n).max(1);
+    names
+        .iter()
+        .step_by(step)
+        .take(n)
+        .map(|name| {
+            let mut bytes = Vec::new();
+            archive
+                .by_name(name)
+                .unwrap()
+                .read_to_end(&mut bytes)
+                .unwrap();
+            (name.clone(), bytes)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downloaded_onnx_model_ranks_like_predict() {
+    let fx = fixtures();
+    let server = TestServer::start(|_| {}).await;
+    let cfg = json!({"base_model": fx.base_model, "mode": "linear_probe", "epochs": 2, "learning_rate": 0.01});
+    let job = server.run_job(&fx.tints_zip, cfg, TIMEOUT).await;
+    let model_id = job["model_id"].as_str().unwrap().to_string();
+    let client = reqwest::Client::new();
+    let get = |query: String| {
+        let (client, url, id) = (client.clone(), server.url.clone(), model_id.clone());
+        async move {
+            client
+                .get(format!("{url}/models/{id}/download{query}"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    let resp = get("?format=onnx&dynamic_batch=true".into()).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/octet-stream");
+    let onnx = resp.bytes().await.unwrap();
+    let meta: Value = get("?format=onnx-metadata&dynamic_batch=true".into())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["task"], "multi_class");
+    assert_eq!(meta["input"]["shape"][0], Value::Null);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("model.onnx"), &onnx).unwrap();
+    let snippet = dir.path().join("snippet.py");
+    std::fs::write(&snippet, readme_snippet()).unwrap();
+
+    let images = images_of(&fx.tints_zip, 20);
+    assert_eq!(images.len(), 20);
+    let mut agree = 0;
+    for (name, bytes) in &images {
+        let answer: Value = client
+            .post(format!("{}/predict", server.url))
+            .header("content-type", "image/png")
+            .body(bytes.clone())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let want = answer["predictions"][0]["label"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let want_score = answer["predictions"][0]["score"].as_f64().unwrap();
+        std::fs::write(dir.path().join("cat.jpg"), bytes).unwrap();
+        let out = std::process::Command::new(crate::common::python())
+            .arg(&snippet)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the README snippet failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = String::from_utf8(out.stdout).unwrap();
+        let (label, score) = printed.trim().rsplit_once(' ').unwrap();
+        let score: f64 = score.parse().unwrap();
+        println!("{name}: /predict {want} {want_score:.5}, onnx {label} {score:.5}");
+        assert_eq!(label, want, "{name}");
+        assert!(
+            (score - want_score).abs() < 1e-3,
+            "{name}: {score} vs {want_score}"
+        );
+        agree += 1;
+    }
+    assert_eq!(agree, 20);
+    let distinct: std::collections::BTreeSet<&str> = images
+        .iter()
+        .map(|(n, _)| n.split('/').nth(1).unwrap())
+        .collect();
+    assert!(
+        distinct.len() >= 3,
+        "images of several classes: {distinct:?}"
+    );
+
+    // The metadata endpoint is what the file carries.
+    let props = crate::common::python_json(
+        "tests/python/onnx_metadata.py",
+        &[&dir.path().join("model.onnx")],
+    );
+    assert_eq!(props, meta);
+
+    // Refusals by code; the default format is unchanged.
+    for (query, status, code) in [
+        ("?format=tflite", 400, "unsupported_format"),
+        ("?format=onnx&opset=9", 400, "unsupported_opset"),
+        ("?format=onnx&opset=abc", 400, "invalid_query"),
+        ("?opset=18", 400, "invalid_query"),
+    ] {
+        let resp = get(query.to_string()).await;
+        assert_eq!(resp.status(), status, "{query}");
+        let problem: Value = resp.json().await.unwrap();
+        assert_eq!(problem["code"], code, "{query}: {problem}");
+    }
+    let names = downloaded_names(&server.url, &model_id).await;
+    assert!(
+        names.iter().any(|n| n.ends_with("model.safetensors")),
+        "{names:?}"
+    );
+    server.stop().await;
+}
