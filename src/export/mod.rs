@@ -4,7 +4,7 @@
 //!
 //! - [`graph`]: the graph builder (nodes, initializers, attributes).
 //! - [`ops`]: shared layers (linear, norms, convolution, activations, attention).
-//! - [`transformer`]: ViT and DINOv2.
+//! - [`transformer`]: ViT and DINOv2; [`cnn`]: ConvNeXt and ResNet.
 //! - [`command`]: `vitrine export`.
 //! - [`metadata`]: labels, task, thresholds and preprocessing, in the file and beside it.
 //!
@@ -12,6 +12,7 @@
 //! preprocessing produces it), so window layouts, masks, biases and
 //! resampled position embeddings are constants computed here with tch.
 
+mod cnn;
 pub mod command;
 pub mod error;
 pub mod graph;
@@ -40,7 +41,13 @@ use onnx_proto::{DataType, ModelProto, OperatorSetIdProto};
 pub const OPSETS: RangeInclusive<i64> = 17..=21;
 pub const DEFAULT_OPSET: i64 = 17;
 /// `model_type`s with an ONNX writer.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["vit", "dinov2", "dinov2_with_registers"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "vit",
+    "dinov2",
+    "dinov2_with_registers",
+    "convnext",
+    "resnet",
+];
 /// The export formats (`--format`, `?format=`).
 pub const FORMATS: &[&str] = &["onnx"];
 
@@ -142,6 +149,8 @@ pub fn export(
         match &model.config {
             ModelConfig::Vit(c) => transformer::vit(&mut g, &weights, c, &pixels, (h, w)),
             ModelConfig::Dinov2(c) => transformer::dinov2(&mut g, &weights, c, &pixels, (h, w)),
+            ModelConfig::ConvNext(c) => cnn::convnext(&mut g, &weights, c, &pixels),
+            ModelConfig::ResNet(c) => cnn::resnet(&mut g, &weights, c, &pixels),
             other => Err(ExportError::UnsupportedArchitecture(
                 other.model_type().into(),
             )),

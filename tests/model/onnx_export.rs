@@ -32,9 +32,9 @@ fn dinov2(name: &str) -> PathBuf {
 /// How a fixture is prepared before export.
 #[derive(Default, Clone, Copy)]
 struct Prep {
-    /// Writes a `preprocessor_config.json` resizing to `side` squared
-    /// (without one, the default `ViTImageProcessor` gives 224).
-    side: Option<u32>,
+    /// Writes a `preprocessor_config.json` resizing to `(height, width)`
+    /// (without one, the default `ViTImageProcessor` gives 224 x 224).
+    size: Option<(u32, u32)>,
     multi_label: bool,
 }
 
@@ -45,9 +45,9 @@ fn prepared(dir: &Path, prep: Prep) -> tempfile::TempDir {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
     }
-    if let Some(side) = prep.side {
+    if let Some((height, width)) = prep.size {
         let cfg = serde_json::json!({
-            "do_resize": true, "size": {"height": side, "width": side}, "resample": 2,
+            "do_resize": true, "size": {"height": height, "width": width}, "resample": 2,
             "do_rescale": true, "rescale_factor": 1.0 / 255.0, "do_normalize": true,
             "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
             "image_processor_type": "ViTImageProcessor",
@@ -129,10 +129,18 @@ fn dynamic() -> ExportOptions {
 }
 
 fn own(side: u32) -> Prep {
+    sized(side, side)
+}
+
+fn sized(height: u32, width: u32) -> Prep {
     Prep {
-        side: Some(side),
+        size: Some((height, width)),
         ..Default::default()
     }
+}
+
+fn cnn(name: &str) -> PathBuf {
+    fixture("tests/python/make_cnn_fixtures.py", name)
 }
 
 #[test]
@@ -199,9 +207,43 @@ fn dinov2_matches_with_swiglu_registers_and_resampled_positions() {
 }
 
 #[test]
+fn convnext_matches_with_and_without_layer_scale() {
+    check(&cnn("cnx_s4_ls"), own(64), dynamic(), TOL);
+    check(&cnn("cnx_s3_nols"), own(32), dynamic(), TOL);
+    // Patch 2, stochastic depth configured, a non-square input.
+    check(&cnn("cnx_s2_p2_droppath"), sized(40, 48), dynamic(), TOL);
+    // One stage (no downsampling), relu, default 224 px, batch of 1.
+    check(
+        &cnn("cnx_s1_p8_relu"),
+        Prep::default(),
+        ExportOptions::default(),
+        TOL,
+    );
+}
+
+#[test]
+fn resnet_matches_basic_and_bottleneck() {
+    check(&cnn("rn_basic"), own(64), dynamic(), TOL);
+    // Strided shortcut in the first stage, a non-square odd input.
+    check(&cnn("rn_basic_dfs"), sized(45, 53), dynamic(), TOL);
+    check(&cnn("rn_bottleneck"), own(64), dynamic(), TOL);
+    // Stride in the first 1x1, GELU, multi-label.
+    let prep = Prep {
+        size: Some((64, 64)),
+        multi_label: true,
+    };
+    check(
+        &cnn("rn_bottleneck_dib"),
+        prep,
+        ExportOptions::default(),
+        TOL,
+    );
+}
+
+#[test]
 fn multi_label_models_output_sigmoid_probabilities() {
     let prep = Prep {
-        side: Some(32),
+        size: Some((32, 32)),
         multi_label: true,
     };
     let ran = check(&vit("cls_p8_s32_d2"), prep, dynamic(), TOL);
