@@ -4,7 +4,7 @@
 //!
 //! - [`graph`]: the graph builder (nodes, initializers, attributes).
 //! - [`ops`]: shared layers (linear, norms, convolution, activations, attention).
-//! - [`transformer`]: ViT and DINOv2; [`cnn`]: ConvNeXt and ResNet.
+//! - [`transformer`]: ViT and DINOv2; [`cnn`]: ConvNeXt and ResNet; [`swin`]: Swin.
 //! - [`command`]: `vitrine export`.
 //! - [`metadata`]: labels, task, thresholds and preprocessing, in the file and beside it.
 //!
@@ -19,6 +19,7 @@ pub mod graph;
 pub mod metadata;
 pub mod onnx_proto;
 mod ops;
+mod swin;
 mod transformer;
 
 use std::ops::RangeInclusive;
@@ -47,6 +48,7 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "dinov2_with_registers",
     "convnext",
     "resnet",
+    "swin",
 ];
 /// The export formats (`--format`, `?format=`).
 pub const FORMATS: &[&str] = &["onnx"];
@@ -151,9 +153,7 @@ pub fn export(
             ModelConfig::Dinov2(c) => transformer::dinov2(&mut g, &weights, c, &pixels, (h, w)),
             ModelConfig::ConvNext(c) => cnn::convnext(&mut g, &weights, c, &pixels),
             ModelConfig::ResNet(c) => cnn::resnet(&mut g, &weights, c, &pixels),
-            other => Err(ExportError::UnsupportedArchitecture(
-                other.model_type().into(),
-            )),
+            ModelConfig::Swin(c) => swin::swin(&mut g, &weights, c, &pixels, (h, w)),
         }
     })?;
     let to_f32 = graph::attr_int("to", DataType::Float as i64);

@@ -240,6 +240,36 @@ fn resnet_matches_basic_and_bottleneck() {
     );
 }
 
+fn swin(name: &str) -> PathBuf {
+    fixture("tests/python/make_swin_fixtures.py", name)
+}
+
+#[test]
+fn swin_matches_with_padding_shifts_and_odd_sizes() {
+    // 36 px, patch 4, window 4: 9x9 padded to 12x12, merging an odd side.
+    check(&swin("pad_s36_w4"), own(36), dynamic(), TOL);
+    // Pixels padded to whole patches first (34x38).
+    check(&swin("pad_s36_w4"), sized(34, 38), dynamic(), TOL);
+    // Non-square, window covering the shorter side (no shift), 3 stages.
+    check(&swin("rect_w2_3stages"), sized(32, 48), dynamic(), TOL);
+    // Absolute position embeddings, at their size and resampled.
+    check(&swin("abs_pos"), own(32), dynamic(), TOL);
+    check(
+        &swin("abs_pos"),
+        sized(48, 40),
+        ExportOptions::default(),
+        TOL,
+    );
+    // Shifted everywhere, no qkv bias, eps 1e-3, multi-label.
+    let prep = Prep {
+        size: Some((32, 32)),
+        multi_label: true,
+    };
+    check(&swin("deep_2_2_6"), prep, dynamic(), TOL);
+    // Window 7, one channel, tanh GELU, at another size.
+    check(&swin("w7_s56_gelu_new"), sized(70, 84), dynamic(), TOL);
+}
+
 #[test]
 fn multi_label_models_output_sigmoid_probabilities() {
     let prep = Prep {
