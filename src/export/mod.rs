@@ -226,3 +226,95 @@ pub fn export(
         metadata,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::onnx_proto::*;
+    use super::*;
+
+    /// A tiny graph through the builder, encoded and decoded with prost.
+    #[test]
+    fn a_model_round_trips_through_protobuf() {
+        let mut g = Graph::new(17, Precision::Fp32);
+        let w = g
+            .weight("w", &tch::Tensor::from_slice(&[1.5f32, -2.0]).view([1, 2]))
+            .unwrap();
+        let y = g.node("MatMul", &["x", &w], vec![graph::attr_int("keepdims", 0)]);
+        g.node_to("Identity", &[&y], vec![], "y");
+        let graph = g.finish(
+            "tiny",
+            vec![value_info("x", DataType::Float, &[None, Some(1)])],
+            vec![value_info("y", DataType::Float, &[None, Some(2)])],
+        );
+        let model = ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(graph),
+            metadata_props: vec![StringStringEntryProto {
+                key: "labels".into(),
+                value: "[\"a\"]".into(),
+            }],
+            ..Default::default()
+        };
+        let bytes = model.encode_to_vec();
+        let back = ModelProto::decode(bytes.as_slice()).unwrap();
+        assert_eq!(back, model);
+        let graph = back.graph.unwrap();
+        let t = &graph.initializer[0];
+        assert_eq!(
+            (t.dims.clone(), t.data_type),
+            (vec![1, 2], DataType::Float as i32)
+        );
+        let values: Vec<f32> = t
+            .raw_data
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(values, [1.5, -2.0]);
+        // A zero-valued attribute is still present (the checker wants one value field).
+        assert_eq!(graph.node[0].attribute[0].i, Some(0));
+        // Field 14 of ModelProto is metadata_props, as in onnx.proto.
+        let entry = model.metadata_props[0].encode_to_vec();
+        let mut field = vec![14 << 3 | 2, entry.len() as u8];
+        field.extend_from_slice(&entry);
+        assert!(bytes.windows(field.len()).any(|w| w == field));
+    }
+
+    #[test]
+    fn fp16_weights_are_half_precision_bits() {
+        let t = graph::float_tensor(
+            "h",
+            &tch::Tensor::from_slice(&[1.0f32, -2.0]),
+            Precision::Fp16,
+        )
+        .unwrap();
+        assert_eq!(t.data_type, DataType::Float16 as i32);
+        assert_eq!(t.raw_data, [0x00, 0x3c, 0x00, 0xc0]);
+    }
+
+    #[test]
+    fn refusals_name_what_is_refused() {
+        for opset in [0, 16, 22] {
+            let opts = ExportOptions {
+                opset,
+                ..Default::default()
+            };
+            let err = opts.check().unwrap_err();
+            assert_eq!(err.code(), Some("unsupported_opset"));
+            assert!(err.to_string().contains(&format!("opset {opset}")), "{err}");
+        }
+        let err = ExportError::UnsupportedArchitecture("beit".into());
+        assert_eq!(err.code(), Some("unsupported_architecture"));
+        assert!(err.to_string().contains("`beit`"));
+        assert!(
+            err.to_string().contains("swin"),
+            "lists the supported ones: {err}"
+        );
+        assert_eq!(ExportError::MissingWeight("x".into()).code(), None);
+        assert_eq!(ir_version(17), 8);
+        assert_eq!(ir_version(21), 10);
+    }
+}

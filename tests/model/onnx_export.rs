@@ -270,6 +270,29 @@ fn swin_matches_with_padding_shifts_and_odd_sizes() {
     check(&swin("w7_s56_gelu_new"), sized(70, 84), dynamic(), TOL);
 }
 
+/// The fp16 bar on logits (fp16 weights and arithmetic, float32 I/O); the
+/// README states it.
+const FP16_TOL: f64 = 1e-2;
+
+#[test]
+fn fp16_exports_stay_within_their_tolerance() {
+    let fp16 = ExportOptions {
+        precision: Precision::Fp16,
+        ..dynamic()
+    };
+    for (dir, side) in [
+        (vit("cls_p8_s32_d2"), 32),
+        (dinov2("registers_p4_s32"), 32),
+        (dinov2("cls_swiglu_p4_s16"), 16),
+        (cnn("cnx_s4_ls"), 64),
+        (cnn("rn_bottleneck"), 64),
+        (swin("pad_s36_w4"), 36),
+    ] {
+        let ran = check(&dir, own(side), fp16, FP16_TOL);
+        assert_eq!(ran.reply["metadata"]["precision"], "fp16");
+    }
+}
+
 #[test]
 fn multi_label_models_output_sigmoid_probabilities() {
     let prep = Prep {
@@ -319,5 +342,30 @@ fn unsupported_opsets_are_refused_by_name() {
         assert_eq!(err.code(), Some("unsupported_opset"));
         assert!(err.to_string().contains(&format!("opset {opset}")), "{err}");
     }
-    let _ = Precision::Fp32;
+}
+
+#[test]
+fn the_command_writes_the_file_and_its_sidecar() {
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("swin.onnx");
+    let args = |format: &str| export::command::ExportArgs {
+        model: swin("rect_w2_3stages").display().to_string(),
+        format: format.into(),
+        opset: 18,
+        dynamic_batch: true,
+        fp16: false,
+        out: file.clone(),
+    };
+    export::command::run(args("onnx")).unwrap();
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("swin.json")).unwrap()).unwrap();
+    assert_eq!(sidecar["model_type"], "swin");
+    assert_eq!(sidecar["opset"], 18);
+    assert_eq!(sidecar["input"]["shape"][0], serde_json::Value::Null);
+    let props = crate::common::python_json("tests/python/onnx_metadata.py", &[&file]);
+    assert_eq!(props, sidecar);
+    let err = export::command::run(args("tflite"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unsupported export format `tflite`"), "{err}");
 }
