@@ -12,15 +12,6 @@ use serde_json::{json, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The README's Python block of its "Export to ONNX" section.
-fn readme_snippet() -> String {
-    let readme = include_str!("../../README.md");
-    let section = &readme[readme.find("## Export to ONNX").expect("the section")..];
-    let start = section.find("```python\n").expect("a python block") + "```python\n".len();
-    let end = start + section[start..].find("```").unwrap();
-    section[start..end].to_string()
-}
-
 /// `n` images of a dataset zip spread over its entries (so over its
 /// classes), with their names.
 fn images_of(zip_path: &std::path::Path, n: usize) -> Vec<(String, Vec<u8>)> {
@@ -82,8 +73,6 @@ async fn a_downloaded_onnx_model_ranks_like_predict() {
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("model.onnx"), &onnx).unwrap();
-    let snippet = dir.path().join("snippet.py");
-    std::fs::write(&snippet, readme_snippet()).unwrap();
 
     let images = images_of(&fx.tints_zip, 20);
     assert_eq!(images.len(), 20);
@@ -105,19 +94,7 @@ async fn a_downloaded_onnx_model_ranks_like_predict() {
             .to_string();
         let want_score = answer["predictions"][0]["score"].as_f64().unwrap();
         std::fs::write(dir.path().join("cat.jpg"), bytes).unwrap();
-        let out = std::process::Command::new(crate::common::python())
-            .arg(&snippet)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "the README snippet failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let printed = String::from_utf8(out.stdout).unwrap();
-        let (label, score) = printed.trim().rsplit_once(' ').unwrap();
-        let score: f64 = score.parse().unwrap();
+        let (label, score) = crate::common::run_readme_onnx_snippet(dir.path());
         println!("{name}: /predict {want} {want_score:.5}, onnx {label} {score:.5}");
         assert_eq!(label, want, "{name}");
         assert!(

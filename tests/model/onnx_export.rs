@@ -344,6 +344,60 @@ fn unsupported_opsets_are_refused_by_name() {
     }
 }
 
+/// The README snippet's shortest-edge resize and centre crop (a ConvNeXt
+/// processor: shortest edge 73 = 64 / 0.875, bicubic, crop 64) reproduce
+/// vitrine's pipeline on a non-square image.
+#[test]
+fn the_readme_snippet_reproduces_a_shortest_edge_and_crop_pipeline() {
+    let dir = prepared(&cnn("cnx_s4_ls"), Prep::default());
+    let cfg = serde_json::json!({
+        "image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": 64},
+        "crop_pct": 0.875, "resample": 3, "do_rescale": true, "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+    });
+    std::fs::write(
+        dir.path().join("preprocessor_config.json"),
+        serde_json::to_vec(&cfg).unwrap(),
+    )
+    .unwrap();
+    let trained = TrainedModel::load(dir.path()).unwrap();
+    let model = load_pretrained(dir.path(), Device::Cpu, None).unwrap();
+    let exported = export::export(&model, &trained, &ExportOptions::default()).unwrap();
+    let pre = &exported.metadata.preprocessing;
+    assert_eq!(
+        (pre.shortest_edge, pre.center_crop),
+        (Some(73), Some([64, 64]))
+    );
+    std::fs::write(dir.path().join("model.onnx"), &exported.onnx).unwrap();
+
+    let img = image::RgbImage::from_fn(91, 67, |x, y| {
+        image::Rgb([
+            (x * 7 % 256) as u8,
+            (y * 11 % 256) as u8,
+            ((x * y) % 256) as u8,
+        ])
+    });
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    std::fs::write(dir.path().join("cat.jpg"), &png).unwrap();
+    let x = trained
+        .pipeline
+        .tensor_from_bytes(&png)
+        .unwrap()
+        .unsqueeze(0);
+    let probs = model.logits(&x).unwrap().softmax(-1, tch::Kind::Float);
+    let top = probs.argmax(-1, false).int64_value(&[0]);
+    let want = probs.double_value(&[0, top]);
+    let (label, got) = crate::common::run_readme_onnx_snippet(dir.path());
+    println!(
+        "snippet {label} {got}, vitrine {} {want}",
+        model.labels()[top as usize]
+    );
+    assert_eq!(label, model.labels()[top as usize]);
+    assert!((got - want).abs() < 1e-3, "{got} vs {want}");
+}
+
 #[test]
 fn the_command_writes_the_file_and_its_sidecar() {
     let out = tempfile::tempdir().unwrap();
