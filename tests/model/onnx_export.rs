@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Tensor};
 use vitrine::export::{self, ExportError, ExportOptions, Precision};
-use vitrine::model::load_pretrained;
+use vitrine::model::{load_pretrained, save_pretrained, ProblemType};
 use vitrine::train::TrainedModel;
 
 use crate::support::TOL;
@@ -396,6 +396,38 @@ fn the_readme_snippet_reproduces_a_shortest_edge_and_crop_pipeline() {
     );
     assert_eq!(label, model.labels()[top as usize]);
     assert!((got - want).abs() < 1e-3, "{got} vs {want}");
+}
+
+/// The real DINOv2-small (22M parameters, 12 layers; see dinov2_real.rs)
+/// at 224 px, fp32 and fp16. Skipped, printed, only when it cannot be downloaded.
+#[test]
+fn real_dinov2_small_matches_onnxruntime() {
+    let backbone = match crate::common::fetch_dinov2_small() {
+        Ok(dir) => dir,
+        Err(e) => return println!("SKIPPED: dinov2-small could not be downloaded:\n{e}"),
+    };
+    // With a random 5-label head, saved as a trained model would be.
+    let labels: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+    let model = load_pretrained(&backbone, Device::Cpu, Some(&labels)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    save_pretrained(&model, &dir, ProblemType::SingleLabel).unwrap();
+    for f in ["preprocessor_config.json"] {
+        let _ = std::fs::copy(backbone.join(f), dir.join(f));
+    }
+    let started = std::time::Instant::now();
+    let exported = export::export_dir(&dir, &dynamic()).unwrap();
+    println!(
+        "dinov2-small: {} bytes of ONNX in {:.2?}",
+        exported.onnx.len(),
+        started.elapsed()
+    );
+    check(&dir, Prep::default(), dynamic(), TOL);
+    let fp16 = ExportOptions {
+        precision: Precision::Fp16,
+        ..dynamic()
+    };
+    check(&dir, Prep::default(), fp16, FP16_TOL);
 }
 
 #[test]
