@@ -412,9 +412,8 @@ fn real_dinov2_small_matches_onnxruntime() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model");
     save_pretrained(&model, &dir, ProblemType::SingleLabel).unwrap();
-    for f in ["preprocessor_config.json"] {
-        let _ = std::fs::copy(backbone.join(f), dir.join(f));
-    }
+    let pre = "preprocessor_config.json";
+    std::fs::copy(backbone.join(pre), dir.join(pre)).unwrap();
     let started = std::time::Instant::now();
     let exported = export::export_dir(&dir, &dynamic()).unwrap();
     println!(
