@@ -2,7 +2,8 @@
 //! `?format=onnx`, ranks the same top label as `/predict` on 20 images
 //! when run by onnxruntime with the README's own Python snippet
 //! (preprocessing read from the file's metadata); the metadata endpoint
-//! matches the file; bad formats and opsets are refused by code.
+//! matches the file; bad formats and opsets are refused by code. A
+//! multi-label model carries its thresholds and answers alike in fp16 too.
 
 use std::io::Read;
 use std::time::Duration;
@@ -137,5 +138,77 @@ async fn a_downloaded_onnx_model_ranks_like_predict() {
         names.iter().any(|n| n.ends_with("model.safetensors")),
         "{names:?}"
     );
+    server.stop().await;
+}
+
+/// A multi-label model: sigmoid probabilities, the thresholds chosen in
+/// training in the metadata, and (fp16 too) the README snippet's best label
+/// and probability equal to `/predict`'s best score.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_label_model_exports_its_thresholds() {
+    let fx = fixtures();
+    let server = TestServer::start(|_| {}).await;
+    let cfg = json!({"base_model": fx.base_model, "mode": "linear_probe", "epochs": 2, "learning_rate": 0.01});
+    let job = server.run_job(&fx.mosaic_zip, cfg, TIMEOUT).await;
+    let model_id = job["model_id"].as_str().unwrap().to_string();
+    let model = server.get_json(&format!("/models/{model_id}")).await;
+    let meta = server
+        .get_json(&format!("/models/{model_id}/download?format=onnx-metadata"))
+        .await;
+    assert_eq!(meta["task"], "multi_label");
+    assert_eq!(meta["probabilities"], "sigmoid");
+    assert_eq!(meta["input"]["shape"][0], 1, "batch 1 by default");
+    assert!(meta["thresholds"].is_array(), "{meta}");
+    assert_eq!(meta["thresholds"], model["metrics"]["thresholds"]);
+    assert_eq!(meta["labels"], model["labels"]);
+
+    let client = reqwest::Client::new();
+    let images = images_of(&fx.mosaic_zip, 5);
+    for fp16 in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let onnx = client
+            .get(format!(
+                "{}/models/{model_id}/download?format=onnx&fp16={fp16}",
+                server.url
+            ))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        std::fs::write(dir.path().join("model.onnx"), &onnx).unwrap();
+        let tol = if fp16 { 1e-2 } else { 1e-4 };
+        for (name, bytes) in &images {
+            let answer: Value = client
+                .post(format!("{}/predict?all_scores=true", server.url))
+                .header("content-type", "image/png")
+                .body(bytes.clone())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let best = answer["results"][0]["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .max_by(|a, b| {
+                    a["score"]
+                        .as_f64()
+                        .partial_cmp(&b["score"].as_f64())
+                        .unwrap()
+                })
+                .unwrap()
+                .clone();
+            std::fs::write(dir.path().join("cat.jpg"), bytes).unwrap();
+            let (label, score) = crate::common::run_readme_onnx_snippet(dir.path());
+            println!("{name} fp16={fp16}: /predict {best}, onnx {label} {score:.5}");
+            assert_eq!(label, best["label"].as_str().unwrap(), "{name}");
+            let want = best["score"].as_f64().unwrap();
+            assert!((score - want).abs() < tol, "{name}: {score} vs {want}");
+        }
+    }
     server.stop().await;
 }
