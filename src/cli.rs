@@ -30,6 +30,8 @@ pub enum Command {
     Openapi,
     /// Classify local image files with a model, no server; prints JSON.
     Predict(crate::predict_local::PredictArgs),
+    /// Write a model as an ONNX file (`OUT.onnx`) with its metadata (`OUT.json`).
+    Export(crate::export::command::ExportArgs),
     /// Measure preprocessing throughput against Pillow + `ViTImageProcessor`.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -64,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Bench(BenchCommand::Preprocess(args))) => crate::imaging::bench::run(args),
         Some(Command::Predict(args)) => crate::predict_local::run(args),
+        Some(Command::Export(args)) => crate::export::command::run(args),
         Some(Command::Openapi) => {
             print!("{}", crate::http::openapi::document_json());
             Ok(())

@@ -8,7 +8,7 @@
 //! | 8 | `http`, `telemetry` |
 //! | 7 | `app` (the application state) |
 //! | 6 | `config` (its settings), `sweeps` (candidate jobs, halving, the supervisor) |
-//! | 5 | `jobs`, `serve` |
+//! | 5 | `jobs`, `serve`, `export` (ONNX files of trained models) |
 //! | 4 | `train` |
 //! | 3 | `data`, `model` |
 //! | 2 | `imaging`, `store`, `torch_info`, `torchx` |
@@ -24,7 +24,7 @@ pub fn layer(module: &str) -> Option<u8> {
         "http" | "telemetry" => 8,
         "app" => 7,
         "config" | "sweeps" => 6,
-        "jobs" | "serve" => 5,
+        "jobs" | "serve" | "export" => 5,
         "train" => 4,
         "data" | "model" => 3,
         "imaging" | "store" | "torch_info" | "torchx" => 2,

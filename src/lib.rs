@@ -10,6 +10,7 @@ pub mod data;
 pub mod db;
 pub mod devices;
 pub mod error;
+pub mod export;
 pub mod http;
 pub mod imaging;
 pub mod jobs;

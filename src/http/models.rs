@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{Json, Query};
 use crate::app::AppState;
 use crate::error::{AppError, AppResult};
+use crate::export::{self, ExportError, ExportOptions, Precision};
 use crate::jobs::view::rfc3339;
 use crate::store::models::{self as store, ModelRow};
 use crate::train::ModelCard;
@@ -189,18 +190,111 @@ pub async fn set_alias(
     Ok(Json(view(&state, row).await?))
 }
 
+/// `GET /models/{id}/download` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadQuery {
+    /// `hf` (default): the model directory as a tar.gz; `onnx`: an ONNX
+    /// file with its metadata in `metadata_props`; `onnx-metadata`: that
+    /// metadata alone, as JSON (what `vitrine export` writes as `OUT.json`).
+    pub format: Option<String>,
+    /// ONNX opset, 17-21 (default 17).
+    pub opset: Option<i64>,
+    /// A symbolic batch axis (default false: batches of 1).
+    pub dynamic_batch: Option<bool>,
+    /// fp16 weights and computation; inputs and outputs stay float32 (default false).
+    pub fp16: Option<bool>,
+}
+
+impl DownloadQuery {
+    fn export_options(&self) -> ExportOptions {
+        ExportOptions {
+            opset: self.opset.unwrap_or(export::DEFAULT_OPSET),
+            dynamic_batch: self.dynamic_batch.unwrap_or(false),
+            precision: if self.fp16.unwrap_or(false) {
+                Precision::Fp16
+            } else {
+                Precision::Fp32
+            },
+        }
+    }
+}
+
 /// The model directory (HF layout: config.json, model.safetensors,
-/// preprocessor_config.json, metrics.json) as a tar.gz.
-#[utoipa::path(get, path = "/models/{id}/download", tag = "models",
-    responses((status = 200, content_type = "application/gzip", body = Vec<u8>),
-        (status = 404, body = crate::error::Problem)),
+/// preprocessor_config.json, metrics.json) as a tar.gz, or the model as
+/// ONNX (`?format=onnx`), or the ONNX export's metadata (`?format=onnx-metadata`).
+#[utoipa::path(get, path = "/models/{id}/download", tag = "models", params(DownloadQuery),
+    responses((status = 200, description = "`hf`: a tar.gz; `onnx`: the ONNX file; \
+            `onnx-metadata`: labels, task, thresholds, input and preprocessing as JSON",
+            content((Vec<u8> = "application/gzip"), (Vec<u8> = "application/octet-stream"),
+                (Object = "application/json"))),
+        (status = 400, body = crate::error::Problem,
+            description = "`unsupported_format`, `unsupported_opset`"),
+        (status = 404, body = crate::error::Problem),
+        (status = 422, body = crate::error::Problem,
+            description = "`unsupported_architecture`, `export_too_large`")),
     security(("bearer" = [])))]
 pub async fn download_model(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Query(q): Query<DownloadQuery>,
 ) -> AppResult<Response> {
+    let format = q.format.as_deref().unwrap_or("hf");
+    if !["hf", "onnx", "onnx-metadata"].contains(&format) {
+        return Err(AppError::bad_request(
+            "unsupported_format",
+            format!("unknown download format `{format}` (use `hf`, `onnx` or `onnx-metadata`)"),
+        ));
+    }
+    if format == "hf" && (q.opset.is_some() || q.dynamic_batch.is_some() || q.fp16.is_some()) {
+        return Err(AppError::bad_request(
+            "invalid_query",
+            "`opset`, `dynamic_batch` and `fp16` apply to `format=onnx` only",
+        ));
+    }
     let row = find(&state, &id).await?;
     let dir = state.config.data_dir.join(&row.path);
+    if format == "hf" {
+        return download_archive(&state, row, dir).await;
+    }
+    let opts = q.export_options();
+    opts.check().map_err(export_problem)?;
+    let exported = tokio::task::spawn_blocking(move || export::export_dir(&dir, &opts))
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(export_problem)?;
+    if format == "onnx-metadata" {
+        return Ok(axum::Json(exported.metadata).into_response());
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}.onnx\"", row.id),
+            ),
+        ],
+        exported.onnx,
+    )
+        .into_response())
+}
+
+/// A refused export as a problem document; a failed one as a logged 500.
+fn export_problem(e: ExportError) -> AppError {
+    match (&e, e.code()) {
+        (ExportError::UnsupportedOpset(_), Some(code)) => {
+            AppError::bad_request(code, e.to_string())
+        }
+        (_, Some(code)) => AppError::unprocessable(code, e.to_string()),
+        (_, None) => AppError::Internal(anyhow::Error::from(e).context("ONNX export")),
+    }
+}
+
+async fn download_archive(
+    state: &AppState,
+    row: ModelRow,
+    dir: std::path::PathBuf,
+) -> AppResult<Response> {
     let tmp_dir = state.config.data_dir.join("tmp");
     let name = row.id.clone();
     let file = tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {

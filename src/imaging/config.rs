@@ -77,6 +77,15 @@ pub enum Channels {
 }
 
 impl Channels {
+    /// The three RGB values in f64, as written.
+    pub fn rgb64(&self) -> [f64; 3] {
+        match self {
+            Channels::One(v) => [*v; 3],
+            Channels::PerChannel(v) if v.len() >= 3 => [v[0], v[1], v[2]],
+            Channels::PerChannel(v) => [v.first().copied().unwrap_or(0.0); 3],
+        }
+    }
+
     /// The three RGB values (a 1-element list counts for all three).
     pub fn rgb(&self) -> [f32; 3] {
         match self {

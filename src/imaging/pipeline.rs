@@ -32,6 +32,10 @@ thread_local! {
 pub struct Pipeline {
     resize: Option<ResizeTarget>,
     filter: ResizeAlg,
+    /// The PIL code `filter` came from, for [`Pipeline::spec`].
+    resample: u8,
+    /// Rescale factor, mean and std as configured (f64), for [`Pipeline::spec`].
+    exact: (f64, [f64; 3], [f64; 3]),
     crop: Option<(u32, u32)>,
     /// Per channel, per 8-bit value: the normalised float.
     lut: [[f32; 256]; 3],
@@ -54,6 +58,39 @@ pub fn resize_alg(pil_code: u8) -> ResizeAlg {
         5 => ResizeAlg::Convolution(FilterType::Hamming),
         _ => ResizeAlg::Convolution(FilterType::Bilinear),
     }
+}
+
+/// The name Pillow gives a resampling code.
+pub fn resample_name(pil_code: u8) -> &'static str {
+    match pil_code {
+        0 => "nearest",
+        1 => "lanczos",
+        3 => "bicubic",
+        4 => "box",
+        5 => "hamming",
+        _ => "bilinear",
+    }
+}
+
+/// A pipeline's evaluation steps, in order: convert to RGB; resize the
+/// whole image to `resize` (`[height, width]`) or so that its shorter side
+/// is `shortest_edge` (the longer one capped at `longest_edge`, sizes
+/// truncated to integers) with the Pillow filter `resample`; round to 8
+/// bits; centre-crop `center_crop` (`[height, width]`, top-left offset
+/// `(size - crop) // 2`, zero padding when the image is smaller); then per
+/// channel `(v * rescale_factor - mean) / std`, in RGB order, as `[C, H, W]`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PreprocessingSpec {
+    pub resize: Option<[u32; 2]>,
+    pub shortest_edge: Option<u32>,
+    pub longest_edge: Option<u32>,
+    pub resample: String,
+    /// The same filter as a PIL code (`Image.Resampling`).
+    pub resample_pil: u8,
+    pub center_crop: Option<[u32; 2]>,
+    pub rescale_factor: f64,
+    pub image_mean: [f64; 3],
+    pub image_std: [f64; 3],
 }
 
 /// A place in the resized image to read the output from: an offset that may
@@ -101,6 +138,24 @@ impl Pipeline {
         Pipeline {
             resize,
             filter: resize_alg(cfg.resample),
+            resample: cfg.resample,
+            exact: (
+                if cfg.do_rescale {
+                    cfg.rescale_factor
+                } else {
+                    1.0
+                },
+                if cfg.do_normalize {
+                    cfg.image_mean.rgb64()
+                } else {
+                    [0.0; 3]
+                },
+                if cfg.do_normalize {
+                    cfg.image_std.rgb64()
+                } else {
+                    [1.0; 3]
+                },
+            ),
             crop,
             lut,
             scale,
@@ -157,6 +212,29 @@ impl Pipeline {
         match (seed, self.randaugment) {
             (Some(seed), Some(ra)) => ra.apply(img, &mut randaugment_rng(seed, index)),
             _ => img,
+        }
+    }
+
+    /// The evaluation preprocessing as data, for a consumer that must
+    /// reproduce it outside vitrine (the ONNX export's metadata).
+    pub fn spec(&self) -> PreprocessingSpec {
+        let (resize, shortest_edge, longest_edge) = match self.resize {
+            Some(ResizeTarget::Exact { height, width }) => (Some([height, width]), None, None),
+            Some(ResizeTarget::ShortestEdge { shortest, longest }) => {
+                (None, Some(shortest), longest)
+            }
+            None => (None, None, None),
+        };
+        PreprocessingSpec {
+            resize,
+            shortest_edge,
+            longest_edge,
+            resample: resample_name(self.resample).to_string(),
+            resample_pil: self.resample,
+            center_crop: self.crop.map(|(h, w)| [h, w]),
+            rescale_factor: self.exact.0,
+            image_mean: self.exact.1,
+            image_std: self.exact.2,
         }
     }
 

@@ -183,3 +183,33 @@ pub fn fetch_dinov2_small() -> Result<std::path::PathBuf, String> {
     assert!(dir.join("model.safetensors").is_file(), "{}", dir.display());
     Ok(dir)
 }
+
+/// The README's Python block of its "Export to ONNX" section, which the
+/// ONNX tests run as users would.
+pub fn readme_onnx_snippet() -> String {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("## Export to ONNX").expect("the section")..];
+    let start = section.find("```python\n").expect("a python block") + "```python\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    section[start..end].to_string()
+}
+
+/// Runs the README's ONNX snippet in `dir` (which holds `model.onnx` and
+/// `cat.jpg`); returns the label and probability it prints.
+pub fn run_readme_onnx_snippet(dir: &std::path::Path) -> (String, f64) {
+    let snippet = dir.join("snippet.py");
+    std::fs::write(&snippet, readme_onnx_snippet()).unwrap();
+    let out = std::process::Command::new(python())
+        .arg(&snippet)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the README snippet failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let (label, score) = printed.trim().rsplit_once(' ').expect("`label score`");
+    (label.to_string(), score.parse().unwrap())
+}

@@ -15,6 +15,7 @@ mod backbones;
 mod crash;
 mod hub_download;
 mod jobs;
+mod onnx_download;
 mod open_size;
 mod recipes;
 mod serving;
