@@ -241,9 +241,9 @@ fn unpack_parquet(
     let raw = dir.join("parquet");
     std::fs::rename(files, &raw).map_err(internal)?;
     std::fs::create_dir_all(files).map_err(internal)?;
-    let (sources, others) = parquet::find(&raw)?.unwrap_or_default();
-    let mut unpacked = parquet::unpack(&sources, files, limits, columns)?;
-    unpacked.skipped.splice(0..0, others);
+    let found = parquet::find(&raw)?.unwrap_or_default();
+    let mut unpacked = parquet::unpack(&found.sources, files, limits, columns)?;
+    unpacked.skipped.splice(0..0, found.others);
     std::fs::remove_dir_all(&raw).map_err(internal)?;
     Ok(Some(unpacked))
 }

@@ -58,6 +58,14 @@ pub struct Source {
     pub shown: String,
 }
 
+/// The Parquet files of an upload, and what else was found beside them.
+#[derive(Debug, Clone, Default)]
+pub struct ParquetFiles {
+    pub sources: Vec<Source>,
+    /// Other files (skipped).
+    pub others: Vec<Skipped>,
+}
+
 /// What [`unpack`] wrote.
 #[derive(Debug, Clone, Default)]
 pub struct Unpacked {
@@ -75,7 +83,7 @@ pub fn is_parquet(head: &[u8]) -> bool {
 /// The Parquet files below `files` (an extracted archive) with their
 /// splits, plus the other files found beside them (skipped); `None` when
 /// the archive holds no Parquet file.
-pub fn find(files: &Path) -> Result<Option<(Vec<Source>, Vec<Skipped>)>, DatasetError> {
+pub fn find(files: &Path) -> Result<Option<ParquetFiles>, DatasetError> {
     let mut all = Vec::new();
     walk(files, Path::new(""), &mut all)
         .map_err(|e| DatasetError::internal(format!("listing the extracted archive: {e}")))?;
@@ -111,11 +119,11 @@ pub fn find(files: &Path) -> Result<Option<(Vec<Source>, Vec<Skipped>)>, Dataset
             shown: rel.display().to_string(),
         })
         .collect();
-    let skipped = others
+    let others = others
         .into_iter()
         .map(|rel| Skipped::new(rel, "not a Parquet file of the dataset"))
         .collect();
-    Ok(Some((sources, skipped)))
+    Ok(Some(ParquetFiles { sources, others }))
 }
 
 /// The split a Parquet file's path names: the file's own name
