@@ -12,6 +12,7 @@ use super::archive::{self, ArchiveFormat, ExtractLimits};
 use super::error::{name_some, DatasetError};
 use super::layout::{self, Item};
 use super::manifest::{Manifest, Sample};
+use super::progress::IngestProgress;
 use super::summary::{DatasetSummary, SizeRange, Skipped};
 use super::Task;
 use crate::imaging::{self, DecodeLimits, ImageError};
@@ -53,11 +54,14 @@ struct Checked {
 
 /// Extracts `archive` into `<dir>/files` and validates it; on success writes
 /// `<dir>/manifest.json` and `<dir>/summary.json`. On error `dir` holds
-/// partial output: the caller removes it.
+/// partial output: the caller removes it. Images are decoded on the
+/// current rayon pool (the service runs this inside its ingestion pool);
+/// `progress` counts them as they are checked.
 pub fn ingest_archive(
     archive: &Path,
     dir: &Path,
     limits: &IngestLimits,
+    progress: &IngestProgress,
 ) -> Result<Ingested, DatasetError> {
     let format = archive::detect(archive)?;
     let files = dir.join(FILES_DIR);
@@ -73,6 +77,7 @@ pub fn ingest_archive(
     )?;
     let found = layout::detect(&files)?;
     let mut skipped = found.skipped;
+    progress.start_checking(found.items.len());
 
     let decode_limits = DecodeLimits {
         max_pixels: limits.max_image_pixels,
@@ -80,7 +85,11 @@ pub fn ingest_archive(
     let checked: Vec<Result<Checked, ImageError>> = found
         .items
         .par_iter()
-        .map(|item| check_image(&files.join(&item.rel), &decode_limits))
+        .map(|item| {
+            let checked = check_image(&files.join(&item.rel), &decode_limits);
+            progress.checked_one();
+            checked
+        })
         .collect();
 
     let mut too_large = Vec::new();
@@ -218,10 +227,10 @@ fn check_image(path: &Path, limits: &DecodeLimits) -> Result<Checked, ImageError
         path: path.to_path_buf(),
         source,
     })?;
-    let img = imaging::decode(&bytes, limits)?;
+    let (width, height) = imaging::decode::verify(&bytes, limits)?;
     Ok(Checked {
-        width: img.width(),
-        height: img.height(),
+        width,
+        height,
         sha256: Sha256::digest(&bytes).into(),
     })
 }

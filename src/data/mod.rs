@@ -8,10 +8,12 @@ pub mod ingest;
 pub mod layout;
 pub mod manifest;
 pub mod metadata;
+pub mod progress;
 pub mod record;
 pub mod service;
 pub mod split;
 pub mod summary;
+pub mod validation;
 
 pub use archive::ArchiveFormat;
 pub use error::DatasetError;

@@ -71,6 +71,48 @@ pub async fn upload(app: &TestApp, bytes: &[u8]) -> (axum::http::StatusCode, ser
     (status, body_json(resp).await)
 }
 
+/// Reads `GET /datasets/{id}` until its validation has ended (`ready` or
+/// `failed`); fails the test after `secs` seconds.
+pub async fn settle_within(app: &TestApp, id: &str, secs: u64) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let resp = app.get(&format!("/datasets/{id}")).await;
+        assert_eq!(resp.status(), axum::http::StatusCode::OK);
+        let body = body_json(resp).await;
+        if body["status"] != "validating" {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dataset {id} still validating after {secs} s: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// [`settle_within`] a minute.
+pub async fn settle(app: &TestApp, id: &str) -> serde_json::Value {
+    settle_within(app, id, 60).await
+}
+
+/// Uploads `bytes` and waits for the validation: the status `POST
+/// /datasets` answered, and the dataset once `ready` or `failed` (or the
+/// problem document, when the upload itself was refused).
+pub async fn upload_settled(
+    app: &TestApp,
+    bytes: &[u8],
+) -> (axum::http::StatusCode, serde_json::Value) {
+    let (status, body) = upload(app, bytes).await;
+    if !status.is_success() {
+        return (status, body);
+    }
+    let id = body["id"]
+        .as_str()
+        .expect("the dataset has an id")
+        .to_string();
+    (status, settle(app, &id).await)
+}
+
 pub async fn body_bytes(resp: Response<Body>) -> Vec<u8> {
     resp.into_body()
         .collect()
