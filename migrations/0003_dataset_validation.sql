@@ -28,7 +28,7 @@ CREATE TABLE datasets (
     error_code    TEXT,                   -- the stable code of the refusal
     error_detail  TEXT,
     created_at    INTEGER NOT NULL,
-    updated_at    INTEGER NOT NULL,
+    updated_at    INTEGER,                -- NULL: never changed since created
     finished_at   INTEGER                 -- when validation ended (ready or failed)
 );
 CREATE INDEX datasets_by_status ON datasets (status);

@@ -273,6 +273,7 @@ impl DatasetStore {
         let progress = Arc::new(IngestProgress::default());
         record.progress = Some(progress.snapshot(true));
         self.validations.publish(&record);
+        self.write_progress(&record).await;
         let _slot = self.validations.slot().await;
         let started = std::time::Instant::now();
 
@@ -298,8 +299,7 @@ impl DatasetStore {
                     record.progress = Some(progress.snapshot(false));
                     self.validations.publish(&record);
                     if throttle.write_due() {
-                        let json = serde_json::to_string(&record.progress)?;
-                        store::set_progress(&self.db, record.id, &json).await?;
+                        self.write_progress(&record).await;
                     }
                 }
             }
@@ -333,6 +333,15 @@ impl DatasetStore {
         let last = record::get(&self.db, record.id).await.ok().flatten();
         self.validations.finish(last.as_ref().unwrap_or(&record));
         result
+    }
+
+    /// Progress is informative: failing to record it does not stop the
+    /// validation.
+    async fn write_progress(&self, record: &DatasetRecord) {
+        let json = serde_json::to_string(&record.progress).unwrap_or_default();
+        if let Err(e) = store::set_progress(&self.db, record.id, &json).await {
+            tracing::warn!(dataset = %record.id, error = ?e, "recording progress failed");
+        }
     }
 
     /// Moves the checked dataset into place and records it `ready`.

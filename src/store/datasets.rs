@@ -118,7 +118,7 @@ struct Row {
     error_code: Option<String>,
     error_detail: Option<String>,
     created_at: i64,
-    updated_at: i64,
+    updated_at: Option<i64>,
     finished_at: Option<i64>,
 }
 
@@ -152,7 +152,7 @@ impl TryFrom<Row> for DatasetRow {
             progress_json: r.progress,
             error,
             created_at: time(r.created_at)?,
-            updated_at: time(r.updated_at)?,
+            updated_at: time(r.updated_at.unwrap_or(r.created_at))?,
             finished_at: r.finished_at.map(time).transpose()?,
         })
     }

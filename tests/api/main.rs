@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod datasets_async;
 mod datasets_upload;
 mod datasets_user_archives;
 mod http_foundation;

@@ -224,3 +224,32 @@ pub fn fetch_dinov2_small() -> Result<std::path::PathBuf, String> {
     assert!(dir.join("model.safetensors").is_file(), "{}", dir.display());
     Ok(dir)
 }
+
+/// A zip of `copies` photo-sized JPEGs (`width`x`height`, smooth content:
+/// small to store, as slow to decode as a photo of that size) under
+/// `train/a/` and `train/b/`, stored uncompressed; `broken` adds an
+/// undecodable `train/b/broken.jpg`. A dataset whose validation takes a
+/// while: long enough to watch its progress, or to kill it midway.
+pub fn photo_archive(copies: usize, width: u32, height: u32, broken: bool) -> Vec<u8> {
+    use std::io::Write;
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x / 8) as u8, (y / 8) as u8, ((x + y) / 16) as u8])
+    });
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+    let jpeg = jpeg.into_inner();
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..copies {
+        let label = if i % 2 == 0 { "a" } else { "b" };
+        w.start_file(format!("train/{label}/{i}.jpg"), opts)
+            .unwrap();
+        w.write_all(&jpeg).unwrap();
+    }
+    if broken {
+        w.start_file("train/b/broken.jpg", opts).unwrap();
+        w.write_all(b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}

@@ -13,6 +13,7 @@ mod common;
 mod backbones;
 mod crash;
 mod hub_download;
+mod ingest;
 mod jobs;
 mod open_size;
 mod recipes;
