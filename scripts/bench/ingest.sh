@@ -6,12 +6,14 @@
 # (VmHWM) for each N (it must not grow with the archive); and, while a
 # PROBE_N-photo upload validates, POST /datasets' answer time after the
 # body is read, the progress it reports, and /healthz and /predict latency
-# (p50/p99) against the same probes on the idle server.
+# (p50/p99) against the same probes on the idle server; then the time from
+# POST /jobs to the first training step on that ready dataset.
 #
 # Usage: scripts/bench/ingest.sh
 # Environment (all optional):
 #   NS="1000 10000"     archive sizes timed (photos), each on a fresh server
-#   PROBE_N=2000        photos uploaded while /healthz and /predict are probed (0: skip)
+#   PROBE_N=2000        photos uploaded while /healthz and /predict are probed, then
+#                       trained on (time to first step, full and linear probe); 0: skip
 #   THREADS=$(nproc)    --cpu-threads and --ingest-threads of vitrine; Pillow's processes
 #   CACHE=data/cache/ingest-photos   where the photos are made once (~150 KB each)
 #   BIN=target/release/vitrine       the binary (built unless BIN is given)
@@ -20,11 +22,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-ns=${NS:-1000 10000}
+ns=${NS-1000 10000}
 probe_n=${PROBE_N:-2000}
 threads=${THREADS:-$(nproc)}
 cache=${CACHE:-data/cache/ingest-photos}
 py=${VITRINE_PYTHON:-.venv/bin/python}
+py=$(cd "$(dirname "$py")" && pwd)/$(basename "$py")
 export LIBTORCH_USE_PYTORCH=1
 export VIRTUAL_ENV=${VIRTUAL_ENV:-$(cd "$(dirname "$py")/.." && pwd)}
 export PATH="$(dirname "$py"):$PATH"
@@ -88,7 +91,8 @@ if [ "$probe_n" -gt 0 ]; then
   log "probes: a tiny model to serve, then /healthz and /predict idle and while $probe_n photos validate"
   fx=$tmp/fixtures
   mkdir -p "$fx"
-  (cd "$fx" && "$py" "$OLDPWD/tests/e2e/synthetic.py" pretrain base && "$py" "$OLDPWD/tests/e2e/synthetic.py" dataset tints.zip tints) >&2
+  synthetic=$PWD/tests/e2e/synthetic.py
+  (cd "$fx" && "$py" "$synthetic" pretrain base && "$py" "$synthetic" dataset tints.zip tints) >&2
   start_server "$tmp/data-probe"
   job=$(curl -fs -F dataset=@"$fx/tints.zip" \
     -F "config={\"base_model\":\"$fx/base\",\"mode\":\"linear_probe\",\"epochs\":1}" "$url/jobs" |
@@ -100,11 +104,16 @@ if [ "$probe_n" -gt 0 ]; then
     sleep 1
   done
   idle=$("$py" $driver idle "$url" 20)
+  echo "idle probes: $idle"
   "$py" $driver archive "$cache" "$probe_n" "$tmp/photos.zip"
   busy=$("$py" $driver upload "$url" "$tmp/photos.zip" "$server_pid" probe_predict)
-  stop_server
-  echo "idle probes: $idle"
   echo "while validating $probe_n: $busy"
+  log "time to first step on the ready $probe_n-photo dataset (tiny ViT, batch 16)"
+  ds=$(echo "$busy" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  for mode in full linear_probe; do
+    echo "time to first step: $("$py" $driver ttfs "$url" "$ds" "$fx/base" $mode)"
+  done
+  stop_server
 fi
 
 "$py" - "$threads" "$probe_n" "${idle:-}" "${busy:-}" "${results[@]}" <<'EOF'

@@ -15,6 +15,11 @@ Subcommands (the shell script runs them in order):
   idle URL SECONDS        the same latency probes on an idle server (baseline)
   pillow DIR N PROCS      Pillow verify() + load() of the first N photos in a
                           process pool of PROCS; prints JSON with images/s
+  ttfs URL DATASET BASE MODE
+                          time to first step: POST /jobs (JSON, a ready
+                          dataset), then the time until the job is running
+                          and until its first optimiser step; the job is
+                          cancelled then. Prints JSON
 """
 
 import http.client
@@ -24,6 +29,7 @@ import random
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from multiprocessing import Pool
 
@@ -226,6 +232,7 @@ def upload(url, zip_path, pid, predict=False):
     print(
         json.dumps(
             {
+                "id": ds,
                 "images": n,
                 "archive_mb": round(size / 2**20, 1),
                 "upload_s": round(sent - t0, 2),
@@ -269,6 +276,39 @@ def pillow(d, n, procs):
     print(json.dumps({"images": n, "seconds": round(s, 2), "images_per_sec": round(n / s, 2), "procs": procs}))
 
 
+def post_json(url, path, body):
+    req = urllib.request.Request(
+        url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def ttfs(url, dataset, base, mode):
+    config = {"base_model": base, "mode": mode, "epochs": 1, "batch_size": 16}
+    t0 = time.perf_counter()
+    job = post_json(url, "/jobs", {"dataset_id": dataset, "config": config})
+    running = features_done = None
+    while True:
+        j = get_json(f"{url}/jobs/{job['id']}")
+        now = time.perf_counter() - t0
+        p = j.get("progress") or {}
+        if running is None and j["status"] == "running":
+            running = now
+        if features_done is None and p.get("phase") == "training":
+            features_done = now
+        if (p.get("step") or 0) >= 1:
+            break
+        assert j["status"] in ("queued", "running"), j
+        time.sleep(0.05)
+    try:
+        post_json(url, f"/jobs/{job['id']}/cancel", {})
+    except urllib.error.HTTPError as e:
+        if e.code != 409:  # 409: it already ended (a linear probe's epoch is quick)
+            raise
+    print(json.dumps({"mode": mode, "running_s": round(running or now, 2), "training_phase_s": round(features_done or now, 2), "first_step_s": round(now, 2)}))
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "photos":
@@ -279,6 +319,8 @@ if __name__ == "__main__":
         upload(args[0], args[1], int(args[2]), len(args) > 3 and args[3] == "probe_predict")
     elif cmd == "idle":
         idle(args[0], float(args[1]))
+    elif cmd == "ttfs":
+        ttfs(args[0], args[1], args[2], args[3])
     elif cmd == "pillow":
         pillow(args[0], int(args[1]), int(args[2]))
     else:
