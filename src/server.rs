@@ -81,6 +81,8 @@ pub async fn serve_on(
     ));
     shutdown.cancelled().await;
     tracing::info!(grace_secs = grace.as_secs(), "shutting down");
+    // Validations stop at their next image and run again at the next start.
+    state.datasets.validations.stop();
     let started = tokio::time::Instant::now();
     let drained = async {
         // Workers stop their job at the next step and put it back in the queue.

@@ -86,11 +86,17 @@ pub fn ingest_archive(
         .items
         .par_iter()
         .map(|item| {
+            if progress.stopped() {
+                return Err(ImageError::Decode("validation interrupted".into()));
+            }
             let checked = check_image(&files.join(&item.rel), &decode_limits);
             progress.checked_one();
             checked
         })
         .collect();
+    if progress.stopped() {
+        return Err(DatasetError::internal("interrupted by shutdown"));
+    }
 
     let mut too_large = Vec::new();
     let mut undecodable = Vec::new();

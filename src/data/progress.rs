@@ -3,6 +3,7 @@
 //! reports, turned into the [`ValidationProgress`] the API shows.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::record::ValidationProgress;
@@ -17,6 +18,9 @@ pub struct IngestProgress {
     checking_since_ms: AtomicU64,
     checked: AtomicU64,
     total: AtomicU64,
+    /// Set when the service shuts down: the validation stops early (and
+    /// runs again at the next start).
+    stop: Arc<AtomicBool>,
 }
 
 impl Default for IngestProgress {
@@ -27,11 +31,25 @@ impl Default for IngestProgress {
             checking_since_ms: AtomicU64::new(0),
             checked: AtomicU64::new(0),
             total: AtomicU64::new(0),
+            stop: Default::default(),
         }
     }
 }
 
 impl IngestProgress {
+    /// Counters for a validation that stops early once `stop` is set.
+    pub fn with_stop(stop: Arc<AtomicBool>) -> Self {
+        Self {
+            stop,
+            ..Self::default()
+        }
+    }
+
+    /// True once the service is shutting down: skip the remaining work.
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
     /// The archive is extracted and its layout found: `total` images to check.
     pub fn start_checking(&self, total: usize) {
         self.total.store(total as u64, Ordering::Relaxed);

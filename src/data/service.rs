@@ -20,7 +20,6 @@ use uuid::Uuid;
 
 use super::error::DatasetError;
 use super::ingest::{ingest_archive, IngestLimits, Ingested};
-use super::progress::IngestProgress;
 use super::record::{self, DatasetFailure, DatasetRecord, DatasetStatus};
 use super::validation::{Throttle, Validations, PUBLISH_EVERY};
 use crate::store::datasets::{self as store, Validated};
@@ -270,11 +269,15 @@ impl DatasetStore {
     /// One validation: wait for a slot, check the archive on the
     /// ingestion pool while reporting progress, then record the outcome.
     async fn validate(&self, mut record: DatasetRecord) -> anyhow::Result<()> {
-        let progress = Arc::new(IngestProgress::default());
+        let progress = Arc::new(self.validations.progress());
         record.progress = Some(progress.snapshot(true));
         self.validations.publish(&record);
         self.write_progress(&record).await;
         let _slot = self.validations.slot().await;
+        if self.validations.is_stopping() {
+            self.validations.finish(&record);
+            return Ok(());
+        }
         let started = std::time::Instant::now();
 
         let sha256 = record.sha256.clone();
@@ -304,6 +307,13 @@ impl DatasetStore {
                 }
             }
         };
+        if self.validations.is_stopping() && !matches!(outcome, Ok(Ok(_))) {
+            // Shutting down: the record stays `validating` and the upload
+            // kept; the next start validates it again.
+            tracing::info!(dataset = %record.id, "validation interrupted by shutdown; it runs again at the next start");
+            self.validations.finish(&record);
+            return Ok(());
+        }
         record.progress = Some(progress.done());
         let outcome = outcome.unwrap_or_else(|e| {
             Err(DatasetError::internal(format!(

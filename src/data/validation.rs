@@ -12,6 +12,7 @@
 //! database stays the record of truth (progress is written every second).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,10 @@ pub struct Validations {
     permits: Arc<Semaphore>,
     pool: Arc<rayon::ThreadPool>,
     live: Arc<Mutex<HashMap<Uuid, watch::Sender<DatasetRecord>>>>,
+    /// Set on shutdown: running validations stop at the next image and
+    /// stay `validating` (with their uploads), to run again at the next
+    /// start; blocking threads still decoding would hold the exit.
+    stopping: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Validations {
@@ -57,6 +62,7 @@ impl Validations {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             pool: Arc::new(pool),
             live: Default::default(),
+            stopping: Default::default(),
         })
     }
 
@@ -90,6 +96,20 @@ impl Validations {
     /// no change falls in between.
     pub fn subscribe(&self, id: Uuid) -> Option<watch::Receiver<DatasetRecord>> {
         self.live.lock().unwrap().get(&id).map(|tx| tx.subscribe())
+    }
+
+    /// Stops every validation at its next image (shutdown).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Counters for a new validation, tied to [`stop`](Self::stop).
+    pub(super) fn progress(&self) -> super::progress::IngestProgress {
+        super::progress::IngestProgress::with_stop(self.stopping.clone())
     }
 
     /// Waits for a validation slot.

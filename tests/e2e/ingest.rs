@@ -151,3 +151,45 @@ async fn a_server_killed_while_validating_validates_again_on_restart() {
         .is_file());
     drop(child);
 }
+
+/// SIGTERM in the middle of a long validation: the server exits promptly
+/// (the validation stops at its next image instead of holding the exit),
+/// leaves the dataset `validating` with its upload, and the next start
+/// validates it to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stopped_while_validating_exits_promptly_and_validates_again() {
+    let data = tempfile::tempdir().unwrap();
+    let args = ["--ingest-threads", "1", "--no-workers"];
+    let mut child = ServerProcess::start(data.path(), &args).await;
+    let url = child.url.clone();
+    // Several times longer to validate than the exit may take.
+    let (status, body) = upload(&url, photo_archive(900, 2000, 1500, false)).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    let sha = body["sha256"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    loop {
+        let d = get_json(&url, &format!("/datasets/{id}")).await;
+        assert_eq!(d["status"], "validating", "{d}");
+        if d["progress"]["images_checked"].as_u64() > Some(0) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.terminate();
+    let stopping = Instant::now();
+    let exit = child.wait_exit(Duration::from_secs(5)).await;
+    assert!(exit.is_some(), "still running 5 s after SIGTERM");
+    println!("exited {:?} after SIGTERM", stopping.elapsed());
+    assert!(entries(&data.path().join("datasets")).is_empty());
+    assert_eq!(entries(&data.path().join("uploads")), vec![sha.clone()]);
+    assert!(entries(&data.path().join("tmp")).is_empty());
+
+    let child = ServerProcess::start_on(data.path(), child.port(), &args).await;
+    let done = wait_settled(&url, &id, Duration::from_secs(300)).await;
+    assert_eq!(done["status"], "ready", "{done}");
+    assert_eq!(done["summary"]["images"], 900);
+    assert!(entries(&data.path().join("uploads")).is_empty());
+    drop(child);
+}
