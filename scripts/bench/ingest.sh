@@ -10,6 +10,8 @@
 # POST /jobs to the first training step on that ready dataset.
 #
 # Usage: scripts/bench/ingest.sh
+# Disk: about 4 x N x 410 KB at the largest N (the photos, the zip, and the
+# server's kept upload and extracted copy): 16 GB for N=10000.
 # Environment (all optional):
 #   NS="1000 10000"     archive sizes timed (photos), each on a fresh server
 #   PROBE_N=2000        photos uploaded while /healthz and /predict are probed, then
