@@ -39,7 +39,12 @@ fn main() -> anyhow::Result<()> {
         max_image_pixels: 100_000_000,
         max_undecodable_fraction: 0.0,
     };
-    vitrine::data::ingest::ingest_archive(zip.as_ref(), &dataset_dir, &limits)?;
+    vitrine::data::ingest::ingest_archive(
+        zip.as_ref(),
+        &dataset_dir,
+        &limits,
+        &Default::default(),
+    )?;
 
     let mut config: serde_json::Value = serde_json::from_str(config)?;
     config["base_model"] = model.as_str().into();

@@ -77,6 +77,13 @@ impl AppState {
             data_dir: config.data_dir.clone(),
             limits: config.ingest_limits(),
             max_upload_bytes: config.max_upload_bytes,
+            validations: crate::data::validation::Validations::new(
+                config.ingest_concurrency,
+                match config.ingest_threads {
+                    0 => crate::torch_info::threads::available_cpus(),
+                    n => n,
+                },
+            )?,
         };
         Ok(Self {
             db,

@@ -72,6 +72,18 @@ pub struct ServeConfig {
     #[arg(long, env = "VITRINE_MAX_UNDECODABLE_FRACTION", default_value_t = 0.01)]
     pub max_undecodable_fraction: f64,
 
+    /// Datasets validated at once; further uploads wait (`queued`) for a
+    /// slot. Each validation decodes its images on the ingestion threads.
+    #[arg(long, env = "VITRINE_INGEST_CONCURRENCY", default_value_t = 2)]
+    pub ingest_concurrency: usize,
+
+    /// Threads decoding uploaded datasets' images (0: the cores this
+    /// process may use). They run at a lower CPU priority (nice +10) than
+    /// the threads answering requests, so `/predict` and `/healthz` stay
+    /// fast while a large dataset is checked.
+    #[arg(long, env = "VITRINE_INGEST_THREADS", default_value_t = 0)]
+    pub ingest_threads: usize,
+
     /// Largest accepted request body for every other route (predictions), in bytes.
     #[arg(long, env = "VITRINE_MAX_BODY_BYTES", default_value_t = 32 << 20)]
     pub max_body_bytes: u64,

@@ -42,6 +42,37 @@ pub enum ErrorKind {
     Unavailable,
 }
 
+impl ErrorKind {
+    /// The kind's stable name, as a record stores it (a dataset's refusal).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::TooLarge => "too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Unprocessable => "unprocessable",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::BadRequest,
+            Self::Unauthorized,
+            Self::NotFound,
+            Self::Conflict,
+            Self::TooLarge,
+            Self::UnsupportedMediaType,
+            Self::Unprocessable,
+            Self::Unavailable,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// A problem with the request, reported to the client as is.
@@ -49,6 +80,15 @@ pub enum AppError {
     Client {
         kind: ErrorKind,
         code: &'static str,
+        detail: String,
+    },
+    /// A client error recorded earlier and read back from the database (a
+    /// dataset's refusal, answered again to a request that waited for it):
+    /// the same as `Client`, with the code as stored.
+    #[error("{detail}")]
+    Recorded {
+        kind: ErrorKind,
+        code: String,
         detail: String,
     },
     /// The service is saturated; the client should retry later.

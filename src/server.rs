@@ -61,6 +61,12 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     tracing::info!(addr = %listener.local_addr()?, "vitrine listening");
+    // Datasets a previous life left `validating` are validated again.
+    match state.datasets.resume().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(datasets = n, "validations resumed"),
+        Err(e) => tracing::error!(error = ?e, "resuming validations failed"),
+    }
     let mut workers = start_workers(&state, &shutdown);
     // The sweep supervisor reads and writes only the database: it runs
     // with or without workers here (another node may train).
@@ -75,6 +81,8 @@ pub async fn serve_on(
     ));
     shutdown.cancelled().await;
     tracing::info!(grace_secs = grace.as_secs(), "shutting down");
+    // Validations stop at their next image and run again at the next start.
+    state.datasets.validations.stop();
     let started = tokio::time::Instant::now();
     let drained = async {
         // Workers stop their job at the next step and put it back in the queue.

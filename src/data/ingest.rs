@@ -13,6 +13,7 @@ use super::error::{name_some, DatasetError};
 use super::layout::{self, Item};
 use super::manifest::{Manifest, Sample};
 use super::parquet::{self, ParquetColumns};
+use super::progress::IngestProgress;
 use super::summary::{DatasetSummary, SizeRange, Skipped};
 use super::Task;
 use crate::imaging::{self, DecodeLimits, ImageError};
@@ -54,13 +55,16 @@ struct Checked {
 
 /// Extracts `archive` into `<dir>/files` and validates it; on success writes
 /// `<dir>/manifest.json` and `<dir>/summary.json`. On error `dir` holds
-/// partial output: the caller removes it.
+/// partial output: the caller removes it. Images are decoded on the
+/// current rayon pool (the service runs this inside its ingestion pool);
+/// `progress` counts them as they are checked.
 pub fn ingest_archive(
     archive: &Path,
     dir: &Path,
     limits: &IngestLimits,
+    progress: &IngestProgress,
 ) -> Result<Ingested, DatasetError> {
-    ingest_upload(archive, dir, limits, &ParquetColumns::default())
+    ingest_upload(archive, dir, limits, &ParquetColumns::default(), progress)
 }
 
 /// [`ingest_archive`] with the columns of a Parquet dataset named by the
@@ -70,6 +74,7 @@ pub fn ingest_upload(
     dir: &Path,
     limits: &IngestLimits,
     columns: &ParquetColumns,
+    progress: &IngestProgress,
 ) -> Result<Ingested, DatasetError> {
     let format = archive::detect(archive)?;
     let files = dir.join(FILES_DIR);
@@ -90,6 +95,7 @@ pub fn ingest_upload(
         }
         None => stats.bytes,
     };
+    progress.start_checking(found.items.len());
 
     let decode_limits = DecodeLimits {
         max_pixels: limits.max_image_pixels,
@@ -97,8 +103,18 @@ pub fn ingest_upload(
     let checked: Vec<Result<Checked, ImageError>> = found
         .items
         .par_iter()
-        .map(|item| check_image(&files.join(&item.rel), &decode_limits))
+        .map(|item| {
+            if progress.stopped() {
+                return Err(ImageError::Decode("validation interrupted".into()));
+            }
+            let checked = check_image(&files.join(&item.rel), &decode_limits);
+            progress.checked_one();
+            checked
+        })
         .collect();
+    if progress.stopped() {
+        return Err(DatasetError::internal("interrupted by shutdown"));
+    }
 
     let mut too_large = Vec::new();
     let mut undecodable = Vec::new();
@@ -257,10 +273,10 @@ fn check_image(path: &Path, limits: &DecodeLimits) -> Result<Checked, ImageError
         path: path.to_path_buf(),
         source,
     })?;
-    let img = imaging::decode(&bytes, limits)?;
+    let (width, height) = imaging::decode::verify(&bytes, limits)?;
     Ok(Checked {
-        width: img.width(),
-        height: img.height(),
+        width,
+        height,
         sha256: Sha256::digest(&bytes).into(),
     })
 }

@@ -9,10 +9,12 @@ pub mod layout;
 pub mod manifest;
 pub mod metadata;
 pub mod parquet;
+pub mod progress;
 pub mod record;
 pub mod service;
 pub mod split;
 pub mod summary;
+pub mod validation;
 
 pub use archive::ArchiveFormat;
 pub use error::DatasetError;

@@ -1,46 +1,138 @@
-//! A stored dataset as the API shows it: the `datasets` row with its summary
-//! typed, and the manifest the trainer reads from its directory.
+//! A stored dataset as the API shows it: the `datasets` row with its
+//! summary, progress and refusal typed, and the manifest the trainer reads
+//! from its directory.
 
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use super::{DatasetSummary, Manifest, Task};
-use crate::store::datasets::{self as store, DatasetRow};
+use crate::error::{AppError, ErrorKind};
+pub use crate::store::datasets::DatasetStatus;
+use crate::store::datasets::{self as store, DatasetRow, FailureRow};
 
-/// A stored dataset, as the API returns it.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+/// How far a validation has got.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ValidationProgress {
+    /// `queued` (waiting for a validation slot), `extracting`, `checking`
+    /// (decoding every image) or `done`.
+    pub phase: String,
+    /// Images decoded and checked so far.
+    pub images_checked: u64,
+    /// Images to check; known once the archive is extracted.
+    pub images_total: Option<u64>,
+    /// Images checked per second, since checking began.
+    pub images_per_sec: Option<f64>,
+    /// Seconds until every image is checked, at that rate.
+    pub eta_seconds: Option<f64>,
+    /// Seconds since this validation started (extraction included).
+    pub elapsed_seconds: f64,
+}
+
+/// Why a dataset was refused: the kind (which decides the HTTP status of
+/// the same refusal answered to a request), the stable code and a detail
+/// naming the file or the rule, as `POST /datasets` used to answer them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetFailure {
+    /// `None`: a fault of this service (logged); the detail says only that.
+    pub kind: Option<ErrorKind>,
+    pub code: String,
+    pub detail: String,
+}
+
+impl DatasetFailure {
+    /// The same refusal as an error, for a request that waited for it.
+    pub fn to_app_error(&self) -> AppError {
+        match self.kind {
+            Some(kind) => AppError::Recorded {
+                kind,
+                code: self.code.clone(),
+                detail: self.detail.clone(),
+            },
+            None => AppError::Internal(anyhow::anyhow!(
+                "validating the dataset failed: {}",
+                self.detail
+            )),
+        }
+    }
+
+    /// How a job that waited for this dataset fails.
+    pub fn job_error(&self) -> String {
+        format!("the dataset was refused ({}): {}", self.code, self.detail)
+    }
+
+    pub fn to_row(&self) -> FailureRow {
+        FailureRow {
+            kind: self.kind.map_or("internal", ErrorKind::as_str).to_string(),
+            code: self.code.clone(),
+            detail: self.detail.clone(),
+        }
+    }
+
+    fn from_row(r: FailureRow) -> Self {
+        Self {
+            kind: ErrorKind::parse(&r.kind),
+            code: r.code,
+            detail: r.detail,
+        }
+    }
+}
+
+/// A stored dataset, as the API returns it (`http::datasets` renders
+/// `error` as a problem document).
+#[derive(Debug, Clone, PartialEq)]
 pub struct DatasetRecord {
     pub id: Uuid,
     /// SHA-256 of the archive as uploaded (hex); the same archive is stored once.
     pub sha256: String,
-    /// `zip`, `tar`, `tar.gz` or `tar.bz2`.
-    pub format: String,
+    pub status: DatasetStatus,
+    /// `zip`, `tar`, `tar.gz` or `tar.bz2`, once validated.
+    pub format: Option<String>,
     /// Size of the uploaded archive.
     pub size_bytes: i64,
     /// Extracted directory, relative to the data dir.
-    #[serde(skip)]
     pub path: String,
-    pub task: Task,
-    pub summary: DatasetSummary,
+    /// Once validated.
+    pub task: Option<Task>,
+    /// Once validated.
+    pub summary: Option<DatasetSummary>,
+    /// While validating (and the last one after).
+    pub progress: Option<ValidationProgress>,
+    /// Once refused.
+    pub error: Option<DatasetFailure>,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// When the validation ended.
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<DatasetRow> for DatasetRecord {
     type Error = anyhow::Error;
     fn try_from(r: DatasetRow) -> anyhow::Result<Self> {
         Ok(DatasetRecord {
-            summary: serde_json::from_str(&r.summary_json)?,
+            summary: r
+                .summary_json
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()?,
+            progress: r
+                .progress_json
+                .as_deref()
+                .and_then(|p| serde_json::from_str(p).ok()),
+            error: r.error.map(DatasetFailure::from_row),
             id: r.id,
             sha256: r.sha256,
+            status: r.status,
             format: r.format,
             size_bytes: r.size_bytes,
             path: r.path,
             task: r.task,
             created_at: r.created_at,
+            updated_at: r.updated_at,
+            finished_at: r.finished_at,
         })
     }
 }
@@ -54,6 +146,11 @@ impl DatasetRecord {
     /// The manifest, with absolute sample paths.
     pub fn load_manifest(&self, data_dir: &Path) -> anyhow::Result<Manifest> {
         Manifest::load(&self.dir(data_dir))
+    }
+
+    /// Ready or failed: its validation has ended.
+    pub fn is_settled(&self) -> bool {
+        self.status != DatasetStatus::Validating
     }
 }
 
@@ -73,9 +170,14 @@ pub async fn find_by_sha256(
         .transpose()
 }
 
-/// Newest first.
-pub async fn list(db: &SqlitePool, limit: i64, offset: i64) -> anyhow::Result<Vec<DatasetRecord>> {
-    store::list(db, limit, offset)
+/// Newest first, optionally one status only.
+pub async fn list(
+    db: &SqlitePool,
+    status: Option<DatasetStatus>,
+    limit: i64,
+    offset: i64,
+) -> anyhow::Result<Vec<DatasetRecord>> {
+    store::list(db, status, limit, offset)
         .await?
         .into_iter()
         .map(TryInto::try_into)

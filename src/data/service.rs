@@ -1,38 +1,53 @@
-//! Storing an uploaded dataset: stream it to a temp file while hashing,
-//! return the existing record when the same archive was stored before, else
-//! validate and extract it off the async runtime and move it into place.
-//! Any refusal leaves nothing on disk and nothing in the database.
+//! Storing an uploaded dataset: stream it to a temp file while hashing;
+//! return the existing record when the same archive was stored before;
+//! else record it `validating`, keep the upload under `uploads/<sha256>`
+//! and validate it in the background ([`super::validation`]): extract and
+//! check it into `tmp/<sha256>.d`, then move that into `datasets/<sha256>`
+//! in one rename, so nothing is ever half-ready. A refusal leaves nothing
+//! on disk but the record, `failed` with the refusal's code and detail.
+//! The upload is kept until the validation ends, so that a restart
+//! validates again what was validating ([`DatasetStore::resume`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use sqlx::SqlitePool;
 use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
 
-use super::ingest::{ingest_archive, IngestLimits};
-use super::record::{self, DatasetRecord};
-use crate::store::datasets::{self as store, NewDataset};
+use super::error::DatasetError;
+use super::ingest::{ingest_archive, IngestLimits, Ingested};
+use super::record::{self, DatasetFailure, DatasetRecord, DatasetStatus};
+use super::validation::{Throttle, Validations, PUBLISH_EVERY};
+use crate::store::datasets::{self as store, Validated};
 use crate::AppError;
 
 /// Where datasets go and what they are checked against. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DatasetStore {
     pub db: SqlitePool,
-    /// The data directory: archives are extracted under `datasets/`, and
-    /// uploads in progress live under `tmp/`.
+    /// The data directory: archives are extracted under `datasets/`,
+    /// uploads wait for their validation under `uploads/`, and work in
+    /// progress lives under `tmp/`.
     pub data_dir: PathBuf,
     pub limits: IngestLimits,
     /// Largest accepted upload, in bytes.
     pub max_upload_bytes: u64,
+    /// The background validation pool.
+    pub validations: Validations,
 }
 
 /// The outcome of an upload.
 #[derive(Debug, Clone)]
 pub struct Stored {
     pub record: DatasetRecord,
-    /// False when the same archive (by SHA-256) was already stored.
-    pub created: bool,
+    /// True when this upload started a validation (a new archive, or one
+    /// that had failed); false when the same archive (by SHA-256) was
+    /// already stored or is being validated.
+    pub started: bool,
 }
 
 /// A path removed (file or directory) when dropped, unless kept.
@@ -50,19 +65,28 @@ impl TempPath {
 impl Drop for TempPath {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
-            let _ = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
+            remove_path(&p);
         }
     }
+}
+
+fn remove_path(p: &Path) {
+    let _ = if p.is_dir() {
+        std::fs::remove_dir_all(p)
+    } else {
+        std::fs::remove_file(p)
+    };
 }
 
 /// The `datasets/<sha256>` directory, relative to the data dir.
 pub fn dataset_rel_path(sha256: &str) -> String {
     format!("datasets/{sha256}")
 }
+
+/// What a client is told of a fault of ours while validating (the cause
+/// is logged).
+const INTERNAL_DETAIL: &str =
+    "an internal error occurred while validating the dataset; it has been logged (upload it again to retry)";
 
 impl DatasetStore {
     /// The refusal of an upload over `max_upload_bytes` (worded as the
@@ -74,10 +98,16 @@ impl DatasetStore {
         ))
     }
 
+    /// Where an upload waits for its validation.
+    fn upload_path(&self, sha256: &str) -> PathBuf {
+        self.data_dir.join("uploads").join(sha256)
+    }
+
     /// Stores an uploaded archive arriving as `chunks` (the `dataset` part
-    /// of `POST /datasets` or `POST /jobs`): streamed to a temp file while
-    /// hashed, then validated and extracted unless already stored. A
-    /// chunk's error ends the upload with that error.
+    /// of `POST /datasets`, `/jobs` or `/sweeps`): streamed to a temp file
+    /// while hashed, then recorded `validating` and validated in the
+    /// background unless already stored. Returns as soon as the upload is
+    /// recorded. A chunk's error ends the upload with that error.
     pub async fn ingest<S, B>(&self, chunks: S) -> Result<Stored, AppError>
     where
         S: Stream<Item = Result<B, AppError>>,
@@ -109,81 +139,285 @@ impl DatasetStore {
         file.flush().await.map_err(anyhow::Error::from)?;
         drop(file);
         let sha256 = hex::encode(hasher.finalize());
-        store_archive(self, upload, &sha256, size).await
+        Ok(self.accept(upload, &sha256, size).await?)
+    }
+
+    /// Like [`ingest`](Self::ingest), then waits for the validation to
+    /// end: the ready dataset, or its refusal as the error (the same code,
+    /// detail and kind a synchronous upload used to get). For an inline
+    /// `dataset` part of `POST /jobs` and `POST /sweeps`.
+    pub async fn ingest_and_wait<S, B>(&self, chunks: S) -> Result<DatasetRecord, AppError>
+    where
+        S: Stream<Item = Result<B, AppError>>,
+        B: AsRef<[u8]>,
+    {
+        let stored = self.ingest(chunks).await?;
+        let record = self.wait_settled(stored.record.id).await?;
+        match (&record.status, &record.error) {
+            (DatasetStatus::Ready, _) => Ok(record),
+            (_, Some(failure)) => Err(failure.to_app_error()),
+            _ => Err(anyhow::anyhow!("dataset {} failed without an error", record.id).into()),
+        }
+    }
+
+    /// Waits until the dataset `id` is ready or failed, and returns it.
+    pub async fn wait_settled(&self, id: Uuid) -> anyhow::Result<DatasetRecord> {
+        let mut live = self.validations.subscribe(id);
+        loop {
+            let record = record::get(&self.db, id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("dataset {id} vanished"))?;
+            if record.is_settled() {
+                return Ok(record);
+            }
+            match live.as_mut() {
+                // Woken by each progress report and by the end; the
+                // database is read again either way.
+                Some(rx) => {
+                    if let Ok(Err(_)) =
+                        tokio::time::timeout(Duration::from_secs(2), rx.changed()).await
+                    {
+                        live = None; // the validation ended: its outcome is in the database
+                    }
+                }
+                None => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    live = self.validations.subscribe(id);
+                }
+            }
+        }
+    }
+
+    /// The upload is complete: the existing record, or a new `validating`
+    /// one whose validation starts now.
+    async fn accept(&self, upload: TempPath, sha256: &str, size: u64) -> anyhow::Result<Stored> {
+        let db = &self.db;
+        let started = match store::find_by_sha256(db, sha256).await? {
+            // None: a concurrent upload of the same archive recorded it first.
+            None => {
+                store::insert_validating(db, sha256, size as i64, &dataset_rel_path(sha256)).await?
+            }
+            Some(row) if row.status == DatasetStatus::Failed => {
+                store::restart_failed(db, row.id).await?
+            }
+            Some(_) => None,
+        };
+        let Some(row) = started else {
+            let record = record::find_by_sha256(db, sha256)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("dataset {sha256} vanished"))?;
+            return Ok(Stored {
+                record,
+                started: false,
+            });
+        };
+        // This upload started the validation: keep it until the end.
+        let kept = self.upload_path(sha256);
+        tokio::fs::create_dir_all(kept.parent().unwrap_or(&self.data_dir)).await?;
+        tokio::fs::rename(upload.path(), &kept).await?;
+        upload.keep();
+        let record: DatasetRecord = row.try_into()?;
+        tracing::info!(dataset = %record.id, sha256, size, "dataset stored; validating");
+        self.start_validation(record.clone());
+        Ok(Stored {
+            record,
+            started: true,
+        })
+    }
+
+    /// Validates every dataset left `validating` (by a restart or a crash)
+    /// again from its kept upload; one whose upload is gone fails (upload
+    /// it again). Called once, at start.
+    pub async fn resume(&self) -> anyhow::Result<usize> {
+        let pending = store::list_validating(&self.db).await?;
+        let n = pending.len();
+        for row in pending {
+            let record: DatasetRecord = row.try_into()?;
+            if self.upload_path(&record.sha256).is_file() {
+                tracing::info!(dataset = %record.id, "validating again after a restart");
+                self.start_validation(record);
+            } else {
+                tracing::warn!(dataset = %record.id, "its upload is gone; the dataset fails");
+                let failure = DatasetFailure {
+                    kind: Some(crate::error::ErrorKind::Unprocessable),
+                    code: "upload_lost".into(),
+                    detail: "the service stopped while validating this dataset and its upload \
+                             was lost; upload it again"
+                        .into(),
+                };
+                self.fail(&record, &failure).await?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Starts validating `record` (`validating`, its upload kept) on the
+    /// background pool, unless it is already validated here.
+    pub fn start_validation(&self, record: DatasetRecord) {
+        if !self.validations.register(&record) {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let id = record.id;
+            if let Err(e) = store.validate(record).await {
+                tracing::error!(dataset = %id, error = ?e, "recording a validation failed");
+            }
+        });
+    }
+
+    /// One validation: wait for a slot, check the archive on the
+    /// ingestion pool while reporting progress, then record the outcome.
+    async fn validate(&self, mut record: DatasetRecord) -> anyhow::Result<()> {
+        let progress = Arc::new(self.validations.progress());
+        record.progress = Some(progress.snapshot(true));
+        self.validations.publish(&record);
+        self.write_progress(&record).await;
+        let _slot = self.validations.slot().await;
+        if self.validations.is_stopping() {
+            self.validations.finish(&record);
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+
+        let sha256 = record.sha256.clone();
+        let archive = self.upload_path(&sha256);
+        let work_path = self.data_dir.join("tmp").join(format!("{sha256}.d"));
+        // A validation killed with its process may have left its work here.
+        remove_path(&work_path);
+        std::fs::create_dir_all(&work_path)?;
+        let work = TempPath(Some(work_path));
+
+        let (limits, validations) = (self.limits, self.validations.clone());
+        let (dir, counters) = (work.path().to_path_buf(), progress.clone());
+        let mut task = tokio::task::spawn_blocking(move || {
+            validations.install(|| ingest_archive(&archive, &dir, &limits, &counters))
+        });
+        let mut tick = tokio::time::interval(PUBLISH_EVERY);
+        let mut throttle = Throttle::new();
+        let outcome = loop {
+            tokio::select! {
+                joined = &mut task => break joined,
+                _ = tick.tick() => {
+                    record.progress = Some(progress.snapshot(false));
+                    self.validations.publish(&record);
+                    if throttle.write_due() {
+                        self.write_progress(&record).await;
+                    }
+                }
+            }
+        };
+        if self.validations.is_stopping() && !matches!(outcome, Ok(Ok(_))) {
+            // Shutting down: the record stays `validating` and the upload
+            // kept; the next start validates it again.
+            tracing::info!(dataset = %record.id, "validation interrupted by shutdown; it runs again at the next start");
+            self.validations.finish(&record);
+            return Ok(());
+        }
+        record.progress = Some(progress.done());
+        let outcome = outcome.unwrap_or_else(|e| {
+            Err(DatasetError::internal(format!(
+                "the validation panicked: {e}"
+            )))
+        });
+        let refusal = match outcome {
+            Ok(ingested) => match self.ready(&record, work, &ingested).await {
+                Ok(()) => None,
+                Err(e) => Some(DatasetError::internal(format!(
+                    "storing the dataset: {e:#}"
+                ))),
+            },
+            Err(e) => {
+                drop(work);
+                Some(e)
+            }
+        };
+        let result = match &refusal {
+            None => Ok(()),
+            Some(e) => self.fail(&record, &failure_of(&record, e)).await,
+        };
+        remove_path(&self.upload_path(&sha256));
+        tracing::info!(dataset = %record.id, seconds = started.elapsed().as_secs_f64(), refused = ?refusal.map(|e| e.code), "validation ended");
+        // Subscribers read the outcome from the database; send them what
+        // it holds (or the last progress, if recording it failed).
+        let last = record::get(&self.db, record.id).await.ok().flatten();
+        self.validations.finish(last.as_ref().unwrap_or(&record));
+        result
+    }
+
+    /// Progress is informative: failing to record it does not stop the
+    /// validation.
+    async fn write_progress(&self, record: &DatasetRecord) {
+        let json = serde_json::to_string(&record.progress).unwrap_or_default();
+        if let Err(e) = store::set_progress(&self.db, record.id, &json).await {
+            tracing::warn!(dataset = %record.id, error = ?e, "recording progress failed");
+        }
+    }
+
+    /// Moves the checked dataset into place and records it `ready`.
+    async fn ready(
+        &self,
+        record: &DatasetRecord,
+        work: TempPath,
+        ingested: &Ingested,
+    ) -> anyhow::Result<()> {
+        let target = self.data_dir.join(&record.path);
+        std::fs::create_dir_all(self.data_dir.join("datasets"))?;
+        if target.exists() {
+            // Moved into place before a crash, the record not updated: this
+            // validation's result replaces it.
+            std::fs::remove_dir_all(&target)?;
+        }
+        std::fs::rename(work.path(), &target)?;
+        work.keep();
+        let summary_json = serde_json::to_string(&ingested.summary)?;
+        let progress_json = serde_json::to_string(&record.progress)?;
+        let found = Validated {
+            format: ingested.format.as_str(),
+            task: ingested.task,
+            summary_json: &summary_json,
+        };
+        if store::mark_ready(&self.db, record.id, &found, &progress_json)
+            .await?
+            .is_none()
+        {
+            tracing::warn!(dataset = %record.id, "the dataset was no longer validating; its result is dropped");
+        }
+        Ok(())
+    }
+
+    /// Records the refusal (and fails the jobs waiting for the dataset),
+    /// and removes the upload: nothing is left but the record.
+    async fn fail(&self, record: &DatasetRecord, failure: &DatasetFailure) -> anyhow::Result<()> {
+        remove_path(&self.upload_path(&record.sha256));
+        match store::mark_failed(&self.db, record.id, &failure.to_row(), &failure.job_error())
+            .await?
+        {
+            Some((_, jobs)) => {
+                tracing::info!(dataset = %record.id, code = %failure.code, jobs_failed = jobs, "dataset refused")
+            }
+            None => tracing::warn!(dataset = %record.id, "the dataset was no longer validating"),
+        }
+        Ok(())
     }
 }
 
-async fn store_archive(
-    state: &DatasetStore,
-    upload: TempPath,
-    sha256: &str,
-    size: u64,
-) -> Result<Stored, AppError> {
-    let db = &state.db;
-    if let Some(record) = record::find_by_sha256(db, sha256).await? {
-        return Ok(Stored {
-            record,
-            created: false,
-        });
-    }
-    let data_dir = state.data_dir.clone();
-    let work = TempPath(Some(
-        data_dir
-            .join("tmp")
-            .join(format!("{}.d", uuid::Uuid::now_v7())),
-    ));
-    std::fs::create_dir_all(work.path()).map_err(anyhow::Error::from)?;
-    let limits: IngestLimits = state.limits;
-    let (archive, dir) = (upload.path().to_path_buf(), work.path().to_path_buf());
-    let ingested = tokio::task::spawn_blocking(move || ingest_archive(&archive, &dir, &limits))
-        .await
-        .map_err(anyhow::Error::from)??;
-    drop(upload);
-
-    let rel = dataset_rel_path(sha256);
-    let target = data_dir.join(&rel);
-    std::fs::create_dir_all(data_dir.join("datasets")).map_err(anyhow::Error::from)?;
-    if let Err(e) = std::fs::rename(work.path(), &target) {
-        // Another upload of the same archive won the race, or a crash left
-        // an unrecorded directory behind.
-        if let Some(record) = record::find_by_sha256(db, sha256).await? {
-            return Ok(Stored {
-                record,
-                created: false,
-            });
-        }
-        if target.exists() {
-            std::fs::remove_dir_all(&target).map_err(anyhow::Error::from)?;
-            std::fs::rename(work.path(), &target).map_err(anyhow::Error::from)?;
-        } else {
-            return Err(anyhow::Error::from(e)
-                .context("moving the dataset into place")
-                .into());
-        }
-    }
-    work.keep();
-    let new = NewDataset {
-        sha256,
-        format: ingested.format.as_str(),
-        size_bytes: size as i64,
-        path: &rel,
-        task: ingested.task,
-        summary_json: &serde_json::to_string(&ingested.summary).map_err(anyhow::Error::from)?,
-    };
-    match store::insert(db, &new).await {
-        Ok(row) => Ok(Stored {
-            record: row.try_into()?,
-            created: true,
-        }),
-        Err(e) => {
-            if let Some(record) = record::find_by_sha256(db, sha256).await? {
-                return Ok(Stored {
-                    record,
-                    created: false,
-                });
+/// The refusal as recorded: a client error as it is; a fault of ours
+/// logged in full and recorded without its cause.
+fn failure_of(record: &DatasetRecord, e: &DatasetError) -> DatasetFailure {
+    match e.kind {
+        Some(kind) => DatasetFailure {
+            kind: Some(kind),
+            code: e.code.to_string(),
+            detail: e.detail.clone(),
+        },
+        None => {
+            tracing::error!(dataset = %record.id, error = %e.detail, "validating a dataset failed");
+            DatasetFailure {
+                kind: None,
+                code: "internal".into(),
+                detail: INTERNAL_DETAIL.into(),
             }
-            let _ = std::fs::remove_dir_all(&target);
-            Err(e.into())
         }
     }
 }

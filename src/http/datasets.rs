@@ -1,17 +1,28 @@
-//! `/datasets`: upload a labelled image archive, read what was found in it.
+//! `/datasets`: upload a labelled image archive (validated in the
+//! background), follow its validation, read what was found in it.
+
+use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::extract::{Multipart, Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use chrono::{DateTime, Utc};
+use futures::Stream;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::extract::{Json, Query};
 use super::multipart::BodyLimit;
+use super::problem::{problem, status_of};
 use crate::app::AppState;
 use crate::config::ServeConfig;
-use crate::data::record::{self, DatasetRecord};
+use crate::data::record::{self, DatasetRecord, DatasetStatus, ValidationProgress};
+use crate::data::{DatasetSummary, Task};
+use crate::error::Problem;
 use crate::AppError;
 
 pub fn router(config: &ServeConfig) -> Router<AppState> {
@@ -23,6 +34,7 @@ pub fn router(config: &ServeConfig) -> Router<AppState> {
                 .layer(BodyLimit::upload(config).layer()),
         )
         .route("/datasets/{id}", get(get_dataset))
+        .route("/datasets/{id}/events", get(dataset_events))
 }
 
 /// The multipart form of `POST /datasets`.
@@ -34,46 +46,112 @@ pub struct DatasetUpload {
     dataset: String,
 }
 
+/// A stored dataset: its validation's status and progress, and once
+/// validated what was found in it, or why it was refused.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DatasetView {
+    pub id: Uuid,
+    /// SHA-256 of the archive as uploaded (hex); the same archive is stored once.
+    pub sha256: String,
+    pub status: DatasetStatus,
+    /// `zip`, `tar`, `tar.gz` or `tar.bz2`; once validated.
+    pub format: Option<String>,
+    /// Size of the uploaded archive.
+    pub size_bytes: i64,
+    /// Inferred task; once validated.
+    pub task: Option<Task>,
+    /// What was found in the archive; once validated.
+    pub summary: Option<DatasetSummary>,
+    /// While validating: phase, images checked, total, images/s, ETA (the
+    /// last one stays after the end).
+    pub progress: Option<ValidationProgress>,
+    /// Why it was refused (`failed`): the problem document a synchronous
+    /// upload would have been answered with, with its stable `code`.
+    pub error: Option<Problem>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// When the validation ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<DatasetRecord> for DatasetView {
+    fn from(r: DatasetRecord) -> Self {
+        let error = r.error.map(|e| match e.kind {
+            Some(kind) => problem(status_of(kind), &e.code, e.detail),
+            None => problem(StatusCode::INTERNAL_SERVER_ERROR, &e.code, e.detail),
+        });
+        Self {
+            id: r.id,
+            sha256: r.sha256,
+            status: r.status,
+            format: r.format,
+            size_bytes: r.size_bytes,
+            task: r.task,
+            summary: r.summary,
+            progress: r.progress,
+            error,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DatasetList {
-    pub datasets: Vec<DatasetRecord>,
+    pub datasets: Vec<DatasetView>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct ListParams {
+    /// Only datasets in this status.
+    #[param(value_type = Option<DatasetStatus>)]
+    pub status: Option<String>,
     /// At most this many (default 50, max 500).
     pub limit: Option<i64>,
     pub offset: Option<i64>,
 }
 
-/// Upload a dataset archive (multipart part `dataset`). The same archive
-/// uploaded again returns the stored record with 200.
+/// Upload a dataset archive (multipart part `dataset`).
+///
+/// The archive is stored as it streams in; then the answer comes at once,
+/// 202 with the dataset `validating`, while it is checked in the background
+/// (decoding every image, limits, layout, metadata). Follow it with
+/// `GET /datasets/{id}` or `GET /datasets/{id}/events`; it ends `ready` or
+/// `failed` with the refusal in `error`. The same archive uploaded again
+/// answers 200 with the stored dataset (ready or still validating); one
+/// that failed is validated again (202).
 #[utoipa::path(
     post, path = "/datasets", tag = "datasets",
     request_body(content = DatasetUpload, content_type = "multipart/form-data"),
     responses(
-        (status = 201, description = "Stored", body = DatasetRecord),
-        (status = 200, description = "Already stored (same SHA-256)", body = DatasetRecord),
-        (status = 400, description = "Not an archive, truncated, unsafe entry path", body = crate::error::Problem),
-        (status = 413, description = "Upload, archive, entry count or image over a limit", body = crate::error::Problem),
-        (status = 422, description = "Not a usable dataset (labels, metadata, undecodable images)", body = crate::error::Problem),
+        (status = 202, description = "Stored; validating in the background", body = DatasetView),
+        (status = 200, description = "Already stored (same SHA-256)", body = DatasetView),
+        (status = 400, description = "No `dataset` part", body = crate::error::Problem),
+        (status = 413, description = "Upload over --max-upload-bytes", body = crate::error::Problem),
     ),
     security(("bearer" = []))
 )]
 pub async fn upload_dataset(
     State(state): State<AppState>,
     mut multipart: Multipart,
-) -> Result<(StatusCode, Json<DatasetRecord>), AppError> {
+) -> Result<Response, AppError> {
     let limit = BodyLimit::upload(&state.config);
     while let Some(field) = limit.next_field(&mut multipart).await? {
         if field.name() == Some("dataset") {
             let stored = state.datasets.ingest(limit.chunks(field)).await?;
-            let status = if stored.created {
-                StatusCode::CREATED
+            let status = if stored.started {
+                StatusCode::ACCEPTED
             } else {
                 StatusCode::OK
             };
-            return Ok((status, Json(stored.record)));
+            let location = format!("/datasets/{}", stored.record.id);
+            let mut resp = (status, axum::Json(DatasetView::from(stored.record))).into_response();
+            if let Ok(loc) = location.parse() {
+                resp.headers_mut().insert(header::LOCATION, loc);
+            }
+            return Ok(resp);
         }
     }
     Err(AppError::bad_request(
@@ -82,12 +160,18 @@ pub async fn upload_dataset(
     ))
 }
 
-/// One dataset with its summary.
+async fn find(state: &AppState, id: &str) -> Result<DatasetRecord, AppError> {
+    let not_found = || AppError::not_found(format!("no dataset `{id}`"));
+    let uuid: Uuid = id.parse().map_err(|_| not_found())?;
+    record::get(&state.db, uuid).await?.ok_or_else(not_found)
+}
+
+/// One dataset: status, progress, and its summary or refusal.
 #[utoipa::path(
     get, path = "/datasets/{id}", tag = "datasets",
     params(("id" = Uuid, Path, description = "Dataset id")),
     responses(
-        (status = 200, body = DatasetRecord),
+        (status = 200, body = DatasetView),
         (status = 404, body = crate::error::Problem),
     ),
     security(("bearer" = []))
@@ -95,20 +179,24 @@ pub async fn upload_dataset(
 pub async fn get_dataset(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<DatasetRecord>, AppError> {
-    let not_found = || AppError::not_found(format!("no dataset `{id}`"));
-    let uuid: Uuid = id.parse().map_err(|_| not_found())?;
-    record::get(&state.db, uuid)
-        .await?
-        .map(Json)
-        .ok_or_else(not_found)
+) -> Result<Json<DatasetView>, AppError> {
+    let record = find(&state, &id).await?;
+    // While it validates here, the live progress (a quarter second old at
+    // most) rather than the row's (written every second).
+    let live = state
+        .datasets
+        .validations
+        .subscribe(record.id)
+        .map(|rx| rx.borrow().clone())
+        .filter(|r| !r.is_settled() && !record.is_settled());
+    Ok(Json(live.unwrap_or(record).into()))
 }
 
-/// Stored datasets, newest first.
+/// Stored datasets with their status, newest first.
 #[utoipa::path(
     get, path = "/datasets", tag = "datasets",
     params(ListParams),
-    responses((status = 200, body = DatasetList)),
+    responses((status = 200, body = DatasetList), (status = 400, body = crate::error::Problem)),
     security(("bearer" = []))
 )]
 pub async fn list_datasets(
@@ -117,6 +205,93 @@ pub async fn list_datasets(
 ) -> Result<Json<DatasetList>, AppError> {
     let limit = p.limit.unwrap_or(50).clamp(1, 500);
     let offset = p.offset.unwrap_or(0).max(0);
-    let records = record::list(&state.db, limit, offset).await?;
-    Ok(Json(DatasetList { datasets: records }))
+    let status = p
+        .status
+        .map(|s| {
+            DatasetStatus::parse(&s).ok_or_else(|| {
+                AppError::bad_request(
+                    "invalid_query",
+                    "`status` must be `validating`, `ready` or `failed`",
+                )
+            })
+        })
+        .transpose()?;
+    let records = record::list(&state.db, status, limit, offset).await?;
+    Ok(Json(DatasetList {
+        datasets: records.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// Follow a dataset's validation live (Server-Sent Events): a `snapshot`
+/// first, then `progress` while it is checked (every quarter second at
+/// most), and one `status` when it is `ready` or `failed`, which ends the
+/// stream. Each event's data is the dataset, as `GET /datasets/{id}`.
+#[utoipa::path(
+    get, path = "/datasets/{id}/events", tag = "datasets",
+    params(("id" = Uuid, Path, description = "Dataset id")),
+    responses((status = 200, content_type = "text/event-stream", body = String),
+        (status = 404, body = crate::error::Problem)),
+    security(("bearer" = []))
+)]
+pub async fn dataset_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
+    let uuid: Uuid = id
+        .parse()
+        .map_err(|_| AppError::not_found(format!("no dataset `{id}`")))?;
+    // Subscribe before reading the snapshot so nothing falls in between.
+    let mut live = state.datasets.validations.subscribe(uuid);
+    let first = find(&state, &id).await?;
+    let stream = async_stream::stream! {
+        let done = first.is_settled();
+        yield Ok(sse("snapshot", first));
+        if done {
+            return;
+        }
+        // The database is read again now and then: the validation may run
+        // on no watch here (started before this process) or end unseen.
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            // A live record, or None: read the database (a poll, or the
+            // validation ended or runs elsewhere).
+            let next = match live.as_mut() {
+                Some(rx) => tokio::select! {
+                    changed = rx.changed() => match changed {
+                        Ok(()) => Some(rx.borrow_and_update().clone()),
+                        Err(_) => { live = None; None }
+                    },
+                    _ = poll.tick() => None,
+                },
+                None => {
+                    poll.tick().await;
+                    live = state.datasets.validations.subscribe(uuid);
+                    None
+                }
+            };
+            let from_live = next.is_some();
+            let record = match next {
+                Some(r) if !r.is_settled() => r,
+                _ => match record::get(&state.db, uuid).await {
+                    Ok(Some(r)) => r,
+                    _ => continue,
+                },
+            };
+            if record.is_settled() {
+                yield Ok(sse("status", record));
+                return;
+            }
+            // The database's progress lags the live one: sent only when
+            // there is no live one, so the counts never go back.
+            if from_live || live.is_none() {
+                yield Ok(sse("progress", record));
+            }
+        }
+    };
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn sse(kind: &str, record: DatasetRecord) -> Event {
+    let data = serde_json::to_string(&DatasetView::from(record)).unwrap_or_default();
+    Event::default().event(kind).data(data)
 }

@@ -125,8 +125,10 @@ async fn read_multipart(
                 config = Some(service::parse_config(&limit.text(field).await?)?);
             }
             "dataset" => {
-                let stored = state.datasets.ingest(limit.chunks(field)).await?;
-                dataset_id = Some(stored.record.id.to_string());
+                // Validated before the job is queued, as before: a bad
+                // archive is refused here with its own status and code.
+                let dataset = state.datasets.ingest_and_wait(limit.chunks(field)).await?;
+                dataset_id = Some(dataset.id.to_string());
             }
             "dataset_id" => {
                 dataset_id = Some(limit.text(field).await?);
@@ -155,7 +157,8 @@ async fn view_of(state: &AppState, job: store::JobRow) -> AppResult<JobView> {
     let summary = match uuid::Uuid::parse_str(&job.dataset_id) {
         Ok(id) => crate::data::record::get(&state.db, id)
             .await?
-            .and_then(|d| serde_json::to_value(&d.summary).ok()),
+            .and_then(|d| d.summary)
+            .and_then(|s| serde_json::to_value(&s).ok()),
         Err(_) => None,
     };
     Ok(JobView::new(&job, summary))

@@ -22,6 +22,7 @@ use crate::app::AppState;
         super::models::set_alias, super::models::download_model,
         super::datasets::upload_dataset, super::datasets::get_dataset, super::datasets::list_datasets,
         super::dataset_images::thumbnails, super::dataset_images::image,
+        super::datasets::dataset_events,
     ),
     components(schemas(
         crate::error::Problem,
@@ -36,7 +37,8 @@ use crate::app::AppState;
         super::predict::PredictJson, super::predict::PredictResponse,
         crate::serve::output::Prediction, crate::serve::output::ImageResult,
         super::models::ModelView, super::models::SetAlias,
-        crate::data::record::DatasetRecord, crate::data::DatasetSummary,
+        super::datasets::DatasetView, crate::data::DatasetSummary,
+        crate::data::record::DatasetStatus, crate::data::record::ValidationProgress,
         super::datasets::DatasetList, super::datasets::DatasetUpload,
         super::dataset_images::Thumbnails, super::dataset_images::ClassSamples,
         super::dataset_images::SampleImage,
@@ -44,7 +46,7 @@ use crate::app::AppState;
     modifiers(&BearerAuth),
     tags(
         (name = "health", description = "Liveness, readiness and metrics"),
-        (name = "datasets", description = "Labelled image archives"),
+        (name = "datasets", description = "Labelled image archives, validated in the background"),
         (name = "jobs", description = "Fine-tuning jobs: submit, follow, cancel"),
         (name = "sweeps", description = "Hyper-parameter sweeps: candidates, halving, leaderboard, winner"),
         (name = "predict", description = "Classify images"),

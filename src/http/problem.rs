@@ -24,7 +24,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
 /// The status an error is answered with.
 pub fn status(e: &AppError) -> StatusCode {
     match e {
-        AppError::Client { kind, .. } => status_of(*kind),
+        AppError::Client { kind, .. } | AppError::Recorded { kind, .. } => status_of(*kind),
         AppError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
         AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -34,21 +34,33 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = status(&self);
         let (code, detail, retry_after) = match self {
-            AppError::Client { code, detail, .. } => (code, detail, None),
+            AppError::Client { code, detail, .. } => (code.to_string(), detail, None),
+            AppError::Recorded { code, detail, .. } => (code, detail, None),
             AppError::Overloaded {
                 retry_after_secs,
                 detail,
-            } => ("overloaded", detail, Some(retry_after_secs)),
+            } => ("overloaded".to_string(), detail, Some(retry_after_secs)),
             AppError::Internal(err) => {
                 tracing::error!(error = ?err, "internal error");
                 (
-                    "internal",
+                    "internal".to_string(),
                     "an internal error occurred; it has been logged".to_string(),
                     None,
                 )
             }
         };
-        problem_response(status, code, detail, retry_after)
+        problem_response(status, &code, detail, retry_after)
+    }
+}
+
+/// The problem document of an error answered with `status`.
+pub fn problem(status: StatusCode, code: &str, detail: String) -> Problem {
+    Problem {
+        kind: format!("urn:vitrine:problem:{code}"),
+        title: status.canonical_reason().unwrap_or("Error").to_string(),
+        status: status.as_u16(),
+        detail,
+        code: code.to_string(),
     }
 }
 
@@ -60,13 +72,7 @@ pub fn problem_response(
     detail: String,
     retry_after_secs: Option<u64>,
 ) -> Response {
-    let problem = Problem {
-        kind: format!("urn:vitrine:problem:{code}"),
-        title: status.canonical_reason().unwrap_or("Error").to_string(),
-        status: status.as_u16(),
-        detail,
-        code: code.to_string(),
-    };
+    let problem = problem(status, code, detail);
     let mut resp = (status, axum::Json(problem)).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -111,8 +111,10 @@ async fn read_multipart(
                 })?);
             }
             "dataset" => {
-                let stored = state.datasets.ingest(limit.chunks(field)).await?;
-                dataset_id = Some(stored.record.id.to_string());
+                // Validated before the job is queued, as before: a bad
+                // archive is refused here with its own status and code.
+                let dataset = state.datasets.ingest_and_wait(limit.chunks(field)).await?;
+                dataset_id = Some(dataset.id.to_string());
             }
             "dataset_id" => dataset_id = Some(limit.text(field).await?),
             other => {

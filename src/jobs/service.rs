@@ -5,7 +5,7 @@ use super::JobQueue;
 use crate::data::Task;
 use crate::error::{AppError, AppResult};
 use crate::model::preflight::BaseModelInfo;
-use crate::store::datasets::DatasetRow;
+use crate::store::datasets::{DatasetRow, DatasetStatus};
 use crate::store::jobs::{self as store, JobRow, NewJob};
 use crate::train::config::{JobConfig, Mode};
 
@@ -46,10 +46,39 @@ pub async fn submit(
         tracing::info!(job = %job.id, dataset = %dataset_id, "job queued");
         queue.notify.notify_waiters();
     }
+    if !dataset.is_ready() && fail_if_dataset_failed(queue, dataset_id).await? {
+        let job = store::get(&queue.db, &job.id).await?.unwrap_or(job);
+        return Ok((job, created));
+    }
     Ok((job, created))
 }
 
-/// The stored dataset a submission names; an unknown id is a 422.
+/// A job queued on a dataset still validating waits for it; if the
+/// dataset was refused meanwhile, after the job was checked but before it
+/// was inserted, the refusal's transaction could not see the job: fail it
+/// (and any other such job) here, as the refusal would have. Returns
+/// whether the dataset failed.
+pub async fn fail_if_dataset_failed(queue: &JobQueue, dataset_id: &str) -> AppResult<bool> {
+    let Ok(uuid) = uuid::Uuid::parse_str(dataset_id) else {
+        return Ok(false);
+    };
+    let Some(dataset) = crate::store::datasets::get(&queue.db, uuid).await? else {
+        return Ok(false);
+    };
+    let Some(error) = dataset
+        .error
+        .filter(|_| dataset.status == DatasetStatus::Failed)
+    else {
+        return Ok(false);
+    };
+    let message = format!("the dataset was refused ({}): {}", error.code, error.detail);
+    store::fail_queued_on_dataset(&queue.db, dataset_id, &error.code, &message).await?;
+    Ok(true)
+}
+
+/// The stored dataset a submission names, ready or still validating (the
+/// job then waits for it); an unknown id, or a dataset that was refused,
+/// is a 422.
 pub async fn find_dataset(queue: &JobQueue, dataset_id: &str) -> AppResult<DatasetRow> {
     let unknown = || {
         AppError::unprocessable(
@@ -58,9 +87,19 @@ pub async fn find_dataset(queue: &JobQueue, dataset_id: &str) -> AppResult<Datas
         )
     };
     let uuid = uuid::Uuid::parse_str(dataset_id).map_err(|_| unknown())?;
-    crate::store::datasets::get(&queue.db, uuid)
+    let dataset = crate::store::datasets::get(&queue.db, uuid)
         .await?
-        .ok_or_else(unknown)
+        .ok_or_else(unknown)?;
+    if let (DatasetStatus::Failed, Some(error)) = (dataset.status, &dataset.error) {
+        return Err(AppError::unprocessable(
+            "dataset_failed",
+            format!(
+                "dataset `{dataset_id}` was refused ({}): {}",
+                error.code, error.detail
+            ),
+        ));
+    }
+    Ok(dataset)
 }
 
 /// Every check a job's config must pass before it is queued (device, task,
@@ -122,14 +161,19 @@ fn list_or_none(devices: &[&String]) -> String {
     }
 }
 
-fn check_task(config: &JobConfig, dataset_task: Task) -> AppResult<()> {
-    if config.task == Some(Task::MultiClass) && dataset_task == Task::MultiLabel {
+/// `dataset_task` is `None` while the dataset is validating: a config
+/// forcing `multi_class` on what turns out multi-label fails when the job
+/// starts (the trainer refuses the manifest), with the same message.
+fn check_task(config: &JobConfig, dataset_task: Option<Task>) -> AppResult<()> {
+    if config.task == Some(Task::MultiClass) && dataset_task == Some(Task::MultiLabel) {
         return Err(AppError::unprocessable(
             "task_mismatch",
             "task `multi_class` was asked for, but the dataset gives some images several labels",
         ));
     }
-    let task = config.task.unwrap_or(dataset_task);
+    let Some(task) = config.task.or(dataset_task) else {
+        return Ok(());
+    };
     if let Some(metric) = config.selection_metric.filter(|m| !m.available_for(task)) {
         return Err(AppError::unprocessable(
             "invalid_config",

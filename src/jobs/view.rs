@@ -29,6 +29,10 @@ pub struct JobView {
     #[schema(value_type = Option<Object>)]
     pub dataset: Option<serde_json::Value>,
     pub error: Option<String>,
+    /// The stable code of `error` when it has one: a job that waited for
+    /// its dataset fails with the dataset's refusal code (e.g.
+    /// `undecodable_images`).
+    pub error_code: Option<String>,
     pub cancel_requested: bool,
     /// The model produced, once there is one.
     pub model_id: Option<String>,
@@ -65,6 +69,7 @@ impl JobView {
             metrics: json(&row.metrics),
             dataset: dataset_summary,
             error: row.error.clone(),
+            error_code: row.error_code.clone(),
             cancel_requested: row.cancel_requested != 0,
             model_id: row.model_id.clone(),
             sweep_id: row.sweep_id.clone(),

@@ -1,28 +1,90 @@
-//! The `datasets` table: content-addressed, validated archives.
+//! The `datasets` table: content-addressed archives, validated in the
+//! background. A row is inserted `validating` as soon as the upload is
+//! stored, and ends `ready` (with its format, task and summary) or `failed`
+//! (with the refusal's kind, code and detail). Every change of state is a
+//! compare-and-set on `status`, so a validation that lost its row (a
+//! restart re-queued it) cannot overwrite a newer outcome.
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::SqlitePool;
 use uuid::Uuid;
 
+use crate::db::now_ms;
 use crate::task::Task;
 
-/// A row of `datasets`. The summary stays JSON text here: its type belongs
+/// Where a dataset is in its validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetStatus {
+    /// Stored; being checked in the background.
+    Validating,
+    /// Checked and extracted: jobs may train on it.
+    Ready,
+    /// Refused: `error` says why; nothing but the record is kept.
+    Failed,
+}
+
+impl DatasetStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Validating => "validating",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "validating" => Self::Validating,
+            "ready" => Self::Ready,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a dataset failed, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureRow {
+    /// `bad_request`, `too_large`, `unprocessable` or `internal`.
+    pub kind: String,
+    pub code: String,
+    pub detail: String,
+}
+
+/// A row of `datasets`. JSON documents stay text here: their types belong
 /// to `data`, which turns rows into API records (`data::record`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatasetRow {
     pub id: Uuid,
     /// SHA-256 of the archive as uploaded (hex).
     pub sha256: String,
-    pub format: String,
+    pub status: DatasetStatus,
+    /// Known once validated.
+    pub format: Option<String>,
     pub size_bytes: i64,
     /// Extracted directory, relative to the data dir.
     pub path: String,
-    pub task: Task,
-    pub summary_json: String,
+    /// Known once validated.
+    pub task: Option<Task>,
+    /// Known once validated.
+    pub summary_json: Option<String>,
+    /// While validating.
+    pub progress_json: Option<String>,
+    /// When failed.
+    pub error: Option<FailureRow>,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// What [`insert`] needs.
+impl DatasetRow {
+    pub fn is_ready(&self) -> bool {
+        self.status == DatasetStatus::Ready
+    }
+}
+
+/// What [`insert`] needs: a dataset validated elsewhere, stored `ready`.
 #[derive(Debug, Clone)]
 pub struct NewDataset<'a> {
     pub sha256: &'a str,
@@ -33,51 +95,86 @@ pub struct NewDataset<'a> {
     pub summary_json: &'a str,
 }
 
+/// What a validation found, for [`mark_ready`].
+#[derive(Debug, Clone)]
+pub struct Validated<'a> {
+    pub format: &'a str,
+    pub task: Task,
+    pub summary_json: &'a str,
+}
+
 #[derive(sqlx::FromRow)]
 struct Row {
     id: String,
     sha256: String,
-    format: String,
+    status: String,
+    format: Option<String>,
     size_bytes: i64,
     path: String,
-    task: Task,
-    summary: String,
+    task: Option<Task>,
+    summary: Option<String>,
+    progress: Option<String>,
+    error_kind: Option<String>,
+    error_code: Option<String>,
+    error_detail: Option<String>,
     created_at: i64,
+    updated_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+fn time(ms: i64) -> anyhow::Result<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| anyhow::anyhow!("bad timestamp {ms}"))
 }
 
 impl TryFrom<Row> for DatasetRow {
     type Error = anyhow::Error;
     fn try_from(r: Row) -> anyhow::Result<Self> {
+        let error = match (r.error_kind, r.error_code) {
+            (Some(kind), Some(code)) => Some(FailureRow {
+                kind,
+                code,
+                detail: r.error_detail.unwrap_or_default(),
+            }),
+            _ => None,
+        };
         Ok(DatasetRow {
             id: r.id.parse()?,
             sha256: r.sha256,
+            status: DatasetStatus::parse(&r.status)
+                .ok_or_else(|| anyhow::anyhow!("unknown dataset status `{}`", r.status))?,
             format: r.format,
             size_bytes: r.size_bytes,
             path: r.path,
             task: r.task,
             summary_json: r.summary,
-            created_at: Utc
-                .timestamp_millis_opt(r.created_at)
-                .single()
-                .ok_or_else(|| anyhow::anyhow!("bad timestamp {}", r.created_at))?,
+            progress_json: r.progress,
+            error,
+            created_at: time(r.created_at)?,
+            updated_at: time(r.updated_at.unwrap_or(r.created_at))?,
+            finished_at: r.finished_at.map(time).transpose()?,
         })
     }
 }
 
-const COLUMNS: &str = "id, sha256, format, size_bytes, path, task, summary, created_at";
+const COLUMNS: &str = "id, sha256, status, format, size_bytes, path, task, summary, progress, \
+                       error_kind, error_code, error_detail, created_at, updated_at, finished_at";
 
 fn convert(rows: Vec<Row>) -> anyhow::Result<Vec<DatasetRow>> {
     rows.into_iter().map(DatasetRow::try_from).collect()
 }
 
-/// Inserts a dataset; a second insert of the same sha256 is a unique violation.
+/// Inserts a dataset already validated (`ready`); a second insert of the
+/// same sha256 is a unique violation.
 pub async fn insert(db: &SqlitePool, new: &NewDataset<'_>) -> anyhow::Result<DatasetRow> {
-    let id = Uuid::now_v7();
-    let now = crate::db::now_ms();
+    let now = now_ms();
     let row: Row = sqlx::query_as(&format!(
-        "INSERT INTO datasets ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
+        "INSERT INTO datasets (id, sha256, status, format, size_bytes, path, task, summary,
+                               created_at, updated_at, finished_at)
+         VALUES (?1, ?2, 'ready', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8) RETURNING {COLUMNS}"
     ))
-    .bind(id.to_string())
+    .bind(Uuid::now_v7().to_string())
     .bind(new.sha256)
     .bind(new.format)
     .bind(new.size_bytes)
@@ -88,6 +185,124 @@ pub async fn insert(db: &SqlitePool, new: &NewDataset<'_>) -> anyhow::Result<Dat
     .fetch_one(db)
     .await?;
     row.try_into()
+}
+
+/// Records an upload about to be validated. Returns the new row, or `None`
+/// when a row with this sha256 exists already (a concurrent upload of the
+/// same archive won the race).
+pub async fn insert_validating(
+    db: &SqlitePool,
+    sha256: &str,
+    size_bytes: i64,
+    path: &str,
+) -> anyhow::Result<Option<DatasetRow>> {
+    let now = now_ms();
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "INSERT INTO datasets (id, sha256, status, size_bytes, path, created_at, updated_at)
+         VALUES (?1, ?2, 'validating', ?3, ?4, ?5, ?5)
+         ON CONFLICT (sha256) DO NOTHING
+         RETURNING {COLUMNS}"
+    ))
+    .bind(Uuid::now_v7().to_string())
+    .bind(sha256)
+    .bind(size_bytes)
+    .bind(path)
+    .bind(now)
+    .fetch_optional(db)
+    .await?;
+    row.map(TryInto::try_into).transpose()
+}
+
+/// A failed dataset uploaded again is validated again (the limits may have
+/// changed, or the failure was ours): back to `validating`, error cleared.
+/// `None` when it was not `failed` (another upload restarted it first).
+pub async fn restart_failed(db: &SqlitePool, id: Uuid) -> anyhow::Result<Option<DatasetRow>> {
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "UPDATE datasets SET status = 'validating', progress = NULL, error_kind = NULL,
+                error_code = NULL, error_detail = NULL, finished_at = NULL, updated_at = ?2
+         WHERE id = ?1 AND status = 'failed'
+         RETURNING {COLUMNS}"
+    ))
+    .bind(id.to_string())
+    .bind(now_ms())
+    .fetch_optional(db)
+    .await?;
+    row.map(TryInto::try_into).transpose()
+}
+
+/// Records progress (JSON) while `validating`. False when it no longer is.
+pub async fn set_progress(db: &SqlitePool, id: Uuid, progress_json: &str) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE datasets SET progress = ?2, updated_at = ?3 WHERE id = ?1 AND status = 'validating'",
+    )
+    .bind(id.to_string())
+    .bind(progress_json)
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// `validating` -> `ready`, with what the validation found. `None` when
+/// the row was not `validating` any more.
+pub async fn mark_ready(
+    db: &SqlitePool,
+    id: Uuid,
+    found: &Validated<'_>,
+    progress_json: &str,
+) -> anyhow::Result<Option<DatasetRow>> {
+    let now = now_ms();
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "UPDATE datasets SET status = 'ready', format = ?2, task = ?3, summary = ?4, progress = ?5,
+                updated_at = ?6, finished_at = ?6
+         WHERE id = ?1 AND status = 'validating'
+         RETURNING {COLUMNS}"
+    ))
+    .bind(id.to_string())
+    .bind(found.format)
+    .bind(found.task)
+    .bind(found.summary_json)
+    .bind(progress_json)
+    .bind(now)
+    .fetch_optional(db)
+    .await?;
+    row.map(TryInto::try_into).transpose()
+}
+
+/// `validating` -> `failed`, and every job still queued on the dataset
+/// fails with the same code and detail, in one transaction (no job can be
+/// claimed in between: claims skip datasets that are not `ready`).
+/// `None` when the row was not `validating` any more.
+pub async fn mark_failed(
+    db: &SqlitePool,
+    id: Uuid,
+    failure: &FailureRow,
+    job_error: &str,
+) -> anyhow::Result<Option<(DatasetRow, u64)>> {
+    let now = now_ms();
+    let mut tx = db.begin().await?;
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "UPDATE datasets SET status = 'failed', error_kind = ?2, error_code = ?3, error_detail = ?4,
+                updated_at = ?5, finished_at = ?5
+         WHERE id = ?1 AND status = 'validating'
+         RETURNING {COLUMNS}"
+    ))
+    .bind(id.to_string())
+    .bind(&failure.kind)
+    .bind(&failure.code)
+    .bind(&failure.detail)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    let jobs =
+        super::jobs::fail_queued_on_dataset(&mut *tx, &id.to_string(), &failure.code, job_error)
+            .await?;
+    tx.commit().await?;
+    Ok(Some((row.try_into()?, jobs)))
 }
 
 pub async fn get(db: &SqlitePool, id: Uuid) -> anyhow::Result<Option<DatasetRow>> {
@@ -107,13 +322,31 @@ pub async fn find_by_sha256(db: &SqlitePool, sha256: &str) -> anyhow::Result<Opt
     row.map(TryInto::try_into).transpose()
 }
 
-/// Newest first.
-pub async fn list(db: &SqlitePool, limit: i64, offset: i64) -> anyhow::Result<Vec<DatasetRow>> {
+/// Newest first, optionally one status only.
+pub async fn list(
+    db: &SqlitePool,
+    status: Option<DatasetStatus>,
+    limit: i64,
+    offset: i64,
+) -> anyhow::Result<Vec<DatasetRow>> {
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM datasets ORDER BY id DESC LIMIT ? OFFSET ?"
+        "SELECT {COLUMNS} FROM datasets WHERE (?1 IS NULL OR status = ?1)
+         ORDER BY id DESC LIMIT ?2 OFFSET ?3"
     ))
+    .bind(status.map(DatasetStatus::as_str))
     .bind(limit)
     .bind(offset)
+    .fetch_all(db)
+    .await?;
+    convert(rows)
+}
+
+/// Every dataset still `validating`, oldest first: what a starting server
+/// validates again.
+pub async fn list_validating(db: &SqlitePool) -> anyhow::Result<Vec<DatasetRow>> {
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM datasets WHERE status = 'validating' ORDER BY id"
+    ))
     .fetch_all(db)
     .await?;
     convert(rows)

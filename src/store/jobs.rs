@@ -75,6 +75,9 @@ pub struct JobRow {
     /// The rung (an epoch number) at which the sweep's successive halving
     /// stopped it.
     pub stopped_rung: Option<i64>,
+    /// The stable code of `error` when it has one: a job that waited for
+    /// its dataset fails with the dataset's refusal code.
+    pub error_code: Option<String>,
 }
 
 impl JobRow {
@@ -175,7 +178,8 @@ pub async fn count_by_status(db: &SqlitePool) -> sqlx::Result<Vec<(String, i64)>
 
 /// Claims the oldest queued job this device may run, in one statement.
 /// `device` is the worker's device (`cpu`, `cuda:0`); a job asking for
-/// `cuda` runs on any GPU. A sweep's candidate is skipped while
+/// `cuda` runs on any GPU. A job whose dataset is still being validated
+/// waits (it is skipped until the dataset is `ready`). A sweep's candidate is skipped while
 /// `max_parallel` of its sweep's jobs are running (the count is read in the
 /// same statement, and SQLite runs one writer at a time, so two workers
 /// cannot both take the last slot); other jobs are not held up by it.
@@ -192,6 +196,7 @@ pub async fn claim_next(
          WHERE id = (
              SELECT id FROM jobs q
              WHERE status = 'queued'
+               AND (SELECT d.status FROM datasets d WHERE d.id = q.dataset_id) = 'ready'
                AND (device IS NULL OR device = ?4 OR (device = 'cuda' AND ?4 LIKE 'cuda:%'))
                AND (sweep_id IS NULL OR
                     (SELECT COUNT(*) FROM jobs r WHERE r.sweep_id = q.sweep_id AND r.status = 'running')
@@ -206,6 +211,33 @@ pub async fn claim_next(
     .bind(device)
     .fetch_optional(db)
     .await
+}
+
+/// Fails every job still queued on a dataset that was refused, with the
+/// dataset's code and `error` (the message). Returns how many. Run in the
+/// transaction that marks the dataset failed, and again by a submission
+/// that raced with it.
+pub async fn fail_queued_on_dataset<'e, E>(
+    db: E,
+    dataset_id: &str,
+    code: &str,
+    error: &str,
+) -> sqlx::Result<u64>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let now = now_ms();
+    let done = sqlx::query(
+        "UPDATE jobs SET status = 'failed', error = ?3, error_code = ?2, finished_at = ?4, updated_at = ?4
+         WHERE dataset_id = ?1 AND status = 'queued'",
+    )
+    .bind(dataset_id)
+    .bind(code)
+    .bind(error)
+    .bind(now)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Extends the lease. Returns `None` when the lease is lost (the job was

@@ -33,7 +33,17 @@ pub async fn submit(
     let mut configs = parsed.expand(max_candidates)?;
     let dataset = jobs::find_dataset(queue, dataset_id).await?;
 
-    let task = common_task(&configs, dataset.task)?;
+    // The metric depends on the task, known once the dataset is validated.
+    let Some(dataset_task) = dataset.task.filter(|_| dataset.is_ready()) else {
+        return Err(AppError::conflict(
+            "dataset_not_ready",
+            format!(
+                "dataset `{dataset_id}` is still being validated; submit the sweep once \
+                 GET /datasets/{dataset_id} says `ready`"
+            ),
+        ));
+    };
+    let task = common_task(&configs, dataset_task)?;
     let metric = parsed.metric.unwrap_or(SweepMetric::default_for(task));
     if !metric.available_for(task) {
         let choices = match task {
@@ -83,7 +93,13 @@ pub async fn submit(
         }
     }
     if let Some(seconds) = parsed.budget.as_ref().and_then(|b| b.max_seconds) {
-        check_budget(queue, &dataset.summary_json, &configs, seconds).await?;
+        check_budget(
+            queue,
+            dataset.summary_json.as_deref().unwrap_or("null"),
+            &configs,
+            seconds,
+        )
+        .await?;
     }
 
     let spec_json = serde_json::to_string(&parsed).map_err(anyhow::Error::from)?;

@@ -331,6 +331,7 @@ mod tests {
             updated_at: 0,
             sweep_id: Some("s".into()),
             stopped_rung: None,
+            error_code: None,
         };
         let e = |n: u32, acc: f64, f1: f64| {
             serde_json::json!({"epoch": n, "train_images_per_sec": 10.0 * n as f64,

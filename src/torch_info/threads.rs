@@ -91,6 +91,24 @@ pub fn keep_torch_single_threaded() {
     native::set_thread_local_threads(1);
 }
 
+/// Lowers the calling thread's CPU priority to nice +10 (Linux: a
+/// thread's own nice value), for background work such as checking an
+/// uploaded dataset: it then takes the cores only when request threads
+/// leave them idle. Best effort: returns whether it took.
+pub fn lower_thread_priority() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions; setpriority on our own
+        // thread id only changes this thread's nice value.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 10) == 0
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
 /// The OpenMP wait policy `serve` runs with when the environment sets
 /// none: how long libgomp's threads spin at the end of a parallel region
 /// before they sleep (`GOMP_SPINCOUNT`, in pause instructions).

@@ -794,7 +794,8 @@ mod tests {
             max_image_pixels: 1 << 20,
             max_undecodable_fraction: 0.0,
         };
-        crate::data::ingest::ingest_archive(&zip_path, &dataset, &limits).unwrap();
+        crate::data::ingest::ingest_archive(&zip_path, &dataset, &limits, &Default::default())
+            .unwrap();
         let model_dir = dir.join("base");
         crate::model::save_pretrained(
             &tiny_model(),

@@ -33,7 +33,13 @@ fn ingest_with(
     columns: &ParquetColumns,
 ) -> (Result<Ingested, DatasetError>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let result = ingest_upload(&fixtures().join(name), dir.path(), limits, columns);
+    let result = ingest_upload(
+        &fixtures().join(name),
+        dir.path(),
+        limits,
+        columns,
+        &Default::default(),
+    );
     (result, dir)
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use axum::http::StatusCode;
 
 use crate::common::refusal::{assert_refused, defaults, refused, Refusal};
-use crate::common::{body_json, upload, upload_request, TestApp};
+use crate::common::{body_json, upload, upload_request, upload_settled, TestApp};
 
 // ---------- archive builders ----------
 
@@ -82,8 +82,9 @@ async fn zip_with_splits_in_a_wrapper_dir_is_stored() {
     files.push(("pets/.DS_Store".into(), b"junk".to_vec()));
     files.push(("__MACOSX/pets/._x.png".into(), b"junk".to_vec()));
     files.push(("pets/README.txt".into(), b"hello".to_vec()));
-    let (status, body) = upload(&app, &zip(&refs(&files))).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = upload_settled(&app, &zip(&refs(&files))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "ready", "{body}");
     let s = &body["summary"];
     assert_eq!(body["format"], "zip");
     assert_eq!(body["task"], "multi_class");
@@ -124,8 +125,9 @@ async fn zip_with_splits_in_a_wrapper_dir_is_stored() {
 async fn tar_gz_label_dirs_without_splits_get_a_seeded_split() {
     let app = TestApp::new().await;
     let files = labelled("", &["ant", "bee", "wasp"], 5, 20);
-    let (status, body) = upload(&app, &tar_gz(&refs(&files))).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = upload_settled(&app, &tar_gz(&refs(&files))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "ready", "{body}");
     assert_eq!(body["format"], "tar.gz");
     assert_eq!(body["summary"]["layout"], "labels");
     let record =
@@ -153,8 +155,9 @@ async fn metadata_csv_with_separator_is_multi_label() {
         ("images/c.png", png(12, 10, 3)),
         ("images/d.png", png(12, 12, 4)),
     ];
-    let (status, body) = upload(&app, &zip(&files)).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = upload_settled(&app, &zip(&files)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "ready", "{body}");
     assert_eq!(body["task"], "multi_label");
     assert_eq!(
         body["summary"]["labels"],
@@ -172,8 +175,9 @@ async fn metadata_jsonl_single_labels_are_multi_class() {
         ("a.png", png(10, 10, 1)),
         ("b.png", png(10, 10, 2)),
     ];
-    let (status, body) = upload(&app, &tar_gz(&files)).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = upload_settled(&app, &tar_gz(&files)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "ready", "{body}");
     assert_eq!(body["task"], "multi_class");
     assert_eq!(body["summary"]["layout"], "metadata");
 }
@@ -183,9 +187,15 @@ async fn the_same_archive_twice_is_stored_once() {
     let app = TestApp::new().await;
     let archive = zip(&refs(&labelled("train/", &["a", "b"], 2, 16)));
     let (s1, b1) = upload(&app, &archive).await;
+    // While the first is validated, and once it is ready: the same record.
     let (s2, b2) = upload(&app, &archive).await;
-    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::OK));
+    assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::OK));
     assert_eq!(b1["id"], b2["id"]);
+    let ready = crate::common::settle(&app, b1["id"].as_str().unwrap()).await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    let (s3, b3) = upload(&app, &archive).await;
+    assert_eq!(s3, StatusCode::OK);
+    assert_eq!(b3, ready);
     assert_eq!(
         std::fs::read_dir(app.dir.path().join("datasets"))
             .unwrap()
@@ -207,8 +217,9 @@ async fn undecodable_images_below_the_tolerance_are_skipped_and_listed() {
         "a/broken.jpg".into(),
         b"\xff\xd8\xff\xe0 not really a jpeg".to_vec(),
     ));
-    let (status, body) = upload(&app, &zip(&refs(&files))).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = upload_settled(&app, &zip(&refs(&files))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "ready", "{body}");
     assert_eq!(body["summary"]["images"], 10);
     let skipped = body["summary"]["skipped"].to_string();
     assert!(

@@ -9,7 +9,7 @@ use std::io::{Cursor, Write};
 use axum::http::StatusCode;
 
 use crate::common::refusal::{assert_refused, defaults, Refusal};
-use crate::common::{upload, TestApp};
+use crate::common::{upload_settled, TestApp};
 use serde_json::{json, Value};
 
 fn encode(w: u32, h: u32, seed: u8, format: image::ImageFormat) -> Vec<u8> {
@@ -110,8 +110,9 @@ fn tar(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
 }
 
 async fn stored(app: &TestApp, bytes: &[u8]) -> Value {
-    let (status, body) = upload(app, bytes).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = upload_settled(app, bytes).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "ready", "{body}");
     body
 }
 

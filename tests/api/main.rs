@@ -9,6 +9,7 @@
 mod common;
 
 mod dataset_images;
+mod datasets_async;
 mod datasets_parquet;
 mod datasets_upload;
 mod datasets_user_archives;

@@ -74,3 +74,59 @@ async fn job_status_is_constrained() {
         .execute(&pool).await;
     assert!(dangling.is_err(), "a job must name an existing dataset");
 }
+
+/// Datasets stored before validation was asynchronous (migration 0003)
+/// become `ready`, and the jobs pointing at them still do.
+#[tokio::test]
+async fn datasets_from_before_0003_are_ready_and_keep_their_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("v.db").display());
+    {
+        let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let before = sqlx::migrate::Migrator {
+            migrations: std::borrow::Cow::Owned(
+                vitrine::db::MIGRATOR
+                    .iter()
+                    .filter(|m| m.version < 3)
+                    .cloned()
+                    .collect(),
+            ),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        before.run(&pool).await.unwrap();
+        sqlx::query("INSERT INTO datasets (id, sha256, format, size_bytes, path, task, summary, created_at) VALUES ('d', 'h', 'zip', 1, 'p', 'multi_class', '{\"images\": 3}', 7)")
+            .execute(&pool).await.unwrap();
+        sqlx::query("INSERT INTO jobs (id, dataset_id, config, created_at, updated_at) VALUES ('j', 'd', '{}', 0, 0)")
+            .execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let pool = vitrine::db::connect(&url).await.unwrap();
+    let (status, format, summary, created, finished): (String, String, String, i64, i64) =
+        sqlx::query_as(
+            "SELECT status, format, summary, created_at, finished_at FROM datasets WHERE id = 'd'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "ready");
+    assert_eq!(format, "zip");
+    assert_eq!(summary, "{\"images\": 3}");
+    assert_eq!((created, finished), (7, 7));
+    let job_dataset: String = sqlx::query_scalar("SELECT dataset_id FROM jobs WHERE id = 'j'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(job_dataset, "d");
+    // The foreign key still holds against the rebuilt table.
+    let dangling = sqlx::query("INSERT INTO jobs (id, dataset_id, config, created_at, updated_at) VALUES ('k', 'nope', '{}', 0, 0)")
+        .execute(&pool).await;
+    assert!(dangling.is_err(), "a job must name an existing dataset");
+    let bad = sqlx::query("UPDATE datasets SET status = 'exploded' WHERE id = 'd'")
+        .execute(&pool)
+        .await;
+    assert!(bad.is_err(), "an unknown dataset status must be refused");
+}

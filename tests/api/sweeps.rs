@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use vitrine::store::jobs::{self as jobs, JobStatus, NewJob};
 use vitrine::store::models::NewModel;
 
-use crate::common::{body_json, upload, TestApp};
+use crate::common::{body_json, upload_settled, TestApp};
 
 /// An app (no workers run: the test claims jobs itself) with the tints
 /// dataset uploaded; returns the dataset id and the base model path.
@@ -23,7 +23,7 @@ async fn app_with_dataset(
         tweak(c)
     })
     .await;
-    let (status, body) = upload(&app, &std::fs::read(&fx.tints_zip).unwrap()).await;
+    let (status, body) = upload_settled(&app, &std::fs::read(&fx.tints_zip).unwrap()).await;
     assert!(status.is_success(), "{body}");
     let id = body["id"].as_str().unwrap().to_string();
     (app, id, fx.base_model.to_str().unwrap().to_string())

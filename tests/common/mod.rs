@@ -72,6 +72,48 @@ pub async fn upload(app: &TestApp, bytes: &[u8]) -> (axum::http::StatusCode, ser
     (status, body_json(resp).await)
 }
 
+/// Reads `GET /datasets/{id}` until its validation has ended (`ready` or
+/// `failed`); fails the test after `secs` seconds.
+pub async fn settle_within(app: &TestApp, id: &str, secs: u64) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let resp = app.get(&format!("/datasets/{id}")).await;
+        assert_eq!(resp.status(), axum::http::StatusCode::OK);
+        let body = body_json(resp).await;
+        if body["status"] != "validating" {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dataset {id} still validating after {secs} s: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// [`settle_within`] a minute.
+pub async fn settle(app: &TestApp, id: &str) -> serde_json::Value {
+    settle_within(app, id, 60).await
+}
+
+/// Uploads `bytes` and waits for the validation: the status `POST
+/// /datasets` answered, and the dataset once `ready` or `failed` (or the
+/// problem document, when the upload itself was refused).
+pub async fn upload_settled(
+    app: &TestApp,
+    bytes: &[u8],
+) -> (axum::http::StatusCode, serde_json::Value) {
+    let (status, body) = upload(app, bytes).await;
+    if !status.is_success() {
+        return (status, body);
+    }
+    let id = body["id"]
+        .as_str()
+        .expect("the dataset has an id")
+        .to_string();
+    (status, settle(app, &id).await)
+}
+
 pub async fn body_bytes(resp: Response<Body>) -> Vec<u8> {
     resp.into_body()
         .collect()
@@ -212,4 +254,33 @@ pub fn run_readme_onnx_snippet(dir: &std::path::Path) -> (String, f64) {
     let printed = String::from_utf8(out.stdout).unwrap();
     let (label, score) = printed.trim().rsplit_once(' ').expect("`label score`");
     (label.to_string(), score.parse().unwrap())
+}
+
+/// A zip of `copies` photo-sized JPEGs (`width`x`height`, smooth content:
+/// small to store, as slow to decode as a photo of that size) under
+/// `train/a/` and `train/b/`, stored uncompressed; `broken` adds an
+/// undecodable `train/b/broken.jpg`. A dataset whose validation takes a
+/// while: long enough to watch its progress, or to kill it midway.
+pub fn photo_archive(copies: usize, width: u32, height: u32, broken: bool) -> Vec<u8> {
+    use std::io::Write;
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x / 8) as u8, (y / 8) as u8, ((x + y) / 16) as u8])
+    });
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+    let jpeg = jpeg.into_inner();
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..copies {
+        let label = if i % 2 == 0 { "a" } else { "b" };
+        w.start_file(format!("train/{label}/{i}.jpg"), opts)
+            .unwrap();
+        w.write_all(&jpeg).unwrap();
+    }
+    if broken {
+        w.start_file("train/b/broken.jpg", opts).unwrap();
+        w.write_all(b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
+    }
+    w.finish().unwrap().into_inner()
 }

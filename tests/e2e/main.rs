@@ -14,6 +14,7 @@ mod common;
 mod backbones;
 mod crash;
 mod hub_download;
+mod ingest;
 mod jobs;
 mod onnx_download;
 mod open_size;

@@ -31,6 +31,22 @@ fn every_format_decodes_as_transformers_load_image_does() {
     for case in &cases {
         let bytes = std::fs::read(dir.path().join(&case.name)).unwrap();
         let decoded = decode(&bytes, &DecodeLimits::default());
+        // Dataset validation's check: the same refusals and the same size
+        // as shown (orientation applied), without turning the pixels.
+        let verified = vitrine::imaging::decode::verify(&bytes, &DecodeLimits::default());
+        match (&verified, &decoded) {
+            (Ok(size), Ok(img)) if *size == img.dimensions() => {}
+            (Err(_), Err(_)) => {}
+            _ => failures.push(format!(
+                "{}: verify {:?}, decode {:?}",
+                case.name,
+                verified.as_ref().map_err(|e| e.to_string()),
+                decoded
+                    .as_ref()
+                    .map(|i| i.dimensions())
+                    .map_err(|e| e.to_string())
+            )),
+        }
         if case.refused {
             match decoded {
                 Ok(img) => failures.push(format!(

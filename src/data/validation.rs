@@ -1,0 +1,150 @@
+//! Validating stored uploads in the background, on a bounded pool.
+//!
+//! At most `concurrency` datasets are validated at once (a semaphore; the
+//! others report `queued`), and their images decode on a rayon pool of
+//! their own whose threads run at a lower CPU priority, not on the global
+//! pool that decodes `/predict` images: a 10,000-photo upload takes the
+//! cores only when requests leave them idle.
+//!
+//! Each running validation has a watch channel carrying its record, so
+//! that server-sent events and requests waiting for the outcome (an inline
+//! `dataset` part of `POST /jobs`) see progress and the end at once; the
+//! database stays the record of truth (progress is written every second).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Semaphore};
+use uuid::Uuid;
+
+use super::record::DatasetRecord;
+
+/// The background validation pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Validations {
+    permits: Arc<Semaphore>,
+    pool: Arc<rayon::ThreadPool>,
+    live: Arc<Mutex<HashMap<Uuid, watch::Sender<DatasetRecord>>>>,
+    /// Set on shutdown: running validations stop at the next image and
+    /// stay `validating` (with their uploads), to run again at the next
+    /// start; blocking threads still decoding would hold the exit.
+    stopping: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Validations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Validations")
+            .field("available", &self.permits.available_permits())
+            .field("threads", &self.pool.current_num_threads())
+            .finish()
+    }
+}
+
+/// How often a running validation publishes its progress to subscribers,
+/// and how often it writes it to the database.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+pub const WRITE_EVERY: Duration = Duration::from_secs(1);
+
+impl Validations {
+    /// `concurrency` datasets at once, their images decoded by `threads`
+    /// threads at nice +10 (both at least 1).
+    pub fn new(concurrency: usize, threads: usize) -> anyhow::Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("vitrine-ingest-{i}"))
+            .start_handler(|_| {
+                crate::torch_info::threads::lower_thread_priority();
+            })
+            .build()?;
+        Ok(Self {
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            pool: Arc::new(pool),
+            live: Default::default(),
+            stopping: Default::default(),
+        })
+    }
+
+    /// Registers a validation about to start; false when one of this
+    /// dataset already runs here.
+    pub(super) fn register(&self, record: &DatasetRecord) -> bool {
+        let mut live = self.live.lock().unwrap();
+        if live.contains_key(&record.id) {
+            return false;
+        }
+        live.insert(record.id, watch::channel(record.clone()).0);
+        true
+    }
+
+    /// Sends the record to the subscribers of its validation.
+    pub(super) fn publish(&self, record: &DatasetRecord) {
+        if let Some(tx) = self.live.lock().unwrap().get(&record.id) {
+            tx.send_replace(record.clone());
+        }
+    }
+
+    /// Sends the final record and forgets the validation.
+    pub(super) fn finish(&self, record: &DatasetRecord) {
+        if let Some(tx) = self.live.lock().unwrap().remove(&record.id) {
+            tx.send_replace(record.clone());
+        }
+    }
+
+    /// The live record of a validation running here (`None`: none runs;
+    /// read the database). Subscribe before reading the database, so that
+    /// no change falls in between.
+    pub fn subscribe(&self, id: Uuid) -> Option<watch::Receiver<DatasetRecord>> {
+        self.live.lock().unwrap().get(&id).map(|tx| tx.subscribe())
+    }
+
+    /// Stops every validation at its next image (shutdown).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Counters for a new validation, tied to [`stop`](Self::stop).
+    pub(super) fn progress(&self) -> super::progress::IngestProgress {
+        super::progress::IngestProgress::with_stop(self.stopping.clone())
+    }
+
+    /// Waits for a validation slot.
+    pub(super) async fn slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Runs `work` on the ingestion pool (from a blocking thread).
+    pub(super) fn install<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(work)
+    }
+}
+
+/// Throttles progress reports: publishing (cheap) and database writes.
+pub(super) struct Throttle {
+    last_write: Instant,
+}
+
+impl Throttle {
+    pub fn new() -> Self {
+        Self {
+            last_write: Instant::now(),
+        }
+    }
+
+    /// True when a database write is due (and counts it as done).
+    pub fn write_due(&mut self) -> bool {
+        if self.last_write.elapsed() >= WRITE_EVERY {
+            self.last_write = Instant::now();
+            return true;
+        }
+        false
+    }
+}
