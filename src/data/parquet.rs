@@ -29,6 +29,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::archive::ExtractLimits;
 use super::error::{name_some, DatasetError};
@@ -43,10 +44,32 @@ pub const MAGIC: &[u8] = b"PAR1";
 const BATCH_ROWS: usize = 64;
 
 /// Column names given by the uploader; `None` finds them by convention.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ParquetColumns {
     pub image: Option<String>,
     pub label: Option<String>,
+}
+
+impl ParquetColumns {
+    pub fn is_default(&self) -> bool {
+        self.image.is_none() && self.label.is_none()
+    }
+
+    /// The key a dataset is stored under: the upload's SHA-256, or with
+    /// named columns a SHA-256 of it and the names, since the same file
+    /// read with other columns is another dataset.
+    pub fn dataset_key(&self, upload_sha256: &str) -> String {
+        if self.is_default() {
+            return upload_sha256.to_string();
+        }
+        let mut h = Sha256::new();
+        h.update(upload_sha256.as_bytes());
+        for (name, value) in [("image_column", &self.image), ("label_column", &self.label)] {
+            let value = value.as_deref().unwrap_or("");
+            h.update(format!("\n{name}={value}").as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
 }
 
 /// One Parquet file of the upload and the split its rows belong to.
@@ -672,6 +695,24 @@ mod tests {
         assert_eq!(s("default/train/0000.parquet"), Some("train"));
         assert_eq!(s("val/part.parquet"), Some("validation"));
         assert_eq!(s("data/part-1.parquet"), None);
+    }
+
+    #[test]
+    fn named_columns_make_another_dataset() {
+        let sha = "ab".repeat(32);
+        assert_eq!(ParquetColumns::default().dataset_key(&sha), sha);
+        let image = ParquetColumns {
+            image: Some("photo".into()),
+            label: None,
+        };
+        let label = ParquetColumns {
+            image: None,
+            label: Some("photo".into()),
+        };
+        assert_ne!(image.dataset_key(&sha), sha);
+        assert_ne!(image.dataset_key(&sha), label.dataset_key(&sha));
+        assert_eq!(image.dataset_key(&sha), image.clone().dataset_key(&sha));
+        assert_eq!(image.dataset_key(&sha).len(), 64);
     }
 
     #[test]

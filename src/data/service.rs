@@ -19,7 +19,8 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::error::DatasetError;
-use super::ingest::{ingest_archive, IngestLimits, Ingested};
+use super::ingest::{ingest_upload, IngestLimits, Ingested};
+use super::parquet::ParquetColumns;
 use super::record::{self, DatasetFailure, DatasetRecord, DatasetStatus};
 use super::validation::{Throttle, Validations, PUBLISH_EVERY};
 use crate::store::datasets::{self as store, Validated};
@@ -103,12 +104,49 @@ impl DatasetStore {
         self.data_dir.join("uploads").join(sha256)
     }
 
+    /// Beside a kept upload, the Parquet columns its uploader named (so a
+    /// restart validates it the same way).
+    fn columns_path(&self, sha256: &str) -> PathBuf {
+        self.data_dir
+            .join("uploads")
+            .join(format!("{sha256}.columns.json"))
+    }
+
+    fn remove_upload(&self, sha256: &str) {
+        remove_path(&self.upload_path(sha256));
+        remove_path(&self.columns_path(sha256));
+    }
+
+    /// The columns named for a kept upload (none: found by convention).
+    fn columns_of(&self, sha256: &str) -> anyhow::Result<ParquetColumns> {
+        match std::fs::read(self.columns_path(sha256)) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ParquetColumns::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Stores an uploaded archive arriving as `chunks` (the `dataset` part
     /// of `POST /datasets`, `/jobs` or `/sweeps`): streamed to a temp file
     /// while hashed, then recorded `validating` and validated in the
     /// background unless already stored. Returns as soon as the upload is
     /// recorded. A chunk's error ends the upload with that error.
     pub async fn ingest<S, B>(&self, chunks: S) -> Result<Stored, AppError>
+    where
+        S: Stream<Item = Result<B, AppError>>,
+        B: AsRef<[u8]>,
+    {
+        self.ingest_with(chunks, &ParquetColumns::default()).await
+    }
+
+    /// [`ingest`](Self::ingest) of a Parquet dataset whose image or label
+    /// column the uploader named: stored under a key of the upload and the
+    /// names ([`ParquetColumns::dataset_key`]).
+    pub async fn ingest_with<S, B>(
+        &self,
+        chunks: S,
+        columns: &ParquetColumns,
+    ) -> Result<Stored, AppError>
     where
         S: Stream<Item = Result<B, AppError>>,
         B: AsRef<[u8]>,
@@ -138,8 +176,8 @@ impl DatasetStore {
         }
         file.flush().await.map_err(anyhow::Error::from)?;
         drop(file);
-        let sha256 = hex::encode(hasher.finalize());
-        Ok(self.accept(upload, &sha256, size).await?)
+        let sha256 = columns.dataset_key(&hex::encode(hasher.finalize()));
+        Ok(self.accept(upload, &sha256, size, columns).await?)
     }
 
     /// Like [`ingest`](Self::ingest), then waits for the validation to
@@ -190,7 +228,13 @@ impl DatasetStore {
 
     /// The upload is complete: the existing record, or a new `validating`
     /// one whose validation starts now.
-    async fn accept(&self, upload: TempPath, sha256: &str, size: u64) -> anyhow::Result<Stored> {
+    async fn accept(
+        &self,
+        upload: TempPath,
+        sha256: &str,
+        size: u64,
+        columns: &ParquetColumns,
+    ) -> anyhow::Result<Stored> {
         let db = &self.db;
         let started = match store::find_by_sha256(db, sha256).await? {
             // None: a concurrent upload of the same archive recorded it first.
@@ -216,6 +260,9 @@ impl DatasetStore {
         tokio::fs::create_dir_all(kept.parent().unwrap_or(&self.data_dir)).await?;
         tokio::fs::rename(upload.path(), &kept).await?;
         upload.keep();
+        if !columns.is_default() {
+            tokio::fs::write(self.columns_path(sha256), serde_json::to_vec(columns)?).await?;
+        }
         let record: DatasetRecord = row.try_into()?;
         tracing::info!(dataset = %record.id, sha256, size, "dataset stored; validating");
         self.start_validation(record.clone());
@@ -288,10 +335,11 @@ impl DatasetStore {
         std::fs::create_dir_all(&work_path)?;
         let work = TempPath(Some(work_path));
 
+        let columns = self.columns_of(&sha256)?;
         let (limits, validations) = (self.limits, self.validations.clone());
         let (dir, counters) = (work.path().to_path_buf(), progress.clone());
         let mut task = tokio::task::spawn_blocking(move || {
-            validations.install(|| ingest_archive(&archive, &dir, &limits, &counters))
+            validations.install(|| ingest_upload(&archive, &dir, &limits, &columns, &counters))
         });
         let mut tick = tokio::time::interval(PUBLISH_EVERY);
         let mut throttle = Throttle::new();
@@ -336,7 +384,7 @@ impl DatasetStore {
             None => Ok(()),
             Some(e) => self.fail(&record, &failure_of(&record, e)).await,
         };
-        remove_path(&self.upload_path(&sha256));
+        self.remove_upload(&sha256);
         tracing::info!(dataset = %record.id, seconds = started.elapsed().as_secs_f64(), refused = ?refusal.map(|e| e.code), "validation ended");
         // Subscribers read the outcome from the database; send them what
         // it holds (or the last progress, if recording it failed).
@@ -389,7 +437,7 @@ impl DatasetStore {
     /// Records the refusal (and fails the jobs waiting for the dataset),
     /// and removes the upload: nothing is left but the record.
     async fn fail(&self, record: &DatasetRecord, failure: &DatasetFailure) -> anyhow::Result<()> {
-        remove_path(&self.upload_path(&record.sha256));
+        self.remove_upload(&record.sha256);
         match store::mark_failed(&self.db, record.id, &failure.to_row(), &failure.job_error())
             .await?
         {

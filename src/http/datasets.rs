@@ -20,6 +20,7 @@ use super::multipart::BodyLimit;
 use super::problem::{problem, status_of};
 use crate::app::AppState;
 use crate::config::ServeConfig;
+use crate::data::parquet::ParquetColumns;
 use crate::data::record::{self, DatasetRecord, DatasetStatus, ValidationProgress};
 use crate::data::{DatasetSummary, Task};
 use crate::error::Problem;
@@ -41,7 +42,9 @@ pub fn router(config: &ServeConfig) -> Router<AppState> {
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct DatasetUpload {
-    /// A zip, tar, tar.gz or tar.bz2 archive in the imagefolder layout.
+    /// A zip, tar, tar.gz or tar.bz2 archive in the imagefolder layout, or
+    /// a Hugging Face Parquet dataset (one `.parquet` file, or an archive
+    /// of them in the Hub's layout).
     #[schema(format = Binary, content_media_type = "application/octet-stream")]
     dataset: String,
 }
@@ -51,7 +54,9 @@ pub struct DatasetUpload {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DatasetView {
     pub id: Uuid,
-    /// SHA-256 of the archive as uploaded (hex); the same archive is stored once.
+    /// SHA-256 of the archive as uploaded (hex); the same archive is stored
+    /// once. With `image_column`/`label_column` named, a SHA-256 of the
+    /// archive's and the names (another reading of the same file).
     pub sha256: String,
     pub status: DatasetStatus,
     /// `zip`, `tar`, `tar.gz` or `tar.bz2`; once validated.
@@ -102,6 +107,18 @@ pub struct DatasetList {
     pub datasets: Vec<DatasetView>,
 }
 
+/// The columns of a Parquet dataset, when `datasets`' names (`image`/`img`,
+/// `label`/`labels`) and its features metadata do not tell them.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UploadParams {
+    /// The column holding the images (`struct{bytes, path}` or binary).
+    pub image_column: Option<String>,
+    /// The column holding the labels (`ClassLabel` ids, integers, strings,
+    /// or a list of them for multi-label).
+    pub label_column: Option<String>,
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
@@ -124,23 +141,32 @@ pub struct ListParams {
 /// that failed is validated again (202).
 #[utoipa::path(
     post, path = "/datasets", tag = "datasets",
+    params(UploadParams),
     request_body(content = DatasetUpload, content_type = "multipart/form-data"),
     responses(
         (status = 202, description = "Stored; validating in the background", body = DatasetView),
         (status = 200, description = "Already stored (same SHA-256)", body = DatasetView),
-        (status = 400, description = "No `dataset` part", body = crate::error::Problem),
+        (status = 400, description = "No `dataset` part, or an unknown query parameter", body = crate::error::Problem),
         (status = 413, description = "Upload over --max-upload-bytes", body = crate::error::Problem),
     ),
     security(("bearer" = []))
 )]
 pub async fn upload_dataset(
     State(state): State<AppState>,
+    Query(params): Query<UploadParams>,
     mut multipart: Multipart,
 ) -> Result<Response, AppError> {
     let limit = BodyLimit::upload(&state.config);
+    let columns = ParquetColumns {
+        image: params.image_column.filter(|c| !c.is_empty()),
+        label: params.label_column.filter(|c| !c.is_empty()),
+    };
     while let Some(field) = limit.next_field(&mut multipart).await? {
         if field.name() == Some("dataset") {
-            let stored = state.datasets.ingest(limit.chunks(field)).await?;
+            let stored = state
+                .datasets
+                .ingest_with(limit.chunks(field), &columns)
+                .await?;
             let status = if stored.started {
                 StatusCode::ACCEPTED
             } else {

@@ -12,7 +12,7 @@ use vitrine::data::ingest::{ingest_upload, IngestLimits};
 use vitrine::data::parquet::ParquetColumns;
 use vitrine::data::{DatasetError, Ingested, Task};
 
-use crate::common::python_fixtures;
+use crate::common::{body_json, python_fixtures, settle, upload_request, TestApp};
 
 fn fixtures() -> &'static Path {
     python_fixtures("tests/python/make_parquet_datasets.py")
@@ -235,4 +235,71 @@ fn archive_limits_apply_to_rows_and_image_bytes() {
     };
     let (result, _dir) = ingest_with("strings.parquet", &small, &ParquetColumns::default());
     assert_eq!(result.unwrap_err().code, "archive_too_large");
+}
+
+/// `POST /datasets{query}` with a fixture: the status and the dataset once
+/// its validation has ended.
+async fn post(app: &TestApp, name: &str, query: &str) -> (axum::http::StatusCode, Value) {
+    let mut req = upload_request("dataset", &std::fs::read(fixtures().join(name)).unwrap());
+    *req.uri_mut() = format!("/datasets{query}").parse().unwrap();
+    let resp = app.send(req).await;
+    let status = resp.status();
+    let body = body_json(resp).await;
+    if !status.is_success() {
+        return (status, body);
+    }
+    (status, settle(app, body["id"].as_str().unwrap()).await)
+}
+
+#[tokio::test]
+async fn uploads_over_http_name_their_columns_in_the_query() {
+    let app = TestApp::new().await;
+    let (status, hub) = post(&app, "hub.zip", "").await;
+    assert_eq!(status, axum::http::StatusCode::ACCEPTED);
+    assert_eq!(hub["status"], "ready", "{hub}");
+    assert_eq!(hub["format"], "zip");
+    assert_eq!(hub["summary"]["layout"], "parquet");
+    assert_eq!(hub["summary"]["splits"]["validation"]["images"], 6, "{hub}");
+
+    // The server's undecodable fraction (1%) is below the file's 1 of 40.
+    let (status, single) = post(&app, "strings.parquet", "").await;
+    assert_eq!(status, axum::http::StatusCode::ACCEPTED);
+    assert_eq!(single["error"]["code"], "undecodable_images", "{single}");
+
+    // Without the names: refused, naming the columns; with them: ready,
+    // as another dataset than the same file read by convention.
+    let (_, refused) = post(&app, "columns.parquet", "").await;
+    assert_eq!(refused["status"], "failed");
+    assert_eq!(
+        refused["error"]["code"], "parquet_column_not_found",
+        "{refused}"
+    );
+    let named = "?image_column=picture&label_column=category";
+    let (status, ready) = post(&app, "columns.parquet", named).await;
+    assert_eq!(status, axum::http::StatusCode::ACCEPTED, "{ready}");
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_ne!(ready["id"], refused["id"]);
+    assert_ne!(ready["sha256"], refused["sha256"]);
+    assert_eq!(ready["summary"]["labels"], serde_json::json!(["0", "1"]));
+    assert_eq!(ready["format"], "parquet", "{ready}");
+    let (status, again) = post(&app, "columns.parquet", named).await;
+    assert_eq!(status, axum::http::StatusCode::OK);
+    assert_eq!(again["id"], ready["id"]);
+
+    let (status, problem) = post(&app, "columns.parquet", "?image_col=picture").await;
+    assert_eq!(status, axum::http::StatusCode::BAD_REQUEST, "{problem}");
+
+    let (_, paths) = post(&app, "paths_only.parquet", "").await;
+    assert_eq!(
+        paths["error"]["code"], "parquet_image_paths_only",
+        "{paths}"
+    );
+    // Nothing is left of the uploads, the columns named with them, or the
+    // refused datasets' work.
+    for sub in ["uploads", "tmp"] {
+        let left: Vec<_> = std::fs::read_dir(app.dir.path().join(sub))
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{sub}: {left:?}");
+    }
 }
