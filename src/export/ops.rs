@@ -208,6 +208,32 @@ pub fn activation(g: &mut Graph, x: &str, act: Activation) -> String {
     }
 }
 
+/// The query, transposed key and value of `x` `[B, n, d]` split into heads
+/// (`[B, heads, n, hd]`, the key `[B, heads, hd, n]`), from the linear
+/// layers `{prefix}.{query,key,value}`.
+pub fn heads_qkv(
+    g: &mut Graph,
+    w: &Weights,
+    x: &str,
+    prefix: &str,
+    n: i64,
+    heads: i64,
+    hd: i64,
+) -> Result<(String, String, String), ExportError> {
+    let split = g.ints(&[0, n, heads, hd]);
+    let mut qkv = Vec::new();
+    for part in ["query", "key", "value"] {
+        let y = linear(g, w, x, &format!("{prefix}.{part}"))?;
+        qkv.push(g.node("Reshape", &[&y, &split], vec![]));
+    }
+    let perm =
+        |g: &mut Graph, t: &str, p: &[i64]| g.node("Transpose", &[t], vec![attr_ints("perm", p)]);
+    let q = perm(g, &qkv[0], &[0, 2, 1, 3]);
+    let kt = perm(g, &qkv[1], &[0, 2, 3, 1]);
+    let v = perm(g, &qkv[2], &[0, 2, 1, 3]);
+    Ok((q, kt, v))
+}
+
 /// Multi-head self-attention of ViT and DINOv2 (`layers::SelfAttention`)
 /// over `x` `[B, n, d]`: `{attn}.attention.{query,key,value}` and
 /// `{attn}.output.dense`, scale `head_dim^-0.5`, no mask.
@@ -221,27 +247,7 @@ pub fn self_attention(
     d: i64,
 ) -> Result<String, ExportError> {
     let hd = d / heads;
-    let split = g.ints(&[0, n, heads, hd]);
-    let mut qkv = Vec::new();
-    for part in ["query", "key", "value"] {
-        let y = linear(g, w, x, &format!("{attn}.attention.{part}"))?;
-        qkv.push(g.node("Reshape", &[&y, &split], vec![]));
-    }
-    let q = g.node(
-        "Transpose",
-        &[&qkv[0]],
-        vec![attr_ints("perm", &[0, 2, 1, 3])],
-    );
-    let kt = g.node(
-        "Transpose",
-        &[&qkv[1]],
-        vec![attr_ints("perm", &[0, 2, 3, 1])],
-    );
-    let v = g.node(
-        "Transpose",
-        &[&qkv[2]],
-        vec![attr_ints("perm", &[0, 2, 1, 3])],
-    );
+    let (q, kt, v) = heads_qkv(g, w, x, &format!("{attn}.attention"), n, heads, hd)?;
     let ctx = attention_core(g, &q, &kt, &v, hd, None);
     let ctx = g.node("Transpose", &[&ctx], vec![attr_ints("perm", &[0, 2, 1, 3])]);
     let merge = g.ints(&[0, n, d]);

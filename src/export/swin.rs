@@ -264,27 +264,7 @@ fn window_attention(
     windows: i64,
 ) -> Result<String, ExportError> {
     let hd = dim / heads;
-    let split = g.ints(&[0, n, heads, hd]);
-    let mut qkv = Vec::new();
-    for part in ["query", "key", "value"] {
-        let y = ops::linear(g, w, x, &format!("{attn}.self.{part}"))?;
-        qkv.push(g.node("Reshape", &[&y, &split], vec![]));
-    }
-    let q = g.node(
-        "Transpose",
-        &[&qkv[0]],
-        vec![attr_ints("perm", &[0, 2, 1, 3])],
-    );
-    let kt = g.node(
-        "Transpose",
-        &[&qkv[1]],
-        vec![attr_ints("perm", &[0, 2, 3, 1])],
-    );
-    let v = g.node(
-        "Transpose",
-        &[&qkv[2]],
-        vec![attr_ints("perm", &[0, 2, 1, 3])],
-    );
+    let (q, kt, v) = ops::heads_qkv(g, w, x, &format!("{attn}.self"), n, heads, hd)?;
     let scale = g.scalar((hd as f64).powf(-0.5));
     let scores = g.node("MatMul", &[&q, &kt], vec![]);
     let scores = g.node("Mul", &[&scores, &scale], vec![]);

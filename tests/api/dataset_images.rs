@@ -7,7 +7,7 @@ use std::io::{Cursor, Write};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 
-use crate::common::{body_bytes, body_json, upload, TestApp};
+use crate::common::{body_bytes, body_json, upload_settled, TestApp};
 
 fn png(w: u32, h: u32, shade: u8) -> Vec<u8> {
     let img = image::RgbImage::from_pixel(w, h, image::Rgb([shade, 100, 200]));
@@ -44,8 +44,9 @@ async fn get(app: &TestApp, uri: &str, token: Option<&str>) -> axum::http::Respo
 #[tokio::test]
 async fn sample_images_per_class_and_their_thumbnails() {
     let app = TestApp::new().await;
-    let (status, record) = upload(&app, &dataset_zip()).await;
+    let (status, record) = upload_settled(&app, &dataset_zip()).await;
     assert!(status.is_success(), "{record}");
+    assert_eq!(record["status"], "ready", "{record}");
     let id = record["id"].as_str().unwrap();
 
     let resp = get(
