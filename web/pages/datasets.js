@@ -2,22 +2,22 @@
 // summary: class counts per split, sample images, skipped files, warnings.
 
 import { h, mount, fmtNum, fmtBytes, fmtTime, shortId, facts, errorBox, describe, badge } from "../dom.js";
-import { api, upload, blobUrl } from "../api.js";
+import { api, upload, blobUrl, ApiError } from "../api.js";
 import { barChart } from "../charts.js";
 
 export async function renderList(main) {
   const fileInput = h("input", { type: "file", id: "dataset-file", name: "dataset",
-    accept: ".zip,.tar,.tgz,.gz,.bz2,.tbz2,application/zip,application/x-tar,application/gzip",
+    accept: ".zip,.tar,.tgz,.gz,.bz2,.tbz2,.parquet,application/zip,application/x-tar,application/gzip,application/vnd.apache.parquet",
     "aria-describedby": "dataset-help dataset-error" });
   const progress = h("progress", { id: "upload-progress", max: 1, value: 0, hidden: true, "aria-label": "Upload progress" });
   const progressText = h("span", { id: "upload-progress-text", class: "muted", "aria-live": "polite" });
   const err = h("div", { id: "dataset-error", class: "error field-error", role: "alert", hidden: true });
   const button = h("button", { type: "submit", class: "primary", id: "upload-button" }, "Upload");
   const drop = h("div", { class: "dropzone", id: "dataset-drop" },
-    h("label", { for: "dataset-file" }, "Archive (zip, tar, tar.gz or tar.bz2)"),
+    h("label", { for: "dataset-file" }, "Archive (zip, tar, tar.gz or tar.bz2) or Parquet file"),
     fileInput,
     h("p", { id: "dataset-help", class: "help" },
-      "Imagefolder layout: train/<label>/<image> (optionally validation/ and test/), <label>/<image>, or images with metadata.csv / metadata.jsonl. You can also drop the file here."));
+      "Imagefolder layout: train/<label>/<image> (optionally validation/ and test/), <label>/<image>, or images with metadata.csv / metadata.jsonl; or a Hugging Face Parquet dataset. You can also drop the file here."));
   const form = h("form", { id: "upload-form", class: "card", onsubmit: submit },
     h("h2", {}, "Upload a dataset"), drop, h("div", { class: "row" }, button, progress, progressText), err);
 
@@ -56,8 +56,28 @@ export async function renderList(main) {
           ? `Uploading ${fmtBytes(sent)} of ${fmtBytes(total)}`
           : "Uploaded; checking the images…";
       });
+      // The server answers once the upload is stored and checks the images
+      // in the background: follow it here, so that a refusal is shown
+      // beside the file, and open the dataset once it is ready.
+      let d = record;
+      while (pending(d)) {
+        const p = d.progress;
+        if (p && p.images_total) {
+          progress.max = p.images_total;
+          progress.value = p.images_checked || 0;
+          progressText.textContent = `Checking images: ${fmtNum(p.images_checked || 0)} of ${fmtNum(p.images_total)}`
+            + (p.eta_seconds != null ? `, about ${Math.ceil(p.eta_seconds)} s left` : "");
+        } else {
+          progressText.textContent = "Uploaded; extracting…";
+        }
+        await new Promise((r) => setTimeout(r, 500));
+        d = await api(`/datasets/${encodeURIComponent(d.id)}`);
+      }
+      if (d.status === "failed") {
+        throw new ApiError(d.error?.status || 422, d.error || { detail: "The dataset was refused." });
+      }
       progressText.textContent = "Done.";
-      location.hash = `#/datasets/${record.id}`;
+      location.hash = `#/datasets/${d.id}`;
     } catch (e) {
       progress.hidden = true;
       progressText.textContent = "";
@@ -106,8 +126,13 @@ export async function renderOne(main, route) {
     mount(main, h("h1", {}, `Dataset ${shortId(id)}`),
       h("div", { class: "card", id: "dataset-validating" }, badge(d.status),
         h("p", {}, "The archive is being extracted and its images checked."),
-        d.progress ? h("progress", { max: d.progress.total || 1, value: d.progress.done || 0, "aria-label": "Checking progress" }) : h("progress", { "aria-label": "Checking progress" }),
-        d.progress ? h("p", { class: "muted" }, `${fmtNum(d.progress.done)} of ${fmtNum(d.progress.total)} files`) : null));
+        d.progress?.images_total
+          ? h("progress", { max: d.progress.images_total, value: d.progress.images_checked || 0, "aria-label": "Checking progress" })
+          : h("progress", { "aria-label": "Checking progress" }),
+        d.progress?.images_total
+          ? h("p", { class: "muted" }, `${fmtNum(d.progress.images_checked || 0)} of ${fmtNum(d.progress.images_total)} images checked`
+            + (d.progress.eta_seconds != null ? `, about ${Math.ceil(d.progress.eta_seconds)} s left` : ""))
+          : null));
     await new Promise((r) => { timer = setTimeout(r, 1000); });
     if (stopped) return;
     d = await api(`/datasets/${encodeURIComponent(id)}`);
