@@ -58,8 +58,11 @@ start_server() {
   local data=$1; shift
   local port; port=$(free_port)
   url=http://127.0.0.1:$port
+  # The archives here outgrow the default upload limit (2 GiB) from about
+  # 5,000 photos: the limit is raised to what the largest one needs.
   "$BIN" serve --listen "127.0.0.1:$port" --data-dir "$data" --devices cpu \
-    --cpu-threads "$threads" --ingest-threads "$threads" "$@" >"$data.log" 2>&1 &
+    --cpu-threads "$threads" --ingest-threads "$threads" \
+    --max-upload-bytes $((max_n * 1024 * 1024)) "$@" >"$data.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 600); do
     curl -fs -o /dev/null "$url/readyz" && return 0
