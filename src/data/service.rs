@@ -382,7 +382,11 @@ impl DatasetStore {
         };
         let result = match &refusal {
             None => Ok(()),
-            Some(e) => self.fail(&record, &failure_of(&record, e)).await,
+            Some(e) => {
+                // The refused dataset keeps how far its check went.
+                self.write_progress(&record).await;
+                self.fail(&record, &failure_of(&record, e)).await
+            }
         };
         self.remove_upload(&sha256);
         tracing::info!(dataset = %record.id, seconds = started.elapsed().as_secs_f64(), refused = ?refusal.map(|e| e.code), "validation ended");

@@ -265,6 +265,8 @@ async fn uploads_over_http_name_their_columns_in_the_query() {
     let (status, single) = post(&app, "strings.parquet", "").await;
     assert_eq!(status, axum::http::StatusCode::ACCEPTED);
     assert_eq!(single["error"]["code"], "undecodable_images", "{single}");
+    assert_eq!(single["progress"]["phase"], "done", "{single}");
+    assert_eq!(single["progress"]["images_checked"], 40, "{single}");
 
     // Without the names: refused, naming the columns; with them: ready,
     // as another dataset than the same file read by convention.
