@@ -251,13 +251,16 @@ fn unpack_parquet(
     limits: &ExtractLimits,
     columns: &ParquetColumns,
 ) -> Result<Option<parquet::Unpacked>, DatasetError> {
-    if parquet::find(files)?.is_none() {
+    let Some(mut found) = parquet::find(files)? else {
         return Ok(None);
-    }
+    };
+    // The Parquet files move aside; their rows become the files.
     let raw = dir.join("parquet");
     std::fs::rename(files, &raw).map_err(internal)?;
     std::fs::create_dir_all(files).map_err(internal)?;
-    let found = parquet::find(&raw)?.unwrap_or_default();
+    for source in &mut found.sources {
+        source.path = raw.join(&source.shown);
+    }
     let mut unpacked = parquet::unpack(&found.sources, files, limits, columns)?;
     unpacked.skipped.splice(0..0, found.others);
     std::fs::remove_dir_all(&raw).map_err(internal)?;

@@ -77,12 +77,12 @@ impl ParquetColumns {
 pub struct Source {
     pub split: &'static str,
     pub path: PathBuf,
-    /// The name used in messages (relative to the upload).
+    /// Its path relative to the extracted upload, the name messages use.
     pub shown: String,
 }
 
 /// The Parquet files of an upload, and what else was found beside them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ParquetFiles {
     pub sources: Vec<Source>,
     /// Other files (skipped).

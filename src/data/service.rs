@@ -51,7 +51,10 @@ pub struct Stored {
     pub started: bool,
 }
 
-/// A path removed (file or directory) when dropped, unless kept.
+/// A path removed (file or directory) when dropped, unless kept. A file
+/// goes at once; a work directory can hold thousands of extracted images,
+/// so on the runtime its removal goes to a blocking thread
+/// ([`TempPath::discard`] also waits for it).
 struct TempPath(Option<PathBuf>);
 
 impl TempPath {
@@ -61,12 +64,21 @@ impl TempPath {
     fn keep(mut self) {
         self.0 = None;
     }
+    /// Removes the path now, off the runtime's threads, and waits for it.
+    async fn discard(mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = tokio::task::spawn_blocking(move || remove_path(&p)).await;
+        }
+    }
 }
 
 impl Drop for TempPath {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
-            remove_path(&p);
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) if p.is_dir() => drop(rt.spawn_blocking(move || remove_path(&p))),
+                _ => remove_path(&p),
+            }
         }
     }
 }
@@ -118,8 +130,8 @@ impl DatasetStore {
     }
 
     /// The columns named for a kept upload (none: found by convention).
-    fn columns_of(&self, sha256: &str) -> anyhow::Result<ParquetColumns> {
-        match std::fs::read(self.columns_path(sha256)) {
+    async fn columns_of(&self, sha256: &str) -> anyhow::Result<ParquetColumns> {
+        match tokio::fs::read(self.columns_path(sha256)).await {
             Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ParquetColumns::default()),
             Err(e) => Err(e.into()),
@@ -331,11 +343,15 @@ impl DatasetStore {
         let archive = self.upload_path(&sha256);
         let work_path = self.data_dir.join("tmp").join(format!("{sha256}.d"));
         // A validation killed with its process may have left its work here.
-        remove_path(&work_path);
-        std::fs::create_dir_all(&work_path)?;
+        let fresh = work_path.clone();
+        tokio::task::spawn_blocking(move || {
+            remove_path(&fresh);
+            std::fs::create_dir_all(&fresh)
+        })
+        .await??;
         let work = TempPath(Some(work_path));
 
-        let columns = self.columns_of(&sha256)?;
+        let columns = self.columns_of(&sha256).await?;
         let (limits, validations) = (self.limits, self.validations.clone());
         let (dir, counters) = (work.path().to_path_buf(), progress.clone());
         let mut task = tokio::task::spawn_blocking(move || {
@@ -359,6 +375,7 @@ impl DatasetStore {
             // Shutting down: the record stays `validating` and the upload
             // kept; the next start validates it again.
             tracing::info!(dataset = %record.id, "validation interrupted by shutdown; it runs again at the next start");
+            work.discard().await;
             self.validations.finish(&record);
             return Ok(());
         }
@@ -376,7 +393,7 @@ impl DatasetStore {
                 ))),
             },
             Err(e) => {
-                drop(work);
+                work.discard().await;
                 Some(e)
             }
         };
@@ -414,13 +431,19 @@ impl DatasetStore {
         ingested: &Ingested,
     ) -> anyhow::Result<()> {
         let target = self.data_dir.join(&record.path);
-        std::fs::create_dir_all(self.data_dir.join("datasets"))?;
-        if target.exists() {
-            // Moved into place before a crash, the record not updated: this
-            // validation's result replaces it.
-            std::fs::remove_dir_all(&target)?;
-        }
-        std::fs::rename(work.path(), &target)?;
+        let from = work.path().to_path_buf();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            if target.exists() {
+                // Moved into place before a crash, the record not updated:
+                // this validation's result replaces it.
+                std::fs::remove_dir_all(&target)?;
+            }
+            std::fs::rename(&from, &target)
+        })
+        .await??;
         work.keep();
         let summary_json = serde_json::to_string(&ingested.summary)?;
         let progress_json = serde_json::to_string(&record.progress)?;

@@ -79,16 +79,7 @@ async fn a_downloaded_onnx_model_ranks_like_predict() {
     assert_eq!(images.len(), 20);
     let mut agree = 0;
     for (name, bytes) in &images {
-        let answer: Value = client
-            .post(format!("{}/predict", server.url))
-            .header("content-type", "image/png")
-            .body(bytes.clone())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = predict_png(&client, &format!("{}/predict", server.url), bytes).await;
         let want = answer["predictions"][0]["label"]
             .as_str()
             .unwrap()
@@ -180,16 +171,12 @@ async fn a_multi_label_model_exports_its_thresholds() {
         std::fs::write(dir.path().join("model.onnx"), &onnx).unwrap();
         let tol = if fp16 { 1e-2 } else { 1e-4 };
         for (name, bytes) in &images {
-            let answer: Value = client
-                .post(format!("{}/predict?all_scores=true", server.url))
-                .header("content-type", "image/png")
-                .body(bytes.clone())
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let answer = predict_png(
+                &client,
+                &format!("{}/predict?all_scores=true", server.url),
+                bytes,
+            )
+            .await;
             let best = answer["results"][0]["scores"]
                 .as_array()
                 .unwrap()
@@ -211,4 +198,18 @@ async fn a_multi_label_model_exports_its_thresholds() {
         }
     }
     server.stop().await;
+}
+
+/// `/predict`'s answer (at `url`, with its query) for one PNG.
+async fn predict_png(client: &reqwest::Client, url: &str, png: &[u8]) -> Value {
+    client
+        .post(url)
+        .header("content-type", "image/png")
+        .body(png.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
