@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::db::Db;
 use anyhow::Context;
-use sqlx::SqlitePool;
 
 use crate::config::ServeConfig;
 use crate::data::service::DatasetStore;
@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub db: SqlitePool,
+    pub db: Db,
     pub config: Arc<ServeConfig>,
     pub metrics: Metrics,
     pub jobs: JobQueue,

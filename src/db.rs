@@ -7,13 +7,15 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+
+/// The pool every store function takes.
+pub type Db = sqlx::SqlitePool;
 
 /// The migrations in `migrations/`, compiled into the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Opens (creating if needed) the database and applies pending migrations.
-pub async fn connect(url: &str) -> anyhow::Result<SqlitePool> {
+pub async fn connect(url: &str) -> anyhow::Result<Db> {
     let options = SqliteConnectOptions::from_str(url)
         .with_context(|| format!("invalid database URL `{url}`"))?
         .create_if_missing(true)
@@ -34,7 +36,7 @@ pub async fn connect(url: &str) -> anyhow::Result<SqlitePool> {
 }
 
 /// True when the database answers and every embedded migration is applied.
-pub async fn is_ready(pool: &SqlitePool) -> anyhow::Result<bool> {
+pub async fn is_ready(pool: &Db) -> anyhow::Result<bool> {
     let applied: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1")
             .fetch_one(pool)

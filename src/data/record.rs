@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use super::{DatasetSummary, Manifest, Task};
@@ -155,15 +155,12 @@ impl DatasetRecord {
 }
 
 /// The dataset `id`, if stored.
-pub async fn get(db: &SqlitePool, id: Uuid) -> anyhow::Result<Option<DatasetRecord>> {
+pub async fn get(db: &Db, id: Uuid) -> anyhow::Result<Option<DatasetRecord>> {
     store::get(db, id).await?.map(TryInto::try_into).transpose()
 }
 
 /// The dataset stored from the archive with this SHA-256, if any.
-pub async fn find_by_sha256(
-    db: &SqlitePool,
-    sha256: &str,
-) -> anyhow::Result<Option<DatasetRecord>> {
+pub async fn find_by_sha256(db: &Db, sha256: &str) -> anyhow::Result<Option<DatasetRecord>> {
     store::find_by_sha256(db, sha256)
         .await?
         .map(TryInto::try_into)
@@ -172,7 +169,7 @@ pub async fn find_by_sha256(
 
 /// Newest first, optionally one status only.
 pub async fn list(
-    db: &SqlitePool,
+    db: &Db,
     status: Option<DatasetStatus>,
     limit: i64,
     offset: i64,

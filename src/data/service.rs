@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::db::Db;
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
-use sqlx::SqlitePool;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
@@ -29,7 +29,7 @@ use crate::AppError;
 /// Where datasets go and what they are checked against. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DatasetStore {
-    pub db: SqlitePool,
+    pub db: Db,
     /// The data directory: archives are extracted under `datasets/`,
     /// uploads wait for their validation under `uploads/`, and work in
     /// progress lives under `tmp/`.

@@ -9,12 +9,12 @@ pub mod worker;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use sqlx::SqlitePool;
+use crate::db::Db;
 
 /// What job submission and the workers share. Cheap to clone.
 #[derive(Clone)]
 pub struct JobQueue {
-    pub db: SqlitePool,
+    pub db: Db,
     /// Live events per job (SSE).
     pub hub: events::EventHub,
     /// Wakes idle workers when a job is queued.

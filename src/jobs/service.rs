@@ -285,7 +285,7 @@ mod tests {
     fn queue(devices: &[tch::Device], health: &DeviceHealth) -> JobQueue {
         JobQueue {
             // Never connected: check_device reads no table.
-            db: sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap(),
+            db: crate::db::Db::connect_lazy("sqlite::memory:").unwrap(),
             hub: Default::default(),
             notify: Default::default(),
             devices: devices.to_vec(),

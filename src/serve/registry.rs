@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use sqlx::SqlitePool;
+use crate::db::Db;
 
 use crate::error::{AppError, AppResult};
 use crate::store::models as store;
@@ -38,7 +38,7 @@ impl Registry {
     /// `production` alias if set, else the newest model.
     pub async fn resolve(
         &self,
-        db: &SqlitePool,
+        db: &Db,
         data_dir: &std::path::Path,
         selector: Option<&str>,
     ) -> AppResult<Arc<ModelInfo>> {

@@ -5,8 +5,8 @@
 //! compare-and-set on `status`, so a validation that lost its row (a
 //! restart re-queued it) cannot overwrite a newer outcome.
 
+use crate::db::Db;
 use chrono::{DateTime, TimeZone, Utc};
-use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use crate::db::now_ms;
@@ -167,7 +167,7 @@ fn convert(rows: Vec<Row>) -> anyhow::Result<Vec<DatasetRow>> {
 
 /// Inserts a dataset already validated (`ready`); a second insert of the
 /// same sha256 is a unique violation.
-pub async fn insert(db: &SqlitePool, new: &NewDataset<'_>) -> anyhow::Result<DatasetRow> {
+pub async fn insert(db: &Db, new: &NewDataset<'_>) -> anyhow::Result<DatasetRow> {
     let now = now_ms();
     let row: Row = sqlx::query_as(&format!(
         "INSERT INTO datasets (id, sha256, status, format, size_bytes, path, task, summary,
@@ -191,7 +191,7 @@ pub async fn insert(db: &SqlitePool, new: &NewDataset<'_>) -> anyhow::Result<Dat
 /// when a row with this sha256 exists already (a concurrent upload of the
 /// same archive won the race).
 pub async fn insert_validating(
-    db: &SqlitePool,
+    db: &Db,
     sha256: &str,
     size_bytes: i64,
     path: &str,
@@ -216,7 +216,7 @@ pub async fn insert_validating(
 /// A failed dataset uploaded again is validated again (the limits may have
 /// changed, or the failure was ours): back to `validating`, error cleared.
 /// `None` when it was not `failed` (another upload restarted it first).
-pub async fn restart_failed(db: &SqlitePool, id: Uuid) -> anyhow::Result<Option<DatasetRow>> {
+pub async fn restart_failed(db: &Db, id: Uuid) -> anyhow::Result<Option<DatasetRow>> {
     let row: Option<Row> = sqlx::query_as(&format!(
         "UPDATE datasets SET status = 'validating', progress = NULL, error_kind = NULL,
                 error_code = NULL, error_detail = NULL, finished_at = NULL, updated_at = ?2
@@ -231,7 +231,7 @@ pub async fn restart_failed(db: &SqlitePool, id: Uuid) -> anyhow::Result<Option<
 }
 
 /// Records progress (JSON) while `validating`. False when it no longer is.
-pub async fn set_progress(db: &SqlitePool, id: Uuid, progress_json: &str) -> anyhow::Result<bool> {
+pub async fn set_progress(db: &Db, id: Uuid, progress_json: &str) -> anyhow::Result<bool> {
     let done = sqlx::query(
         "UPDATE datasets SET progress = ?2, updated_at = ?3 WHERE id = ?1 AND status = 'validating'",
     )
@@ -246,7 +246,7 @@ pub async fn set_progress(db: &SqlitePool, id: Uuid, progress_json: &str) -> any
 /// `validating` -> `ready`, with what the validation found. `None` when
 /// the row was not `validating` any more.
 pub async fn mark_ready(
-    db: &SqlitePool,
+    db: &Db,
     id: Uuid,
     found: &Validated<'_>,
     progress_json: &str,
@@ -274,7 +274,7 @@ pub async fn mark_ready(
 /// claimed in between: claims skip datasets that are not `ready`).
 /// `None` when the row was not `validating` any more.
 pub async fn mark_failed(
-    db: &SqlitePool,
+    db: &Db,
     id: Uuid,
     failure: &FailureRow,
     job_error: &str,
@@ -305,7 +305,7 @@ pub async fn mark_failed(
     Ok(Some((row.try_into()?, jobs)))
 }
 
-pub async fn get(db: &SqlitePool, id: Uuid) -> anyhow::Result<Option<DatasetRow>> {
+pub async fn get(db: &Db, id: Uuid) -> anyhow::Result<Option<DatasetRow>> {
     let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM datasets WHERE id = ?"))
         .bind(id.to_string())
         .fetch_optional(db)
@@ -313,7 +313,7 @@ pub async fn get(db: &SqlitePool, id: Uuid) -> anyhow::Result<Option<DatasetRow>
     row.map(TryInto::try_into).transpose()
 }
 
-pub async fn find_by_sha256(db: &SqlitePool, sha256: &str) -> anyhow::Result<Option<DatasetRow>> {
+pub async fn find_by_sha256(db: &Db, sha256: &str) -> anyhow::Result<Option<DatasetRow>> {
     let row: Option<Row> =
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM datasets WHERE sha256 = ?"))
             .bind(sha256)
@@ -324,7 +324,7 @@ pub async fn find_by_sha256(db: &SqlitePool, sha256: &str) -> anyhow::Result<Opt
 
 /// Newest first, optionally one status only.
 pub async fn list(
-    db: &SqlitePool,
+    db: &Db,
     status: Option<DatasetStatus>,
     limit: i64,
     offset: i64,
@@ -343,7 +343,7 @@ pub async fn list(
 
 /// Every dataset still `validating`, oldest first: what a starting server
 /// validates again.
-pub async fn list_validating(db: &SqlitePool) -> anyhow::Result<Vec<DatasetRow>> {
+pub async fn list_validating(db: &Db) -> anyhow::Result<Vec<DatasetRow>> {
     let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM datasets WHERE status = 'validating' ORDER BY id"
     ))

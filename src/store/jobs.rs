@@ -3,8 +3,9 @@
 //! later write is guarded by `lease_owner`, so a worker whose lease expired
 //! (and whose job went to another worker) can no longer touch it.
 
+use crate::db::Db;
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, SqlitePool};
+use sqlx::FromRow;
 use uuid::Uuid;
 
 use crate::db::now_ms;
@@ -97,7 +98,7 @@ pub struct NewJob<'a> {
 
 /// Inserts a queued job. With an idempotency key already used, returns the
 /// job created under it instead (and `false`).
-pub async fn insert(db: &SqlitePool, new: NewJob<'_>) -> sqlx::Result<(JobRow, bool)> {
+pub async fn insert(db: &Db, new: NewJob<'_>) -> sqlx::Result<(JobRow, bool)> {
     if let Some(key) = new.idempotency_key {
         if let Some(existing) = find_by_idempotency_key(db, key).await? {
             return Ok((existing, false));
@@ -135,14 +136,14 @@ pub async fn insert(db: &SqlitePool, new: NewJob<'_>) -> sqlx::Result<(JobRow, b
     }
 }
 
-pub async fn find_by_idempotency_key(db: &SqlitePool, key: &str) -> sqlx::Result<Option<JobRow>> {
+pub async fn find_by_idempotency_key(db: &Db, key: &str) -> sqlx::Result<Option<JobRow>> {
     sqlx::query_as("SELECT * FROM jobs WHERE idempotency_key = ?1")
         .bind(key)
         .fetch_optional(db)
         .await
 }
 
-pub async fn get(db: &SqlitePool, id: &str) -> sqlx::Result<Option<JobRow>> {
+pub async fn get(db: &Db, id: &str) -> sqlx::Result<Option<JobRow>> {
     sqlx::query_as("SELECT * FROM jobs WHERE id = ?1")
         .bind(id)
         .fetch_optional(db)
@@ -152,7 +153,7 @@ pub async fn get(db: &SqlitePool, id: &str) -> sqlx::Result<Option<JobRow>> {
 /// Newest first, optionally one status only; `before` is the last id of the
 /// previous page (ids are UUID v7, so they sort by creation time).
 pub async fn list(
-    db: &SqlitePool,
+    db: &Db,
     status: Option<JobStatus>,
     before: Option<&str>,
     limit: i64,
@@ -170,7 +171,7 @@ pub async fn list(
 }
 
 /// Counts per status, for metrics.
-pub async fn count_by_status(db: &SqlitePool) -> sqlx::Result<Vec<(String, i64)>> {
+pub async fn count_by_status(db: &Db) -> sqlx::Result<Vec<(String, i64)>> {
     sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
         .fetch_all(db)
         .await
@@ -184,7 +185,7 @@ pub async fn count_by_status(db: &SqlitePool) -> sqlx::Result<Vec<(String, i64)>
 /// same statement, and SQLite runs one writer at a time, so two workers
 /// cannot both take the last slot); other jobs are not held up by it.
 pub async fn claim_next(
-    db: &SqlitePool,
+    db: &Db,
     device: &str,
     owner: &str,
     lease_ms: i64,
@@ -243,7 +244,7 @@ where
 /// Extends the lease. Returns `None` when the lease is lost (the job was
 /// requeued or finished elsewhere), else whether a cancel was requested.
 pub async fn renew_lease(
-    db: &SqlitePool,
+    db: &Db,
     id: &str,
     owner: &str,
     lease_ms: i64,
@@ -265,7 +266,7 @@ pub async fn renew_lease(
 
 /// Records progress (JSON) under the lease.
 pub async fn set_progress(
-    db: &SqlitePool,
+    db: &Db,
     id: &str,
     owner: &str,
     progress_json: &str,
@@ -284,12 +285,7 @@ pub async fn set_progress(
 }
 
 /// Replaces the per-epoch metrics (JSON array) under the lease.
-pub async fn set_metrics(
-    db: &SqlitePool,
-    id: &str,
-    owner: &str,
-    metrics_json: &str,
-) -> sqlx::Result<bool> {
+pub async fn set_metrics(db: &Db, id: &str, owner: &str, metrics_json: &str) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE jobs SET metrics = ?3, updated_at = ?4
          WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
@@ -306,7 +302,7 @@ pub async fn set_metrics(
 /// Ends a running job under the lease: `succeeded`/`cancelled` (with the
 /// model, if any) or `failed` (with the error).
 pub async fn finish(
-    db: &SqlitePool,
+    db: &Db,
     id: &str,
     owner: &str,
     status: JobStatus,
@@ -335,7 +331,7 @@ pub async fn finish(
 /// retryable failure). `refund` gives the attempt back: a shutdown is not
 /// the job's fault.
 pub async fn requeue(
-    db: &SqlitePool,
+    db: &Db,
     id: &str,
     owner: &str,
     refund: bool,
@@ -358,7 +354,7 @@ pub async fn requeue(
 
 /// Jobs whose worker vanished (lease expired): back to the queue while
 /// attempts remain, else failed. Returns (requeued, failed).
-pub async fn reap_expired(db: &SqlitePool) -> sqlx::Result<(u64, u64)> {
+pub async fn reap_expired(db: &Db) -> sqlx::Result<(u64, u64)> {
     let now = now_ms();
     let failed = sqlx::query(
         "UPDATE jobs SET status = 'failed', lease_owner = NULL, lease_expires_at = NULL,
@@ -383,7 +379,7 @@ pub async fn reap_expired(db: &SqlitePool) -> sqlx::Result<(u64, u64)> {
 
 /// Cancels a queued job at once, or flags a running one for its worker.
 /// Returns the job after the change, `None` if there is no such job.
-pub async fn request_cancel(db: &SqlitePool, id: &str) -> sqlx::Result<Option<JobRow>> {
+pub async fn request_cancel(db: &Db, id: &str) -> sqlx::Result<Option<JobRow>> {
     let now = now_ms();
     sqlx::query(
         "UPDATE jobs SET status = 'cancelled', finished_at = ?2, updated_at = ?2
@@ -407,7 +403,7 @@ pub async fn request_cancel(db: &SqlitePool, id: &str) -> sqlx::Result<Option<Jo
 /// transaction: either both happen or neither (the model is recorded once
 /// even if the worker dies right after).
 pub async fn finish_with_model(
-    db: &SqlitePool,
+    db: &Db,
     id: &str,
     owner: &str,
     status: JobStatus,

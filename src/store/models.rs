@@ -1,6 +1,7 @@
 //! The `models` and `model_aliases` tables.
 
-use sqlx::{FromRow, SqlitePool};
+use crate::db::Db;
+use sqlx::FromRow;
 
 use crate::db::now_ms;
 use crate::task::Task;
@@ -30,7 +31,7 @@ pub struct NewModel<'a> {
     pub metrics_json: &'a str,
 }
 
-pub async fn insert(db: &SqlitePool, m: NewModel<'_>) -> sqlx::Result<ModelRow> {
+pub async fn insert(db: &Db, m: NewModel<'_>) -> sqlx::Result<ModelRow> {
     let mut conn = db.acquire().await?;
     insert_in(&mut conn, m).await
 }
@@ -56,7 +57,7 @@ pub async fn insert_in(
     .await
 }
 
-pub async fn get(db: &SqlitePool, id: &str) -> sqlx::Result<Option<ModelRow>> {
+pub async fn get(db: &Db, id: &str) -> sqlx::Result<Option<ModelRow>> {
     sqlx::query_as("SELECT * FROM models WHERE id = ?1")
         .bind(id)
         .fetch_optional(db)
@@ -65,7 +66,7 @@ pub async fn get(db: &SqlitePool, id: &str) -> sqlx::Result<Option<ModelRow>> {
 
 /// The model `name` designates, in one statement: the alias `name`'s
 /// model, else the model with id `name`.
-pub async fn by_alias_or_id(db: &SqlitePool, name: &str) -> sqlx::Result<Option<ModelRow>> {
+pub async fn by_alias_or_id(db: &Db, name: &str) -> sqlx::Result<Option<ModelRow>> {
     sqlx::query_as(
         "SELECT * FROM models
          WHERE id = COALESCE((SELECT model_id FROM model_aliases WHERE name = ?1), ?1)",
@@ -78,7 +79,7 @@ pub async fn by_alias_or_id(db: &SqlitePool, name: &str) -> sqlx::Result<Option<
 /// The model `/predict` answers with by default, in one statement (it runs
 /// on every request): the alias `alias`'s model when the alias exists,
 /// else the newest model.
-pub async fn pinned_or_newest(db: &SqlitePool, alias: &str) -> sqlx::Result<Option<ModelRow>> {
+pub async fn pinned_or_newest(db: &Db, alias: &str) -> sqlx::Result<Option<ModelRow>> {
     sqlx::query_as(
         "SELECT * FROM models
          WHERE id = COALESCE(
@@ -92,11 +93,7 @@ pub async fn pinned_or_newest(db: &SqlitePool, alias: &str) -> sqlx::Result<Opti
     .await
 }
 
-pub async fn list(
-    db: &SqlitePool,
-    before: Option<&str>,
-    limit: i64,
-) -> sqlx::Result<Vec<ModelRow>> {
+pub async fn list(db: &Db, before: Option<&str>, limit: i64) -> sqlx::Result<Vec<ModelRow>> {
     sqlx::query_as("SELECT * FROM models WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2")
         .bind(before)
         .bind(limit)
@@ -104,7 +101,7 @@ pub async fn list(
         .await
 }
 
-pub async fn delete(db: &SqlitePool, id: &str) -> sqlx::Result<bool> {
+pub async fn delete(db: &Db, id: &str) -> sqlx::Result<bool> {
     let done = sqlx::query("DELETE FROM models WHERE id = ?1")
         .bind(id)
         .execute(db)
@@ -113,7 +110,7 @@ pub async fn delete(db: &SqlitePool, id: &str) -> sqlx::Result<bool> {
 }
 
 /// Points `name` at a model (creating or moving the alias).
-pub async fn set_alias(db: &SqlitePool, name: &str, model_id: &str) -> sqlx::Result<()> {
+pub async fn set_alias(db: &Db, name: &str, model_id: &str) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO model_aliases (name, model_id, updated_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (name) DO UPDATE SET model_id = excluded.model_id, updated_at = excluded.updated_at",
@@ -127,7 +124,7 @@ pub async fn set_alias(db: &SqlitePool, name: &str, model_id: &str) -> sqlx::Res
 }
 
 /// Names of the aliases that point at a model.
-pub async fn aliases_of(db: &SqlitePool, model_id: &str) -> sqlx::Result<Vec<String>> {
+pub async fn aliases_of(db: &Db, model_id: &str) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar("SELECT name FROM model_aliases WHERE model_id = ?1 ORDER BY name")
         .bind(model_id)
         .fetch_all(db)

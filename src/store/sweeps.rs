@@ -5,7 +5,8 @@
 //! compare-and-set on the sweep's row: two supervisors (or one that runs a
 //! tick twice) never decide a rung, or end a sweep, twice.
 
-use sqlx::{FromRow, SqlitePool};
+use crate::db::Db;
+use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::jobs::{JobRow, JobStatus};
@@ -71,7 +72,7 @@ pub struct NewCandidate {
 /// Inserts the sweep and its candidates as queued jobs, in one
 /// transaction: a sweep never exists with half its candidates.
 pub async fn insert(
-    db: &SqlitePool,
+    db: &Db,
     sweep: NewSweep<'_>,
     candidates: &[NewCandidate],
     max_attempts: i64,
@@ -119,7 +120,7 @@ pub async fn insert(
     Ok((row, jobs))
 }
 
-pub async fn get(db: &SqlitePool, id: &str) -> sqlx::Result<Option<SweepRow>> {
+pub async fn get(db: &Db, id: &str) -> sqlx::Result<Option<SweepRow>> {
     sqlx::query_as("SELECT * FROM sweeps WHERE id = ?1")
         .bind(id)
         .fetch_optional(db)
@@ -127,11 +128,7 @@ pub async fn get(db: &SqlitePool, id: &str) -> sqlx::Result<Option<SweepRow>> {
 }
 
 /// Newest first; `before` is the last id of the previous page.
-pub async fn list(
-    db: &SqlitePool,
-    before: Option<&str>,
-    limit: i64,
-) -> sqlx::Result<Vec<SweepRow>> {
+pub async fn list(db: &Db, before: Option<&str>, limit: i64) -> sqlx::Result<Vec<SweepRow>> {
     sqlx::query_as("SELECT * FROM sweeps WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2")
         .bind(before)
         .bind(limit)
@@ -140,14 +137,14 @@ pub async fn list(
 }
 
 /// Sweeps not yet ended, oldest first (the supervisor's work list).
-pub async fn list_active(db: &SqlitePool) -> sqlx::Result<Vec<SweepRow>> {
+pub async fn list_active(db: &Db) -> sqlx::Result<Vec<SweepRow>> {
     sqlx::query_as("SELECT * FROM sweeps WHERE status IN ('queued', 'running') ORDER BY id")
         .fetch_all(db)
         .await
 }
 
 /// The sweep's candidates, in the spec's order.
-pub async fn jobs_of(db: &SqlitePool, sweep_id: &str) -> sqlx::Result<Vec<JobRow>> {
+pub async fn jobs_of(db: &Db, sweep_id: &str) -> sqlx::Result<Vec<JobRow>> {
     sqlx::query_as("SELECT * FROM jobs WHERE sweep_id = ?1 ORDER BY created_at, id")
         .bind(sweep_id)
         .fetch_all(db)
@@ -155,7 +152,7 @@ pub async fn jobs_of(db: &SqlitePool, sweep_id: &str) -> sqlx::Result<Vec<JobRow
 }
 
 /// `queued` → `running` once a candidate has started.
-pub async fn mark_running(db: &SqlitePool, id: &str) -> sqlx::Result<bool> {
+pub async fn mark_running(db: &Db, id: &str) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE sweeps SET status = 'running', updated_at = ?2 WHERE id = ?1 AND status = 'queued'",
     )
@@ -174,7 +171,7 @@ pub async fn mark_running(db: &SqlitePool, id: &str) -> sqlx::Result<bool> {
 /// the same way). Only if the rung is still undecided: returns false when
 /// another tick decided it first.
 pub async fn decide_rung(
-    db: &SqlitePool,
+    db: &Db,
     sweep_id: &str,
     rung_index: i64,
     rung_epoch: i64,
@@ -218,7 +215,7 @@ pub async fn decide_rung(
 /// epochs, waiting to resume) are flagged, so they stop at their next step
 /// and keep their best epoch as a model. `reason` (`cancelled`, `budget`)
 /// is recorded on the sweep. Returns the ids of the jobs cancelled at once.
-pub async fn stop_all(db: &SqlitePool, sweep_id: &str, reason: &str) -> sqlx::Result<Vec<String>> {
+pub async fn stop_all(db: &Db, sweep_id: &str, reason: &str) -> sqlx::Result<Vec<String>> {
     let now = now_ms();
     let mut tx = db.begin().await?;
     sqlx::query(
@@ -256,7 +253,7 @@ pub async fn stop_all(db: &SqlitePool, sweep_id: &str, reason: &str) -> sqlx::Re
 /// (alias, model id), the alias moved to the winner's model, in one
 /// transaction. Returns false when the sweep had already ended.
 pub async fn finish(
-    db: &SqlitePool,
+    db: &Db,
     sweep_id: &str,
     status: JobStatus,
     winner_job_id: Option<&str>,
@@ -298,11 +295,7 @@ pub async fn finish(
 
 /// The best training throughput (images/s) a job on `base_model` in `mode`
 /// has recorded, if any: the basis of a budget's one-epoch estimate.
-pub async fn best_throughput(
-    db: &SqlitePool,
-    base_model: &str,
-    mode: &str,
-) -> sqlx::Result<Option<f64>> {
+pub async fn best_throughput(db: &Db, base_model: &str, mode: &str) -> sqlx::Result<Option<f64>> {
     sqlx::query_scalar(
         "SELECT MAX(CAST(json_extract(progress, '$.images_per_sec') AS REAL)) FROM jobs
          WHERE progress IS NOT NULL

@@ -3,9 +3,9 @@
 
 use std::cmp::Ordering;
 
+use crate::db::Db;
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::SqlitePool;
 use utoipa::ToSchema;
 
 use super::spec::SweepMetric;
@@ -193,7 +193,7 @@ pub fn winner(rows: &[LeaderboardRow]) -> Option<&LeaderboardRow> {
 
 /// The ranked leaderboard of a sweep's jobs (reads their models' cards).
 pub async fn leaderboard(
-    db: &SqlitePool,
+    db: &Db,
     sweep: &SweepRow,
     jobs: &[JobRow],
 ) -> sqlx::Result<Vec<LeaderboardRow>> {
@@ -214,7 +214,7 @@ pub async fn leaderboard(
 }
 
 /// The whole view of a stored sweep.
-pub async fn view(db: &SqlitePool, sweep: &SweepRow) -> sqlx::Result<SweepView> {
+pub async fn view(db: &Db, sweep: &SweepRow) -> sqlx::Result<SweepView> {
     let jobs = crate::store::sweeps::jobs_of(db, &sweep.id).await?;
     let leaderboard = leaderboard(db, sweep, &jobs).await?;
     let winner_model_id = sweep.winner_job_id.as_ref().and_then(|w| {
