@@ -62,16 +62,7 @@ impl AppState {
             &metrics.registry,
             devices.clone(),
         );
-        let jobs = JobQueue {
-            db: db.clone(),
-            hub: Default::default(),
-            notify: Default::default(),
-            devices: worker_devices,
-            data_dir: config.data_dir.clone(),
-            max_attempts: config.job_max_attempts,
-            lease: Duration::from_secs(config.job_lease_secs),
-            health: devices.clone(),
-        };
+        let jobs = job_queue(&config, &db, worker_devices, &devices);
         let datasets = DatasetStore {
             db: db.clone(),
             data_dir: config.data_dir.clone(),
@@ -94,5 +85,72 @@ impl AppState {
             inference,
             devices,
         })
+    }
+}
+
+/// The job queue of a node: its workers' devices, leases and attempts.
+fn job_queue(
+    config: &ServeConfig,
+    db: &Db,
+    worker_devices: Vec<tch::Device>,
+    health: &crate::devices::DeviceHealth,
+) -> JobQueue {
+    JobQueue {
+        db: db.clone(),
+        hub: Default::default(),
+        notify: Default::default(),
+        devices: worker_devices,
+        data_dir: config.data_dir.clone(),
+        max_attempts: config.job_max_attempts,
+        lease: Duration::from_secs(config.job_lease_secs),
+        health: health.clone(),
+    }
+}
+
+/// What a `vitrine worker` node holds: the database, the job queue over its
+/// devices, their health and the metrics. No inference engines, no dataset
+/// validation pool: API nodes do those. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkerNode {
+    pub db: Db,
+    pub config: Arc<ServeConfig>,
+    pub metrics: Metrics,
+    pub jobs: JobQueue,
+    pub devices: crate::devices::DeviceHealth,
+}
+
+impl WorkerNode {
+    /// Opens the database (applying migrations, as every node may be the
+    /// first) and settles the devices the workers will train on.
+    pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let worker_devices = crate::torch_info::resolve_devices(&config.devices).map_err(|e| {
+            anyhow::anyhow!("invalid device list (--devices, VITRINE_DEVICES): {e}")
+        })?;
+        let db = crate::db::connect(&config.database_url()).await?;
+        let metrics = Metrics::new();
+        let names: Vec<String> = worker_devices
+            .iter()
+            .map(|d| crate::torch_info::device_name(*d))
+            .collect();
+        let devices = crate::devices::DeviceHealth::new(&names, &metrics.registry);
+        let jobs = job_queue(&config, &db, worker_devices, &devices);
+        Ok(Self {
+            db,
+            config: Arc::new(config),
+            metrics,
+            jobs,
+            devices,
+        })
+    }
+
+    /// Whether a device of this node can still train (some may be out of
+    /// service after a fatal error).
+    pub fn has_usable_device(&self) -> bool {
+        self.jobs
+            .device_names()
+            .iter()
+            .any(|d| self.devices.is_up(d))
     }
 }

@@ -23,6 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP service and its workers (the default).
     Serve(ServeConfig),
+    /// Claim and train jobs on this node's devices, from the database that
+    /// API nodes (`serve --no-workers`) share; no API, only `/healthz`,
+    /// `/readyz` and `/metrics` on `--health-listen`.
+    Worker(crate::config::WorkerConfig),
     /// Print the libtorch version, the devices it sees, the NVIDIA driver
     /// and CUDA versions, and why no GPU is usable when one is present.
     Info,
@@ -45,10 +49,13 @@ pub enum BenchCommand {
 }
 
 impl Cli {
-    /// Whether this command line runs `serve` (the default), the one
-    /// command whose libgomp wait policy `main` settles before it starts.
+    /// Whether this command line runs `serve` (the default) or `worker`,
+    /// the commands whose libgomp wait policy `main` settles before it starts.
     pub fn runs_the_service(&self) -> bool {
-        matches!(self.command, None | Some(Command::Serve(_)))
+        matches!(
+            self.command,
+            None | Some(Command::Serve(_)) | Some(Command::Worker(_))
+        )
     }
 }
 
@@ -56,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => crate::server::run(cli.serve),
         Some(Command::Serve(cfg)) => crate::server::run(cfg),
+        Some(Command::Worker(cfg)) => crate::server::run_worker(cfg),
         Some(Command::Info) => {
             let info = crate::torch_info::TorchInfo::probe();
             println!("{}", serde_json::to_string_pretty(&info)?);

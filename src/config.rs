@@ -151,6 +151,41 @@ pub struct ServeConfig {
     pub torch_threads: usize,
 }
 
+/// Everything `vitrine worker` needs: the node settings it shares with
+/// `serve` (data directory, database, devices, leases, threads, logs) and
+/// the address of its probes. The API's own flags (listen address, token,
+/// upload and prediction limits) are accepted, so nodes can share one
+/// environment, but hidden from `vitrine worker --help`: a worker serves
+/// no API.
+#[derive(Debug, Clone, Args)]
+#[command(
+    mut_arg("listen", |a| a.hide(true)),
+    mut_arg("api_token", |a| a.hide(true)),
+    mut_arg("no_workers", |a| a.hide(true)),
+    mut_arg("max_upload_bytes", |a| a.hide(true)),
+    mut_arg("max_archive_entries", |a| a.hide(true)),
+    mut_arg("max_uncompressed_bytes", |a| a.hide(true)),
+    mut_arg("max_image_pixels", |a| a.hide(true)),
+    mut_arg("max_undecodable_fraction", |a| a.hide(true)),
+    mut_arg("ingest_concurrency", |a| a.hide(true)),
+    mut_arg("ingest_threads", |a| a.hide(true)),
+    mut_arg("max_body_bytes", |a| a.hide(true)),
+    mut_arg("max_sweep_candidates", |a| a.hide(true)),
+    mut_arg("predict_max_batch", |a| a.hide(true)),
+    mut_arg("predict_max_wait_ms", |a| a.hide(true)),
+    mut_arg("predict_queue", |a| a.hide(true)),
+    mut_arg("predict_precision", |a| a.hide(true)),
+    mut_arg("model_cache", |a| a.hide(true))
+)]
+pub struct WorkerConfig {
+    #[command(flatten)]
+    pub node: ServeConfig,
+
+    /// Address of the worker's only HTTP: `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "VITRINE_HEALTH_LISTEN", default_value = "0.0.0.0:9090")]
+    pub health_listen: SocketAddr,
+}
+
 impl ServeConfig {
     /// The database URL in effect.
     pub fn database_url(&self) -> String {

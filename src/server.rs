@@ -6,11 +6,29 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
-use crate::config::ServeConfig;
+use crate::app::{AppState, WorkerNode};
+use crate::config::{ServeConfig, WorkerConfig};
 
 /// Runs `vitrine serve` until SIGTERM or Ctrl-C.
 pub fn run(config: ServeConfig) -> anyhow::Result<()> {
+    runtime(&config)?.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        serve(config, shutdown).await
+    })
+}
+
+/// Runs `vitrine worker` until SIGTERM or Ctrl-C.
+pub fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
+    runtime(&config.node)?.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        work(config, shutdown).await
+    })
+}
+
+/// Logging, the CPU thread budget and the tokio runtime of either role.
+fn runtime(config: &ServeConfig) -> anyhow::Result<tokio::runtime::Runtime> {
     crate::telemetry::init(config.log_format);
     let threads = crate::torch_info::ThreadBudget::new(config.cpu_threads, config.torch_threads);
     threads.apply();
@@ -24,16 +42,11 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
     if let Some(warning) = crate::torch_info::gpu_warning() {
         tracing::warn!("{warning}");
     }
-    tokio::runtime::Builder::new_multi_thread()
+    Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.tokio)
         .on_thread_start(crate::torch_info::threads::keep_torch_single_threaded)
         .enable_all()
-        .build()?
-        .block_on(async move {
-            let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(shutdown.clone()));
-            serve(config, shutdown).await
-        })
+        .build()?)
 }
 
 /// Prepares the data directory and database, then serves until `shutdown`.
@@ -68,8 +81,15 @@ pub async fn serve_on(
         Err(e) => tracing::error!(error = ?e, "resuming validations failed"),
     }
     let mut workers = start_workers(&state, &shutdown);
+    workers.push(tokio::spawn(crate::jobs::reaper::run(
+        state.jobs.clone(),
+        shutdown.clone(),
+    )));
     // The sweep supervisor reads and writes only the database: it runs
-    // with or without workers here (another node may train).
+    // with or without workers here (another node may train). It runs on
+    // API nodes only: its writes are compare-and-set, so several API nodes
+    // decide nothing twice, and the cancellations it publishes reach the
+    // event streams that clients follow on API nodes.
     workers.push(tokio::spawn(crate::sweeps::supervisor::run(
         state.jobs.clone(),
         shutdown.clone(),
@@ -105,6 +125,59 @@ pub async fn serve_on(
         tracing::warn!("inference still running at the end of the grace period");
     }
     state.db.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Prepares the data directory and database of a worker node, binds its
+/// probes' address, then trains until `shutdown`.
+pub async fn work(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let node = WorkerNode::build(config.node).await?;
+    let listener = TcpListener::bind(config.health_listen)
+        .await
+        .with_context(|| format!("binding {} (--health-listen)", config.health_listen))?;
+    work_on(listener, node, shutdown).await
+}
+
+/// Runs a worker node: one training worker per device, the lease reaper,
+/// and the probes on `listener`, until `shutdown`; then the running jobs
+/// stop at their next step and go back to the queue (attempt refunded), as
+/// on `serve`. No API, no inference, no dataset validation, no sweep
+/// supervisor: API nodes run those.
+pub async fn work_on(
+    listener: TcpListener,
+    node: WorkerNode,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let grace = Duration::from_secs(node.config.shutdown_grace_secs);
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        devices = ?node.jobs.device_names(),
+        "vitrine worker started; probes listening"
+    );
+    let mut tasks = crate::jobs::worker::spawn_workers(&node.jobs, shutdown.clone());
+    tasks.push(tokio::spawn(crate::jobs::reaper::run(
+        node.jobs.clone(),
+        shutdown.clone(),
+    )));
+    let probes = tokio::spawn(crate::http::worker_health::serve(
+        listener,
+        node.clone(),
+        shutdown.clone(),
+    ));
+    shutdown.cancelled().await;
+    tracing::info!(grace_secs = grace.as_secs(), "shutting down");
+    let drained = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+        probes.await
+    };
+    match tokio::time::timeout(grace, drained).await {
+        Ok(joined) => joined??,
+        Err(_) => tracing::warn!("shutdown did not finish within the grace period"),
+    }
+    node.db.close().await;
     tracing::info!("stopped");
     Ok(())
 }

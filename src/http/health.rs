@@ -36,36 +36,41 @@ pub async fn healthz() -> axum::Json<Health> {
     responses((status = 200, body = Health),
         (status = 503, body = crate::error::Problem, description = "Database not ready, or a device out of service (named)")))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    match crate::db::is_ready(&state.db).await {
-        Ok(true) => match devices_down(&state.devices) {
-            None => axum::Json(Health { status: "ok" }).into_response(),
-            Some(detail) => problem_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "device_unavailable",
-                detail,
-                None,
-            ),
-        },
-        Ok(false) => problem_response(
+    if let Some(not_ready) = database_not_ready(&state.db).await {
+        return not_ready;
+    }
+    match devices_down(&state.devices) {
+        None => axum::Json(Health { status: "ok" }).into_response(),
+        Some(detail) => problem_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "database migrations are not applied".into(),
+            "device_unavailable",
+            detail,
             None,
         ),
-        Err(e) => {
-            tracing::warn!(error = ?e, "readiness check failed");
-            problem_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                "database unreachable".into(),
-                None,
-            )
-        }
     }
 }
 
+/// The 503 problem document when the database does not answer or lacks a
+/// migration, `None` when it is ready.
+pub(super) async fn database_not_ready(db: &crate::db::Db) -> Option<Response> {
+    let detail = match crate::db::is_ready(db).await {
+        Ok(true) => return None,
+        Ok(false) => "database migrations are not applied",
+        Err(e) => {
+            tracing::warn!(error = ?e, "readiness check failed");
+            "database unreachable"
+        }
+    };
+    Some(problem_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        detail.into(),
+        None,
+    ))
+}
+
 /// What `/readyz` says about devices out of service, if any.
-fn devices_down(health: &crate::devices::DeviceHealth) -> Option<String> {
+pub(super) fn devices_down(health: &crate::devices::DeviceHealth) -> Option<String> {
     let down = health.down();
     if down.is_empty() {
         return None;
@@ -80,24 +85,30 @@ fn devices_down(health: &crate::devices::DeviceHealth) -> Option<String> {
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, content_type = "text/plain", body = String)))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    if let Ok(counts) = crate::store::jobs::count_by_status(&state.db).await {
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    render_metrics(&state.db, &state.metrics).await
+}
+
+/// The metrics in the text exposition format, with the jobs per status read
+/// from the database first.
+pub(super) async fn render_metrics(
+    db: &crate::db::Db,
+    metrics: &crate::metrics::Metrics,
+) -> Response {
+    if let Ok(counts) = crate::store::jobs::count_by_status(db).await {
         for status in ["queued", "running", "succeeded", "failed", "cancelled"] {
             let n = counts
                 .iter()
                 .find(|(s, _)| s == status)
                 .map_or(0, |(_, n)| *n);
-            state
-                .metrics
-                .jobs_by_status
-                .with_label_values(&[status])
-                .set(n);
+            metrics.jobs_by_status.with_label_values(&[status]).set(n);
         }
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        metrics.render(),
     )
+        .into_response()
 }
 
 #[cfg(test)]

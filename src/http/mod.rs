@@ -30,6 +30,7 @@ mod predict;
 pub mod problem;
 mod sweeps;
 mod web;
+pub mod worker_health;
 
 /// Serves `state`'s routes on `listener` until `shutdown` fires, then lets
 /// in-flight requests finish.
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The 404 problem document of an unknown route.
 async fn not_found() -> Response {
     problem_response(
         StatusCode::NOT_FOUND,

@@ -1,7 +1,8 @@
-//! Fine-tuning jobs: submission, the per-device workers that run them, and
-//! the live events clients follow.
+//! Fine-tuning jobs: submission, the per-device workers that run them, the
+//! reaper of expired leases, and the live events clients follow.
 
 pub mod events;
+pub mod reaper;
 pub mod service;
 pub mod view;
 pub mod worker;

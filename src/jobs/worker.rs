@@ -136,7 +136,7 @@ impl Worker {
 
     async fn run_job(&self, job: JobRow, shutdown: &CancellationToken) {
         let id = job.id.clone();
-        tracing::info!(job = %id, attempt = job.attempts, device = %self.device_name, "job started");
+        tracing::info!(job = %id, attempt = job.attempts, device = %self.device_name, owner = %self.owner, "job started");
         self.publish_status(
             &id,
             JobStatus::Running,
@@ -199,7 +199,7 @@ impl Worker {
                             stop_flag.store(true, Ordering::Relaxed);
                         }
                         Ok(None) => {
-                            tracing::warn!(job = %id, "lease lost; stopping");
+                            tracing::warn!(job = %id, owner = %self.owner, "lease lost; stopping");
                             stop = Stop::LeaseLost;
                             stop_flag.store(true, Ordering::Relaxed);
                         }
@@ -270,7 +270,7 @@ impl Worker {
             (Stop::LeaseLost, _) => return false,
             (Stop::Shutdown, Ok(o)) if o.interrupted => {
                 let requeued = store::requeue(db, id, owner, true, None).await;
-                tracing::info!(job = %id, ok = ?requeued, "job requeued for the next start");
+                tracing::info!(job = %id, owner = %owner, ok = ?requeued, "job requeued for the next start");
                 self.publish_status(id, JobStatus::Queued, false, serde_json::json!({}));
                 return false;
             }
@@ -287,7 +287,7 @@ impl Worker {
             (Stop::Cancelled, Ok(o)) => self.record_model(job, o, JobStatus::Cancelled).await,
             (_, Ok(o)) => self.record_model(job, o, JobStatus::Succeeded).await,
             (_, Err(TrainError::Retryable(msg))) if job.attempts < job.max_attempts => {
-                tracing::warn!(job = %id, error = %msg, "job failed; will retry");
+                tracing::warn!(job = %id, owner = %owner, error = %msg, "job failed; will retry");
                 let _ = store::requeue(db, id, owner, false, Some(&msg)).await;
                 self.publish_status(
                     id,
@@ -309,7 +309,7 @@ impl Worker {
                 tracing::error!(job = %id, error = ?e, "recording the job's end failed");
             }
         }
-        tracing::info!(job = %id, status = status.as_str(), model = ?model_id, error = ?error, "job ended");
+        tracing::info!(job = %id, owner = %owner, status = status.as_str(), model = ?model_id, error = ?error, "job ended");
         self.publish_status(
             id,
             status,
