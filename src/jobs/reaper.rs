@@ -11,15 +11,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::JobQueue;
 
-/// How often the reaper looks: twice per lease, within [1 s, 10 s].
-pub fn period(lease: Duration) -> Duration {
-    (lease / 2).clamp(Duration::from_secs(1), Duration::from_secs(10))
-}
+/// How often the reaper looks. Fixed, not derived from this node's
+/// `--job-lease-secs`: the lease a job holds was set by the worker that
+/// claimed it, on another node perhaps. One indexed `UPDATE` a second per
+/// node costs the database nothing.
+pub const PERIOD: Duration = Duration::from_secs(1);
 
-/// Reaps expired leases every [`period`] until `shutdown`; wakes this
+/// Reaps expired leases every [`PERIOD`] until `shutdown`; wakes this
 /// node's idle workers when a job went back to the queue.
 pub async fn run(queue: JobQueue, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(period(queue.lease));
+    let mut every = tokio::time::interval(PERIOD);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -33,17 +34,5 @@ pub async fn run(queue: JobQueue, shutdown: CancellationToken) {
                 Err(e) => tracing::warn!(error = ?e, "reaping expired leases failed"),
             },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_period_follows_the_lease_within_bounds() {
-        assert_eq!(period(Duration::from_secs(3)), Duration::from_millis(1500));
-        assert_eq!(period(Duration::from_millis(500)), Duration::from_secs(1));
-        assert_eq!(period(Duration::from_secs(300)), Duration::from_secs(10));
     }
 }

@@ -12,6 +12,7 @@
 mod common;
 
 mod backbones;
+mod cluster;
 mod crash;
 mod hub_download;
 mod ingest;
