@@ -14,6 +14,7 @@ mod common;
 mod backbones;
 mod cluster;
 mod crash;
+mod deploy_manifests;
 mod hub_download;
 mod ingest;
 mod jobs;
