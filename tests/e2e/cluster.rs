@@ -336,7 +336,7 @@ async fn predict(url: &str, model: &str, png: &[u8]) -> Value {
 
 fn assert_same_scores(before: &Value, after: &Value, model: &str) {
     let scores = |v: &Value| -> Vec<(String, f64)> {
-        v["scores"]
+        v["results"][0]["scores"]
             .as_array()
             .unwrap_or_else(|| panic!("{v}"))
             .iter()
