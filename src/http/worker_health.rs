@@ -106,7 +106,11 @@ mod tests {
         assert_eq!(status, 503);
         let problem: crate::error::Problem = serde_json::from_str(&body).unwrap();
         assert_eq!(problem.code, "device_unavailable");
-        assert!(problem.detail.contains("cpu (CUDA error"), "{}", problem.detail);
+        assert!(
+            problem.detail.contains("cpu (CUDA error"),
+            "{}",
+            problem.detail
+        );
         assert_eq!(get(&node, "/healthz").await.0, 200);
     }
 }

@@ -10,7 +10,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -32,7 +32,10 @@ impl Backend {
         Self {
             name: "sqlite",
             root: root.to_path_buf(),
-            database_url: Some(format!("sqlite://{}", root.join("shared/vitrine.db").display())),
+            database_url: Some(format!(
+                "sqlite://{}",
+                root.join("shared/vitrine.db").display()
+            )),
             artifacts: None,
             env: vec![],
         }

@@ -55,10 +55,9 @@ pub async fn run_cluster(backend: &Backend) {
             "epochs": epochs, "batch_size": 16}})
     };
     let long = submit(&api.url, job_config(LONG_EPOCHS)).await;
-    let others = futures::future::join_all(
-        (1..JOBS).map(|_| submit(&api.url, job_config(SMALL_EPOCHS))),
-    )
-    .await;
+    let others =
+        futures::future::join_all((1..JOBS).map(|_| submit(&api.url, job_config(SMALL_EPOCHS))))
+            .await;
     let submitted = started.elapsed();
     let mut ids = vec![long.clone()];
     ids.extend(others);
@@ -68,8 +67,7 @@ pub async fn run_cluster(backend: &Backend) {
     let before = loop {
         let j = get_json(&api.url, &format!("/jobs/{long}")).await;
         let epochs = j["metrics"].as_array().map_or(0, Vec::len);
-        if j["status"] == "running" && epochs >= 1 && j["progress"]["epoch"].as_u64() >= Some(2)
-        {
+        if j["status"] == "running" && epochs >= 1 && j["progress"]["epoch"].as_u64() >= Some(2) {
             break j;
         }
         assert!(
@@ -201,10 +199,7 @@ pub async fn run_cluster(backend: &Backend) {
                 break w;
             }
         }
-        assert!(
-            j["status"] == "queued" || j["status"] == "running",
-            "{j}"
-        );
+        assert!(j["status"] == "queued" || j["status"] == "running", "{j}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     workers[holder].terminate();
@@ -212,7 +207,10 @@ pub async fn run_cluster(backend: &Backend) {
     assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
     let job = wait_for_job(&api.url, &sigterm_job, TIMEOUT).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    assert_eq!(job["attempts"], 1, "the shutdown's attempt is refunded: {job}");
+    assert_eq!(
+        job["attempts"], 1,
+        "the shutdown's attempt is refunded: {job}"
+    );
     let outcomes: Vec<Option<String>> = claims(&workers[holder])
         .into_iter()
         .filter(|c| c.job == sigterm_job)

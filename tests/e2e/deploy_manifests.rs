@@ -69,7 +69,11 @@ fn unknown_to(role: &str, names: &[String]) -> Vec<String> {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -86,7 +90,9 @@ fn kubernetes_manifests_hold_both_roles_with_probes_a_gpu_and_known_settings() {
         .iter()
         .flat_map(|f| {
             let name = f.file_name().unwrap().to_string_lossy().into_owned();
-            yaml_documents(f).into_iter().map(move |d| (name.clone(), d))
+            yaml_documents(f)
+                .into_iter()
+                .map(move |d| (name.clone(), d))
         })
         .collect();
     let of_kind = |kind: &str| -> Vec<&Value> {
@@ -99,7 +105,9 @@ fn kubernetes_manifests_hold_both_roles_with_probes_a_gpu_and_known_settings() {
     // kustomization.yaml applies every other file.
     let kustomization = of_kind("Kustomization");
     assert_eq!(kustomization.len(), 1);
-    let listed: BTreeSet<String> = strings(&kustomization[0]["resources"]).into_iter().collect();
+    let listed: BTreeSet<String> = strings(&kustomization[0]["resources"])
+        .into_iter()
+        .collect();
     let present: BTreeSet<String> = files
         .iter()
         .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
@@ -152,7 +160,10 @@ fn kubernetes_manifests_hold_both_roles_with_probes_a_gpu_and_known_settings() {
         }
         let gpus = &c["resources"]["limits"]["nvidia.com/gpu"];
         match role.as_str() {
-            "worker" => assert!(gpus == 1 || gpus == "1", "a worker asks for one GPU: {gpus}"),
+            "worker" => assert!(
+                gpus == 1 || gpus == "1",
+                "a worker asks for one GPU: {gpus}"
+            ),
             "serve" => {
                 assert!(gpus.is_null(), "API nodes need no GPU");
                 assert!(args.contains(&"--no-workers".to_string()));
@@ -227,11 +238,17 @@ fn the_cluster_compose_file_runs_postgres_s3_an_api_node_and_two_workers() {
             .as_str()
             .unwrap()
             .starts_with("postgres://"));
-        assert!(env["VITRINE_ARTIFACTS"].as_str().unwrap().starts_with("s3://"));
+        assert!(env["VITRINE_ARTIFACTS"]
+            .as_str()
+            .unwrap()
+            .starts_with("s3://"));
         assert_eq!(env["AWS_ENDPOINT_URL"], "http://minio:9000");
         assert_eq!(unknown_to(role, &names), Vec::<String>::new(), "{role}");
         for dep in ["postgres", "create-bucket"] {
-            assert!(service["depends_on"][dep].is_object(), "{role} waits for {dep}");
+            assert!(
+                service["depends_on"][dep].is_object(),
+                "{role} waits for {dep}"
+            );
         }
     }
     assert!(!worker["environment"]
