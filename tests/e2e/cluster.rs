@@ -132,7 +132,8 @@ pub async fn run_cluster(backend: &Backend) {
         assert_eq!(wins, 1, "{id}: {of_job:#?}");
         assert_eq!(of_job.len(), if *id == long { 2 } else { 1 }, "{of_job:#?}");
     }
-    let long_claims: Vec<&Claim> = all.iter().filter(|c| c.job == long).collect();
+    let mut long_claims: Vec<&Claim> = all.iter().filter(|c| c.job == long).collect();
+    long_claims.sort_by_key(|c| c.from);
     assert_eq!(long_claims[0].node, victim_name);
     assert_eq!(long_claims[0].until, None, "killed while running");
     assert_ne!(long_claims[1].node, victim_name);
