@@ -151,8 +151,7 @@ async fn connect_postgres(url: &str) -> anyhow::Result<Db> {
     let options = AnyConnectOptions::from_str(url)
         .map_err(|e| anyhow::anyhow!("invalid PostgreSQL URL: {e}"))?;
     let place = describe(&options);
-    match tokio::time::timeout(CONNECT_TIMEOUT, sqlx::AnyConnection::connect_with(&options)).await
-    {
+    match tokio::time::timeout(CONNECT_TIMEOUT, sqlx::AnyConnection::connect_with(&options)).await {
         Err(_) => anyhow::bail!(
             "could not connect to PostgreSQL at {place}: no answer within {} s",
             CONNECT_TIMEOUT.as_secs()
@@ -204,7 +203,10 @@ mod tests {
     #[test]
     fn the_scheme_names_the_backend() {
         assert_eq!(Backend::from_url("sqlite://a.db").unwrap(), Backend::Sqlite);
-        assert_eq!(Backend::from_url("sqlite::memory:").unwrap(), Backend::Sqlite);
+        assert_eq!(
+            Backend::from_url("sqlite::memory:").unwrap(),
+            Backend::Sqlite
+        );
         assert_eq!(
             Backend::from_url("postgres://u@h:5432/d").unwrap(),
             Backend::Postgres

@@ -7,8 +7,8 @@ pub mod view;
 pub mod wake;
 pub mod worker;
 
-use std::path::PathBuf;
 use crate::db::Db;
+use std::path::PathBuf;
 
 /// What job submission and the workers share. Cheap to clone.
 #[derive(Clone)]

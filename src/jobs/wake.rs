@@ -109,11 +109,7 @@ impl Wake {
         let backend = Backend::of(db);
         if backend == Backend::Postgres && !self.inner.started.swap(true, Ordering::SeqCst) {
             let url = db.connect_options().database_url.to_string();
-            tokio::spawn(listen(
-                url,
-                Arc::downgrade(&self.inner),
-                shutdown.clone(),
-            ));
+            tokio::spawn(listen(url, Arc::downgrade(&self.inner), shutdown.clone()));
         }
         let poll = self.inner.poll.unwrap_or(match backend {
             Backend::Sqlite => SQLITE_POLL,

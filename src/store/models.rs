@@ -37,10 +37,7 @@ pub async fn insert(db: &Db, m: NewModel<'_>) -> sqlx::Result<ModelRow> {
 }
 
 /// `insert` on a given connection (or transaction).
-pub async fn insert_in(
-    conn: &mut sqlx::AnyConnection,
-    m: NewModel<'_>,
-) -> sqlx::Result<ModelRow> {
+pub async fn insert_in(conn: &mut sqlx::AnyConnection, m: NewModel<'_>) -> sqlx::Result<ModelRow> {
     sqlx::query_as(
         "INSERT INTO models (id, job_id, path, base_model, task, labels, metrics, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *",

@@ -295,9 +295,11 @@ async fn many_claimers_take_each_job_once_and_never_exceed_max_parallel(backend:
                 if in_sweep {
                     held.fetch_sub(1, Ordering::SeqCst);
                 }
-                assert!(store::finish(&db, &j.id, &owner, JobStatus::Succeeded, None, None)
-                    .await
-                    .unwrap());
+                assert!(
+                    store::finish(&db, &j.id, &owner, JobStatus::Succeeded, None, None)
+                        .await
+                        .unwrap()
+                );
                 got.push(j.id);
             }
         }));
@@ -314,15 +316,25 @@ async fn many_claimers_take_each_job_once_and_never_exceed_max_parallel(backend:
         *counts.entry(id.clone()).or_default() += 1;
     }
     assert_eq!(claimed.len(), 40, "40 claims for 40 jobs");
-    assert!(counts.values().all(|&n| n == 1), "a job claimed twice: {counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "a job claimed twice: {counts:?}"
+    );
     expected.sort();
     claimed.sort();
     assert_eq!(claimed, expected, "every job claimed");
-    assert!(most_running <= 3, "{most_running} of the sweep's jobs ran at once");
+    assert!(
+        most_running <= 3,
+        "{most_running} of the sweep's jobs ran at once"
+    );
     assert!(most_held.load(Ordering::SeqCst) <= 3);
     for id in &expected {
         let row = store::get(&db, id).await.unwrap().unwrap();
-        assert_eq!((row.status(), row.attempts), (JobStatus::Succeeded, 1), "{id}");
+        assert_eq!(
+            (row.status(), row.attempts),
+            (JobStatus::Succeeded, 1),
+            "{id}"
+        );
     }
 }
 
@@ -351,7 +363,10 @@ async fn a_queued_job_wakes_a_waiting_worker(backend: Backend) {
     drop(wake.wait(&db, &shutdown));
     let deadline = std::time::Instant::now() + within(30);
     while !wake.is_listening() {
-        assert!(std::time::Instant::now() < deadline, "the listener never subscribed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener never subscribed"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let before = wake.notifications();
@@ -362,7 +377,10 @@ async fn a_queued_job_wakes_a_waiting_worker(backend: Backend) {
         .await
         .expect("no notification within 30 s");
     assert_eq!(woken, Woken::Signal);
-    assert!(wake.notifications() > before, "woken, but not by a notification");
+    assert!(
+        wake.notifications() > before,
+        "woken, but not by a notification"
+    );
 
     // A dataset turning ready (its queued jobs become claimable) notifies.
     let before = wake.notifications();

@@ -66,7 +66,9 @@ fn an_unknown_scheme_is_refused_naming_it() {
         let msg = format!("{e:#}");
         let scheme = url.split(':').next().unwrap();
         assert!(
-            msg.contains(&format!("`{scheme}`")) && msg.contains("sqlite://") && msg.contains("postgres://"),
+            msg.contains(&format!("`{scheme}`"))
+                && msg.contains("sqlite://")
+                && msg.contains("postgres://"),
             "{msg}"
         );
     }
@@ -105,9 +107,14 @@ async fn a_missing_postgres_database_is_an_error_at_start() {
         crate::common::postgres::skip("a_missing_postgres_database_is_an_error_at_start");
         return;
     };
-    let e = vitrine::db::connect(&pg.url("no_such_db")).await.unwrap_err();
+    let e = vitrine::db::connect(&pg.url("no_such_db"))
+        .await
+        .unwrap_err();
     let msg = format!("{e:#}");
-    assert!(msg.contains("no_such_db") && msg.contains("does not exist"), "{msg}");
+    assert!(
+        msg.contains("no_such_db") && msg.contains("does not exist"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]

@@ -17,6 +17,9 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+/// uid and gid the server's programs run as (as root: `postgres`'s).
+type RunAs = Option<(u32, u32)>;
+
 /// The test binary's PostgreSQL server.
 pub struct PgServer {
     /// TCP port on 127.0.0.1.
@@ -45,7 +48,15 @@ impl PgServer {
         let name = format!("db_{}", self.next_db.fetch_add(1, Ordering::Relaxed));
         let out = self
             .command("createdb")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", &name])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                &name,
+            ])
             .output()
             .expect("running createdb");
         assert!(
@@ -69,7 +80,9 @@ impl PgServer {
 
 /// Prints that a PostgreSQL test skipped; for `let Some(pg) = … else`.
 pub fn skip(test: &str) {
-    eprintln!("SKIPPED {test}: PostgreSQL is not installed (apt-get install postgresql, or make setup)");
+    eprintln!(
+        "SKIPPED {test}: PostgreSQL is not installed (apt-get install postgresql, or make setup)"
+    );
 }
 
 fn command(program: &Path, run_as: Option<(u32, u32)>) -> Command {
@@ -98,7 +111,10 @@ fn find_bin() -> Option<PathBuf> {
         .filter(|d| has_both(d))
         .collect();
     versions.sort_by_key(|d| {
-        let v = d.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str());
+        let v = d
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str());
         std::cmp::Reverse(v.and_then(|v| v.parse::<u32>().ok()).unwrap_or(0))
     });
     if let Some(d) = versions.into_iter().next() {
@@ -159,7 +175,16 @@ fn start() -> Option<PgServer> {
     let out = command(&bin.join("initdb"), run_as)
         .arg("-D")
         .arg(&data)
-        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "--locale=C"])
+        .args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--locale=C",
+        ])
         .output()
         .expect("running initdb");
     assert!(
@@ -207,7 +232,7 @@ fn start() -> Option<PgServer> {
 
 /// What stops the server: [`stop_at_exit`] when the test binary exits,
 /// and a watchdog when it is killed instead.
-static STOP: OnceLock<(PathBuf, PathBuf, Option<(u32, u32)>)> = OnceLock::new();
+static STOP: OnceLock<(PathBuf, PathBuf, RunAs)> = OnceLock::new();
 
 impl PgServer {
     fn stop_with_the_tests(&self) {
@@ -263,6 +288,7 @@ pub fn database_url(backend: vitrine::db::Backend, dir: &Path) -> String {
 /// Runs each `async fn name(backend: Backend)` of the list once per
 /// database, as the tests `name::sqlite` and `name::postgres` (which skips,
 /// saying so, when PostgreSQL is not installed and `CI` is unset).
+#[allow(unused_macros)]
 macro_rules! both_databases {
     ($($test:ident),* $(,)?) => {$(
         mod $test {
