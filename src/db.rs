@@ -52,7 +52,13 @@ impl Backend {
     /// The backend a database URL names, by its scheme (`sqlite:`,
     /// `postgres:` or `postgresql:`).
     pub fn from_url(url: &str) -> anyhow::Result<Self> {
-        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or(url);
+        let Some((scheme, _)) = url.split_once(':') else {
+            anyhow::bail!(
+                "the database URL `{url}` has no scheme (--database-url, VITRINE_DATABASE_URL); \
+                 supported: {}",
+                Self::SUPPORTED
+            );
+        };
         match scheme.to_ascii_lowercase().as_str() {
             "sqlite" => Ok(Self::Sqlite),
             "postgres" | "postgresql" => Ok(Self::Postgres),
@@ -215,6 +221,10 @@ mod tests {
             Backend::from_url("PostgreSQL://h/d").unwrap(),
             Backend::Postgres
         );
+        let e = Backend::from_url("./data/vitrine.db")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no scheme") && e.contains("sqlite://"), "{e}");
         let e = Backend::from_url("mysql://h/d").unwrap_err().to_string();
         assert!(
             e.contains("`mysql`") && e.contains("sqlite://") && e.contains("postgres://"),

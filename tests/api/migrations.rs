@@ -118,7 +118,7 @@ async fn a_missing_postgres_database_is_an_error_at_start() {
 }
 
 #[tokio::test]
-async fn every_pooled_connection_has_wal_and_a_busy_timeout() {
+async fn every_pooled_sqlite_connection_has_wal_a_busy_timeout_and_foreign_keys() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("v.db").display());
     let pool = vitrine::db::connect(&url).await.unwrap();
@@ -146,6 +146,12 @@ async fn every_pooled_connection_has_wal_and_a_busy_timeout() {
             .unwrap()
             .get(0);
         assert_eq!(fk, 1);
+        let synchronous: i64 = sqlx::query("PRAGMA synchronous")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(synchronous, 1, "synchronous NORMAL");
     }
 }
 
