@@ -80,5 +80,12 @@ if ! command -v "${VITRINE_CHROMIUM:-chromium}" >/dev/null \
   echo "setup: chromium or chromedriver is missing; installing chromium chromium-driver"
   apt_install chromium chromium-driver || warn_missing "chromium chromium-driver" "the browser tests of the web page"
 fi
+# PostgreSQL for the tests that run the store and the queue on it
+# (tests/common/postgres.rs starts a throwaway server with initdb/pg_ctl).
+# Debian keeps the binaries in /usr/lib/postgresql/<version>/bin.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+  echo "setup: PostgreSQL (initdb, pg_ctl) is missing; installing postgresql"
+  apt_install postgresql || warn_missing "postgresql" "the PostgreSQL runs of the store and queue tests"
+fi
 touch "$VENV/.vitrine-setup"
 echo "setup: torch $have ready in $VENV"

@@ -5,12 +5,11 @@ pub mod events;
 pub mod reaper;
 pub mod service;
 pub mod view;
+pub mod wake;
 pub mod worker;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
 use crate::db::Db;
+use std::path::PathBuf;
 
 /// What job submission and the workers share. Cheap to clone.
 #[derive(Clone)]
@@ -18,8 +17,9 @@ pub struct JobQueue {
     pub db: Db,
     /// Live events per job (SSE).
     pub hub: events::EventHub,
-    /// Wakes idle workers when a job is queued.
-    pub notify: Arc<tokio::sync::Notify>,
+    /// Wakes idle workers when a job may be claimable: a submission here,
+    /// or (PostgreSQL) a notification from any node.
+    pub notify: wake::Wake,
     /// Devices that have a worker in this process.
     pub devices: Vec<tch::Device>,
     /// Datasets, job work directories and models live under it.
@@ -39,5 +39,14 @@ impl JobQueue {
             .iter()
             .map(|d| crate::torch_info::device_name(*d))
             .collect()
+    }
+
+    /// A future that ends when there may be work for the workers (see
+    /// [`wake::Wake::wait`]): create it before looking for work.
+    pub fn wait_for_work<'a>(
+        &'a self,
+        shutdown: &'a tokio_util::sync::CancellationToken,
+    ) -> impl std::future::Future<Output = wake::Woken> + Send + 'a {
+        self.notify.wait(&self.db, shutdown)
     }
 }

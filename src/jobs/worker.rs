@@ -81,6 +81,8 @@ impl Worker {
         tracing::info!(device = %self.device_name, owner = %self.owner, "worker started");
         let poll = Duration::from_millis(500);
         while !shutdown.is_cancelled() {
+            // Armed before the claim: a job queued meanwhile still wakes us.
+            let work = self.queue.wait_for_work(&shutdown);
             if !self.queue.health.is_up(&self.device_name) {
                 tracing::warn!(device = %self.device_name, "worker stopped: its device is out of service until restart");
                 return;
@@ -98,11 +100,7 @@ impl Worker {
             match claimed {
                 Ok(Some(job)) => self.run_job(job, &shutdown).await,
                 Ok(None) => {
-                    tokio::select! {
-                        _ = self.queue.notify.notified() => {}
-                        _ = tokio::time::sleep(poll) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
+                    work.await;
                 }
                 Err(e) => {
                     tracing::error!(error = ?e, "claiming a job failed");

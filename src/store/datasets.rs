@@ -172,7 +172,7 @@ pub async fn insert(db: &Db, new: &NewDataset<'_>) -> anyhow::Result<DatasetRow>
     let row: Row = sqlx::query_as(&format!(
         "INSERT INTO datasets (id, sha256, status, format, size_bytes, path, task, summary,
                                created_at, updated_at, finished_at)
-         VALUES (?1, ?2, 'ready', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8) RETURNING {COLUMNS}"
+         VALUES ($1, $2, 'ready', $3, $4, $5, $6, $7, $8, $8, $8) RETURNING {COLUMNS}"
     ))
     .bind(Uuid::now_v7().to_string())
     .bind(new.sha256)
@@ -199,7 +199,7 @@ pub async fn insert_validating(
     let now = now_ms();
     let row: Option<Row> = sqlx::query_as(&format!(
         "INSERT INTO datasets (id, sha256, status, size_bytes, path, created_at, updated_at)
-         VALUES (?1, ?2, 'validating', ?3, ?4, ?5, ?5)
+         VALUES ($1, $2, 'validating', $3, $4, $5, $5)
          ON CONFLICT (sha256) DO NOTHING
          RETURNING {COLUMNS}"
     ))
@@ -219,8 +219,8 @@ pub async fn insert_validating(
 pub async fn restart_failed(db: &Db, id: Uuid) -> anyhow::Result<Option<DatasetRow>> {
     let row: Option<Row> = sqlx::query_as(&format!(
         "UPDATE datasets SET status = 'validating', progress = NULL, error_kind = NULL,
-                error_code = NULL, error_detail = NULL, finished_at = NULL, updated_at = ?2
-         WHERE id = ?1 AND status = 'failed'
+                error_code = NULL, error_detail = NULL, finished_at = NULL, updated_at = $2
+         WHERE id = $1 AND status = 'failed'
          RETURNING {COLUMNS}"
     ))
     .bind(id.to_string())
@@ -233,7 +233,7 @@ pub async fn restart_failed(db: &Db, id: Uuid) -> anyhow::Result<Option<DatasetR
 /// Records progress (JSON) while `validating`. False when it no longer is.
 pub async fn set_progress(db: &Db, id: Uuid, progress_json: &str) -> anyhow::Result<bool> {
     let done = sqlx::query(
-        "UPDATE datasets SET progress = ?2, updated_at = ?3 WHERE id = ?1 AND status = 'validating'",
+        "UPDATE datasets SET progress = $2, updated_at = $3 WHERE id = $1 AND status = 'validating'",
     )
     .bind(id.to_string())
     .bind(progress_json)
@@ -253,9 +253,9 @@ pub async fn mark_ready(
 ) -> anyhow::Result<Option<DatasetRow>> {
     let now = now_ms();
     let row: Option<Row> = sqlx::query_as(&format!(
-        "UPDATE datasets SET status = 'ready', format = ?2, task = ?3, summary = ?4, progress = ?5,
-                updated_at = ?6, finished_at = ?6
-         WHERE id = ?1 AND status = 'validating'
+        "UPDATE datasets SET status = 'ready', format = $2, task = $3, summary = $4, progress = $5,
+                updated_at = $6, finished_at = $6
+         WHERE id = $1 AND status = 'validating'
          RETURNING {COLUMNS}"
     ))
     .bind(id.to_string())
@@ -282,9 +282,9 @@ pub async fn mark_failed(
     let now = now_ms();
     let mut tx = db.begin().await?;
     let row: Option<Row> = sqlx::query_as(&format!(
-        "UPDATE datasets SET status = 'failed', error_kind = ?2, error_code = ?3, error_detail = ?4,
-                updated_at = ?5, finished_at = ?5
-         WHERE id = ?1 AND status = 'validating'
+        "UPDATE datasets SET status = 'failed', error_kind = $2, error_code = $3, error_detail = $4,
+                updated_at = $5, finished_at = $5
+         WHERE id = $1 AND status = 'validating'
          RETURNING {COLUMNS}"
     ))
     .bind(id.to_string())
@@ -306,7 +306,7 @@ pub async fn mark_failed(
 }
 
 pub async fn get(db: &Db, id: Uuid) -> anyhow::Result<Option<DatasetRow>> {
-    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM datasets WHERE id = ?"))
+    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM datasets WHERE id = $1"))
         .bind(id.to_string())
         .fetch_optional(db)
         .await?;
@@ -315,7 +315,7 @@ pub async fn get(db: &Db, id: Uuid) -> anyhow::Result<Option<DatasetRow>> {
 
 pub async fn find_by_sha256(db: &Db, sha256: &str) -> anyhow::Result<Option<DatasetRow>> {
     let row: Option<Row> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM datasets WHERE sha256 = ?"))
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM datasets WHERE sha256 = $1"))
             .bind(sha256)
             .fetch_optional(db)
             .await?;
@@ -330,8 +330,8 @@ pub async fn list(
     offset: i64,
 ) -> anyhow::Result<Vec<DatasetRow>> {
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM datasets WHERE (?1 IS NULL OR status = ?1)
-         ORDER BY id DESC LIMIT ?2 OFFSET ?3"
+        "SELECT {COLUMNS} FROM datasets WHERE ($1 IS NULL OR status = $1)
+         ORDER BY id DESC LIMIT $2 OFFSET $3"
     ))
     .bind(status.map(DatasetStatus::as_str))
     .bind(limit)

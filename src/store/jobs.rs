@@ -1,9 +1,10 @@
 //! The `jobs` table: a queue with leases. A worker claims a job in one
-//! atomic `UPDATE … RETURNING`, renews its lease while it runs, and every
+//! atomic `UPDATE … RETURNING` (serialised by an advisory lock on
+//! PostgreSQL, see [`claim_next`]), renews its lease while it runs, and every
 //! later write is guarded by `lease_owner`, so a worker whose lease expired
 //! (and whose job went to another worker) can no longer touch it.
 
-use crate::db::Db;
+use crate::db::{Backend, Db};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use uuid::Uuid;
@@ -108,7 +109,7 @@ pub async fn insert(db: &Db, new: NewJob<'_>) -> sqlx::Result<(JobRow, bool)> {
     let now = now_ms();
     let inserted = sqlx::query_as::<_, JobRow>(
         "INSERT INTO jobs (id, dataset_id, config, idempotency_key, device, max_attempts, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
          ON CONFLICT (idempotency_key) DO NOTHING
          RETURNING *",
     )
@@ -137,14 +138,14 @@ pub async fn insert(db: &Db, new: NewJob<'_>) -> sqlx::Result<(JobRow, bool)> {
 }
 
 pub async fn find_by_idempotency_key(db: &Db, key: &str) -> sqlx::Result<Option<JobRow>> {
-    sqlx::query_as("SELECT * FROM jobs WHERE idempotency_key = ?1")
+    sqlx::query_as("SELECT * FROM jobs WHERE idempotency_key = $1")
         .bind(key)
         .fetch_optional(db)
         .await
 }
 
 pub async fn get(db: &Db, id: &str) -> sqlx::Result<Option<JobRow>> {
-    sqlx::query_as("SELECT * FROM jobs WHERE id = ?1")
+    sqlx::query_as("SELECT * FROM jobs WHERE id = $1")
         .bind(id)
         .fetch_optional(db)
         .await
@@ -160,8 +161,8 @@ pub async fn list(
 ) -> sqlx::Result<Vec<JobRow>> {
     sqlx::query_as(
         "SELECT * FROM jobs
-         WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2)
-         ORDER BY id DESC LIMIT ?3",
+         WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR id < $2)
+         ORDER BY id DESC LIMIT $3",
     )
     .bind(status.map(JobStatus::as_str))
     .bind(before)
@@ -177,35 +178,73 @@ pub async fn count_by_status(db: &Db) -> sqlx::Result<Vec<(String, i64)>> {
         .await
 }
 
-/// Claims the oldest queued job this device may run, in one statement.
-/// `device` is the worker's device (`cpu`, `cuda:0`); a job asking for
-/// `cuda` runs on any GPU. A job whose dataset is still being validated
-/// waits (it is skipped until the dataset is `ready`). A sweep's candidate is skipped while
-/// `max_parallel` of its sweep's jobs are running (the count is read in the
-/// same statement, and SQLite runs one writer at a time, so two workers
-/// cannot both take the last slot); other jobs are not held up by it.
+/// Claims the oldest queued job this device may run, in one atomic
+/// `UPDATE … RETURNING`. `device` is the worker's device (`cpu`,
+/// `cuda:0`); a job asking for `cuda` runs on any GPU. A job whose dataset
+/// is still being validated waits (it is skipped until the dataset is
+/// `ready`). A sweep's candidate is skipped while `max_parallel` of its
+/// sweep's jobs are running (counted in the same statement); other jobs are
+/// not held up by it.
+///
+/// SQLite runs one writer at a time, so two workers can neither take one
+/// job nor both take a sweep's last slot. PostgreSQL runs writers at once:
+/// under READ COMMITTED two claimers could each count the same running
+/// jobs and together exceed `max_parallel`, so there the statement runs in
+/// a transaction that first takes one advisory lock (claims are rare and
+/// short: serialising them costs nothing), and the candidate row is taken
+/// `FOR UPDATE SKIP LOCKED` (a row another transaction is changing, e.g. a
+/// cancel, is passed over rather than waited for).
 pub async fn claim_next(
     db: &Db,
     device: &str,
     owner: &str,
     lease_ms: i64,
 ) -> sqlx::Result<Option<JobRow>> {
+    match Backend::of(db) {
+        Backend::Sqlite => claim(db, "", device, owner, lease_ms).await,
+        Backend::Postgres => {
+            let mut tx = db.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(CLAIM_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            let job = claim(&mut *tx, "FOR UPDATE SKIP LOCKED", device, owner, lease_ms).await?;
+            tx.commit().await?;
+            Ok(job)
+        }
+    }
+}
+
+/// The key of the PostgreSQL advisory lock claims take ("vitrine").
+const CLAIM_LOCK: i64 = 0x0076_6974_7269_6e65;
+
+/// The claim statement; `lock` is appended to the candidate subquery.
+async fn claim<'e, E>(
+    db: E,
+    lock: &str,
+    device: &str,
+    owner: &str,
+    lease_ms: i64,
+) -> sqlx::Result<Option<JobRow>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let now = now_ms();
-    sqlx::query_as(
-        "UPDATE jobs SET status = 'running', lease_owner = ?1, lease_expires_at = ?2,
-                attempts = attempts + 1, started_at = COALESCE(started_at, ?3), updated_at = ?3
+    sqlx::query_as(&format!(
+        "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = $2,
+                attempts = attempts + 1, started_at = COALESCE(started_at, $3), updated_at = $3
          WHERE id = (
              SELECT id FROM jobs q
              WHERE status = 'queued'
                AND (SELECT d.status FROM datasets d WHERE d.id = q.dataset_id) = 'ready'
-               AND (device IS NULL OR device = ?4 OR (device = 'cuda' AND ?4 LIKE 'cuda:%'))
+               AND (device IS NULL OR device = $4 OR (device = 'cuda' AND $4 LIKE 'cuda:%'))
                AND (sweep_id IS NULL OR
                     (SELECT COUNT(*) FROM jobs r WHERE r.sweep_id = q.sweep_id AND r.status = 'running')
                     < (SELECT s.max_parallel FROM sweeps s WHERE s.id = q.sweep_id))
-             ORDER BY created_at, id LIMIT 1)
+             ORDER BY created_at, id LIMIT 1 {lock})
            AND status = 'queued'
-         RETURNING *",
-    )
+         RETURNING *"
+    ))
     .bind(owner)
     .bind(now + lease_ms)
     .bind(now)
@@ -225,12 +264,12 @@ pub async fn fail_queued_on_dataset<'e, E>(
     error: &str,
 ) -> sqlx::Result<u64>
 where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     let now = now_ms();
     let done = sqlx::query(
-        "UPDATE jobs SET status = 'failed', error = ?3, error_code = ?2, finished_at = ?4, updated_at = ?4
-         WHERE dataset_id = ?1 AND status = 'queued'",
+        "UPDATE jobs SET status = 'failed', error = $3, error_code = $2, finished_at = $4, updated_at = $4
+         WHERE dataset_id = $1 AND status = 'queued'",
     )
     .bind(dataset_id)
     .bind(code)
@@ -251,8 +290,8 @@ pub async fn renew_lease(
 ) -> sqlx::Result<Option<bool>> {
     let now = now_ms();
     let row: Option<(i64,)> = sqlx::query_as(
-        "UPDATE jobs SET lease_expires_at = ?3, updated_at = ?4
-         WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'
+        "UPDATE jobs SET lease_expires_at = $3, updated_at = $4
+         WHERE id = $1 AND lease_owner = $2 AND status = 'running'
          RETURNING cancel_requested",
     )
     .bind(id)
@@ -272,8 +311,8 @@ pub async fn set_progress(
     progress_json: &str,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "UPDATE jobs SET progress = ?3, updated_at = ?4
-         WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
+        "UPDATE jobs SET progress = $3, updated_at = $4
+         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
     )
     .bind(id)
     .bind(owner)
@@ -287,8 +326,8 @@ pub async fn set_progress(
 /// Replaces the per-epoch metrics (JSON array) under the lease.
 pub async fn set_metrics(db: &Db, id: &str, owner: &str, metrics_json: &str) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "UPDATE jobs SET metrics = ?3, updated_at = ?4
-         WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
+        "UPDATE jobs SET metrics = $3, updated_at = $4
+         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
     )
     .bind(id)
     .bind(owner)
@@ -312,9 +351,9 @@ pub async fn finish(
     debug_assert!(status.is_terminal());
     let now = now_ms();
     let done = sqlx::query(
-        "UPDATE jobs SET status = ?3, model_id = ?4, error = ?5, finished_at = ?6, updated_at = ?6,
+        "UPDATE jobs SET status = $3, model_id = $4, error = $5, finished_at = $6, updated_at = $6,
                 lease_owner = NULL, lease_expires_at = NULL
-         WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
+         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
     )
     .bind(id)
     .bind(owner)
@@ -339,8 +378,8 @@ pub async fn requeue(
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
-                attempts = attempts - ?3, error = ?4, updated_at = ?5
-         WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
+                attempts = attempts - $3, error = $4, updated_at = $5
+         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
     )
     .bind(id)
     .bind(owner)
@@ -358,17 +397,17 @@ pub async fn reap_expired(db: &Db) -> sqlx::Result<(u64, u64)> {
     let now = now_ms();
     let failed = sqlx::query(
         "UPDATE jobs SET status = 'failed', lease_owner = NULL, lease_expires_at = NULL,
-                error = 'the worker running this job stopped responding ' || attempts || ' times; giving up',
-                finished_at = ?1, updated_at = ?1
-         WHERE status = 'running' AND lease_expires_at < ?1 AND attempts >= max_attempts",
+                error = 'the worker running this job stopped responding ' || CAST(attempts AS TEXT) || ' times; giving up',
+                finished_at = $1, updated_at = $1
+         WHERE status = 'running' AND lease_expires_at < $1 AND attempts >= max_attempts",
     )
     .bind(now)
     .execute(db)
     .await?
     .rows_affected();
     let requeued = sqlx::query(
-        "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1
-         WHERE status = 'running' AND lease_expires_at < ?1",
+        "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, updated_at = $1
+         WHERE status = 'running' AND lease_expires_at < $1",
     )
     .bind(now)
     .execute(db)
@@ -382,15 +421,15 @@ pub async fn reap_expired(db: &Db) -> sqlx::Result<(u64, u64)> {
 pub async fn request_cancel(db: &Db, id: &str) -> sqlx::Result<Option<JobRow>> {
     let now = now_ms();
     sqlx::query(
-        "UPDATE jobs SET status = 'cancelled', finished_at = ?2, updated_at = ?2
-         WHERE id = ?1 AND status = 'queued'",
+        "UPDATE jobs SET status = 'cancelled', finished_at = $2, updated_at = $2
+         WHERE id = $1 AND status = 'queued'",
     )
     .bind(id)
     .bind(now)
     .execute(db)
     .await?;
     sqlx::query(
-        "UPDATE jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1 AND status = 'running'",
+        "UPDATE jobs SET cancel_requested = 1, updated_at = $2 WHERE id = $1 AND status = 'running'",
     )
     .bind(id)
     .bind(now)
@@ -412,9 +451,9 @@ pub async fn finish_with_model(
     let mut tx = db.begin().await?;
     let now = now_ms();
     let done = sqlx::query(
-        "UPDATE jobs SET status = ?3, model_id = ?4, error = NULL, finished_at = ?5, updated_at = ?5,
+        "UPDATE jobs SET status = $3, model_id = $4, error = NULL, finished_at = $5, updated_at = $5,
                 lease_owner = NULL, lease_expires_at = NULL
-         WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
+         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
     )
     .bind(id)
     .bind(owner)

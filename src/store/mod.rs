@@ -1,4 +1,4 @@
-//! Typed access to the SQLite tables, one module per table (`sweeps` also
+//! Typed access to the tables (SQLite or PostgreSQL, see `db`), one module per table (`sweeps` also
 //! writes the sweep columns of `jobs`): the only code
 //! that writes them.
 

@@ -37,13 +37,10 @@ pub async fn insert(db: &Db, m: NewModel<'_>) -> sqlx::Result<ModelRow> {
 }
 
 /// `insert` on a given connection (or transaction).
-pub async fn insert_in(
-    conn: &mut sqlx::SqliteConnection,
-    m: NewModel<'_>,
-) -> sqlx::Result<ModelRow> {
+pub async fn insert_in(conn: &mut sqlx::AnyConnection, m: NewModel<'_>) -> sqlx::Result<ModelRow> {
     sqlx::query_as(
         "INSERT INTO models (id, job_id, path, base_model, task, labels, metrics, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING *",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *",
     )
     .bind(m.id)
     .bind(m.job_id)
@@ -58,7 +55,7 @@ pub async fn insert_in(
 }
 
 pub async fn get(db: &Db, id: &str) -> sqlx::Result<Option<ModelRow>> {
-    sqlx::query_as("SELECT * FROM models WHERE id = ?1")
+    sqlx::query_as("SELECT * FROM models WHERE id = $1")
         .bind(id)
         .fetch_optional(db)
         .await
@@ -69,7 +66,7 @@ pub async fn get(db: &Db, id: &str) -> sqlx::Result<Option<ModelRow>> {
 pub async fn by_alias_or_id(db: &Db, name: &str) -> sqlx::Result<Option<ModelRow>> {
     sqlx::query_as(
         "SELECT * FROM models
-         WHERE id = COALESCE((SELECT model_id FROM model_aliases WHERE name = ?1), ?1)",
+         WHERE id = COALESCE((SELECT model_id FROM model_aliases WHERE name = $1), $1)",
     )
     .bind(name)
     .fetch_optional(db)
@@ -84,7 +81,7 @@ pub async fn pinned_or_newest(db: &Db, alias: &str) -> sqlx::Result<Option<Model
         "SELECT * FROM models
          WHERE id = COALESCE(
              (SELECT a.model_id FROM model_aliases a JOIN models m ON m.id = a.model_id
-              WHERE a.name = ?1),
+              WHERE a.name = $1),
              -- ids are UUID v7: the newest sorts last
              (SELECT id FROM models ORDER BY id DESC LIMIT 1))",
     )
@@ -94,7 +91,7 @@ pub async fn pinned_or_newest(db: &Db, alias: &str) -> sqlx::Result<Option<Model
 }
 
 pub async fn list(db: &Db, before: Option<&str>, limit: i64) -> sqlx::Result<Vec<ModelRow>> {
-    sqlx::query_as("SELECT * FROM models WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2")
+    sqlx::query_as("SELECT * FROM models WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2")
         .bind(before)
         .bind(limit)
         .fetch_all(db)
@@ -102,7 +99,7 @@ pub async fn list(db: &Db, before: Option<&str>, limit: i64) -> sqlx::Result<Vec
 }
 
 pub async fn delete(db: &Db, id: &str) -> sqlx::Result<bool> {
-    let done = sqlx::query("DELETE FROM models WHERE id = ?1")
+    let done = sqlx::query("DELETE FROM models WHERE id = $1")
         .bind(id)
         .execute(db)
         .await?;
@@ -112,7 +109,7 @@ pub async fn delete(db: &Db, id: &str) -> sqlx::Result<bool> {
 /// Points `name` at a model (creating or moving the alias).
 pub async fn set_alias(db: &Db, name: &str, model_id: &str) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO model_aliases (name, model_id, updated_at) VALUES (?1, ?2, ?3)
+        "INSERT INTO model_aliases (name, model_id, updated_at) VALUES ($1, $2, $3)
          ON CONFLICT (name) DO UPDATE SET model_id = excluded.model_id, updated_at = excluded.updated_at",
     )
     .bind(name)
@@ -125,7 +122,7 @@ pub async fn set_alias(db: &Db, name: &str, model_id: &str) -> sqlx::Result<()> 
 
 /// Names of the aliases that point at a model.
 pub async fn aliases_of(db: &Db, model_id: &str) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar("SELECT name FROM model_aliases WHERE model_id = ?1 ORDER BY name")
+    sqlx::query_scalar("SELECT name FROM model_aliases WHERE model_id = $1 ORDER BY name")
         .bind(model_id)
         .fetch_all(db)
         .await

@@ -5,7 +5,7 @@
 //! compare-and-set on the sweep's row: two supervisors (or one that runs a
 //! tick twice) never decide a rung, or end a sweep, twice.
 
-use crate::db::Db;
+use crate::db::{Backend, Db};
 use sqlx::FromRow;
 use uuid::Uuid;
 
@@ -83,7 +83,7 @@ pub async fn insert(
     let row: SweepRow = sqlx::query_as(
         "INSERT INTO sweeps (id, dataset_id, spec_json, metric, max_parallel, promote_alias, rungs,
                              reduction_factor, max_seconds, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10) RETURNING *",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING *",
     )
     .bind(&id)
     .bind(sweep.dataset_id)
@@ -103,7 +103,7 @@ pub async fn insert(
         // first, then id) takes candidates in the spec's order.
         let job: JobRow = sqlx::query_as(
             "INSERT INTO jobs (id, dataset_id, config, device, max_attempts, sweep_id, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) RETURNING *",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING *",
         )
         .bind(Uuid::now_v7().to_string())
         .bind(sweep.dataset_id)
@@ -121,7 +121,7 @@ pub async fn insert(
 }
 
 pub async fn get(db: &Db, id: &str) -> sqlx::Result<Option<SweepRow>> {
-    sqlx::query_as("SELECT * FROM sweeps WHERE id = ?1")
+    sqlx::query_as("SELECT * FROM sweeps WHERE id = $1")
         .bind(id)
         .fetch_optional(db)
         .await
@@ -129,7 +129,7 @@ pub async fn get(db: &Db, id: &str) -> sqlx::Result<Option<SweepRow>> {
 
 /// Newest first; `before` is the last id of the previous page.
 pub async fn list(db: &Db, before: Option<&str>, limit: i64) -> sqlx::Result<Vec<SweepRow>> {
-    sqlx::query_as("SELECT * FROM sweeps WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2")
+    sqlx::query_as("SELECT * FROM sweeps WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2")
         .bind(before)
         .bind(limit)
         .fetch_all(db)
@@ -145,7 +145,7 @@ pub async fn list_active(db: &Db) -> sqlx::Result<Vec<SweepRow>> {
 
 /// The sweep's candidates, in the spec's order.
 pub async fn jobs_of(db: &Db, sweep_id: &str) -> sqlx::Result<Vec<JobRow>> {
-    sqlx::query_as("SELECT * FROM jobs WHERE sweep_id = ?1 ORDER BY created_at, id")
+    sqlx::query_as("SELECT * FROM jobs WHERE sweep_id = $1 ORDER BY created_at, id")
         .bind(sweep_id)
         .fetch_all(db)
         .await
@@ -154,7 +154,7 @@ pub async fn jobs_of(db: &Db, sweep_id: &str) -> sqlx::Result<Vec<JobRow>> {
 /// `queued` → `running` once a candidate has started.
 pub async fn mark_running(db: &Db, id: &str) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "UPDATE sweeps SET status = 'running', updated_at = ?2 WHERE id = ?1 AND status = 'queued'",
+        "UPDATE sweeps SET status = 'running', updated_at = $2 WHERE id = $1 AND status = 'queued'",
     )
     .bind(id)
     .bind(now_ms())
@@ -180,8 +180,8 @@ pub async fn decide_rung(
     let now = now_ms();
     let mut tx = db.begin().await?;
     let cas = sqlx::query(
-        "UPDATE sweeps SET rungs_done = ?2 + 1, updated_at = ?3
-         WHERE id = ?1 AND rungs_done = ?2 AND status IN ('queued', 'running')",
+        "UPDATE sweeps SET rungs_done = $2 + 1, updated_at = $3
+         WHERE id = $1 AND rungs_done = $2 AND status IN ('queued', 'running')",
     )
     .bind(sweep_id)
     .bind(rung_index)
@@ -194,10 +194,10 @@ pub async fn decide_rung(
     }
     for job in losers {
         sqlx::query(
-            "UPDATE jobs SET stopped_rung = ?3,
+            "UPDATE jobs SET stopped_rung = $3,
                     cancel_requested = CASE WHEN status IN ('queued', 'running') THEN 1 ELSE cancel_requested END,
-                    updated_at = ?4
-             WHERE id = ?1 AND sweep_id = ?2",
+                    updated_at = $4
+             WHERE id = $1 AND sweep_id = $2",
         )
         .bind(job)
         .bind(sweep_id)
@@ -219,9 +219,9 @@ pub async fn stop_all(db: &Db, sweep_id: &str, reason: &str) -> sqlx::Result<Vec
     let now = now_ms();
     let mut tx = db.begin().await?;
     sqlx::query(
-        "UPDATE sweeps SET cancel_requested = cancel_requested OR (?2 = 'cancelled'),
-                stop_reason = COALESCE(stop_reason, ?2), updated_at = ?3
-         WHERE id = ?1 AND status IN ('queued', 'running')",
+        "UPDATE sweeps SET cancel_requested = CASE WHEN $2 = 'cancelled' THEN 1 ELSE cancel_requested END,
+                stop_reason = COALESCE(stop_reason, $2), updated_at = $3
+         WHERE id = $1 AND status IN ('queued', 'running')",
     )
     .bind(sweep_id)
     .bind(reason)
@@ -229,8 +229,8 @@ pub async fn stop_all(db: &Db, sweep_id: &str, reason: &str) -> sqlx::Result<Vec
     .execute(&mut *tx)
     .await?;
     let cancelled: Vec<String> = sqlx::query_scalar(
-        "UPDATE jobs SET status = 'cancelled', finished_at = ?2, updated_at = ?2
-         WHERE sweep_id = ?1 AND status = 'queued' AND metrics = '[]'
+        "UPDATE jobs SET status = 'cancelled', finished_at = $2, updated_at = $2
+         WHERE sweep_id = $1 AND status = 'queued' AND metrics = '[]'
          RETURNING id",
     )
     .bind(sweep_id)
@@ -238,8 +238,8 @@ pub async fn stop_all(db: &Db, sweep_id: &str, reason: &str) -> sqlx::Result<Vec
     .fetch_all(&mut *tx)
     .await?;
     sqlx::query(
-        "UPDATE jobs SET cancel_requested = 1, updated_at = ?2
-         WHERE sweep_id = ?1 AND status IN ('queued', 'running')",
+        "UPDATE jobs SET cancel_requested = 1, updated_at = $2
+         WHERE sweep_id = $1 AND status IN ('queued', 'running')",
     )
     .bind(sweep_id)
     .bind(now)
@@ -264,8 +264,8 @@ pub async fn finish(
     let now = now_ms();
     let mut tx = db.begin().await?;
     let done = sqlx::query(
-        "UPDATE sweeps SET status = ?2, winner_job_id = ?3, error = ?4, finished_at = ?5, updated_at = ?5
-         WHERE id = ?1 AND status IN ('queued', 'running')",
+        "UPDATE sweeps SET status = $2, winner_job_id = $3, error = $4, finished_at = $5, updated_at = $5
+         WHERE id = $1 AND status IN ('queued', 'running')",
     )
     .bind(sweep_id)
     .bind(status.as_str())
@@ -280,7 +280,7 @@ pub async fn finish(
     }
     if let Some((alias, model_id)) = promote {
         sqlx::query(
-            "INSERT INTO model_aliases (name, model_id, updated_at) VALUES (?1, ?2, ?3)
+            "INSERT INTO model_aliases (name, model_id, updated_at) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET model_id = excluded.model_id, updated_at = excluded.updated_at",
         )
         .bind(alias)
@@ -294,15 +294,24 @@ pub async fn finish(
 }
 
 /// The best training throughput (images/s) a job on `base_model` in `mode`
-/// has recorded, if any: the basis of a budget's one-epoch estimate.
+/// has recorded, if any: the basis of a budget's one-epoch estimate. The
+/// JSON columns are read by each backend's own JSON functions.
 pub async fn best_throughput(db: &Db, base_model: &str, mode: &str) -> sqlx::Result<Option<f64>> {
-    sqlx::query_scalar(
-        "SELECT MAX(CAST(json_extract(progress, '$.images_per_sec') AS REAL)) FROM jobs
-         WHERE progress IS NOT NULL
-           AND json_extract(config, '$.base_model') = ?1 AND json_extract(config, '$.mode') = ?2",
-    )
-    .bind(base_model)
-    .bind(mode)
-    .fetch_one(db)
-    .await
+    let sql = match Backend::of(db) {
+        Backend::Sqlite => {
+            "SELECT MAX(CAST(json_extract(progress, '$.images_per_sec') AS REAL)) FROM jobs
+             WHERE progress IS NOT NULL
+               AND json_extract(config, '$.base_model') = $1 AND json_extract(config, '$.mode') = $2"
+        }
+        Backend::Postgres => {
+            "SELECT MAX(CAST(CAST(progress AS jsonb) ->> 'images_per_sec' AS DOUBLE PRECISION)) FROM jobs
+             WHERE progress IS NOT NULL
+               AND CAST(config AS jsonb) ->> 'base_model' = $1 AND CAST(config AS jsonb) ->> 'mode' = $2"
+        }
+    };
+    sqlx::query_scalar(sql)
+        .bind(base_model)
+        .bind(mode)
+        .fetch_one(db)
+        .await
 }

@@ -11,11 +11,24 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use vitrine::store::jobs as job_store;
 
+use vitrine::db::Backend;
+
+use crate::common::postgres::both_databases;
 use crate::common::{body_json, photo_archive, settle, upload, TestApp};
+
+// The tests that go through the queue run on SQLite and on PostgreSQL.
+both_databases!(
+    a_job_on_a_validating_dataset_waits_for_it,
+    jobs_on_a_refused_dataset_fail_with_its_error,
+);
 
 /// One ingestion thread, so a few hundred photos take seconds.
 async fn slow_app() -> TestApp {
-    TestApp::with_config(|c| {
+    slow_app_on(Backend::Sqlite).await
+}
+
+async fn slow_app_on(backend: Backend) -> TestApp {
+    TestApp::with_config_on(backend, |c| {
         c.ingest_threads = 1;
         c.devices = vec!["cpu".into()];
     })
@@ -192,10 +205,9 @@ async fn events_stream_the_progress_and_end_with_the_status() {
 
 /// A job queued on a dataset still validating waits: no worker may claim
 /// it until the dataset is ready.
-#[tokio::test]
-async fn a_job_on_a_validating_dataset_waits_for_it() {
+async fn a_job_on_a_validating_dataset_waits_for_it(backend: Backend) {
     let fx = crate::common::e2e::fixtures();
-    let app = slow_app().await;
+    let app = slow_app_on(backend).await;
     let (_, body) = upload(&app, &photo_archive(200, 2000, 1500, false)).await;
     let id = body["id"].as_str().unwrap().to_string();
     let (status, job) = post_json(
@@ -236,10 +248,9 @@ async fn a_job_on_a_validating_dataset_waits_for_it() {
 
 /// Jobs waiting for a dataset that is refused fail with its code and
 /// detail; a job asking for a refused dataset is refused.
-#[tokio::test]
-async fn jobs_on_a_refused_dataset_fail_with_its_error() {
+async fn jobs_on_a_refused_dataset_fail_with_its_error(backend: Backend) {
     let fx = crate::common::e2e::fixtures();
-    let app = TestApp::with_config(|c| {
+    let app = TestApp::with_config_on(backend, |c| {
         c.ingest_threads = 1;
         c.devices = vec!["cpu".into()];
         c.max_undecodable_fraction = 0.0;

@@ -10,15 +10,29 @@ use serde_json::{json, Value};
 use vitrine::store::jobs::{self as jobs, JobStatus, NewJob};
 use vitrine::store::models::NewModel;
 
+use vitrine::db::Backend;
+
+use crate::common::postgres::both_databases;
 use crate::common::{body_json, upload_settled, TestApp};
+
+// Every test runs on SQLite and on PostgreSQL.
+both_databases!(
+    a_grid_expands_to_one_ordinary_job_per_combination,
+    bad_specs_are_refused_naming_the_field_and_queue_nothing,
+    the_queue_runs_at_most_max_parallel_candidates_and_other_jobs_still_run,
+    cancelling_a_sweep_stops_every_candidate,
+    halving_stops_the_losers_at_each_rung_and_the_winner_is_promoted,
+    a_spent_budget_stops_the_sweep,
+);
 
 /// An app (no workers run: the test claims jobs itself) with the tints
 /// dataset uploaded; returns the dataset id and the base model path.
 async fn app_with_dataset(
+    backend: Backend,
     tweak: impl FnOnce(&mut vitrine::config::ServeConfig),
 ) -> (TestApp, String, String) {
     let fx = crate::common::e2e::fixtures();
-    let app = TestApp::with_config(|c| {
+    let app = TestApp::with_config_on(backend, |c| {
         c.devices = vec!["cpu".into()];
         tweak(c)
     })
@@ -57,9 +71,8 @@ fn job_ids(sweep: &Value) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_grid_expands_to_one_ordinary_job_per_combination() {
-    let (app, dataset, base) = app_with_dataset(|_| {}).await;
+async fn a_grid_expands_to_one_ordinary_job_per_combination(backend: Backend) {
+    let (app, dataset, base) = app_with_dataset(backend, |_| {}).await;
     let (status, sweep) = post_sweep(
         &app,
         &dataset,
@@ -168,9 +181,8 @@ async fn a_grid_expands_to_one_ordinary_job_per_combination() {
     assert_eq!(ids, [second["id"].as_str().unwrap(), sweep_id]);
 }
 
-#[tokio::test]
-async fn bad_specs_are_refused_naming_the_field_and_queue_nothing() {
-    let (app, dataset, base) = app_with_dataset(|c| c.max_sweep_candidates = 4).await;
+async fn bad_specs_are_refused_naming_the_field_and_queue_nothing(backend: Backend) {
+    let (app, dataset, base) = app_with_dataset(backend, |c| c.max_sweep_candidates = 4).await;
     let cases = [
         (
             json!({"base": {"base_model": base}, "grid": {"learnig_rate": [0.1, 0.01]}}),
@@ -252,9 +264,8 @@ async fn claim_all(app: &TestApp, owner: &str) -> Vec<String> {
     got
 }
 
-#[tokio::test]
-async fn the_queue_runs_at_most_max_parallel_candidates_and_other_jobs_still_run() {
-    let (app, dataset, base) = app_with_dataset(|_| {}).await;
+async fn the_queue_runs_at_most_max_parallel_candidates_and_other_jobs_still_run(backend: Backend) {
+    let (app, dataset, base) = app_with_dataset(backend, |_| {}).await;
     let (status, sweep) = post_sweep(
         &app,
         &dataset,
@@ -307,9 +318,8 @@ async fn the_queue_runs_at_most_max_parallel_candidates_and_other_jobs_still_run
     assert!(candidates.contains(&next[0]) && !first.contains(&next[0]));
 }
 
-#[tokio::test]
-async fn cancelling_a_sweep_stops_every_candidate() {
-    let (app, dataset, base) = app_with_dataset(|_| {}).await;
+async fn cancelling_a_sweep_stops_every_candidate(backend: Backend) {
+    let (app, dataset, base) = app_with_dataset(backend, |_| {}).await;
     let (_, sweep) = post_sweep(
         &app,
         &dataset,
@@ -428,9 +438,8 @@ async fn record_epochs(app: &TestApp, job: &str, owner: &str, accs: &[f64]) {
     );
 }
 
-#[tokio::test]
-async fn halving_stops_the_losers_at_each_rung_and_the_winner_is_promoted() {
-    let (app, dataset, base) = app_with_dataset(|_| {}).await;
+async fn halving_stops_the_losers_at_each_rung_and_the_winner_is_promoted(backend: Backend) {
+    let (app, dataset, base) = app_with_dataset(backend, |_| {}).await;
     let (status, sweep) = post_sweep(
         &app,
         &dataset,
@@ -544,9 +553,8 @@ async fn halving_stops_the_losers_at_each_rung_and_the_winner_is_promoted() {
     assert_eq!(alias["job_id"], c[0].as_str());
 }
 
-#[tokio::test]
-async fn a_spent_budget_stops_the_sweep() {
-    let (app, dataset, base) = app_with_dataset(|_| {}).await;
+async fn a_spent_budget_stops_the_sweep(backend: Backend) {
+    let (app, dataset, base) = app_with_dataset(backend, |_| {}).await;
     let (status, sweep) = post_sweep(
         &app,
         &dataset,

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod e2e;
+pub mod postgres;
 pub mod process;
 pub mod refusal;
 pub mod webdriver;
@@ -30,8 +31,18 @@ impl TestApp {
     }
 
     pub async fn with_config(tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        Self::with_config_on(vitrine::db::Backend::Sqlite, tweak).await
+    }
+
+    /// An app whose database is a new one on `backend`
+    /// ([`postgres::database_url`]).
+    pub async fn with_config_on(
+        backend: vitrine::db::Backend,
+        tweak: impl FnOnce(&mut ServeConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = ServeConfig::for_data_dir(dir.path());
+        cfg.database_url = Some(postgres::database_url(backend, dir.path()));
         tweak(&mut cfg);
         let state = vitrine::app::AppState::build(cfg).await.unwrap();
         Self { state, dir }
