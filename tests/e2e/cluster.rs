@@ -35,6 +35,15 @@ async fn a_cluster_on_sqlite_runs_every_job_once_and_survives_killed_nodes() {
     run_cluster(&Backend::sqlite(dir.path())).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_on_postgres_with_a_shared_directory() {
+    let Some(pg) = crate::common::postgres::PgServer::shared() else {
+        return crate::common::postgres::skip("a_cluster_on_postgres_with_a_shared_directory");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    run_cluster(&Backend::postgres_shared_dir(dir.path(), &pg.fresh_database())).await;
+}
+
 /// The whole scenario on `backend`; prints the counts and times.
 pub async fn run_cluster(backend: &Backend) {
     let fx = fixtures();
