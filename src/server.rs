@@ -81,6 +81,7 @@ pub async fn serve_on(
         Err(e) => tracing::error!(error = ?e, "resuming validations failed"),
     }
     let mut workers = start_workers(&state, &shutdown);
+    crate::jobs::relay::start(&state.jobs.db, &state.jobs.hub, shutdown.clone());
     workers.push(tokio::spawn(crate::jobs::reaper::run(
         state.jobs.clone(),
         shutdown.clone(),
@@ -156,6 +157,7 @@ pub async fn work_on(
         "vitrine worker started; probes listening"
     );
     let mut tasks = crate::jobs::worker::spawn_workers(&node.jobs, shutdown.clone());
+    crate::jobs::relay::start(&node.jobs.db, &node.jobs.hub, shutdown.clone());
     tasks.push(tokio::spawn(crate::jobs::reaper::run(
         node.jobs.clone(),
         shutdown.clone(),

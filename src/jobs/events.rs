@@ -1,10 +1,10 @@
 //! Live job events, fanned out to server-sent-event subscribers.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 /// One event about one job: `kind` is the SSE event name, `data` its JSON.
 #[derive(Debug, Clone, Serialize)]
@@ -17,10 +17,12 @@ pub struct JobEvent {
 }
 
 /// Per-job broadcast channels, created on first use and dropped when the
-/// job ends.
+/// job ends; on PostgreSQL also relayed to the other nodes
+/// ([`super::relay`]).
 #[derive(Clone, Default)]
 pub struct EventHub {
     channels: Arc<Mutex<HashMap<String, broadcast::Sender<JobEvent>>>>,
+    relay: Arc<OnceLock<mpsc::UnboundedSender<(String, JobEvent)>>>,
 }
 
 impl EventHub {
@@ -33,8 +35,27 @@ impl EventHub {
             .subscribe()
     }
 
-    /// Sends to current subscribers (none listening is fine).
+    /// Sends to current subscribers here (none listening is fine) and, when
+    /// relaying, to the other nodes.
     pub fn publish(&self, job_id: &str, event: JobEvent) {
+        if let Some(relay) = self.relay.get() {
+            let _ = relay.send((job_id.to_string(), event.clone()));
+        }
+        self.publish_here(job_id, event);
+    }
+
+    /// Whether anyone here follows `job_id`.
+    pub fn is_followed(&self, job_id: &str) -> bool {
+        self.channels.lock().unwrap().contains_key(job_id)
+    }
+
+    /// Sets where published events are relayed; false if already set.
+    pub(crate) fn relay_to(&self, tx: mpsc::UnboundedSender<(String, JobEvent)>) -> bool {
+        self.relay.set(tx).is_ok()
+    }
+
+    /// Sends to the subscribers of this process only.
+    pub fn publish_here(&self, job_id: &str, event: JobEvent) {
         let mut map = self.channels.lock().unwrap();
         if let Some(tx) = map.get(job_id) {
             let terminal = event.terminal;

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod reaper;
+pub mod relay;
 pub mod service;
 pub mod view;
 pub mod wake;

@@ -73,6 +73,13 @@ impl Backend {
         }
     }
 
+    /// Whether live job events cross nodes (PostgreSQL: `jobs::relay`).
+    pub fn relays_events(&self) -> bool {
+        self.database_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("postgres"))
+    }
+
     /// The data directory of the node `name`.
     pub fn data_dir(&self, name: &str) -> PathBuf {
         let dir = match self.artifacts {

@@ -41,7 +41,11 @@ async fn a_cluster_on_postgres_with_a_shared_directory() {
         return crate::common::postgres::skip("a_cluster_on_postgres_with_a_shared_directory");
     };
     let dir = tempfile::tempdir().unwrap();
-    run_cluster(&Backend::postgres_shared_dir(dir.path(), &pg.fresh_database())).await;
+    run_cluster(&Backend::postgres_shared_dir(
+        dir.path(),
+        &pg.fresh_database(),
+    ))
+    .await;
 }
 
 /// The whole scenario on `backend`; prints the counts and times.
@@ -64,6 +68,8 @@ pub async fn run_cluster(backend: &Backend) {
             "epochs": epochs, "batch_size": 16}})
     };
     let long = submit(&api.url, job_config(LONG_EPOCHS)).await;
+    // A client follows the long job on the API node while workers train it.
+    let follower = tokio::spawn(follow_events(api.url.clone(), long.clone()));
     let others =
         futures::future::join_all((1..JOBS).map(|_| submit(&api.url, job_config(SMALL_EPOCHS))))
             .await;
@@ -107,6 +113,33 @@ pub async fn run_cluster(backend: &Backend) {
         let expected = if *id == long { 2 } else { 1 };
         assert_eq!(job["attempts"], expected, "{id}: {job}");
     }
+
+    // The client's stream: on PostgreSQL the workers' events reach the API
+    // node (jobs::relay), before and after the kill; on SQLite only the
+    // end, found by the stream's polling.
+    let seen = tokio::time::timeout(Duration::from_secs(30), follower)
+        .await
+        .expect("the event stream ends with the job")
+        .unwrap();
+    assert_eq!(seen.last().map(String::as_str), Some("status"), "{seen:?}");
+    let count = |kind: &str| seen.iter().filter(|k| *k == kind).count();
+    if backend.relays_events() {
+        assert!(count("progress") >= 2, "{seen:?}");
+        assert_eq!(
+            count("epoch") as u64,
+            LONG_EPOCHS,
+            "one event per epoch: {seen:?}"
+        );
+        // running, then running again on the second worker, then succeeded
+        assert!(count("status") >= 3, "{seen:?}");
+    }
+    println!(
+        "cluster on {}: the API node's stream of the long job saw {} progress, {} epoch, {} status events",
+        backend.name,
+        count("progress"),
+        count("epoch"),
+        count("status")
+    );
 
     // The long job resumed from its checkpoint, elsewhere, and kept the
     // epochs recorded before the kill.
@@ -307,6 +340,28 @@ async fn upload_dataset(url: &str, archive: &std::path::Path) -> String {
 }
 
 /// `POST /jobs` as JSON; expects 202 and returns the job's id.
+/// The event names of `/jobs/{job}/events` until the stream ends.
+async fn follow_events(url: String, job: String) -> Vec<String> {
+    use futures::StreamExt;
+    let response = reqwest::get(format!("{url}/jobs/{job}/events"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let (mut buffer, mut kinds) = (String::new(), Vec::new());
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else { break };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find('\n') {
+            let line: String = buffer.drain(..=end).collect();
+            if let Some(kind) = line.trim_end().strip_prefix("event:") {
+                kinds.push(kind.trim().to_string());
+            }
+        }
+    }
+    kinds
+}
+
 async fn submit(url: &str, body: Value) -> String {
     let resp = reqwest::Client::new()
         .post(format!("{url}/jobs"))
