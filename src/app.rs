@@ -24,6 +24,8 @@ pub struct AppState {
     pub inference: crate::serve::Inference,
     /// Devices taken out of service by a fatal error (`/readyz`, `/metrics`).
     pub devices: crate::devices::DeviceHealth,
+    /// The artefact store shared by every node (or the data dir alone).
+    pub artifacts: crate::artifacts::Artifacts,
 }
 
 impl AppState {
@@ -44,6 +46,12 @@ impl AppState {
         };
         let db = crate::db::connect(&config.database_url()).await?;
         let metrics = Metrics::new();
+        let artifacts = crate::artifacts::Artifacts::open(
+            &config.artifact_options(),
+            &config.data_dir,
+            &metrics.registry,
+        )
+        .await?;
         let engine = crate::serve::engine::EngineConfig {
             max_batch: config.predict_max_batch,
             max_wait: Duration::from_millis(config.predict_max_wait_ms),
@@ -71,12 +79,14 @@ impl AppState {
             max_attempts: config.job_max_attempts,
             lease: Duration::from_secs(config.job_lease_secs),
             health: devices.clone(),
+            artifacts: artifacts.clone(),
         };
         let datasets = DatasetStore {
             db: db.clone(),
             data_dir: config.data_dir.clone(),
             limits: config.ingest_limits(),
             max_upload_bytes: config.max_upload_bytes,
+            artifacts: artifacts.clone(),
             validations: crate::data::validation::Validations::new(
                 config.ingest_concurrency,
                 match config.ingest_threads {
@@ -93,6 +103,7 @@ impl AppState {
             datasets,
             inference,
             devices,
+            artifacts,
         })
     }
 }
