@@ -192,14 +192,11 @@ impl JobSync {
             best,
         };
         let json = serde_json::to_vec(&pointer)?;
+        let pointer_at = key(&pointer_key(&self.job_id));
         remote
             .backoff
             .run("writing the checkpoint pointer", || {
-                transfer::put_bytes(
-                    store.as_ref(),
-                    &key(&pointer_key(&self.job_id)),
-                    json.clone(),
-                )
+                transfer::put_bytes(store.as_ref(), &pointer_at, json.clone())
             })
             .await
             .map_err(|e| remote.fail(e))?;

@@ -87,8 +87,11 @@ impl Location {
                         root.display()
                     );
                 }
+                // Deleting a key removes its emptied directories too, as a
+                // prefix disappears from a bucket.
                 let store = LocalFileSystem::new_with_prefix(root)
-                    .map_err(|e| anyhow::anyhow!("artifact store {url}: {e}"))?;
+                    .map_err(|e| anyhow::anyhow!("artifact store {url}: {e}"))?
+                    .with_automatic_cleanup(true);
                 Ok(Arc::new(store))
             }
         }
