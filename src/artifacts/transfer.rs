@@ -43,16 +43,16 @@ pub async fn put_file(
         .await
         .with_context(|| format!("opening {}", path.display()))?;
     let mut writer = BufWriter::new(store.clone(), key.clone());
-    let copied = async {
-        tokio::io::copy(&mut file, &mut writer).await?;
-        writer.shutdown().await
-    }
-    .await;
-    if let Err(e) = copied {
+    if let Err(e) = tokio::io::copy(&mut file, &mut writer).await {
+        // Abandons a multipart upload begun (the writer must not have
+        // started shutting down: it panics then).
         let _ = writer.abort().await;
         return Err(anyhow::Error::from(e).context(format!("uploading {key}")));
     }
-    Ok(())
+    writer
+        .shutdown()
+        .await
+        .with_context(|| format!("uploading {key}"))
 }
 
 /// Writes small bytes (a pointer, a probe) to `key`.
