@@ -224,7 +224,16 @@ impl Worker {
         let ended = self.conclude(&job, result, stop).await;
         if ended {
             let _ = tokio::fs::remove_dir_all(&work_dir).await;
-            self.queue.artifacts.delete_job(&id).await;
+            // A failed job keeps its stored checkpoints (a store outage
+            // must not cost the last good one); others need them no more.
+            let failed = store::get(&self.queue.db, &id)
+                .await
+                .ok()
+                .flatten()
+                .is_none_or(|row| row.status() == JobStatus::Failed);
+            if !failed {
+                self.queue.artifacts.delete_job(&id).await;
+            }
         }
     }
 
