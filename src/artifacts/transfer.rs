@@ -15,6 +15,15 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, PutPayload};
 use tokio::io::AsyncWriteExt;
 
+/// Parts of a multipart upload in flight at once: with the client's 10 MB
+/// buffer, one upload holds at most ~30 MB whatever the file's size.
+const UPLOAD_CONCURRENCY: usize = 2;
+
+/// A streaming writer to `key` (multipart above its buffer).
+fn upload_writer(store: &Arc<dyn ObjectStore>, key: &StorePath) -> BufWriter {
+    BufWriter::new(store.clone(), key.clone()).with_max_concurrency(UPLOAD_CONCURRENCY)
+}
+
 /// A store key from a `/`-separated relative path.
 pub fn key(rel: &str) -> StorePath {
     StorePath::from(rel)
@@ -42,7 +51,7 @@ pub async fn put_file(
     let mut file = tokio::fs::File::open(path)
         .await
         .with_context(|| format!("opening {}", path.display()))?;
-    let mut writer = BufWriter::new(store.clone(), key.clone());
+    let mut writer = upload_writer(store, key);
     if let Err(e) = tokio::io::copy(&mut file, &mut writer).await {
         // Abandons a multipart upload begun (the writer must not have
         // started shutting down: it panics then).
@@ -217,7 +226,7 @@ pub async fn put_tar(
     key: &StorePath,
     dir: &Path,
 ) -> anyhow::Result<()> {
-    let writer = BufWriter::new(store.clone(), key.clone());
+    let writer = upload_writer(store, key);
     let mut bridge = tokio_util::io::SyncIoBridge::new(writer);
     let dir = dir.to_path_buf();
     let packed = tokio::task::spawn_blocking(move || -> std::io::Result<_> {

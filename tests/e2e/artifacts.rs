@@ -14,11 +14,10 @@ use crate::common::e2e::{fixtures, get_json, submit_and_wait};
 use crate::common::process::{free_port, ServerProcess};
 use crate::common::s3::S3Server;
 
-fn env_of(s3: &S3Server) -> Vec<(String, String)> {
-    s3.env()
-}
+/// `AWS_*` variables for a child process.
+type Env = Vec<(String, String)>;
 
-fn refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+fn refs(env: &Env) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
@@ -42,7 +41,7 @@ async fn a_new_api_node_serves_a_stored_model_after_one_download() {
     let Some(s3) = S3Server::shared() else { return };
     let fx = fixtures();
     let bucket = s3.fresh_bucket();
-    let env = env_of(s3);
+    let env = s3.env();
     let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let trainer = ServerProcess::start_with(
         one.path(),
@@ -121,8 +120,8 @@ async fn a_new_api_node_serves_a_stored_model_after_one_download() {
 async fn a_bad_artifact_store_is_refused_at_start() {
     let Some(s3) = S3Server::shared() else { return };
     let data = tempfile::tempdir().unwrap();
-    let good = env_of(s3);
-    let with = |k: &str, v: &str| -> Vec<(String, String)> {
+    let good = s3.env();
+    let with = |k: &str, v: &str| -> Env {
         good.iter()
             .map(|(gk, gv)| (gk.clone(), if gk == k { v.to_string() } else { gv.clone() }))
             .collect()
@@ -130,7 +129,7 @@ async fn a_bad_artifact_store_is_refused_at_start() {
     let missing = s3.missing_bucket();
     let bucket = s3.fresh_bucket();
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let cases: Vec<(&str, Vec<(String, String)>, String)> = vec![
+    let cases: Vec<(&str, Env, String)> = vec![
         (
             "gs://bucket/x",
             good.clone(),
@@ -202,7 +201,7 @@ async fn a_job_whose_node_died_resumes_on_another_node_from_the_store() {
     const EPOCHS: u64 = 10;
     let fx = fixtures();
     let bucket = s3.fresh_bucket();
-    let env = env_of(s3);
+    let env = s3.env();
     let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let db = format!("sqlite://{}", one.path().join("vitrine.db").display());
     let args = [
