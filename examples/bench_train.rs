@@ -57,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         base_model_dir: PathBuf::from(model),
         work_dir: work.join("work"),
         device: tch::Device::Cpu,
+        artifacts: None,
     };
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

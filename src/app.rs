@@ -24,6 +24,8 @@ pub struct AppState {
     pub inference: crate::serve::Inference,
     /// Devices taken out of service by a fatal error (`/readyz`, `/metrics`).
     pub devices: crate::devices::DeviceHealth,
+    /// The artefact store shared by every node (or the data dir alone).
+    pub artifacts: crate::artifacts::Artifacts,
 }
 
 impl AppState {
@@ -44,6 +46,12 @@ impl AppState {
         };
         let db = crate::db::connect(&config.database_url()).await?;
         let metrics = Metrics::new();
+        let artifacts = crate::artifacts::Artifacts::open(
+            &config.artifact_options(),
+            &config.data_dir,
+            &metrics.registry,
+        )
+        .await?;
         let engine = crate::serve::engine::EngineConfig {
             max_batch: config.predict_max_batch,
             max_wait: Duration::from_millis(config.predict_max_wait_ms),
@@ -62,12 +70,13 @@ impl AppState {
             &metrics.registry,
             devices.clone(),
         );
-        let jobs = job_queue(&config, &db, worker_devices, &devices);
+        let jobs = job_queue(&config, &db, worker_devices, &devices, &artifacts);
         let datasets = DatasetStore {
             db: db.clone(),
             data_dir: config.data_dir.clone(),
             limits: config.ingest_limits(),
             max_upload_bytes: config.max_upload_bytes,
+            artifacts: artifacts.clone(),
             validations: crate::data::validation::Validations::new(
                 config.ingest_concurrency,
                 match config.ingest_threads {
@@ -84,6 +93,7 @@ impl AppState {
             datasets,
             inference,
             devices,
+            artifacts,
         })
     }
 }
@@ -94,6 +104,7 @@ fn job_queue(
     db: &Db,
     worker_devices: Vec<tch::Device>,
     health: &crate::devices::DeviceHealth,
+    artifacts: &crate::artifacts::Artifacts,
 ) -> JobQueue {
     JobQueue {
         db: db.clone(),
@@ -104,6 +115,7 @@ fn job_queue(
         max_attempts: config.job_max_attempts,
         lease: Duration::from_secs(config.job_lease_secs),
         health: health.clone(),
+        artifacts: artifacts.clone(),
     }
 }
 
@@ -130,12 +142,18 @@ impl WorkerNode {
         })?;
         let db = crate::db::connect(&config.database_url()).await?;
         let metrics = Metrics::new();
+        let artifacts = crate::artifacts::Artifacts::open(
+            &config.artifact_options(),
+            &config.data_dir,
+            &metrics.registry,
+        )
+        .await?;
         let names: Vec<String> = worker_devices
             .iter()
             .map(|d| crate::torch_info::device_name(*d))
             .collect();
         let devices = crate::devices::DeviceHealth::new(&names, &metrics.registry);
-        let jobs = job_queue(&config, &db, worker_devices, &devices);
+        let jobs = job_queue(&config, &db, worker_devices, &devices, &artifacts);
         Ok(Self {
             db,
             config: Arc::new(config),

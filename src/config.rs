@@ -149,6 +149,38 @@ pub struct ServeConfig {
     /// `--cpu-threads`).
     #[arg(long, env = "VITRINE_TORCH_THREADS", default_value_t = 0)]
     pub torch_threads: usize,
+
+    /// Artefact store shared by every node: `s3://bucket/prefix` (S3 or an
+    /// S3-compatible server, configured by the usual AWS_* environment
+    /// variables: AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, AWS_REGION, keys) or
+    /// `file:///path` (a shared mount). Unset: datasets, checkpoints and
+    /// models stay in the data dir only.
+    #[arg(long, env = "VITRINE_ARTIFACTS")]
+    pub artifacts: Option<String>,
+
+    /// Most bytes of models fetched from the artefact store kept on local
+    /// disk (least recently used evicted).
+    #[arg(long, env = "VITRINE_MODEL_DISK_CACHE_BYTES", default_value_t = 20 << 30)]
+    pub model_disk_cache_bytes: u64,
+
+    /// Attempts of an artefact store operation through an outage (the
+    /// waits double from --artifacts-retry-initial-ms) before the job fails.
+    #[arg(long, env = "VITRINE_ARTIFACTS_RETRY_ATTEMPTS", default_value_t = 5)]
+    pub artifacts_retry_attempts: u32,
+
+    /// The first wait between attempts of an artefact store operation.
+    #[arg(
+        long,
+        env = "VITRINE_ARTIFACTS_RETRY_INITIAL_MS",
+        default_value_t = 2000
+    )]
+    pub artifacts_retry_initial_ms: u64,
+
+    /// `AWS_*` settings applied over the process environment for the
+    /// artefact store (no flag: for embedders and tests, which must not
+    /// change their process's environment).
+    #[arg(skip)]
+    pub artifacts_env: Vec<(String, String)>,
 }
 
 /// Everything `vitrine worker` needs: the node settings it shares with
@@ -204,6 +236,19 @@ impl ServeConfig {
         }
     }
 
+    /// The artefact store's settings.
+    pub fn artifact_options(&self) -> crate::artifacts::ArtifactOptions {
+        crate::artifacts::ArtifactOptions {
+            url: self.artifacts.clone(),
+            model_cache_bytes: self.model_disk_cache_bytes,
+            backoff: crate::artifacts::Backoff {
+                attempts: self.artifacts_retry_attempts.max(1),
+                initial: std::time::Duration::from_millis(self.artifacts_retry_initial_ms),
+            },
+            s3_env: self.artifacts_env.clone(),
+        }
+    }
+
     /// A configuration for tests and embedding: defaults, rooted at `data_dir`.
     pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
         /// `ServeConfig` alone, to read its defaults (and environment).
@@ -215,6 +260,7 @@ impl ServeConfig {
         let mut cfg = Defaults::parse_from(["vitrine"]).serve;
         cfg.data_dir = data_dir.into();
         cfg.database_url = None;
+        cfg.artifacts = None;
         cfg
     }
 }

@@ -11,7 +11,7 @@
 //! | 5 | `jobs`, `serve`, `export` (ONNX files of trained models) |
 //! | 4 | `train` |
 //! | 3 | `data`, `model` |
-//! | 2 | `imaging`, `store`, `torch_info`, `torchx` |
+//! | 2 | `imaging`, `store`, `torch_info`, `torchx`, `artifacts` (the shared artefact store) |
 //! | 1 | `db`, `devices` (device health, read by training, serving and `http`) |
 //! | 0 | `task`, `error`, `metrics` (vocabulary shared by every layer) |
 
@@ -27,7 +27,7 @@ pub fn layer(module: &str) -> Option<u8> {
         "jobs" | "serve" | "export" => 5,
         "train" => 4,
         "data" | "model" => 3,
-        "imaging" | "store" | "torch_info" | "torchx" => 2,
+        "imaging" | "store" | "torch_info" | "torchx" | "artifacts" => 2,
         "db" | "devices" => 1,
         "task" | "error" | "metrics" => 0,
         _ => return None,

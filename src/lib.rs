@@ -4,6 +4,7 @@
 //! integration tests and extra binaries build the very same application.
 
 pub mod app;
+pub mod artifacts;
 pub mod cli;
 pub mod config;
 pub mod data;

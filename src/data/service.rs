@@ -39,6 +39,8 @@ pub struct DatasetStore {
     pub max_upload_bytes: u64,
     /// The background validation pool.
     pub validations: Validations,
+    /// Where uploads wait and validated datasets go for other nodes.
+    pub artifacts: crate::artifacts::Artifacts,
 }
 
 /// The outcome of an upload.
@@ -124,9 +126,61 @@ impl DatasetStore {
             .join(format!("{sha256}.columns.json"))
     }
 
-    fn remove_upload(&self, sha256: &str) {
+    /// Removes a kept upload, here and in the artefact store.
+    async fn remove_upload(&self, sha256: &str) {
         remove_path(&self.upload_path(sha256));
         remove_path(&self.columns_path(sha256));
+        self.artifacts.delete_upload(sha256).await;
+        self.artifacts
+            .delete_upload(&format!("{sha256}.columns.json"))
+            .await;
+    }
+
+    /// Copies a kept upload (and its columns) to the artefact store, so
+    /// another node can resume its validation. A failure is logged: this
+    /// node validates it all the same.
+    async fn share_upload(&self, sha256: &str) {
+        let mut shared = self
+            .artifacts
+            .put_upload(sha256, &self.upload_path(sha256))
+            .await;
+        let columns = self.columns_path(sha256);
+        if shared.is_ok() && columns.is_file() {
+            shared = self
+                .artifacts
+                .put_upload(&format!("{sha256}.columns.json"), &columns)
+                .await;
+        }
+        if let Err(e) = shared {
+            tracing::warn!(sha256, error = %format!("{e:#}"), "storing the upload in the artifact store failed; only this node can resume its validation");
+        }
+    }
+
+    /// A kept upload fetched from the artefact store (a validation left by
+    /// another node); false when the store lacks it too.
+    async fn fetch_upload(&self, sha256: &str) -> bool {
+        let fetched = self
+            .artifacts
+            .fetch_upload(sha256, &self.upload_path(sha256))
+            .await;
+        match fetched {
+            Ok(true) => {
+                let columns = format!("{sha256}.columns.json");
+                if let Err(e) = self
+                    .artifacts
+                    .fetch_upload(&columns, &self.columns_path(sha256))
+                    .await
+                {
+                    tracing::warn!(sha256, error = %format!("{e:#}"), "fetching the upload's columns failed");
+                }
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(sha256, error = %format!("{e:#}"), "fetching the upload from the artifact store failed");
+                false
+            }
+        }
     }
 
     /// The columns named for a kept upload (none: found by convention).
@@ -275,6 +329,7 @@ impl DatasetStore {
         if !columns.is_default() {
             tokio::fs::write(self.columns_path(sha256), serde_json::to_vec(columns)?).await?;
         }
+        self.share_upload(sha256).await;
         let record: DatasetRecord = row.try_into()?;
         tracing::info!(dataset = %record.id, sha256, size, "dataset stored; validating");
         self.start_validation(record.clone());
@@ -292,7 +347,8 @@ impl DatasetStore {
         let n = pending.len();
         for row in pending {
             let record: DatasetRecord = row.try_into()?;
-            if self.upload_path(&record.sha256).is_file() {
+            if self.upload_path(&record.sha256).is_file() || self.fetch_upload(&record.sha256).await
+            {
                 tracing::info!(dataset = %record.id, "validating again after a restart");
                 self.start_validation(record);
             } else {
@@ -405,7 +461,7 @@ impl DatasetStore {
                 self.fail(&record, &failure_of(&record, e)).await
             }
         };
-        self.remove_upload(&sha256);
+        self.remove_upload(&sha256).await;
         tracing::info!(dataset = %record.id, seconds = started.elapsed().as_secs_f64(), refused = ?refusal.map(|e| e.code), "validation ended");
         // Subscribers read the outcome from the database; send them what
         // it holds (or the last progress, if recording it failed).
@@ -445,6 +501,10 @@ impl DatasetStore {
         })
         .await??;
         work.keep();
+        // Other nodes fetch it from the store; not ready before it is there.
+        self.artifacts
+            .put_dataset(&record.path, &self.data_dir.join(&record.path))
+            .await?;
         let summary_json = serde_json::to_string(&ingested.summary)?;
         let progress_json = serde_json::to_string(&record.progress)?;
         let found = Validated {
@@ -464,7 +524,7 @@ impl DatasetStore {
     /// Records the refusal (and fails the jobs waiting for the dataset),
     /// and removes the upload: nothing is left but the record.
     async fn fail(&self, record: &DatasetRecord, failure: &DatasetFailure) -> anyhow::Result<()> {
-        self.remove_upload(&record.sha256);
+        self.remove_upload(&record.sha256).await;
         match store::mark_failed(&self.db, record.id, &failure.to_row(), &failure.job_error())
             .await?
         {

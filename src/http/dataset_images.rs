@@ -75,6 +75,10 @@ async fn find(state: &AppState, id: &str) -> AppResult<DatasetRecord> {
 
 /// The dataset's manifest; a dataset still being checked has none yet.
 async fn manifest(state: &AppState, dataset: &DatasetRecord) -> AppResult<Manifest> {
+    if dataset.status == crate::data::record::DatasetStatus::Ready {
+        // Validated on another node: fetched from the artefact store once.
+        state.artifacts.dataset_dir(&dataset.path).await?;
+    }
     let dir = dataset.dir(&state.config.data_dir);
     if !dir.join(MANIFEST_FILE).is_file() {
         return Err(AppError::conflict(

@@ -152,6 +152,9 @@ pub async fn delete_model(
     if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
         tracing::warn!(model = %id, error = ?e, "removing the model directory failed");
     }
+    if let Err(e) = state.artifacts.delete_model(&row.path).await {
+        tracing::warn!(model = %id, error = %format!("{e:#}"), "removing the model from the artifact store failed");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -253,7 +256,7 @@ pub async fn download_model(
         ));
     }
     let row = find(&state, &id).await?;
-    let dir = state.config.data_dir.join(&row.path);
+    let dir = state.artifacts.model_dir(&row.path).await?;
     if format == "hf" {
         return download_archive(&state, row, dir).await;
     }

@@ -128,7 +128,7 @@ async fn predict(
     let model = state
         .inference
         .registry
-        .resolve(&state.db, &state.config.data_dir, selector.as_deref())
+        .resolve(&state.db, &state.artifacts, selector.as_deref())
         .await?;
     let pipeline = model.pipeline.clone();
     let ticket = state.inference.announce();

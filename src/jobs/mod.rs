@@ -31,6 +31,8 @@ pub struct JobQueue {
     pub lease: std::time::Duration,
     /// Which devices are out of service (shared with the inference engines).
     pub health: crate::devices::DeviceHealth,
+    /// Where datasets are fetched from and checkpoints and models go.
+    pub artifacts: crate::artifacts::Artifacts,
 }
 
 impl JobQueue {

@@ -293,6 +293,7 @@ mod tests {
             max_attempts: 3,
             lease: std::time::Duration::from_secs(30),
             health: health.clone(),
+            artifacts: crate::artifacts::Artifacts::local("unused".as_ref()),
         }
     }
 

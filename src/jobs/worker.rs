@@ -222,6 +222,16 @@ impl Worker {
         let ended = self.conclude(&job, result, stop).await;
         if ended {
             let _ = tokio::fs::remove_dir_all(&work_dir).await;
+            // A failed job keeps its stored checkpoints (a store outage
+            // must not cost the last good one); others need them no more.
+            let failed = store::get(&self.queue.db, &id)
+                .await
+                .ok()
+                .flatten()
+                .is_none_or(|row| row.status() == JobStatus::Failed);
+            if !failed {
+                self.queue.artifacts.delete_job(&id).await;
+            }
         }
     }
 
@@ -241,13 +251,29 @@ impl Worker {
         .await
         .map_err(TrainError::retry)?
         .map_err(|e| TrainError::fatal(format!("base model `{}`: {e:#}", config.base_model)))?;
-        let data_dir = &self.queue.data_dir;
+        let artifacts = &self.queue.artifacts;
+        // With a shared store: the dataset once into the local cache, and
+        // the job's stored checkpoint when it is newer than the local one
+        // (a job resumed after its node died).
+        let dataset_dir = artifacts
+            .dataset_dir(&dataset.path)
+            .await
+            .map_err(|e| TrainError::retry(format!("{e:#}")))?;
+        let work_dir = self.queue.data_dir.join("jobs").join(&job.id);
+        if let Some(epoch) = artifacts
+            .pull_job(&job.id, &work_dir)
+            .await
+            .map_err(|e| TrainError::retry(format!("{e:#}")))?
+        {
+            tracing::info!(job = %job.id, epoch, "resuming from the stored checkpoint");
+        }
         Ok(TrainSpec {
             job_id: job.id.clone(),
             config,
-            dataset_dir: data_dir.join(&dataset.path),
+            dataset_dir,
             base_model_dir,
-            work_dir: data_dir.join("jobs").join(&job.id),
+            artifacts: artifacts.job_sync(&job.id, &work_dir),
+            work_dir,
             device: self.device,
         })
     }
@@ -343,9 +369,15 @@ impl Worker {
             tracing::error!(job = %job.id, error = ?e, "moving the model failed");
             return Err("storing the trained model failed".into());
         }
+        let rel_str = rel.to_string_lossy();
+        // In the shared store before the row names it, so no API node
+        // ever looks for a model the store lacks.
+        if let Err(e) = self.queue.artifacts.put_model(&rel_str, &dest).await {
+            let _ = tokio::fs::remove_dir_all(&dest).await;
+            return Err(format!("storing the trained model failed: {e:#}"));
+        }
         let labels = serde_json::to_string(&card.labels).unwrap_or_default();
         let card_json = serde_json::to_string(&card).unwrap_or_default();
-        let rel_str = rel.to_string_lossy();
         let recorded = store::finish_with_model(
             &self.queue.db,
             &job.id,
@@ -366,11 +398,13 @@ impl Worker {
             Ok(true) => Ok((status, Some(model_id))),
             Ok(false) => {
                 let _ = tokio::fs::remove_dir_all(&dest).await;
+                let _ = self.queue.artifacts.delete_model(&rel_str).await;
                 Err("lost the job's lease before recording its model".into())
             }
             Err(e) => {
                 tracing::error!(job = %job.id, error = ?e, "recording the model failed");
                 let _ = tokio::fs::remove_dir_all(&dest).await;
+                let _ = self.queue.artifacts.delete_model(&rel_str).await;
                 Err("recording the trained model failed".into())
             }
         }
@@ -526,6 +560,7 @@ mod tests {
             max_attempts: 3,
             lease: Duration::from_secs(30),
             health: DeviceHealth::new(&["cpu".into()], &prometheus::Registry::new()),
+            artifacts: crate::artifacts::Artifacts::local(dir),
         }
     }
 

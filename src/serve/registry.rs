@@ -39,7 +39,7 @@ impl Registry {
     pub async fn resolve(
         &self,
         db: &Db,
-        data_dir: &std::path::Path,
+        artifacts: &crate::artifacts::Artifacts,
         selector: Option<&str>,
     ) -> AppResult<Arc<ModelInfo>> {
         let row = match selector {
@@ -58,7 +58,12 @@ impl Registry {
         if let Some(info) = self.cache.lock().unwrap().get(&row.id) {
             return Ok(info.clone());
         }
-        let model = TrainedModel::load(&data_dir.join(&row.path))
+        // On a node that has never seen it: fetched from the artefact
+        // store (once, however many requests ask at once).
+        let dir = artifacts.model_dir(&row.path).await?;
+        let model = tokio::task::spawn_blocking(move || TrainedModel::load(&dir))
+            .await
+            .map_err(anyhow::Error::from)?
             .map_err(|e| anyhow::anyhow!("model {}: {e}", row.id))?;
         let info = Arc::new(ModelInfo {
             id: row.id.clone(),

@@ -46,6 +46,9 @@ pub struct TrainSpec {
     /// Scratch space that survives restarts: checkpoints, feature cache.
     pub work_dir: PathBuf,
     pub device: tch::Device,
+    /// Copies each epoch's checkpoint (and the feature cache) to the
+    /// shared artefact store; `None` without one.
+    pub artifacts: Option<crate::artifacts::JobSync>,
 }
 
 /// Progress reported while training.

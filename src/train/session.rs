@@ -288,6 +288,9 @@ impl Trainer<'_> {
             },
             &splits,
         )?;
+        if let (Some(sync), Some(_)) = (&self.spec.artifacts, &found) {
+            sync.features_saved();
+        }
         Ok(found.map(|mut f| {
             let test = (f.len() == 3).then(|| f.pop().unwrap());
             let validation = f.pop().unwrap();
@@ -482,6 +485,12 @@ impl Trainer<'_> {
             state.loss_scaler = scaler.as_ref().map(LossScaler::state);
             ckpt.save(opt, &self.model.buffers(), state)
                 .map_err(|e| TrainError::retry(format!("writing checkpoint: {e:#}")))?;
+            if let Some(sync) = &self.spec.artifacts {
+                // Past the retries, a store outage fails the job; the
+                // stored pointer still names the previous checkpoint.
+                sync.epoch_saved(epoch + 1, improved)
+                    .map_err(|e| TrainError::fatal(format!("{e:#}")))?;
+            }
             let _ = self.events.send(TrainEvent::Epoch(metrics));
             if let Some(p) = cfg.early_stopping_patience {
                 if state.epochs_since_best >= p {
@@ -842,6 +851,7 @@ mod tests {
             base_model_dir,
             work_dir: dir.path().join("work"),
             device: Device::Cpu,
+            artifacts: None,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let outcome = run(spec, tx, Default::default()).unwrap();
@@ -965,6 +975,7 @@ mod tests {
             base_model_dir,
             work_dir: dir.join("work"),
             device: Device::Cpu,
+            artifacts: None,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let outcome = run(spec, tx, Default::default()).unwrap();

@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod artifacts;
 mod dataset_images;
 mod datasets_async;
 mod datasets_parquet;

@@ -6,6 +6,7 @@ pub mod e2e;
 pub mod postgres;
 pub mod process;
 pub mod refusal;
+pub mod s3;
 pub mod webdriver;
 
 use std::sync::Mutex;

@@ -11,6 +11,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod artifacts;
 mod backbones;
 mod cluster;
 mod crash;
