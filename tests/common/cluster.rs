@@ -41,17 +41,6 @@ impl Backend {
         }
     }
 
-    /// PostgreSQL at `database_url`, one data directory shared by every node.
-    pub fn postgres_shared_dir(root: &Path, database_url: &str) -> Self {
-        Self {
-            name: "postgres",
-            root: root.to_path_buf(),
-            database_url: Some(database_url.into()),
-            artifacts: None,
-            env: vec![],
-        }
-    }
-
     /// PostgreSQL at `database_url` and an S3 store at `artifacts`
     /// (`s3://bucket/prefix`), with `env` (the `AWS_*` variables) set for
     /// every node; each node has a data directory of its own under `root`,

@@ -35,17 +35,26 @@ async fn a_cluster_on_sqlite_runs_every_job_once_and_survives_killed_nodes() {
     run_cluster(&Backend::sqlite(dir.path())).await;
 }
 
+/// The proof: PostgreSQL and an S3 store (moto), each node with a
+/// data directory of its own, so all they share goes through the database
+/// and the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_on_postgres_with_a_shared_directory() {
-    let Some(pg) = crate::common::postgres::PgServer::shared() else {
-        return crate::common::postgres::skip("a_cluster_on_postgres_with_a_shared_directory");
+async fn a_cluster_on_postgres_and_s3_runs_every_job_once_and_survives_killed_nodes() {
+    let (Some(pg), Some(s3)) = (
+        crate::common::postgres::PgServer::shared(),
+        crate::common::s3::S3Server::shared(),
+    ) else {
+        eprintln!("SKIPPED a_cluster_on_postgres_and_s3: no PostgreSQL or S3 server");
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
-    run_cluster(&Backend::postgres_shared_dir(
+    let backend = Backend::postgres_s3(
         dir.path(),
         &pg.fresh_database(),
-    ))
-    .await;
+        &s3.fresh_bucket(),
+        s3.env(),
+    );
+    run_cluster(&backend).await;
 }
 
 /// The whole scenario on `backend`; prints the counts and times.
@@ -130,8 +139,9 @@ pub async fn run_cluster(backend: &Backend) {
             LONG_EPOCHS,
             "one event per epoch: {seen:?}"
         );
-        // running, then running again on the second worker, then succeeded
-        assert!(count("status") >= 3, "{seen:?}");
+        // running again on the second worker, then succeeded (the first
+        // `running` may precede the subscription: the snapshot holds it)
+        assert!(count("status") >= 2, "{seen:?}");
     }
     println!(
         "cluster on {}: the API node's stream of the long job saw {} progress, {} epoch, {} status events",
