@@ -110,6 +110,8 @@ pub async fn serve_on(
         for w in workers {
             let _ = w.await;
         }
+        // Interrupted validations remove their work before the exit.
+        state.datasets.validations.stopped().await;
         server.await
     };
     match tokio::time::timeout(grace, drained).await {

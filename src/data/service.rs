@@ -373,7 +373,7 @@ impl DatasetStore {
             return;
         }
         let store = self.clone();
-        tokio::spawn(async move {
+        self.validations.spawn(async move {
             let id = record.id;
             if let Err(e) = store.validate(record).await {
                 tracing::error!(dataset = %id, error = ?e, "recording a validation failed");

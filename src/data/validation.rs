@@ -31,6 +31,9 @@ pub struct Validations {
     /// stay `validating` (with their uploads), to run again at the next
     /// start; blocking threads still decoding would hold the exit.
     stopping: Arc<AtomicBool>,
+    /// The validation tasks, so that shutdown can wait for them to leave
+    /// nothing behind in `tmp/`.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for Validations {
@@ -63,6 +66,7 @@ impl Validations {
             pool: Arc::new(pool),
             live: Default::default(),
             stopping: Default::default(),
+            tasks: Default::default(),
         })
     }
 
@@ -96,6 +100,18 @@ impl Validations {
     /// no change falls in between.
     pub fn subscribe(&self, id: Uuid) -> Option<watch::Receiver<DatasetRecord>> {
         self.live.lock().unwrap().get(&id).map(|tx| tx.subscribe())
+    }
+
+    /// Runs a validation task, tracked for [`stopped`](Self::stopped).
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    /// Waits until every validation task has ended (after [`stop`](Self::stop):
+    /// each stops at its next image and removes its work directory).
+    pub async fn stopped(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// Stops every validation at its next image (shutdown).

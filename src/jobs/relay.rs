@@ -16,7 +16,6 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -110,7 +109,7 @@ fn encode(origin: &str, job: &str, event: &JobEvent) -> String {
 async fn receive(url: String, db: Db, hub: EventHub, origin: String, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(500);
     while !shutdown.is_cancelled() {
-        match subscribe(&url).await {
+        match super::wake::subscribe(&url, CHANNEL).await {
             Ok(mut listener) => {
                 backoff = Duration::from_millis(500);
                 loop {
@@ -136,12 +135,6 @@ async fn receive(url: String, db: Db, hub: EventHub, origin: String, shutdown: C
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
-}
-
-async fn subscribe(url: &str) -> sqlx::Result<PgListener> {
-    let mut listener = PgListener::connect(url).await?;
-    listener.listen(CHANNEL).await?;
-    Ok(listener)
 }
 
 async fn deliver(db: &Db, hub: &EventHub, origin: &str, payload: &str) {

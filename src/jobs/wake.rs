@@ -133,7 +133,7 @@ impl Wake {
 async fn listen(url: String, inner: Weak<Inner>, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(500);
     while !shutdown.is_cancelled() {
-        match subscribe(&url).await {
+        match subscribe(&url, CHANNEL).await {
             Ok(mut listener) => {
                 backoff = Duration::from_millis(500);
                 let Some(state) = inner.upgrade() else { return };
@@ -179,8 +179,9 @@ async fn listen(url: String, inner: Weak<Inner>, shutdown: CancellationToken) {
     }
 }
 
-async fn subscribe(url: &str) -> sqlx::Result<PgListener> {
+/// A connection of its own listening on `channel`.
+pub(crate) async fn subscribe(url: &str, channel: &str) -> sqlx::Result<PgListener> {
     let mut listener = PgListener::connect(url).await?;
-    listener.listen(CHANNEL).await?;
+    listener.listen(channel).await?;
     Ok(listener)
 }

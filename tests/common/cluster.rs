@@ -200,31 +200,17 @@ impl Node {
 
     /// SIGKILL, and reap it.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::process::kill(&mut self.child);
     }
 
     /// SIGTERM: what Kubernetes and `docker stop` send.
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("running kill");
-        assert!(status.success());
+        super::process::terminate(&self.child);
     }
 
     /// Waits up to `timeout` for the process to exit.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if started.elapsed() > timeout {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        super::process::wait_exit(&mut self.child, timeout).await
     }
 
     /// The JSON lines of its log so far (a line being written is skipped).

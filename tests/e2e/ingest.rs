@@ -142,7 +142,11 @@ async fn a_server_killed_while_validating_validates_again_on_restart() {
     assert_eq!(done["summary"]["images"], 300);
     assert_eq!(done["progress"]["images_checked"], 300);
     assert!(entries(&data.path().join("uploads")).is_empty());
-    assert!(entries(&data.path().join("tmp")).is_empty());
+    assert!(
+        entries(&data.path().join("tmp")).is_empty(),
+        "{:?}",
+        entries(&data.path().join("tmp"))
+    );
     assert!(data
         .path()
         .join("datasets")
@@ -184,7 +188,11 @@ async fn a_server_stopped_while_validating_exits_promptly_and_validates_again() 
     println!("exited {:?} after SIGTERM", stopping.elapsed());
     assert!(entries(&data.path().join("datasets")).is_empty());
     assert_eq!(entries(&data.path().join("uploads")), vec![sha.clone()]);
-    assert!(entries(&data.path().join("tmp")).is_empty());
+    assert!(
+        entries(&data.path().join("tmp")).is_empty(),
+        "{:?}",
+        entries(&data.path().join("tmp"))
+    );
 
     let child = ServerProcess::start_on(data.path(), child.port(), &args).await;
     let done = wait_settled(&url, &id, Duration::from_secs(300)).await;
