@@ -197,6 +197,76 @@ pub async fn is_ready(pool: &Db) -> anyhow::Result<bool> {
     Ok(applied as usize >= Backend::of(pool).migrator().iter().count())
 }
 
+/// A named lock held across processes: on PostgreSQL a session advisory
+/// lock on a pooled connection of its own, held until [`release`] or until
+/// the process dies (its session ends with it, so a dead node never holds a
+/// lock); on SQLite one process owns the file and the lock is always
+/// granted. Used so that one node at a time validates a dataset.
+///
+/// [`release`]: SessionLock::release
+pub struct SessionLock {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    name: String,
+}
+
+impl SessionLock {
+    /// Takes the lock `name`, or `None` when another session holds it.
+    pub async fn try_acquire(db: &Db, name: &str) -> sqlx::Result<Option<Self>> {
+        if Backend::of(db) != Backend::Postgres {
+            return Ok(Some(Self {
+                conn: None,
+                name: name.into(),
+            }));
+        }
+        let mut conn = db.acquire().await?;
+        let (taken,): (bool,) =
+            sqlx::query_as("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(name)
+                .fetch_one(&mut *conn)
+                .await?;
+        Ok(taken.then(|| Self {
+            conn: Some(conn),
+            name: name.into(),
+        }))
+    }
+
+    /// Whether another session holds `name` now (a look, not a hold).
+    pub async fn is_held_elsewhere(db: &Db, name: &str) -> sqlx::Result<bool> {
+        match Self::try_acquire(db, name).await? {
+            Some(lock) => {
+                lock.release().await;
+                Ok(false)
+            }
+            None => Ok(true),
+        }
+    }
+
+    /// Gives the lock back (its connection returns to the pool).
+    pub async fn release(mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+            .bind(&self.name)
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            // Closing the session releases it.
+            drop(conn.detach());
+        }
+    }
+}
+
+impl Drop for SessionLock {
+    /// Not released: the connection is closed rather than pooled, which
+    /// ends the session and its lock.
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch: the unit of every timestamp column.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

@@ -81,6 +81,12 @@ pub async fn serve_on(
         Err(e) => tracing::error!(error = ?e, "resuming validations failed"),
     }
     let mut workers = start_workers(&state, &shutdown);
+    if crate::db::Backend::of(&state.db) == crate::db::Backend::Postgres {
+        workers.push(tokio::spawn(take_over_stale_validations(
+            state.datasets.clone(),
+            shutdown.clone(),
+        )));
+    }
     crate::jobs::relay::start(&state.jobs.db, &state.jobs.hub, shutdown.clone());
     workers.push(tokio::spawn(crate::jobs::reaper::run(
         state.jobs.clone(),
@@ -130,6 +136,31 @@ pub async fn serve_on(
     state.db.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long a validation's progress may stand still before another API node
+/// takes it over (a running one writes its progress every second), and how
+/// often API nodes look.
+const STALE_VALIDATION: Duration = Duration::from_secs(30);
+const TAKE_OVER_EVERY: Duration = Duration::from_secs(15);
+
+/// On PostgreSQL, several API nodes: a dataset whose node died while
+/// validating it is validated by another (`DatasetStore::take_over_stale`).
+async fn take_over_stale_validations(
+    datasets: crate::data::service::DatasetStore,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(TAKE_OVER_EVERY) => {}
+        }
+        match datasets.take_over_stale(STALE_VALIDATION).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(datasets = n, "validations taken over from a silent node"),
+            Err(e) => tracing::warn!(error = ?e, "looking for silent validations failed"),
+        }
+    }
 }
 
 /// Prepares the data directory and database of a worker node, binds its

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::db::Db;
+use crate::db::{Db, SessionLock};
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -339,17 +339,45 @@ impl DatasetStore {
         })
     }
 
-    /// Validates every dataset left `validating` (by a restart or a crash)
-    /// again from its kept upload; one whose upload is gone fails (upload
-    /// it again). Called once, at start.
+    /// Validates again every dataset left `validating` that no other node
+    /// validates now (at start: a previous life of this node, or a node
+    /// that died). Returns how many it started (or failed, their upload
+    /// gone).
     pub async fn resume(&self) -> anyhow::Result<usize> {
+        self.take_over(None).await
+    }
+
+    /// What [`resume`](Self::resume) does for the rows whose progress has
+    /// not moved for `stale`: run on a timer by API nodes sharing
+    /// PostgreSQL, so a dataset whose node died is validated by another.
+    /// A validation waiting for a slot writes nothing but holds its rows
+    /// through the lock only once it runs: a stale queued one may be
+    /// taken by an idle node, and its own node then skips it.
+    pub async fn take_over_stale(&self, stale: Duration) -> anyhow::Result<usize> {
+        self.take_over(Some(stale)).await
+    }
+
+    async fn take_over(&self, stale: Option<Duration>) -> anyhow::Result<usize> {
         let pending = store::list_validating(&self.db).await?;
-        let n = pending.len();
+        let now = chrono::Utc::now();
+        let mut n = 0;
         for row in pending {
             let record: DatasetRecord = row.try_into()?;
+            if self.validations.subscribe(record.id).is_some() {
+                continue; // validating here
+            }
+            if stale.is_some_and(|s| (now - record.updated_at).to_std().unwrap_or_default() < s) {
+                continue;
+            }
+            // Another node validates it now: it is not ours to resume or fail.
+            let Some(lock) = SessionLock::try_acquire(&self.db, &lock_name(&record)).await? else {
+                continue;
+            };
+            n += 1;
             if self.upload_path(&record.sha256).is_file() || self.fetch_upload(&record.sha256).await
             {
                 tracing::info!(dataset = %record.id, "validating again after a restart");
+                lock.release().await;
                 self.start_validation(record);
             } else {
                 tracing::warn!(dataset = %record.id, "its upload is gone; the dataset fails");
@@ -361,6 +389,7 @@ impl DatasetStore {
                         .into(),
                 };
                 self.fail(&record, &failure).await?;
+                lock.release().await;
             }
         }
         Ok(n)
@@ -384,6 +413,12 @@ impl DatasetStore {
     /// One validation: wait for a slot, check the archive on the
     /// ingestion pool while reporting progress, then record the outcome.
     async fn validate(&self, mut record: DatasetRecord) -> anyhow::Result<()> {
+        // Another node validates it (PostgreSQL): leave its progress alone.
+        if SessionLock::is_held_elsewhere(&self.db, &lock_name(&record)).await? {
+            tracing::info!(dataset = %record.id, "validated by another node");
+            self.validations.finish(&record);
+            return Ok(());
+        }
         let progress = Arc::new(self.validations.progress());
         record.progress = Some(progress.snapshot(true));
         self.validations.publish(&record);
@@ -393,6 +428,24 @@ impl DatasetStore {
             self.validations.finish(&record);
             return Ok(());
         }
+        // One node at a time validates a dataset (PostgreSQL: several API
+        // nodes resume the same rows); held until the outcome is recorded.
+        let Some(lock) = SessionLock::try_acquire(&self.db, &lock_name(&record)).await? else {
+            tracing::info!(dataset = %record.id, "validated by another node");
+            self.validations.finish(&record);
+            return Ok(());
+        };
+        let result = self.validate_locked(record, progress).await;
+        lock.release().await;
+        result
+    }
+
+    /// [`validate`](Self::validate) once it holds the dataset's lock.
+    async fn validate_locked(
+        &self,
+        mut record: DatasetRecord,
+        progress: Arc<super::progress::IngestProgress>,
+    ) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
 
         let sha256 = record.sha256.clone();
@@ -555,4 +608,15 @@ fn failure_of(record: &DatasetRecord, e: &DatasetError) -> DatasetFailure {
             }
         }
     }
+}
+
+/// The cross-node lock of a dataset's validation.
+fn lock_name(record: &DatasetRecord) -> String {
+    validation_lock(record.id)
+}
+
+/// The name of the [`SessionLock`] a node holds while it validates the
+/// dataset `id`.
+pub fn validation_lock(id: Uuid) -> String {
+    format!("vitrine-dataset-validation:{id}")
 }

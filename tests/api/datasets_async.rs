@@ -359,3 +359,71 @@ async fn an_inline_dataset_on_jobs_is_validated_within_the_request() {
     .await;
     assert_eq!(dataset["status"], "ready");
 }
+
+/// API nodes on one PostgreSQL: a dataset another node is validating (it
+/// holds the dataset's lock) is neither resumed nor failed here, and its
+/// progress is left alone; once that node is gone (its session ends, as
+/// when its process dies) and the row has gone silent, this node takes it
+/// over and validates it.
+#[tokio::test]
+async fn a_validation_another_node_holds_is_left_to_it_then_taken_over() {
+    use sha2::Digest;
+    if crate::common::postgres::PgServer::shared().is_none() {
+        return crate::common::postgres::skip("a_validation_another_node_holds_is_left_to_it");
+    }
+    let app = slow_app_on(Backend::Postgres).await;
+    // As if another node had accepted the upload: a `validating` row, the
+    // upload where this node would find it.
+    let archive = photo_archive(12, 64, 48, false);
+    let sha = hex::encode(sha2::Sha256::digest(&archive));
+    let uploads = app.dir.path().join("uploads");
+    std::fs::create_dir_all(&uploads).unwrap();
+    std::fs::write(uploads.join(&sha), &archive).unwrap();
+    let row = vitrine::store::datasets::insert_validating(
+        &app.state.db,
+        &sha,
+        archive.len() as i64,
+        &format!("datasets/{sha}"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let id = row.id;
+    let name = vitrine::data::service::validation_lock(id);
+    let other = vitrine::db::SessionLock::try_acquire(&app.state.db, &name)
+        .await
+        .unwrap()
+        .expect("the other node takes the lock");
+
+    let datasets = &app.state.datasets;
+    assert_eq!(datasets.resume().await.unwrap(), 0);
+    assert_eq!(datasets.take_over_stale(Duration::ZERO).await.unwrap(), 0);
+    let d = vitrine::data::record::get(&app.state.db, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.status, vitrine::data::record::DatasetStatus::Validating);
+    assert!(d.progress.is_none(), "untouched: {:?}", d.progress);
+
+    // The other node dies: its session, and the lock, end with it.
+    drop(other);
+    // A row that moved less than 30 s ago is not silent yet.
+    assert_eq!(
+        datasets
+            .take_over_stale(Duration::from_secs(30))
+            .await
+            .unwrap(),
+        0
+    );
+    let started = Instant::now();
+    while datasets.take_over_stale(Duration::ZERO).await.unwrap() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the lock was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let done = datasets.wait_settled(id).await.unwrap();
+    assert_eq!(done.status, vitrine::data::record::DatasetStatus::Ready);
+    assert!(empty(&app, "uploads"));
+}
