@@ -44,14 +44,7 @@ impl AppState {
         } else {
             inference_devices.clone()
         };
-        let db = crate::db::connect(&config.database_url()).await?;
-        let metrics = Metrics::new();
-        let artifacts = crate::artifacts::Artifacts::open(
-            &config.artifact_options(),
-            &config.data_dir,
-            &metrics.registry,
-        )
-        .await?;
+        let (db, metrics, artifacts) = open_shared(&config).await?;
         let engine = crate::serve::engine::EngineConfig {
             max_batch: config.predict_max_batch,
             max_wait: Duration::from_millis(config.predict_max_wait_ms),
@@ -98,6 +91,22 @@ impl AppState {
     }
 }
 
+/// What every node opens at start: the database (migrations applied), its
+/// metrics registry and the artefact store (probed).
+async fn open_shared(
+    config: &ServeConfig,
+) -> anyhow::Result<(Db, Metrics, crate::artifacts::Artifacts)> {
+    let db = crate::db::connect(&config.database_url()).await?;
+    let metrics = Metrics::new();
+    let artifacts = crate::artifacts::Artifacts::open(
+        &config.artifact_options(),
+        &config.data_dir,
+        &metrics.registry,
+    )
+    .await?;
+    Ok((db, metrics, artifacts))
+}
+
 /// The job queue of a node: its workers' devices, leases and attempts.
 fn job_queue(
     config: &ServeConfig,
@@ -140,14 +149,7 @@ impl WorkerNode {
         let worker_devices = crate::torch_info::resolve_devices(&config.devices).map_err(|e| {
             anyhow::anyhow!("invalid device list (--devices, VITRINE_DEVICES): {e}")
         })?;
-        let db = crate::db::connect(&config.database_url()).await?;
-        let metrics = Metrics::new();
-        let artifacts = crate::artifacts::Artifacts::open(
-            &config.artifact_options(),
-            &config.data_dir,
-            &metrics.registry,
-        )
-        .await?;
+        let (db, metrics, artifacts) = open_shared(&config).await?;
         let names: Vec<String> = worker_devices
             .iter()
             .map(|d| crate::torch_info::device_name(*d))

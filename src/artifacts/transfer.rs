@@ -94,6 +94,25 @@ pub async fn get_bytes(
     }
 }
 
+/// Opens `key` for a fetch into `dest`: the object's stream and the path
+/// beside `dest` to write it to first (its parent created). `None` when the
+/// object does not exist.
+async fn start_get(
+    store: &dyn ObjectStore,
+    key: &StorePath,
+    dest: &Path,
+) -> anyhow::Result<Option<(object_store::GetResult, PathBuf)>> {
+    let result = match store.get(key).await {
+        Ok(r) => r,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("downloading {key}"))),
+    };
+    if let Some(parent) = dest.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    Ok(Some((result, temp_beside(dest))))
+}
+
 /// Streams `key` into the file `dest` (written aside, then renamed).
 /// False when the object does not exist.
 pub async fn get_file(
@@ -101,15 +120,9 @@ pub async fn get_file(
     key: &StorePath,
     dest: &Path,
 ) -> anyhow::Result<bool> {
-    let result = match store.get(key).await {
-        Ok(r) => r,
-        Err(e) if is_not_found(&e) => return Ok(false),
-        Err(e) => return Err(anyhow::Error::from(e).context(format!("downloading {key}"))),
+    let Some((result, tmp)) = start_get(store, key, dest).await? else {
+        return Ok(false);
     };
-    if let Some(parent) = dest.parent() {
-        tokio::fs::create_dir_all(parent).await?;
-    }
-    let tmp = temp_beside(dest);
     let written = async {
         let mut file = tokio::fs::File::create(&tmp).await?;
         let mut stream = result.into_stream();
@@ -250,15 +263,9 @@ pub async fn get_tar(
     key: &StorePath,
     dest: &Path,
 ) -> anyhow::Result<bool> {
-    let result = match store.get(key).await {
-        Ok(r) => r,
-        Err(e) if is_not_found(&e) => return Ok(false),
-        Err(e) => return Err(anyhow::Error::from(e).context(format!("downloading {key}"))),
+    let Some((result, tmp)) = start_get(store, key, dest).await? else {
+        return Ok(false);
     };
-    if let Some(parent) = dest.parent() {
-        tokio::fs::create_dir_all(parent).await?;
-    }
-    let tmp = temp_beside(dest);
     let stream = result
         .into_stream()
         .map(|r| r.map_err(std::io::Error::other));
