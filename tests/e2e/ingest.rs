@@ -76,12 +76,24 @@ async fn a_job_on_a_validating_dataset_waits_then_trains() {
     };
     assert_eq!(waiting["status"], "validating", "{waiting}");
     assert_eq!(waiting["progress"]["phase"], "queued", "{waiting}");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let still = server.get_json(&format!("/jobs/{job_id}")).await;
-    assert_eq!(
-        still["status"], "queued",
-        "the job ran before its dataset was ready: {still}"
-    );
+    // As long as the dataset validates, its job stays queued. The job is
+    // read first: a dataset still validating when read after it was
+    // validating when the job was read (statuses only move forward).
+    let mut seen_waiting = 0;
+    loop {
+        let job = server.get_json(&format!("/jobs/{job_id}")).await;
+        let d = get_json(&server.url, &format!("/datasets/{tints_id}")).await;
+        if d["status"] != "validating" {
+            break;
+        }
+        assert_eq!(
+            job["status"], "queued",
+            "the job ran before its dataset was ready: {job}"
+        );
+        seen_waiting += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen_waiting >= 1, "the job was never seen waiting");
 
     let ready = wait_settled(&server.url, tints_id, Duration::from_secs(300)).await;
     assert_eq!(ready["status"], "ready", "{ready}");
