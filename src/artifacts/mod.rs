@@ -310,6 +310,14 @@ impl Artifacts {
         Ok(local)
     }
 
+    /// Marks the model `rel` as just used (served from memory), so the
+    /// disk cache evicts models in use last.
+    pub fn touch_model(&self, rel: &str) {
+        if let Some(r) = &self.remote {
+            r.models.touch(rel);
+        }
+    }
+
     /// Removes a deleted model from the store and the local cache.
     pub async fn delete_model(&self, rel: &str) -> anyhow::Result<()> {
         let Some(r) = &self.remote else { return Ok(()) };

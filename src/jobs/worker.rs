@@ -220,16 +220,11 @@ impl Worker {
         }
         reporter.flush().await;
         let ended = self.conclude(&job, result, stop).await;
-        if ended {
+        if let Some(status) = ended {
             let _ = tokio::fs::remove_dir_all(&work_dir).await;
             // A failed job keeps its stored checkpoints (a store outage
             // must not cost the last good one); others need them no more.
-            let failed = store::get(&self.queue.db, &id)
-                .await
-                .ok()
-                .flatten()
-                .is_none_or(|row| row.status() == JobStatus::Failed);
-            if !failed {
+            if status != JobStatus::Failed {
                 self.queue.artifacts.delete_job(&id).await;
             }
         }
@@ -278,25 +273,26 @@ impl Worker {
         })
     }
 
-    /// Records how the job ended. Returns true when the job reached a
-    /// terminal state (its work directory can go).
+    /// Records how the job ended. Returns its terminal status when it
+    /// reached one (its work directory can go), `None` when it goes on
+    /// elsewhere or later.
     async fn conclude(
         &self,
         job: &JobRow,
         result: Result<TrainOutcome, TrainError>,
         stop: Stop,
-    ) -> bool {
+    ) -> Option<JobStatus> {
         let db = &self.queue.db;
         let id = job.id.as_str();
         let owner = self.owner.as_str();
         let device_fatal = result.as_ref().err().and_then(device_fatal_message);
         let outcome = match (stop, result) {
-            (Stop::LeaseLost, _) => return false,
+            (Stop::LeaseLost, _) => return None,
             (Stop::Shutdown, Ok(o)) if o.interrupted => {
                 let requeued = store::requeue(db, id, owner, true, None).await;
                 tracing::info!(job = %id, owner = %owner, ok = ?requeued, "job requeued for the next start");
                 self.publish_status(id, JobStatus::Queued, false, serde_json::json!({}));
-                return false;
+                return None;
             }
             (_, Err(_)) if device_fatal.is_some() => {
                 let msg = device_fatal.unwrap_or_default();
@@ -320,7 +316,7 @@ impl Worker {
                     serde_json::json!({"error": msg}),
                 );
                 self.queue.notify.notify_one();
-                return false;
+                return None;
             }
             (_, Err(e)) => Err(e.to_string()),
         };
@@ -340,7 +336,7 @@ impl Worker {
             true,
             serde_json::json!({"model_id": model_id, "error": error}),
         );
-        true
+        Some(status)
     }
 
     /// Moves the best model into `models/` and records it with the job's end

@@ -55,8 +55,10 @@ impl Registry {
                     )
                 })?,
         };
-        if let Some(info) = self.cache.lock().unwrap().get(&row.id) {
-            return Ok(info.clone());
+        if let Some(info) = self.cache.lock().unwrap().get(&row.id).cloned() {
+            // In use: its directory is the last the disk cache evicts.
+            artifacts.touch_model(&row.path);
+            return Ok(info);
         }
         // On a node that has never seen it: fetched from the artefact
         // store (once, however many requests ask at once).

@@ -230,3 +230,35 @@ pub fn max_score_diff(result: &Value, reference: &Value) -> f64 {
         })
         .fold(0.0, f64::max)
 }
+
+/// `POST /datasets` with `archive` as the `dataset` part: status and body.
+pub async fn upload_dataset(url: &str, archive: Vec<u8>) -> (u16, serde_json::Value) {
+    let form = reqwest::multipart::Form::new().part(
+        "dataset",
+        reqwest::multipart::Part::bytes(archive).file_name("dataset.zip"),
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/datasets"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+/// Polls `GET /datasets/{id}` until it is no longer `validating`.
+pub async fn wait_dataset_settled(
+    url: &str,
+    id: &str,
+    timeout: std::time::Duration,
+) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let d = get_json(url, &format!("/datasets/{id}")).await;
+        if d["status"] != "validating" {
+            return d;
+        }
+        assert!(started.elapsed() < timeout, "still validating: {d}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -256,18 +256,7 @@ async fn a_job_whose_node_died_resumes_on_another_node_from_the_store() {
     assert_eq!(downloads(&second.url, "dataset").await, 1);
     // Finished: its checkpoints left the store; its model is there.
     let probe = tempfile::tempdir().unwrap();
-    let store = vitrine::artifacts::Artifacts::open(
-        &vitrine::artifacts::ArtifactOptions {
-            url: Some(bucket.clone()),
-            model_cache_bytes: 1 << 30,
-            backoff: Default::default(),
-            s3_env: env.clone(),
-        },
-        probe.path(),
-        &prometheus::Registry::new(),
-    )
-    .await
-    .unwrap();
+    let store = open_store(&bucket, env.clone(), probe.path()).await;
     assert_eq!(store.job_pointer(&id).await.unwrap(), None);
     let model = store
         .model_dir(&format!("models/{}", done["model_id"].as_str().unwrap()))
@@ -327,18 +316,7 @@ async fn a_store_outage_fails_the_job_and_keeps_its_last_checkpoint() {
     );
     proxy.restore();
     let probe = tempfile::tempdir().unwrap();
-    let store = vitrine::artifacts::Artifacts::open(
-        &vitrine::artifacts::ArtifactOptions {
-            url: Some(bucket.clone()),
-            model_cache_bytes: 1 << 30,
-            backoff: Default::default(),
-            s3_env: s3.env(),
-        },
-        probe.path(),
-        &prometheus::Registry::new(),
-    )
-    .await
-    .unwrap();
+    let store = open_store(&bucket, s3.env(), probe.path()).await;
     let pointer = store
         .job_pointer(&id)
         .await
@@ -353,4 +331,24 @@ async fn a_store_outage_fails_the_job_and_keeps_its_last_checkpoint() {
             .unwrap();
     assert_eq!(state["epochs_done"], recorded);
     server.stop().await;
+}
+
+/// The store at `bucket` as a node of its own sees it (cache in `dir`).
+async fn open_store(
+    bucket: &str,
+    s3_env: Vec<(String, String)>,
+    dir: &std::path::Path,
+) -> vitrine::artifacts::Artifacts {
+    vitrine::artifacts::Artifacts::open(
+        &vitrine::artifacts::ArtifactOptions {
+            url: Some(bucket.to_string()),
+            model_cache_bytes: 1 << 30,
+            backoff: Default::default(),
+            s3_env,
+        },
+        dir,
+        &prometheus::Registry::new(),
+    )
+    .await
+    .unwrap()
 }

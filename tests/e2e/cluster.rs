@@ -321,32 +321,13 @@ async fn probe_a_worker(worker: &Node) {
 
 /// `POST /datasets` and waits until it is `ready`; returns its id.
 async fn upload_dataset(url: &str, archive: &std::path::Path) -> String {
-    let form = reqwest::multipart::Form::new().part(
-        "dataset",
-        reqwest::multipart::Part::bytes(std::fs::read(archive).unwrap()).file_name("d.zip"),
-    );
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/datasets"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
-    let id = resp.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let started = Instant::now();
-    loop {
-        let d = get_json(url, &format!("/datasets/{id}")).await;
-        match d["status"].as_str() {
-            Some("ready") => return id,
-            Some("validating") => {}
-            _ => panic!("{d}"),
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "{d}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (status, body) =
+        crate::common::e2e::upload_dataset(url, std::fs::read(archive).unwrap()).await;
+    assert!(status == 200 || status == 202, "{status}: {body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    let d = crate::common::e2e::wait_dataset_settled(url, &id, Duration::from_secs(60)).await;
+    assert_eq!(d["status"], "ready", "{d}");
+    id
 }
 
 /// `POST /jobs` as JSON; expects 202 and returns the job's id.

@@ -6,36 +6,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::e2e::{fixtures, get_json, TestServer};
+use crate::common::e2e::{
+    fixtures, get_json, upload_dataset as upload, wait_dataset_settled as wait_settled, TestServer,
+};
 use crate::common::photo_archive;
 use crate::common::process::ServerProcess;
 use serde_json::{json, Value};
-
-async fn upload(url: &str, archive: Vec<u8>) -> (u16, Value) {
-    let form = reqwest::multipart::Form::new().part(
-        "dataset",
-        reqwest::multipart::Part::bytes(archive).file_name("dataset.zip"),
-    );
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/datasets"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
-
-async fn wait_settled(url: &str, id: &str, timeout: Duration) -> Value {
-    let started = Instant::now();
-    loop {
-        let d = get_json(url, &format!("/datasets/{id}")).await;
-        if d["status"] != "validating" {
-            return d;
-        }
-        assert!(started.elapsed() < timeout, "still validating: {d}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_on_a_validating_dataset_waits_then_trains() {
