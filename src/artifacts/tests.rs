@@ -198,6 +198,13 @@ async fn models_are_fetched_once_and_evicted_least_recently_used() {
         "an evicted model is fetched again"
     );
 
+    // Cached now: m2, m3. A model served from memory (the registry's
+    // hit: `touch_model`, no `model_dir`) stays the most recent, so the
+    // next fetch evicts the other one.
+    api.touch_model("models/m3");
+    api.model_dir("models/m1").await.unwrap();
+    assert_eq!(api.cached_models().0, vec!["models/m1", "models/m3"]);
+
     api.delete_model("models/m2").await.unwrap();
     assert!(!f.store_dir.join("models/m2").exists());
 }
