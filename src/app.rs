@@ -26,6 +26,8 @@ pub struct AppState {
     pub devices: crate::devices::DeviceHealth,
     /// The artefact store shared by every node (or the data dir alone).
     pub artifacts: crate::artifacts::Artifacts,
+    /// The one memory budget of every path that decodes user bytes.
+    pub decode_budget: crate::budget::DecodeBudget,
 }
 
 impl AppState {
@@ -64,6 +66,7 @@ impl AppState {
             devices.clone(),
         );
         let jobs = job_queue(&config, &db, worker_devices, &devices, &artifacts);
+        let decode_budget = config.decode_budget();
         let datasets = DatasetStore {
             db: db.clone(),
             data_dir: config.data_dir.clone(),
@@ -87,6 +90,7 @@ impl AppState {
             inference,
             devices,
             artifacts,
+            decode_budget,
         })
     }
 }

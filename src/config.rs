@@ -67,6 +67,18 @@ pub struct ServeConfig {
     #[arg(long, env = "VITRINE_MAX_IMAGE_PIXELS", default_value_t = 64_000_000)]
     pub max_image_pixels: u64,
 
+    /// Largest image file accepted anywhere (dataset member, Parquet cell,
+    /// `/predict` part), in bytes, checked before it is read.
+    #[arg(long, env = "VITRINE_MAX_IMAGE_FILE_BYTES", default_value_t = 64 << 20)]
+    pub max_image_file_bytes: u64,
+
+    /// Bytes of memory that decoding user bytes may hold at once, across
+    /// validations, Parquet, thumbnails, `/predict`, exports and training
+    /// input (0: a quarter of the memory this process may use). A decode
+    /// that would exceed it waits (background work) or is answered 429.
+    #[arg(long, env = "VITRINE_DECODE_BUDGET_BYTES", default_value_t = 0)]
+    pub decode_budget_bytes: u64,
+
     /// Fraction of a dataset's images that may be undecodable: below it they
     /// are skipped and listed in the summary, above it the dataset is refused.
     #[arg(long, env = "VITRINE_MAX_UNDECODABLE_FRACTION", default_value_t = 0.01)]
@@ -224,6 +236,14 @@ impl ServeConfig {
         self.database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("vitrine.db").display()))
+    }
+
+    /// The decoding memory budget in effect (`--decode-budget-bytes`).
+    pub fn decode_budget(&self) -> crate::budget::DecodeBudget {
+        crate::budget::DecodeBudget::new(match self.decode_budget_bytes {
+            0 => crate::budget::default_budget_bytes(),
+            n => n,
+        })
     }
 
     /// The limits uploaded datasets are checked against.

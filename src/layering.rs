@@ -13,7 +13,7 @@
 //! | 3 | `data`, `model` |
 //! | 2 | `imaging`, `store`, `torch_info`, `torchx`, `artifacts` (the shared artefact store) |
 //! | 1 | `db`, `devices` (device health, read by training, serving and `http`) |
-//! | 0 | `task`, `error`, `metrics` (vocabulary shared by every layer) |
+//! | 0 | `task`, `error`, `metrics` (vocabulary shared by every layer), `budget` (the decoding memory budget) |
 
 /// The layer of a top-level module, `None` for one the rule does not know
 /// (a new module must be placed in the table).
@@ -29,7 +29,7 @@ pub fn layer(module: &str) -> Option<u8> {
         "data" | "model" => 3,
         "imaging" | "store" | "torch_info" | "torchx" | "artifacts" => 2,
         "db" | "devices" => 1,
-        "task" | "error" | "metrics" => 0,
+        "task" | "error" | "metrics" | "budget" => 0,
         _ => return None,
     })
 }

@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod artifacts;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod data;
