@@ -55,6 +55,16 @@ impl ServerProcess {
         self.child.id()
     }
 
+    /// The server's peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        proc_status_bytes(self.pid(), "VmHWM:")
+    }
+
+    /// The server's resident memory now (VmRSS), in bytes.
+    pub fn rss(&self) -> u64 {
+        proc_status_bytes(self.pid(), "VmRSS:")
+    }
+
     async fn wait_ready(&self) {
         let started = Instant::now();
         while !reqwest::get(format!("{}/readyz", self.url))
@@ -90,6 +100,17 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A `kB` field of `/proc/<pid>/status`, in bytes.
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
 }
 
 /// A local port nothing listens on (yet).
