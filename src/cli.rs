@@ -81,3 +81,82 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+    use crate::config::SECRET_FLAGS;
+
+    /// Every argument of every subcommand (and the top level), with the
+    /// path of subcommands that reach it.
+    fn all_args() -> Vec<(String, clap::Arg)> {
+        fn walk(cmd: &clap::Command, at: String, out: &mut Vec<(String, clap::Arg)>) {
+            out.extend(cmd.get_arguments().map(|a| (at.clone(), a.clone())));
+            for sub in cmd.get_subcommands() {
+                walk(sub, format!("{at} {}", sub.get_name()), out);
+            }
+        }
+        let mut out = vec![];
+        walk(&Cli::command(), "vitrine".into(), &mut out);
+        out
+    }
+
+    /// A flag whose name suggests a secret must be listed in
+    /// `SECRET_FLAGS`, so a new `--s3-secret` cannot slip past the rule.
+    #[test]
+    fn flags_named_like_secrets_are_listed() {
+        for (at, arg) in all_args() {
+            let id = arg.get_id().as_str();
+            let looks_secret = [
+                "token",
+                "password",
+                "secret",
+                "key",
+                "database_url",
+                "credential",
+            ]
+            .iter()
+            .any(|w| id.contains(w));
+            assert!(
+                !looks_secret || SECRET_FLAGS.contains(&id),
+                "`{at} --{id}` looks like it carries a secret: add it to config::SECRET_FLAGS"
+            );
+        }
+    }
+
+    /// `--help` shows no environment value of a secret-bearing flag.
+    #[test]
+    fn secret_flags_hide_their_environment_values() {
+        let mut seen = 0;
+        for (at, arg) in all_args() {
+            if SECRET_FLAGS.contains(&arg.get_id().as_str()) {
+                seen += 1;
+                assert!(
+                    arg.is_hide_env_values_set(),
+                    "`{at} --{}` shows its environment value in --help",
+                    arg.get_id()
+                );
+            }
+        }
+        // Top level, `serve` and `worker` each have every one.
+        assert_eq!(seen, 3 * SECRET_FLAGS.len());
+    }
+
+    #[test]
+    fn cors_origins_are_checked_when_parsed() {
+        use crate::config::parse_origin;
+        assert_eq!(
+            parse_origin("https://app.example.com/").unwrap(),
+            "https://app.example.com"
+        );
+        assert_eq!(
+            parse_origin("http://localhost:3000").unwrap(),
+            "http://localhost:3000"
+        );
+        assert!(parse_origin("https://app.example.com/path").is_err());
+        assert!(parse_origin("app.example.com").is_err());
+        assert_eq!(parse_origin("*").unwrap(), "*");
+    }
+}

@@ -15,6 +15,11 @@ pub enum LogFormat {
     Json,
 }
 
+/// The flags whose values may carry a secret (a token, a password in a
+/// URL): `--help` never shows their environment values, and a test checks
+/// every flag whose name suggests a secret is listed here.
+pub const SECRET_FLAGS: &[&str] = &["api_token", "database_url", "artifacts"];
+
 /// Everything `vitrine serve` needs. Defaults run with no flags at all.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
@@ -26,8 +31,9 @@ pub struct ServeConfig {
     #[arg(long, env = "VITRINE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Database URL; defaults to `sqlite://<data-dir>/vitrine.db`.
-    #[arg(long, env = "VITRINE_DATABASE_URL")]
+    /// Database URL; defaults to `sqlite://<data-dir>/vitrine.db`. It may
+    /// carry a password, so its value is never shown by `--help`.
+    #[arg(long, env = "VITRINE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// Log format.
@@ -44,7 +50,8 @@ pub struct ServeConfig {
     )]
     pub devices: Vec<String>,
 
-    /// Bearer token required on every route but /healthz, /readyz and /metrics.
+    /// Bearer token required on every API route (all but /healthz, /readyz,
+    /// /metrics, and the web page, /docs and /openapi.json, which hold no data).
     /// Unset: no authentication.
     #[arg(long, env = "VITRINE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
@@ -162,12 +169,26 @@ pub struct ServeConfig {
     #[arg(long, env = "VITRINE_TORCH_THREADS", default_value_t = 0)]
     pub torch_threads: usize,
 
+    /// Origins allowed to call the API from a browser page of their own
+    /// (CORS), comma separated: `https://app.example.com`. Unset: no CORS
+    /// at all, so no other site's page can read an answer.
+    #[arg(long, env = "VITRINE_CORS_ORIGIN", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origin: Vec<String>,
+
+    /// Names this server answers to in the `Host` header, comma separated
+    /// (`vitrine.internal,ml.example.com`; `*` for any). IP addresses,
+    /// `localhost` and the machine's own host name are always accepted;
+    /// other names get 403, which stops DNS rebinding. Health probes are
+    /// exempt.
+    #[arg(long, env = "VITRINE_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+
     /// Artefact store shared by every node: `s3://bucket/prefix` (S3 or an
     /// S3-compatible server, configured by the usual AWS_* environment
     /// variables: AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, AWS_REGION, keys) or
     /// `file:///path` (a shared mount). Unset: datasets, checkpoints and
     /// models stay in the data dir only.
-    #[arg(long, env = "VITRINE_ARTIFACTS")]
+    #[arg(long, env = "VITRINE_ARTIFACTS", hide_env_values = true)]
     pub artifacts: Option<String>,
 
     /// Most bytes of models fetched from the artefact store kept on local
@@ -219,7 +240,9 @@ pub struct ServeConfig {
     mut_arg("predict_max_wait_ms", |a| a.hide(true)),
     mut_arg("predict_queue", |a| a.hide(true)),
     mut_arg("predict_precision", |a| a.hide(true)),
-    mut_arg("model_cache", |a| a.hide(true))
+    mut_arg("model_cache", |a| a.hide(true)),
+    mut_arg("cors_origin", |a| a.hide(true)),
+    mut_arg("allowed_hosts", |a| a.hide(true))
 )]
 pub struct WorkerConfig {
     #[command(flatten)]
@@ -228,6 +251,22 @@ pub struct WorkerConfig {
     /// Address of the worker's only HTTP: `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "VITRINE_HEALTH_LISTEN", default_value = "0.0.0.0:9090")]
     pub health_listen: SocketAddr,
+}
+
+/// Checks a `--cors-origin` value: `*` or `scheme://host[:port]`, as
+/// browsers send it in `Origin`.
+pub fn parse_origin(value: &str) -> Result<String, String> {
+    if value == "*" {
+        return Ok(value.into());
+    }
+    let url = url::Url::parse(value).map_err(|e| format!("`{value}` is not an origin: {e}"))?;
+    let origin = url.origin().ascii_serialization();
+    if origin == "null" || value.trim_end_matches('/') != origin {
+        return Err(format!(
+            "`{value}` is not an origin (expected scheme://host[:port], e.g. https://app.example.com)"
+        ));
+    }
+    Ok(origin)
 }
 
 impl ServeConfig {

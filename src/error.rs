@@ -27,6 +27,9 @@ pub enum ErrorKind {
     BadRequest,
     /// Missing or wrong credentials (401).
     Unauthorized,
+    /// Understood, but refused for where it comes from: a foreign `Host`
+    /// or a cross-site browser request (403).
+    Forbidden,
     /// No such resource (404).
     NotFound,
     /// The resource's state forbids it (409).
@@ -48,6 +51,7 @@ impl ErrorKind {
         match self {
             Self::BadRequest => "bad_request",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::Conflict => "conflict",
             Self::TooLarge => "too_large",
@@ -61,6 +65,7 @@ impl ErrorKind {
         [
             Self::BadRequest,
             Self::Unauthorized,
+            Self::Forbidden,
             Self::NotFound,
             Self::Conflict,
             Self::TooLarge,

@@ -16,6 +16,14 @@ use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, PutPayload, Retr
 pub const SUPPORTED_SCHEMES: &str = "s3://bucket/prefix (S3 or any S3-compatible server, \
 configured by the AWS_* environment variables) and file:///path (a shared mount)";
 
+/// `url` with anything between `://` and `@` (user, password) hidden.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(i), Some(j)) if j > i => format!("{}://***@{}", &url[..i], &url[j + 1..]),
+        _ => url.to_string(),
+    }
+}
+
 /// How long the start-up probe may take in all before it is an error.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -27,21 +35,36 @@ pub enum Location {
 }
 
 impl Location {
-    /// Parses `s3://bucket/prefix` or `file:///path`; any other scheme is
-    /// an error naming it and the supported ones.
+    /// Parses `s3://bucket/prefix`, `file:///path` or a plain absolute
+    /// path (`/mnt/shared`, taken as `file:///mnt/shared`); any other
+    /// scheme is an error naming it and the supported ones. Credentials in
+    /// the URL are refused (they belong in `AWS_*`), and no message repeats
+    /// them.
     pub fn parse(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with('/') {
+            return Ok(Self::File {
+                root: std::path::PathBuf::from(url),
+            });
+        }
+        let shown = redacted(url);
         let parsed = url::Url::parse(url).map_err(|e| {
             anyhow::anyhow!(
-                "invalid artifact store URL `{url}` (--artifacts, VITRINE_ARTIFACTS): {e}; \
+                "invalid artifact store URL `{shown}` (--artifacts, VITRINE_ARTIFACTS): {e}; \
                  supported are {SUPPORTED_SCHEMES}"
             )
         })?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            anyhow::bail!(
+                "artifact store URL `{shown}` carries credentials: they are not read from the \
+                 URL; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead"
+            );
+        }
         match parsed.scheme() {
             "s3" => {
                 let bucket = parsed.host_str().unwrap_or_default().to_string();
                 if bucket.is_empty() {
                     anyhow::bail!(
-                        "artifact store URL `{url}` names no bucket (expected s3://bucket/prefix)"
+                        "artifact store URL `{shown}` names no bucket (expected s3://bucket/prefix)"
                     );
                 }
                 let prefix = parsed.path().trim_matches('/').to_string();
@@ -49,14 +72,24 @@ impl Location {
             }
             "file" => {
                 let root = parsed.to_file_path().map_err(|()| {
-                    anyhow::anyhow!("artifact store URL `{url}` is not an absolute file path")
+                    anyhow::anyhow!("artifact store URL `{shown}` is not an absolute file path")
                 })?;
                 Ok(Self::File { root })
             }
             other => anyhow::bail!(
-                "unsupported artifact store URL scheme `{other}` in `{url}` (--artifacts, \
+                "unsupported artifact store URL scheme `{other}` in `{shown}` (--artifacts, \
                  VITRINE_ARTIFACTS): supported are {SUPPORTED_SCHEMES}"
             ),
+        }
+    }
+
+    /// The location as a URL that carries no secret: what logs and
+    /// messages name.
+    pub fn url(&self) -> String {
+        match self {
+            Self::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+            Self::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+            Self::File { root } => format!("file://{}", root.display()),
         }
     }
 
@@ -220,6 +253,31 @@ pub(crate) fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_absolute_path_is_a_file_store() {
+        let l = Location::parse("/mnt/shared").unwrap();
+        assert_eq!(
+            l,
+            Location::File {
+                root: "/mnt/shared".into()
+            }
+        );
+        assert_eq!(l.url(), "file:///mnt/shared");
+        let e = Location::parse("relative/dir").unwrap_err().to_string();
+        assert!(e.contains("supported are"), "{e}");
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_refused_without_being_repeated() {
+        let e = Location::parse("s3://AKIA:hunter2@bucket/p")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("AWS_SECRET_ACCESS_KEY"), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains("AKIA"), "{e}");
+        let e = Location::parse("gs://u:hunter2@b").unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
 
     #[test]
     fn urls_parse_into_locations() {

@@ -123,6 +123,8 @@ impl Artifacts {
             return Ok(local);
         };
         let location = Location::parse(url)?;
+        // Named by its canonical form from here on: never a credential.
+        let url = &location.url();
         let store = location.build(url, &opts.s3_env)?;
         location::probe(store.as_ref(), url, &location, &opts.s3_env).await?;
         let models = ModelCache::new(data_dir, opts.model_cache_bytes);

@@ -10,6 +10,17 @@ use subtle::ConstantTimeEq;
 use crate::app::AppState;
 use crate::AppError;
 
+/// The token of an `Authorization` value: the scheme is case-insensitive
+/// (RFC 7235: `Bearer`, `bearer`, `BEARER`), spaces around the token are
+/// not part of it.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// Lets the request through when no token is configured or when it carries
 /// `Authorization: Bearer <token>`. Both sides are hashed first so the
 /// comparison takes the same time whatever the length of the guess.
@@ -21,7 +32,7 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .unwrap_or("");
     let ok: bool = Sha256::digest(presented.as_bytes())
         .ct_eq(&Sha256::digest(expected.as_bytes()))
@@ -35,5 +46,20 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
             header::HeaderValue::from_static("Bearer"),
         );
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        for v in ["Bearer abc", "bearer abc", "BEARER  abc ", " bEaReR abc"] {
+            assert_eq!(bearer_token(v), Some("abc"), "{v}");
+        }
+        for v in ["Basic abc", "Bearer", "Bearer  ", "Bearerabc", ""] {
+            assert_eq!(bearer_token(v), None, "{v}");
+        }
     }
 }

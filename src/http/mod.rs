@@ -1,7 +1,7 @@
 //! The HTTP surface: one file per resource, each with its own `router()`,
 //! merged here with the cross-cutting layers.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
@@ -10,13 +10,13 @@ use axum::response::Response;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::cors::CorsLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
 use problem::problem_response;
 
 mod auth;
+mod browser;
 pub mod dataset_images;
 pub mod datasets;
 pub mod extract;
@@ -47,7 +47,6 @@ pub async fn serve(
 /// Builds the application: public probes, then everything else behind auth.
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
-        .merge(openapi::router())
         .merge(datasets::router(&state.config))
         .merge(dataset_images::router())
         .merge(jobs::router(&state))
@@ -59,11 +58,18 @@ pub fn router(state: AppState) -> Router {
             auth::require_token,
         ));
 
-    Router::new()
+    // The API's document and its page are public, like the web page: they
+    // describe the API and hold no data.
+    let app = Router::new()
         .merge(health::router())
         .merge(web::router())
+        .merge(openapi::router())
         .merge(protected)
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            browser::guard,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
@@ -75,9 +81,12 @@ pub fn router(state: AppState) -> Router {
                 .map(|p| p.as_str().to_owned())
                 .unwrap_or_default();
             tracing::info_span!("http", method = %req.method(), uri = %req.uri(), route)
-        }))
-        .layer(CorsLayer::permissive().max_age(Duration::from_secs(3600)))
-        .with_state(state)
+        }));
+    // Outermost, so a preflight is answered before anything else looks.
+    match browser::cors_layer(&state.config) {
+        Some(cors) => app.layer(cors).with_state(state),
+        None => app.with_state(state),
+    }
 }
 
 /// The 404 problem document of an unknown route.

@@ -1,7 +1,6 @@
 //! The OpenAPI document, derived from the handlers and types, served at
-//! `/openapi.json` with a documentation page at `/docs`.
+//! `/openapi.json` (its page, `/docs`, is served with the web page).
 
-use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
 use utoipa::OpenApi;
@@ -77,22 +76,12 @@ pub fn document_json() -> String {
     json
 }
 
+/// `/openapi.json`; its page, `/docs`, is one of the web page's files
+/// (`http/web.rs`).
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/openapi.json", get(openapi_json))
-        .route("/docs", get(docs))
+    Router::new().route("/openapi.json", get(openapi_json))
 }
 
 async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())
-}
-
-/// A Redoc page over `/openapi.json` (the script comes from a CDN, so the
-/// page needs the browser to be online; the JSON itself does not).
-async fn docs() -> Html<&'static str> {
-    Html(
-        r#"<!doctype html><html><head><title>vitrine API</title><meta charset="utf-8"/></head>
-<body><redoc spec-url="openapi.json"></redoc>
-<script src="https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"></script></body></html>"#,
-    )
 }

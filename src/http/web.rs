@@ -52,6 +52,9 @@ static ASSETS: &[Asset] = assets! {
     "pages/models.js" => JS,
     "pages/predict.js" => JS,
     "pages/sweeps.js" => JS,
+    "docs.html" => "text/html; charset=utf-8",
+    "vendor/redoc.standalone.js" => JS,
+    "vendor/redoc.standalone.js.LICENSE.txt" => "text/plain; charset=utf-8",
 };
 
 /// The page may load only its own scripts and styles and talk only to its
@@ -60,9 +63,17 @@ const CSP: &str =
     "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; \
                    connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
+/// The API documentation page: ReDoc, embedded (no CDN), may run only its
+/// own script; its styles are inline and its search index runs in a
+/// `blob:` worker; it fetches only `/openapi.json`.
+const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; worker-src 'self' blob:; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; \
+     connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(index))
+        .route("/docs", get(docs))
         .route("/ui/{*path}", get(asset))
 }
 
@@ -73,8 +84,12 @@ async fn index(headers: HeaderMap) -> Response {
     )
 }
 
+async fn docs(headers: HeaderMap) -> Response {
+    serve(find("docs.html").expect("docs.html is embedded"), &headers)
+}
+
 async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
-    match find(&path).filter(|a| a.path != "index.html") {
+    match find(&path).filter(|a| !a.path.ends_with(".html")) {
         Some(a) => serve(a, &headers),
         None => AppError::not_found(format!("no page asset `{path}`")).into_response(),
     }
@@ -118,10 +133,15 @@ fn serve(asset: &'static Asset, headers: &HeaderMap) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    if asset.path == "index.html" {
+    let csp = match asset.path {
+        "index.html" => Some(CSP),
+        "docs.html" => Some(DOCS_CSP),
+        _ => None,
+    };
+    if let Some(csp) = csp {
         h.insert(
             header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CSP),
+            HeaderValue::from_static(csp),
         );
         h.insert(
             header::REFERRER_POLICY,
@@ -135,7 +155,8 @@ fn serve(asset: &'static Asset, headers: &HeaderMap) -> Response {
 mod tests {
     use super::*;
 
-    /// Every file under `web/` is embedded, so none 404s once deployed.
+    /// Every file under `web/` is embedded, so none 404s once deployed
+    /// (but the notes on where vendored files come from).
     #[test]
     fn every_file_of_web_is_embedded() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
@@ -148,6 +169,9 @@ mod tests {
                     continue;
                 }
                 let rel = path.strip_prefix(&root).unwrap().to_string_lossy();
+                if rel.ends_with("README.md") {
+                    continue;
+                }
                 assert!(find(&rel).is_some(), "web/{rel} is not in ASSETS");
             }
         }

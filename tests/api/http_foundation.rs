@@ -39,12 +39,20 @@ async fn unknown_routes_are_problem_documents() {
 }
 
 #[tokio::test]
-async fn token_guards_everything_but_the_probes() {
+async fn token_guards_everything_but_the_probes_and_the_docs() {
     let app = TestApp::with_config(|c| c.api_token = Some("s3cret".into())).await;
-    for open in ["/healthz", "/readyz", "/metrics"] {
+    // The page's footer links work in a browser, which sends no token.
+    for open in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/",
+        "/docs",
+        "/openapi.json",
+    ] {
         assert_eq!(app.get(open).await.status(), StatusCode::OK, "{open}");
     }
-    let resp = app.get("/openapi.json").await;
+    let resp = app.get("/datasets").await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer");
     assert_eq!(body_json(resp).await["code"], "unauthorized");
@@ -56,7 +64,7 @@ async fn token_guards_everything_but_the_probes() {
         "s3cret",
         "Basic s3cret",
     ] {
-        let req = Request::get("/openapi.json")
+        let req = Request::get("/datasets")
             .header(header::AUTHORIZATION, wrong)
             .body(Body::empty())
             .unwrap();
@@ -66,11 +74,14 @@ async fn token_guards_everything_but_the_probes() {
             "{wrong}"
         );
     }
-    let req = Request::get("/openapi.json")
-        .header(header::AUTHORIZATION, "Bearer s3cret")
-        .body(Body::empty())
-        .unwrap();
-    assert_eq!(app.send(req).await.status(), StatusCode::OK);
+    // RFC 7235: the scheme is case-insensitive.
+    for right in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret"] {
+        let req = Request::get("/datasets")
+            .header(header::AUTHORIZATION, right)
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(app.send(req).await.status(), StatusCode::OK, "{right}");
+    }
 }
 
 #[tokio::test]

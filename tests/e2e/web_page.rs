@@ -26,7 +26,7 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(240);
 const EPOCHS: u64 = 4;
 
 /// One browser at a time: the machine running the suite may have 2 cores.
-static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn client(token: Option<&str>) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
