@@ -271,7 +271,7 @@ fn swin_matches_with_padding_shifts_and_odd_sizes() {
 }
 
 /// The fp16 bar on logits (fp16 weights and arithmetic, float32 I/O); the
-/// README states it.
+/// bar docs/export.md states.
 const FP16_TOL: f64 = 1e-2;
 
 #[test]
