@@ -270,8 +270,8 @@ fn swin_matches_with_padding_shifts_and_odd_sizes() {
     check(&swin("w7_s56_gelu_new"), sized(70, 84), dynamic(), TOL);
 }
 
-/// The fp16 bar on logits (fp16 weights and arithmetic, float32 I/O); the
-/// bar docs/export.md states.
+/// The fp16 bar on logits (fp16 weights and arithmetic, float32 I/O), as
+/// docs/export.md states it.
 const FP16_TOL: f64 = 1e-2;
 
 #[test]
