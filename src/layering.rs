@@ -12,8 +12,8 @@
 //! | 4 | `train` |
 //! | 3 | `data`, `model` |
 //! | 2 | `imaging`, `store`, `torch_info`, `torchx`, `artifacts` (the shared artefact store) |
-//! | 1 | `db`, `devices` (device health, read by training, serving and `http`) |
-//! | 0 | `task`, `error`, `metrics` (vocabulary shared by every layer), `budget` (the decoding memory budget) |
+//! | 1 | `db`, `devices` (device health, read by training, serving and `http`), `budget` (the decoding memory budget) |
+//! | 0 | `task`, `error`, `metrics` (vocabulary shared by every layer) |
 
 /// The layer of a top-level module, `None` for one the rule does not know
 /// (a new module must be placed in the table).
@@ -28,33 +28,63 @@ pub fn layer(module: &str) -> Option<u8> {
         "train" => 4,
         "data" | "model" => 3,
         "imaging" | "store" | "torch_info" | "torchx" | "artifacts" => 2,
-        "db" | "devices" => 1,
-        "task" | "error" | "metrics" | "budget" => 0,
+        "db" | "devices" | "budget" => 1,
+        "task" | "error" | "metrics" => 0,
         _ => return None,
     })
 }
 
-/// Every `crate::<module>` a source text names outside comments.
+/// Every `crate::<module>` a source text names outside comments, grouped
+/// imports included (`use crate::{data::Task, store::{self, jobs}};`,
+/// over several lines).
 pub fn crate_imports(source: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in source.lines() {
-        let code = match line.find("//") {
+    let code: String = source
+        .lines()
+        .map(|line| match line.find("//") {
             Some(i) => &line[..i],
             None => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut out = Vec::new();
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + 7..];
+        let names = match rest.trim_start().strip_prefix('{') {
+            Some(group) => group_heads(group),
+            None => vec![leading_ident(rest)],
         };
-        let mut rest = code;
-        while let Some(i) = rest.find("crate::") {
-            let name: String = rest[i + 7..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if !name.is_empty() && !out.contains(&name) {
+        for name in names {
+            if !name.is_empty() && name != "self" && !out.contains(&name) {
                 out.push(name);
             }
-            rest = &rest[i + 7..];
         }
     }
     out
+}
+
+/// The first path segment of each item of a `{…}` group (`group` starts
+/// after its `{`): `data::Task, store::{self, jobs}}` gives `data`, `store`.
+fn group_heads(group: &str) -> Vec<String> {
+    let mut heads = vec![leading_ident(group)];
+    let mut depth = 0;
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            ',' if depth == 0 => heads.push(leading_ident(&group[i + 1..])),
+            _ => {}
+        }
+    }
+    heads
+}
+
+fn leading_ident(text: &str) -> String {
+    text.trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
 }
 
 /// The rule's violations in one file of `module`: imports of a module of
@@ -143,5 +173,26 @@ mod tests {
         assert_eq!(violations("serve", "use axum::Router;").len(), 1);
         assert!(violations("http", "use axum::Router;\nuse crate::app::AppState;").is_empty());
         assert_eq!(violations("newmod", "").len(), 1);
+    }
+
+    #[test]
+    fn grouped_imports_and_re_exports_are_read() {
+        let v = violations(
+            "data",
+            "use crate::{\n    imaging::Pipeline, // fine\n    store::{self, jobs},\n    jobs::JobQueue,\n};\n",
+        );
+        assert_eq!(v, vec!["`data` (layer 3) imports `jobs`".to_string()]);
+        assert_eq!(
+            crate_imports("use crate::{imaging::Pipeline, store::{self, jobs}};"),
+            vec!["imaging".to_string(), "store".to_string()]
+        );
+        assert_eq!(
+            crate_imports("pub use crate::{self as root, app::AppState};"),
+            vec!["app".to_string()]
+        );
+        assert_eq!(
+            violations("model", "pub use crate::train::ModelCard;").len(),
+            1
+        );
     }
 }

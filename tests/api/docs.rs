@@ -7,7 +7,9 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 #[test]
 fn the_readme_stays_short() {
-    let size = std::fs::metadata(format!("{ROOT}/README.md")).unwrap().len();
+    let size = std::fs::metadata(format!("{ROOT}/README.md"))
+        .unwrap()
+        .len();
     assert!(
         size < 16 * 1024,
         "README.md is {size} bytes: reference belongs in docs/, the README gets a line and a link"

@@ -10,12 +10,12 @@ mod common;
 
 mod artifacts;
 mod browser_safety;
-mod docs;
 mod dataset_images;
 mod datasets_async;
 mod datasets_parquet;
 mod datasets_upload;
 mod datasets_user_archives;
+mod docs;
 mod http_foundation;
 mod job_queue;
 mod migrations;
