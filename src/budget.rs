@@ -133,7 +133,12 @@ impl DecodeBudget {
             if now >= deadline {
                 return Err(self.busy(bytes, what));
             }
-            used = self.inner.freed.wait_timeout(used, deadline - now).unwrap().0;
+            used = self
+                .inner
+                .freed
+                .wait_timeout(used, deadline - now)
+                .unwrap()
+                .0;
         }
     }
 
@@ -264,7 +269,13 @@ mod tests {
             .err()
             .unwrap();
         assert!(
-            matches!(e, AppError::Client { code: "decode_too_large", .. }),
+            matches!(
+                e,
+                AppError::Client {
+                    code: "decode_too_large",
+                    ..
+                }
+            ),
             "{e:?}"
         );
     }
@@ -293,7 +304,13 @@ mod tests {
             .err()
             .unwrap();
         assert!(
-            matches!(e, AppError::Client { code: "decode_budget_exhausted", .. }),
+            matches!(
+                e,
+                AppError::Client {
+                    code: "decode_budget_exhausted",
+                    ..
+                }
+            ),
             "{e:?}"
         );
     }
