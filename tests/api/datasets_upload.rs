@@ -565,7 +565,7 @@ async fn a_list_page_has_counts_not_skip_lists() {
     let mut files = labelled("train/", &["cat", "dog"], 2, 20);
     let long = "n".repeat(120);
     for i in 0..3000 {
-        files.push((format!("notes/{long}-{i}.txt"), b"n".to_vec()));
+        files.push((format!("train/cat/{long}-{i}.txt"), b"n".to_vec()));
     }
     let (status, body) = upload_settled(&app, &zip(&refs(&files))).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
