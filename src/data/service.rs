@@ -143,6 +143,11 @@ impl DatasetStore {
         self.data_dir.join("uploads").join(sha256)
     }
 
+    /// Where a validation extracts and checks the upload.
+    fn work_path(&self, sha256: &str) -> PathBuf {
+        self.data_dir.join("tmp").join(format!("{sha256}.d"))
+    }
+
     /// Beside a kept upload, the Parquet columns its uploader named (so a
     /// restart validates it the same way).
     fn columns_path(&self, sha256: &str) -> PathBuf {
@@ -479,7 +484,7 @@ impl DatasetStore {
         record.validation_starts = starts;
 
         let sha256 = record.sha256.clone();
-        let work_path = self.data_dir.join("tmp").join(format!("{sha256}.d"));
+        let work_path = self.work_path(&sha256);
         // A validation killed with its process may have left its work here.
         let fresh = work_path.clone();
         tokio::task::spawn_blocking(move || {
@@ -554,6 +559,10 @@ impl DatasetStore {
             .is_some_and(|r| !r.is_settled());
         if validating {
             tracing::error!(dataset = %record.id, starts = max, "the dataset's validation started this many times without ending; it is quarantined (failed) instead of validated again");
+            // What the last start, killed with its process, left behind.
+            TempPath(Some(self.work_path(&record.sha256)))
+                .discard()
+                .await;
             self.fail(record, &crashed(max)).await?;
         }
         Ok(None)
