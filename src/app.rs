@@ -73,6 +73,8 @@ impl AppState {
             limits: config.ingest_limits(),
             max_upload_bytes: config.max_upload_bytes,
             artifacts: artifacts.clone(),
+            decode_budget: decode_budget.clone(),
+            max_validation_starts: config.max_validation_starts,
             validations: crate::data::validation::Validations::new(
                 config.ingest_concurrency,
                 match config.ingest_threads {

@@ -182,6 +182,13 @@ pub struct ServeConfig {
     /// exempt.
     #[arg(long, env = "VITRINE_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
+    /// Times one dataset's validation may start without ending before the
+    /// dataset fails (`validation_crashed`) instead of being validated
+    /// again: a validation that ends only with its process (a crash, a
+    /// kill) runs again at the next start, so an upload that crashes the
+    /// validation cannot crash the service at every start.
+    #[arg(long, env = "VITRINE_MAX_VALIDATION_STARTS", default_value_t = 3)]
+    pub max_validation_starts: u32,
 
     /// Artefact store shared by every node: `s3://bucket/prefix` (S3 or an
     /// S3-compatible server, configured by the usual AWS_* environment
@@ -234,6 +241,7 @@ pub struct ServeConfig {
     mut_arg("max_undecodable_fraction", |a| a.hide(true)),
     mut_arg("ingest_concurrency", |a| a.hide(true)),
     mut_arg("ingest_threads", |a| a.hide(true)),
+    mut_arg("max_validation_starts", |a| a.hide(true)),
     mut_arg("max_body_bytes", |a| a.hide(true)),
     mut_arg("max_sweep_candidates", |a| a.hide(true)),
     mut_arg("predict_max_batch", |a| a.hide(true)),
@@ -292,6 +300,7 @@ impl ServeConfig {
             max_uncompressed_bytes: self.max_uncompressed_bytes,
             max_image_pixels: self.max_image_pixels,
             max_undecodable_fraction: self.max_undecodable_fraction,
+            max_image_file_bytes: self.max_image_file_bytes,
         }
     }
 

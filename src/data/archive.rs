@@ -195,20 +195,25 @@ pub fn safe_relative(name: &str) -> Result<Option<PathBuf>, DatasetError> {
     Ok((!out.as_os_str().is_empty()).then_some(out))
 }
 
-/// Extracts `archive` into `dest` (which must exist and be empty).
+/// Extracts `archive` into `dest` (which must exist and be empty). An
+/// entry named as an image may hold at most `max_image_file_bytes`: one
+/// over it is refused (`image_file_too_large`) as soon as its header or
+/// its bytes say so, before it fills the disk.
 pub fn extract(
     archive: &Path,
     format: ArchiveFormat,
     dest: &Path,
     limits: ExtractLimits,
+    max_image_file_bytes: u64,
 ) -> Result<ExtractStats, DatasetError> {
+    let cap = max_image_file_bytes;
     match format {
-        ArchiveFormat::Zip => extract_zip(archive, dest, limits),
-        ArchiveFormat::Tar => extract_tar(archive, dest, limits, "tar", |f| Box::new(f)),
-        ArchiveFormat::TarGz => extract_tar(archive, dest, limits, "gzip", |f| {
+        ArchiveFormat::Zip => extract_zip(archive, dest, limits, cap),
+        ArchiveFormat::Tar => extract_tar(archive, dest, limits, cap, "tar", |f| Box::new(f)),
+        ArchiveFormat::TarGz => extract_tar(archive, dest, limits, cap, "gzip", |f| {
             Box::new(flate2::read::MultiGzDecoder::new(f))
         }),
-        ArchiveFormat::TarBz2 => extract_tar(archive, dest, limits, "bzip2", |f| {
+        ArchiveFormat::TarBz2 => extract_tar(archive, dest, limits, cap, "bzip2", |f| {
             Box::new(bzip2::read::MultiBzDecoder::new(f))
         }),
         ArchiveFormat::Parquet => place_parquet(archive, dest),
@@ -263,6 +268,53 @@ fn corrupt(entry: Option<&str>, e: impl std::fmt::Display, eof: bool) -> Dataset
         .map(|n| format!(" at entry `{n}`"))
         .unwrap_or_default();
     DatasetError::bad(code, format!("the archive {what}{at}: {e}"))
+}
+
+/// The refusal of image files over `--max-image-file-bytes` (`named`).
+pub fn image_file_too_large(max_image_file_bytes: u64, named: &str) -> DatasetError {
+    DatasetError::too_large(
+        "image_file_too_large",
+        format!(
+            "image files larger than {max_image_file_bytes} bytes (--max-image-file-bytes, \
+             VITRINE_MAX_IMAGE_FILE_BYTES): {named}"
+        ),
+    )
+}
+
+/// The most bytes the entry at `rel` may hold: `image_cap` for an image.
+fn entry_cap(rel: &Path, image_cap: u64) -> u64 {
+    if super::layout::has_image_extension(rel) {
+        image_cap
+    } else {
+        u64::MAX
+    }
+}
+
+/// Writes one file entry (`declared` bytes by its header, not trusted)
+/// within the archive's remaining bytes and the entry's own cap.
+/// `Err(None)` for a read error of the entry's stream, which the caller
+/// words for its format.
+fn write_entry(
+    entry: &mut impl Read,
+    declared: u64,
+    out: &mut File,
+    (name, cap): (&str, u64),
+    limits: &ExtractLimits,
+    stats: &mut ExtractStats,
+) -> Result<(), Result<DatasetError, io::Error>> {
+    let budget = limits.max_bytes - stats.bytes;
+    let too_large_image = || Ok(image_file_too_large(cap, &format!("`{name}`")));
+    if declared > cap {
+        return Err(too_large_image());
+    }
+    match copy_capped(entry, out, budget.min(cap)) {
+        Ok(Some(n)) => stats.bytes += n,
+        Ok(None) if cap < budget => return Err(too_large_image()),
+        Ok(None) => return Err(Ok(too_big(limits, name))),
+        Err(e) => return Err(Err(e)),
+    }
+    stats.files += 1;
+    Ok(())
 }
 
 /// Copies at most `budget` bytes; `Ok(None)` when the source had more.
@@ -356,6 +408,7 @@ fn extract_zip(
     archive: &Path,
     dest: &Path,
     limits: ExtractLimits,
+    image_cap: u64,
 ) -> Result<ExtractStats, DatasetError> {
     let file = File::open(archive).map_err(io_internal)?;
     let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| corrupt(None, e, true))?;
@@ -405,17 +458,23 @@ fn extract_zip(
             create_dir(dest, &rel, &name)?;
             continue;
         }
+        let cap = entry_cap(&rel, image_cap);
+        let declared = entry.size();
         let mut out = create_file(dest, &rel, &name)?;
-        let budget = limits.max_bytes - stats.bytes;
-        match copy_capped(&mut entry, &mut out, budget) {
-            Ok(Some(n)) => stats.bytes += n,
-            Ok(None) => return Err(too_big(&limits, &name)),
-            Err(e) => {
+        write_entry(
+            &mut entry,
+            declared,
+            &mut out,
+            (&name, cap),
+            &limits,
+            &mut stats,
+        )
+        .map_err(|e| {
+            e.unwrap_or_else(|e| {
                 let eof = e.kind() == io::ErrorKind::UnexpectedEof;
-                return Err(corrupt(Some(&name), e, eof));
-            }
-        }
-        stats.files += 1;
+                corrupt(Some(&name), e, eof)
+            })
+        })?;
     }
     Ok(stats)
 }
@@ -426,6 +485,7 @@ fn extract_tar(
     archive: &Path,
     dest: &Path,
     limits: ExtractLimits,
+    image_cap: u64,
     codec: &str,
     decompress: impl FnOnce(BufReader<File>) -> Box<dyn Read>,
 ) -> Result<ExtractStats, DatasetError> {
@@ -485,17 +545,21 @@ fn extract_tar(
                 create_dir(dest, &rel, &name)?;
                 continue;
             }
-            let budget = limits.max_bytes - stats.bytes;
-            if entry.size() > budget {
+            if entry.size() > limits.max_bytes - stats.bytes {
                 return Err(too_big(&limits, &name));
             }
+            let cap = entry_cap(&rel, image_cap);
+            let declared = entry.size();
             let mut out = create_file(dest, &rel, &name)?;
-            match copy_capped(&mut entry, &mut out, budget) {
-                Ok(Some(n)) => stats.bytes += n,
-                Ok(None) => return Err(too_big(&limits, &name)),
-                Err(e) => return Err(read_err(Some(&name), e)),
-            }
-            stats.files += 1;
+            write_entry(
+                &mut entry,
+                declared,
+                &mut out,
+                (&name, cap),
+                &limits,
+                &mut stats,
+            )
+            .map_err(|e| e.unwrap_or_else(|e| read_err(Some(&name), e)))?;
         }
     }
     // Read the stream to its end so a truncated or corrupt trailer is

@@ -16,6 +16,7 @@ use super::parquet::{self, ParquetColumns};
 use super::progress::IngestProgress;
 use super::summary::{DatasetSummary, SizeRange, Skipped};
 use super::Task;
+use crate::budget::{self, DecodeBudget};
 use crate::imaging::{self, DecodeLimits, ImageError};
 
 /// Where the extracted archive lives inside a dataset directory.
@@ -35,6 +36,10 @@ pub struct IngestLimits {
     pub max_image_pixels: u64,
     /// Fraction of undecodable images tolerated (skipped); above it, refused.
     pub max_undecodable_fraction: f64,
+    /// Largest image file, in bytes, checked before it is read (an archive
+    /// member named as an image, while extracting; every image, before
+    /// decoding).
+    pub max_image_file_bytes: u64,
 }
 
 /// A validated dataset.
@@ -53,6 +58,21 @@ struct Checked {
     sha256: [u8; 32],
 }
 
+/// Why an image was not kept.
+enum Unchecked {
+    /// Not a usable image: skipped, within the tolerance.
+    Image(ImageError),
+    /// Over `--max-image-file-bytes` (its size in bytes): refused unread.
+    FileTooLarge(u64),
+    /// The decoding budget could not be had (it never could: the image
+    /// needs more than all of it; or it stayed in use): refused.
+    Budget(DatasetError),
+}
+
+/// How long an image waits for decoding memory others hold before the
+/// validation gives up (a validation is background work: it waits).
+const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Extracts `archive` into `<dir>/files` and validates it; on success writes
 /// `<dir>/manifest.json` and `<dir>/summary.json`. On error `dir` holds
 /// partial output: the caller removes it. Images are decoded on the
@@ -68,13 +88,29 @@ pub fn ingest_archive(
 }
 
 /// [`ingest_archive`] with the columns of a Parquet dataset named by the
-/// uploader.
+/// uploader. Its decodes draw from a budget of its own, sized from the
+/// machine (tools and tests); the service shares one:
+/// [`ingest_upload_within`].
 pub fn ingest_upload(
     archive: &Path,
     dir: &Path,
     limits: &IngestLimits,
     columns: &ParquetColumns,
     progress: &IngestProgress,
+) -> Result<Ingested, DatasetError> {
+    let budget = DecodeBudget::new(budget::default_budget_bytes());
+    ingest_upload_within(archive, dir, limits, columns, progress, &budget)
+}
+
+/// [`ingest_upload`] whose decodes (images, Parquet) draw from `budget`,
+/// waiting for it.
+pub fn ingest_upload_within(
+    archive: &Path,
+    dir: &Path,
+    limits: &IngestLimits,
+    columns: &ParquetColumns,
+    progress: &IngestProgress,
+    budget: &DecodeBudget,
 ) -> Result<Ingested, DatasetError> {
     let format = archive::detect(archive)?;
     let files = dir.join(FILES_DIR);
@@ -83,8 +119,14 @@ pub fn ingest_upload(
         max_entries: limits.max_entries,
         max_bytes: limits.max_uncompressed_bytes,
     };
-    let stats = archive::extract(archive, format, &files, extract_limits)?;
-    let unpacked = unpack_parquet(dir, &files, &extract_limits, columns)?;
+    let stats = archive::extract(
+        archive,
+        format,
+        &files,
+        extract_limits,
+        limits.max_image_file_bytes,
+    )?;
+    let unpacked = unpack_parquet(dir, &files, &extract_limits, columns, budget)?;
     let mut found = layout::detect(&files)?;
     let mut skipped = found.skipped;
     let extracted_bytes = match unpacked {
@@ -97,17 +139,16 @@ pub fn ingest_upload(
     };
     progress.start_checking(found.items.len());
 
-    let decode_limits = DecodeLimits {
-        max_pixels: limits.max_image_pixels,
-    };
-    let checked: Vec<Result<Checked, ImageError>> = found
+    let checked: Vec<Result<Checked, Unchecked>> = found
         .items
         .par_iter()
         .map(|item| {
             if progress.stopped() {
-                return Err(ImageError::Decode("validation interrupted".into()));
+                return Err(Unchecked::Image(ImageError::Decode(
+                    "validation interrupted".into(),
+                )));
             }
-            let checked = check_image(&files.join(&item.rel), &decode_limits);
+            let checked = check_image(&files.join(&item.rel), limits, budget);
             progress.checked_one();
             checked
         })
@@ -117,27 +158,24 @@ pub fn ingest_upload(
     }
 
     let mut too_large = Vec::new();
+    let mut too_large_files = Vec::new();
     let mut undecodable = Vec::new();
     let mut items: Vec<(Item, Checked)> = Vec::new();
     for (item, result) in found.items.into_iter().zip(checked) {
+        let name = item.rel.display().to_string();
         match result {
             Ok(c) => items.push((item, c)),
-            Err(ImageError::TooLarge { width, height, .. }) => {
-                too_large.push(format!("{} ({width}x{height})", item.rel.display()))
+            Err(Unchecked::Image(ImageError::TooLarge { width, height, .. })) => {
+                too_large.push(format!("{name} ({width}x{height})"))
             }
-            Err(e) => undecodable.push((item.rel.display().to_string(), e.to_string())),
+            Err(Unchecked::Image(e)) => undecodable.push((name, e.to_string())),
+            Err(Unchecked::FileTooLarge(bytes)) => {
+                too_large_files.push(format!("{name} ({bytes} bytes)"))
+            }
+            Err(Unchecked::Budget(e)) => return Err(e),
         }
     }
-    if !too_large.is_empty() {
-        return Err(DatasetError::too_large(
-            "image_too_large",
-            format!(
-                "images larger than {} pixels (VITRINE_MAX_IMAGE_PIXELS): {}",
-                limits.max_image_pixels,
-                name_some(&too_large, 10)
-            ),
-        ));
-    }
+    refuse_too_large(limits, &too_large, &too_large_files)?;
     let total = items.len() + undecodable.len();
     if !undecodable.is_empty() {
         let fraction = undecodable.len() as f64 / total.max(1) as f64;
@@ -250,6 +288,7 @@ fn unpack_parquet(
     files: &Path,
     limits: &ExtractLimits,
     columns: &ParquetColumns,
+    _budget: &DecodeBudget,
 ) -> Result<Option<parquet::Unpacked>, DatasetError> {
     let Some(mut found) = parquet::find(files)? else {
         return Ok(None);
@@ -271,17 +310,117 @@ fn internal(e: std::io::Error) -> DatasetError {
     DatasetError::internal(format!("writing the dataset: {e}"))
 }
 
-fn check_image(path: &Path, limits: &DecodeLimits) -> Result<Checked, ImageError> {
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let (width, height) = imaging::decode::verify(&bytes, limits)?;
+/// Images over a pixel or file-size limit refuse the dataset, naming them.
+fn refuse_too_large(
+    limits: &IngestLimits,
+    pixels: &[String],
+    files: &[String],
+) -> Result<(), DatasetError> {
+    if !files.is_empty() {
+        return Err(archive::image_file_too_large(
+            limits.max_image_file_bytes,
+            &name_some(files, 10),
+        ));
+    }
+    if !pixels.is_empty() {
+        return Err(DatasetError::too_large(
+            "image_too_large",
+            format!(
+                "images larger than {} pixels (VITRINE_MAX_IMAGE_PIXELS): {}",
+                limits.max_image_pixels,
+                name_some(pixels, 10)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes one image under the limits: its size checked before a byte is
+/// read, its bytes read (and hashed as they come) under a lease of the
+/// decoding budget, which grows by what the header says decoding will
+/// hold before any pixel is decoded.
+fn check_image(
+    path: &Path,
+    limits: &IngestLimits,
+    budget: &DecodeBudget,
+) -> Result<Checked, Unchecked> {
+    let io = |source| {
+        Unchecked::Image(ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    if size > limits.max_image_file_bytes {
+        return Err(Unchecked::FileTooLarge(size));
+    }
+    let what = format!("checking `{}`", path.display());
+    let mut lease = lease(budget, size, &what)?;
+    let (bytes, sha256) = read_hashing(file, size, limits.max_image_file_bytes).map_err(io)?;
+    let Some(bytes) = bytes else {
+        return Err(Unchecked::FileTooLarge(limits.max_image_file_bytes + 1));
+    };
+    let decode_limits = DecodeLimits {
+        max_pixels: limits.max_image_pixels,
+    };
+    // Past the pixel limit `verify` refuses before decoding: nothing to hold.
+    let decoding = imaging::decode::dimensions(&bytes)
+        .ok()
+        .filter(|(w, h)| u64::from(*w) * u64::from(*h) <= limits.max_image_pixels)
+        .map_or(0, |(w, h)| budget::image_decode_bytes(w, h));
+    if !lease.try_grow(decoding) {
+        // Taken anew rather than waited for while holding bytes, which
+        // could leave every thread holding a part and waiting for more.
+        drop(lease);
+        lease = self::lease(budget, bytes.len() as u64 + decoding, &what)?;
+    }
+    let (width, height) =
+        imaging::decode::verify(&bytes, &decode_limits).map_err(Unchecked::Image)?;
+    drop(lease);
     Ok(Checked {
         width,
         height,
-        sha256: Sha256::digest(&bytes).into(),
+        sha256,
     })
+}
+
+/// `bytes` of the decoding budget, waited for.
+fn lease(budget: &DecodeBudget, bytes: u64, what: &str) -> Result<budget::Lease, Unchecked> {
+    budget
+        .acquire_blocking(bytes, BUDGET_WAIT, what)
+        .map_err(|e| match e {
+            crate::AppError::Client { kind, code, detail } => Unchecked::Budget(DatasetError {
+                kind: Some(kind),
+                code,
+                detail,
+            }),
+            other => Unchecked::Budget(DatasetError::internal(other.to_string())),
+        })
+}
+
+/// Reads `file` (of `size` bytes when checked) whole, hashing it as it is
+/// read; `None` when it holds more than `max` bytes (it grew since).
+fn read_hashing(
+    file: std::fs::File,
+    size: u64,
+    max: u64,
+) -> std::io::Result<(Option<Vec<u8>>, [u8; 32])> {
+    use std::io::Read;
+    let mut hasher = Sha256::new();
+    let mut bytes = Vec::with_capacity(size.min(max) as usize);
+    let mut reader = file.take(max.saturating_add(1));
+    let mut chunk = vec![0u8; 256 << 10];
+    loop {
+        let n = reader.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&chunk[..n]);
+        bytes.extend_from_slice(&chunk[..n]);
+    }
+    let within = (bytes.len() as u64 <= max).then_some(bytes);
+    Ok((within, hasher.finalize().into()))
 }
 
 /// The sorted label set, refusing fewer than two labels and labels with no
@@ -379,5 +518,67 @@ fn warn(summary: &mut DatasetSummary) {
             "{} file(s) skipped; see `skipped`",
             summary.skipped.len()
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> IngestLimits {
+        IngestLimits {
+            max_entries: 100,
+            max_uncompressed_bytes: 1 << 30,
+            max_image_pixels: 1 << 20,
+            max_undecodable_fraction: 0.0,
+            max_image_file_bytes: 64 << 20,
+        }
+    }
+
+    /// A 10 GiB "image" (a sparse file) is refused from its size alone:
+    /// not a byte of it is read, and no decoding memory is taken.
+    #[test]
+    fn an_image_file_over_the_cap_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zeros.png");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(10 << 30)
+            .unwrap();
+        let budget = DecodeBudget::new(256 << 20);
+        let started = std::time::Instant::now();
+        match check_image(&path, &limits(), &budget) {
+            Err(Unchecked::FileTooLarge(bytes)) => assert_eq!(bytes, 10 << 30),
+            Err(Unchecked::Image(e)) => panic!("refused as undecodable: {e}"),
+            Err(Unchecked::Budget(e)) => panic!("refused by the budget: {e}"),
+            Ok(_) => panic!("accepted"),
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    /// An image within the caps is decoded under a lease of the budget
+    /// (given back after), and hashed as it was read.
+    #[test]
+    fn an_image_is_checked_within_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.png");
+        image::RgbImage::from_pixel(40, 30, image::Rgb([1, 2, 3]))
+            .save(&path)
+            .unwrap();
+        let budget = DecodeBudget::new(1 << 20);
+        let Ok(c) = check_image(&path, &limits(), &budget) else {
+            panic!("refused");
+        };
+        assert_eq!((c.width, c.height), (40, 30));
+        let expected: [u8; 32] = Sha256::digest(std::fs::read(&path).unwrap()).into();
+        assert_eq!(c.sha256, expected);
+        assert_eq!(budget.in_use(), 0);
+        // More than the whole budget: refused with the budget's code.
+        let tiny = DecodeBudget::new(1000);
+        match check_image(&path, &limits(), &tiny) {
+            Err(Unchecked::Budget(e)) => assert_eq!(e.code, "decode_too_large"),
+            _ => panic!("not refused by the budget"),
+        }
     }
 }

@@ -103,6 +103,9 @@ pub struct DatasetRecord {
     pub progress: Option<ValidationProgress>,
     /// Once refused.
     pub error: Option<DatasetFailure>,
+    /// Times its validation has started since it was uploaded (more than
+    /// one: the service stopped during a validation and resumed it).
+    pub validation_starts: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// When the validation ended.
@@ -123,6 +126,7 @@ impl TryFrom<DatasetRow> for DatasetRecord {
                 .as_deref()
                 .and_then(|p| serde_json::from_str(p).ok()),
             error: r.error.map(DatasetFailure::from_row),
+            validation_starts: r.validation_starts,
             id: r.id,
             sha256: r.sha256,
             status: r.status,
@@ -167,13 +171,80 @@ pub async fn find_by_sha256(db: &Db, sha256: &str) -> anyhow::Result<Option<Data
         .transpose()
 }
 
-/// Newest first, optionally one status only.
+/// What a list page shows of a validated dataset: counts, never the
+/// lists of the summary (skipped files, labels, duplicates), which a
+/// hostile upload can make megabytes long; `GET /datasets/{id}` has them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DatasetCounts {
+    /// `splits`, `labels`, `metadata` or `parquet`.
+    pub layout: String,
+    pub task: Task,
+    /// Usable images in all splits.
+    pub images: usize,
+    /// Classes.
+    pub labels: usize,
+    /// Usable images per split (`train`, `validation`, `test`).
+    pub splits: std::collections::BTreeMap<String, usize>,
+    /// Files left out.
+    pub skipped: usize,
+    /// Groups of byte-identical images found in more than one split.
+    pub duplicates_across_splits: usize,
+    pub warnings: usize,
+    /// Bytes the archive expanded to.
+    pub extracted_bytes: u64,
+}
+
+impl DatasetCounts {
+    pub fn of(s: &DatasetSummary) -> Self {
+        Self {
+            layout: s.layout.clone(),
+            task: s.task,
+            images: s.images,
+            labels: s.labels.len(),
+            splits: s
+                .splits
+                .iter()
+                .map(|(k, v)| (k.clone(), v.images))
+                .collect(),
+            skipped: s.skipped.len(),
+            duplicates_across_splits: s.duplicates_across_splits.len(),
+            warnings: s.warnings.len(),
+            extracted_bytes: s.extracted_bytes,
+        }
+    }
+}
+
+/// A dataset as a list page shows it: the record without its summary,
+/// with the summary's counts instead.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetListing {
+    /// The record, `summary` always `None`.
+    pub record: DatasetRecord,
+    /// Once validated.
+    pub counts: Option<DatasetCounts>,
+}
+
+impl TryFrom<DatasetRow> for DatasetListing {
+    type Error = anyhow::Error;
+    fn try_from(mut r: DatasetRow) -> anyhow::Result<Self> {
+        let stored = r.counts_json.take();
+        let mut record = DatasetRecord::try_from(r)?;
+        let counts = match (stored, record.summary.take()) {
+            (Some(json), _) => Some(serde_json::from_str(&json)?),
+            // Validated before counts were stored.
+            (None, summary) => summary.as_ref().map(DatasetCounts::of),
+        };
+        Ok(Self { record, counts })
+    }
+}
+
+/// Newest first, optionally one status only: counts, not summaries.
 pub async fn list(
     db: &Db,
     status: Option<DatasetStatus>,
     limit: i64,
     offset: i64,
-) -> anyhow::Result<Vec<DatasetRecord>> {
+) -> anyhow::Result<Vec<DatasetListing>> {
     store::list(db, status, limit, offset)
         .await?
         .into_iter()

@@ -19,9 +19,9 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::error::DatasetError;
-use super::ingest::{ingest_upload, IngestLimits, Ingested};
+use super::ingest::{ingest_upload_within, IngestLimits, Ingested};
 use super::parquet::ParquetColumns;
-use super::record::{self, DatasetFailure, DatasetRecord, DatasetStatus};
+use super::record::{self, DatasetCounts, DatasetFailure, DatasetRecord, DatasetStatus};
 use super::validation::{Throttle, Validations, PUBLISH_EVERY};
 use crate::store::datasets::{self as store, Validated};
 use crate::AppError;
@@ -41,6 +41,12 @@ pub struct DatasetStore {
     pub validations: Validations,
     /// Where uploads wait and validated datasets go for other nodes.
     pub artifacts: crate::artifacts::Artifacts,
+    /// The memory budget every image decode of a validation draws from.
+    pub decode_budget: crate::budget::DecodeBudget,
+    /// Starts of one dataset's validation after which it fails
+    /// (`validation_crashed`) instead of running again: each start that
+    /// did not end took its process down.
+    pub max_validation_starts: u32,
 }
 
 /// The outcome of an upload.
@@ -98,6 +104,25 @@ pub fn dataset_rel_path(sha256: &str) -> String {
     format!("datasets/{sha256}")
 }
 
+/// What a client is told of a validation that crashed (the cause, when
+/// known, is logged).
+const CRASHED_DETAIL: &str =
+    "the validation of this dataset crashed (a fault of this service, logged); it is not validated again";
+
+/// The refusal of a dataset whose validation started `starts` times
+/// without ever ending.
+fn crashed(starts: i64) -> DatasetFailure {
+    DatasetFailure {
+        kind: Some(crate::error::ErrorKind::Unprocessable),
+        code: "validation_crashed".into(),
+        detail: format!(
+            "the validation of this dataset started {starts} times and never ended: the service \
+             stopped each time while validating it (a crash, or a kill). It is not validated \
+             again (--max-validation-starts); if the service was stopped on purpose, upload it again"
+        ),
+    }
+}
+
 /// What a client is told of a fault of ours while validating (the cause
 /// is logged).
 const INTERNAL_DETAIL: &str =
@@ -116,6 +141,11 @@ impl DatasetStore {
     /// Where an upload waits for its validation.
     fn upload_path(&self, sha256: &str) -> PathBuf {
         self.data_dir.join("uploads").join(sha256)
+    }
+
+    /// Where a validation extracts and checks the upload.
+    fn work_path(&self, sha256: &str) -> PathBuf {
+        self.data_dir.join("tmp").join(format!("{sha256}.d"))
     }
 
     /// Beside a kept upload, the Parquet columns its uploader named (so a
@@ -447,10 +477,14 @@ impl DatasetStore {
         progress: Arc<super::progress::IngestProgress>,
     ) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
+        let Some(starts) = self.count_start(&record).await? else {
+            self.finish_with_row(&record).await;
+            return Ok(());
+        };
+        record.validation_starts = starts;
 
         let sha256 = record.sha256.clone();
-        let archive = self.upload_path(&sha256);
-        let work_path = self.data_dir.join("tmp").join(format!("{sha256}.d"));
+        let work_path = self.work_path(&sha256);
         // A validation killed with its process may have left its work here.
         let fresh = work_path.clone();
         tokio::task::spawn_blocking(move || {
@@ -460,40 +494,20 @@ impl DatasetStore {
         .await??;
         let work = TempPath(Some(work_path));
 
-        let columns = self.columns_of(&sha256).await?;
-        let (limits, validations) = (self.limits, self.validations.clone());
-        let (dir, counters) = (work.path().to_path_buf(), progress.clone());
-        let mut task = tokio::task::spawn_blocking(move || {
-            validations.install(|| ingest_upload(&archive, &dir, &limits, &columns, &counters))
-        });
-        let mut tick = tokio::time::interval(PUBLISH_EVERY);
-        let mut throttle = Throttle::new();
-        let outcome = loop {
-            tokio::select! {
-                joined = &mut task => break joined,
-                _ = tick.tick() => {
-                    record.progress = Some(progress.snapshot(false));
-                    self.validations.publish(&record);
-                    if throttle.write_due() {
-                        self.write_progress(&record).await;
-                    }
-                }
-            }
-        };
-        if self.validations.is_stopping() && !matches!(outcome, Ok(Ok(_))) {
+        let outcome = self.run_ingest(&mut record, &progress, work.path()).await?;
+        if self.validations.is_stopping() && outcome.is_err() {
             // Shutting down: the record stays `validating` and the upload
-            // kept; the next start validates it again.
+            // kept; the next start validates it again, and this start,
+            // which did not crash, is not counted against it.
             tracing::info!(dataset = %record.id, "validation interrupted by shutdown; it runs again at the next start");
+            if let Err(e) = store::refund_validation_start(&self.db, record.id).await {
+                tracing::warn!(dataset = %record.id, error = ?e, "giving back the validation's start failed");
+            }
             work.discard().await;
             self.validations.finish(&record);
             return Ok(());
         }
         record.progress = Some(progress.done());
-        let outcome = outcome.unwrap_or_else(|e| {
-            Err(DatasetError::internal(format!(
-                "the validation panicked: {e}"
-            )))
-        });
         let refusal = match outcome {
             Ok(ingested) => match self.ready(&record, work, &ingested).await {
                 Ok(()) => None,
@@ -516,11 +530,90 @@ impl DatasetStore {
         };
         self.remove_upload(&sha256).await;
         tracing::info!(dataset = %record.id, seconds = started.elapsed().as_secs_f64(), refused = ?refusal.map(|e| e.code), "validation ended");
-        // Subscribers read the outcome from the database; send them what
-        // it holds (or the last progress, if recording it failed).
-        let last = record::get(&self.db, record.id).await.ok().flatten();
-        self.validations.finish(last.as_ref().unwrap_or(&record));
+        self.finish_with_row(&record).await;
         result
+    }
+
+    /// Ends the validation's watch with what the database holds (or the
+    /// last progress, if reading it fails): subscribers read the outcome
+    /// from there.
+    async fn finish_with_row(&self, record: &DatasetRecord) {
+        let last = record::get(&self.db, record.id).await.ok().flatten();
+        self.validations.finish(last.as_ref().unwrap_or(record));
+    }
+
+    /// Counts this start of the validation in its row. `None` when it must
+    /// not run: the dataset is no longer `validating`, or its validation
+    /// has started `--max-validation-starts` times already without ending
+    /// (each start ended with its process: a crash the ingestion threads
+    /// could not contain, or a kill), and then it fails now with
+    /// `validation_crashed`, so that a poison upload cannot crash the
+    /// service at every start.
+    async fn count_start(&self, record: &DatasetRecord) -> anyhow::Result<Option<i64>> {
+        let max = i64::from(self.max_validation_starts.max(1));
+        if let Some(n) = store::begin_validation(&self.db, record.id, max).await? {
+            return Ok(Some(n));
+        }
+        let validating = record::get(&self.db, record.id)
+            .await?
+            .is_some_and(|r| !r.is_settled());
+        if validating {
+            tracing::error!(dataset = %record.id, starts = max, "the dataset's validation started this many times without ending; it is quarantined (failed) instead of validated again");
+            // What the last start, killed with its process, left behind.
+            TempPath(Some(self.work_path(&record.sha256)))
+                .discard()
+                .await;
+            self.fail(record, &crashed(max)).await?;
+        }
+        Ok(None)
+    }
+
+    /// Checks the archive on the ingestion pool while reporting progress.
+    /// `Err` only for a fault recording it; the check's own outcome (a
+    /// refusal, or a panic contained as `validation_crashed`) is `Ok`.
+    async fn run_ingest(
+        &self,
+        record: &mut DatasetRecord,
+        progress: &Arc<super::progress::IngestProgress>,
+        dir: &Path,
+    ) -> anyhow::Result<Result<Ingested, DatasetError>> {
+        let columns = self.columns_of(&record.sha256).await?;
+        let archive = self.upload_path(&record.sha256);
+        let (limits, validations) = (self.limits, self.validations.clone());
+        let (dir, counters, budget) = (
+            dir.to_path_buf(),
+            progress.clone(),
+            self.decode_budget.clone(),
+        );
+        let mut task = tokio::task::spawn_blocking(move || {
+            validations.install(|| {
+                ingest_upload_within(&archive, &dir, &limits, &columns, &counters, &budget)
+            })
+        });
+        let mut tick = tokio::time::interval(PUBLISH_EVERY);
+        let mut throttle = Throttle::new();
+        let joined = loop {
+            tokio::select! {
+                joined = &mut task => break joined,
+                _ = tick.tick() => {
+                    record.progress = Some(progress.snapshot(false));
+                    self.validations.publish(record);
+                    if throttle.write_due() {
+                        self.write_progress(record).await;
+                    }
+                }
+            }
+        };
+        Ok(match joined {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(panic)) => {
+                tracing::error!(dataset = %record.id, panic, "the validation panicked; the dataset fails");
+                Err(DatasetError::invalid("validation_crashed", CRASHED_DETAIL))
+            }
+            Err(e) => Err(DatasetError::internal(format!(
+                "the validation task failed: {e}"
+            ))),
+        })
     }
 
     /// Progress is informative: failing to record it does not stop the
@@ -559,11 +652,13 @@ impl DatasetStore {
             .put_dataset(&record.path, &self.data_dir.join(&record.path))
             .await?;
         let summary_json = serde_json::to_string(&ingested.summary)?;
+        let counts_json = serde_json::to_string(&DatasetCounts::of(&ingested.summary))?;
         let progress_json = serde_json::to_string(&record.progress)?;
         let found = Validated {
             format: ingested.format.as_str(),
             task: ingested.task,
             summary_json: &summary_json,
+            counts_json: &counts_json,
         };
         if store::mark_ready(&self.db, record.id, &found, &progress_json)
             .await?

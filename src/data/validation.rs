@@ -10,6 +10,13 @@
 //! that server-sent events and requests waiting for the outcome (an inline
 //! `dataset` part of `POST /jobs`) see progress and the end at once; the
 //! database stays the record of truth (progress is written every second).
+//!
+//! A parser a user's file reaches must not take the process down: the
+//! ingestion threads have a large stack ([`INGEST_STACK_BYTES`]) and each
+//! validation runs inside `catch_unwind` ([`Validations::install`]), so a
+//! panic fails that dataset alone. What neither can catch (an overflow of
+//! even that stack, an abort) is bounded by the count of starts kept in
+//! the row (`--max-validation-starts`, see `data::service`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +52,11 @@ impl std::fmt::Debug for Validations {
     }
 }
 
+/// The stack of each ingestion thread. Parsers reached by a user's file
+/// recurse (a Parquet schema nested thousands deep overflowed the 2 MiB
+/// default); the memory is reserved, not used, until a thread needs it.
+pub const INGEST_STACK_BYTES: usize = 64 << 20;
+
 /// How often a running validation publishes its progress to subscribers,
 /// and how often it writes it to the database.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
@@ -57,6 +69,7 @@ impl Validations {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("vitrine-ingest-{i}"))
+            .stack_size(INGEST_STACK_BYTES)
             .start_handler(|_| {
                 crate::torch_info::threads::lower_thread_priority();
             })
@@ -137,9 +150,24 @@ impl Validations {
             .expect("the semaphore is never closed")
     }
 
-    /// Runs `work` on the ingestion pool (from a blocking thread).
-    pub(super) fn install<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(work)
+    /// Runs `work` on the ingestion pool (from a blocking thread); a
+    /// panic in it (or in any of its parallel parts) is caught and
+    /// returned as its message, the pool left working.
+    pub fn install<R: Send>(&self, work: impl FnOnce() -> R + Send) -> Result<R, String> {
+        self.pool
+            .install(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)))
+            .map_err(|payload| panic_message(payload.as_ref()))
+    }
+}
+
+/// The text of a caught panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
     }
 }
 
@@ -162,5 +190,47 @@ impl Throttle {
             return true;
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayon::prelude::*;
+
+    /// A panic inside a validation, even in one of its parallel parts, is
+    /// that validation's error; the pool keeps working.
+    #[test]
+    fn a_panic_in_a_validation_is_contained() {
+        let pool = Validations::new(1, 2).unwrap();
+        let caught = pool.install(|| {
+            (0..64)
+                .into_par_iter()
+                .map(|i| {
+                    if i == 33 {
+                        panic!("parser bug at {i}")
+                    } else {
+                        i
+                    }
+                })
+                .sum::<i32>()
+        });
+        assert_eq!(caught.unwrap_err(), "parser bug at 33");
+        assert_eq!(pool.install(|| 2 + 2), Ok(4));
+    }
+
+    /// Recursion far deeper than a default 2 MiB thread stack allows
+    /// (about 24 MiB of frames) runs on the ingestion threads.
+    #[test]
+    fn ingestion_threads_have_a_large_stack() {
+        fn depth(n: u32) -> u64 {
+            let frame = std::hint::black_box([n as u8; 4096]);
+            if n == 0 {
+                return u64::from(frame[0]);
+            }
+            depth(n - 1) + u64::from(std::hint::black_box(frame)[7])
+        }
+        let pool = Validations::new(1, 1).unwrap();
+        assert!(pool.install(|| depth(6_000)).is_ok());
     }
 }

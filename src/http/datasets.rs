@@ -21,7 +21,10 @@ use super::problem::{problem, status_of};
 use crate::app::AppState;
 use crate::config::ServeConfig;
 use crate::data::parquet::ParquetColumns;
-use crate::data::record::{self, DatasetRecord, DatasetStatus, ValidationProgress};
+use crate::data::record::{
+    self, DatasetCounts, DatasetFailure, DatasetListing, DatasetRecord, DatasetStatus,
+    ValidationProgress,
+};
 use crate::data::{DatasetSummary, Task};
 use crate::error::Problem;
 use crate::AppError;
@@ -73,18 +76,28 @@ pub struct DatasetView {
     /// Why it was refused (`failed`): the problem document a synchronous
     /// upload would have been answered with, with its stable `code`.
     pub error: Option<Problem>,
+    /// Times its validation has started (more than one: the service
+    /// stopped while validating it and resumed; a dataset whose validation
+    /// started `--max-validation-starts` times without ending fails with
+    /// `validation_crashed`).
+    pub validation_starts: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// When the validation ended.
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// A refusal as the problem document it would have been answered with.
+fn refusal(e: DatasetFailure) -> Problem {
+    match e.kind {
+        Some(kind) => problem(status_of(kind), &e.code, e.detail),
+        None => problem(StatusCode::INTERNAL_SERVER_ERROR, &e.code, e.detail),
+    }
+}
+
 impl From<DatasetRecord> for DatasetView {
     fn from(r: DatasetRecord) -> Self {
-        let error = r.error.map(|e| match e.kind {
-            Some(kind) => problem(status_of(kind), &e.code, e.detail),
-            None => problem(StatusCode::INTERNAL_SERVER_ERROR, &e.code, e.detail),
-        });
+        let error = r.error.map(refusal);
         Self {
             id: r.id,
             sha256: r.sha256,
@@ -95,6 +108,49 @@ impl From<DatasetRecord> for DatasetView {
             summary: r.summary,
             progress: r.progress,
             error,
+            validation_starts: r.validation_starts,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+/// A dataset in a list page: as [`DatasetView`], but with the summary's
+/// counts instead of the summary (whose skip lists can be megabytes);
+/// `GET /datasets/{id}` has the whole summary.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DatasetListItem {
+    pub id: Uuid,
+    pub sha256: String,
+    pub status: DatasetStatus,
+    pub format: Option<String>,
+    pub size_bytes: i64,
+    pub task: Option<Task>,
+    /// What was found in the archive, counted; once validated.
+    pub counts: Option<DatasetCounts>,
+    pub progress: Option<ValidationProgress>,
+    pub error: Option<Problem>,
+    pub validation_starts: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<DatasetListing> for DatasetListItem {
+    fn from(l: DatasetListing) -> Self {
+        let r = l.record;
+        Self {
+            id: r.id,
+            sha256: r.sha256,
+            status: r.status,
+            format: r.format,
+            size_bytes: r.size_bytes,
+            task: r.task,
+            counts: l.counts,
+            progress: r.progress,
+            error: r.error.map(refusal),
+            validation_starts: r.validation_starts,
             created_at: r.created_at,
             updated_at: r.updated_at,
             finished_at: r.finished_at,
@@ -104,7 +160,7 @@ impl From<DatasetRecord> for DatasetView {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DatasetList {
-    pub datasets: Vec<DatasetView>,
+    pub datasets: Vec<DatasetListItem>,
 }
 
 /// The columns of a Parquet dataset, when `datasets`' names (`image`/`img`,
@@ -218,7 +274,9 @@ pub async fn get_dataset(
     Ok(Json(live.unwrap_or(record).into()))
 }
 
-/// Stored datasets with their status, newest first.
+/// Stored datasets with their status, newest first: each with the
+/// counts of its summary (images, labels, skipped files, ...), not the
+/// summary itself, which `GET /datasets/{id}` returns.
 #[utoipa::path(
     get, path = "/datasets", tag = "datasets",
     params(ListParams),

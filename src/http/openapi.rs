@@ -39,6 +39,7 @@ use crate::app::AppState;
         super::datasets::DatasetView, crate::data::DatasetSummary,
         crate::data::record::DatasetStatus, crate::data::record::ValidationProgress,
         super::datasets::DatasetList, super::datasets::DatasetUpload,
+        super::datasets::DatasetListItem, crate::data::record::DatasetCounts,
         super::dataset_images::Thumbnails, super::dataset_images::ClassSamples,
         super::dataset_images::SampleImage,
     )),

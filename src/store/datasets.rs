@@ -73,6 +73,12 @@ pub struct DatasetRow {
     pub progress_json: Option<String>,
     /// When failed.
     pub error: Option<FailureRow>,
+    /// Times its validation has started since it was (re)uploaded: one
+    /// more than the validations that ended only when the process died.
+    pub validation_starts: i64,
+    /// Once validated: what a list page shows (JSON counts). In a list
+    /// row `summary_json` is `None` unless this is (older rows).
+    pub counts_json: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -101,6 +107,8 @@ pub struct Validated<'a> {
     pub format: &'a str,
     pub task: Task,
     pub summary_json: &'a str,
+    /// The summary's counts, for list pages.
+    pub counts_json: &'a str,
 }
 
 #[derive(sqlx::FromRow)]
@@ -117,6 +125,8 @@ struct Row {
     error_kind: Option<String>,
     error_code: Option<String>,
     error_detail: Option<String>,
+    validation_starts: i64,
+    counts: Option<String>,
     created_at: i64,
     updated_at: Option<i64>,
     finished_at: Option<i64>,
@@ -151,6 +161,8 @@ impl TryFrom<Row> for DatasetRow {
             summary_json: r.summary,
             progress_json: r.progress,
             error,
+            validation_starts: r.validation_starts,
+            counts_json: r.counts,
             created_at: time(r.created_at)?,
             updated_at: time(r.updated_at.unwrap_or(r.created_at))?,
             finished_at: r.finished_at.map(time).transpose()?,
@@ -159,7 +171,15 @@ impl TryFrom<Row> for DatasetRow {
 }
 
 const COLUMNS: &str = "id, sha256, status, format, size_bytes, path, task, summary, progress, \
-                       error_kind, error_code, error_detail, created_at, updated_at, finished_at";
+                       error_kind, error_code, error_detail, validation_starts, counts, \
+                       created_at, updated_at, finished_at";
+
+/// [`COLUMNS`] for list pages: the summary, with its skip lists (tens of
+/// megabytes for a hostile upload), only for rows that have no counts.
+const LIST_COLUMNS: &str = "id, sha256, status, format, size_bytes, path, task, \
+                            CASE WHEN counts IS NULL THEN summary END AS summary, progress, \
+                            error_kind, error_code, error_detail, validation_starts, counts, \
+                            created_at, updated_at, finished_at";
 
 fn convert(rows: Vec<Row>) -> anyhow::Result<Vec<DatasetRow>> {
     rows.into_iter().map(DatasetRow::try_from).collect()
@@ -219,7 +239,8 @@ pub async fn insert_validating(
 pub async fn restart_failed(db: &Db, id: Uuid) -> anyhow::Result<Option<DatasetRow>> {
     let row: Option<Row> = sqlx::query_as(&format!(
         "UPDATE datasets SET status = 'validating', progress = NULL, error_kind = NULL,
-                error_code = NULL, error_detail = NULL, finished_at = NULL, updated_at = $2
+                error_code = NULL, error_detail = NULL, finished_at = NULL, updated_at = $2,
+                validation_starts = 0, counts = NULL
          WHERE id = $1 AND status = 'failed'
          RETURNING {COLUMNS}"
     ))
@@ -228,6 +249,38 @@ pub async fn restart_failed(db: &Db, id: Uuid) -> anyhow::Result<Option<DatasetR
     .fetch_optional(db)
     .await?;
     row.map(TryInto::try_into).transpose()
+}
+
+/// Counts one more start of the dataset's validation, unless it has
+/// started `max_starts` times already: the new count, or `None` when it
+/// may not start (no longer `validating`, or started too often: each
+/// earlier start ended only with its process). One statement, so that
+/// nodes resuming the same row count every start.
+pub async fn begin_validation(db: &Db, id: Uuid, max_starts: i64) -> anyhow::Result<Option<i64>> {
+    let starts: Option<i64> = sqlx::query_scalar(
+        "UPDATE datasets SET validation_starts = validation_starts + 1, updated_at = $3
+         WHERE id = $1 AND status = 'validating' AND validation_starts < $2
+         RETURNING validation_starts",
+    )
+    .bind(id.to_string())
+    .bind(max_starts)
+    .bind(now_ms())
+    .fetch_optional(db)
+    .await?;
+    Ok(starts)
+}
+
+/// Gives back a start of a validation that a shutdown interrupted (it did
+/// not crash the process; it runs again at the next start).
+pub async fn refund_validation_start(db: &Db, id: Uuid) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE datasets SET validation_starts = validation_starts - 1
+         WHERE id = $1 AND status = 'validating' AND validation_starts > 0",
+    )
+    .bind(id.to_string())
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// Records progress (JSON) while `validating`. False when it no longer is.
@@ -254,7 +307,7 @@ pub async fn mark_ready(
     let now = now_ms();
     let row: Option<Row> = sqlx::query_as(&format!(
         "UPDATE datasets SET status = 'ready', format = $2, task = $3, summary = $4, progress = $5,
-                updated_at = $6, finished_at = $6
+                updated_at = $6, finished_at = $6, counts = $7
          WHERE id = $1 AND status = 'validating'
          RETURNING {COLUMNS}"
     ))
@@ -264,6 +317,7 @@ pub async fn mark_ready(
     .bind(found.summary_json)
     .bind(progress_json)
     .bind(now)
+    .bind(found.counts_json)
     .fetch_optional(db)
     .await?;
     row.map(TryInto::try_into).transpose()
@@ -322,7 +376,8 @@ pub async fn find_by_sha256(db: &Db, sha256: &str) -> anyhow::Result<Option<Data
     row.map(TryInto::try_into).transpose()
 }
 
-/// Newest first, optionally one status only.
+/// Newest first, optionally one status only. Rows with counts come
+/// without their summary (see [`DatasetRow::counts_json`]).
 pub async fn list(
     db: &Db,
     status: Option<DatasetStatus>,
@@ -330,7 +385,7 @@ pub async fn list(
     offset: i64,
 ) -> anyhow::Result<Vec<DatasetRow>> {
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM datasets WHERE ($1 IS NULL OR status = $1)
+        "SELECT {LIST_COLUMNS} FROM datasets WHERE ($1 IS NULL OR status = $1)
          ORDER BY id DESC LIMIT $2 OFFSET $3"
     ))
     .bind(status.map(DatasetStatus::as_str))

@@ -427,3 +427,72 @@ async fn a_validation_another_node_holds_is_left_to_it_then_taken_over() {
     assert_eq!(done.status, vitrine::data::record::DatasetStatus::Ready);
     assert!(empty(&app, "uploads"));
 }
+
+/// A dataset left `validating` with its upload, whose validation has
+/// started `--max-validation-starts` times already (each start ended with
+/// its process, as when a parser crashes it), fails at the next start with
+/// `validation_crashed` instead of running again: its upload is removed
+/// and the job queued on it fails with the same code. One started fewer
+/// times is resumed, that start counted, and validates to the end.
+#[tokio::test]
+async fn a_validation_that_never_ends_is_quarantined_at_the_next_start() {
+    let app = TestApp::with_config(|c| c.max_validation_starts = 2).await;
+    let db = &app.state.db;
+    let uploads = app.dir.path().join("uploads");
+    std::fs::create_dir_all(&uploads).unwrap();
+    let archive = photo_archive(4, 64, 48, false);
+    let mut rows = Vec::new();
+    for (sha, starts) in [("a".repeat(64), 2), ("b".repeat(64), 1)] {
+        let row = vitrine::store::datasets::insert_validating(
+            db,
+            &sha,
+            archive.len() as i64,
+            &format!("datasets/{sha}"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        sqlx::query("UPDATE datasets SET validation_starts = $2 WHERE id = $1")
+            .bind(row.id.to_string())
+            .bind(starts as i64)
+            .execute(db)
+            .await
+            .unwrap();
+        std::fs::write(uploads.join(&sha), &archive).unwrap();
+        rows.push(row);
+    }
+    let (job, _) = job_store::insert(
+        db,
+        job_store::NewJob {
+            dataset_id: &rows[0].id.to_string(),
+            config_json: "{}",
+            idempotency_key: None,
+            device: None,
+            max_attempts: 3,
+        },
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(app.state.datasets.resume().await.unwrap(), 2);
+    let poisoned = settle(&app, &rows[0].id.to_string()).await;
+    assert_eq!(poisoned["status"], "failed", "{poisoned}");
+    assert_eq!(
+        poisoned["error"]["code"], "validation_crashed",
+        "{poisoned}"
+    );
+    assert_eq!(poisoned["error"]["status"], 422, "{poisoned}");
+    assert_eq!(
+        poisoned["validation_starts"], 2,
+        "not started again: {poisoned}"
+    );
+    assert!(!uploads.join(&rows[0].sha256).exists());
+    let job = job_store::get(db, &job.id).await.unwrap().unwrap();
+    assert_eq!(job.status, "failed");
+    assert_eq!(job.error_code.as_deref(), Some("validation_crashed"));
+
+    let resumed = settle(&app, &rows[1].id.to_string()).await;
+    assert_eq!(resumed["status"], "ready", "{resumed}");
+    assert_eq!(resumed["validation_starts"], 2, "{resumed}");
+    assert!(empty(&app, "uploads"));
+}

@@ -24,6 +24,7 @@ fn limits() -> IngestLimits {
         max_uncompressed_bytes: 100 << 20,
         max_image_pixels: 10_000_000,
         max_undecodable_fraction: 0.05,
+        max_image_file_bytes: 64 << 20,
     }
 }
 

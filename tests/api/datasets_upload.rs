@@ -416,6 +416,30 @@ const REFUSALS: &[Refusal] = &[
         detail: &["2000"],
     },
     Refusal {
+        case: "image file over --max-image-file-bytes (zip: its declared size)",
+        limits: |c| c.max_image_file_bytes = 1000,
+        archive: || {
+            let mut files = labelled("", &["a", "b"], 2, 8);
+            files.push(("b/big.png".into(), png(200, 120, 9)));
+            zip(&refs(&files))
+        },
+        status: TOO_LARGE,
+        code: "image_file_too_large",
+        detail: &["b/big.png", "1000 bytes", "--max-image-file-bytes"],
+    },
+    Refusal {
+        case: "image file over --max-image-file-bytes (tar.gz)",
+        limits: |c| c.max_image_file_bytes = 1000,
+        archive: || {
+            let mut files = labelled("", &["a", "b"], 2, 8);
+            files.push(("b/big.png".into(), png(200, 120, 9)));
+            tar_gz(&refs(&files))
+        },
+        status: TOO_LARGE,
+        code: "image_file_too_large",
+        detail: &["b/big.png", "1000 bytes"],
+    },
+    Refusal {
         case: "image over the pixel limit",
         limits: |c| c.max_image_pixels = 100 * 100,
         archive: || {
@@ -529,4 +553,64 @@ async fn missing_dataset_part() {
             .status(),
         StatusCode::NOT_FOUND
     );
+}
+
+/// `GET /datasets` pages carry each dataset's counts, not its summary: a
+/// dataset with thousands of skipped files (an upload can make its skip
+/// list megabytes long) is a few hundred bytes in the list, and whole in
+/// `GET /datasets/{id}`.
+#[tokio::test]
+async fn a_list_page_has_counts_not_skip_lists() {
+    let app = TestApp::new().await;
+    let mut files = labelled("train/", &["cat", "dog"], 2, 20);
+    let long = "n".repeat(120);
+    for i in 0..3000 {
+        files.push((format!("train/cat/{long}-{i}.txt"), b"n".to_vec()));
+    }
+    let (status, body) = upload_settled(&app, &zip(&refs(&files))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "ready", "{body}");
+    assert_eq!(body["summary"]["skipped"].as_array().unwrap().len(), 3000);
+    let id = body["id"].as_str().unwrap();
+
+    let one = crate::common::body_bytes(app.get(&format!("/datasets/{id}")).await).await;
+    let page = crate::common::body_bytes(app.get("/datasets").await).await;
+    println!(
+        "GET /datasets/{{id}}: {} bytes; GET /datasets: {} bytes",
+        one.len(),
+        page.len()
+    );
+    assert!(one.len() > 300_000, "{}", one.len());
+    assert!(page.len() < 2_000, "{}", String::from_utf8_lossy(&page));
+    let page: serde_json::Value = serde_json::from_slice(&page).unwrap();
+    let item = &page["datasets"][0];
+    assert_eq!(item["id"], id);
+    assert!(item.get("summary").is_none(), "{item}");
+    let counts = &item["counts"];
+    assert_eq!(counts["images"], 4, "{item}");
+    assert_eq!(counts["labels"], 2, "{item}");
+    assert_eq!(counts["skipped"], 3000, "{item}");
+    assert_eq!(counts["splits"]["train"], 4, "{item}");
+    assert_eq!(counts["layout"], "splits", "{item}");
+    assert_eq!(item["task"], "multi_class", "{item}");
+}
+
+/// A dataset validated before counts were stored (its row has none) is
+/// listed with counts computed from its summary.
+#[tokio::test]
+async fn a_list_page_counts_datasets_stored_before_counts() {
+    let app = TestApp::new().await;
+    let files = labelled("train/", &["cat", "dog"], 2, 20);
+    let (_, body) = upload_settled(&app, &zip(&refs(&files))).await;
+    let id = body["id"].as_str().unwrap();
+    sqlx::query("UPDATE datasets SET counts = NULL WHERE id = $1")
+        .bind(id)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let page = body_json(app.get("/datasets").await).await;
+    let item = &page["datasets"][0];
+    assert_eq!(item["counts"]["images"], 4, "{item}");
+    assert_eq!(item["counts"]["labels"], 2, "{item}");
+    assert!(item.get("summary").is_none(), "{item}");
 }

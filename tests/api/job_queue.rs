@@ -396,6 +396,7 @@ async fn a_queued_job_wakes_a_waiting_worker(backend: Backend) {
             format: "zip",
             task: vitrine::task::Task::MultiClass,
             summary_json: "{}",
+            counts_json: "{}",
         },
         "{}",
     )

@@ -102,9 +102,9 @@ function table(datasets) {
     h("tbody", {}, datasets.map((d) => h("tr", {},
       h("td", {}, h("a", { href: `#/datasets/${d.id}` }, shortId(d.id))),
       h("td", {}, badge(d.status || "ready")),
-      h("td", {}, d.summary?.task ?? d.task ?? "–"),
-      h("td", {}, fmtNum(d.summary?.labels?.length)),
-      h("td", {}, fmtNum(d.summary?.images)),
+      h("td", {}, d.task ?? d.counts?.task ?? "–"),
+      h("td", {}, fmtNum(d.counts?.labels)),
+      h("td", {}, fmtNum(d.counts?.images)),
       h("td", {}, fmtBytes(d.size_bytes)),
       h("td", {}, fmtTime(d.created_at)))))));
 }

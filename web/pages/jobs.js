@@ -104,7 +104,7 @@ export async function renderForm(main, route) {
   const dsSelect = h("select", { id: "f-dataset_id", name: "dataset_id", required: true, "aria-describedby": "f-dataset_id-help f-dataset_id-error" },
     h("option", { value: "" }, "Choose a dataset…"),
     datasets.map((d) => h("option", { value: d.id, selected: d.id === chosen },
-      `${shortId(d.id)} · ${d.summary?.labels?.length ?? "?"} classes · ${d.summary?.images ?? "?"} images`)));
+      `${shortId(d.id)} · ${d.counts?.labels ?? "?"} classes · ${d.counts?.images ?? "?"} images`)));
   const formErr = h("div", { id: "job-form-error", class: "error", role: "alert", hidden: true });
   const basic = FIELDS.filter((f) => !f.advanced).map(field);
   const advanced = FIELDS.filter((f) => f.advanced).map(field);
