@@ -191,7 +191,11 @@ pub struct ServeConfig {
     /// Most pixels (the sum of width x height, read from the images'
     /// headers) one prediction request may carry; beyond it: 413
     /// `too_many_pixels`, before any image is decoded.
-    #[arg(long, env = "VITRINE_MAX_REQUEST_PIXELS", default_value_t = 256_000_000)]
+    #[arg(
+        long,
+        env = "VITRINE_MAX_REQUEST_PIXELS",
+        default_value_t = 256_000_000
+    )]
     pub max_request_pixels: u64,
 
     /// ONNX exports (`/models/{id}/download?format=onnx`) run at once.

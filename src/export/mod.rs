@@ -143,7 +143,11 @@ fn input_size(config: &ModelConfig, trained: &TrainedModel) -> (i64, i64) {
 }
 
 /// What the file's `metadata_props` and the sidecar say about it.
-fn metadata_of(config: &ModelConfig, trained: &TrainedModel, opts: &ExportOptions) -> ExportMetadata {
+fn metadata_of(
+    config: &ModelConfig,
+    trained: &TrainedModel,
+    opts: &ExportOptions,
+) -> ExportMetadata {
     let (h, w) = input_size(config, trained);
     let batch = (!opts.dynamic_batch).then_some(1);
     let input_shape = [batch, Some(config.num_channels()), Some(h), Some(w)];

@@ -164,8 +164,10 @@ pub async fn thumbnails(
     }))
 }
 
-/// One image of the dataset, shrunk to a PNG thumbnail. Its decode draws
-/// from the server's decoding budget (see `serve::thumbnails`).
+/// One image of the dataset, shrunk to a PNG thumbnail.
+///
+/// Its decode draws from the server's decoding budget: a request waits up
+/// to 2 s for memory, then answers 429 with Retry-After.
 #[utoipa::path(
     get, path = "/datasets/{id}/images/{index}", tag = "datasets",
     params(("id" = Uuid, Path, description = "Dataset id"),

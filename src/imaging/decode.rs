@@ -339,7 +339,10 @@ mod tests {
         let px = 40 * 30;
         let h = header(&encoded(rgb.clone(), Png)).unwrap();
         assert_eq!((h.width, h.height, h.decode_bytes), (40, 30, 3 * px));
-        assert_eq!(header(&encoded(rgba, Png)).unwrap().decode_bytes, 4 * px + 3 * px);
+        assert_eq!(
+            header(&encoded(rgba, Png)).unwrap().decode_bytes,
+            4 * px + 3 * px
+        );
         let webp = header(&encoded(rgb, WebP)).unwrap().decode_bytes;
         assert!(webp >= 3 * px + 4 * px, "{webp}");
         assert!(header(b"not an image").is_err());
@@ -349,17 +352,33 @@ mod tests {
     fn files_over_the_cap_are_refused_unread() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big.png");
-        std::fs::write(&path, encoded(DynamicImage::ImageRgb8(RgbImage::new(8, 8)), image::ImageFormat::Png)).unwrap();
+        std::fs::write(
+            &path,
+            encoded(
+                DynamicImage::ImageRgb8(RgbImage::new(8, 8)),
+                image::ImageFormat::Png,
+            ),
+        )
+        .unwrap();
         let len = std::fs::metadata(&path).unwrap().len();
         let h = file_header(&path, len).unwrap();
         assert_eq!((h.file_bytes, h.image.width), (len, 8));
         assert_eq!(read_capped(&path, len).unwrap().len() as u64, len);
-        for e in [file_header(&path, len - 1).err(), read_capped(&path, len - 1).err()] {
+        for e in [
+            file_header(&path, len - 1).err(),
+            read_capped(&path, len - 1).err(),
+        ] {
             assert!(matches!(e, Some(ImageError::FileTooLarge { .. })), "{e:?}");
         }
         // A sparse 10 GiB "image" is refused without reading a byte.
         let huge = dir.path().join("huge.png");
-        std::fs::File::create(&huge).unwrap().set_len(10 << 30).unwrap();
-        assert!(matches!(read_capped(&huge, 64 << 20), Err(ImageError::FileTooLarge { .. })));
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(10 << 30)
+            .unwrap();
+        assert!(matches!(
+            read_capped(&huge, 64 << 20),
+            Err(ImageError::FileTooLarge { .. })
+        ));
     }
 }

@@ -20,9 +20,9 @@ use tch::Tensor;
 use super::augment::{jitter_pixel, randaugment_rng, rng_for, AugmentConfig, Draw};
 use super::config::{Geometry, PreprocessorConfig, ResizeTarget, SizeSpec};
 use super::decode::{decode, file_header, DecodeLimits};
-use crate::budget::DecodeBudget;
 use super::randaugment::RandAugment;
 use super::ImageError;
+use crate::budget::DecodeBudget;
 
 /// How long a training batch waits for decoding memory before the job
 /// fails: long, since the budget is only ever held for one decode at a time.

@@ -87,7 +87,11 @@ pub fn shrink(
             (band, rows_in_band) = (oy, 0);
         }
         for (x, px) in row.data().chunks_exact(channels).enumerate() {
-            let rgb = if channels < 3 { [px[0]; 3] } else { [px[0], px[1], px[2]] };
+            let rgb = if channels < 3 {
+                [px[0]; 3]
+            } else {
+                [px[0], px[1], px[2]]
+            };
             let s = &mut sums[column[x] * 3..column[x] * 3 + 3];
             (0..3).for_each(|c| s[c] += u64::from(rgb[c]));
         }

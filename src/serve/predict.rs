@@ -82,7 +82,11 @@ pub fn check_count(n: usize, caps: &RequestCaps) -> AppResult<()> {
 
 impl Inference {
     /// Classifies `req.images` (see the module doc for the order of steps).
-    pub async fn predict(&self, cx: PredictContext<'_>, req: PredictRequest) -> AppResult<Predicted> {
+    pub async fn predict(
+        &self,
+        cx: PredictContext<'_>,
+        req: PredictRequest,
+    ) -> AppResult<Predicted> {
         check_count(req.images.len(), &cx.caps)?;
         if req.images.is_empty() {
             return Err(AppError::bad_request(
@@ -160,8 +164,9 @@ fn checked_headers(images: &[Upload], caps: &RequestCaps) -> AppResult<Vec<Heade
                 ),
             ));
         }
-        let undecodable =
-            |e: &dyn std::fmt::Display| AppError::unprocessable("undecodable_image", format!("{}: {e}", u.name));
+        let undecodable = |e: &dyn std::fmt::Display| {
+            AppError::unprocessable("undecodable_image", format!("{}: {e}", u.name))
+        };
         let h = header(&u.bytes).map_err(|e| undecodable(&e))?;
         if h.pixels() > caps.max_image_pixels {
             let e = crate::imaging::ImageError::TooLarge {
@@ -303,10 +308,21 @@ mod tests {
         assert!(check_count(3, &caps()).is_ok());
         assert!(matches!(
             check_count(4, &caps()),
-            Err(AppError::Client { code: "too_many_images", .. })
+            Err(AppError::Client {
+                code: "too_many_images",
+                ..
+            })
         ));
-        assert_eq!(checked_headers(&[png(5, 10), png(4, 10)], &caps()).unwrap().len(), 2);
-        assert_eq!(code(checked_headers(&[png(8, 8)], &caps())), "undecodable_image");
+        assert_eq!(
+            checked_headers(&[png(5, 10), png(4, 10)], &caps())
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            code(checked_headers(&[png(8, 8)], &caps())),
+            "undecodable_image"
+        );
         let over = [png(6, 10), png(6, 10)];
         assert_eq!(code(checked_headers(&over, &caps())), "too_many_pixels");
         let junk = Upload {

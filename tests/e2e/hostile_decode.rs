@@ -12,7 +12,9 @@ use base64::Engine as _;
 use futures::future::join_all;
 use serde_json::{json, Value};
 
-use crate::common::e2e::{fixtures, get_json, submit_and_wait, upload_dataset, wait_dataset_settled};
+use crate::common::e2e::{
+    fixtures, get_json, submit_and_wait, upload_dataset, wait_dataset_settled,
+};
 use crate::common::process::ServerProcess;
 
 const MIB: u64 = 1 << 20;
@@ -183,7 +185,10 @@ async fn too_many_images_or_pixels_are_refused_before_decoding() {
     assert_eq!(resp.status(), 413);
     let problem: Value = resp.json().await.unwrap();
     assert_eq!(problem["code"], "too_many_images", "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("64"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("64"),
+        "{problem}"
+    );
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
 
     let mut form = reqwest::multipart::Form::new();
@@ -288,8 +293,11 @@ async fn a_served_model_predicts_and_exports_within_the_budget() {
 
     // The metadata comes from the model's card: no export, no cache file.
     let exports = data.path().join("exports");
-    let meta: Value = get_json(&server.url, &format!("/models/{model}/download?format=onnx-metadata"))
-        .await;
+    let meta: Value = get_json(
+        &server.url,
+        &format!("/models/{model}/download?format=onnx-metadata"),
+    )
+    .await;
     assert_eq!(meta["task"], "multi_class", "{meta}");
     assert_eq!(meta["input"]["shape"], json!([1, 3, 32, 32]), "{meta}");
     assert!(!exports.exists(), "the metadata exported the model");
@@ -309,11 +317,24 @@ async fn a_served_model_predicts_and_exports_within_the_budget() {
     .await;
     let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
     println!("12 exports: {statuses:?}");
-    assert!(statuses.iter().all(|s| [200, 429].contains(s)), "{statuses:?}");
-    assert!(answers.iter().all(|a| a.0 == 200 || a.1), "429 without Retry-After");
-    let served: Vec<&[u8]> = answers.iter().filter(|a| a.0 == 200).map(|a| &a.2[..]).collect();
+    assert!(
+        statuses.iter().all(|s| [200, 429].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(
+        answers.iter().all(|a| a.0 == 200 || a.1),
+        "429 without Retry-After"
+    );
+    let served: Vec<&[u8]> = answers
+        .iter()
+        .filter(|a| a.0 == 200)
+        .map(|a| &a.2[..])
+        .collect();
     assert!(!served.is_empty());
-    assert!(served.iter().all(|b| *b == served[0]), "one export, the same bytes");
+    assert!(
+        served.iter().all(|b| *b == served[0]),
+        "one export, the same bytes"
+    );
     let files: Vec<_> = walk(&exports);
     assert_eq!(files.len(), 1, "one cached export: {files:?}");
     assert_eq!(std::fs::read(&files[0]).unwrap(), served[0]);
@@ -330,7 +351,11 @@ async fn a_served_model_predicts_and_exports_within_the_budget() {
     let grew = server.peak_rss().saturating_sub(before);
     println!("cached export in {elapsed:?}, +{} KiB", grew >> 10);
     assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
-    assert!(grew < 16 * MIB, "a cached export grew memory by {} MiB", grew / MIB);
+    assert!(
+        grew < 16 * MIB,
+        "a cached export grew memory by {} MiB",
+        grew / MIB
+    );
     assert_eq!(walk(&exports).len(), 1);
 
     // Deleting the model removes its exports.
