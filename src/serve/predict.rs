@@ -275,8 +275,8 @@ mod tests {
     #[test]
     fn the_plan_decodes_as_many_at_once_as_the_budget_allows() {
         let pipeline = Pipeline::for_model(&Default::default(), 10);
-        let (h, w) = pipeline.output_size().unwrap();
-        let batch = 3 * 3 * u64::from(h) * u64::from(w) * 4;
+        let (height, width) = pipeline.output_size().unwrap();
+        let batch = 3 * 3 * u64::from(height) * u64::from(width) * 4;
         let headers = [h(500), h(1_000), h(300)];
         let threads = rayon::current_num_threads();
         let roomy = DecodePlan::new(&headers, &pipeline, 1 << 30);
