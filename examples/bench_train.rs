@@ -59,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         work_dir: work.join("work"),
         device: tch::Device::Cpu,
         artifacts: None,
+        decode_budget: None,
     };
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -28,6 +28,8 @@ pub struct AppState {
     pub artifacts: crate::artifacts::Artifacts,
     /// The one memory budget of every path that decodes user bytes.
     pub decode_budget: crate::budget::DecodeBudget,
+    /// ONNX exports: one bounded queue and their disk cache.
+    pub exports: crate::export::ExportQueue,
 }
 
 impl AppState {
@@ -65,8 +67,21 @@ impl AppState {
             &metrics.registry,
             devices.clone(),
         );
-        let jobs = job_queue(&config, &db, worker_devices, &devices, &artifacts);
         let decode_budget = config.decode_budget();
+        let jobs = job_queue(
+            &config,
+            &db,
+            worker_devices,
+            &devices,
+            &artifacts,
+            &decode_budget,
+        );
+        let exports = crate::export::ExportQueue::new(
+            config.export_concurrency,
+            config.export_queue,
+            decode_budget.clone(),
+            config.data_dir.join("exports"),
+        );
         let datasets = DatasetStore {
             db: db.clone(),
             data_dir: config.data_dir.clone(),
@@ -93,6 +108,7 @@ impl AppState {
             devices,
             artifacts,
             decode_budget,
+            exports,
         })
     }
 }
@@ -120,6 +136,7 @@ fn job_queue(
     worker_devices: Vec<tch::Device>,
     health: &crate::devices::DeviceHealth,
     artifacts: &crate::artifacts::Artifacts,
+    decode_budget: &crate::budget::DecodeBudget,
 ) -> JobQueue {
     JobQueue {
         db: db.clone(),
@@ -131,6 +148,7 @@ fn job_queue(
         lease: Duration::from_secs(config.job_lease_secs),
         health: health.clone(),
         artifacts: artifacts.clone(),
+        decode_budget: decode_budget.clone(),
     }
 }
 
@@ -144,6 +162,8 @@ pub struct WorkerNode {
     pub metrics: Metrics,
     pub jobs: JobQueue,
     pub devices: crate::devices::DeviceHealth,
+    /// The memory budget training input decodes under (also in `jobs`).
+    pub decode_budget: crate::budget::DecodeBudget,
 }
 
 impl WorkerNode {
@@ -161,13 +181,22 @@ impl WorkerNode {
             .map(|d| crate::torch_info::device_name(*d))
             .collect();
         let devices = crate::devices::DeviceHealth::new(&names, &metrics.registry);
-        let jobs = job_queue(&config, &db, worker_devices, &devices, &artifacts);
+        let decode_budget = config.decode_budget();
+        let jobs = job_queue(
+            &config,
+            &db,
+            worker_devices,
+            &devices,
+            &artifacts,
+            &decode_budget,
+        );
         Ok(Self {
             db,
             config: Arc::new(config),
             metrics,
             jobs,
             devices,
+            decode_budget,
         })
     }
 

@@ -190,6 +190,29 @@ pub struct ServeConfig {
     #[arg(long, env = "VITRINE_MAX_VALIDATION_STARTS", default_value_t = 3)]
     pub max_validation_starts: u32,
 
+    /// Most images one prediction request may carry; beyond it the request
+    /// is refused (413 `too_many_images`) before any image is decoded.
+    #[arg(long, env = "VITRINE_MAX_IMAGES_PER_REQUEST", default_value_t = 64)]
+    pub max_images_per_request: usize,
+
+    /// Most pixels (the sum of width x height, read from the images'
+    /// headers) one prediction request may carry; beyond it: 413
+    /// `too_many_pixels`, before any image is decoded.
+    #[arg(
+        long,
+        env = "VITRINE_MAX_REQUEST_PIXELS",
+        default_value_t = 256_000_000
+    )]
+    pub max_request_pixels: u64,
+
+    /// ONNX exports (`/models/{id}/download?format=onnx`) run at once.
+    #[arg(long, env = "VITRINE_EXPORT_CONCURRENCY", default_value_t = 1)]
+    pub export_concurrency: usize,
+
+    /// ONNX exports allowed to wait for a running one; beyond it: 429.
+    #[arg(long, env = "VITRINE_EXPORT_QUEUE", default_value_t = 4)]
+    pub export_queue: usize,
+
     /// Artefact store shared by every node: `s3://bucket/prefix` (S3 or an
     /// S3-compatible server, configured by the usual AWS_* environment
     /// variables: AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, AWS_REGION, keys) or
@@ -250,7 +273,11 @@ pub struct ServeConfig {
     mut_arg("predict_precision", |a| a.hide(true)),
     mut_arg("model_cache", |a| a.hide(true)),
     mut_arg("cors_origin", |a| a.hide(true)),
-    mut_arg("allowed_hosts", |a| a.hide(true))
+    mut_arg("allowed_hosts", |a| a.hide(true)),
+    mut_arg("max_images_per_request", |a| a.hide(true)),
+    mut_arg("max_request_pixels", |a| a.hide(true)),
+    mut_arg("export_concurrency", |a| a.hide(true)),
+    mut_arg("export_queue", |a| a.hide(true))
 )]
 pub struct WorkerConfig {
     #[command(flatten)]

@@ -34,3 +34,18 @@ impl ExportError {
         }
     }
 }
+
+/// A refused export as a named client error; a failed one as an internal
+/// error (logged, never sent).
+impl From<ExportError> for crate::error::AppError {
+    fn from(e: ExportError) -> Self {
+        use crate::error::AppError;
+        match (&e, e.code()) {
+            (ExportError::UnsupportedOpset(_), Some(code)) => {
+                AppError::bad_request(code, e.to_string())
+            }
+            (_, Some(code)) => AppError::unprocessable(code, e.to_string()),
+            (_, None) => AppError::Internal(anyhow::Error::from(e).context("ONNX export")),
+        }
+    }
+}

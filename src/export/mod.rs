@@ -7,6 +7,7 @@
 //! - [`transformer`]: ViT and DINOv2; [`cnn`]: ConvNeXt and ResNet; [`swin`]: Swin.
 //! - [`command`]: `vitrine export`.
 //! - [`metadata`]: labels, task, thresholds and preprocessing, in the file and beside it.
+//! - [`queue`]: the server's bounded export queue and its disk cache.
 //!
 //! Every shape but the batch is static (the model's input size, as its
 //! preprocessing produces it), so window layouts, masks, biases and
@@ -19,6 +20,7 @@ pub mod graph;
 pub mod metadata;
 pub mod onnx_proto;
 mod ops;
+pub mod queue;
 mod swin;
 mod transformer;
 
@@ -30,6 +32,7 @@ use prost::Message;
 pub use error::ExportError;
 pub use graph::Precision;
 pub use metadata::ExportMetadata;
+pub use queue::ExportQueue;
 
 use crate::model::{Model, ModelConfig};
 use crate::task::Task;
@@ -118,6 +121,65 @@ pub fn export_dir(dir: &Path, opts: &ExportOptions) -> Result<Exported, ExportEr
     export(&model, &trained, opts)
 }
 
+/// The metadata an export of the model directory `dir` with `opts` would
+/// carry, from its config and card alone: no weights are read, nothing is
+/// exported.
+pub fn metadata_of_dir(dir: &Path, opts: &ExportOptions) -> Result<ExportMetadata, ExportError> {
+    opts.check()?;
+    let config = ModelConfig::from_file(&dir.join("config.json"))?;
+    check_architecture(&config)?;
+    let trained = TrainedModel::load(dir)?;
+    Ok(metadata_of(&config, &trained, opts))
+}
+
+/// The input size the graph is written for: what the preprocessing
+/// produces, else the checkpoint's square size.
+fn input_size(config: &ModelConfig, trained: &TrainedModel) -> (i64, i64) {
+    let side = config.image_size();
+    trained
+        .pipeline
+        .output_size()
+        .map_or((side, side), |(h, w)| (i64::from(h), i64::from(w)))
+}
+
+/// What the file's `metadata_props` and the sidecar say about it.
+fn metadata_of(
+    config: &ModelConfig,
+    trained: &TrainedModel,
+    opts: &ExportOptions,
+) -> ExportMetadata {
+    let (h, w) = input_size(config, trained);
+    let batch = (!opts.dynamic_batch).then_some(1);
+    let input_shape = [batch, Some(config.num_channels()), Some(h), Some(w)];
+    let output_shape = [batch, Some(config.labels().len() as i64)];
+    ExportMetadata {
+        format: metadata::FORMAT.into(),
+        model_type: config.model_type().into(),
+        task: trained.task,
+        labels: trained.labels.clone(),
+        thresholds: trained.thresholds.clone(),
+        input: TensorSpec {
+            name: "pixel_values".into(),
+            shape: input_shape.to_vec(),
+        },
+        outputs: ["logits", "probabilities"]
+            .map(|name| TensorSpec {
+                name: name.into(),
+                shape: output_shape.to_vec(),
+            })
+            .to_vec(),
+        probabilities: match trained.task {
+            Task::MultiClass => "softmax",
+            Task::MultiLabel => "sigmoid",
+        }
+        .into(),
+        preprocessing: trained.pipeline.spec(),
+        opset: opts.opset,
+        precision: opts.precision.name().into(),
+        producer: format!("vitrine {}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
 /// Writes `model` as ONNX: input `pixel_values` `[N, C, H, W]` float32 at
 /// the size its preprocessing produces, outputs `logits` and
 /// `probabilities` `[N, labels]` float32.
@@ -128,14 +190,8 @@ pub fn export(
 ) -> Result<Exported, ExportError> {
     opts.check()?;
     check_architecture(&model.config)?;
-    let side = model.image_size();
-    let (h, w) = trained
-        .pipeline
-        .output_size()
-        .map_or((side, side), |(h, w)| (i64::from(h), i64::from(w)));
-    let channels = model.config.num_channels();
-    let labels = model.num_labels() as i64;
-    let batch = (!opts.dynamic_batch).then_some(1);
+    let (h, w) = input_size(&model.config, trained);
+    let metadata = metadata_of(&model.config, trained, opts);
 
     let weights = ops::Weights::new(model.vs.variables());
     let mut g = Graph::new(opts.opset, opts.precision);
@@ -158,7 +214,7 @@ pub fn export(
     })?;
     let to_f32 = graph::attr_int("to", DataType::Float as i64);
     g.node_to("Cast", &[&logits], vec![to_f32], "logits");
-    let probabilities = match trained.task {
+    match trained.task {
         Task::MultiClass => {
             g.node_to(
                 "Softmax",
@@ -166,47 +222,23 @@ pub fn export(
                 vec![graph::attr_int("axis", -1)],
                 "probabilities",
             );
-            "softmax"
         }
         Task::MultiLabel => {
             g.node_to("Sigmoid", &["logits"], vec![], "probabilities");
-            "sigmoid"
         }
-    };
+    }
     if g.weight_bytes() > MAX_BYTES {
         return Err(ExportError::TooLarge(g.weight_bytes()));
     }
 
-    let input_shape = [batch, Some(channels), Some(h), Some(w)];
-    let output_shape = [batch, Some(labels)];
-    let metadata = ExportMetadata {
-        format: metadata::FORMAT.into(),
-        model_type: model.config.model_type().into(),
-        task: trained.task,
-        labels: trained.labels.clone(),
-        thresholds: trained.thresholds.clone(),
-        input: TensorSpec {
-            name: "pixel_values".into(),
-            shape: input_shape.to_vec(),
-        },
-        outputs: ["logits", "probabilities"]
-            .map(|name| TensorSpec {
-                name: name.into(),
-                shape: output_shape.to_vec(),
-            })
-            .to_vec(),
-        probabilities: probabilities.into(),
-        preprocessing: trained.pipeline.spec(),
-        opset: opts.opset,
-        precision: opts.precision.name().into(),
-        producer: format!("vitrine {}", env!("CARGO_PKG_VERSION")),
-    };
+    let input_shape = &metadata.input.shape;
+    let output_shape = &metadata.outputs[0].shape;
     let graph = g.finish(
         model.config.model_type(),
-        vec![value_info("pixel_values", DataType::Float, &input_shape)],
+        vec![value_info("pixel_values", DataType::Float, input_shape)],
         vec![
-            value_info("logits", DataType::Float, &output_shape),
-            value_info("probabilities", DataType::Float, &output_shape),
+            value_info("logits", DataType::Float, output_shape),
+            value_info("probabilities", DataType::Float, output_shape),
         ],
     );
     let proto = ModelProto {

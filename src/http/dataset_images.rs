@@ -17,8 +17,9 @@ use crate::app::AppState;
 use crate::data::manifest::{Manifest, Sample, MANIFEST_FILE};
 use crate::data::record::{self, DatasetRecord};
 use crate::error::{AppError, AppResult};
-use crate::imaging::thumbnail::{thumbnail_png, SIDES};
+use crate::imaging::thumbnail::SIDES;
 use crate::imaging::DecodeLimits;
+use crate::serve::thumbnails::{dataset_thumbnail, ThumbnailLimits};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -164,6 +165,9 @@ pub async fn thumbnails(
 }
 
 /// One image of the dataset, shrunk to a PNG thumbnail.
+///
+/// Its decode draws from the server's decoding budget: a request waits up
+/// to 2 s for memory, then answers 429 with Retry-After.
 #[utoipa::path(
     get, path = "/datasets/{id}/images/{index}", tag = "datasets",
     params(("id" = Uuid, Path, description = "Dataset id"),
@@ -174,6 +178,10 @@ pub async fn thumbnails(
         (status = 400, body = crate::error::Problem, description = "`size` out of range"),
         (status = 404, body = crate::error::Problem, description = "No such dataset or image"),
         (status = 409, body = crate::error::Problem, description = "The dataset is still being checked"),
+        (status = 413, body = crate::error::Problem,
+            description = "`image_file_too_large`, `image_too_large`, `decode_too_large`: the image is over today's limits or the decoding budget"),
+        (status = 429, body = crate::error::Problem,
+            description = "The server's decoding memory stayed busy for 2 s; see Retry-After"),
     ),
     security(("bearer" = []))
 )]
@@ -197,17 +205,13 @@ pub async fn image(
         .find(|(i, _, _)| *i == index)
         .map(|(_, _, s)| s.path.clone())
         .ok_or_else(no_image)?;
-    let limits = DecodeLimits {
-        max_pixels: state.config.max_image_pixels,
+    let limits = ThumbnailLimits {
+        decode: DecodeLimits {
+            max_pixels: state.config.max_image_pixels,
+        },
+        max_file_bytes: state.config.max_image_file_bytes,
     };
-    let png = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
-        let bytes =
-            std::fs::read(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-        // Stored images passed the checks at upload; one failing now is a fault.
-        Ok(thumbnail_png(&bytes, &limits, side)?)
-    })
-    .await
-    .map_err(anyhow::Error::from)??;
+    let png = dataset_thumbnail(path, side, limits, &state.decode_budget).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "image/png"),

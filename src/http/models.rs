@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{Json, Query};
 use crate::app::AppState;
 use crate::error::{AppError, AppResult};
-use crate::export::{self, ExportError, ExportOptions, Precision};
+use crate::export::{self, ExportOptions, Precision};
 use crate::jobs::view::rfc3339;
 use crate::store::models::{self as store, ModelRow};
 use crate::train::ModelCard;
@@ -148,6 +148,7 @@ pub async fn delete_model(
     }
     store::delete(&state.db, &id).await?;
     state.inference.registry.evict(&id);
+    state.exports.forget(&id).await;
     let dir = state.config.data_dir.join(&row.path);
     if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
         tracing::warn!(model = %id, error = ?e, "removing the model directory failed");
@@ -226,6 +227,11 @@ impl DownloadQuery {
 /// The model directory (HF layout: config.json, model.safetensors,
 /// preprocessor_config.json, metrics.json) as a tar.gz, or the model as
 /// ONNX (`?format=onnx`), or the ONNX export's metadata (`?format=onnx-metadata`).
+///
+/// An ONNX file is exported once per (model, options) and kept on disk;
+/// exports run one at a time (`--export-concurrency`) with a short queue
+/// (`--export-queue`), beyond which the answer is 429. The metadata is
+/// read from the model's card, without exporting.
 #[utoipa::path(get, path = "/models/{id}/download", tag = "models", params(DownloadQuery),
     responses((status = 200, description = "`hf`: a tar.gz; `onnx`: the ONNX file; \
             `onnx-metadata`: labels, task, thresholds, input and preprocessing as JSON",
@@ -234,8 +240,12 @@ impl DownloadQuery {
         (status = 400, body = crate::error::Problem,
             description = "`unsupported_format`, `unsupported_opset`"),
         (status = 404, body = crate::error::Problem),
+        (status = 413, body = crate::error::Problem,
+            description = "`decode_too_large`: the export needs more memory than the decoding budget"),
         (status = 422, body = crate::error::Problem,
-            description = "`unsupported_architecture`, `export_too_large`")),
+            description = "`unsupported_architecture`, `export_too_large`"),
+        (status = 429, body = crate::error::Problem,
+            description = "The export queue is full or its memory is in use; see Retry-After")),
     security(("bearer" = [])))]
 pub async fn download_model(
     State(state): State<AppState>,
@@ -261,36 +271,29 @@ pub async fn download_model(
         return download_archive(&state, row, dir).await;
     }
     let opts = q.export_options();
-    opts.check().map_err(export_problem)?;
-    let exported = tokio::task::spawn_blocking(move || export::export_dir(&dir, &opts))
-        .await
-        .map_err(anyhow::Error::from)?
-        .map_err(export_problem)?;
     if format == "onnx-metadata" {
-        return Ok(axum::Json(exported.metadata).into_response());
+        let metadata = tokio::task::spawn_blocking(move || export::metadata_of_dir(&dir, &opts))
+            .await
+            .map_err(anyhow::Error::from)??;
+        return Ok(axum::Json(metadata).into_response());
     }
+    let path = state.exports.onnx_file(&row.id, &dir, &opts).await?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the export {}: {e}", path.display()))?;
+    let len = file.metadata().await.map_err(anyhow::Error::from)?.len();
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
             (
                 header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"{}.onnx\"", row.id),
             ),
         ],
-        exported.onnx,
+        Body::from_stream(tokio_util::io::ReaderStream::new(file)),
     )
         .into_response())
-}
-
-/// A refused export as a problem document; a failed one as a logged 500.
-fn export_problem(e: ExportError) -> AppError {
-    match (&e, e.code()) {
-        (ExportError::UnsupportedOpset(_), Some(code)) => {
-            AppError::bad_request(code, e.to_string())
-        }
-        (_, Some(code)) => AppError::unprocessable(code, e.to_string()),
-        (_, None) => AppError::Internal(anyhow::Error::from(e).context("ONNX export")),
-    }
 }
 
 async fn download_archive(

@@ -16,6 +16,9 @@ use crate::app::AppState;
 use crate::error::{AppError, AppResult};
 use crate::imaging::decode::sniff_format;
 use crate::serve::output::{self, ImageResult, OutputOptions};
+use crate::serve::predict::{
+    check_count, PredictContext, PredictRequest, Predicted, RequestCaps, Upload,
+};
 
 pub fn router(state: &AppState) -> Router<AppState> {
     let limit = BodyLimit::body(&state.config).layer();
@@ -64,12 +67,17 @@ pub struct PredictResponse {
 ///
 /// The body is `multipart/form-data` with one or more `image` parts, a raw
 /// image (`Content-Type: image/*`), or JSON `{"images": ["<base64>", …]}`.
+/// At most `--max-images-per-request` images (default 64) of at most
+/// `--max-request-pixels` pixels in all, checked before any is decoded.
 #[utoipa::path(post, path = "/predict", tag = "predict", params(PredictOptions),
     request_body(content = PredictJson, description = "Or multipart `image` parts, or a raw image/* body"),
     responses((status = 200, body = PredictResponse),
         (status = 409, body = crate::error::Problem, description = "No model yet"),
-        (status = 413, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
-        (status = 429, body = crate::error::Problem, description = "Overloaded; see Retry-After"),
+        (status = 413, body = crate::error::Problem, description = "The body, `too_many_images`, \
+            `too_many_pixels`, `image_file_too_large` or `decode_too_large`"),
+        (status = 422, body = crate::error::Problem),
+        (status = 429, body = crate::error::Problem, description = "Overloaded (the prediction queue \
+            or the decoding memory); see Retry-After"),
         (status = 503, body = crate::error::Problem, description = "The device went out of service after a fatal error; a retry may land on another")),
     security(("bearer" = [])))]
 pub async fn predict_default(
@@ -85,8 +93,11 @@ pub async fn predict_default(
         ("id" = String, Path, description = "A model id or an alias")),
     request_body(content = PredictJson, description = "Or multipart `image` parts, or a raw image/* body"),
     responses((status = 200, body = PredictResponse), (status = 404, body = crate::error::Problem),
-        (status = 413, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
-        (status = 429, body = crate::error::Problem),
+        (status = 413, body = crate::error::Problem, description = "The body, `too_many_images`, \
+            `too_many_pixels`, `image_file_too_large` or `decode_too_large`"),
+        (status = 422, body = crate::error::Problem),
+        (status = 429, body = crate::error::Problem, description = "Overloaded (the prediction queue \
+            or the decoding memory); see Retry-After"),
         (status = 503, body = crate::error::Problem, description = "The device went out of service after a fatal error; a retry may land on another")),
     security(("bearer" = [])))]
 pub async fn predict_named(
@@ -98,94 +109,51 @@ pub async fn predict_named(
     predict(state, Some(id), opts, req).await
 }
 
+/// Reads the images (refusing too many as they arrive) and hands the
+/// request to the prediction service, which orders the rest.
 async fn predict(
     state: AppState,
     selector: Option<String>,
     mut opts: PredictOptions,
     req: Request,
 ) -> AppResult<Json<PredictResponse>> {
-    let images = read_images(&state, &mut opts, req).await?;
-    if images.is_empty() {
-        return Err(AppError::bad_request(
-            "no_image",
-            "send at least one image (multipart `image` parts, a raw image/* body, or JSON `images`)",
-        ));
-    }
-    if opts.top_k == Some(0) {
-        return Err(AppError::bad_request(
-            "invalid_query",
-            "`top_k` must be at least 1",
-        ));
-    }
-    if let Some(t) = opts.threshold {
-        if !(0.0..=1.0).contains(&t) {
-            return Err(AppError::bad_request(
-                "invalid_query",
-                "`threshold` must be in [0, 1]",
-            ));
-        }
-    }
-    let model = state
-        .inference
-        .registry
-        .resolve(&state.db, &state.artifacts, selector.as_deref())
-        .await?;
-    let pipeline = model.pipeline.clone();
-    let ticket = state.inference.announce();
-    let pixels = tokio::task::spawn_blocking(move || decode_all(&pipeline, images))
-        .await
-        .map_err(anyhow::Error::from)??;
-    let logits = state.inference.logits(&model, pixels, ticket).await?;
-    let results = output::format(
-        &logits,
-        model.task,
-        &model.labels,
-        model.thresholds.as_deref(),
-        &OutputOptions {
+    let caps = request_caps(&state.config);
+    let images = read_images(&state, &caps, &mut opts, req).await?;
+    let cx = PredictContext {
+        db: &state.db,
+        artifacts: &state.artifacts,
+        budget: &state.decode_budget,
+        caps,
+    };
+    let request = PredictRequest {
+        selector,
+        images,
+        options: OutputOptions {
             top_k: opts.top_k,
             threshold: opts.threshold,
             all_scores: opts.all_scores.unwrap_or(false),
         },
-    );
+    };
+    let Predicted { model, results } = state.inference.predict(cx, request).await?;
     Ok(Json(PredictResponse {
-        model: model.id.clone(),
+        model,
         predictions: results[0].predictions.clone(),
         results,
     }))
 }
 
-/// An uploaded image and the name errors call it by.
-struct Upload {
-    name: String,
-    bytes: Bytes,
-}
-
-/// Decodes every image in parallel; the first failure names its part.
-fn decode_all(pipeline: &crate::imaging::Pipeline, images: Vec<Upload>) -> AppResult<tch::Tensor> {
-    use rayon::prelude::*;
-    let tensors: Vec<tch::Tensor> = images
-        .par_iter()
-        .map(|u| {
-            pipeline.tensor_from_bytes(&u.bytes).map_err(|e| {
-                AppError::unprocessable("undecodable_image", format!("{}: {e}", u.name))
-            })
-        })
-        .collect::<AppResult<_>>()?;
-    // Every model's pipeline has one output size (`Pipeline::for_model`);
-    // should that ever not hold, this is our error, not a panic.
-    if let Some(t) = tensors.iter().find(|t| t.size() != tensors[0].size()) {
-        return Err(anyhow::anyhow!(
-            "preprocessed images differ in shape: {:?} and {:?}",
-            tensors[0].size(),
-            t.size()
-        )
-        .into());
+fn request_caps(config: &crate::config::ServeConfig) -> RequestCaps {
+    RequestCaps {
+        max_images: config.max_images_per_request,
+        max_request_pixels: config.max_request_pixels,
+        max_image_pixels: config.max_image_pixels,
+        max_image_file_bytes: config.max_image_file_bytes,
     }
-    Ok(tch::Tensor::stack(&tensors, 0))
 }
 
 async fn read_images(
     state: &AppState,
+    caps: &RequestCaps,
     opts: &mut PredictOptions,
     req: Request,
 ) -> AppResult<Vec<Upload>> {
@@ -210,6 +178,7 @@ async fn read_images(
                     ),
                 ));
             }
+            check_count(out.len() + 1, caps)?;
             let name = format!(
                 "image part {} ({})",
                 out.len() + 1,
@@ -220,7 +189,10 @@ async fn read_images(
             if received > limit.bytes {
                 return Err(limit.too_large());
             }
-            out.push(Upload { name, bytes });
+            out.push(Upload {
+                name,
+                bytes: bytes.into(),
+            });
         }
         Ok(out)
     } else if content_type.starts_with("application/json") {
@@ -228,6 +200,7 @@ async fn read_images(
         opts.top_k = body.top_k.or(opts.top_k);
         opts.threshold = body.threshold.or(opts.threshold);
         opts.all_scores = body.all_scores.or(opts.all_scores);
+        check_count(body.images.len(), caps)?;
         body.images
             .iter()
             .enumerate()
@@ -237,7 +210,7 @@ async fn read_images(
                     .decode(data.trim())
                     .map(|bytes| Upload {
                         name: format!("images[{i}]"),
-                        bytes: bytes.into(),
+                        bytes,
                     })
                     .map_err(|e| {
                         AppError::unprocessable("invalid_base64", format!("images[{i}]: {e}"))
@@ -259,7 +232,7 @@ async fn read_images(
         }
         Ok(vec![Upload {
             name: "the request body".into(),
-            bytes,
+            bytes: bytes.into(),
         }])
     } else {
         Err(unsupported(&content_type))

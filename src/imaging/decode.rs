@@ -178,3 +178,207 @@ pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
     let decoder = reader.into_decoder().map_err(ImageError::from_image)?;
     Ok(decoder.dimensions())
 }
+
+/// Reads the image file at `path` whole, refusing it before reading when it
+/// is larger than `max_bytes` (`--max-image-file-bytes`): never an
+/// `fs::read` of an unknown size. The length is checked again while
+/// reading, so a file that grows meanwhile is still cut at the cap.
+pub fn read_capped(path: &std::path::Path, max_bytes: u64) -> Result<Vec<u8>, ImageError> {
+    use std::io::Read;
+    let io = |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len > max_bytes {
+        return Err(ImageError::FileTooLarge {
+            bytes: len,
+            max_bytes,
+        });
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(ImageError::FileTooLarge {
+            bytes: bytes.len() as u64,
+            max_bytes,
+        });
+    }
+    Ok(bytes)
+}
+
+/// What an image declares before any pixel is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub format: image::ImageFormat,
+    pub width: u32,
+    pub height: u32,
+    /// Bytes decoding it into RGB may hold at its peak ([`decode_bytes`]).
+    pub decode_bytes: u64,
+}
+
+impl Header {
+    pub fn pixels(&self) -> u64 {
+        u64::from(self.width) * u64::from(self.height)
+    }
+}
+
+/// Bytes decoding an image into 8-bit RGB holds at its peak, known from
+/// its header: the decoder's output buffer (`total_bytes`: its own colour
+/// type and bit depth), the decoder's working copy where it keeps one
+/// (WebP decodes through an ARGB buffer, a progressive JPEG keeps its
+/// coefficients; PNG and BMP write straight into the output: 4 bytes a
+/// pixel for every format but those two), and the RGB8 copy when the
+/// output is not RGB8 already. At most [`crate::budget::image_decode_bytes`]
+/// plus the working copy.
+pub fn decode_bytes(
+    format: image::ImageFormat,
+    color: image::ColorType,
+    output_bytes: u64,
+    width: u32,
+    height: u32,
+) -> u64 {
+    let pixels = u64::from(width) * u64::from(height);
+    let working = match format {
+        image::ImageFormat::Png | image::ImageFormat::Bmp => 0,
+        _ => pixels * 4,
+    };
+    let conversion = if color == image::ColorType::Rgb8 {
+        0
+    } else {
+        pixels * 3
+    };
+    output_bytes + working + conversion
+}
+
+fn header_of<R: std::io::BufRead + std::io::Seek>(
+    reader: R,
+    format: image::ImageFormat,
+) -> Result<Header, ImageError> {
+    let decoder = ImageReader::with_format(reader, format)
+        .into_decoder()
+        .map_err(ImageError::from_image)?;
+    let (width, height) = decoder.dimensions();
+    Ok(Header {
+        format,
+        width,
+        height,
+        decode_bytes: decode_bytes(
+            format,
+            decoder.color_type(),
+            decoder.total_bytes(),
+            width,
+            height,
+        ),
+    })
+}
+
+/// The header of the encoded image `bytes` (dimensions and decoding
+/// cost), reading nothing past it.
+pub fn header(bytes: &[u8]) -> Result<Header, ImageError> {
+    let format = sniff_format(bytes).ok_or(ImageError::UnsupportedFormat)?;
+    header_of(Cursor::new(bytes), format)
+}
+
+/// An image file's length and header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileHeader {
+    /// The file's length in bytes.
+    pub file_bytes: u64,
+    pub image: Header,
+}
+
+/// The length and header of the image file at `path`, reading only its
+/// first bytes; a file over `max_bytes` is refused unread.
+pub fn file_header(path: &std::path::Path, max_bytes: u64) -> Result<FileHeader, ImageError> {
+    use std::io::{BufReader, Read, Seek};
+    let io = |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let file_bytes = file.metadata().map_err(io)?.len();
+    if file_bytes > max_bytes {
+        return Err(ImageError::FileTooLarge {
+            bytes: file_bytes,
+            max_bytes,
+        });
+    }
+    let mut reader = BufReader::new(file);
+    let mut magic = Vec::with_capacity(32);
+    (&mut reader).take(32).read_to_end(&mut magic).map_err(io)?;
+    let format = sniff_format(&magic).ok_or(ImageError::UnsupportedFormat)?;
+    reader.rewind().map_err(io)?;
+    Ok(FileHeader {
+        file_bytes,
+        image: header_of(reader, format)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(img: DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    /// The decoding cost is known from the header: the output in the
+    /// file's own colour type, a working copy for WebP, an RGB8 copy when
+    /// converting.
+    #[test]
+    fn headers_tell_the_cost_of_decoding() {
+        use image::ImageFormat::{Png, WebP};
+        let rgb = DynamicImage::ImageRgb8(RgbImage::new(40, 30));
+        let rgba = DynamicImage::ImageRgba8(image::RgbaImage::new(40, 30));
+        let px = 40 * 30;
+        let h = header(&encoded(rgb.clone(), Png)).unwrap();
+        assert_eq!((h.width, h.height, h.decode_bytes), (40, 30, 3 * px));
+        assert_eq!(
+            header(&encoded(rgba, Png)).unwrap().decode_bytes,
+            4 * px + 3 * px
+        );
+        let webp = header(&encoded(rgb, WebP)).unwrap().decode_bytes;
+        assert!(webp >= 3 * px + 4 * px, "{webp}");
+        assert!(header(b"not an image").is_err());
+    }
+
+    #[test]
+    fn files_over_the_cap_are_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.png");
+        std::fs::write(
+            &path,
+            encoded(
+                DynamicImage::ImageRgb8(RgbImage::new(8, 8)),
+                image::ImageFormat::Png,
+            ),
+        )
+        .unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        let h = file_header(&path, len).unwrap();
+        assert_eq!((h.file_bytes, h.image.width), (len, 8));
+        assert_eq!(read_capped(&path, len).unwrap().len() as u64, len);
+        for e in [
+            file_header(&path, len - 1).err(),
+            read_capped(&path, len - 1).err(),
+        ] {
+            assert!(matches!(e, Some(ImageError::FileTooLarge { .. })), "{e:?}");
+        }
+        // A sparse 10 GiB "image" is refused without reading a byte.
+        let huge = dir.path().join("huge.png");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(10 << 30)
+            .unwrap();
+        assert!(matches!(
+            read_capped(&huge, 64 << 20),
+            Err(ImageError::FileTooLarge { .. })
+        ));
+    }
+}

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod config;
 pub mod decode;
 pub mod pipeline;
+mod png_rows;
 pub mod randaugment;
 mod randaugment_ops;
 pub mod thumbnail;
@@ -24,6 +25,8 @@ pub enum ImageError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("image file is {bytes} bytes, more than the limit of {max_bytes} bytes")]
+    FileTooLarge { bytes: u64, max_bytes: u64 },
     #[error("not a JPEG, PNG, WebP, BMP, GIF or TIFF image")]
     UnsupportedFormat,
     #[error("image is {width}x{height}, more than the limit of {max_pixels} pixels")]
@@ -45,6 +48,8 @@ pub enum ImageError {
     Resize(String),
     #[error("colour jitter gives values that are not 8-bit; use the float batches")]
     NotEightBit,
+    #[error("waiting for decoding memory: {0}")]
+    Budget(String),
     #[error("tensor: {0}")]
     Tensor(#[from] tch::TchError),
 }

@@ -19,9 +19,14 @@ use tch::Tensor;
 
 use super::augment::{jitter_pixel, randaugment_rng, rng_for, AugmentConfig, Draw};
 use super::config::{Geometry, PreprocessorConfig, ResizeTarget, SizeSpec};
-use super::decode::{decode, DecodeLimits};
+use super::decode::{decode, file_header, DecodeLimits};
 use super::randaugment::RandAugment;
 use super::ImageError;
+use crate::budget::DecodeBudget;
+
+/// How long a training batch waits for decoding memory before the job
+/// fails: long, since the budget is only ever held for one decode at a time.
+const BATCH_LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 thread_local! {
     static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
@@ -46,6 +51,9 @@ pub struct Pipeline {
     augment: AugmentConfig,
     /// Applied to the decoded image before the crop when augmenting.
     randaugment: Option<RandAugment>,
+    /// Where [`Self::load_batch`] leases its decoding memory (training
+    /// input); `None`: batches decode without a budget.
+    budget: Option<DecodeBudget>,
 }
 
 /// Maps a PIL resampling code to the matching `fast_image_resize` algorithm.
@@ -164,6 +172,7 @@ impl Pipeline {
             limits: DecodeLimits::default(),
             augment: AugmentConfig::default(),
             randaugment: None,
+            budget: None,
         }
     }
 
@@ -191,6 +200,52 @@ impl Pipeline {
     pub fn with_limits(mut self, limits: DecodeLimits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Makes [`Self::load_batch`] and [`Self::load_batch_u8`] lease each
+    /// batch's decoding memory from `budget` first, waiting for it (see
+    /// [`Self::batch_decode_bytes`]): training input shares the server's
+    /// one decoding budget with validations and requests.
+    pub fn with_decode_budget(mut self, budget: DecodeBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Bytes decoding the files `paths` as one batch holds at its peak: the
+    /// output (`elem_bytes` per value), plus, for as many images as the
+    /// decoding pool runs at once, the largest files read whole and their
+    /// decoded pixels (from each file's header; an unreadable one counts
+    /// nothing here and fails in the decode).
+    pub fn batch_decode_bytes(&self, paths: &[PathBuf], elem_bytes: u64) -> u64 {
+        let (h, w) = self.output_size().unwrap_or_else(|| self.train_size());
+        let output = paths.len() as u64 * 3 * u64::from(h) * u64::from(w) * elem_bytes;
+        let mut each: Vec<u64> = paths
+            .iter()
+            .filter_map(|p| file_header(p, u64::MAX).ok())
+            .map(|f| f.file_bytes + f.image.decode_bytes)
+            .collect();
+        each.sort_unstable_by(|a, b| b.cmp(a));
+        output + each.iter().take(rayon::current_num_threads()).sum::<u64>()
+    }
+
+    /// A lease for one batch of `paths`, when this pipeline has a budget.
+    /// A batch larger than the whole budget takes all of it (it runs alone
+    /// rather than failing the job).
+    fn batch_lease(
+        &self,
+        paths: &[PathBuf],
+        elem_bytes: u64,
+    ) -> Result<Option<crate::budget::Lease>, ImageError> {
+        let Some(budget) = &self.budget else {
+            return Ok(None);
+        };
+        let bytes = self
+            .batch_decode_bytes(paths, elem_bytes)
+            .min(budget.total());
+        budget
+            .acquire_blocking(bytes, BATCH_LEASE_WAIT, "a training batch")
+            .map(Some)
+            .map_err(|e| ImageError::Budget(e.to_string()))
     }
 
     /// Sets the augmentation used when a seed is given to [`Self::load_batch`].
@@ -546,6 +601,7 @@ impl Pipeline {
         paths: &[PathBuf],
         augment: Option<u64>,
     ) -> Result<Tensor, ImageError> {
+        let _lease = self.batch_lease(paths, 4)?;
         self.batch(
             paths.len(),
             |i| load_file(&paths[i], &self.limits),
@@ -563,6 +619,7 @@ impl Pipeline {
         paths: &[PathBuf],
         augment: Option<u64>,
     ) -> Result<Tensor, ImageError> {
+        let _lease = self.batch_lease(paths, 1)?;
         self.batch(
             paths.len(),
             |i| load_file(&paths[i], &self.limits),
@@ -852,5 +909,42 @@ mod tests {
         assert_ne!(a.0, c.0);
         assert_ne!(a.0, e.0);
         assert_eq!((a.1, a.2), (64, 64));
+    }
+
+    /// Training batches lease their decode from the budget: they wait for
+    /// memory another decode holds, and give it back when built.
+    #[test]
+    fn batches_wait_for_their_lease_and_give_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = (0..3)
+            .map(|i| {
+                let p = dir.path().join(format!("{i}.png"));
+                gradient(64, 48).save(&p).unwrap();
+                p
+            })
+            .collect();
+        let budget = DecodeBudget::new(64 << 20);
+        let pipeline = Pipeline::for_model(&PreprocessorConfig::default(), 32)
+            .with_decode_budget(budget.clone());
+        let need = pipeline.batch_decode_bytes(&paths, 4);
+        let one_image = 64 * 48 * 3 + std::fs::metadata(&paths[0]).unwrap().len();
+        let parallel = rayon::current_num_threads().min(3) as u64;
+        let (h, w) = pipeline.output_size().unwrap();
+        let output = 3 * 3 * u64::from(h) * u64::from(w) * 4;
+        assert_eq!(need, output + parallel * one_image);
+
+        let held = budget.try_acquire(64 << 20, "held").unwrap();
+        let (p2, paths2) = (pipeline.clone(), paths.clone());
+        let started = std::time::Instant::now();
+        let loader = std::thread::spawn(move || p2.load_batch(&paths2, None).map(|t| t.size()));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!loader.is_finished(), "the batch waits for its memory");
+        drop(held);
+        assert_eq!(
+            loader.join().unwrap().unwrap(),
+            [3, 3, i64::from(h), i64::from(w)]
+        );
+        assert!(started.elapsed() >= std::time::Duration::from_millis(100));
+        assert_eq!(budget.in_use(), 0);
     }
 }

@@ -33,6 +33,8 @@ pub struct JobQueue {
     pub health: crate::devices::DeviceHealth,
     /// Where datasets are fetched from and checkpoints and models go.
     pub artifacts: crate::artifacts::Artifacts,
+    /// The node's decoding memory budget; training batches draw from it.
+    pub decode_budget: crate::budget::DecodeBudget,
 }
 
 impl JobQueue {

@@ -294,6 +294,7 @@ mod tests {
             lease: std::time::Duration::from_secs(30),
             health: health.clone(),
             artifacts: crate::artifacts::Artifacts::local("unused".as_ref()),
+            decode_budget: crate::budget::DecodeBudget::new(1 << 30),
         }
     }
 

@@ -270,6 +270,7 @@ impl Worker {
             artifacts: artifacts.job_sync(&job.id, &work_dir),
             work_dir,
             device: self.device,
+            decode_budget: Some(self.queue.decode_budget.clone()),
         })
     }
 
@@ -557,6 +558,7 @@ mod tests {
             lease: Duration::from_secs(30),
             health: DeviceHealth::new(&["cpu".into()], &prometheus::Registry::new()),
             artifacts: crate::artifacts::Artifacts::local(dir),
+            decode_budget: crate::budget::DecodeBudget::new(1 << 30),
         }
     }
 

@@ -1,9 +1,13 @@
 //! Serving predictions: which model answers (`registry`), the per-device
-//! batching inference threads (`engine`), and the answer's shape (`output`).
+//! batching inference threads (`engine`), and the answer's shape (`output`);
+//! `predict` the order of a request's steps (caps, model, decoding budget,
+//! decode, inference) and `thumbnails` the web page's dataset previews.
 
 pub mod engine;
 pub mod output;
+pub mod predict;
 pub mod registry;
+pub mod thumbnails;
 
 use std::sync::Arc;
 

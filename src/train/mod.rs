@@ -49,6 +49,9 @@ pub struct TrainSpec {
     /// Copies each epoch's checkpoint (and the feature cache) to the
     /// shared artefact store; `None` without one.
     pub artifacts: Option<crate::artifacts::JobSync>,
+    /// The node's decoding memory budget: each batch of training input
+    /// leases its decode from it. `None` (benchmarks, tests): no budget.
+    pub decode_budget: Option<crate::budget::DecodeBudget>,
 }
 
 /// Progress reported while training.

@@ -116,6 +116,10 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
     let pipeline = Pipeline::from_preprocessor(&preprocessor, cfg.image_size)
         .with_model_size(model.image_size() as u32)
         .with_randaugment(cfg.randaugment);
+    let pipeline = match &spec.decode_budget {
+        Some(budget) => pipeline.with_decode_budget(budget.clone()),
+        None => pipeline,
+    };
     let params = select_trainable(&model, cfg);
     if params.is_empty() {
         return Err(TrainError::fatal("no trainable parameters for this mode"));
@@ -853,6 +857,7 @@ mod tests {
             work_dir: dir.path().join("work"),
             device: Device::Cpu,
             artifacts: None,
+            decode_budget: None,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let outcome = run(spec, tx, Default::default()).unwrap();
@@ -977,6 +982,7 @@ mod tests {
             work_dir: dir.join("work"),
             device: Device::Cpu,
             artifacts: None,
+            decode_budget: None,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let outcome = run(spec, tx, Default::default()).unwrap();

@@ -17,6 +17,7 @@ mod cluster;
 mod crash;
 mod deploy_manifests;
 mod hostile_browser;
+mod hostile_decode;
 mod hostile_ingest;
 mod hub_download;
 mod ingest;
