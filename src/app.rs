@@ -70,7 +70,7 @@ impl AppState {
         let datasets = DatasetStore {
             db: db.clone(),
             data_dir: config.data_dir.clone(),
-            limits: config.ingest_limits(),
+            limits: config.ingest_limits(&decode_budget),
             max_upload_bytes: config.max_upload_bytes,
             artifacts: artifacts.clone(),
             validations: crate::data::validation::Validations::new(

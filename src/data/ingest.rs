@@ -28,13 +28,19 @@ const IMBALANCE_RATIO: f64 = 10.0;
 
 /// The limits a dataset is checked against (the service takes them from
 /// its configuration).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct IngestLimits {
     pub max_entries: u64,
     pub max_uncompressed_bytes: u64,
     pub max_image_pixels: u64,
     /// Fraction of undecodable images tolerated (skipped); above it, refused.
     pub max_undecodable_fraction: f64,
+    /// The largest image file (an archive member, a Parquet cell), in bytes
+    /// (`--max-image-file-bytes`).
+    pub max_image_file_bytes: u64,
+    /// The server's one decoding budget: what a validation decodes (Parquet
+    /// row groups, images) is drawn from it first.
+    pub decode_budget: crate::budget::DecodeBudget,
 }
 
 /// A validated dataset.
@@ -84,13 +90,13 @@ pub fn ingest_upload(
         max_bytes: limits.max_uncompressed_bytes,
     };
     let stats = archive::extract(archive, format, &files, extract_limits)?;
-    let unpacked = unpack_parquet(dir, &files, &extract_limits, columns)?;
+    let unpacked = unpack_parquet(dir, &files, limits, columns)?;
     let mut found = layout::detect(&files)?;
     let mut skipped = found.skipped;
     let extracted_bytes = match unpacked {
         Some(u) => {
             found.layout = "parquet";
-            skipped.extend(u.skipped);
+            skipped.append(u.skipped);
             u.bytes
         }
         None => stats.bytes,
@@ -248,7 +254,7 @@ pub fn ingest_upload(
 fn unpack_parquet(
     dir: &Path,
     files: &Path,
-    limits: &ExtractLimits,
+    limits: &IngestLimits,
     columns: &ParquetColumns,
 ) -> Result<Option<parquet::Unpacked>, DatasetError> {
     let Some(mut found) = parquet::find(files)? else {
@@ -262,7 +268,7 @@ fn unpack_parquet(
         source.path = raw.join(&source.shown);
     }
     let mut unpacked = parquet::unpack(&found.sources, files, limits, columns)?;
-    unpacked.skipped.splice(0..0, found.others);
+    unpacked.skipped.prepend(found.others);
     std::fs::remove_dir_all(&raw).map_err(internal)?;
     Ok(Some(unpacked))
 }

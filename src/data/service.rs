@@ -461,7 +461,7 @@ impl DatasetStore {
         let work = TempPath(Some(work_path));
 
         let columns = self.columns_of(&sha256).await?;
-        let (limits, validations) = (self.limits, self.validations.clone());
+        let (limits, validations) = (self.limits.clone(), self.validations.clone());
         let (dir, counters) = (work.path().to_path_buf(), progress.clone());
         let mut task = tokio::task::spawn_blocking(move || {
             validations.install(|| ingest_upload(&archive, &dir, &limits, &columns, &counters))

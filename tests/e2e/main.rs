@@ -16,6 +16,7 @@ mod backbones;
 mod cluster;
 mod crash;
 mod deploy_manifests;
+mod hostile_parquet;
 mod hub_download;
 mod ingest;
 mod jobs;
