@@ -40,7 +40,7 @@ use sha2::{Digest, Sha256};
 use super::error::{name_some, DatasetError};
 use super::ingest::IngestLimits;
 use super::metadata::MAX_LABEL_BYTES;
-use super::parquet_guard::{self, Codec, Footer, Refusal, MAX_SCHEMA_DEPTH};
+use super::parquet_guard::{self, ChunkSizes, Codec, Footer, Refusal, MAX_SCHEMA_DEPTH};
 use super::summary::{SkipList, Skipped};
 use super::{is_ignored_component, split_name};
 
@@ -315,17 +315,26 @@ fn unpack_file(
     // Before the crate reads anything: its schema code recurses.
     let footer = parquet_guard::check_footer(&file, size).map_err(|r| refused(source, r, limits))?;
     let what = format!("the footer of `{}`", source.shown);
-    let _footer = limits
+    let footer_lease = limits
         .decode_budget
         .acquire_blocking(footer_memory(&footer), BUDGET_WAIT, &what)
         .map_err(DatasetError::from_budget)?;
-    let arrow = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-        .map_err(|e| unreadable(source, e))?;
+    // The Arrow schema `pyarrow` embeds (`ARROW:schema`, a flatbuffer) is a
+    // second, redundant description of the columns: not parsed. The
+    // `huggingface` features are read from the footer's key-value pairs.
+    let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+    let arrow = ArrowReaderMetadata::load(&file, options).map_err(|e| unreadable(source, e))?;
     let rows = arrow.metadata().file_metadata().num_rows().max(0) as u64;
     if done.images + rows > limits.max_entries {
         return Err(too_many(limits));
     }
-    let plan = plan(source, arrow.schema(), columns)?;
+    let hf = arrow
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|kv| kv.key == "huggingface"))
+        .and_then(|kv| kv.value.as_deref());
+    let plan = plan(source, arrow.schema(), hf, columns)?;
     let stem = Path::new(&source.shown)
         .file_stem()
         .and_then(|s| s.to_str())
@@ -335,6 +344,7 @@ fn unpack_file(
     fs::create_dir_all(&dir).map_err(write_error)?;
     let mut out = Out {
         source,
+        held: footer_lease.bytes(),
         plan: &plan,
         stem: &stem,
         dir: &dir,
@@ -367,9 +377,18 @@ fn read_row_groups(
     let image_root = arrow.schema().index_of(&out.plan.image).ok();
     let mask = ProjectionMask::roots(schema, roots.iter().copied());
     for group in 0..arrow.metadata().num_row_groups() {
-        let need = row_group_memory(file, arrow, group, &leaves, image_root, out)?;
+        let chunks = row_group_chunks(file, arrow, group, &leaves, image_root, out)?;
+        // What this validation holds already (the footer) counts too: a
+        // wait for bytes it holds itself would never end. Fewer rows per
+        // batch when a batch of large values would not fit.
+        let room = out.limits.decode_budget.total().saturating_sub(out.held);
+        let rows = [BATCH_ROWS, 4, 1]
+            .into_iter()
+            .find(|&rows| chunks_memory(&chunks, rows) <= room)
+            .unwrap_or(1);
+        let need = chunks_memory(&chunks, rows);
         let what = format!("row group {group} of `{}`", source.shown);
-        if need > out.limits.decode_budget.total() {
+        if need > room {
             return Err(DatasetError::too_large(
                 "parquet_row_group_too_large",
                 format!(
@@ -388,7 +407,7 @@ fn read_row_groups(
         let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(input, arrow.clone())
             .with_projection(mask.clone())
             .with_row_groups(vec![group])
-            .with_batch_size(BATCH_ROWS)
+            .with_batch_size(rows)
             .build()
             .map_err(|e| unreadable(source, e))?;
         for batch in reader {
@@ -399,20 +418,17 @@ fn read_row_groups(
     Ok(())
 }
 
-/// The memory reading one row group of the `leaves` columns takes at its
-/// peak, from its page headers: per column, one batch of values (each at
-/// most a page or a dictionary entry, and twice: the decoded batch and
-/// its conversion), the page being decompressed and the dictionary. The
-/// image column's pages are checked against what is left of the
-/// uncompressed-bytes limit first.
-fn row_group_memory(
+/// The page sizes of one row group's chunks of the `leaves` columns, from
+/// their page headers. The image column's pages are checked against what
+/// is left of the uncompressed-bytes limit first.
+fn row_group_chunks(
     file: &File,
     arrow: &ArrowReaderMetadata,
     group: usize,
     leaves: &[usize],
     image_root: Option<usize>,
     out: &Out,
-) -> Result<u64, DatasetError> {
+) -> Result<Vec<ChunkSizes>, DatasetError> {
     let limits = out.limits;
     let left = limits.max_uncompressed_bytes.saturating_sub(out.done.bytes);
     // A page is decompressed whole: one larger than the archive may expand
@@ -425,8 +441,7 @@ fn row_group_memory(
     };
     let row_group = arrow.metadata().row_group(group);
     let schema = arrow.parquet_schema();
-    let batch = BATCH_ROWS as u64;
-    let mut need = 0u64;
+    let mut chunks = Vec::with_capacity(leaves.len());
     for &leaf in leaves {
         let column = row_group.column(leaf);
         let (start, len) = column.byte_range();
@@ -463,24 +478,36 @@ fn row_group_memory(
                 ),
             ));
         }
+        chunks.push(sizes);
+    }
+    Ok(chunks)
+}
+
+/// The memory reading a row group's `chunks` takes at its peak, `rows` at
+/// a time: per column, one batch of values (each at most a page or a
+/// dictionary entry, and twice: the decoded batch and its conversion),
+/// the page being decompressed and the dictionary.
+fn chunks_memory(chunks: &[ChunkSizes], rows: usize) -> u64 {
+    let batch = rows as u64;
+    chunks.iter().fold(0u64, |need, sizes| {
         let value = sizes.largest_page.max(sizes.dictionary);
         let values = if sizes.dictionary > 0 {
             batch.saturating_mul(value)
         } else {
             sizes.data.min(batch.saturating_mul(value))
         };
-        need = need
-            .saturating_add(values.saturating_mul(2))
+        need.saturating_add(values.saturating_mul(2))
             .saturating_add(sizes.largest_page)
             .saturating_add(sizes.dictionary)
-            .saturating_add(batch * 64);
-    }
-    Ok(need)
+            .saturating_add(batch * 64)
+    })
 }
 
 /// Where rows of one file go, and the counts so far.
 struct Out<'a> {
     source: &'a Source,
+    /// Budget bytes held for the file's footer while its rows are read.
+    held: u64,
     plan: &'a Plan,
     stem: &'a str,
     dir: &'a Path,
@@ -609,10 +636,9 @@ fn extension(bytes: &[u8], path: Option<&str>) -> String {
         .unwrap_or_else(|| "bin".to_string())
 }
 
-/// The `huggingface` schema metadata's features, if any.
-fn features(schema: &Schema) -> Option<serde_json::Map<String, Value>> {
-    let raw = schema.metadata().get("huggingface")?;
-    let v: Value = serde_json::from_str(raw).ok()?;
+/// The features of the `huggingface` key-value metadata, if any.
+fn features(raw: Option<&str>) -> Option<serde_json::Map<String, Value>> {
+    let v: Value = serde_json::from_str(raw?).ok()?;
     v.get("info")?.get("features")?.as_object().cloned()
 }
 
@@ -647,8 +673,13 @@ fn find_field<'a>(schema: &'a Schema, name: &str) -> Option<&'a Arc<Field>> {
 }
 
 /// Picks the image and label columns of one file and how to read labels.
-fn plan(source: &Source, schema: &Schema, columns: &ParquetColumns) -> Result<Plan, DatasetError> {
-    let features = features(schema).unwrap_or_default();
+fn plan(
+    source: &Source,
+    schema: &Schema,
+    hf: Option<&str>,
+    columns: &ParquetColumns,
+) -> Result<Plan, DatasetError> {
+    let features = features(hf).unwrap_or_default();
     let feature_type = |name: &str| -> Option<String> {
         features
             .get(name)?

@@ -669,7 +669,7 @@ mod tests {
 
     #[test]
     fn a_deep_schema_is_refused_on_a_tiny_stack() {
-        let bytes = footer_bytes(100_000);
+        let bytes = footer_bytes(5_000);
         let refused = std::thread::Builder::new()
             .stack_size(64 << 10)
             .spawn(move || read_file_metadata(&mut Thrift::new(&bytes)))
