@@ -248,10 +248,7 @@ impl ServeConfig {
 
     /// The limits uploaded datasets are checked against; what they decode
     /// is drawn from `budget` (the server's one decode budget).
-    pub fn ingest_limits(
-        &self,
-        budget: &crate::budget::DecodeBudget,
-    ) -> crate::data::IngestLimits {
+    pub fn ingest_limits(&self, budget: &crate::budget::DecodeBudget) -> crate::data::IngestLimits {
         crate::data::IngestLimits {
             max_entries: self.max_archive_entries,
             max_uncompressed_bytes: self.max_uncompressed_bytes,

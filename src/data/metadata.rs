@@ -226,9 +226,11 @@ fn read_jsonl(mut reader: impl BufRead, shown: &Path) -> Result<Vec<MetadataRow>
 /// A CSV error, naming its line (and the encoding, when that is what is wrong).
 fn csv_error(shown: &Path, e: csv::Error, line: usize) -> DatasetError {
     match e.kind() {
-        csv::ErrorKind::Utf8 { pos, .. } => {
-            not_utf8(shown, pos.as_ref().map_or(line, |p| p.line() as usize), false)
-        }
+        csv::ErrorKind::Utf8 { pos, .. } => not_utf8(
+            shown,
+            pos.as_ref().map_or(line, |p| p.line() as usize),
+            false,
+        ),
         _ => invalid(shown, format!("line {line}: {e}")),
     }
 }
@@ -237,10 +239,7 @@ fn read_csv(reader: impl Read, shown: &Path) -> Result<Vec<MetadataRow>, Dataset
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(reader);
-    let headers = rdr
-        .headers()
-        .map_err(|e| csv_error(shown, e, 1))?
-        .clone();
+    let headers = rdr.headers().map_err(|e| csv_error(shown, e, 1))?.clone();
     let file_col = headers
         .iter()
         .position(|h| is_column(h, "file_name"))
@@ -462,7 +461,11 @@ mod tests {
         let long = "z".repeat(MAX_LABEL_BYTES + 1);
         let ok = "z".repeat(MAX_LABEL_BYTES);
         assert!(csv_rows(&format!("file_name,label\na.png,{ok}\n")).is_ok());
-        for cell in [long.clone(), format!("cat|{long}"), format!("\"['cat', '{long}']\"")] {
+        for cell in [
+            long.clone(),
+            format!("cat|{long}"),
+            format!("\"['cat', '{long}']\""),
+        ] {
             let e = csv_rows(&format!("file_name,label\na.png,cat\nb.png,{cell}\n")).unwrap_err();
             assert_eq!(e.code, "label_too_long", "{e}");
             assert!(e.detail.contains("line 3"), "{e}");

@@ -313,7 +313,8 @@ fn unpack_file(
     let file = File::open(&source.path).map_err(|e| unreadable(source, e))?;
     let size = file.metadata().map_err(|e| unreadable(source, e))?.len();
     // Before the crate reads anything: its schema code recurses.
-    let footer = parquet_guard::check_footer(&file, size).map_err(|r| refused(source, r, limits))?;
+    let footer =
+        parquet_guard::check_footer(&file, size).map_err(|r| refused(source, r, limits))?;
     let what = format!("the footer of `{}`", source.shown);
     let footer_lease = limits
         .decode_budget
@@ -468,7 +469,13 @@ fn row_group_chunks(
         };
         let is_image = Some(schema.get_column_root_idx(leaf)) == image_root
             && schema.column(leaf).physical_type() == parquet::basic::Type::BYTE_ARRAY
-            && schema.column(leaf).path().parts().last().map(String::as_str) != Some("path");
+            && schema
+                .column(leaf)
+                .path()
+                .parts()
+                .last()
+                .map(String::as_str)
+                != Some("path");
         if is_image && sizes.data > left {
             return Err(DatasetError::too_large(
                 "archive_too_large",
@@ -848,7 +855,9 @@ impl ImageColumn {
                 .map_err(|e| unreadable(source, e))?,
         };
         let paths = match paths {
-            Some(p) if p.data_type() == &DataType::Utf8 || p.data_type() == &DataType::LargeUtf8 => {
+            Some(p)
+                if p.data_type() == &DataType::Utf8 || p.data_type() == &DataType::LargeUtf8 =>
+            {
                 Some(p)
             }
             Some(p) => Some(

@@ -333,9 +333,9 @@ fn check_gzip_page(file: &File, at: u64, page: &PageSizes) -> Result<(), Refusal
     let mut buf = vec![0u8; 64 << 10];
     let mut total = 0u64;
     loop {
-        let n = decoder.read(&mut buf).map_err(|e| {
-            Refusal::Malformed(format!("a GZIP page does not decompress: {e}"))
-        })?;
+        let n = decoder
+            .read(&mut buf)
+            .map_err(|e| Refusal::Malformed(format!("a GZIP page does not decompress: {e}")))?;
         if n == 0 {
             return Ok(());
         }
@@ -456,11 +456,20 @@ struct Thrift<'a> {
 }
 
 enum Frame {
-    Struct { last: i16 },
+    Struct {
+        last: i16,
+    },
     /// Values left and their type.
-    List { left: u64, elem: u8 },
+    List {
+        left: u64,
+        elem: u8,
+    },
     /// Keys and values left (twice the pairs), and their types.
-    Map { left: u64, key: u8, value: u8 },
+    Map {
+        left: u64,
+        key: u8,
+        value: u8,
+    },
 }
 
 impl<'a> Thrift<'a> {
@@ -568,7 +577,12 @@ impl<'a> Thrift<'a> {
     }
 
     /// Reads a primitive of type `ty`, or opens a container on `stack`.
-    fn start(&mut self, ty: u8, in_collection: bool, stack: &mut Vec<Frame>) -> Result<(), Refusal> {
+    fn start(
+        &mut self,
+        ty: u8,
+        in_collection: bool,
+        stack: &mut Vec<Frame>,
+    ) -> Result<(), Refusal> {
         match ty {
             // A struct field's booleans live in its type; a collection's
             // take a byte each.
@@ -685,7 +699,10 @@ mod tests {
         let mut b = vec![0x9c];
         b.extend(std::iter::repeat_n(0x1c, 10_000));
         let e = read_file_metadata(&mut Thrift::new(&b)).unwrap_err();
-        assert!(matches!(e, Refusal::Malformed(ref m) if m.contains("too deeply")), "{e:?}");
+        assert!(
+            matches!(e, Refusal::Malformed(ref m) if m.contains("too deeply")),
+            "{e:?}"
+        );
         // A list claiming more elements than bytes left.
         let e = read_file_metadata(&mut Thrift::new(&[0x29, 0xfc, 0xff, 0xff, 0x03])).unwrap_err();
         assert!(matches!(e, Refusal::Malformed(_)), "{e:?}");

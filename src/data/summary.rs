@@ -27,10 +27,10 @@ impl Skipped {
 /// At most this many skipped files are listed; beyond, they are counted.
 pub const MAX_SKIPPED_LISTED: usize = 100;
 
-/// The files left out of a dataset: the first [`MAX_SKIPPED_LISTED`] of
-/// them, and how many there were in all. A Parquet file can hold millions
-/// of rows without an image; listing each would make every later answer
-/// about the dataset as large.
+/// The files left out of a dataset: the first 100 of them
+/// (`MAX_SKIPPED_LISTED`), and how many there were in all. A Parquet file
+/// can hold millions of rows without an image; listing each would make
+/// every later answer about the dataset as large.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SkipList {
     /// Files left out (undecodable images below the tolerance, non-images,
@@ -163,7 +163,9 @@ mod tests {
     use super::*;
 
     fn many(n: usize, what: &str) -> SkipList {
-        (0..n).map(|i| Skipped::new(format!("{what}{i}"), "x")).collect()
+        (0..n)
+            .map(|i| Skipped::new(format!("{what}{i}"), "x"))
+            .collect()
     }
 
     #[test]

@@ -416,7 +416,11 @@ fn skipped_lists_are_capped_with_a_total() {
     assert_eq!(json["skipped"].as_array().unwrap().len(), 100);
     assert_eq!(json["skipped_total"], 150);
     assert!(
-        ingested.summary.warnings.iter().any(|w| w.starts_with("150 file(s) skipped")),
+        ingested
+            .summary
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("150 file(s) skipped")),
         "{:?}",
         ingested.summary.warnings
     );

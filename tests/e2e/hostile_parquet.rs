@@ -63,7 +63,10 @@ async fn hostile_parquet_files_are_refused_in_bounded_memory() {
         assert_eq!(d["status"], "failed", "{file}: {d}");
         assert_eq!(d["error"]["code"], code, "{file}: {d}");
         let health = reqwest::get(format!("{}/healthz", server.url)).await;
-        assert!(health.is_ok_and(|r| r.status() == 200), "{file}: server down");
+        assert!(
+            health.is_ok_and(|r| r.status() == 200),
+            "{file}: server down"
+        );
     }
     let unused = upload(&server.url, &fx.join("bomb_unused.parquet")).await;
     assert_eq!(unused["status"], "ready", "{unused}");
@@ -74,7 +77,10 @@ async fn hostile_parquet_files_are_refused_in_bounded_memory() {
     assert_eq!(skips["summary"]["skipped"].as_array().unwrap().len(), 100);
     assert_eq!(skips["summary"]["skipped_total"], 150, "{skips}");
     let listed = get_json(&server.url, "/datasets").await;
-    assert!(listed.to_string().len() < 100_000, "the listing stays small");
+    assert!(
+        listed.to_string().len() < 100_000,
+        "the listing stays small"
+    );
 
     let peak = server.peak_rss();
     let bound = (idle as f64 * 1.5) as u64 + BUDGET;
