@@ -38,7 +38,8 @@ fn main() -> anyhow::Result<()> {
         max_uncompressed_bytes: 1 << 40,
         max_image_pixels: 100_000_000,
         max_undecodable_fraction: 0.0,
-        max_image_file_bytes: 64 << 20,
+        max_image_file_bytes: 1 << 30,
+        decode_budget: vitrine::budget::DecodeBudget::new(vitrine::budget::default_budget_bytes()),
     };
     vitrine::data::ingest::ingest_archive(
         zip.as_ref(),

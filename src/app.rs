@@ -85,10 +85,9 @@ impl AppState {
         let datasets = DatasetStore {
             db: db.clone(),
             data_dir: config.data_dir.clone(),
-            limits: config.ingest_limits(),
+            limits: config.ingest_limits(&decode_budget),
             max_upload_bytes: config.max_upload_bytes,
             artifacts: artifacts.clone(),
-            decode_budget: decode_budget.clone(),
             max_validation_starts: config.max_validation_starts,
             validations: crate::data::validation::Validations::new(
                 config.ingest_concurrency,

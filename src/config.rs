@@ -320,14 +320,16 @@ impl ServeConfig {
         })
     }
 
-    /// The limits uploaded datasets are checked against.
-    pub fn ingest_limits(&self) -> crate::data::IngestLimits {
+    /// The limits uploaded datasets are checked against; what they decode
+    /// is drawn from `budget` (the server's one decode budget).
+    pub fn ingest_limits(&self, budget: &crate::budget::DecodeBudget) -> crate::data::IngestLimits {
         crate::data::IngestLimits {
             max_entries: self.max_archive_entries,
             max_uncompressed_bytes: self.max_uncompressed_bytes,
             max_image_pixels: self.max_image_pixels,
             max_undecodable_fraction: self.max_undecodable_fraction,
             max_image_file_bytes: self.max_image_file_bytes,
+            decode_budget: budget.clone(),
         }
     }
 

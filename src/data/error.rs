@@ -38,6 +38,35 @@ impl DatasetError {
             detail: detail.into(),
         }
     }
+    /// 422 `label_too_long`: a label of `len` bytes, more than
+    /// [`super::metadata::MAX_LABEL_BYTES`]; `at` says where (file, row).
+    /// The label itself is not repeated: it may be megabytes.
+    pub fn label_too_long(at: &str, len: usize) -> Self {
+        Self::invalid(
+            "label_too_long",
+            format!(
+                "{at}: a label of {len} bytes, more than the {} accepted",
+                super::metadata::MAX_LABEL_BYTES
+            ),
+        )
+    }
+    /// The refusal of the decode budget (`decode_too_large`, or a wait
+    /// that timed out) as a dataset's refusal; anything else is internal.
+    pub fn from_budget(e: AppError) -> Self {
+        match e {
+            AppError::Client { kind, code, detail } => Self {
+                kind: Some(kind),
+                code,
+                detail,
+            },
+            AppError::Overloaded { detail, .. } => Self {
+                kind: Some(ErrorKind::Unavailable),
+                code: "decode_budget_exhausted",
+                detail,
+            },
+            other => Self::internal(format!("the decode budget: {other}")),
+        }
+    }
     /// A fault of this service while reading the upload (disk, i/o).
     pub fn internal(detail: impl Into<String>) -> Self {
         Self {

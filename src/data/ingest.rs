@@ -29,7 +29,7 @@ const IMBALANCE_RATIO: f64 = 10.0;
 
 /// The limits a dataset is checked against (the service takes them from
 /// its configuration).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct IngestLimits {
     pub max_entries: u64,
     pub max_uncompressed_bytes: u64,
@@ -37,9 +37,12 @@ pub struct IngestLimits {
     /// Fraction of undecodable images tolerated (skipped); above it, refused.
     pub max_undecodable_fraction: f64,
     /// Largest image file, in bytes, checked before it is read (an archive
-    /// member named as an image, while extracting; every image, before
-    /// decoding).
+    /// member named as an image, while extracting; a Parquet cell; every
+    /// image, before decoding).
     pub max_image_file_bytes: u64,
+    /// The server's one decoding budget: what a validation decodes (Parquet
+    /// row groups, images) is drawn from it first, waiting for it.
+    pub decode_budget: DecodeBudget,
 }
 
 /// A validated dataset.
@@ -88,9 +91,8 @@ pub fn ingest_archive(
 }
 
 /// [`ingest_archive`] with the columns of a Parquet dataset named by the
-/// uploader. Its decodes draw from a budget of its own, sized from the
-/// machine (tools and tests); the service shares one:
-/// [`ingest_upload_within`].
+/// uploader. Its decodes (images, Parquet) draw from
+/// `limits.decode_budget`, waiting for it.
 pub fn ingest_upload(
     archive: &Path,
     dir: &Path,
@@ -98,20 +100,7 @@ pub fn ingest_upload(
     columns: &ParquetColumns,
     progress: &IngestProgress,
 ) -> Result<Ingested, DatasetError> {
-    let budget = DecodeBudget::new(budget::default_budget_bytes());
-    ingest_upload_within(archive, dir, limits, columns, progress, &budget)
-}
-
-/// [`ingest_upload`] whose decodes (images, Parquet) draw from `budget`,
-/// waiting for it.
-pub fn ingest_upload_within(
-    archive: &Path,
-    dir: &Path,
-    limits: &IngestLimits,
-    columns: &ParquetColumns,
-    progress: &IngestProgress,
-    budget: &DecodeBudget,
-) -> Result<Ingested, DatasetError> {
+    let budget = &limits.decode_budget;
     let format = archive::detect(archive)?;
     let files = dir.join(FILES_DIR);
     std::fs::create_dir_all(&files).map_err(internal)?;
@@ -126,13 +115,13 @@ pub fn ingest_upload_within(
         extract_limits,
         limits.max_image_file_bytes,
     )?;
-    let unpacked = unpack_parquet(dir, &files, &extract_limits, columns, budget)?;
+    let unpacked = unpack_parquet(dir, &files, limits, columns)?;
     let mut found = layout::detect(&files)?;
     let mut skipped = found.skipped;
     let extracted_bytes = match unpacked {
         Some(u) => {
             found.layout = "parquet";
-            skipped.extend(u.skipped);
+            skipped.append(u.skipped);
             u.bytes
         }
         None => stats.bytes,
@@ -286,9 +275,8 @@ pub fn ingest_upload_within(
 fn unpack_parquet(
     dir: &Path,
     files: &Path,
-    limits: &ExtractLimits,
+    limits: &IngestLimits,
     columns: &ParquetColumns,
-    _budget: &DecodeBudget,
 ) -> Result<Option<parquet::Unpacked>, DatasetError> {
     let Some(mut found) = parquet::find(files)? else {
         return Ok(None);
@@ -301,7 +289,7 @@ fn unpack_parquet(
         source.path = raw.join(&source.shown);
     }
     let mut unpacked = parquet::unpack(&found.sources, files, limits, columns)?;
-    unpacked.skipped.splice(0..0, found.others);
+    unpacked.skipped.prepend(found.others);
     std::fs::remove_dir_all(&raw).map_err(internal)?;
     Ok(Some(unpacked))
 }
@@ -532,6 +520,7 @@ mod tests {
             max_image_pixels: 1 << 20,
             max_undecodable_fraction: 0.0,
             max_image_file_bytes: 64 << 20,
+            decode_budget: DecodeBudget::new(256 << 20),
         }
     }
 

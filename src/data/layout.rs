@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::{name_some, DatasetError};
 use super::metadata::{self, MetadataRow};
-use super::summary::Skipped;
+use super::summary::{SkipList, Skipped};
 use super::{is_ignored_component, split_name, Task, IMAGE_EXTENSIONS};
 
 /// One labelled image, before decoding.
@@ -35,7 +35,7 @@ pub struct Found {
     pub layout: &'static str,
     pub task: Task,
     pub items: Vec<Item>,
-    pub skipped: Vec<Skipped>,
+    pub skipped: SkipList,
 }
 
 pub fn has_image_extension(path: &Path) -> bool {
@@ -174,7 +174,7 @@ pub fn detect(files: &Path) -> Result<Found, DatasetError> {
             ));
         }
         let mut items = Vec::new();
-        let mut skipped = Vec::new();
+        let mut skipped = SkipList::default();
         for (split, d) in &split_dirs {
             from_label_dirs(files, &root.join(d), split, &mut items, &mut skipped)?;
         }
@@ -198,7 +198,7 @@ pub fn detect(files: &Path) -> Result<Found, DatasetError> {
         });
     }
     let mut items = Vec::new();
-    let mut skipped = Vec::new();
+    let mut skipped = SkipList::default();
     from_label_dirs(files, &root, "train", &mut items, &mut skipped)?;
     Ok(Found {
         layout: "labels",
@@ -214,7 +214,7 @@ fn from_label_dirs(
     dir: &Path,
     split: &'static str,
     items: &mut Vec<Item>,
-    skipped: &mut Vec<Skipped>,
+    skipped: &mut SkipList,
 ) -> Result<(), DatasetError> {
     let (labels, names) = list(&files.join(dir)).map_err(io)?;
     for n in names {
@@ -225,6 +225,12 @@ fn from_label_dirs(
     }
     for label in labels {
         let label_dir = dir.join(&label);
+        if label.len() > metadata::MAX_LABEL_BYTES {
+            return Err(DatasetError::label_too_long(
+                &format!("the label directory `{}`", label_dir.display()),
+                label.len(),
+            ));
+        }
         let mut any = false;
         let mut others = Vec::new();
         for rel in walk(&files.join(&label_dir)).map_err(io)? {
@@ -408,7 +414,7 @@ fn from_metadata(
             ),
         ));
     }
-    let mut skipped = Vec::new();
+    let mut skipped = SkipList::default();
     for rel in walk(&files.join(root)).map_err(io)? {
         let rel = root.join(rel);
         let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or_default();

@@ -13,6 +13,7 @@
 //! letter case. Files must be UTF-8. Labels and file names are compared in
 //! Unicode NFC, as archive entry names are.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
@@ -74,39 +75,71 @@ fn nfc(s: &str) -> String {
     s.nfc().collect()
 }
 
-/// Reads a metadata file; `shown` is the name used in messages.
+/// The largest metadata file read: it is read as a stream, but every row
+/// it lists is held until the dataset is checked.
+pub const MAX_METADATA_BYTES: u64 = 256 << 20;
+
+/// The longest label accepted, in bytes (UTF-8). A label is shown in every
+/// answer about the dataset and its models; a Parquet cell could hold
+/// megabytes.
+pub const MAX_LABEL_BYTES: usize = 256;
+
+fn not_utf8(shown: &Path, line: usize, utf16: bool) -> DatasetError {
+    invalid(
+        shown,
+        format!(
+            "line {line} is not UTF-8 text{}; save the file as UTF-8",
+            if utf16 { " (the file is UTF-16)" } else { "" }
+        ),
+    )
+}
+
+/// Reads a metadata file; `shown` is the name used in messages. The file
+/// is read as a stream, after its size is checked against
+/// [`MAX_METADATA_BYTES`].
 pub fn read(path: &Path, shown: &Path) -> Result<Vec<MetadataRow>, DatasetError> {
-    let bytes = std::fs::read(path).map_err(|e| invalid(shown, e))?;
-    let text = match std::str::from_utf8(&bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            let line = 1 + bytes[..e.valid_up_to()]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count();
-            let utf16 = bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]);
-            return Err(invalid(
-                shown,
-                format!(
-                    "line {line} is not UTF-8 text{}; save the file as UTF-8",
-                    if utf16 { " (the file is UTF-16)" } else { "" }
-                ),
-            ));
-        }
-    };
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let file = std::fs::File::open(path).map_err(|e| invalid(shown, e))?;
+    let size = file.metadata().map_err(|e| invalid(shown, e))?.len();
+    if size > MAX_METADATA_BYTES {
+        return Err(DatasetError::too_large(
+            "metadata_too_large",
+            format!(
+                "`{}` is {size} bytes, more than the {MAX_METADATA_BYTES} accepted for a metadata file",
+                shown.display()
+            ),
+        ));
+    }
+    let mut reader = BufReader::with_capacity(64 << 10, file);
+    let head = reader.fill_buf().map_err(|e| invalid(shown, e))?;
+    if head.starts_with(&[0xff, 0xfe]) || head.starts_with(&[0xfe, 0xff]) {
+        return Err(not_utf8(shown, 1, true));
+    }
+    if head.starts_with("\u{feff}".as_bytes()) {
+        reader.consume(3);
+    }
     let is_csv = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     let rows = if is_csv {
-        read_csv(text, shown)?
+        read_csv(reader, shown)?
     } else {
-        read_jsonl(text, shown)?
+        read_jsonl(reader, shown)?
     };
     if rows.is_empty() {
         return Err(invalid(shown, "no rows"));
     }
     Ok(rows)
+}
+
+/// Refuses a label longer than [`MAX_LABEL_BYTES`].
+fn check_length(label: String, meta: &Path, line: usize) -> Result<String, DatasetError> {
+    if label.len() > MAX_LABEL_BYTES {
+        return Err(DatasetError::label_too_long(
+            &format!("`{}` line {line}", meta.display()),
+            label.len(),
+        ));
+    }
+    Ok(label)
 }
 
 fn labels_from_json(
@@ -129,7 +162,7 @@ fn labels_from_json(
         if s.is_empty() {
             return Err(empty_label(meta, line));
         }
-        Ok(s)
+        check_length(s, meta, line)
     };
     match v {
         Value::Array(items) => Ok((items.iter().map(one).collect::<Result<_, _>>()?, true)),
@@ -138,10 +171,19 @@ fn labels_from_json(
     }
 }
 
-fn read_jsonl(text: &str, shown: &Path) -> Result<Vec<MetadataRow>, DatasetError> {
+fn read_jsonl(mut reader: impl BufRead, shown: &Path) -> Result<Vec<MetadataRow>, DatasetError> {
     let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line_no = i + 1;
+    let mut buf = Vec::new();
+    for line_no in 1.. {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| invalid(shown, e))?;
+        if n == 0 {
+            break;
+        }
+        let line = std::str::from_utf8(&buf).map_err(|_| not_utf8(shown, line_no, false))?;
+        let line = line.trim_end_matches(['\n', '\r']);
         if line.trim().is_empty() {
             continue;
         }
@@ -181,11 +223,23 @@ fn read_jsonl(text: &str, shown: &Path) -> Result<Vec<MetadataRow>, DatasetError
     Ok(rows)
 }
 
-fn read_csv(text: &str, shown: &Path) -> Result<Vec<MetadataRow>, DatasetError> {
+/// A CSV error, naming its line (and the encoding, when that is what is wrong).
+fn csv_error(shown: &Path, e: csv::Error, line: usize) -> DatasetError {
+    match e.kind() {
+        csv::ErrorKind::Utf8 { pos, .. } => not_utf8(
+            shown,
+            pos.as_ref().map_or(line, |p| p.line() as usize),
+            false,
+        ),
+        _ => invalid(shown, format!("line {line}: {e}")),
+    }
+}
+
+fn read_csv(reader: impl Read, shown: &Path) -> Result<Vec<MetadataRow>, DatasetError> {
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
-    let headers = rdr.headers().map_err(|e| invalid(shown, e))?.clone();
+        .from_reader(reader);
+    let headers = rdr.headers().map_err(|e| csv_error(shown, e, 1))?.clone();
     let file_col = headers
         .iter()
         .position(|h| is_column(h, "file_name"))
@@ -210,7 +264,7 @@ fn read_csv(text: &str, shown: &Path) -> Result<Vec<MetadataRow>, DatasetError> 
     let label_col = headers.iter().position(|h| h == label_name).unwrap_or(0);
     let mut rows = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
-        let rec = rec.map_err(|e| invalid(shown, format!("line {}: {e}", i + 2)))?;
+        let rec = rec.map_err(|e| csv_error(shown, e, i + 2))?;
         // The real line (quoted cells may span lines).
         let line = rec.position().map_or(i + 2, |p| p.line() as usize);
         let file_name = rec.get(file_col).unwrap_or_default().to_string();
@@ -234,11 +288,15 @@ fn read_csv(text: &str, shown: &Path) -> Result<Vec<MetadataRow>, DatasetError> 
             if parts.iter().any(String::is_empty) {
                 return Err(empty_label(shown, line));
             }
+            let parts = parts
+                .into_iter()
+                .map(|p| check_length(p, shown, line))
+                .collect::<Result<_, _>>()?;
             (parts, true)
         } else if cell.is_empty() {
             return Err(empty_label(shown, line));
         } else {
-            (vec![nfc(cell)], false)
+            (vec![check_length(nfc(cell), shown, line)?], false)
         };
         rows.push(MetadataRow {
             line,
@@ -312,7 +370,7 @@ mod tests {
     use super::*;
 
     fn csv_rows(text: &str) -> Result<Vec<MetadataRow>, DatasetError> {
-        read_csv(text, Path::new("metadata.csv"))
+        read_csv(text.as_bytes(), Path::new("metadata.csv"))
     }
 
     fn labels(rows: &[MetadataRow]) -> Vec<(String, Vec<String>, bool)> {
@@ -383,5 +441,40 @@ mod tests {
             safe_file_name(&rows[0].file_name).unwrap(),
             PathBuf::from("caf\u{e9}/a.png")
         );
+    }
+
+    #[test]
+    fn metadata_files_are_capped_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metadata.csv");
+        // Sparse: nothing of it is written, or read.
+        std::fs::File::create(&p)
+            .unwrap()
+            .set_len(MAX_METADATA_BYTES + 1)
+            .unwrap();
+        let e = read(&p, Path::new("metadata.csv")).unwrap_err();
+        assert_eq!(e.code, "metadata_too_large", "{e}");
+    }
+
+    #[test]
+    fn long_labels_are_refused_by_line() {
+        let long = "z".repeat(MAX_LABEL_BYTES + 1);
+        let ok = "z".repeat(MAX_LABEL_BYTES);
+        assert!(csv_rows(&format!("file_name,label\na.png,{ok}\n")).is_ok());
+        for cell in [
+            long.clone(),
+            format!("cat|{long}"),
+            format!("\"['cat', '{long}']\""),
+        ] {
+            let e = csv_rows(&format!("file_name,label\na.png,cat\nb.png,{cell}\n")).unwrap_err();
+            assert_eq!(e.code, "label_too_long", "{e}");
+            assert!(e.detail.contains("line 3"), "{e}");
+        }
+        let e = read_jsonl(
+            format!("{{\"file_name\": \"a\", \"labels\": [\"{long}\"]}}\n").as_bytes(),
+            Path::new("metadata.jsonl"),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "label_too_long", "{e}");
     }
 }

@@ -9,6 +9,7 @@ pub mod layout;
 pub mod manifest;
 pub mod metadata;
 pub mod parquet;
+pub mod parquet_guard;
 pub mod progress;
 pub mod record;
 pub mod service;

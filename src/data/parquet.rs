@@ -24,24 +24,32 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
+use parquet::arrow::ProjectionMask;
+use parquet::basic::Compression;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::archive::ExtractLimits;
 use super::error::{name_some, DatasetError};
-use super::summary::Skipped;
+use super::ingest::IngestLimits;
+use super::metadata::MAX_LABEL_BYTES;
+use super::parquet_guard::{self, ChunkSizes, Codec, Footer, Refusal, MAX_SCHEMA_DEPTH};
+use super::summary::{SkipList, Skipped};
 use super::{is_ignored_component, split_name};
 
 /// The first bytes of every Parquet file.
 pub const MAGIC: &[u8] = b"PAR1";
 
 /// Rows decoded per batch: a few MB of images at a time, whatever the
-/// file's size.
-const BATCH_ROWS: usize = 64;
+/// file's size (the row group's memory is reckoned per batch).
+const BATCH_ROWS: usize = 16;
 
 /// Column names given by the uploader; `None` finds them by convention.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -86,7 +94,7 @@ pub struct Source {
 pub struct ParquetFiles {
     pub sources: Vec<Source>,
     /// Other files (skipped).
-    pub others: Vec<Skipped>,
+    pub others: SkipList,
 }
 
 /// What [`unpack`] wrote.
@@ -95,7 +103,11 @@ pub struct Unpacked {
     pub images: u64,
     pub bytes: u64,
     /// Rows with no image or no label, and files beside the Parquet files.
-    pub skipped: Vec<Skipped>,
+    pub skipped: SkipList,
+    /// Rows with no image (counted as undecodable images).
+    pub missing_images: u64,
+    /// Where the first of them is.
+    pub first_missing: Option<String>,
 }
 
 /// True for a file whose content starts like a Parquet file.
@@ -183,12 +195,14 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> 
 }
 
 /// Writes every row of `sources` as an image file under `out/<split>/` and
-/// a `metadata.jsonl` per split, within `limits` (rows count as entries,
-/// image bytes as uncompressed bytes).
+/// a `metadata.jsonl` per split, within `limits`: rows count as entries,
+/// image bytes as uncompressed bytes, each image against the per-file cap,
+/// and what each row group decodes is drawn from the decode budget before
+/// it is decoded ([`read_row_groups`]).
 pub fn unpack(
     sources: &[Source],
     out: &Path,
-    limits: &ExtractLimits,
+    limits: &IngestLimits,
     columns: &ParquetColumns,
 ) -> Result<Unpacked, DatasetError> {
     let mut done = Unpacked::default();
@@ -208,7 +222,31 @@ pub fn unpack(
     for (_, mut w) in metadata {
         w.flush().map_err(write_error)?;
     }
+    check_missing_images(&done, limits)?;
     Ok(done)
+}
+
+/// Rows without an image count as undecodable images: beyond the
+/// tolerated fraction the dataset is refused, as an archive with as many
+/// broken images would be.
+fn check_missing_images(done: &Unpacked, limits: &IngestLimits) -> Result<(), DatasetError> {
+    let total = done.images + done.missing_images;
+    if done.missing_images == 0 {
+        return Ok(());
+    }
+    let fraction = done.missing_images as f64 / total as f64;
+    if fraction > limits.max_undecodable_fraction {
+        return Err(DatasetError::invalid(
+            "missing_images",
+            format!(
+                "{} of {total} rows have no image, more than the tolerated {:.2}% (VITRINE_MAX_UNDECODABLE_FRACTION); the first: {}",
+                done.missing_images,
+                limits.max_undecodable_fraction * 100.0,
+                done.first_missing.as_deref().unwrap_or("?")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn write_error(e: std::io::Error) -> DatasetError {
@@ -222,6 +260,29 @@ fn unreadable(source: &Source, e: impl std::fmt::Display) -> DatasetError {
     )
 }
 
+/// A refusal of [`parquet_guard`], naming the file.
+fn refused(source: &Source, r: Refusal, limits: &IngestLimits) -> DatasetError {
+    match r {
+        Refusal::Malformed(m) => unreadable(source, m),
+        Refusal::TooDeep(depth) => DatasetError::invalid(
+            "invalid_parquet",
+            format!(
+                "`{}` has a column nested {depth} levels deep or more; at most {MAX_SCHEMA_DEPTH} are accepted",
+                source.shown
+            ),
+        ),
+        Refusal::TooLarge(m) => DatasetError::too_large(
+            "archive_too_large",
+            format!(
+                "`{}`: {m} (VITRINE_MAX_UNCOMPRESSED_BYTES is {}, the decode budget {} bytes)",
+                source.shown,
+                limits.max_uncompressed_bytes,
+                limits.decode_budget.total()
+            ),
+        ),
+    }
+}
+
 /// Where a file's rows go: the image column, the label column and how to
 /// turn its values into label names.
 struct Plan {
@@ -232,26 +293,49 @@ struct Plan {
     list: bool,
 }
 
+/// Memory the crate holds for a footer, per byte of it and per column
+/// chunk and schema element it describes (an estimate, on the high side).
+fn footer_memory(footer: &Footer) -> u64 {
+    footer.len * 4 + (footer.column_chunks + footer.schema_elements) * 1024
+}
+
+/// How long a validation waits for decoding memory other work holds.
+const BUDGET_WAIT: Duration = Duration::from_secs(600);
+
 fn unpack_file(
     source: &Source,
     split_dir: &Path,
     meta: &mut BufWriter<File>,
-    limits: &ExtractLimits,
+    limits: &IngestLimits,
     columns: &ParquetColumns,
     done: &mut Unpacked,
 ) -> Result<(), DatasetError> {
     let file = File::open(&source.path).map_err(|e| unreadable(source, e))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| unreadable(source, e))?;
-    let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+    let size = file.metadata().map_err(|e| unreadable(source, e))?.len();
+    // Before the crate reads anything: its schema code recurses.
+    let footer =
+        parquet_guard::check_footer(&file, size).map_err(|r| refused(source, r, limits))?;
+    let what = format!("the footer of `{}`", source.shown);
+    let footer_lease = limits
+        .decode_budget
+        .acquire_blocking(footer_memory(&footer), BUDGET_WAIT, &what)
+        .map_err(DatasetError::from_budget)?;
+    // The Arrow schema `pyarrow` embeds (`ARROW:schema`, a flatbuffer) is a
+    // second, redundant description of the columns: not parsed. The
+    // `huggingface` features are read from the footer's key-value pairs.
+    let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+    let arrow = ArrowReaderMetadata::load(&file, options).map_err(|e| unreadable(source, e))?;
+    let rows = arrow.metadata().file_metadata().num_rows().max(0) as u64;
     if done.images + rows > limits.max_entries {
         return Err(too_many(limits));
     }
-    let plan = plan(source, builder.schema(), columns)?;
-    let reader = builder
-        .with_batch_size(BATCH_ROWS)
-        .build()
-        .map_err(|e| unreadable(source, e))?;
+    let hf = arrow
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|kv| kv.key == "huggingface"))
+        .and_then(|kv| kv.value.as_deref());
+    let plan = plan(source, arrow.schema(), hf, columns)?;
     let stem = Path::new(&source.shown)
         .file_stem()
         .and_then(|s| s.to_str())
@@ -259,34 +343,196 @@ fn unpack_file(
         .to_string();
     let dir = split_dir.join(&stem);
     fs::create_dir_all(&dir).map_err(write_error)?;
-    let mut row = 0usize;
-    for batch in reader {
-        let batch = batch.map_err(|e| unreadable(source, e))?;
-        write_batch(
-            source, &plan, &batch, &stem, &dir, meta, &mut row, limits, done,
-        )?;
+    let mut out = Out {
+        source,
+        held: footer_lease.bytes(),
+        plan: &plan,
+        stem: &stem,
+        dir: &dir,
+        meta,
+        row: 0,
+        limits,
+        done,
+    };
+    read_row_groups(&file, &arrow, &mut out)
+}
+
+/// Reads the image and label columns (no other) one row group at a time:
+/// the row group's page headers say what it decompresses to, which is
+/// checked against the limits and drawn from the decode budget before any
+/// of it is decoded.
+fn read_row_groups(
+    file: &File,
+    arrow: &ArrowReaderMetadata,
+    out: &mut Out,
+) -> Result<(), DatasetError> {
+    let source = out.source;
+    let schema = arrow.parquet_schema();
+    let roots: Vec<usize> = [&out.plan.image, &out.plan.label]
+        .iter()
+        .filter_map(|name| arrow.schema().index_of(name).ok())
+        .collect();
+    let leaves: Vec<usize> = (0..schema.num_columns())
+        .filter(|&i| roots.contains(&schema.get_column_root_idx(i)))
+        .collect();
+    let image_root = arrow.schema().index_of(&out.plan.image).ok();
+    let mask = ProjectionMask::roots(schema, roots.iter().copied());
+    for group in 0..arrow.metadata().num_row_groups() {
+        let chunks = row_group_chunks(file, arrow, group, &leaves, image_root, out)?;
+        // What this validation holds already (the footer) counts too: a
+        // wait for bytes it holds itself would never end. Fewer rows per
+        // batch when a batch of large values would not fit.
+        let room = out.limits.decode_budget.total().saturating_sub(out.held);
+        let rows = [BATCH_ROWS, 4, 1]
+            .into_iter()
+            .find(|&rows| chunks_memory(&chunks, rows) <= room)
+            .unwrap_or(1);
+        let need = chunks_memory(&chunks, rows);
+        let what = format!("row group {group} of `{}`", source.shown);
+        if need > room {
+            return Err(DatasetError::too_large(
+                "parquet_row_group_too_large",
+                format!(
+                    "{what} needs about {} MiB of memory to read, more than the server's decode budget of {} MiB; write the file with smaller row groups (`datasets` writes 100 images per row group)",
+                    need >> 20,
+                    out.limits.decode_budget.total() >> 20
+                ),
+            ));
+        }
+        let _lease = out
+            .limits
+            .decode_budget
+            .acquire_blocking(need, BUDGET_WAIT, &what)
+            .map_err(DatasetError::from_budget)?;
+        let input = file.try_clone().map_err(|e| unreadable(source, e))?;
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(input, arrow.clone())
+            .with_projection(mask.clone())
+            .with_row_groups(vec![group])
+            .with_batch_size(rows)
+            .build()
+            .map_err(|e| unreadable(source, e))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| unreadable(source, e))?;
+            write_batch(out, &batch)?;
+        }
     }
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_batch(
-    source: &Source,
-    plan: &Plan,
-    batch: &RecordBatch,
-    stem: &str,
-    dir: &Path,
-    meta: &mut BufWriter<File>,
-    row: &mut usize,
-    limits: &ExtractLimits,
-    done: &mut Unpacked,
-) -> Result<(), DatasetError> {
-    let images = image_values(source, plan, batch)?;
+/// The page sizes of one row group's chunks of the `leaves` columns, from
+/// their page headers. The image column's pages are checked against what
+/// is left of the uncompressed-bytes limit first.
+fn row_group_chunks(
+    file: &File,
+    arrow: &ArrowReaderMetadata,
+    group: usize,
+    leaves: &[usize],
+    image_root: Option<usize>,
+    out: &Out,
+) -> Result<Vec<ChunkSizes>, DatasetError> {
+    let limits = out.limits;
+    let left = limits.max_uncompressed_bytes.saturating_sub(out.done.bytes);
+    // A page is decompressed whole: one larger than the archive may expand
+    // to, or than the whole decode budget, is refused unread.
+    let budget = limits.decode_budget.total();
+    let (largest_allowed, too_large) = if limits.max_uncompressed_bytes <= budget {
+        (limits.max_uncompressed_bytes, "archive_too_large")
+    } else {
+        (budget, "parquet_row_group_too_large")
+    };
+    let row_group = arrow.metadata().row_group(group);
+    let schema = arrow.parquet_schema();
+    let mut chunks = Vec::with_capacity(leaves.len());
+    for &leaf in leaves {
+        let column = row_group.column(leaf);
+        let (start, len) = column.byte_range();
+        let codec = match column.compression() {
+            Compression::UNCOMPRESSED => Codec::Uncompressed,
+            Compression::GZIP(_) => Codec::Gzip,
+            Compression::LZ4 => Codec::LegacyLz4,
+            _ => Codec::Bounded,
+        };
+        let sizes = match parquet_guard::scan_pages(file, start, len, codec, largest_allowed) {
+            Ok(sizes) => sizes,
+            Err(Refusal::TooLarge(m)) => {
+                return Err(DatasetError::too_large(
+                    too_large,
+                    format!(
+                        "row group {group} of `{}`, column `{}`: {m} (VITRINE_MAX_UNCOMPRESSED_BYTES is {}, the decode budget {budget} bytes)",
+                        out.source.shown,
+                        schema.column(leaf).path().string(),
+                        limits.max_uncompressed_bytes
+                    ),
+                ))
+            }
+            Err(r) => return Err(refused(out.source, r, limits)),
+        };
+        let is_image = Some(schema.get_column_root_idx(leaf)) == image_root
+            && schema.column(leaf).physical_type() == parquet::basic::Type::BYTE_ARRAY
+            && schema
+                .column(leaf)
+                .path()
+                .parts()
+                .last()
+                .map(String::as_str)
+                != Some("path");
+        if is_image && sizes.data > left {
+            return Err(DatasetError::too_large(
+                "archive_too_large",
+                format!(
+                    "the images of the Parquet dataset add up to more than {} bytes (VITRINE_MAX_UNCOMPRESSED_BYTES): row group {group} of `{}` alone holds {} bytes of them",
+                    limits.max_uncompressed_bytes, out.source.shown, sizes.data
+                ),
+            ));
+        }
+        chunks.push(sizes);
+    }
+    Ok(chunks)
+}
+
+/// The memory reading a row group's `chunks` takes at its peak, `rows` at
+/// a time: per column, one batch of values (each at most a page or a
+/// dictionary entry, and twice: the decoded batch and its conversion),
+/// the page being decompressed and the dictionary.
+fn chunks_memory(chunks: &[ChunkSizes], rows: usize) -> u64 {
+    let batch = rows as u64;
+    chunks.iter().fold(0u64, |need, sizes| {
+        let value = sizes.largest_page.max(sizes.dictionary);
+        let values = if sizes.dictionary > 0 {
+            batch.saturating_mul(value)
+        } else {
+            sizes.data.min(batch.saturating_mul(value))
+        };
+        need.saturating_add(values.saturating_mul(2))
+            .saturating_add(sizes.largest_page)
+            .saturating_add(sizes.dictionary)
+            .saturating_add(batch * 64)
+    })
+}
+
+/// Where rows of one file go, and the counts so far.
+struct Out<'a> {
+    source: &'a Source,
+    /// Budget bytes held for the file's footer while its rows are read.
+    held: u64,
+    plan: &'a Plan,
+    stem: &'a str,
+    dir: &'a Path,
+    meta: &'a mut BufWriter<File>,
+    /// The file's next row.
+    row: usize,
+    limits: &'a IngestLimits,
+    done: &'a mut Unpacked,
+}
+
+fn write_batch(out: &mut Out, batch: &RecordBatch) -> Result<(), DatasetError> {
+    let (source, plan) = (out.source, out.plan);
+    let images = ImageColumn::of(source, plan, batch)?;
     let labels = label_values(source, plan, batch)?;
-    for (bytes_and_path, labels) in images.into_iter().zip(labels) {
-        let at = format!("{} row {}", source.shown, *row);
-        *row += 1;
-        let (bytes, path) = bytes_and_path;
+    for (i, labels) in labels.into_iter().enumerate() {
+        let at = format!("{} row {}", source.shown, out.row);
+        out.row += 1;
+        let (bytes, path) = images.get(i);
         let Some(bytes) = bytes else {
             if let Some(path) = path {
                 return Err(DatasetError::invalid(
@@ -297,43 +543,69 @@ fn write_batch(
                     ),
                 ));
             }
-            done.skipped.push(Skipped::new(&at, "no image"));
+            out.done.missing_images += 1;
+            out.done.first_missing.get_or_insert_with(|| at.clone());
+            out.done.skipped.push(Skipped::new(&at, "no image"));
             continue;
         };
         let Some(labels) = labels else {
-            done.skipped.push(Skipped::new(&at, "no label"));
+            out.done.skipped.push(Skipped::new(&at, "no label"));
             continue;
         };
-        done.images += 1;
-        if done.images > limits.max_entries {
-            return Err(too_many(limits));
-        }
-        done.bytes += bytes.len() as u64;
-        if done.bytes > limits.max_bytes {
-            return Err(DatasetError::too_large(
-                "archive_too_large",
-                format!(
-                    "the images of the Parquet dataset add up to more than {} bytes (VITRINE_MAX_UNCOMPRESSED_BYTES), reached at {at}",
-                    limits.max_bytes
-                ),
-            ));
-        }
-        let name = format!("{:06}.{}", *row - 1, extension(&bytes, path.as_deref()));
-        fs::write(dir.join(&name), &bytes).map_err(write_error)?;
-        let file_name = format!("{stem}/{name}");
-        let line = if plan.list {
-            serde_json::json!({ "file_name": file_name, "labels": labels })
-        } else {
-            serde_json::json!({ "file_name": file_name, "label": labels[0] })
-        };
-        serde_json::to_writer(&mut *meta, &line)
-            .map_err(|e| write_error(std::io::Error::other(e)))?;
-        meta.write_all(b"\n").map_err(write_error)?;
+        write_row(out, &at, bytes, path, labels)?;
     }
     Ok(())
 }
 
-fn too_many(limits: &ExtractLimits) -> DatasetError {
+/// One image file and its metadata line, within the limits.
+fn write_row(
+    out: &mut Out,
+    at: &str,
+    bytes: &[u8],
+    path: Option<&str>,
+    labels: Vec<String>,
+) -> Result<(), DatasetError> {
+    let limits = out.limits;
+    if bytes.len() as u64 > limits.max_image_file_bytes {
+        return Err(DatasetError::too_large(
+            "image_file_too_large",
+            format!(
+                "{at}: the image is {} bytes, more than the {} accepted for one image (VITRINE_MAX_IMAGE_FILE_BYTES)",
+                bytes.len(),
+                limits.max_image_file_bytes
+            ),
+        ));
+    }
+    let done = &mut *out.done;
+    done.images += 1;
+    if done.images > limits.max_entries {
+        return Err(too_many(limits));
+    }
+    done.bytes += bytes.len() as u64;
+    if done.bytes > limits.max_uncompressed_bytes {
+        return Err(DatasetError::too_large(
+            "archive_too_large",
+            format!(
+                "the images of the Parquet dataset add up to more than {} bytes (VITRINE_MAX_UNCOMPRESSED_BYTES), reached at {at}",
+                limits.max_uncompressed_bytes
+            ),
+        ));
+    }
+    let name = format!("{:06}.{}", out.row - 1, extension(bytes, path));
+    fs::write(out.dir.join(&name), bytes).map_err(write_error)?;
+    let file_name = format!("{}/{name}", out.stem);
+    let line = if out.plan.list {
+        serde_json::json!({ "file_name": file_name, "labels": labels })
+    } else {
+        serde_json::json!({ "file_name": file_name, "label": labels[0] })
+    };
+    serde_json::to_writer(&mut *out.meta, &line)
+        .map_err(|e| write_error(std::io::Error::other(e)))?;
+    out.meta.write_all(b"\n").map_err(write_error)?;
+    Ok(())
+}
+
+fn too_many(limits: &IngestLimits) -> DatasetError {
     DatasetError::too_large(
         "too_many_entries",
         format!(
@@ -371,10 +643,9 @@ fn extension(bytes: &[u8], path: Option<&str>) -> String {
         .unwrap_or_else(|| "bin".to_string())
 }
 
-/// The `huggingface` schema metadata's features, if any.
-fn features(schema: &Schema) -> Option<serde_json::Map<String, Value>> {
-    let raw = schema.metadata().get("huggingface")?;
-    let v: Value = serde_json::from_str(raw).ok()?;
+/// The features of the `huggingface` key-value metadata, if any.
+fn features(raw: Option<&str>) -> Option<serde_json::Map<String, Value>> {
+    let v: Value = serde_json::from_str(raw?).ok()?;
     v.get("info")?.get("features")?.as_object().cloned()
 }
 
@@ -409,8 +680,13 @@ fn find_field<'a>(schema: &'a Schema, name: &str) -> Option<&'a Arc<Field>> {
 }
 
 /// Picks the image and label columns of one file and how to read labels.
-fn plan(source: &Source, schema: &Schema, columns: &ParquetColumns) -> Result<Plan, DatasetError> {
-    let features = features(schema).unwrap_or_default();
+fn plan(
+    source: &Source,
+    schema: &Schema,
+    hf: Option<&str>,
+    columns: &ParquetColumns,
+) -> Result<Plan, DatasetError> {
+    let features = features(hf).unwrap_or_default();
     let feature_type = |name: &str| -> Option<String> {
         features
             .get(name)?
@@ -550,51 +826,76 @@ fn class_names(feature: &Value) -> Option<Vec<String>> {
         .collect()
 }
 
-type ImageValue = (Option<Vec<u8>>, Option<String>);
+/// The image column of a batch: each row's bytes and stored path, read in
+/// place (no copy of the batch's images).
+struct ImageColumn {
+    bytes: ArrayRef,
+    paths: Option<ArrayRef>,
+    /// Per row: the image struct itself is null.
+    null_rows: Vec<bool>,
+}
 
-/// Each row's image bytes and stored path.
-fn image_values(
-    source: &Source,
-    plan: &Plan,
-    batch: &RecordBatch,
-) -> Result<Vec<ImageValue>, DatasetError> {
-    let column = batch
-        .column_by_name(&plan.image)
-        .ok_or_else(|| unreadable(source, format!("column `{}` vanished", plan.image)))?;
-    let n = column.len();
-    let (bytes, paths): (ArrayRef, Option<ArrayRef>) = match column.as_struct_opt() {
-        Some(s) => (
-            s.column_by_name("bytes")
-                .cloned()
-                .ok_or_else(|| unreadable(source, "image struct without `bytes`"))?,
-            s.column_by_name("path").cloned(),
-        ),
-        None => (column.clone(), None),
-    };
-    let struct_nulls = column.logical_nulls();
-    let bytes =
-        arrow_cast::cast(&bytes, &DataType::LargeBinary).map_err(|e| unreadable(source, e))?;
-    let bytes = bytes.as_binary::<i64>();
-    let paths = match paths {
-        Some(p) => {
-            Some(arrow_cast::cast(&p, &DataType::LargeUtf8).map_err(|e| unreadable(source, e))?)
-        }
-        None => None,
-    };
-    let paths = paths.as_ref().map(|p| p.as_string::<i64>());
-    Ok((0..n)
-        .map(|i| {
-            if struct_nulls.as_ref().is_some_and(|nb| nb.is_null(i)) {
-                return (None, None);
+impl ImageColumn {
+    fn of(source: &Source, plan: &Plan, batch: &RecordBatch) -> Result<Self, DatasetError> {
+        let column = batch
+            .column_by_name(&plan.image)
+            .ok_or_else(|| unreadable(source, format!("column `{}` vanished", plan.image)))?;
+        let (bytes, paths) = match column.as_struct_opt() {
+            Some(s) => (
+                s.column_by_name("bytes")
+                    .cloned()
+                    .ok_or_else(|| unreadable(source, "image struct without `bytes`"))?,
+                s.column_by_name("path").cloned(),
+            ),
+            None => (column.clone(), None),
+        };
+        let bytes = match bytes.data_type() {
+            DataType::Binary | DataType::LargeBinary => bytes,
+            _ => arrow_cast::cast(&bytes, &DataType::LargeBinary)
+                .map_err(|e| unreadable(source, e))?,
+        };
+        let paths = match paths {
+            Some(p)
+                if p.data_type() == &DataType::Utf8 || p.data_type() == &DataType::LargeUtf8 =>
+            {
+                Some(p)
             }
-            let b = (!bytes.is_null(i)).then(|| bytes.value(i).to_vec());
-            let p = paths
-                .filter(|p| !p.is_null(i))
-                .map(|p| p.value(i).to_string())
-                .filter(|p| !p.is_empty());
-            (b, p)
+            Some(p) => Some(
+                arrow_cast::cast(&p, &DataType::LargeUtf8).map_err(|e| unreadable(source, e))?,
+            ),
+            None => None,
+        };
+        let nulls = column.logical_nulls();
+        let null_rows = (0..column.len())
+            .map(|i| nulls.as_ref().is_some_and(|n| n.is_null(i)))
+            .collect();
+        Ok(Self {
+            bytes,
+            paths,
+            null_rows,
         })
-        .collect())
+    }
+
+    /// Row `i`'s image bytes and stored path (`None`: null or empty).
+    fn get(&self, i: usize) -> (Option<&[u8]>, Option<&str>) {
+        if self.null_rows[i] {
+            return (None, None);
+        }
+        let bytes = (!self.bytes.is_null(i)).then(|| match self.bytes.as_binary_opt::<i32>() {
+            Some(b) => b.value(i),
+            None => self.bytes.as_binary::<i64>().value(i),
+        });
+        let path = self
+            .paths
+            .as_ref()
+            .filter(|p| !p.is_null(i))
+            .map(|p| match p.as_string_opt::<i32>() {
+                Some(s) => s.value(i),
+                None => p.as_string::<i64>().value(i),
+            })
+            .filter(|p| !p.is_empty());
+        (bytes, path)
+    }
 }
 
 /// Each row's label names (`None`: no label, as `ClassLabel`'s -1 or a
@@ -674,9 +975,21 @@ fn scalar_labels(
     }
     let text = arrow_cast::cast(values, &DataType::LargeUtf8).map_err(|e| unreadable(source, e))?;
     let text = text.as_string::<i64>();
-    Ok((0..text.len())
-        .map(|i| (!text.is_null(i)).then(|| text.value(i).to_string()))
-        .collect())
+    (0..text.len())
+        .map(|i| {
+            if text.is_null(i) {
+                return Ok(None);
+            }
+            let label = text.value(i);
+            if label.len() > MAX_LABEL_BYTES {
+                return Err(DatasetError::label_too_long(
+                    &format!("`{}` column `{}`", source.shown, plan.label),
+                    label.len(),
+                ));
+            }
+            Ok(Some(label.to_string()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

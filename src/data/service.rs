@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::error::DatasetError;
-use super::ingest::{ingest_upload_within, IngestLimits, Ingested};
+use super::ingest::{ingest_upload, IngestLimits, Ingested};
 use super::parquet::ParquetColumns;
 use super::record::{self, DatasetCounts, DatasetFailure, DatasetRecord, DatasetStatus};
 use super::validation::{Throttle, Validations, PUBLISH_EVERY};
@@ -41,8 +41,6 @@ pub struct DatasetStore {
     pub validations: Validations,
     /// Where uploads wait and validated datasets go for other nodes.
     pub artifacts: crate::artifacts::Artifacts,
-    /// The memory budget every image decode of a validation draws from.
-    pub decode_budget: crate::budget::DecodeBudget,
     /// Starts of one dataset's validation after which it fails
     /// (`validation_crashed`) instead of running again: each start that
     /// did not end took its process down.
@@ -579,16 +577,10 @@ impl DatasetStore {
     ) -> anyhow::Result<Result<Ingested, DatasetError>> {
         let columns = self.columns_of(&record.sha256).await?;
         let archive = self.upload_path(&record.sha256);
-        let (limits, validations) = (self.limits, self.validations.clone());
-        let (dir, counters, budget) = (
-            dir.to_path_buf(),
-            progress.clone(),
-            self.decode_budget.clone(),
-        );
+        let (limits, validations) = (self.limits.clone(), self.validations.clone());
+        let (dir, counters) = (dir.to_path_buf(), progress.clone());
         let mut task = tokio::task::spawn_blocking(move || {
-            validations.install(|| {
-                ingest_upload_within(&archive, &dir, &limits, &columns, &counters, &budget)
-            })
+            validations.install(|| ingest_upload(&archive, &dir, &limits, &columns, &counters))
         });
         let mut tick = tokio::time::interval(PUBLISH_EVERY);
         let mut throttle = Throttle::new();

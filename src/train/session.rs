@@ -807,6 +807,7 @@ mod tests {
             max_image_pixels: 1 << 20,
             max_undecodable_fraction: 0.0,
             max_image_file_bytes: 64 << 20,
+            decode_budget: crate::budget::DecodeBudget::new(1 << 30),
         };
         crate::data::ingest::ingest_archive(&zip_path, &dataset, &limits, &Default::default())
             .unwrap();

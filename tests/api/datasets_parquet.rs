@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use vitrine::budget::DecodeBudget;
 use vitrine::data::ingest::{ingest_upload, IngestLimits};
 use vitrine::data::parquet::ParquetColumns;
 use vitrine::data::{DatasetError, Ingested, Task};
@@ -25,6 +26,7 @@ fn limits() -> IngestLimits {
         max_image_pixels: 10_000_000,
         max_undecodable_fraction: 0.05,
         max_image_file_bytes: 64 << 20,
+        decode_budget: DecodeBudget::new(256 << 20),
     }
 }
 
@@ -304,5 +306,171 @@ async fn uploads_over_http_name_their_columns_in_the_query() {
             .map(|d| d.map(|e| e.unwrap().file_name()).collect())
             .unwrap_or_default();
         assert!(left.is_empty(), "{sub}: {left:?}");
+    }
+}
+
+// Hostile files (issue 26): tests/python/make_hostile_parquet.py.
+
+fn hostile() -> &'static Path {
+    python_fixtures("tests/python/make_hostile_parquet.py")
+}
+
+fn ingest_hostile(name: &str, limits: &IngestLimits) -> Result<Ingested, DatasetError> {
+    let dir = tempfile::tempdir().unwrap();
+    let upload = hostile().join(name);
+    ingest_upload(
+        &upload,
+        dir.path(),
+        limits,
+        &ParquetColumns::default(),
+        &Default::default(),
+    )
+}
+
+/// A struct nested 5,000 deep overflowed the stack of the schema code in
+/// the `parquet` crate and aborted the process; it is refused before that
+/// code runs. Here on a thread with half the stack of the ingest threads
+/// (2 MiB), in a debug build: the deepest schema accepted (64 levels) fits
+/// with room to spare.
+#[test]
+fn deep_schemas_are_refused_before_any_recursion() {
+    for (name, refused) in [
+        ("deep_5000.parquet", true),
+        ("deep_200.parquet", true),
+        ("deep_64.parquet", false),
+    ] {
+        let result = std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || ingest_hostile(name, &limits()))
+            .unwrap()
+            .join()
+            .expect("the ingest thread died");
+        match result {
+            Err(e) if refused => {
+                assert_eq!(e.code, "invalid_parquet", "{name}: {e}");
+                assert!(e.detail.contains("nested 65 levels"), "{name}: {e}");
+                assert!(e.detail.contains("at most 64"), "{name}: {e}");
+            }
+            Ok(ingested) if !refused => assert_eq!(ingested.summary.images, 8, "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
+/// One image of 512 MiB of zeros (a few KB of zstd) is refused from the
+/// page headers, before a byte of it is decompressed; the same zeros in a
+/// column vitrine does not use are never read. Either way the budget is
+/// all given back.
+#[test]
+fn column_bombs_are_refused_unread_or_never_read() {
+    let l = limits();
+    let e = ingest_hostile("bomb_image.parquet", &l).unwrap_err();
+    assert_eq!(e.code, "archive_too_large", "{e}");
+    assert!(e.detail.contains("a page decompresses to 5368709"), "{e}");
+    // With a larger archive limit, the decode budget refuses it.
+    let roomy = IngestLimits {
+        max_uncompressed_bytes: 20 << 30,
+        ..limits()
+    };
+    let e = ingest_hostile("bomb_image.parquet", &roomy).unwrap_err();
+    assert_eq!(e.code, "parquet_row_group_too_large", "{e}");
+    let ingested = ingest_hostile("bomb_unused.parquet", &l).unwrap();
+    assert_eq!(ingested.summary.images, 8);
+    assert_eq!(l.decode_budget.in_use(), 0);
+    assert_eq!(roomy.decode_budget.in_use(), 0);
+}
+
+/// One image over `--max-image-file-bytes` is refused by name.
+#[test]
+fn each_image_is_held_to_the_per_file_cap() {
+    let tight = IngestLimits {
+        max_image_file_bytes: 10,
+        ..limits()
+    };
+    let e = ingest_hostile("bomb_unused.parquet", &tight).unwrap_err();
+    assert_eq!(e.code, "image_file_too_large", "{e}");
+    assert!(e.detail.contains("row 0"), "{e}");
+}
+
+/// 190,000 rows without an image beside 8 images were accepted, each row
+/// listed in `skipped`: they count as undecodable images now.
+#[test]
+fn rows_without_images_count_against_the_undecodable_fraction() {
+    let roomy = IngestLimits {
+        max_entries: 1_000_000,
+        ..limits()
+    };
+    let e = ingest_hostile("missing_images.parquet", &roomy).unwrap_err();
+    assert_eq!(e.code, "missing_images", "{e}");
+    assert!(e.detail.contains("190000 of 190008 rows"), "{e}");
+}
+
+/// Skipped rows are listed up to 100 and counted beyond, in the summary
+/// stored and answered.
+#[test]
+fn skipped_lists_are_capped_with_a_total() {
+    let ingested = ingest_hostile("no_labels.parquet", &limits()).unwrap();
+    let skipped = &ingested.summary.skipped;
+    assert_eq!((skipped.skipped.len(), skipped.len()), (100, 150));
+    let json = serde_json::to_value(&ingested.summary).unwrap();
+    assert_eq!(json["skipped"].as_array().unwrap().len(), 100);
+    assert_eq!(json["skipped_total"], 150);
+    assert!(
+        ingested
+            .summary
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("150 file(s) skipped")),
+        "{:?}",
+        ingested.summary.warnings
+    );
+}
+
+/// A 16 MiB label was accepted whole, and shown in every answer about the
+/// dataset; labels longer than 256 bytes are refused, in Parquet and in
+/// metadata files.
+#[test]
+fn long_labels_are_refused() {
+    let e = ingest_hostile("long_label.parquet", &limits()).unwrap_err();
+    assert_eq!(e.code, "label_too_long", "{e}");
+    assert!(e.detail.contains("16777216 bytes"), "{e}");
+    assert!(e.detail.len() < 1000, "the label is not repeated");
+
+    // The metadata is read before any image is decoded: the images can be
+    // anything.
+    let long = "y".repeat(300);
+    for (name, meta) in [
+        ("metadata.csv", format!("file_name,label\na.png,cat\nb.png,{long}\n")),
+        (
+            "metadata.jsonl",
+            format!(
+                "{{\"file_name\": \"a.png\", \"label\": \"cat\"}}\n{{\"file_name\": \"b.png\", \"label\": \"{long}\"}}\n"
+            ),
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let zip_path = dir.path().join("up.zip");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default();
+        for (file, bytes) in [
+            (name, meta.as_bytes().to_vec()),
+            ("a.png", b"a".to_vec()),
+            ("b.png", b"b".to_vec()),
+        ] {
+            zip.start_file(file, opts).unwrap();
+            std::io::Write::write_all(&mut zip, &bytes).unwrap();
+        }
+        zip.finish().unwrap();
+        let e = ingest_upload(
+            &zip_path,
+            &dir.path().join("out"),
+            &limits(),
+            &ParquetColumns::default(),
+            &Default::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "label_too_long", "{name}: {e}");
+        let line = if name.ends_with("csv") { "line 3" } else { "line 2" };
+        assert!(e.detail.contains(line), "{name}: {e}");
     }
 }

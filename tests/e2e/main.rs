@@ -19,6 +19,7 @@ mod deploy_manifests;
 mod hostile_browser;
 mod hostile_decode;
 mod hostile_ingest;
+mod hostile_parquet;
 mod hub_download;
 mod ingest;
 mod jobs;
