@@ -27,9 +27,14 @@ pub fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
     })
 }
 
-/// Logging, the CPU thread budget and the tokio runtime of either role.
+/// Logging, the open-file limit, the CPU thread budget and the tokio
+/// runtime of either role.
 fn runtime(config: &ServeConfig) -> anyhow::Result<tokio::runtime::Runtime> {
     crate::telemetry::init(config.log_format);
+    // Before any thread starts: every connection is a file descriptor, and
+    // the usual soft limit (1,024) is far below what the caps allow.
+    let open_files = crate::http::connections::raise_open_file_limit();
+    tracing::info!(open_files, "open-file limit");
     let threads = crate::torch_info::ThreadBudget::new(config.cpu_threads, config.torch_threads);
     threads.apply();
     tracing::info!(

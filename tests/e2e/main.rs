@@ -18,6 +18,7 @@ mod crash;
 mod deploy_manifests;
 mod hostile_browser;
 mod hostile_ingest;
+mod hostile_http;
 mod hub_download;
 mod ingest;
 mod jobs;
