@@ -211,7 +211,11 @@ pub struct ServeConfig {
     /// Event streams open at once from one client address (an IPv6 client:
     /// its /64); beyond: 503 `too_many_streams`. Behind a reverse proxy all
     /// clients share its address: raise this there.
-    #[arg(long, env = "VITRINE_MAX_EVENT_STREAMS_PER_CLIENT", default_value_t = 32)]
+    #[arg(
+        long,
+        env = "VITRINE_MAX_EVENT_STREAMS_PER_CLIENT",
+        default_value_t = 32
+    )]
     pub max_event_streams_per_client: usize,
 
     /// Artefact store shared by every node: `s3://bucket/prefix` (S3 or an

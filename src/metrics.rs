@@ -63,16 +63,12 @@ impl Metrics {
         let jobs_by_status =
             IntGaugeVec::new(Opts::new("vitrine_jobs", "Jobs by status"), &["status"])
                 .expect("valid metric");
-        let http_connections = IntGauge::new(
-            "vitrine_http_connections",
-            "Connections being served now",
-        )
-        .expect("valid metric");
-        let http_event_streams = IntGauge::new(
-            "vitrine_http_event_streams",
-            "Event streams (SSE) open now",
-        )
-        .expect("valid metric");
+        let http_connections =
+            IntGauge::new("vitrine_http_connections", "Connections being served now")
+                .expect("valid metric");
+        let http_event_streams =
+            IntGauge::new("vitrine_http_event_streams", "Event streams (SSE) open now")
+                .expect("valid metric");
         let http_refused = IntCounterVec::new(
             Opts::new(
                 "vitrine_http_refused_total",

@@ -57,8 +57,7 @@ fn runtime(config: &ServeConfig) -> anyhow::Result<tokio::runtime::Runtime> {
 /// Prepares the data directory and database, then serves until `shutdown`.
 pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let state = AppState::build(config).await?;
-    let listener = TcpListener::bind(state.config.listen)
-        .await
+    let listener = crate::http::connections::bind(state.config.listen)
         .with_context(|| format!("binding {}", state.config.listen))?;
     serve_on(listener, state, shutdown).await
 }
@@ -172,8 +171,7 @@ async fn take_over_stale_validations(
 /// probes' address, then trains until `shutdown`.
 pub async fn work(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let node = WorkerNode::build(config.node).await?;
-    let listener = TcpListener::bind(config.health_listen)
-        .await
+    let listener = crate::http::connections::bind(config.health_listen)
         .with_context(|| format!("binding {} (--health-listen)", config.health_listen))?;
     work_on(listener, node, shutdown).await
 }

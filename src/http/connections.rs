@@ -382,10 +382,33 @@ impl<S: Send + Sync> FromRequestParts<S> for EventStreamSlot {
         let limiter = parts.extensions.get::<StreamLimiter>();
         let client = parts.extensions.get::<ClientAddr>();
         match (limiter, client) {
-            (Some(limiter), Some(ClientAddr(addr))) => limiter.try_open(addr.ip()).map(|p| Self(Some(p))),
+            (Some(limiter), Some(ClientAddr(addr))) => {
+                limiter.try_open(addr.ip()).map(|p| Self(Some(p)))
+            }
             _ => Ok(Self(None)),
         }
     }
+}
+
+/// Connections the kernel may hold, handshake done, until the server
+/// accepts them. The usual 128 overflows when a burst of clients meets a
+/// busy server for a few milliseconds: the overflow's SYNs are dropped and
+/// their clients wait a second to retry.
+const ACCEPT_BACKLOG: u32 = 1024;
+
+/// Binds a listener on `addr` with a deep accept queue ([`ACCEPT_BACKLOG`]).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's bind: a restarted server may rebind while old connections
+    // linger in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// The soft limit of open files of this process.

@@ -76,7 +76,9 @@ impl Drop for Subscription {
 }
 
 fn lock(channels: &Channels) -> MutexGuard<'_, HashMap<String, broadcast::Sender<JobEvent>>> {
-    channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    channels
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl EventHub {
