@@ -211,6 +211,7 @@ async fn made_up_methods_and_unknown_jobs_grow_neither_metrics_nor_memory() {
 }
 
 /// Raises this process's soft open-file limit to its hard limit; returns it.
+#[allow(clippy::unnecessary_cast)] // `rlim_t` is not u64 everywhere
 fn raise_own_file_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
