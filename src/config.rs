@@ -212,6 +212,33 @@ pub struct ServeConfig {
     /// ONNX exports allowed to wait for a running one; beyond it: 429.
     #[arg(long, env = "VITRINE_EXPORT_QUEUE", default_value_t = 4)]
     pub export_queue: usize,
+    /// Seconds a client may take to send a request's headers, counted from
+    /// when its connection opens or its previous request ends: a connection
+    /// silent that long (an idle keep-alive one too) is closed.
+    #[arg(long, env = "VITRINE_HEADER_READ_TIMEOUT_SECS", default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
+
+    /// Connections served at once (0: the open-file limit less 256, at
+    /// most 4096; the soft limit is raised to the hard one at start). One
+    /// more is answered 503 `too_many_connections` and closed.
+    #[arg(long, env = "VITRINE_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Event streams (`/jobs/{id}/events`, `/datasets/{id}/events`,
+    /// `/sweeps/{id}/events`) open at once; beyond: 503 `too_many_streams`.
+    #[arg(long, env = "VITRINE_MAX_EVENT_STREAMS", default_value_t = 1024)]
+    pub max_event_streams: usize,
+
+    /// Event streams open at once from one client address (an IPv6 client:
+    /// its /64); beyond: 503 `too_many_streams`. Behind a reverse proxy all
+    /// clients share its address: raise this there.
+    #[arg(
+        long,
+        env = "VITRINE_MAX_EVENT_STREAMS_PER_CLIENT",
+        default_value_t = 32
+    )]
+    pub max_event_streams_per_client: usize,
 
     /// Artefact store shared by every node: `s3://bucket/prefix` (S3 or an
     /// S3-compatible server, configured by the usual AWS_* environment
@@ -277,7 +304,9 @@ pub struct ServeConfig {
     mut_arg("max_images_per_request", |a| a.hide(true)),
     mut_arg("max_request_pixels", |a| a.hide(true)),
     mut_arg("export_concurrency", |a| a.hide(true)),
-    mut_arg("export_queue", |a| a.hide(true))
+    mut_arg("export_queue", |a| a.hide(true)),
+    mut_arg("max_event_streams", |a| a.hide(true)),
+    mut_arg("max_event_streams_per_client", |a| a.hide(true))
 )]
 pub struct WorkerConfig {
     #[command(flatten)]

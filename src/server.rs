@@ -27,9 +27,14 @@ pub fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
     })
 }
 
-/// Logging, the CPU thread budget and the tokio runtime of either role.
+/// Logging, the open-file limit, the CPU thread budget and the tokio
+/// runtime of either role.
 fn runtime(config: &ServeConfig) -> anyhow::Result<tokio::runtime::Runtime> {
     crate::telemetry::init(config.log_format);
+    // Before any thread starts: every connection is a file descriptor, and
+    // the usual soft limit (1,024) is far below what the caps allow.
+    let open_files = crate::http::connections::raise_open_file_limit();
+    tracing::info!(open_files, "open-file limit");
     let threads = crate::torch_info::ThreadBudget::new(config.cpu_threads, config.torch_threads);
     threads.apply();
     tracing::info!(
@@ -52,8 +57,7 @@ fn runtime(config: &ServeConfig) -> anyhow::Result<tokio::runtime::Runtime> {
 /// Prepares the data directory and database, then serves until `shutdown`.
 pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let state = AppState::build(config).await?;
-    let listener = TcpListener::bind(state.config.listen)
-        .await
+    let listener = crate::http::connections::bind(state.config.listen)
         .with_context(|| format!("binding {}", state.config.listen))?;
     serve_on(listener, state, shutdown).await
 }
@@ -167,8 +171,7 @@ async fn take_over_stale_validations(
 /// probes' address, then trains until `shutdown`.
 pub async fn work(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let node = WorkerNode::build(config.node).await?;
-    let listener = TcpListener::bind(config.health_listen)
-        .await
+    let listener = crate::http::connections::bind(config.health_listen)
         .with_context(|| format!("binding {} (--health-listen)", config.health_listen))?;
     work_on(listener, node, shutdown).await
 }

@@ -320,6 +320,7 @@ pub async fn list_datasets(
 pub async fn dataset_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    slot: super::connections::EventStreamSlot,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     let uuid: Uuid = id
         .parse()
@@ -328,6 +329,7 @@ pub async fn dataset_events(
     let mut live = state.datasets.validations.subscribe(uuid);
     let first = find(&state, &id).await?;
     let stream = async_stream::stream! {
+        let _slot = slot; // capped by `connections::EventStreamSlot`
         let done = first.is_settled();
         yield Ok(sse("snapshot", first));
         if done {

@@ -13,6 +13,7 @@ use futures::Stream;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use super::connections::EventStreamSlot;
 use super::extract::{Json, Query};
 use super::multipart::BodyLimit;
 use super::page;
@@ -249,17 +250,24 @@ pub async fn cancel_job(
 /// with the job.
 #[utoipa::path(get, path = "/jobs/{id}/events", tag = "jobs",
     responses((status = 200, content_type = "text/event-stream", body = String),
-        (status = 404, body = crate::error::Problem)),
+        (status = 404, body = crate::error::Problem),
+        (status = 503, body = crate::error::Problem, description = "Too many event streams open (`too_many_streams`)")),
     security(("bearer" = [])))]
 pub async fn job_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    slot: EventStreamSlot,
 ) -> AppResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    // Subscribe before reading the snapshot so nothing falls in between.
+    // Only a job that exists gets a channel (an unknown id must leave
+    // nothing behind), and the snapshot is read after subscribing so that
+    // no event falls in between. The subscription frees the channel when
+    // the stream ends or its client leaves.
+    find(&state, &id).await?;
     let mut rx = state.jobs.hub.subscribe(&id);
     let row = find(&state, &id).await?;
     let first = view_of(&state, row).await?;
     let stream = async_stream::stream! {
+        let _slot = slot;
         let done = first.status.is_terminal();
         yield Ok(sse("snapshot", &serde_json::to_value(&first).unwrap_or_default()));
         if done {

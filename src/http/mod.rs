@@ -17,6 +17,7 @@ use problem::problem_response;
 
 mod auth;
 mod browser;
+pub mod connections;
 pub mod dataset_images;
 pub mod datasets;
 pub mod extract;
@@ -33,15 +34,17 @@ mod web;
 pub mod worker_health;
 
 /// Serves `state`'s routes on `listener` until `shutdown` fires, then lets
-/// in-flight requests finish.
+/// in-flight requests finish; within the connection limits of the
+/// configuration (header-read timeout, connection and event-stream caps:
+/// [`connections`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let limits = connections::ConnectionLimits::of(&state.config);
+    let metrics = state.metrics.clone();
+    connections::serve(listener, router(state), limits, &metrics, shutdown).await
 }
 
 /// Builds the application: public probes, then everything else behind auth.
@@ -99,11 +102,14 @@ async fn not_found() -> Response {
     )
 }
 
-/// Counts requests and records latency per matched route (not per raw URI,
-/// which would explode the label set with ids).
+/// Counts requests and records latency. Every label comes from a closed
+/// set, so no request can grow `/metrics`: the route is the matched
+/// template (not the raw URI, which holds ids), or `unmatched`; the method
+/// is a standard one or `other` (a client may send any token as a method);
+/// the status is a status code.
 async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().to_string();
+    let method = crate::metrics::method_label(req.method().as_str());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -112,10 +118,10 @@ async fn record_metrics(State(state): State<AppState>, req: Request, next: Next)
     let resp = next.run(req).await;
     let m = &state.metrics;
     m.http_requests
-        .with_label_values(&[&method, &route, resp.status().as_str()])
+        .with_label_values(&[method, &route, resp.status().as_str()])
         .inc();
     m.http_latency
-        .with_label_values(&[&method, &route])
+        .with_label_values(&[method, &route])
         .observe(started.elapsed().as_secs_f64());
     resp
 }

@@ -14,6 +14,7 @@ use futures::Stream;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use super::connections::EventStreamSlot;
 use super::extract::{Json, Query};
 use super::multipart::BodyLimit;
 use super::page;
@@ -203,15 +204,18 @@ pub async fn cancel_sweep(
 /// the stream ends with the sweep.
 #[utoipa::path(get, path = "/sweeps/{id}/events", tag = "sweeps",
     responses((status = 200, content_type = "text/event-stream", body = String),
-        (status = 404, body = crate::error::Problem)),
+        (status = 404, body = crate::error::Problem),
+        (status = 503, body = crate::error::Problem, description = "Too many event streams open (`too_many_streams`)")),
     security(("bearer" = [])))]
 pub async fn sweep_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    slot: EventStreamSlot,
 ) -> AppResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let row = find(&state, &id).await?;
     let first = view::view(&state.db, &row).await?;
     let stream = async_stream::stream! {
+        let _slot = slot;
         let mut last = serde_json::to_value(&first).unwrap_or_default();
         yield Ok(sse("snapshot", &last));
         if first.status.is_terminal() {

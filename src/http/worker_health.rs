@@ -25,15 +25,16 @@ pub fn router(node: WorkerNode) -> Router {
         .with_state(node)
 }
 
-/// Serves the probes on `listener` until `shutdown`.
+/// Serves the probes on `listener` until `shutdown`, within the same
+/// connection limits as the API ([`super::connections`]).
 pub async fn serve(
     listener: TcpListener,
     node: WorkerNode,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let limits = super::connections::ConnectionLimits::of(&node.config);
+    let metrics = node.metrics.clone();
+    super::connections::serve(listener, router(node), limits, &metrics, shutdown).await
 }
 
 /// Ready to train: the database answers with every migration applied, and

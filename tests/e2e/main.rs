@@ -18,6 +18,7 @@ mod crash;
 mod deploy_manifests;
 mod hostile_browser;
 mod hostile_decode;
+mod hostile_http;
 mod hostile_ingest;
 mod hostile_parquet;
 mod hub_download;
