@@ -6,12 +6,11 @@
 //! `convnextv2` (global response normalisation) is another `model_type`
 //! and is refused as such.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use super::activation::Activation;
-use super::fields::{id2label_de, id2label_ser, square_size};
+use super::family::FamilyConfig;
+use super::fields::{square_size, HfFields};
 
 /// `ConvNextConfig`; defaults are those of `transformers` (`facebook/convnext-tiny-224`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,18 +49,9 @@ pub struct ConvNextConfig {
     /// any size, this only sets the default preprocessing.
     #[serde(default = "d::image_size", deserialize_with = "square_size")]
     pub image_size: i64,
-    /// `id2label` as a list: index `i` is label `i`. In JSON the keys are strings.
-    #[serde(
-        default,
-        deserialize_with = "id2label_de",
-        serialize_with = "id2label_ser"
-    )]
-    pub id2label: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub problem_type: Option<String>,
-    /// Everything else in `config.json`, kept verbatim.
+    /// `id2label`, `problem_type` and the keys kept verbatim.
     #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
+    pub hf: HfFields,
 }
 
 mod d {
@@ -106,17 +96,6 @@ impl Default for ConvNextConfig {
 }
 
 impl ConvNextConfig {
-    /// Parses the fields of a `config.json` document (derived fields dropped)
-    /// and validates them; the error names the field.
-    pub fn parse(value: serde_json::Value) -> Result<Self, String> {
-        let mut config: Self = serde_json::from_value(value).map_err(|e| e.to_string())?;
-        for derived in ["label2id", "num_labels", "_num_labels", "model_type"] {
-            config.extra.remove(derived);
-        }
-        config.validate()?;
-        Ok(config)
-    }
-
     /// Checks the relations the network relies on.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
@@ -186,6 +165,73 @@ impl ConvNextConfig {
                 rates
             })
             .collect()
+    }
+}
+
+impl FamilyConfig for ConvNextConfig {
+    fn model_type(&self) -> &'static str {
+        "convnext"
+    }
+
+    fn architecture(&self) -> &'static str {
+        "ConvNextForImageClassification"
+    }
+
+    fn hf(&self) -> &HfFields {
+        &self.hf
+    }
+
+    fn hf_mut(&mut self) -> &mut HfFields {
+        &mut self.hf
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        ConvNextConfig::validate(self)
+    }
+
+    fn fields_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a ConvNextConfig serialises")
+    }
+
+    /// A convolutional network takes any size: this sets the preprocessing.
+    fn image_size(&self) -> i64 {
+        self.image_size
+    }
+
+    fn set_image_size(&mut self, size: i64) {
+        self.image_size = size;
+    }
+
+    fn patch_size(&self) -> i64 {
+        self.patch_size
+    }
+
+    fn num_channels(&self) -> i64 {
+        self.num_channels
+    }
+
+    fn min_input_size(&self) -> i64 {
+        ConvNextConfig::min_input_size(self)
+    }
+
+    fn depth(&self) -> usize {
+        self.num_stages as usize
+    }
+
+    fn depth_unit(&self) -> &'static str {
+        "stages"
+    }
+
+    fn default_preprocessor(&self) -> serde_json::Value {
+        super::load::imagenet_preprocessor(
+            "ConvNextImageProcessor",
+            serde_json::json!({"shortest_edge": self.image_size}),
+            Some(0.875),
+        )
+    }
+
+    fn drop_path_rate_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.drop_path_rate)
     }
 }
 

@@ -4,12 +4,11 @@
 //! the classifier does not use (`apply_layernorm`, `out_features`, ...) are
 //! kept in `extra` and written back on save.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::activation::Activation;
-use super::fields::{check_sizes, id2label_de, id2label_ser, square_size};
+use super::family::{FamilyConfig, PositionTable};
+use super::fields::{check_sizes, square_size, HfFields};
 
 /// `Dinov2Config`; defaults are those of `transformers` (`facebook/dinov2-base`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,18 +65,9 @@ pub struct Dinov2Config {
     /// antialiased position-embedding interpolation.
     #[serde(skip)]
     pub with_registers: bool,
-    /// `id2label` as a list: index `i` is label `i`. In JSON the keys are strings.
-    #[serde(
-        default,
-        deserialize_with = "id2label_de",
-        serialize_with = "id2label_ser"
-    )]
-    pub id2label: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub problem_type: Option<String>,
-    /// Everything else in `config.json`, kept verbatim.
+    /// `id2label`, `problem_type` and the keys kept verbatim.
     #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
+    pub hf: HfFields,
 }
 
 mod d {
@@ -142,6 +132,19 @@ impl Default for Dinov2Config {
 }
 
 impl Dinov2Config {
+    /// Reads a `dinov2_with_registers` document: 4 register tokens unless
+    /// it says otherwise (`Dinov2WithRegistersConfig`'s default), and a
+    /// mask token always (its embeddings carry one).
+    pub(crate) fn with_registers_from(mut value: serde_json::Value) -> Result<Self, String> {
+        if let Some(obj) = value.as_object_mut() {
+            obj.entry("num_register_tokens").or_insert(4.into());
+        }
+        let mut config: Self = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        config.with_registers = true;
+        config.use_mask_token = true;
+        Ok(config)
+    }
+
     /// Checks the relations the network relies on; refuses register tokens.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
@@ -223,6 +226,78 @@ impl Dinov2Config {
     /// Patches along one side at `image_size`.
     pub fn grid_size(&self) -> i64 {
         self.image_size / self.patch_size
+    }
+}
+
+impl FamilyConfig for Dinov2Config {
+    fn model_type(&self) -> &'static str {
+        Dinov2Config::model_type(self)
+    }
+
+    fn backbone_prefix(&self) -> &'static str {
+        Dinov2Config::backbone_prefix(self)
+    }
+
+    fn architecture(&self) -> &'static str {
+        if self.with_registers {
+            "Dinov2WithRegistersForImageClassification"
+        } else {
+            "Dinov2ForImageClassification"
+        }
+    }
+
+    fn hf(&self) -> &HfFields {
+        &self.hf
+    }
+
+    fn hf_mut(&mut self) -> &mut HfFields {
+        &mut self.hf
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        Dinov2Config::validate(self)
+    }
+
+    fn fields_json(&self) -> serde_json::Value {
+        self.to_json()
+    }
+
+    fn image_size(&self) -> i64 {
+        self.image_size
+    }
+
+    fn set_image_size(&mut self, size: i64) {
+        self.image_size = size;
+    }
+
+    fn patch_size(&self) -> i64 {
+        self.patch_size
+    }
+
+    fn num_channels(&self) -> i64 {
+        self.num_channels
+    }
+
+    fn depth(&self) -> usize {
+        self.num_hidden_layers as usize
+    }
+
+    fn default_preprocessor(&self) -> serde_json::Value {
+        super::load::dinov2_preprocessor(self.image_size)
+    }
+
+    fn position_table(&self) -> PositionTable {
+        PositionTable::ClassTokenGrid {
+            antialias: self.with_registers,
+        }
+    }
+
+    fn drop_path_rate_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.drop_path_rate)
+    }
+
+    fn dropout_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.hidden_dropout_prob)
     }
 }
 

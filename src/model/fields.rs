@@ -1,9 +1,54 @@
-//! serde helpers for `config.json` fields that every architecture reads the
-//! same way (`id2label`, square sizes) and their shared checks.
+//! The `config.json` fields that every architecture reads the same way
+//! ([`HfFields`]: `id2label`, `problem_type`, unknown keys kept), serde
+//! helpers for square sizes, and the shared checks.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Deserializer, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The Hugging Face fields every family's config shares, flattened into it
+/// (`#[serde(flatten)] pub hf: HfFields`, its last field): written after the
+/// family's own fields, exactly as when each config spelt them out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HfFields {
+    /// `id2label` as a list: index `i` is label `i`. In JSON the keys are strings.
+    #[serde(
+        default,
+        deserialize_with = "id2label_de",
+        serialize_with = "id2label_ser"
+    )]
+    pub id2label: Vec<String>,
+    /// `single_label_classification` / `multi_label_classification`, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem_type: Option<String>,
+    /// Everything else in `config.json`, kept verbatim.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// Keys `to_json` derives (from `id2label` and the family): a stale copy
+/// read back would contradict them, so they are dropped when read.
+pub(crate) const DERIVED_KEYS: [&str; 4] = ["label2id", "num_labels", "_num_labels", "model_type"];
+
+impl HfFields {
+    /// Drops the derived keys, the shared ones and the family's `extra`.
+    pub(crate) fn drop_derived(&mut self, family_keys: &[&str]) {
+        for key in DERIVED_KEYS.iter().chain(family_keys) {
+            self.extra.remove(*key);
+        }
+    }
+
+    /// The task `problem_type` names: `multi_label_classification` is
+    /// multi-label, anything else (or nothing) multi-class, as in
+    /// `transformers` (which only infers otherwise from the labels it is
+    /// given in training).
+    pub fn task(&self) -> crate::task::Task {
+        match self.problem_type.as_deref() {
+            Some("multi_label_classification") => crate::task::Task::MultiLabel,
+            _ => crate::task::Task::MultiClass,
+        }
+    }
+}
 
 /// `image_size` / `patch_size` are ints, or `[h, w]` pairs in some configs:
 /// only square sizes are supported.

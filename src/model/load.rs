@@ -185,14 +185,14 @@ fn load_adjusted(
 
     let prefix = config.backbone_prefix();
     let mask_token = format!("{prefix}.embeddings.mask_token");
-    // `decoder.*`: the reconstruction head of a checkpoint saved as
-    // `ViTForMaskedImageModeling` (elsewhere `decoder.*` stays unexpected).
-    let mim_decoder = matches!(&config, ModelConfig::Vit(c) if c.architectures().contains(&"ViTForMaskedImageModeling"));
+    // E.g. `decoder.*` of a ViT saved as `ViTForMaskedImageModeling`
+    // (elsewhere `decoder.*` stays unexpected).
+    let family = config.family();
     let skippable = |name: &str| {
         (new_head && name.starts_with("classifier."))
             || name.starts_with(&format!("{prefix}.pooler."))
             || name == mask_token
-            || (mim_decoder && name.starts_with("decoder."))
+            || family.is_foreign_head(name)
             || swin::is_saved_index_buffer(name)
     };
     // A DINOv2 mask token (pre-training only) absent from the checkpoint
@@ -208,7 +208,7 @@ fn load_adjusted(
 
     let preprocessor_json = match read_optional_json(&dir.join("preprocessor_config.json"))? {
         Some(v) => v,
-        None => timm_preprocessor.unwrap_or_else(|| default_preprocessor_for(&config)),
+        None => timm_preprocessor.unwrap_or_else(|| config.family().default_preprocessor()),
     };
     let report = LoadReport {
         format,
@@ -436,36 +436,12 @@ pub(crate) fn read_optional_json(path: &Path) -> Result<Option<serde_json::Value
         })
 }
 
-/// The `preprocessor_config.json` a checkpoint without one gets: the
-/// defaults of the image processor its architecture uses on the Hub.
-pub fn default_preprocessor_for(config: &ModelConfig) -> serde_json::Value {
-    match config {
-        ModelConfig::Vit(c) => default_preprocessor(c.image_size),
-        ModelConfig::Dinov2(c) => dinov2_preprocessor(c.image_size),
-        ModelConfig::ConvNext(c) => imagenet_preprocessor(
-            "ConvNextImageProcessor",
-            serde_json::json!({"shortest_edge": c.image_size}),
-            Some(0.875),
-        ),
-        ModelConfig::ResNet(c) => imagenet_preprocessor(
-            "ConvNextImageProcessor",
-            serde_json::json!({"shortest_edge": c.image_size()}),
-            Some(0.875),
-        ),
-        ModelConfig::Swin(c) => imagenet_preprocessor(
-            "ViTImageProcessor",
-            serde_json::json!({"height": c.image_size, "width": c.image_size}),
-            None,
-        ),
-    }
-}
-
 /// The processors of `microsoft/swin-*` (`ViTImageProcessor`: resize to
 /// the model's size), `facebook/convnext-*-224` and `microsoft/resnet-*`
 /// (`ConvNextImageProcessor`: shortest edge to size / `crop_pct`, centre
 /// crop) on the Hub, at the model's size: bicubic, rescale by 1/255,
 /// ImageNet mean and std.
-fn imagenet_preprocessor(
+pub(crate) fn imagenet_preprocessor(
     class: &str,
     size: serde_json::Value,
     crop_pct: Option<f64>,

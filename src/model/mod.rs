@@ -23,6 +23,7 @@ mod convnext_config;
 pub mod dinov2;
 mod dinov2_config;
 pub mod error;
+pub mod family;
 mod fields;
 pub mod hub;
 mod layers;
@@ -38,6 +39,7 @@ pub mod swin;
 mod swin_config;
 pub mod timm;
 pub mod vit;
+mod vit_config;
 
 use std::path::PathBuf;
 
@@ -48,6 +50,8 @@ pub use config::{
     SwinConfig, ViTConfig,
 };
 pub use error::ModelError;
+pub use family::{FamilyConfig, PositionTable};
+pub use fields::HfFields;
 pub use hub::{resolve_model_source, HubOptions};
 pub use load::{load_pretrained, load_pretrained_regularised, CheckpointFormat, LoadReport};
 pub use params::{ParamGroup, Trainable};
@@ -139,7 +143,7 @@ impl Model {
         Ok(Self {
             vs,
             net,
-            preprocessor_json: load::default_preprocessor_for(&config),
+            preprocessor_json: config.family().default_preprocessor(),
             config,
             source_dir: PathBuf::new(),
         })
@@ -207,11 +211,10 @@ impl Model {
                 pixel_values.kind()
             ));
         }
-        if let ModelConfig::Swin(c) = &self.config {
-            c.check_input_size(size[2], size[3])
-                .map_err(ModelError::InvalidInput)?;
-        }
-        Ok(())
+        self.config
+            .family()
+            .check_input_size(size[2], size[3])
+            .map_err(ModelError::InvalidInput)
     }
 
     /// Side length of the square input the checkpoint was trained at.

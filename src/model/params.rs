@@ -94,11 +94,7 @@ impl Trainable {
 impl Model {
     /// The part of the network the variable `name` belongs to.
     pub fn param_group(&self, name: &str) -> Option<ParamGroup> {
-        match &self.config {
-            // Swin's encoder is `encoder.layers.{stage}`: a group per stage.
-            super::ModelConfig::Swin(_) => super::swin::param_group(name),
-            _ => ParamGroup::of_hf_name(self.config.backbone_prefix(), name),
-        }
+        self.config.family().param_group(name)
     }
 
     /// Named parameters with their group, sorted by name. Buffers (batch

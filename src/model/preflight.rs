@@ -25,15 +25,14 @@ pub struct BaseModelInfo {
     /// What `partial` mode counts: encoder blocks (ViT, DINOv2, timm) or
     /// stages (Swin, ConvNeXt, ResNet).
     pub num_layers: usize,
+    /// What one of [`Self::num_layers`] is called ([`super::FamilyConfig::depth_unit`]).
+    pub layer_unit: &'static str,
 }
 
 impl BaseModelInfo {
     /// What one of [`Self::num_layers`] is called for this architecture.
     pub fn layer_unit(&self) -> &'static str {
-        match self.model_type.as_str() {
-            "swin" | "convnext" | "resnet" => "stages",
-            _ => "encoder blocks",
-        }
+        self.layer_unit
     }
 }
 
@@ -78,6 +77,7 @@ pub fn check_base_model(dir: &Path, image_size: Option<u32>) -> Result<BaseModel
             num_channels: shape[1],
             patch_size: shape[2],
             num_layers: blocks.len(),
+            layer_unit: "encoder blocks",
         }
     } else {
         let raw = raw.ok_or_else(|| {
@@ -116,21 +116,23 @@ fn hf_info(
     image_size: Option<u32>,
 ) -> Result<BaseModelInfo> {
     let config = ModelConfig::from_json(raw, config_path)?;
-    if let (ModelConfig::ConvNext(_), Some(size)) = (&config, image_size) {
-        // Its downsampling needs more than one patch per side.
-        super::resize::check_image_size(&config, i64::from(size))?;
-    }
-    if let (ModelConfig::Swin(c), Some(size)) = (&config, image_size) {
-        // Every stage must hold a whole attention window at that size.
-        let size = i64::from(size);
-        c.check_input_size(size, size)
+    let family = config.family();
+    if let Some(size) = image_size.map(i64::from) {
+        if family.min_input_size() != family.patch_size() {
+            // A downsampling (ConvNeXt's) that needs more than one patch per side.
+            super::resize::check_image_size(&config, size)?;
+        }
+        // E.g. Swin: every stage must hold a whole attention window.
+        family
+            .check_input_size(size, size)
             .map_err(ModelError::InvalidInput)?;
     }
     Ok(BaseModelInfo {
-        model_type: config.model_type().into(),
-        patch_size: config.patch_size(),
-        num_channels: config.num_channels(),
-        num_layers: config.num_hidden_layers(),
+        model_type: family.model_type().into(),
+        patch_size: family.patch_size(),
+        num_channels: family.num_channels(),
+        num_layers: family.depth(),
+        layer_unit: family.depth_unit(),
     })
 }
 

@@ -21,14 +21,26 @@ pub struct Regularisation {
 }
 
 /// Whether a `model_type` (as [`super::preflight::BaseModelInfo`] names it)
-/// has stochastic depth and dropout: `(drop_path, dropout)`.
+/// has stochastic depth and dropout: `(drop_path, dropout)`, as the
+/// family's default configuration says ([`super::FamilyConfig::drop_path_rate_mut`],
+/// [`super::FamilyConfig::dropout_mut`]). A timm checkpoint is a ViT.
 pub fn supports(model_type: &str) -> (bool, bool) {
-    match model_type {
-        "dinov2" | "dinov2_with_registers" | "swin" => (true, true),
-        "convnext" => (true, false),
-        "resnet" => (false, false),
-        // vit, timm (a ViT)
-        _ => (false, true),
+    let model_type = if model_type == "timm" {
+        "vit"
+    } else {
+        model_type
+    };
+    let default = serde_json::json!({ "model_type": model_type });
+    match ModelConfig::from_json(default, std::path::Path::new("config.json")) {
+        Ok(mut config) => {
+            let family = config.family_mut();
+            (
+                family.drop_path_rate_mut().is_some(),
+                family.dropout_mut().is_some(),
+            )
+        }
+        // Not a family vitrine has: the load refuses it by name.
+        Err(_) => (false, true),
     }
 }
 
@@ -55,21 +67,12 @@ impl Regularisation {
     /// Writes the rates into `config` (after [`Self::check`]).
     pub fn apply(&self, config: &mut ModelConfig) -> Result<(), String> {
         self.check(config.model_type())?;
-        if let Some(rate) = self.drop_path_rate {
-            match config {
-                ModelConfig::Dinov2(c) => c.drop_path_rate = rate,
-                ModelConfig::Swin(c) => c.drop_path_rate = rate,
-                ModelConfig::ConvNext(c) => c.drop_path_rate = rate,
-                ModelConfig::Vit(_) | ModelConfig::ResNet(_) => unreachable!("checked"),
-            }
+        let family = config.family_mut();
+        if let (Some(rate), Some(field)) = (self.drop_path_rate, family.drop_path_rate_mut()) {
+            *field = rate;
         }
-        if let Some(p) = self.dropout {
-            match config {
-                ModelConfig::Vit(c) => c.hidden_dropout_prob = p,
-                ModelConfig::Dinov2(c) => c.hidden_dropout_prob = p,
-                ModelConfig::Swin(c) => c.hidden_dropout_prob = p,
-                ModelConfig::ConvNext(_) | ModelConfig::ResNet(_) => unreachable!("checked"),
-            }
+        if let (Some(p), Some(field)) = (self.dropout, family.dropout_mut()) {
+            *field = p;
         }
         Ok(())
     }

@@ -14,7 +14,7 @@
 use tch::{Kind, Tensor};
 
 use super::error::{ModelError, Result};
-use super::{Model, ModelConfig};
+use super::{Model, ModelConfig, PositionTable};
 
 /// Checks that `size` is a usable square input side for `config`.
 pub fn check_image_size(config: &ModelConfig, size: i64) -> Result<()> {
@@ -25,11 +25,10 @@ pub fn check_image_size(config: &ModelConfig, size: i64) -> Result<()> {
             "`image_size` {size} is below the model's minimum input side {min}"
         )));
     }
-    if let ModelConfig::Swin(c) = config {
-        c.check_input_size(size, size)
-            .map_err(ModelError::InvalidInput)?;
-    }
-    Ok(())
+    config
+        .family()
+        .check_input_size(size, size)
+        .map_err(ModelError::InvalidInput)
 }
 
 /// `size` must be a positive multiple of the patch size; the error names
@@ -57,19 +56,20 @@ impl Model {
         if size == self.config.image_size() {
             return Ok(());
         }
-        match &mut self.config {
-            ModelConfig::ConvNext(c) => {
-                c.image_size = size;
-                return Ok(());
+        match self.config.family().position_table() {
+            PositionTable::None => {}
+            PositionTable::ClassTokenGrid { antialias } => {
+                self.resample_positions(size, antialias)?
             }
-            ModelConfig::ResNet(c) => {
-                c.image_size = Some(size);
-                return Ok(());
-            }
-            ModelConfig::Swin(_) => return super::swin::set_image_size(self, size),
-            ModelConfig::Vit(_) | ModelConfig::Dinov2(_) => {}
+            PositionTable::Grid => super::swin::resample_absolute_positions(self, size)?,
         }
-        let antialias = matches!(&self.config, ModelConfig::Dinov2(c) if c.with_registers);
+        self.config.family_mut().set_image_size(size);
+        Ok(())
+    }
+
+    /// Resamples `{prefix}.embeddings.position_embeddings` (a class token,
+    /// then a square grid) to the grid of a `size` input.
+    fn resample_positions(&mut self, size: i64, antialias: bool) -> Result<()> {
         let name = format!(
             "{}.embeddings.position_embeddings",
             self.config.backbone_prefix()
@@ -104,12 +104,6 @@ impl Model {
             Tensor::cat(&[var.narrow(1, 0, 1), grid], 1)
         });
         var.set_data(&resampled);
-        match &mut self.config {
-            ModelConfig::Vit(c) => c.image_size = size,
-            ModelConfig::Dinov2(c) => c.image_size = size,
-            // Set (and returned) above: nothing to resample.
-            ModelConfig::ConvNext(_) | ModelConfig::ResNet(_) | ModelConfig::Swin(_) => {}
-        }
         tracing::info!(tensor = %name, from = old_grid, to = new_grid, "position embeddings resampled");
         Ok(())
     }

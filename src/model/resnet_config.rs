@@ -4,12 +4,11 @@
 //! the classifier does not use (`stage_names`, `out_features`, ...) are kept
 //! in `extra` and written back on save.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::activation::Activation;
-use super::fields::{id2label_de, id2label_ser};
+use super::family::FamilyConfig;
+use super::fields::HfFields;
 
 /// The residual block of every stage (`layer_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,18 +77,9 @@ pub struct ResNetConfig {
     /// keeps unknown keys as plain attributes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_size: Option<i64>,
-    /// `id2label` as a list: index `i` is label `i`. In JSON the keys are strings.
-    #[serde(
-        default,
-        deserialize_with = "id2label_de",
-        serialize_with = "id2label_ser"
-    )]
-    pub id2label: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub problem_type: Option<String>,
-    /// Everything else in `config.json`, kept verbatim.
+    /// `id2label`, `problem_type` and the keys kept verbatim.
     #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
+    pub hf: HfFields,
 }
 
 mod d {
@@ -125,17 +115,6 @@ impl Default for ResNetConfig {
 }
 
 impl ResNetConfig {
-    /// Parses the fields of a `config.json` document (derived fields dropped)
-    /// and validates them; the error names the field.
-    pub fn parse(value: serde_json::Value) -> Result<Self, String> {
-        let mut config: Self = serde_json::from_value(value).map_err(|e| e.to_string())?;
-        for derived in ["label2id", "num_labels", "_num_labels", "model_type"] {
-            config.extra.remove(derived);
-        }
-        config.validate()?;
-        Ok(config)
-    }
-
     /// Checks the relations the network relies on.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
@@ -177,6 +156,70 @@ impl ResNetConfig {
     /// The configured input side, or 224.
     pub fn image_size(&self) -> i64 {
         self.image_size.unwrap_or(DEFAULT_IMAGE_SIZE)
+    }
+}
+
+impl FamilyConfig for ResNetConfig {
+    fn model_type(&self) -> &'static str {
+        "resnet"
+    }
+
+    fn architecture(&self) -> &'static str {
+        "ResNetForImageClassification"
+    }
+
+    fn hf(&self) -> &HfFields {
+        &self.hf
+    }
+
+    fn hf_mut(&mut self) -> &mut HfFields {
+        &mut self.hf
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        ResNetConfig::validate(self)
+    }
+
+    fn fields_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a ResNetConfig serialises")
+    }
+
+    fn image_size(&self) -> i64 {
+        ResNetConfig::image_size(self)
+    }
+
+    fn set_image_size(&mut self, size: i64) {
+        self.image_size = Some(size);
+    }
+
+    /// 1: padded convolutions and pooling take any size.
+    fn patch_size(&self) -> i64 {
+        1
+    }
+
+    fn num_channels(&self) -> i64 {
+        self.num_channels
+    }
+
+    fn depth(&self) -> usize {
+        self.depths.len()
+    }
+
+    fn depth_unit(&self) -> &'static str {
+        "stages"
+    }
+
+    /// The head is `Sequential(Flatten, Linear)`.
+    fn head_weight_name(&self) -> &'static str {
+        "classifier.1.weight"
+    }
+
+    fn default_preprocessor(&self) -> serde_json::Value {
+        super::load::imagenet_preprocessor(
+            "ConvNextImageProcessor",
+            serde_json::json!({"shortest_edge": ResNetConfig::image_size(self)}),
+            Some(0.875),
+        )
     }
 }
 

@@ -76,15 +76,7 @@ fn write_files(model: &Model, tmp: &Path, problem_type: ProblemType) -> Result<(
 /// `config.json` for the architecture, naming the classification class.
 fn config_json(config: &ModelConfig) -> serde_json::Value {
     let mut value = config.to_json();
-    let architecture = match config {
-        ModelConfig::Vit(_) => "ViTForImageClassification",
-        ModelConfig::Dinov2(c) if c.with_registers => "Dinov2WithRegistersForImageClassification",
-        ModelConfig::Dinov2(_) => "Dinov2ForImageClassification",
-        ModelConfig::ConvNext(_) => "ConvNextForImageClassification",
-        ModelConfig::ResNet(_) => "ResNetForImageClassification",
-        ModelConfig::Swin(_) => "SwinForImageClassification",
-    };
-    value["architectures"] = serde_json::json!([architecture]);
+    value["architectures"] = serde_json::json!([config.family().architecture()]);
     // The weights are written in fp32 whatever the source stored.
     value["dtype"] = "float32".into();
     if let Some(obj) = value.as_object_mut() {

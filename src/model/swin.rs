@@ -46,7 +46,7 @@ use super::config::{Activation, SwinConfig};
 use super::error::{ModelError, Result};
 use super::layers::{linear, normal};
 use super::params::ParamGroup;
-use super::{ImageClassifier, Model, ModelConfig};
+use super::{ImageClassifier, Model};
 
 /// `nn.LayerNorm(dim)` with PyTorch's default epsilon, as `transformers`
 /// builds the embeddings' and patch merging's norms.
@@ -574,28 +574,24 @@ impl ImageClassifier for SwinForImageClassification {
     }
 }
 
-/// [`Model::set_image_size`] for Swin (`size` already checked): without
-/// absolute position embeddings the network takes any size, so only
-/// `image_size` changes; with them, they are resampled once to the new grid
-/// as `transformers` interpolates them (bicubic, align_corners false).
-pub(super) fn set_image_size(model: &mut Model, size: i64) -> Result<()> {
-    let ModelConfig::Swin(c) = &mut model.config else {
-        unreachable!("a Swin model");
-    };
-    if c.use_absolute_embeddings {
-        let name = "swin.embeddings.position_embeddings";
-        let mut var = model.vs.variables().remove(name).ok_or_else(|| {
+/// [`Model::set_image_size`] for Swin's absolute position embeddings
+/// (`size` already checked; the caller then sets `image_size`): they are
+/// resampled once to the new grid as `transformers` interpolates them
+/// (bicubic, align_corners false). Without them the network takes any size.
+pub(super) fn resample_absolute_positions(model: &mut Model, size: i64) -> Result<()> {
+    let (image_size, patch_size) = (model.config.image_size(), model.config.patch_size());
+    let name = "swin.embeddings.position_embeddings";
+    let mut var =
+        model.vs.variables().remove(name).ok_or_else(|| {
             ModelError::UnsupportedCheckpoint(format!("the model has no `{name}`"))
         })?;
-        let (old, new) = (c.image_size / c.patch_size, size / c.patch_size);
-        let resampled = tch::no_grad(|| {
-            let kind = var.kind();
-            resample_positions(&var.to_kind(Kind::Float), old, (new, new)).to_kind(kind)
-        });
-        var.set_data(&resampled);
-        tracing::info!(tensor = %name, from = old, to = new, "position embeddings resampled");
-    }
-    c.image_size = size;
+    let (old, new) = (image_size / patch_size, size / patch_size);
+    let resampled = tch::no_grad(|| {
+        let kind = var.kind();
+        resample_positions(&var.to_kind(Kind::Float), old, (new, new)).to_kind(kind)
+    });
+    var.set_data(&resampled);
+    tracing::info!(tensor = %name, from = old, to = new, "position embeddings resampled");
     Ok(())
 }
 

@@ -6,12 +6,12 @@
 //! from `depths` and `embed_dim` (`num_layers`, `hidden_size`,
 //! `stage_names`) are recomputed when written.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use super::activation::Activation;
-use super::fields::{id2label_de, id2label_ser, square_size};
+use super::family::{FamilyConfig, PositionTable};
+use super::fields::{square_size, HfFields};
+use super::params::ParamGroup;
 
 /// `SwinConfig`; defaults are those of `transformers`
 /// (`microsoft/swin-tiny-patch4-window7-224`).
@@ -66,18 +66,9 @@ pub struct SwinConfig {
     /// Used by masked image modeling only; kept so the config round-trips.
     #[serde(default = "d::encoder_stride")]
     pub encoder_stride: i64,
-    /// `id2label` as a list: index `i` is label `i`. In JSON the keys are strings.
-    #[serde(
-        default,
-        deserialize_with = "id2label_de",
-        serialize_with = "id2label_ser"
-    )]
-    pub id2label: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub problem_type: Option<String>,
-    /// Everything else in `config.json`, kept verbatim.
+    /// `id2label`, `problem_type` and the keys kept verbatim.
     #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
+    pub hf: HfFields,
 }
 
 mod d {
@@ -299,6 +290,94 @@ impl SwinConfig {
     }
 }
 
+impl FamilyConfig for SwinConfig {
+    fn model_type(&self) -> &'static str {
+        "swin"
+    }
+
+    fn architecture(&self) -> &'static str {
+        "SwinForImageClassification"
+    }
+
+    fn hf(&self) -> &HfFields {
+        &self.hf
+    }
+
+    fn hf_mut(&mut self) -> &mut HfFields {
+        &mut self.hf
+    }
+
+    fn derived_keys(&self) -> &'static [&'static str] {
+        &DERIVED
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        SwinConfig::validate(self)
+    }
+
+    fn fields_json(&self) -> serde_json::Value {
+        self.to_json()
+    }
+
+    fn image_size(&self) -> i64 {
+        self.image_size
+    }
+
+    fn set_image_size(&mut self, size: i64) {
+        self.image_size = size;
+    }
+
+    fn patch_size(&self) -> i64 {
+        self.patch_size
+    }
+
+    fn num_channels(&self) -> i64 {
+        self.num_channels
+    }
+
+    fn check_input_size(&self, height: i64, width: i64) -> Result<(), String> {
+        SwinConfig::check_input_size(self, height, width)
+    }
+
+    /// A Swin "layer" is a stage (blocks at one resolution).
+    fn depth(&self) -> usize {
+        self.num_stages()
+    }
+
+    fn depth_unit(&self) -> &'static str {
+        "stages"
+    }
+
+    /// The encoder is `encoder.layers.{stage}`: a group per stage.
+    fn param_group(&self, name: &str) -> Option<ParamGroup> {
+        super::swin::param_group(name)
+    }
+
+    fn default_preprocessor(&self) -> serde_json::Value {
+        super::load::imagenet_preprocessor(
+            "ViTImageProcessor",
+            serde_json::json!({"height": self.image_size, "width": self.image_size}),
+            None,
+        )
+    }
+
+    fn position_table(&self) -> PositionTable {
+        if self.use_absolute_embeddings {
+            PositionTable::Grid
+        } else {
+            PositionTable::None
+        }
+    }
+
+    fn drop_path_rate_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.drop_path_rate)
+    }
+
+    fn dropout_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.hidden_dropout_prob)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,7 +415,7 @@ mod tests {
             s.stage_resolutions(224, 224),
             [(56, 56), (28, 28), (14, 14), (7, 7)]
         );
-        assert!(!s.extra.contains_key("hidden_size"));
+        assert!(!s.hf.extra.contains_key("hidden_size"));
         let back = c.to_json();
         assert_eq!(back["model_type"], "swin");
         assert_eq!(back["hidden_size"], 768);

@@ -28,6 +28,7 @@ use tch::Tensor;
 
 use super::config::{Activation, ViTConfig};
 use super::error::{ModelError, Result};
+use super::fields::HfFields;
 
 /// Whether a checkpoint is timm's: a timm `config.json` (`architecture`, no
 /// `model_type`) or timm tensor names.
@@ -170,7 +171,10 @@ pub fn convert(
         patch_size: patch,
         num_channels: proj[1],
         qkv_bias: tensors.contains_key("blocks.0.attn.qkv.bias"),
-        id2label: labels,
+        hf: HfFields {
+            id2label: labels,
+            ..HfFields::default()
+        },
         ..ViTConfig::default()
     };
     vit.validate().map_err(invalid)?;

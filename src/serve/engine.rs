@@ -26,8 +26,7 @@ use tokio::sync::oneshot;
 
 use crate::devices::{is_fatal_device_error, DeviceHealth};
 use crate::model::Model;
-use crate::torchx::{AutocastDevice, FloatKind};
-use crate::train::amp::{AutocastGuard, Tf32Lease};
+use crate::torchx::{AutocastDevice, AutocastGuard, FloatKind, Tf32Lease};
 
 /// Images of one request for one model, and where the scores go.
 pub struct Job {

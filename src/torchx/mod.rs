@@ -3,10 +3,13 @@
 //! thread-local autocast state with a dtype, TF32 switches, the fused AdamW
 //! and `_foreach_*` kernels, AMP's unscale, pinned memory without the
 //! deprecated `device` argument, per-device seeding and the CUDA compute
-//! capability.
+//! capability; and the RAII guards over that state ([`AutocastGuard`],
+//! [`Tf32Lease`]) that training and serving share.
 //!
 //! The lowest layer of the crate: it imports nothing from it. Every shim call
 //! catches C++ exceptions and returns their message as a [`TorchError`].
+
+mod guards;
 
 use std::ffi::{c_char, CStr};
 
@@ -16,6 +19,8 @@ use tch::Tensor;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct TorchError(pub String);
+
+pub use guards::{AutocastGuard, Tf32Lease};
 
 pub type Result<T> = std::result::Result<T, TorchError>;
 

@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-use super::amp::{LossScaler, PrecisionPlan, Tf32Lease};
+use super::amp::{LossScaler, PrecisionPlan};
 use super::batches::spawn_loader;
 use super::checkpoint::{Checkpoints, LoopState};
 use super::config::{JobConfig, Mode};
@@ -82,7 +82,7 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
     let _tf32 = spec
         .device
         .is_cuda()
-        .then(|| Tf32Lease::acquire(plan.tf32))
+        .then(|| torchx::Tf32Lease::acquire(plan.tf32))
         .transpose()
         .map_err(torch_error(spec.device, "setting TF32"))?;
     // A stream of this thread's own: `/predict` on the same GPU does not
@@ -876,11 +876,11 @@ mod tests {
 
         std::thread::spawn(|| {
             let x = Tensor::ones([4, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-            let _tf32 = Tf32Lease::acquire(true).unwrap();
+            let _tf32 = torchx::Tf32Lease::acquire(true).unwrap();
             let mut scaler = LossScaler::new(Device::Cpu);
             let mut opt = AdamW::new(vec![("w".into(), x.shallow_clone(), 1.0)], 0.01);
             let y = {
-                let _g = crate::train::amp::AutocastGuard::enter(
+                let _g = torchx::AutocastGuard::enter(
                     torchx::AutocastDevice::Cpu,
                     torchx::FloatKind::BF16,
                 )

@@ -160,7 +160,7 @@ fn saved_models_load_in_transformers_with_the_same_logits() {
         assert!(report.skipped.is_empty() && !report.new_head);
         let mut want = m.config.clone();
         if let ModelConfig::Swin(c) = &mut want {
-            c.problem_type = Some("single_label_classification".into());
+            c.hf.problem_type = Some("single_label_classification".into());
         }
         assert_eq!(back.config, want, "the config round-trips");
         assert_close(
