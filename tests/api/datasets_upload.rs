@@ -570,7 +570,9 @@ async fn a_list_page_has_counts_not_skip_lists() {
     let (status, body) = upload_settled(&app, &zip(&refs(&files))).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["status"], "ready", "{body}");
-    assert_eq!(body["summary"]["skipped"].as_array().unwrap().len(), 3000);
+    // The record lists the first 100 skipped files and counts them all.
+    assert_eq!(body["summary"]["skipped"].as_array().unwrap().len(), 100);
+    assert_eq!(body["summary"]["skipped_total"], 3000);
     let id = body["id"].as_str().unwrap();
 
     let one = crate::common::body_bytes(app.get(&format!("/datasets/{id}")).await).await;
@@ -580,7 +582,7 @@ async fn a_list_page_has_counts_not_skip_lists() {
         one.len(),
         page.len()
     );
-    assert!(one.len() > 300_000, "{}", one.len());
+    assert!(one.len() > 10_000, "{}", one.len());
     assert!(page.len() < 2_000, "{}", String::from_utf8_lossy(&page));
     let page: serde_json::Value = serde_json::from_slice(&page).unwrap();
     let item = &page["datasets"][0];
