@@ -137,7 +137,7 @@ pub fn ingest_upload(
                     "validation interrupted".into(),
                 )));
             }
-            let checked = check_image(&files.join(&item.rel), limits, budget);
+            let checked = check_image(&files.join(&item.rel), &item.rel, limits, budget);
             progress.checked_one();
             checked
         })
@@ -329,6 +329,7 @@ fn refuse_too_large(
 /// hold before any pixel is decoded.
 fn check_image(
     path: &Path,
+    shown: &Path,
     limits: &IngestLimits,
     budget: &DecodeBudget,
 ) -> Result<Checked, Unchecked> {
@@ -343,7 +344,9 @@ fn check_image(
     if size > limits.max_image_file_bytes {
         return Err(Unchecked::FileTooLarge(size));
     }
-    let what = format!("checking `{}`", path.display());
+    // Named by its path in the dataset: where the server keeps it is no
+    // business of the client's.
+    let what = format!("checking `{}`", shown.display());
     let mut lease = lease(budget, size, &what)?;
     let (bytes, sha256) = read_hashing(file, size, limits.max_image_file_bytes).map_err(io)?;
     let Some(bytes) = bytes else {
@@ -352,11 +355,12 @@ fn check_image(
     let decode_limits = DecodeLimits {
         max_pixels: limits.max_image_pixels,
     };
+    // What decoding this format and colour type holds, from its header.
     // Past the pixel limit `verify` refuses before decoding: nothing to hold.
-    let decoding = imaging::decode::dimensions(&bytes)
+    let decoding = imaging::decode::header(&bytes)
         .ok()
-        .filter(|(w, h)| u64::from(*w) * u64::from(*h) <= limits.max_image_pixels)
-        .map_or(0, |(w, h)| budget::image_decode_bytes(w, h));
+        .filter(|h| h.pixels() <= limits.max_image_pixels)
+        .map_or(0, |h| h.decode_bytes);
     if !lease.try_grow(decoding) {
         // Taken anew rather than waited for while holding bytes, which
         // could leave every thread holding a part and waiting for more.
@@ -536,7 +540,7 @@ mod tests {
             .unwrap();
         let budget = DecodeBudget::new(256 << 20);
         let started = std::time::Instant::now();
-        match check_image(&path, &limits(), &budget) {
+        match check_image(&path, Path::new("a.png"), &limits(), &budget) {
             Err(Unchecked::FileTooLarge(bytes)) => assert_eq!(bytes, 10 << 30),
             Err(Unchecked::Image(e)) => panic!("refused as undecodable: {e}"),
             Err(Unchecked::Budget(e)) => panic!("refused by the budget: {e}"),
@@ -556,7 +560,7 @@ mod tests {
             .save(&path)
             .unwrap();
         let budget = DecodeBudget::new(1 << 20);
-        let Ok(c) = check_image(&path, &limits(), &budget) else {
+        let Ok(c) = check_image(&path, Path::new("a.png"), &limits(), &budget) else {
             panic!("refused");
         };
         assert_eq!((c.width, c.height), (40, 30));
@@ -565,7 +569,7 @@ mod tests {
         assert_eq!(budget.in_use(), 0);
         // More than the whole budget: refused with the budget's code.
         let tiny = DecodeBudget::new(1000);
-        match check_image(&path, &limits(), &tiny) {
+        match check_image(&path, Path::new("a.png"), &limits(), &tiny) {
             Err(Unchecked::Budget(e)) => assert_eq!(e.code, "decode_too_large"),
             _ => panic!("not refused by the budget"),
         }

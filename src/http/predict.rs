@@ -151,6 +151,18 @@ fn request_caps(config: &crate::config::ServeConfig) -> RequestCaps {
     }
 }
 
+/// Reads the rest of a refused request's parts, each within the body
+/// limits, and drops them: answered while it is still sending, a client
+/// would see its connection reset instead of the refusal. Holds one part
+/// at a time, so it costs no more memory than reading had.
+async fn drain(limit: &BodyLimit, multipart: &mut axum::extract::Multipart) {
+    while let Ok(Some(field)) = limit.next_field(multipart).await {
+        if limit.bytes(field).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn read_images(
     state: &AppState,
     caps: &RequestCaps,
@@ -178,7 +190,10 @@ async fn read_images(
                     ),
                 ));
             }
-            check_count(out.len() + 1, caps)?;
+            if let Err(refused) = check_count(out.len() + 1, caps) {
+                drain(&limit, &mut multipart).await;
+                return Err(refused);
+            }
             let name = format!(
                 "image part {} ({})",
                 out.len() + 1,
