@@ -191,6 +191,8 @@ async fn read_images(
                 ));
             }
             if let Err(refused) = check_count(out.len() + 1, caps) {
+                // The part holds the reader: dropped before reading on.
+                drop(field);
                 drain(&limit, &mut multipart).await;
                 return Err(refused);
             }

@@ -165,7 +165,13 @@ fn json_images(image: &[u8], n: usize) -> Value {
 async fn too_many_images_or_pixels_are_refused_before_decoding() {
     let data = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), &["--no-workers"]).await;
-    let client = reqwest::Client::new();
+    // A connection per request: a refusal may leave part of a body unread,
+    // after which the server closes that connection, and a pooled client
+    // racing it would see a reset instead of the next answer.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let tiny = {
         let mut out = Cursor::new(Vec::new());
         image::RgbImage::new(2, 2)
