@@ -14,7 +14,7 @@ use super::layout::{self, Item};
 use super::manifest::{Manifest, Sample};
 use super::parquet::{self, ParquetColumns};
 use super::progress::IngestProgress;
-use super::summary::{DatasetSummary, SizeRange, Skipped};
+use super::summary::{DatasetSummary, SizeRange, SkipList, Skipped};
 use super::Task;
 use crate::budget::{self, DecodeBudget};
 use crate::imaging::{self, DecodeLimits, ImageError};
@@ -100,10 +100,54 @@ pub fn ingest_upload(
     columns: &ParquetColumns,
     progress: &IngestProgress,
 ) -> Result<Ingested, DatasetError> {
-    let budget = &limits.decode_budget;
     let format = archive::detect(archive)?;
     let files = dir.join(FILES_DIR);
-    std::fs::create_dir_all(&files).map_err(internal)?;
+    let (found, skipped, extracted_bytes) =
+        extract_files(archive, format, dir, &files, limits, columns)?;
+    let checked = check_all(&found.items, &files, limits, progress)?;
+    let (items, skipped) = keep_usable(found.items, checked, skipped, limits)?;
+    let labels = check_labels(&items, found.task)?;
+    let mut summary = DatasetSummary {
+        layout: found.layout.to_string(),
+        task: found.task,
+        labels: labels.clone(),
+        images: items.len(),
+        splits: BTreeMap::new(),
+        image_size: None,
+        extracted_bytes,
+        skipped,
+        duplicates_across_splits: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let manifest = summarise(&items, labels, found.task, &mut summary);
+    manifest
+        .save(dir)
+        .map_err(|e| internal(std::io::Error::other(e.to_string())))?;
+    std::fs::write(
+        dir.join(SUMMARY_FILE),
+        serde_json::to_vec_pretty(&summary).unwrap_or_default(),
+    )
+    .map_err(internal)?;
+    Ok(Ingested {
+        format,
+        task: found.task,
+        summary,
+        manifest,
+    })
+}
+
+/// Extracts the archive into `files` (a Parquet dataset unpacked into the
+/// imagefolder layout) and finds its layout: the items, the files left
+/// out, and the bytes extracted.
+fn extract_files(
+    archive: &Path,
+    format: ArchiveFormat,
+    dir: &Path,
+    files: &Path,
+    limits: &IngestLimits,
+    columns: &ParquetColumns,
+) -> Result<(layout::Found, SkipList, u64), DatasetError> {
+    std::fs::create_dir_all(files).map_err(internal)?;
     let extract_limits = ExtractLimits {
         max_entries: limits.max_entries,
         max_bytes: limits.max_uncompressed_bytes,
@@ -111,13 +155,13 @@ pub fn ingest_upload(
     let stats = archive::extract(
         archive,
         format,
-        &files,
+        files,
         extract_limits,
         limits.max_image_file_bytes,
     )?;
-    let unpacked = unpack_parquet(dir, &files, limits, columns)?;
-    let mut found = layout::detect(&files)?;
-    let mut skipped = found.skipped;
+    let unpacked = unpack_parquet(dir, files, limits, columns)?;
+    let mut found = layout::detect(files)?;
+    let mut skipped = std::mem::take(&mut found.skipped);
     let extracted_bytes = match unpacked {
         Some(u) => {
             found.layout = "parquet";
@@ -126,10 +170,19 @@ pub fn ingest_upload(
         }
         None => stats.bytes,
     };
-    progress.start_checking(found.items.len());
+    Ok((found, skipped, extracted_bytes))
+}
 
-    let checked: Vec<Result<Checked, Unchecked>> = found
-        .items
+/// Checks every image in parallel on the current rayon pool, counting them
+/// in `progress`; stops early (an error) when the validation is stopped.
+fn check_all(
+    items: &[Item],
+    files: &Path,
+    limits: &IngestLimits,
+    progress: &IngestProgress,
+) -> Result<Vec<Result<Checked, Unchecked>>, DatasetError> {
+    progress.start_checking(items.len());
+    let checked = items
         .par_iter()
         .map(|item| {
             if progress.stopped() {
@@ -137,7 +190,12 @@ pub fn ingest_upload(
                     "validation interrupted".into(),
                 )));
             }
-            let checked = check_image(&files.join(&item.rel), &item.rel, limits, budget);
+            let checked = check_image(
+                &files.join(&item.rel),
+                &item.rel,
+                limits,
+                &limits.decode_budget,
+            );
             progress.checked_one();
             checked
         })
@@ -145,12 +203,23 @@ pub fn ingest_upload(
     if progress.stopped() {
         return Err(DatasetError::internal("interrupted by shutdown"));
     }
+    Ok(checked)
+}
 
+/// The items whose image is usable. Images over the limits refuse the
+/// dataset; undecodable ones are skipped (and listed) within the
+/// tolerated fraction, and refuse it beyond.
+fn keep_usable(
+    found: Vec<Item>,
+    checked: Vec<Result<Checked, Unchecked>>,
+    mut skipped: SkipList,
+    limits: &IngestLimits,
+) -> Result<(Vec<(Item, Checked)>, SkipList), DatasetError> {
     let mut too_large = Vec::new();
     let mut too_large_files = Vec::new();
     let mut undecodable = Vec::new();
     let mut items: Vec<(Item, Checked)> = Vec::new();
-    for (item, result) in found.items.into_iter().zip(checked) {
+    for (item, result) in found.into_iter().zip(checked) {
         let name = item.rel.display().to_string();
         match result {
             Ok(c) => items.push((item, c)),
@@ -195,29 +264,25 @@ pub fn ingest_upload(
             "the archive contains no usable images",
         ));
     }
+    Ok((items, skipped))
+}
 
-    let labels = check_labels(&items, found.task)?;
+/// Fills the summary's per-split counts, size range, cross-split
+/// duplicates and warnings, and returns the manifest the trainer reads.
+fn summarise(
+    items: &[(Item, Checked)],
+    labels: Vec<String>,
+    task: Task,
+    summary: &mut DatasetSummary,
+) -> Manifest {
     let index: BTreeMap<&str, usize> = labels
         .iter()
         .enumerate()
         .map(|(i, l)| (l.as_str(), i))
         .collect();
-
-    let mut summary = DatasetSummary {
-        layout: found.layout.to_string(),
-        task: found.task,
-        labels: labels.clone(),
-        images: items.len(),
-        splits: BTreeMap::new(),
-        image_size: None,
-        extracted_bytes,
-        skipped,
-        duplicates_across_splits: Vec::new(),
-        warnings: Vec::new(),
-    };
     let mut by_split: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
     let mut by_hash: BTreeMap<[u8; 32], Vec<(&str, String)>> = BTreeMap::new();
-    for (item, c) in &items {
+    for (item, c) in items {
         let split = summary.splits.entry(item.split.to_string()).or_default();
         split.images += 1;
         for l in &item.labels {
@@ -244,29 +309,14 @@ pub fn ingest_upload(
                 .push(group.into_iter().map(|g| g.1).collect());
         }
     }
-    warn(&mut summary);
-
-    let manifest = Manifest {
+    warn(summary);
+    Manifest {
         labels,
-        task: found.task,
+        task,
         train: by_split.remove("train").unwrap_or_default(),
         validation: by_split.remove("validation"),
         test: by_split.remove("test"),
-    };
-    manifest
-        .save(dir)
-        .map_err(|e| internal(std::io::Error::other(e.to_string())))?;
-    std::fs::write(
-        dir.join(SUMMARY_FILE),
-        serde_json::to_vec_pretty(&summary).unwrap_or_default(),
-    )
-    .map_err(internal)?;
-    Ok(Ingested {
-        format,
-        task: found.task,
-        summary,
-        manifest,
-    })
+    }
 }
 
 /// A Parquet dataset (the upload itself, or Parquet files in the archive)
