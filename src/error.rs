@@ -154,3 +154,13 @@ impl From<sqlx::Error> for AppError {
 }
 
 pub type AppResult<T> = Result<T, AppError>;
+
+/// The message of a caught panic (`panic!("…")` carries a `&str` or a
+/// `String`; tch's panics carry libtorch's error text), `None` for any other
+/// payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+}

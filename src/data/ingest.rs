@@ -15,9 +15,9 @@ use super::manifest::{Manifest, Sample};
 use super::parquet::{self, ParquetColumns};
 use super::progress::IngestProgress;
 use super::summary::{DatasetSummary, SizeRange, SkipList, Skipped};
-use super::Task;
 use crate::budget::{self, DecodeBudget};
 use crate::imaging::{self, DecodeLimits, ImageError};
+use crate::task::Task;
 
 /// Where the extracted archive lives inside a dataset directory.
 pub const FILES_DIR: &str = "files";

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use super::error::{name_some, DatasetError};
 use super::metadata::{self, MetadataRow};
 use super::summary::{SkipList, Skipped};
-use super::{is_ignored_component, split_name, Task, IMAGE_EXTENSIONS};
+use super::{is_ignored_component, split_name, IMAGE_EXTENSIONS};
+use crate::task::Task;
 
 /// One labelled image, before decoding.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::Task;
+use crate::task::Task;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 

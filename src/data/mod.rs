@@ -23,8 +23,6 @@ pub use ingest::{IngestLimits, Ingested};
 pub use manifest::{Manifest, Sample};
 pub use summary::DatasetSummary;
 
-pub use crate::task::Task;
-
 /// File names the imagefolder convention recognises as images.
 pub const IMAGE_EXTENSIONS: &[&str] = &[
     "jpg", "jpeg", "jpe", "jfif", "png", "webp", "bmp", "gif", "tif", "tiff",

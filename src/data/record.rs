@@ -9,10 +9,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{DatasetSummary, Manifest, Task};
+use super::{DatasetSummary, Manifest};
 use crate::error::{AppError, ErrorKind};
 pub use crate::store::datasets::DatasetStatus;
 use crate::store::datasets::{self as store, DatasetRow, FailureRow};
+use crate::task::Task;
 
 /// How far a validation has got.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -162,13 +162,7 @@ impl Validations {
 
 /// The text of a caught panic.
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".into()
-    }
+    crate::error::panic_message(payload).unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Throttles progress reports: publishing (cheap) and database writes.

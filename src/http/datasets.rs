@@ -25,8 +25,9 @@ use crate::data::record::{
     self, DatasetCounts, DatasetFailure, DatasetListing, DatasetRecord, DatasetStatus,
     ValidationProgress,
 };
-use crate::data::{DatasetSummary, Task};
+use crate::data::DatasetSummary;
 use crate::error::Problem;
+use crate::task::Task;
 use crate::AppError;
 
 pub fn router(config: &ServeConfig) -> Router<AppState> {

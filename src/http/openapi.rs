@@ -27,7 +27,7 @@ use crate::app::AppState;
         crate::error::Problem,
         crate::jobs::view::JobView, crate::train::config::JobConfig,
         crate::train::config::Mode, crate::train::config::Precision,
-        crate::store::jobs::JobStatus, crate::data::Task,
+        crate::store::jobs::JobStatus, crate::task::Task,
         crate::train::EpochMetrics, crate::train::TrainEvent,
         super::jobs::CreateJob, super::sweeps::CreateSweep,
         crate::sweeps::spec::SweepSpec, crate::train::config::SelectionMetric,

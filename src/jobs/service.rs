@@ -2,11 +2,11 @@
 //! the job is queued.
 
 use super::JobQueue;
-use crate::data::Task;
 use crate::error::{AppError, AppResult};
 use crate::model::preflight::BaseModelInfo;
 use crate::store::datasets::{DatasetRow, DatasetStatus};
 use crate::store::jobs::{self as store, JobRow, NewJob};
+use crate::task::Task;
 use crate::train::config::{JobConfig, Mode};
 
 /// Parses the client's config document; the error names the field.

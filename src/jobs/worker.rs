@@ -170,10 +170,7 @@ impl Worker {
                     .unwrap_or_else(|p| {
                         Err(TrainError::Retryable(format!(
                             "training crashed: {}",
-                            p.downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .unwrap_or_default()
+                            crate::error::panic_message(p.as_ref()).unwrap_or_default()
                         )))
                     });
                     let _ = done_tx.send(result);

@@ -448,14 +448,10 @@ fn without_abandoned(mut jobs: Vec<Job>) -> Vec<Job> {
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .map_or_else(
-            || "inference crashed".into(),
-            |m| format!("inference crashed: {m}"),
-        )
+    crate::error::panic_message(panic).map_or_else(
+        || "inference crashed".into(),
+        |m| format!("inference crashed: {m}"),
+    )
 }
 
 fn images_of(job: &Job) -> usize {

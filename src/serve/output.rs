@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 use utoipa::ToSchema;
 
-use crate::data::Task;
+use crate::task::Task;
 
 /// A label and its score (softmax for multi-class, sigmoid for multi-label).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

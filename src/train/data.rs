@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use super::{TrainError, TrainSpec};
-use crate::data::{Manifest, Sample, Task};
+use crate::data::{Manifest, Sample};
+use crate::task::Task;
 
 /// A split's samples.
 pub struct Samples(pub Vec<Sample>);

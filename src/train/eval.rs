@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use super::config::SelectionMetric;
 use super::metrics::{self, ClassMetrics, LabelSetMetrics};
-use crate::data::Task;
+use crate::task::Task;
 
 /// Metrics of one split at one point in training.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

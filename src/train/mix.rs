@@ -15,7 +15,7 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
-use crate::data::Task;
+use crate::task::Task;
 
 /// One batch's mix.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -137,10 +137,7 @@ pub fn catch<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
 }
 
 pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
+    crate::error::panic_message(p.as_ref()).unwrap_or_else(|| "unknown panic".into())
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::config::JobConfig;
 use super::eval::{EpochMetrics, Evaluation};
-use crate::data::Task;
 use crate::imaging::{Pipeline, PreprocessorConfig};
 use crate::model::{ModelConfig, ModelError};
+use crate::task::Task;
 
 /// The card's file name in a model directory.
 pub const CARD_FILE: &str = "metrics.json";

@@ -28,9 +28,9 @@ use super::oom::{self, infer_in_chunks, retry_smaller, FailureKind};
 use super::optim::{lr_at, AdamW};
 use super::record::{ModelCard, TestMetrics};
 use super::{features, Events, StopFlag, TrainError, TrainEvent, TrainOutcome, TrainSpec};
-use crate::data::Task;
 use crate::imaging::{Pipeline, PreprocessorConfig};
 use crate::model::{Model, ParamGroup, Regularisation, Trainable};
+use crate::task::Task;
 use crate::torchx;
 
 /// Optimiser steps between two reads of the loss on the host (each read

@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 use vitrine::budget::DecodeBudget;
 use vitrine::data::ingest::{ingest_upload, IngestLimits};
 use vitrine::data::parquet::ParquetColumns;
-use vitrine::data::{DatasetError, Ingested, Task};
+use vitrine::data::{DatasetError, Ingested};
+use vitrine::task::Task;
 
 use crate::common::{body_json, python_fixtures, settle, upload_request, TestApp};
 

@@ -5,7 +5,7 @@
 //! `train::mix`'s unit tests.
 
 use tch::{Kind, Tensor};
-use vitrine::data::Task;
+use vitrine::task::Task;
 use vitrine::train::mix::{Mix, Mixer};
 
 fn read_f32(path: &std::path::Path) -> Vec<f32> {
