@@ -5,6 +5,7 @@ pub mod augment;
 pub mod bench;
 pub mod config;
 pub mod decode;
+pub mod input_cache;
 pub mod pipeline;
 mod png_rows;
 pub mod randaugment;

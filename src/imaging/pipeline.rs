@@ -20,6 +20,7 @@ use tch::Tensor;
 use super::augment::{jitter_pixel, randaugment_rng, rng_for, AugmentConfig, Draw};
 use super::config::{Geometry, PreprocessorConfig, ResizeTarget, SizeSpec};
 use super::decode::{decode, file_header, DecodeLimits};
+use super::input_cache::CachedImages;
 use super::randaugment::RandAugment;
 use super::ImageError;
 use crate::budget::DecodeBudget;
@@ -568,6 +569,51 @@ impl Pipeline {
         Ok((out, h, w))
     }
 
+    /// The evaluation output of one decoded image as 8-bit CHW planes and
+    /// its `(H, W)`: what [`super::input_cache`] stores.
+    pub(crate) fn eval_u8(&self, img: &RgbImage) -> Result<(Vec<u8>, u32, u32), ImageError> {
+        let mut out = Vec::new();
+        let (h, w) = self.process_into_u8(img, None, &mut out)?;
+        Ok((out, h, w))
+    }
+
+    /// `img` with its shorter side at most `max_short` (aspect kept, never
+    /// enlarged), resampled as the pipeline resizes: the training copy of
+    /// [`super::input_cache`].
+    pub(crate) fn bounded_copy(
+        &self,
+        img: &RgbImage,
+        max_short: u32,
+    ) -> Result<RgbImage, ImageError> {
+        let (w, h) = img.dimensions();
+        let short = w.min(h);
+        if short <= max_short {
+            return Ok(img.clone());
+        }
+        let scale = f64::from(max_short) / f64::from(short);
+        let (nw, nh) = if w <= h {
+            (
+                max_short,
+                ((f64::from(h) * scale).round() as u32).max(max_short),
+            )
+        } else {
+            (
+                ((f64::from(w) * scale).round() as u32).max(max_short),
+                max_short,
+            )
+        };
+        self.resize(img, nw, nh, None)
+    }
+
+    /// The decoding lease of a batch of `paths` read as 8-bit images, when
+    /// this pipeline has a budget.
+    pub(crate) fn decode_lease(
+        &self,
+        paths: &[PathBuf],
+    ) -> Result<Option<crate::budget::Lease>, ImageError> {
+        self.batch_lease(paths, 1)
+    }
+
     /// A `[3, H, W]` f32 tensor from an encoded image (for `/predict`).
     pub fn tensor_from_bytes(&self, bytes: &[u8]) -> Result<Tensor, ImageError> {
         let img = decode(bytes, &self.limits)?;
@@ -601,10 +647,29 @@ impl Pipeline {
         paths: &[PathBuf],
         augment: Option<u64>,
     ) -> Result<Tensor, ImageError> {
-        let _lease = self.batch_lease(paths, 4)?;
+        self.load_batch_from(None, paths, augment)
+    }
+
+    /// [`Self::load_batch`] reading from a decode-once cache where it holds
+    /// the images (see [`super::input_cache`]): an evaluation batch from
+    /// stored outputs, a training batch augmented from stored copies.
+    pub fn load_batch_from(
+        &self,
+        cache: Option<&CachedImages>,
+        paths: &[PathBuf],
+        augment: Option<u64>,
+    ) -> Result<Tensor, ImageError> {
+        if augment.is_none() {
+            if let Some(t) =
+                cache.and_then(|c| c.eval_batch(paths, |ch, v| self.lut[ch][usize::from(v)]))
+            {
+                return Ok(t);
+            }
+        }
+        let _lease = self.uncached_lease(cache, paths, augment, 4)?;
         self.batch(
             paths.len(),
-            |i| load_file(&paths[i], &self.limits),
+            |i| self.load_cached(cache, &paths[i]),
             augment,
             |img, draw, out| self.process_into(img, draw, out),
         )
@@ -619,13 +684,59 @@ impl Pipeline {
         paths: &[PathBuf],
         augment: Option<u64>,
     ) -> Result<Tensor, ImageError> {
-        let _lease = self.batch_lease(paths, 1)?;
+        self.load_batch_u8_from(None, paths, augment)
+    }
+
+    /// [`Self::load_batch_u8`] through a decode-once cache, as
+    /// [`Self::load_batch_from`].
+    pub fn load_batch_u8_from(
+        &self,
+        cache: Option<&CachedImages>,
+        paths: &[PathBuf],
+        augment: Option<u64>,
+    ) -> Result<Tensor, ImageError> {
+        if augment.is_none() {
+            if let Some(t) = cache.and_then(|c| c.eval_batch(paths, |_, v| v)) {
+                return Ok(t);
+            }
+        }
+        let _lease = self.uncached_lease(cache, paths, augment, 1)?;
         self.batch(
             paths.len(),
-            |i| load_file(&paths[i], &self.limits),
+            |i| self.load_cached(cache, &paths[i]),
             augment,
             |img, draw, out| self.process_into_u8(img, draw, out),
         )
+    }
+
+    /// The stored training copy of `path` when `cache` holds one, else the
+    /// decoded file.
+    fn load_cached(
+        &self,
+        cache: Option<&CachedImages>,
+        path: &Path,
+    ) -> Result<RgbImage, ImageError> {
+        match cache.and_then(|c| c.image(path)) {
+            Some(img) => Ok(img),
+            None => load_file(path, &self.limits),
+        }
+    }
+
+    /// The decoding lease of a batch, unless a training cache holds all of
+    /// it (stored copies are small and already decoded).
+    fn uncached_lease(
+        &self,
+        cache: Option<&CachedImages>,
+        paths: &[PathBuf],
+        augment: Option<u64>,
+        elem_bytes: u64,
+    ) -> Result<Option<crate::budget::Lease>, ImageError> {
+        let all_cached =
+            augment.is_some() && cache.is_some_and(|c| paths.iter().all(|p| c.holds(p)));
+        if all_cached {
+            return Ok(None);
+        }
+        self.batch_lease(paths, elem_bytes)
     }
 
     fn batch<T: tch::kind::Element + Copy + Default + Send + Sync>(
