@@ -14,6 +14,26 @@ use tch::{nn, Kind, Tensor};
 const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
 
+thread_local! {
+    /// Set while activation checkpointing recomputes a unit on this thread.
+    static RECOMPUTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` as the recomputation of a forward pass that already ran:
+/// batch norms in training mode normalise with the batch's statistics as
+/// before but neither move the running statistics nor count the batch
+/// again (torch's checkpointing leaves that to the user).
+pub fn recomputing<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            RECOMPUTING.with(|r| r.set(self.0));
+        }
+    }
+    let _reset = Reset(RECOMPUTING.with(|r| r.replace(true)));
+    f()
+}
+
 /// A 2-D batch norm over `[B, C, H, W]`; the running statistics are
 /// variables of the `VarStore` that are not trained (no gradient, not in
 /// `trainable_variables`), so they load from and save to the checkpoint.
@@ -49,6 +69,19 @@ impl BatchNorm2d {
     /// variance) and counts the batch. Without (eval mode, or a frozen
     /// layer in training): normalises with the running statistics.
     pub fn forward(&self, xs: &Tensor, update: bool) -> Tensor {
+        if update && RECOMPUTING.with(|r| r.get()) {
+            return Tensor::batch_norm(
+                xs,
+                Some(&self.weight),
+                Some(&self.bias),
+                None::<&Tensor>,
+                None::<&Tensor>,
+                true,
+                MOMENTUM,
+                EPS,
+                true,
+            );
+        }
         if update {
             tch::no_grad(|| {
                 let mut count = self.num_batches_tracked.shallow_clone();

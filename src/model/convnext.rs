@@ -23,8 +23,9 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::config::{Activation, ConvNextConfig};
+use super::layers::follow_kind;
 use super::layers::{self, linear, normal};
-use super::ImageClassifier;
+use super::{ImageClassifier, Unit};
 
 /// Every layernorm inside the network uses this epsilon, whatever the
 /// config's `layer_norm_eps` (which only the final layernorm reads).
@@ -283,14 +284,22 @@ impl ImageClassifier for ConvNextForImageClassification {
     /// `[B, hidden_sizes[-1]]`: the pooled, normalised last stage.
     fn features(&self, pixel_values: &Tensor, train: bool) -> Tensor {
         // Inputs follow the weights' dtype, as for the transformers.
-        let kind = self.convnext.embeddings.patch_embeddings.ws.kind();
-        let pixel_values = if pixel_values.kind() == kind {
-            pixel_values.shallow_clone()
-        } else {
-            pixel_values.to_kind(kind)
-        };
+        let pixel_values = follow_kind(pixel_values, &self.convnext.embeddings.patch_embeddings.ws);
         let h = self.convnext.last_hidden_state(&pixel_values, train);
         self.convnext.pooled(&h)
+    }
+
+    fn chain(&self, train: bool) -> Vec<Unit<'_>> {
+        let m = &self.convnext;
+        let mut units: Vec<Unit<'_>> = vec![Box::new(move |x: &Tensor| {
+            m.embeddings
+                .forward(&follow_kind(x, &m.embeddings.patch_embeddings.ws))
+        })];
+        for stage in &m.stages {
+            units.push(Box::new(move |x: &Tensor| stage.forward_t(x, train)));
+        }
+        units.push(Box::new(move |h: &Tensor| self.head(&m.pooled(h))));
+        units
     }
 
     fn head(&self, features: &Tensor) -> Tensor {

@@ -25,8 +25,9 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::config::{Activation, Dinov2Config};
+use super::layers::follow_kind;
 use super::layers::{self, linear, normal, SelfAttention};
-use super::ImageClassifier;
+use super::{ImageClassifier, Unit};
 
 fn layer_norm(p: nn::Path, c: &Dinov2Config) -> nn::LayerNorm {
     layers::layer_norm(p, c.hidden_size, c.layer_norm_eps)
@@ -296,6 +297,16 @@ pub struct Dinov2ForImageClassification {
 }
 
 impl Dinov2ForImageClassification {
+    /// `concat(CLS, mean of the patch tokens)` of the final-layernorm
+    /// states `h` (registers left out).
+    fn pool(&self, h: &Tensor) -> Tensor {
+        let n = h.size()[1];
+        let skip = 1 + self.dinov2.embeddings.num_register_tokens();
+        let cls = h.select(1, 0);
+        let patches = h.narrow(1, skip, n - skip).mean_dim(1, false, None);
+        Tensor::cat(&[cls, patches], 1)
+    }
+
     /// Builds the network under `root` with a head of `num_labels` outputs,
     /// initialised like `transformers` (normal(0, initializer_range), zero bias).
     pub fn new(root: &nn::Path, c: &Dinov2Config, num_labels: i64) -> Self {
@@ -317,18 +328,23 @@ impl ImageClassifier for Dinov2ForImageClassification {
     /// excluded), concatenated.
     fn features(&self, pixel_values: &Tensor, train: bool) -> Tensor {
         // As `Dinov2PatchEmbeddings.forward`: inputs follow the weights' dtype.
-        let kind = self.dinov2.embeddings.projection.ws.kind();
-        let pixel_values = if pixel_values.kind() == kind {
-            pixel_values.shallow_clone()
-        } else {
-            pixel_values.to_kind(kind)
-        };
-        let h = self.dinov2.last_hidden_state(&pixel_values, train);
-        let n = h.size()[1];
-        let skip = 1 + self.dinov2.embeddings.num_register_tokens();
-        let cls = h.select(1, 0);
-        let patches = h.narrow(1, skip, n - skip).mean_dim(1, false, None);
-        Tensor::cat(&[cls, patches], 1)
+        let pixel_values = follow_kind(pixel_values, &self.dinov2.embeddings.projection.ws);
+        self.pool(&self.dinov2.last_hidden_state(&pixel_values, train))
+    }
+
+    fn chain(&self, train: bool) -> Vec<Unit<'_>> {
+        let m = &self.dinov2;
+        let mut units: Vec<Unit<'_>> = vec![Box::new(move |x: &Tensor| {
+            m.embeddings
+                .forward_t(&follow_kind(x, &m.embeddings.projection.ws), train)
+        })];
+        for layer in &m.layers {
+            units.push(Box::new(move |x: &Tensor| layer.forward_t(x, train)));
+        }
+        units.push(Box::new(move |h: &Tensor| {
+            self.head(&self.pool(&m.layernorm.forward(h)))
+        }));
+        units
     }
 
     fn head(&self, features: &Tensor) -> Tensor {

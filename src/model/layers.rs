@@ -7,6 +7,16 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 /// N(0, std), as `transformers` initialises weights and embeddings.
+/// `pixel_values` in the dtype of `weight` (as `transformers`' embeddings
+/// cast their input to the weights' dtype).
+pub fn follow_kind(pixel_values: &Tensor, weight: &Tensor) -> Tensor {
+    if pixel_values.kind() == weight.kind() {
+        pixel_values.shallow_clone()
+    } else {
+        pixel_values.to_kind(weight.kind())
+    }
+}
+
 pub fn normal(std: f64) -> nn::Init {
     nn::Init::Randn {
         mean: 0.,

@@ -16,7 +16,7 @@
 //! - [`preflight`]: what a job checks of its base model before it is queued.
 
 mod activation;
-mod batch_norm;
+pub mod batch_norm;
 pub mod config;
 pub mod convnext;
 mod convnext_config;
@@ -72,6 +72,13 @@ pub trait ImageClassifier: Send {
     fn forward_t(&self, pixel_values: &Tensor, train: bool) -> Tensor {
         self.head(&self.features(pixel_values, train))
     }
+    /// The network as a chain of units, for activation checkpointing
+    /// (`train/recompute.rs`): the first takes the pixel values, the last
+    /// gives the logits, and composed they are [`Self::forward_t`]. Only
+    /// each unit's input is kept between the forward and backward passes;
+    /// a unit is an encoder block (ViT, DINOv2, Swin) or a stage (ConvNeXt,
+    /// ResNet). One unit (the default) checkpoints nothing.
+    fn chain(&self, train: bool) -> Vec<Unit<'_>>;
     /// Encoder depth, for partial fine-tuning and layer-wise LR decay
     /// (blocks for ViT and DINOv2, stages for Swin).
     fn num_layers(&self) -> usize;
@@ -87,6 +94,9 @@ pub trait ImageClassifier: Send {
     /// batch norm, where `train` only switches dropout and stochastic depth.
     fn set_trainable_parts(&self, _which: Trainable) {}
 }
+
+/// One link of [`ImageClassifier::chain`].
+pub type Unit<'a> = Box<dyn Fn(&Tensor) -> Tensor + 'a>;
 
 /// A loaded model: its variables, the network reading them, and the
 /// configuration and preprocessing that travel with it when saved.

@@ -29,7 +29,8 @@ use tch::Tensor;
 
 use super::batch_norm::BatchNorm2d;
 use super::config::{Activation, ResNetConfig, ResNetLayerType};
-use super::{ImageClassifier, ParamGroup, Trainable};
+use super::layers::follow_kind;
+use super::{ImageClassifier, ParamGroup, Trainable, Unit};
 
 /// `ResNetConvLayer`: convolution (no bias, "same" padding), batch norm,
 /// optional activation, under `convolution` / `normalization`. Also the
@@ -190,8 +191,7 @@ impl ResNetModel {
         pixel_values: &Tensor,
         bn_train: impl Fn(Option<usize>) -> bool,
     ) -> Tensor {
-        let xs = self.embedder.forward(pixel_values, bn_train(None));
-        let mut xs = xs.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut xs = self.stem(pixel_values, bn_train(None));
         for (s, stage) in self.stages.iter().enumerate() {
             let train = bn_train(Some(s));
             for layer in stage {
@@ -199,6 +199,17 @@ impl ResNetModel {
             }
         }
         xs
+    }
+
+    /// The embedder: convolution, batch norm, activation, max pool.
+    fn stem(&self, pixel_values: &Tensor, bn_train: bool) -> Tensor {
+        self.embedder.forward(pixel_values, bn_train).max_pool2d(
+            [3, 3],
+            [2, 2],
+            [1, 1],
+            [1, 1],
+            false,
+        )
     }
 
     /// `[B, hidden_sizes[-1]]`: the spatial average (`pooler_output`, flattened).
@@ -218,6 +229,14 @@ pub struct ResNetForImageClassification {
 }
 
 impl ResNetForImageClassification {
+    /// Whether the batch norms of `stage` (`None`: the stem) normalise with
+    /// batch statistics and update the running ones: in training, for the
+    /// parts that train.
+    fn bn_train(&self, stage: Option<usize>, train: bool) -> bool {
+        let part = stage.map_or(ParamGroup::Embeddings, ParamGroup::Layer);
+        train && self.trained_parts.get().includes(part, self.num_layers())
+    }
+
     /// Builds the network under `root` with a head of `num_labels` outputs,
     /// initialised as torch's `nn.Linear` (which `transformers` copies for
     /// ResNet): kaiming_uniform(a = sqrt(5)) weight, uniform(+-1/sqrt(fan_in)) bias.
@@ -252,19 +271,31 @@ impl ImageClassifier for ResNetForImageClassification {
     /// `[B, hidden_sizes[-1]]`: the average of the last stage.
     fn features(&self, pixel_values: &Tensor, train: bool) -> Tensor {
         // Inputs follow the weights' dtype, as for the transformers.
-        let kind = self.resnet.embedder.convolution.ws.kind();
-        let pixel_values = if pixel_values.kind() == kind {
-            pixel_values.shallow_clone()
-        } else {
-            pixel_values.to_kind(kind)
-        };
-        let (which, stages) = (self.trained_parts.get(), self.num_layers());
-        let bn_train = |stage: Option<usize>| {
-            let part = stage.map_or(ParamGroup::Embeddings, ParamGroup::Layer);
-            train && which.includes(part, stages)
-        };
-        let h = self.resnet.last_hidden_state(&pixel_values, bn_train);
+        let pixel_values = follow_kind(pixel_values, &self.resnet.embedder.convolution.ws);
+        let h = self
+            .resnet
+            .last_hidden_state(&pixel_values, |s| self.bn_train(s, train));
         self.resnet.pooled(&h)
+    }
+
+    fn chain(&self, train: bool) -> Vec<Unit<'_>> {
+        let m = &self.resnet;
+        let mut units: Vec<Unit<'_>> = vec![Box::new(move |x: &Tensor| {
+            m.stem(
+                &follow_kind(x, &m.embedder.convolution.ws),
+                self.bn_train(None, train),
+            )
+        })];
+        for (s, stage) in m.stages.iter().enumerate() {
+            units.push(Box::new(move |x: &Tensor| {
+                let update = self.bn_train(Some(s), train);
+                stage
+                    .iter()
+                    .fold(x.shallow_clone(), |xs, layer| layer.forward(&xs, update))
+            }));
+        }
+        units.push(Box::new(move |h: &Tensor| self.head(&m.pooled(h))));
+        units
     }
 
     fn head(&self, features: &Tensor) -> Tensor {

@@ -44,9 +44,10 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::{Activation, SwinConfig};
 use super::error::{ModelError, Result};
+use super::layers::follow_kind;
 use super::layers::{linear, normal};
 use super::params::ParamGroup;
-use super::{ImageClassifier, Model};
+use super::{ImageClassifier, Model, Unit};
 
 /// `nn.LayerNorm(dim)` with PyTorch's default epsilon, as `transformers`
 /// builds the embeddings' and patch merging's norms.
@@ -555,13 +556,42 @@ impl ImageClassifier for SwinForImageClassification {
     /// `[B, num_features]`: the pooled output.
     fn features(&self, pixel_values: &Tensor, train: bool) -> Tensor {
         // Inputs follow the weights' dtype.
-        let kind = self.swin.embeddings.projection.ws.kind();
-        let pixel_values = if pixel_values.kind() == kind {
-            pixel_values.shallow_clone()
-        } else {
-            pixel_values.to_kind(kind)
-        };
+        let pixel_values = follow_kind(pixel_values, &self.swin.embeddings.projection.ws);
         self.swin.pooled(&pixel_values, train)
+    }
+
+    /// Units of one block each (a stage's patch merging rides with its
+    /// last block). A block needs its token grid, which the embeddings unit
+    /// records when it runs (it runs first in the forward pass).
+    fn chain(&self, train: bool) -> Vec<Unit<'_>> {
+        let m = &self.swin;
+        let grid = std::rc::Rc::new(std::cell::Cell::new((0i64, 0i64)));
+        let g = grid.clone();
+        let mut units: Vec<Unit<'_>> = vec![Box::new(move |x: &Tensor| {
+            let (xs, hw) = m
+                .embeddings
+                .forward_t(&follow_kind(x, &m.embeddings.projection.ws), train);
+            g.set(hw);
+            xs
+        })];
+        for (s, stage) in m.stages.iter().enumerate() {
+            for (b, block) in stage.blocks.iter().enumerate() {
+                let last = b + 1 == stage.blocks.len();
+                let grid = grid.clone();
+                units.push(Box::new(move |x: &Tensor| {
+                    let hw = (0..s).fold(grid.get(), |(h, w), _| ((h + 1) / 2, (w + 1) / 2));
+                    let xs = block.forward_t(x, hw, train);
+                    match (&stage.downsample, last) {
+                        (Some(merge), true) => merge.forward(&xs, hw),
+                        _ => xs,
+                    }
+                }));
+            }
+        }
+        units.push(Box::new(move |h: &Tensor| {
+            self.head(&m.layernorm.forward(h).mean_dim(1, false, None))
+        }));
+        units
     }
 
     fn head(&self, features: &Tensor) -> Tensor {

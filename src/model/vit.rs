@@ -15,8 +15,9 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::config::{Activation, ViTConfig};
+use super::layers::follow_kind;
 use super::layers::{self, linear, normal, SelfAttention};
-use super::ImageClassifier;
+use super::{ImageClassifier, Unit};
 
 /// Patch projection, CLS token and position embeddings (`vit.embeddings`).
 #[derive(Debug)]
@@ -242,15 +243,25 @@ impl ViTForImageClassification {
 impl ImageClassifier for ViTForImageClassification {
     fn features(&self, pixel_values: &Tensor, train: bool) -> Tensor {
         // As `ViTModel.forward`: inputs follow the weights' dtype.
-        let kind = self.vit.embeddings.projection.ws.kind();
-        let pixel_values = if pixel_values.kind() == kind {
-            pixel_values.shallow_clone()
-        } else {
-            pixel_values.to_kind(kind)
-        };
+        let pixel_values = follow_kind(pixel_values, &self.vit.embeddings.projection.ws);
         self.vit
             .last_hidden_state(&pixel_values, train)
             .select(1, 0)
+    }
+
+    fn chain(&self, train: bool) -> Vec<Unit<'_>> {
+        let vit = &self.vit;
+        let mut units: Vec<Unit<'_>> = vec![Box::new(move |x: &Tensor| {
+            vit.embeddings
+                .forward_t(&follow_kind(x, &vit.embeddings.projection.ws), train)
+        })];
+        for layer in &vit.layers {
+            units.push(Box::new(move |x: &Tensor| layer.forward_t(x, train)));
+        }
+        units.push(Box::new(move |h: &Tensor| {
+            self.head(&vit.layernorm.forward(h).select(1, 0))
+        }));
+        units
     }
 
     fn head(&self, features: &Tensor) -> Tensor {

@@ -69,6 +69,8 @@ mod ffi {
         pub fn vx_pin_memory(t: CTensor, out: *mut CTensor) -> *mut c_char;
         pub fn vx_manual_seed(device: i32, index: i32, seed: u64) -> *mut c_char;
         pub fn vx_current_seed(device: i32, index: i32, seed: *mut u64) -> *mut c_char;
+        pub fn vx_rng_get_state(device: i32, index: i32, out: *mut CTensor) -> *mut c_char;
+        pub fn vx_rng_set_state(device: i32, index: i32, state: CTensor) -> *mut c_char;
         pub fn vx_cuda_capability(index: i32, major: *mut i32, minor: *mut i32) -> *mut c_char;
         pub fn vx_cuda_use_pool_stream(index: i32, stream_id: *mut i64) -> *mut c_char;
     }
@@ -374,6 +376,22 @@ pub fn current_seed(device: tch::Device) -> Result<u64> {
     Ok(seed)
 }
 
+/// The state of `device`'s default generator (seed and position), to give
+/// back to [`set_rng_state`]: a recomputation then draws the same numbers.
+pub fn rng_state(device: tch::Device) -> Result<Tensor> {
+    let (kind, index) = generator_of(device);
+    let mut out: CTensor = std::ptr::null_mut();
+    check(unsafe { ffi::vx_rng_get_state(kind.code(), index, &mut out) })?;
+    // SAFETY: the shim returned a new heap `at::Tensor*`, which tch owns.
+    Ok(unsafe { Tensor::from_ptr(out.cast()) })
+}
+
+/// Restores a state [`rng_state`] returned.
+pub fn set_rng_state(device: tch::Device, state: &Tensor) -> Result<()> {
+    let (kind, index) = generator_of(device);
+    check(unsafe { ffi::vx_rng_set_state(kind.code(), index, handle(state)) })
+}
+
 fn generator_of(device: tch::Device) -> (AutocastDevice, i32) {
     match device {
         tch::Device::Cuda(i) => (AutocastDevice::Cuda, i as i32),
@@ -521,6 +539,23 @@ pub(crate) mod tests {
 
     /// Only this test seeds the CPU generator in the lib's test binary
     /// (the training run that also does runs in a child process).
+    #[test]
+    fn a_saved_generator_state_replays_the_same_draws() {
+        // The generator is the process's: another test drawing from it in
+        // between spoils one try, never five.
+        let replays = || {
+            let state = rng_state(Device::Cpu).unwrap();
+            let a = Tensor::rand([16], (tch::Kind::Float, Device::Cpu));
+            let after = rng_state(Device::Cpu).unwrap();
+            set_rng_state(Device::Cpu, &state).unwrap();
+            let b = Tensor::rand([16], (tch::Kind::Float, Device::Cpu));
+            a.equal(&b) && rng_state(Device::Cpu).unwrap().equal(&after)
+        };
+        assert!((0..5).any(|_| replays()));
+        let junk = Tensor::zeros([3], (tch::Kind::Uint8, Device::Cpu));
+        assert!(set_rng_state(Device::Cpu, &junk).is_err());
+    }
+
     #[test]
     fn seeding_sets_one_generator() {
         manual_seed(Device::Cpu, 7).unwrap();

@@ -260,6 +260,31 @@ char *vx_current_seed(int32_t device, int32_t index, uint64_t *seed) {
   });
 }
 
+// The whole state of one device's default generator (seed and position),
+// as a byte tensor: what activation checkpointing saves before a unit's
+// forward pass and restores to replay its dropout in the recomputation.
+char *vx_rng_get_state(int32_t device, int32_t index, tensor *out) {
+  return guarded([&] {
+    auto t = device_type(device);
+    at::Device d = t == at::kCPU ? at::Device(at::kCPU)
+                                 : at::Device(t, static_cast<c10::DeviceIndex>(index));
+    auto gen = at::globalContext().defaultGenerator(d);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    *out = new at::Tensor(gen.get_state());
+  });
+}
+
+char *vx_rng_set_state(int32_t device, int32_t index, tensor state) {
+  return guarded([&] {
+    auto t = device_type(device);
+    at::Device d = t == at::kCPU ? at::Device(at::kCPU)
+                                 : at::Device(t, static_cast<c10::DeviceIndex>(index));
+    auto gen = at::globalContext().defaultGenerator(d);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(*state);
+  });
+}
+
 // --- device facts ----------------------------------------------------------
 
 // The compute capability of CUDA device `index`, through the CUDA runtime

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mix;
 pub mod oom;
 pub mod optim;
+pub mod recompute;
 pub mod record;
 mod resolution;
 mod session;
