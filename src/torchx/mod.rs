@@ -29,7 +29,7 @@ type CTensor = *mut std::ffi::c_void;
 
 mod ffi {
     use super::CTensor;
-    use std::ffi::c_char;
+    use std::ffi::{c_char, c_void};
 
     extern "C" {
         pub fn vx_free(p: *mut c_char);
@@ -69,6 +69,13 @@ mod ffi {
         pub fn vx_pin_memory(t: CTensor, out: *mut CTensor) -> *mut c_char;
         pub fn vx_manual_seed(device: i32, index: i32, seed: u64) -> *mut c_char;
         pub fn vx_current_seed(device: i32, index: i32, seed: *mut u64) -> *mut c_char;
+        pub fn vx_event_record(device: i32, index: i32, event: *mut *mut c_void) -> *mut c_char;
+        pub fn vx_event_elapsed_ms(
+            start: *mut c_void,
+            end: *mut c_void,
+            ms: *mut f64,
+        ) -> *mut c_char;
+        pub fn vx_event_free(event: *mut c_void);
         pub fn vx_rng_get_state(device: i32, index: i32, out: *mut CTensor) -> *mut c_char;
         pub fn vx_rng_set_state(device: i32, index: i32, state: CTensor) -> *mut c_char;
         pub fn vx_cuda_capability(index: i32, major: *mut i32, minor: *mut i32) -> *mut c_char;
@@ -374,6 +381,42 @@ pub fn current_seed(device: tch::Device) -> Result<u64> {
     let mut seed = 0;
     check(unsafe { ffi::vx_current_seed(kind.code(), index, &mut seed) })?;
     Ok(seed)
+}
+
+/// A timing event recorded on the current stream of a GPU: the time between
+/// two is the device's, whatever the host did meanwhile.
+pub struct DeviceEvent(*mut std::ffi::c_void);
+
+// SAFETY: a `c10::Event` may be recorded, waited for and dropped from any
+// thread; this handle is only ever used by one owner at a time.
+unsafe impl Send for DeviceEvent {}
+
+impl DeviceEvent {
+    /// Records an event on `device`'s current stream (CUDA only: the CPU
+    /// has no events, and its host time is its busy time).
+    pub fn record(device: tch::Device) -> Result<Self> {
+        let tch::Device::Cuda(index) = device else {
+            return Err(TorchError(format!("no timing events on {device:?}")));
+        };
+        let mut event = std::ptr::null_mut();
+        check(unsafe {
+            ffi::vx_event_record(AutocastDevice::Cuda.code(), index as i32, &mut event)
+        })?;
+        Ok(Self(event))
+    }
+
+    /// Seconds from `self` to `end`, waiting for `end` to complete.
+    pub fn seconds_to(&self, end: &DeviceEvent) -> Result<f64> {
+        let mut ms = 0.0;
+        check(unsafe { ffi::vx_event_elapsed_ms(self.0, end.0, &mut ms) })?;
+        Ok(ms / 1000.0)
+    }
+}
+
+impl Drop for DeviceEvent {
+    fn drop(&mut self) {
+        unsafe { ffi::vx_event_free(self.0) }
+    }
 }
 
 /// The state of `device`'s default generator (seed and position), to give

@@ -14,6 +14,7 @@
 #include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/core/Event.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/Exception.h>
 
@@ -325,5 +326,38 @@ char *vx_cuda_use_pool_stream(int32_t index, int64_t *stream_id) {
     *stream_id = stream.id();
   });
 }
+
+// --- timing events ----------------------------------------------------------
+
+// A timing event of device `index` (c10's device-agnostic `Event`, so no
+// CUDA headers), recorded on the calling thread's current stream. The step
+// clock of training brackets the GPU's work with two of them: their
+// elapsed time is what the GPU spent, not what the host spent queuing it.
+char *vx_event_record(int32_t device, int32_t index, void **event) {
+  return guarded([&] {
+    auto t = device_type(device);
+    c10::Device d(t, static_cast<c10::DeviceIndex>(index));
+    auto *e = new c10::Event(t, c10::EventFlag::BACKEND_DEFAULT);
+    try {
+      c10::impl::VirtualGuardImpl impl(t);
+      e->record(impl.getStream(d));
+    } catch (...) {
+      delete e;
+      throw;
+    }
+    *event = e;
+  });
+}
+
+// Milliseconds between two recorded events, waiting for `end` first.
+char *vx_event_elapsed_ms(void *start, void *end, double *ms) {
+  return guarded([&] {
+    auto *b = static_cast<c10::Event *>(end);
+    b->synchronize();
+    *ms = static_cast<c10::Event *>(start)->elapsedTime(*b);
+  });
+}
+
+void vx_event_free(void *event) { delete static_cast<c10::Event *>(event); }
 
 } // extern "C"

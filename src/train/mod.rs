@@ -22,6 +22,7 @@ pub mod recompute;
 pub mod record;
 mod resolution;
 mod session;
+pub mod timing;
 pub mod weight_decay;
 
 use std::path::PathBuf;
