@@ -15,6 +15,7 @@ mod eval;
 mod features;
 mod input;
 pub mod metrics;
+pub mod micro_batch;
 pub mod mix;
 pub mod oom;
 pub mod optim;
