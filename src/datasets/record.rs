@@ -1,37 +1,23 @@
-//! A stored dataset as the API shows it: the `datasets` row with its
-//! summary, progress and refusal typed, and the manifest the trainer reads
-//! from its directory.
+//! A stored dataset, in its one shape: the `datasets` row with its
+//! summary, progress and refusal typed. The store decodes its rows into
+//! it ([`DatasetRecord`] reads the columns by name), the service passes it
+//! around and `http::datasets` renders it.
 
 use std::path::{Path, PathBuf};
 
-use crate::db::Db;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::Row as _;
 use uuid::Uuid;
 
-use super::{DatasetSummary, Manifest};
+use crate::data::progress::ValidationProgress;
+use crate::data::{DatasetSummary, Manifest};
+use crate::db::Db;
 use crate::error::{AppError, ErrorKind};
 pub use crate::store::datasets::DatasetStatus;
-use crate::store::datasets::{self as store, DatasetRow, FailureRow};
+use crate::store::datasets::{self as store, Refusal};
 use crate::task::Task;
-
-/// How far a validation has got.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ValidationProgress {
-    /// `queued` (waiting for a validation slot), `extracting`, `checking`
-    /// (decoding every image) or `done`.
-    pub phase: String,
-    /// Images decoded and checked so far.
-    pub images_checked: u64,
-    /// Images to check; known once the archive is extracted.
-    pub images_total: Option<u64>,
-    /// Images checked per second, since checking began.
-    pub images_per_sec: Option<f64>,
-    /// Seconds until every image is checked, at that rate.
-    pub eta_seconds: Option<f64>,
-    /// Seconds since this validation started (extraction included).
-    pub elapsed_seconds: f64,
-}
 
 /// Why a dataset was refused: the kind (which decides the HTTP status of
 /// the same refusal answered to a request), the stable code and a detail
@@ -65,19 +51,12 @@ impl DatasetFailure {
         format!("the dataset was refused ({}): {}", self.code, self.detail)
     }
 
-    pub fn to_row(&self) -> FailureRow {
-        FailureRow {
-            kind: self.kind.map_or("internal", ErrorKind::as_str).to_string(),
-            code: self.code.clone(),
-            detail: self.detail.clone(),
-        }
-    }
-
-    fn from_row(r: FailureRow) -> Self {
-        Self {
-            kind: ErrorKind::parse(&r.kind),
-            code: r.code,
-            detail: r.detail,
+    /// The refusal as the store records it.
+    pub fn to_row(&self) -> Refusal<'_> {
+        Refusal {
+            kind: self.kind.map_or("internal", ErrorKind::as_str),
+            code: &self.code,
+            detail: &self.detail,
         }
     }
 }
@@ -113,35 +92,6 @@ pub struct DatasetRecord {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-impl TryFrom<DatasetRow> for DatasetRecord {
-    type Error = anyhow::Error;
-    fn try_from(r: DatasetRow) -> anyhow::Result<Self> {
-        Ok(DatasetRecord {
-            summary: r
-                .summary_json
-                .as_deref()
-                .map(serde_json::from_str)
-                .transpose()?,
-            progress: r
-                .progress_json
-                .as_deref()
-                .and_then(|p| serde_json::from_str(p).ok()),
-            error: r.error.map(DatasetFailure::from_row),
-            validation_starts: r.validation_starts,
-            id: r.id,
-            sha256: r.sha256,
-            status: r.status,
-            format: r.format,
-            size_bytes: r.size_bytes,
-            path: r.path,
-            task: r.task,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-            finished_at: r.finished_at,
-        })
-    }
-}
-
 impl DatasetRecord {
     /// The dataset's directory.
     pub fn dir(&self, data_dir: &Path) -> PathBuf {
@@ -153,23 +103,105 @@ impl DatasetRecord {
         Manifest::load(&self.dir(data_dir))
     }
 
+    /// Validated: jobs may train on it.
+    pub fn is_ready(&self) -> bool {
+        self.status == DatasetStatus::Ready
+    }
+
     /// Ready or failed: its validation has ended.
     pub fn is_settled(&self) -> bool {
         self.status != DatasetStatus::Validating
     }
 }
 
+/// A row of `datasets` (the store's `COLUMNS`) as the record. The JSON
+/// documents are informative: one that does not parse (progress written
+/// by an older version, a summary a test stored as `{}`) is logged and
+/// left out rather than failing every read of the dataset.
+impl<'r> sqlx::FromRow<'r, AnyRow> for DatasetRecord {
+    fn from_row(row: &'r AnyRow) -> sqlx::Result<Self> {
+        let id: String = row.try_get("id")?;
+        let id: Uuid = id.parse().map_err(|e| decode("id", e))?;
+        let status: String = row.try_get("status")?;
+        Ok(DatasetRecord {
+            status: DatasetStatus::parse(&status)
+                .ok_or_else(|| decode("status", format!("unknown dataset status `{status}`")))?,
+            sha256: row.try_get("sha256")?,
+            format: row.try_get("format")?,
+            size_bytes: row.try_get("size_bytes")?,
+            path: row.try_get("path")?,
+            task: row.try_get("task")?,
+            summary: document(id, row, "summary")?,
+            progress: document(id, row, "progress")?,
+            error: failure_of_row(row)?,
+            validation_starts: row.try_get("validation_starts")?,
+            created_at: time(row.try_get("created_at")?)?,
+            updated_at: time(
+                row.try_get::<Option<i64>, _>("updated_at")?
+                    .map_or_else(|| row.try_get("created_at"), Ok)?,
+            )?,
+            finished_at: row
+                .try_get::<Option<i64>, _>("finished_at")?
+                .map(time)
+                .transpose()?,
+            id,
+        })
+    }
+}
+
+/// The refusal's columns, when the row has one.
+fn failure_of_row(row: &AnyRow) -> sqlx::Result<Option<DatasetFailure>> {
+    let kind: Option<String> = row.try_get("error_kind")?;
+    let code: Option<String> = row.try_get("error_code")?;
+    Ok(match (kind, code) {
+        (Some(kind), Some(code)) => Some(DatasetFailure {
+            kind: ErrorKind::parse(&kind),
+            code,
+            detail: row
+                .try_get::<Option<String>, _>("error_detail")?
+                .unwrap_or_default(),
+        }),
+        _ => None,
+    })
+}
+
+/// The JSON document in `column`, typed; `None` when absent or unreadable
+/// (logged).
+fn document<T: serde::de::DeserializeOwned>(
+    id: Uuid,
+    row: &AnyRow,
+    column: &str,
+) -> sqlx::Result<Option<T>> {
+    let Some(text) = row.try_get::<Option<String>, _>(column)? else {
+        return Ok(None);
+    };
+    match serde_json::from_str(&text) {
+        Ok(doc) => Ok(Some(doc)),
+        Err(e) => {
+            tracing::warn!(dataset = %id, column, error = %e, "a stored dataset document does not parse; left out");
+            Ok(None)
+        }
+    }
+}
+
+fn time(ms: i64) -> sqlx::Result<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| decode("timestamp", format!("bad timestamp {ms}")))
+}
+
+fn decode(column: &str, e: impl std::fmt::Display) -> sqlx::Error {
+    sqlx::Error::Decode(format!("datasets.{column}: {e}").into())
+}
+
 /// The dataset `id`, if stored.
 pub async fn get(db: &Db, id: Uuid) -> anyhow::Result<Option<DatasetRecord>> {
-    store::get(db, id).await?.map(TryInto::try_into).transpose()
+    store::get(db, id).await
 }
 
 /// The dataset stored from the archive with this SHA-256, if any.
 pub async fn find_by_sha256(db: &Db, sha256: &str) -> anyhow::Result<Option<DatasetRecord>> {
-    store::find_by_sha256(db, sha256)
-        .await?
-        .map(TryInto::try_into)
-        .transpose()
+    store::find_by_sha256(db, sha256).await
 }
 
 /// What a list page shows of a validated dataset: counts, never the
@@ -225,16 +257,14 @@ pub struct DatasetListing {
     pub counts: Option<DatasetCounts>,
 }
 
-impl TryFrom<DatasetRow> for DatasetListing {
-    type Error = anyhow::Error;
-    fn try_from(mut r: DatasetRow) -> anyhow::Result<Self> {
-        let stored = r.counts_json.take();
-        let mut record = DatasetRecord::try_from(r)?;
-        let counts = match (stored, record.summary.take()) {
-            (Some(json), _) => Some(serde_json::from_str(&json)?),
-            // Validated before counts were stored.
-            (None, summary) => summary.as_ref().map(DatasetCounts::of),
-        };
+/// A row of a list page: the counts as stored, or (validated before
+/// counts were stored) counted from the summary, which is then dropped.
+impl<'r> sqlx::FromRow<'r, AnyRow> for DatasetListing {
+    fn from_row(row: &'r AnyRow) -> sqlx::Result<Self> {
+        let mut record = DatasetRecord::from_row(row)?;
+        let summary = record.summary.take();
+        let counts =
+            document(record.id, row, "counts")?.or_else(|| summary.as_ref().map(DatasetCounts::of));
         Ok(Self { record, counts })
     }
 }
@@ -246,9 +276,5 @@ pub async fn list(
     limit: i64,
     offset: i64,
 ) -> anyhow::Result<Vec<DatasetListing>> {
-    store::list(db, status, limit, offset)
-        .await?
-        .into_iter()
-        .map(TryInto::try_into)
-        .collect()
+    store::list(db, status, limit, offset).await
 }
