@@ -278,3 +278,56 @@ pub async fn list(
 ) -> anyhow::Result<Vec<DatasetListing>> {
     store::list(db, status, limit, offset).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::datasets::NewDataset;
+
+    /// A row decodes straight into the record, its refusal typed; a JSON
+    /// document that does not parse is left out, not an error of every
+    /// read (the worker only needs the path).
+    #[tokio::test]
+    async fn rows_decode_into_the_record_and_a_bad_document_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("vitrine.db").display());
+        let db = crate::db::connect(&url).await.unwrap();
+        let new = NewDataset {
+            sha256: "a",
+            format: "zip",
+            size_bytes: 7,
+            path: "datasets/a",
+            task: Task::MultiLabel,
+            summary_json: "{}",
+        };
+        let ready: DatasetRecord = store::insert(&db, &new).await.unwrap();
+        let read = get(&db, ready.id).await.unwrap().unwrap();
+        assert_eq!(read, ready);
+        assert!(read.is_ready() && read.summary.is_none() && read.error.is_none());
+        assert_eq!((read.task, read.size_bytes), (Some(Task::MultiLabel), 7));
+        assert_eq!(read.format.as_deref(), Some("zip"));
+
+        let failing: DatasetRecord = store::insert_validating(&db, "b", 1, "datasets/b")
+            .await
+            .unwrap()
+            .unwrap();
+        let failure = DatasetFailure {
+            kind: Some(ErrorKind::Unprocessable),
+            code: "too_few_labels".into(),
+            detail: "one label".into(),
+        };
+        let (failed, jobs): (DatasetRecord, u64) =
+            store::mark_failed(&db, failing.id, &failure.to_row(), "x")
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!((failed.status, jobs), (DatasetStatus::Failed, 0));
+        assert_eq!(failed.error, Some(failure));
+        assert!(failed.finished_at.is_some() && failed.is_settled());
+
+        let listed = list(&db, None, 10, 0).await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].record.id, failed.id, "newest first");
+        assert!(listed.iter().all(|l| l.counts.is_none()));
+    }
+}
