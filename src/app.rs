@@ -9,7 +9,7 @@ use crate::db::Db;
 use anyhow::Context;
 
 use crate::config::ServeConfig;
-use crate::data::service::DatasetStore;
+use crate::datasets::DatasetStore;
 use crate::jobs::JobQueue;
 use crate::metrics::Metrics;
 
@@ -89,7 +89,7 @@ impl AppState {
             max_upload_bytes: config.max_upload_bytes,
             artifacts: artifacts.clone(),
             max_validation_starts: config.max_validation_starts,
-            validations: crate::data::validation::Validations::new(
+            validations: crate::datasets::pool::Validations::new(
                 config.ingest_concurrency,
                 match config.ingest_threads {
                     0 => crate::torch_info::threads::available_cpus(),

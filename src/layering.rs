@@ -1,5 +1,7 @@
 //! The import rule, checked over the source tree: a module may use only
-//! modules of a lower layer, and only `http/` knows axum.
+//! modules of a lower layer, and only `http/` knows axum. A few modules
+//! are also kept from some lower ones ([`kept_from`]): `data` is pure
+//! format code, and storing datasets is `datasets`' business.
 //!
 //! | layer | modules |
 //! |---|---|
@@ -9,7 +11,7 @@
 //! | 7 | `app` (the application state) |
 //! | 6 | `config` (its settings), `sweeps` (candidate jobs, halving, the supervisor) |
 //! | 5 | `jobs`, `serve`, `export` (ONNX files of trained models) |
-//! | 4 | `train` |
+//! | 4 | `train`, `datasets` (storing, validating and recording datasets, over `data`) |
 //! | 3 | `data`, `model` |
 //! | 2 | `imaging`, `store`, `torch_info`, `torchx`, `artifacts` (the shared artefact store) |
 //! | 1 | `db`, `devices` (device health, read by training, serving and `http`), `budget` (the decoding memory budget) |
@@ -25,13 +27,23 @@ pub fn layer(module: &str) -> Option<u8> {
         "app" => 7,
         "config" | "sweeps" => 6,
         "jobs" | "serve" | "export" => 5,
-        "train" => 4,
+        "train" | "datasets" => 4,
         "data" | "model" => 3,
         "imaging" | "store" | "torch_info" | "torchx" | "artifacts" => 2,
         "db" | "devices" | "budget" => 1,
         "task" | "error" | "metrics" => 0,
         _ => return None,
     })
+}
+
+/// The lower modules `module` may not import all the same: `data` reads
+/// and checks dataset formats and knows no database, store or artefact
+/// store (`datasets` does that above it).
+pub fn kept_from(module: &str) -> &'static [&'static str] {
+    match module {
+        "data" => &["store", "db", "artifacts"],
+        _ => &[],
+    }
 }
 
 /// Every `crate::<module>` a source text names outside comments, grouped
@@ -96,6 +108,12 @@ pub fn violations(module: &str, source: &str) -> Vec<String> {
     let mut out = Vec::new();
     for used in crate_imports(source) {
         if used == module {
+            continue;
+        }
+        if kept_from(module).contains(&used.as_str()) {
+            out.push(format!(
+                "`{module}` imports `{used}`, which it is kept from"
+            ));
             continue;
         }
         match layer(&used) {
@@ -176,12 +194,37 @@ mod tests {
     }
 
     #[test]
-    fn grouped_imports_and_re_exports_are_read() {
+    fn data_imports_no_store_database_or_artefacts() {
         let v = violations(
             "data",
+            "use crate::imaging::Pipeline;\nuse crate::{db::Db, store::datasets};\nuse crate::artifacts::Artifacts;\n",
+        );
+        assert_eq!(
+            v,
+            vec![
+                "`data` imports `db`, which it is kept from".to_string(),
+                "`data` imports `store`, which it is kept from".to_string(),
+                "`data` imports `artifacts`, which it is kept from".to_string(),
+            ]
+        );
+        assert!(violations(
+            "datasets",
+            "use crate::{data::Manifest, store::datasets, db::Db};"
+        )
+        .is_empty());
+        assert_eq!(
+            violations("datasets", "use crate::jobs::JobQueue;").len(),
+            1
+        );
+    }
+
+    #[test]
+    fn grouped_imports_and_re_exports_are_read() {
+        let v = violations(
+            "train",
             "use crate::{\n    imaging::Pipeline, // fine\n    store::{self, jobs},\n    jobs::JobQueue,\n};\n",
         );
-        assert_eq!(v, vec!["`data` (layer 3) imports `jobs`".to_string()]);
+        assert_eq!(v, vec!["`train` (layer 4) imports `jobs`".to_string()]);
         assert_eq!(
             crate_imports("use crate::{imaging::Pipeline, store::{self, jobs}};"),
             vec!["imaging".to_string(), "store".to_string()]

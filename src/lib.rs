@@ -9,6 +9,7 @@ pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod datasets;
 pub mod db;
 pub mod devices;
 pub mod error;

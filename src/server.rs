@@ -151,7 +151,7 @@ const TAKE_OVER_EVERY: Duration = Duration::from_secs(15);
 /// On PostgreSQL, several API nodes: a dataset whose node died while
 /// validating it is validated by another (`DatasetStore::take_over_stale`).
 async fn take_over_stale_validations(
-    datasets: crate::data::service::DatasetStore,
+    datasets: crate::datasets::DatasetStore,
     shutdown: CancellationToken,
 ) {
     loop {

@@ -1,6 +1,9 @@
-//! Datasets in: archive reading and safe extraction, layout detection
-//! (Hugging Face `imagefolder` conventions), validation, the summary shown
-//! to users and the manifest the trainer reads.
+//! Datasets in, as formats: archive reading and safe extraction, layout
+//! detection (Hugging Face `imagefolder` conventions), metadata, Parquet,
+//! the checks of an upload ([`ingest`]), the summary shown to users and
+//! the manifest the trainer reads. Pure format code: storing, validating
+//! in the background and recording datasets is `crate::datasets`, and
+//! nothing here imports `store`, `db` or `artifacts` (`layering` checks).
 
 pub mod archive;
 pub mod error;
@@ -11,11 +14,8 @@ pub mod metadata;
 pub mod parquet;
 pub mod parquet_guard;
 pub mod progress;
-pub mod record;
-pub mod service;
 pub mod split;
 pub mod summary;
-pub mod validation;
 
 pub use archive::ArchiveFormat;
 pub use error::DatasetError;

@@ -6,7 +6,25 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::record::ValidationProgress;
+use serde::{Deserialize, Serialize};
+
+/// How far a validation has got.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ValidationProgress {
+    /// `queued` (waiting for a validation slot), `extracting`, `checking`
+    /// (decoding every image) or `done`.
+    pub phase: String,
+    /// Images decoded and checked so far.
+    pub images_checked: u64,
+    /// Images to check; known once the archive is extracted.
+    pub images_total: Option<u64>,
+    /// Images checked per second, since checking began.
+    pub images_per_sec: Option<f64>,
+    /// Seconds until every image is checked, at that rate.
+    pub eta_seconds: Option<f64>,
+    /// Seconds since this validation started (extraction included).
+    pub elapsed_seconds: f64,
+}
 
 /// Shared between a validation and its reporter.
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::extract::{Json, Query};
 use crate::app::AppState;
 use crate::data::manifest::{Manifest, Sample, MANIFEST_FILE};
-use crate::data::record::{self, DatasetRecord};
+use crate::datasets::record::{self, DatasetRecord, DatasetStatus};
 use crate::error::{AppError, AppResult};
 use crate::imaging::thumbnail::SIDES;
 use crate::imaging::DecodeLimits;
@@ -76,7 +76,7 @@ async fn find(state: &AppState, id: &str) -> AppResult<DatasetRecord> {
 
 /// The dataset's manifest; a dataset still being checked has none yet.
 async fn manifest(state: &AppState, dataset: &DatasetRecord) -> AppResult<Manifest> {
-    if dataset.status == crate::data::record::DatasetStatus::Ready {
+    if dataset.status == DatasetStatus::Ready {
         // Validated on another node: fetched from the artefact store once.
         state.artifacts.dataset_dir(&dataset.path).await?;
     }

@@ -21,11 +21,11 @@ use super::problem::{problem, status_of};
 use crate::app::AppState;
 use crate::config::ServeConfig;
 use crate::data::parquet::ParquetColumns;
-use crate::data::record::{
-    self, DatasetCounts, DatasetFailure, DatasetListing, DatasetRecord, DatasetStatus,
-    ValidationProgress,
-};
+use crate::data::progress::ValidationProgress;
 use crate::data::DatasetSummary;
+use crate::datasets::record::{
+    self, DatasetCounts, DatasetFailure, DatasetListing, DatasetRecord, DatasetStatus,
+};
 use crate::error::Problem;
 use crate::task::Task;
 use crate::AppError;

@@ -156,7 +156,7 @@ async fn read_multipart(
 
 async fn view_of(state: &AppState, job: store::JobRow) -> AppResult<JobView> {
     let summary = match uuid::Uuid::parse_str(&job.dataset_id) {
-        Ok(id) => crate::data::record::get(&state.db, id)
+        Ok(id) => crate::datasets::record::get(&state.db, id)
             .await?
             .and_then(|d| d.summary)
             .and_then(|s| serde_json::to_value(&s).ok()),

@@ -2,9 +2,9 @@
 //! the job is queued.
 
 use super::JobQueue;
+use crate::datasets::record::{DatasetRecord, DatasetStatus};
 use crate::error::{AppError, AppResult};
 use crate::model::preflight::BaseModelInfo;
-use crate::store::datasets::{DatasetRow, DatasetStatus};
 use crate::store::jobs::{self as store, JobRow, NewJob};
 use crate::task::Task;
 use crate::train::config::{JobConfig, Mode};
@@ -62,7 +62,7 @@ pub async fn fail_if_dataset_failed(queue: &JobQueue, dataset_id: &str) -> AppRe
     let Ok(uuid) = uuid::Uuid::parse_str(dataset_id) else {
         return Ok(false);
     };
-    let Some(dataset) = crate::store::datasets::get(&queue.db, uuid).await? else {
+    let Some(dataset) = crate::datasets::record::get(&queue.db, uuid).await? else {
         return Ok(false);
     };
     let Some(error) = dataset
@@ -79,7 +79,7 @@ pub async fn fail_if_dataset_failed(queue: &JobQueue, dataset_id: &str) -> AppRe
 /// The stored dataset a submission names, ready or still validating (the
 /// job then waits for it); an unknown id, or a dataset that was refused,
 /// is a 422.
-pub async fn find_dataset(queue: &JobQueue, dataset_id: &str) -> AppResult<DatasetRow> {
+pub async fn find_dataset(queue: &JobQueue, dataset_id: &str) -> AppResult<DatasetRecord> {
     let unknown = || {
         AppError::unprocessable(
             "unknown_dataset",
@@ -87,7 +87,7 @@ pub async fn find_dataset(queue: &JobQueue, dataset_id: &str) -> AppResult<Datas
         )
     };
     let uuid = uuid::Uuid::parse_str(dataset_id).map_err(|_| unknown())?;
-    let dataset = crate::store::datasets::get(&queue.db, uuid)
+    let dataset = crate::datasets::record::get(&queue.db, uuid)
         .await?
         .ok_or_else(unknown)?;
     if let (DatasetStatus::Failed, Some(error)) = (dataset.status, &dataset.error) {
@@ -106,7 +106,7 @@ pub async fn find_dataset(queue: &JobQueue, dataset_id: &str) -> AppResult<Datas
 /// base model), for `submit` and for each candidate of a sweep alike.
 pub async fn check_job(
     queue: &JobQueue,
-    dataset: &DatasetRow,
+    dataset: &DatasetRecord,
     config: &JobConfig,
 ) -> AppResult<()> {
     check_device(queue, config.device.as_deref())?;

@@ -232,7 +232,7 @@ impl Worker {
         let config: JobConfig = serde_json::from_str(&job.config)
             .map_err(|e| TrainError::fatal(format!("stored config is invalid: {e}")))?;
         let dataset_id = uuid::Uuid::parse_str(&job.dataset_id).map_err(TrainError::fatal)?;
-        let dataset = crate::store::datasets::get(&self.queue.db, dataset_id)
+        let dataset = crate::datasets::record::get(&self.queue.db, dataset_id)
             .await
             .map_err(TrainError::retry)?
             .ok_or_else(|| TrainError::fatal("the job's dataset no longer exists"))?;
@@ -565,7 +565,7 @@ mod tests {
         let base = queue.data_dir.join("base");
         std::fs::create_dir_all(&base).unwrap();
         let sha = uuid::Uuid::now_v7().simple().to_string();
-        let dataset = crate::store::datasets::insert(
+        let dataset = crate::store::datasets::insert::<crate::datasets::record::DatasetRecord>(
             &queue.db,
             &NewDataset {
                 sha256: &sha,

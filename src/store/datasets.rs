@@ -4,9 +4,13 @@
 //! (with the refusal's kind, code and detail). Every change of state is a
 //! compare-and-set on `status`, so a validation that lost its row (a
 //! restart re-queued it) cannot overwrite a newer outcome.
+//!
+//! A row is read into one record type, `datasets::DatasetRecord`, which
+//! decodes the [`COLUMNS`] itself (see [`DatasetRecordRow`]): the JSON
+//! documents a row holds are typed in `data`, above this layer.
 
 use crate::db::Db;
-use chrono::{DateTime, TimeZone, Utc};
+use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use crate::db::now_ms;
@@ -43,51 +47,14 @@ impl DatasetStatus {
     }
 }
 
-/// Why a dataset failed, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailureRow {
-    /// `bad_request`, `too_large`, `unprocessable` or `internal`.
-    pub kind: String,
-    pub code: String,
-    pub detail: String,
-}
-
-/// A row of `datasets`. JSON documents stay text here: their types belong
-/// to `data`, which turns rows into API records (`data::record`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct DatasetRow {
-    pub id: Uuid,
-    /// SHA-256 of the archive as uploaded (hex).
-    pub sha256: String,
-    pub status: DatasetStatus,
-    /// Known once validated.
-    pub format: Option<String>,
-    pub size_bytes: i64,
-    /// Extracted directory, relative to the data dir.
-    pub path: String,
-    /// Known once validated.
-    pub task: Option<Task>,
-    /// Known once validated.
-    pub summary_json: Option<String>,
-    /// While validating.
-    pub progress_json: Option<String>,
-    /// When failed.
-    pub error: Option<FailureRow>,
-    /// Times its validation has started since it was (re)uploaded: one
-    /// more than the validations that ended only when the process died.
-    pub validation_starts: i64,
-    /// Once validated: what a list page shows (JSON counts). In a list
-    /// row `summary_json` is `None` unless this is (older rows).
-    pub counts_json: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
-impl DatasetRow {
-    pub fn is_ready(&self) -> bool {
-        self.status == DatasetStatus::Ready
-    }
+/// A refusal to record with [`mark_failed`]: the error's kind
+/// (`bad_request`, `too_large`, `unprocessable` or `internal`), its stable
+/// code and its detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal<'a> {
+    pub kind: &'a str,
+    pub code: &'a str,
+    pub detail: &'a str,
 }
 
 /// What [`insert`] needs: a dataset validated elsewhere, stored `ready`.
@@ -111,65 +78,20 @@ pub struct Validated<'a> {
     pub counts_json: &'a str,
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: String,
-    sha256: String,
-    status: String,
-    format: Option<String>,
-    size_bytes: i64,
-    path: String,
-    task: Option<Task>,
-    summary: Option<String>,
-    progress: Option<String>,
-    error_kind: Option<String>,
-    error_code: Option<String>,
-    error_detail: Option<String>,
-    validation_starts: i64,
-    counts: Option<String>,
-    created_at: i64,
-    updated_at: Option<i64>,
-    finished_at: Option<i64>,
-}
+/// The record a row of `datasets` decodes into, reading the [`COLUMNS`]
+/// by name: `datasets::DatasetRecord`, the one shape of a dataset. The
+/// store names it only through this bound because the row's JSON
+/// documents (summary, progress, counts) are typed above it, in `data`.
+pub trait DatasetRecordRow: for<'r> sqlx::FromRow<'r, AnyRow> + Send + Unpin {}
 
-fn time(ms: i64) -> anyhow::Result<DateTime<Utc>> {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .ok_or_else(|| anyhow::anyhow!("bad timestamp {ms}"))
-}
+impl<T> DatasetRecordRow for T where T: for<'r> sqlx::FromRow<'r, AnyRow> + Send + Unpin {}
 
-impl TryFrom<Row> for DatasetRow {
-    type Error = anyhow::Error;
-    fn try_from(r: Row) -> anyhow::Result<Self> {
-        let error = match (r.error_kind, r.error_code) {
-            (Some(kind), Some(code)) => Some(FailureRow {
-                kind,
-                code,
-                detail: r.error_detail.unwrap_or_default(),
-            }),
-            _ => None,
-        };
-        Ok(DatasetRow {
-            id: r.id.parse()?,
-            sha256: r.sha256,
-            status: DatasetStatus::parse(&r.status)
-                .ok_or_else(|| anyhow::anyhow!("unknown dataset status `{}`", r.status))?,
-            format: r.format,
-            size_bytes: r.size_bytes,
-            path: r.path,
-            task: r.task,
-            summary_json: r.summary,
-            progress_json: r.progress,
-            error,
-            validation_starts: r.validation_starts,
-            counts_json: r.counts,
-            created_at: time(r.created_at)?,
-            updated_at: time(r.updated_at.unwrap_or(r.created_at))?,
-            finished_at: r.finished_at.map(time).transpose()?,
-        })
-    }
-}
-
+/// The columns every statement returns: `id` (TEXT uuid), `sha256`,
+/// `status` ([`DatasetStatus`]), `format`, `size_bytes`, `path`, `task`,
+/// the JSON documents `summary`, `progress` and `counts`, the refusal
+/// (`error_kind`, `error_code`, `error_detail`), `validation_starts` and
+/// the times in milliseconds (`created_at`, `updated_at` (NULL in rows
+/// older than it: `created_at`), `finished_at`).
 const COLUMNS: &str = "id, sha256, status, format, size_bytes, path, task, summary, progress, \
                        error_kind, error_code, error_detail, validation_starts, counts, \
                        created_at, updated_at, finished_at";
@@ -181,15 +103,11 @@ const LIST_COLUMNS: &str = "id, sha256, status, format, size_bytes, path, task, 
                             error_kind, error_code, error_detail, validation_starts, counts, \
                             created_at, updated_at, finished_at";
 
-fn convert(rows: Vec<Row>) -> anyhow::Result<Vec<DatasetRow>> {
-    rows.into_iter().map(DatasetRow::try_from).collect()
-}
-
 /// Inserts a dataset already validated (`ready`); a second insert of the
 /// same sha256 is a unique violation.
-pub async fn insert(db: &Db, new: &NewDataset<'_>) -> anyhow::Result<DatasetRow> {
+pub async fn insert<R: DatasetRecordRow>(db: &Db, new: &NewDataset<'_>) -> anyhow::Result<R> {
     let now = now_ms();
-    let row: Row = sqlx::query_as(&format!(
+    let row: R = sqlx::query_as(&format!(
         "INSERT INTO datasets (id, sha256, status, format, size_bytes, path, task, summary,
                                created_at, updated_at, finished_at)
          VALUES ($1, $2, 'ready', $3, $4, $5, $6, $7, $8, $8, $8) RETURNING {COLUMNS}"
@@ -204,20 +122,20 @@ pub async fn insert(db: &Db, new: &NewDataset<'_>) -> anyhow::Result<DatasetRow>
     .bind(now)
     .fetch_one(db)
     .await?;
-    row.try_into()
+    Ok(row)
 }
 
 /// Records an upload about to be validated. Returns the new row, or `None`
 /// when a row with this sha256 exists already (a concurrent upload of the
 /// same archive won the race).
-pub async fn insert_validating(
+pub async fn insert_validating<R: DatasetRecordRow>(
     db: &Db,
     sha256: &str,
     size_bytes: i64,
     path: &str,
-) -> anyhow::Result<Option<DatasetRow>> {
+) -> anyhow::Result<Option<R>> {
     let now = now_ms();
-    let row: Option<Row> = sqlx::query_as(&format!(
+    let row: Option<R> = sqlx::query_as(&format!(
         "INSERT INTO datasets (id, sha256, status, size_bytes, path, created_at, updated_at)
          VALUES ($1, $2, 'validating', $3, $4, $5, $5)
          ON CONFLICT (sha256) DO NOTHING
@@ -230,14 +148,14 @@ pub async fn insert_validating(
     .bind(now)
     .fetch_optional(db)
     .await?;
-    row.map(TryInto::try_into).transpose()
+    Ok(row)
 }
 
 /// A failed dataset uploaded again is validated again (the limits may have
 /// changed, or the failure was ours): back to `validating`, error cleared.
 /// `None` when it was not `failed` (another upload restarted it first).
-pub async fn restart_failed(db: &Db, id: Uuid) -> anyhow::Result<Option<DatasetRow>> {
-    let row: Option<Row> = sqlx::query_as(&format!(
+pub async fn restart_failed<R: DatasetRecordRow>(db: &Db, id: Uuid) -> anyhow::Result<Option<R>> {
+    let row: Option<R> = sqlx::query_as(&format!(
         "UPDATE datasets SET status = 'validating', progress = NULL, error_kind = NULL,
                 error_code = NULL, error_detail = NULL, finished_at = NULL, updated_at = $2,
                 validation_starts = 0, counts = NULL
@@ -248,7 +166,7 @@ pub async fn restart_failed(db: &Db, id: Uuid) -> anyhow::Result<Option<DatasetR
     .bind(now_ms())
     .fetch_optional(db)
     .await?;
-    row.map(TryInto::try_into).transpose()
+    Ok(row)
 }
 
 /// Counts one more start of the dataset's validation, unless it has
@@ -298,14 +216,14 @@ pub async fn set_progress(db: &Db, id: Uuid, progress_json: &str) -> anyhow::Res
 
 /// `validating` -> `ready`, with what the validation found. `None` when
 /// the row was not `validating` any more.
-pub async fn mark_ready(
+pub async fn mark_ready<R: DatasetRecordRow>(
     db: &Db,
     id: Uuid,
     found: &Validated<'_>,
     progress_json: &str,
-) -> anyhow::Result<Option<DatasetRow>> {
+) -> anyhow::Result<Option<R>> {
     let now = now_ms();
-    let row: Option<Row> = sqlx::query_as(&format!(
+    let row: Option<R> = sqlx::query_as(&format!(
         "UPDATE datasets SET status = 'ready', format = $2, task = $3, summary = $4, progress = $5,
                 updated_at = $6, finished_at = $6, counts = $7
          WHERE id = $1 AND status = 'validating'
@@ -320,31 +238,31 @@ pub async fn mark_ready(
     .bind(found.counts_json)
     .fetch_optional(db)
     .await?;
-    row.map(TryInto::try_into).transpose()
+    Ok(row)
 }
 
 /// `validating` -> `failed`, and every job still queued on the dataset
 /// fails with the same code and detail, in one transaction (no job can be
 /// claimed in between: claims skip datasets that are not `ready`).
 /// `None` when the row was not `validating` any more.
-pub async fn mark_failed(
+pub async fn mark_failed<R: DatasetRecordRow>(
     db: &Db,
     id: Uuid,
-    failure: &FailureRow,
+    failure: &Refusal<'_>,
     job_error: &str,
-) -> anyhow::Result<Option<(DatasetRow, u64)>> {
+) -> anyhow::Result<Option<(R, u64)>> {
     let now = now_ms();
     let mut tx = db.begin().await?;
-    let row: Option<Row> = sqlx::query_as(&format!(
+    let row: Option<R> = sqlx::query_as(&format!(
         "UPDATE datasets SET status = 'failed', error_kind = $2, error_code = $3, error_detail = $4,
                 updated_at = $5, finished_at = $5
          WHERE id = $1 AND status = 'validating'
          RETURNING {COLUMNS}"
     ))
     .bind(id.to_string())
-    .bind(&failure.kind)
-    .bind(&failure.code)
-    .bind(&failure.detail)
+    .bind(failure.kind)
+    .bind(failure.code)
+    .bind(failure.detail)
     .bind(now)
     .fetch_optional(&mut *tx)
     .await?;
@@ -353,38 +271,41 @@ pub async fn mark_failed(
         return Ok(None);
     };
     let jobs =
-        super::jobs::fail_queued_on_dataset(&mut *tx, &id.to_string(), &failure.code, job_error)
+        super::jobs::fail_queued_on_dataset(&mut *tx, &id.to_string(), failure.code, job_error)
             .await?;
     tx.commit().await?;
-    Ok(Some((row.try_into()?, jobs)))
+    Ok(Some((row, jobs)))
 }
 
-pub async fn get(db: &Db, id: Uuid) -> anyhow::Result<Option<DatasetRow>> {
-    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM datasets WHERE id = $1"))
+pub async fn get<R: DatasetRecordRow>(db: &Db, id: Uuid) -> anyhow::Result<Option<R>> {
+    let row: Option<R> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM datasets WHERE id = $1"))
         .bind(id.to_string())
         .fetch_optional(db)
         .await?;
-    row.map(TryInto::try_into).transpose()
+    Ok(row)
 }
 
-pub async fn find_by_sha256(db: &Db, sha256: &str) -> anyhow::Result<Option<DatasetRow>> {
-    let row: Option<Row> =
+pub async fn find_by_sha256<R: DatasetRecordRow>(
+    db: &Db,
+    sha256: &str,
+) -> anyhow::Result<Option<R>> {
+    let row: Option<R> =
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM datasets WHERE sha256 = $1"))
             .bind(sha256)
             .fetch_optional(db)
             .await?;
-    row.map(TryInto::try_into).transpose()
+    Ok(row)
 }
 
 /// Newest first, optionally one status only. Rows with counts come
-/// without their summary (see [`DatasetRow::counts_json`]).
-pub async fn list(
+/// without their summary (`counts` set, `summary` NULL).
+pub async fn list<R: DatasetRecordRow>(
     db: &Db,
     status: Option<DatasetStatus>,
     limit: i64,
     offset: i64,
-) -> anyhow::Result<Vec<DatasetRow>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!(
+) -> anyhow::Result<Vec<R>> {
+    let rows: Vec<R> = sqlx::query_as(&format!(
         "SELECT {LIST_COLUMNS} FROM datasets WHERE ($1 IS NULL OR status = $1)
          ORDER BY id DESC LIMIT $2 OFFSET $3"
     ))
@@ -393,16 +314,16 @@ pub async fn list(
     .bind(offset)
     .fetch_all(db)
     .await?;
-    convert(rows)
+    Ok(rows)
 }
 
 /// Every dataset still `validating`, oldest first: what a starting server
 /// validates again.
-pub async fn list_validating(db: &Db) -> anyhow::Result<Vec<DatasetRow>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!(
+pub async fn list_validating<R: DatasetRecordRow>(db: &Db) -> anyhow::Result<Vec<R>> {
+    let rows: Vec<R> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM datasets WHERE status = 'validating' ORDER BY id"
     ))
     .fetch_all(db)
     .await?;
-    convert(rows)
+    Ok(rows)
 }

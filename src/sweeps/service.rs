@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use super::spec::{SweepMetric, SweepSpec};
+use crate::data::DatasetSummary;
 use crate::error::{AppError, AppResult};
 use crate::jobs::events::JobEvent;
 use crate::jobs::{service as jobs, JobQueue};
@@ -93,13 +94,7 @@ pub async fn submit(
         }
     }
     if let Some(seconds) = parsed.budget.as_ref().and_then(|b| b.max_seconds) {
-        check_budget(
-            queue,
-            dataset.summary_json.as_deref().unwrap_or("null"),
-            &configs,
-            seconds,
-        )
-        .await?;
+        check_budget(queue, dataset.summary.as_ref(), &configs, seconds).await?;
     }
 
     let spec_json = serde_json::to_string(&parsed).map_err(anyhow::Error::from)?;
@@ -166,13 +161,13 @@ fn name_candidate(e: AppError, index: usize) -> AppError {
 /// (else [`OPTIMISTIC_IMAGES_PER_SEC`]).
 async fn check_budget(
     queue: &JobQueue,
-    summary_json: &str,
+    summary: Option<&DatasetSummary>,
     configs: &[JobConfig],
     max_seconds: f64,
 ) -> AppResult<()> {
-    let summary: Value = serde_json::from_str(summary_json).unwrap_or(Value::Null);
-    let train = summary["splits"]["train"]["images"].as_u64().unwrap_or(0) as f64;
-    let has_validation = summary["splits"].get("validation").is_some();
+    let splits = summary.map(|s| &s.splits);
+    let train = splits.and_then(|s| s.get("train")).map_or(0, |t| t.images) as f64;
+    let has_validation = splits.is_some_and(|s| s.contains_key("validation"));
     let mut cheapest = f64::INFINITY;
     for c in configs {
         let images = if has_validation {

@@ -285,15 +285,16 @@ async fn a_validation_left_by_another_node_resumes_from_the_store() {
         c.artifacts_env = s3.env();
     })
     .await;
-    let row = vitrine::store::datasets::insert_validating(
-        &b.state.db,
-        &other_key,
-        other.len() as i64,
-        &format!("datasets/{other_key}"),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let row =
+        vitrine::store::datasets::insert_validating::<vitrine::datasets::record::DatasetRecord>(
+            &b.state.db,
+            &other_key,
+            other.len() as i64,
+            &format!("datasets/{other_key}"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(b.state.datasets.resume().await.unwrap(), 1);
     let done = settle(&b, &row.id.to_string()).await;
     assert_eq!(done["status"], "ready", "{done}");

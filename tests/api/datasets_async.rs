@@ -379,17 +379,18 @@ async fn a_validation_another_node_holds_is_left_to_it_then_taken_over() {
     let uploads = app.dir.path().join("uploads");
     std::fs::create_dir_all(&uploads).unwrap();
     std::fs::write(uploads.join(&sha), &archive).unwrap();
-    let row = vitrine::store::datasets::insert_validating(
-        &app.state.db,
-        &sha,
-        archive.len() as i64,
-        &format!("datasets/{sha}"),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let row =
+        vitrine::store::datasets::insert_validating::<vitrine::datasets::record::DatasetRecord>(
+            &app.state.db,
+            &sha,
+            archive.len() as i64,
+            &format!("datasets/{sha}"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
     let id = row.id;
-    let name = vitrine::data::service::validation_lock(id);
+    let name = vitrine::datasets::takeover::validation_lock(id);
     let other = vitrine::db::SessionLock::try_acquire(&app.state.db, &name)
         .await
         .unwrap()
@@ -398,11 +399,14 @@ async fn a_validation_another_node_holds_is_left_to_it_then_taken_over() {
     let datasets = &app.state.datasets;
     assert_eq!(datasets.resume().await.unwrap(), 0);
     assert_eq!(datasets.take_over_stale(Duration::ZERO).await.unwrap(), 0);
-    let d = vitrine::data::record::get(&app.state.db, id)
+    let d = vitrine::datasets::record::get(&app.state.db, id)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(d.status, vitrine::data::record::DatasetStatus::Validating);
+    assert_eq!(
+        d.status,
+        vitrine::datasets::record::DatasetStatus::Validating
+    );
     assert!(d.progress.is_none(), "untouched: {:?}", d.progress);
 
     // The other node dies: its session, and the lock, end with it.
@@ -424,7 +428,7 @@ async fn a_validation_another_node_holds_is_left_to_it_then_taken_over() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let done = datasets.wait_settled(id).await.unwrap();
-    assert_eq!(done.status, vitrine::data::record::DatasetStatus::Ready);
+    assert_eq!(done.status, vitrine::datasets::record::DatasetStatus::Ready);
     assert!(empty(&app, "uploads"));
 }
 
@@ -443,12 +447,9 @@ async fn a_validation_that_never_ends_is_quarantined_at_the_next_start() {
     let archive = photo_archive(4, 64, 48, false);
     let mut rows = Vec::new();
     for (sha, starts) in [("a".repeat(64), 2), ("b".repeat(64), 1)] {
-        let row = vitrine::store::datasets::insert_validating(
-            db,
-            &sha,
-            archive.len() as i64,
-            &format!("datasets/{sha}"),
-        )
+        let row = vitrine::store::datasets::insert_validating::<
+            vitrine::datasets::record::DatasetRecord,
+        >(db, &sha, archive.len() as i64, &format!("datasets/{sha}"))
         .await
         .unwrap()
         .unwrap();

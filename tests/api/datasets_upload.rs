@@ -102,7 +102,7 @@ async fn zip_with_splits_in_a_wrapper_dir_is_stored() {
     let list = body_json(app.get("/datasets").await).await;
     assert_eq!(list["datasets"][0]["id"], id);
 
-    let record = vitrine::data::record::get(&app.state.db, id.parse().unwrap())
+    let record = vitrine::datasets::record::get(&app.state.db, id.parse().unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -130,11 +130,13 @@ async fn tar_gz_label_dirs_without_splits_get_a_seeded_split() {
     assert_eq!(body["status"], "ready", "{body}");
     assert_eq!(body["format"], "tar.gz");
     assert_eq!(body["summary"]["layout"], "labels");
-    let record =
-        vitrine::data::record::get(&app.state.db, body["id"].as_str().unwrap().parse().unwrap())
-            .await
-            .unwrap()
-            .unwrap();
+    let record = vitrine::datasets::record::get(
+        &app.state.db,
+        body["id"].as_str().unwrap().parse().unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let m = record.load_manifest(app.dir.path()).unwrap();
     assert!(m.validation.is_none());
     let a = m.clone().with_validation_split(0.2, 7);

@@ -384,12 +384,14 @@ async fn a_queued_job_wakes_a_waiting_worker(backend: Backend) {
 
     // A dataset turning ready (its queued jobs become claimable) notifies.
     let before = wake.notifications();
-    let dataset = vitrine::store::datasets::insert_validating(&db, "h2", 1, "p2")
-        .await
-        .unwrap()
-        .unwrap();
+    let dataset = vitrine::store::datasets::insert_validating::<
+        vitrine::datasets::record::DatasetRecord,
+    >(&db, "h2", 1, "p2")
+    .await
+    .unwrap()
+    .unwrap();
     let waiting = wake.wait(&db, &shutdown);
-    vitrine::store::datasets::mark_ready(
+    vitrine::store::datasets::mark_ready::<vitrine::datasets::record::DatasetRecord>(
         &db,
         dataset.id,
         &vitrine::store::datasets::Validated {

@@ -35,21 +35,22 @@ async fn flood(
 
 /// A job that stays queued.
 async fn queued_job(server: &TestServer) -> String {
+    use vitrine::datasets::record::DatasetRecord;
     use vitrine::store::datasets as dataset_store;
     let db = &server.state.db;
     let sha = uuid::Uuid::now_v7().simple().to_string();
-    let dataset = dataset_store::insert_validating(db, &sha, 1, "none")
+    let dataset = dataset_store::insert_validating::<DatasetRecord>(db, &sha, 1, "none")
         .await
         .unwrap()
         .unwrap();
     // Settled at once (failed: it has no summary to show), else it may be
     // taken for a row a previous life left `validating`, and resumed.
-    let failure = dataset_store::FailureRow {
-        kind: "unprocessable".into(),
-        code: "test".into(),
-        detail: "a test dataset".into(),
+    let failure = dataset_store::Refusal {
+        kind: "unprocessable",
+        code: "test",
+        detail: "a test dataset",
     };
-    dataset_store::mark_failed(db, dataset.id, &failure, "test")
+    dataset_store::mark_failed::<DatasetRecord>(db, dataset.id, &failure, "test")
         .await
         .unwrap()
         .unwrap();

@@ -16,7 +16,7 @@
 //! validation runs inside `catch_unwind` ([`Validations::install`]), so a
 //! panic fails that dataset alone. What neither can catch (an overflow of
 //! even that stack, an abort) is bounded by the count of starts kept in
-//! the row (`--max-validation-starts`, see `data::service`).
+//! the row (`--max-validation-starts`, see [`super::quarantine`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +27,7 @@ use tokio::sync::{watch, Semaphore};
 use uuid::Uuid;
 
 use super::record::DatasetRecord;
+use crate::data::progress::IngestProgress;
 
 /// The background validation pool. Cheap to clone.
 #[derive(Clone)]
@@ -137,8 +138,8 @@ impl Validations {
     }
 
     /// Counters for a new validation, tied to [`stop`](Self::stop).
-    pub(super) fn progress(&self) -> super::progress::IngestProgress {
-        super::progress::IngestProgress::with_stop(self.stopping.clone())
+    pub(super) fn progress(&self) -> IngestProgress {
+        IngestProgress::with_stop(self.stopping.clone())
     }
 
     /// Waits for a validation slot.
