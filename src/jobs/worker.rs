@@ -315,7 +315,7 @@ impl Worker {
                 Some(self.fail(job, &msg).await)
             }
             Outcome::Fail(msg) => Some(self.fail(job, &msg).await),
-            Outcome::Finish(trained, status) => Some(self.finish(job, trained, status).await),
+            Outcome::Finish(trained, status) => Some(self.finish(job, *trained, status).await),
         }
     }
 
@@ -538,7 +538,7 @@ enum Outcome {
     /// Failed for good (the message).
     Fail(String),
     /// Trained to its end, or stopped by a cancel: record its model.
-    Finish(TrainOutcome, JobStatus),
+    Finish(Box<TrainOutcome>, JobStatus),
 }
 
 impl Outcome {
@@ -552,8 +552,8 @@ impl Outcome {
         match (stop, result) {
             (Stop::LeaseLost, _) => Self::Abandon,
             (Stop::Shutdown, Ok(trained)) if trained.interrupted => Self::Requeue,
-            (Stop::Cancelled, Ok(trained)) => Self::Finish(trained, JobStatus::Cancelled),
-            (_, Ok(trained)) => Self::Finish(trained, JobStatus::Succeeded),
+            (Stop::Cancelled, Ok(trained)) => Self::Finish(Box::new(trained), JobStatus::Cancelled),
+            (_, Ok(trained)) => Self::Finish(Box::new(trained), JobStatus::Succeeded),
             (_, Err(e)) => policy.on_error(attempts, e),
         }
     }
