@@ -1,17 +1,14 @@
 //! `/datasets`: upload a labelled image archive (validated in the
 //! background), follow its validation, read what was found in it.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Multipart, Path, State};
 use axum::http::{header, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
-use futures::Stream;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -322,17 +319,16 @@ pub async fn dataset_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
     slot: super::connections::EventStreamSlot,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
+) -> Result<super::sse::EventStream, AppError> {
     let uuid: Uuid = id
         .parse()
         .map_err(|_| AppError::not_found(format!("no dataset `{id}`")))?;
     // Subscribe before reading the snapshot so nothing falls in between.
     let mut live = state.datasets.validations.subscribe(uuid);
     let first = find(&state, &id).await?;
-    let stream = async_stream::stream! {
-        let _slot = slot; // capped by `connections::EventStreamSlot`
-        let done = first.is_settled();
-        yield Ok(sse("snapshot", first));
+    let done = first.is_settled();
+    let snapshot = DatasetView::from(first);
+    let follow = async_stream::stream! {
         if done {
             return;
         }
@@ -365,20 +361,15 @@ pub async fn dataset_events(
                 },
             };
             if record.is_settled() {
-                yield Ok(sse("status", record));
+                yield ("status", DatasetView::from(record));
                 return;
             }
             // The database's progress lags the live one: sent only when
             // there is no live one, so the counts never go back.
             if from_live || live.is_none() {
-                yield Ok(sse("progress", record));
+                yield ("progress", DatasetView::from(record));
             }
         }
     };
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
-}
-
-fn sse(kind: &str, record: DatasetRecord) -> Event {
-    let data = serde_json::to_string(&DatasetView::from(record)).unwrap_or_default();
-    Event::default().event(kind).data(data)
+    Ok(super::sse::snapshot_then_follow(slot, &snapshot, follow))
 }

@@ -29,6 +29,7 @@ pub mod openapi;
 mod page;
 mod predict;
 pub mod problem;
+mod sse;
 mod sweeps;
 mod web;
 pub mod worker_health;

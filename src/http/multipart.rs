@@ -1,13 +1,17 @@
 //! Request bodies over a limit, and multipart bodies: one wording for every
-//! route, one mapping of their errors, and a multipart part handed to the
-//! services as a plain stream of chunks.
+//! route, one mapping of their errors, a multipart part handed to the
+//! services as a plain stream of chunks, and the one reader of the "a
+//! dataset plus a JSON document" bodies of `/jobs` and `/sweeps`.
 
 use axum::body::Bytes;
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
 
+use super::extract::Json;
+use crate::app::AppState;
 use crate::AppError;
 
 /// Slack over a limit for the multipart framing (boundaries, part headers,
@@ -112,4 +116,79 @@ impl BodyLimit {
         let limit = *self;
         field.map(move |c| c.map_err(|e| limit.multipart_error(e)))
     }
+}
+
+/// A body that names a dataset and carries one JSON document: `POST /jobs`
+/// (a `config`) and `POST /sweeps` (a `spec`). It comes as JSON
+/// (`{"dataset_id": …, "<part>": {…}}`, this type) or as
+/// `multipart/form-data` with a `dataset` part (an archive, stored and
+/// validated as it streams in) or a `dataset_id` part, and the `<part>`
+/// part; [`read_submission`] reads either.
+pub trait Submission: DeserializeOwned {
+    /// The document, once checked.
+    type Document;
+    /// The name of its multipart part (`config`, `spec`).
+    const PART: &'static str;
+    /// The error code when that part is missing.
+    const MISSING: &'static str;
+    /// The document from the text of its part.
+    fn parse_part(text: &str) -> Result<Self::Document, AppError>;
+    /// The dataset id and the document of a JSON body.
+    fn into_parts(self) -> Result<(String, Self::Document), AppError>;
+}
+
+/// Reads a [`Submission`] in either form: the dataset id and the document.
+pub async fn read_submission<B: Submission>(
+    state: &AppState,
+    req: Request,
+) -> Result<(String, B::Document), AppError> {
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("multipart/form-data"));
+    if !multipart {
+        let Json(body) = Json::<B>::from_request(req, state).await?;
+        return body.into_parts();
+    }
+    let limit = BodyLimit::upload(&state.config);
+    let mut form = limit.multipart(req, state).await?;
+    let mut document = None;
+    let mut dataset_id = None;
+    while let Some(field) = limit.next_field(&mut form).await? {
+        match field.name().unwrap_or("") {
+            "dataset" => {
+                // Validated before the job is queued: a bad archive is
+                // refused here with its own status and code.
+                let dataset = state.datasets.ingest_and_wait(limit.chunks(field)).await?;
+                dataset_id = Some(dataset.id.to_string());
+            }
+            "dataset_id" => dataset_id = Some(limit.text(field).await?),
+            name if name == B::PART => {
+                document = Some(B::parse_part(&limit.text(field).await?)?);
+            }
+            other => {
+                return Err(AppError::bad_request(
+                    "unknown_part",
+                    format!(
+                        "unexpected multipart part `{other}`; expected `dataset` and `{}`",
+                        B::PART
+                    ),
+                ))
+            }
+        }
+    }
+    let document = document.ok_or_else(|| {
+        AppError::bad_request(
+            B::MISSING,
+            format!("the `{}` part (JSON) is missing", B::PART),
+        )
+    })?;
+    let dataset_id = dataset_id.ok_or_else(|| {
+        AppError::bad_request(
+            "missing_dataset",
+            "a `dataset` part (zip, tar, tar.gz or tar.bz2) or a `dataset_id` part is required",
+        )
+    })?;
+    Ok((dataset_id, document))
 }

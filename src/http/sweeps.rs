@@ -1,29 +1,24 @@
 //! `/sweeps`: submit, list, inspect, follow and cancel hyper-parameter
 //! sweeps. The logic is in `crate::sweeps`.
 
-use std::convert::Infallible;
-use std::time::Duration;
-
-use axum::extract::{FromRequest, Multipart, Path, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use futures::Stream;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::connections::EventStreamSlot;
 use super::extract::{Json, Query};
-use super::multipart::BodyLimit;
+use super::multipart::{read_submission, BodyLimit, Submission};
 use super::page;
+use super::sse::{self, EventStream};
 use crate::app::AppState;
 use crate::error::{AppError, AppResult};
-use crate::store::sweeps as store;
 use crate::sweeps::service;
 use crate::sweeps::spec::SweepSpec;
-use crate::sweeps::view::{self, SweepView};
+use crate::sweeps::view::SweepView;
 
 pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
@@ -48,6 +43,21 @@ pub struct CreateSweep {
     pub spec: serde_json::Value,
 }
 
+impl Submission for CreateSweep {
+    type Document = serde_json::Value;
+    const PART: &'static str = "spec";
+    const MISSING: &'static str = "missing_spec";
+
+    fn parse_part(text: &str) -> AppResult<serde_json::Value> {
+        serde_json::from_str(text)
+            .map_err(|e| AppError::unprocessable("invalid_spec", format!("the `spec` part: {e}")))
+    }
+
+    fn into_parts(self) -> AppResult<(String, serde_json::Value)> {
+        Ok((self.dataset_id, self.spec))
+    }
+}
+
 /// Start a hyper-parameter sweep.
 ///
 /// Either `multipart/form-data` with a `dataset` part (an archive, as for
@@ -62,80 +72,15 @@ pub struct CreateSweep {
         (status = 400, body = crate::error::Problem), (status = 413, body = crate::error::Problem),
         (status = 422, body = crate::error::Problem, description = "A bad spec; `detail` names the field")),
     security(("bearer" = [])))]
-pub async fn create_sweep(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    req: Request,
-) -> AppResult<Response> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let (dataset_id, spec) = if content_type.starts_with("multipart/form-data") {
-        let multipart = BodyLimit::upload(&state.config)
-            .multipart(req, &state)
-            .await?;
-        read_multipart(&state, multipart).await?
-    } else {
-        let Json(body) = Json::<CreateSweep>::from_request(req, &state).await?;
-        (body.dataset_id, body.spec)
-    };
-    let (sweep, _) = service::submit(
-        &state.jobs,
-        &dataset_id,
-        spec,
-        state.config.max_sweep_candidates,
-    )
-    .await?;
-    let view = view::view(&state.db, &sweep).await?;
+pub async fn create_sweep(State(state): State<AppState>, req: Request) -> AppResult<Response> {
+    let (dataset_id, spec) = read_submission::<CreateSweep>(&state, req).await?;
+    let max_candidates = state.config.max_sweep_candidates;
+    let view = service::submit(&state.jobs, &dataset_id, spec, max_candidates).await?;
     let mut resp = (StatusCode::ACCEPTED, axum::Json(&view)).into_response();
     if let Ok(loc) = format!("/sweeps/{}", view.id).parse() {
         resp.headers_mut().insert(header::LOCATION, loc);
     }
     Ok(resp)
-}
-
-/// Reads `spec` (and `dataset` or `dataset_id`) parts.
-async fn read_multipart(
-    state: &AppState,
-    mut multipart: Multipart,
-) -> AppResult<(String, serde_json::Value)> {
-    let mut spec = None;
-    let mut dataset_id = None;
-    let limit = BodyLimit::upload(&state.config);
-    while let Some(field) = limit.next_field(&mut multipart).await? {
-        match field.name().unwrap_or("") {
-            "spec" => {
-                let text = limit.text(field).await?;
-                spec = Some(serde_json::from_str(&text).map_err(|e| {
-                    AppError::unprocessable("invalid_spec", format!("the `spec` part: {e}"))
-                })?);
-            }
-            "dataset" => {
-                // Validated before the job is queued, as before: a bad
-                // archive is refused here with its own status and code.
-                let dataset = state.datasets.ingest_and_wait(limit.chunks(field)).await?;
-                dataset_id = Some(dataset.id.to_string());
-            }
-            "dataset_id" => dataset_id = Some(limit.text(field).await?),
-            other => {
-                return Err(AppError::bad_request(
-                    "unknown_part",
-                    format!("unexpected multipart part `{other}`; expected `dataset` and `spec`"),
-                ))
-            }
-        }
-    }
-    let spec = spec.ok_or_else(|| {
-        AppError::bad_request("missing_spec", "the `spec` part (JSON) is missing")
-    })?;
-    let dataset_id = dataset_id.ok_or_else(|| {
-        AppError::bad_request(
-            "missing_dataset",
-            "a `dataset` part (zip, tar, tar.gz or tar.bz2) or a `dataset_id` part is required",
-        )
-    })?;
-    Ok((dataset_id, spec))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -155,19 +100,9 @@ pub async fn list_sweeps(
     Query(q): Query<ListSweeps>,
 ) -> AppResult<Response> {
     let limit = page::limit(q.limit)?;
-    let rows = store::list(&state.db, q.before.as_deref(), limit).await?;
-    let last_id = rows.last().map(|r| r.id.clone());
-    let mut views = Vec::with_capacity(rows.len());
-    for row in &rows {
-        views.push(view::view(&state.db, row).await?);
-    }
+    let views = service::list(&state.db, q.before.as_deref(), limit).await?;
+    let last_id = views.last().map(|v| v.id.clone());
     Ok(page::respond(views, "/sweeps", limit, last_id))
-}
-
-async fn find(state: &AppState, id: &str) -> AppResult<store::SweepRow> {
-    store::get(&state.db, id)
-        .await?
-        .ok_or_else(|| AppError::not_found(format!("no sweep `{id}`")))
 }
 
 /// A sweep: status, winner, and the leaderboard (one row per candidate,
@@ -179,8 +114,7 @@ pub async fn get_sweep(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> AppResult<Json<SweepView>> {
-    let row = find(&state, &id).await?;
-    Ok(Json(view::view(&state.db, &row).await?))
+    Ok(Json(service::get(&state.db, &id).await?))
 }
 
 /// Cancel a sweep: every unfinished candidate stops (queued ones at once,
@@ -194,8 +128,7 @@ pub async fn cancel_sweep(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> AppResult<Response> {
-    let row = service::cancel(&state.jobs, &id).await?;
-    let view = view::view(&state.db, &row).await?;
+    let view = service::cancel(&state.jobs, &id).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(view)).into_response())
 }
 
@@ -211,50 +144,7 @@ pub async fn sweep_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
     slot: EventStreamSlot,
-) -> AppResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let row = find(&state, &id).await?;
-    let first = view::view(&state.db, &row).await?;
-    let stream = async_stream::stream! {
-        let _slot = slot;
-        let mut last = serde_json::to_value(&first).unwrap_or_default();
-        yield Ok(sse("snapshot", &last));
-        if first.status.is_terminal() {
-            return;
-        }
-        // The sweep's state is the database's (the supervisor and the
-        // workers of any node write it): read it, and send what changed.
-        let mut poll = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            poll.tick().await;
-            let Ok(Some(row)) = store::get(&state.db, &id).await else { continue };
-            let Ok(now) = view::view(&state.db, &row).await else { continue };
-            let mut value = serde_json::to_value(&now).unwrap_or_default();
-            // Running candidates' wall time changes every tick; it alone is no news.
-            let unchanged = strip_clock(&mut value.clone()) == strip_clock(&mut last.clone());
-            if !unchanged {
-                yield Ok(sse("update", &value));
-                last = std::mem::take(&mut value);
-            }
-            if now.status.is_terminal() {
-                return;
-            }
-        }
-    };
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
-}
-
-/// The view without the fields that move with the clock.
-fn strip_clock(v: &mut serde_json::Value) -> &serde_json::Value {
-    if let Some(rows) = v["leaderboard"].as_array_mut() {
-        for r in rows {
-            if let Some(o) = r.as_object_mut() {
-                o.remove("wall_seconds");
-            }
-        }
-    }
-    v
-}
-
-fn sse(kind: &str, data: &serde_json::Value) -> Event {
-    Event::default().event(kind).data(data.to_string())
+) -> AppResult<EventStream> {
+    let (first, updates) = service::follow(&state.db, &id).await?;
+    Ok(sse::snapshot_then_follow(slot, &first, updates))
 }

@@ -1,11 +1,20 @@
-//! Submitting jobs: everything that can be refused is refused here, before
-//! the job is queued.
+//! Jobs as the API sees them: submitting (everything that can be refused
+//! is refused here, before the job is queued), reading, cancelling and
+//! following one live.
 
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::events::JobEvent;
+use super::view::JobView;
 use super::JobQueue;
 use crate::datasets::record::{DatasetRecord, DatasetStatus};
+use crate::db::Db;
 use crate::error::{AppError, AppResult};
 use crate::model::preflight::BaseModelInfo;
-use crate::store::jobs::{self as store, JobRow, NewJob};
+use crate::store::jobs::{self as store, JobRow, JobStatus, NewJob};
 use crate::task::Task;
 use crate::train::config::{JobConfig, Mode};
 
@@ -18,6 +27,17 @@ pub fn parse_config(text: &str) -> AppResult<JobConfig> {
 /// it was created now (false: an earlier request with the same
 /// idempotency key created it).
 pub async fn submit(
+    queue: &JobQueue,
+    dataset_id: &str,
+    config: JobConfig,
+    idempotency_key: Option<&str>,
+) -> AppResult<(JobView, bool)> {
+    let (job, created) = queue_job(queue, dataset_id, config, idempotency_key).await?;
+    Ok((view_of(&queue.db, &job).await?, created))
+}
+
+/// [`submit`], up to the stored row.
+async fn queue_job(
     queue: &JobQueue,
     dataset_id: &str,
     config: JobConfig,
@@ -51,6 +71,132 @@ pub async fn submit(
         return Ok((job, created));
     }
     Ok((job, created))
+}
+
+fn not_found(id: &str) -> AppError {
+    AppError::not_found(format!("no job `{id}`"))
+}
+
+/// The view of a job row in hand (one just queued or cancelled).
+async fn view_of(db: &Db, job: &JobRow) -> AppResult<JobView> {
+    let summary = store::dataset_summary(db, &job.dataset_id).await?;
+    Ok(JobView::with_dataset(job, summary.as_deref())?)
+}
+
+/// A job as the API shows it, with its dataset's summary.
+pub async fn get(db: &Db, id: &str) -> AppResult<JobView> {
+    let found = store::get_with_dataset(db, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok(JobView::with_dataset(
+        &found.job,
+        found.dataset_summary.as_deref(),
+    )?)
+}
+
+/// A page of jobs, newest first (see [`store::list`]), read in one query.
+pub async fn list(
+    db: &Db,
+    status: Option<JobStatus>,
+    before: Option<&str>,
+    limit: i64,
+) -> AppResult<Vec<JobView>> {
+    let rows = store::list_with_dataset(db, status, before, limit).await?;
+    let views = rows
+        .iter()
+        .map(|r| JobView::with_dataset(&r.job, r.dataset_summary.as_deref()))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(views)
+}
+
+/// Cancels a job: a queued one at once (its followers are told), a running
+/// one is flagged and its worker stops it at the next step. The database
+/// decides in one statement, so a job that ended meanwhile is a 409
+/// `job_finished`, as one that had ended before.
+pub async fn cancel(queue: &JobQueue, id: &str) -> AppResult<JobView> {
+    let Some(row) = store::request_cancel(&queue.db, id).await? else {
+        return Err(match store::get(&queue.db, id).await? {
+            Some(ended) => AppError::conflict(
+                "job_finished",
+                format!("job `{id}` already ended ({})", ended.status),
+            ),
+            None => not_found(id),
+        });
+    };
+    if row.status() == JobStatus::Cancelled {
+        queue.hub.publish(
+            id,
+            JobEvent {
+                kind: "status",
+                data: serde_json::json!({"id": id, "status": "cancelled"}),
+                terminal: true,
+            },
+        );
+    }
+    view_of(&queue.db, &row).await
+}
+
+/// How often a follower reads the job from the database as well: another
+/// node (or a missed broadcast) may end it.
+const FOLLOW_POLL: Duration = Duration::from_secs(2);
+
+/// Follows a job live: its view now, and its events from then on
+/// (`status`, `progress`, `epoch`), ending with the job (at once when it
+/// has already ended).
+pub async fn follow(
+    queue: &JobQueue,
+    id: &str,
+) -> AppResult<(JobView, impl Stream<Item = JobEvent> + Send + 'static)> {
+    // Only a job that exists gets a channel (an unknown id must leave
+    // nothing behind), and the snapshot is read after subscribing so that
+    // no event falls in between. The subscription frees the channel when
+    // the stream ends or its client leaves.
+    store::get(&queue.db, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let mut rx = queue.hub.subscribe(id);
+    let first = get(&queue.db, id).await?;
+    let done = first.status.is_terminal();
+    let (queue, id) = (queue.clone(), id.to_string());
+    let events = async_stream::stream! {
+        if done {
+            return;
+        }
+        let mut poll = tokio::time::interval(FOLLOW_POLL);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Ok(ev) => {
+                        let terminal = ev.terminal;
+                        yield ev;
+                        if terminal { return; }
+                    }
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => rx = queue.hub.subscribe(&id),
+                },
+                _ = poll.tick() => {
+                    if let Ok(Some(row)) = store::get(&queue.db, &id).await {
+                        if row.status().is_terminal() {
+                            if let Ok(view) = view_of(&queue.db, &row).await {
+                                yield ended(&view);
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok((first, events))
+}
+
+/// The final `status` event of a job the database says has ended.
+fn ended(view: &JobView) -> JobEvent {
+    JobEvent {
+        kind: "status",
+        data: serde_json::to_value(view).unwrap_or_default(),
+        terminal: true,
+    }
 }
 
 /// A job queued on a dataset still validating waits for it; if the

@@ -3,6 +3,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::data::summary::DatasetSummary;
 use crate::store::jobs::{JobRow, JobStatus};
 
 /// A fine-tuning job.
@@ -75,5 +76,17 @@ impl JobView {
             sweep_id: row.sweep_id.clone(),
             stopped_rung: row.stopped_rung,
         }
+    }
+
+    /// A job with its dataset's summary as stored (`None`: the dataset is
+    /// still validating). The summary reads back as the typed
+    /// [`DatasetSummary`], so that a job shows it as `GET /datasets/{id}`
+    /// does.
+    pub fn with_dataset(row: &JobRow, summary_json: Option<&str>) -> anyhow::Result<Self> {
+        let summary = summary_json
+            .map(serde_json::from_str::<DatasetSummary>)
+            .transpose()?
+            .and_then(|s| serde_json::to_value(&s).ok());
+        Ok(Self::new(row, summary))
     }
 }

@@ -21,7 +21,7 @@ use crate::devices::is_fatal_device_error;
 use crate::store::jobs::{self as store, JobRow, JobStatus};
 use crate::store::models::NewModel;
 use crate::train::config::JobConfig;
-use crate::train::{TrainError, TrainEvent, TrainOutcome, TrainSpec};
+use crate::train::{ModelCard, TrainError, TrainEvent, TrainOutcome, TrainSpec};
 
 /// Starts a worker task per device; they stop when `shutdown` fires,
 /// requeueing the job they were running.
@@ -46,14 +46,6 @@ struct Worker {
     /// Unique per process and device: a restarted process never owns the
     /// leases of its previous life.
     owner: String,
-}
-
-/// How the run of one job ended, from the worker's side.
-enum Stop {
-    Finished,
-    Cancelled,
-    Shutdown,
-    LeaseLost,
 }
 
 impl Worker {
@@ -133,97 +125,130 @@ impl Worker {
     }
 
     async fn run_job(&self, job: JobRow, shutdown: &CancellationToken) {
-        let id = job.id.clone();
-        tracing::info!(job = %id, attempt = job.attempts, device = %self.device_name, owner = %self.owner, "job started");
+        tracing::info!(job = %job.id, attempt = job.attempts, device = %self.device_name, owner = %self.owner, "job started");
         self.publish_status(
-            &id,
+            &job.id,
             JobStatus::Running,
             false,
             serde_json::json!({"attempts": job.attempts}),
         );
+        let policy = RetryPolicy::of(&job);
         let spec = match self.resolve(&job).await {
             Ok(spec) => spec,
             Err(e) => {
-                self.conclude(&job, Err(e), Stop::Finished).await;
+                let outcome = Outcome::of(Stop::Finished, Err(e), policy, job.attempts);
+                self.conclude(&job, outcome).await;
                 return;
             }
         };
         let work_dir = spec.work_dir.clone();
-
-        let stop_flag = Arc::new(AtomicBool::new(false));
-        let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-        let (done_tx, mut done_rx) = oneshot::channel();
-        {
-            let stop_flag = stop_flag.clone();
-            let health = self.queue.health.clone();
-            let device_name = self.device_name.clone();
-            std::thread::Builder::new()
-                .name(format!("vitrine-train-{}", self.device_name))
-                .spawn(move || {
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        if let Some(message) = health.take_injected_fault(&device_name) {
-                            // As a failing kernel would: tch panics with libtorch's message.
-                            panic!("{message}");
-                        }
-                        crate::train::run(spec, events_tx, stop_flag)
-                    }))
-                    .unwrap_or_else(|p| {
-                        Err(TrainError::Retryable(format!(
-                            "training crashed: {}",
-                            crate::error::panic_message(p.as_ref()).unwrap_or_default()
-                        )))
-                    });
-                    let _ = done_tx.send(result);
-                })
-                .expect("spawning the training thread");
+        let training = self.start_training(spec);
+        let (result, stop) = self.supervise(&job.id, training, shutdown).await;
+        let outcome = Outcome::of(stop, result, policy, job.attempts);
+        if let Some(status) = self.conclude(&job, outcome).await {
+            self.clean_up(&job.id, &work_dir, status).await;
         }
+    }
 
-        let mut reporter = Reporter::new(self, &id);
+    /// Starts `train::run` on an OS thread of its own. A panic there (a
+    /// libtorch error surfaces as one) becomes a retryable error.
+    fn start_training(&self, spec: TrainSpec) -> Training {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (done_tx, done) = oneshot::channel();
+        let stop_flag = stop.clone();
+        let health = self.queue.health.clone();
+        let device_name = self.device_name.clone();
+        std::thread::Builder::new()
+            .name(format!("vitrine-train-{}", self.device_name))
+            .spawn(move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if let Some(message) = health.take_injected_fault(&device_name) {
+                        // As a failing kernel would: tch panics with libtorch's message.
+                        panic!("{message}");
+                    }
+                    crate::train::run(spec, events_tx, stop_flag)
+                }))
+                .unwrap_or_else(|p| {
+                    Err(TrainError::Retryable(format!(
+                        "training crashed: {}",
+                        crate::error::panic_message(p.as_ref()).unwrap_or_default()
+                    )))
+                });
+                let _ = done_tx.send(result);
+            })
+            .expect("spawning the training thread");
+        Training { stop, events, done }
+    }
+
+    /// Relays the trainer's reports and renews the lease until training
+    /// ends; a cancel, a lost lease or a shutdown raises the stop flag (the
+    /// trainer stops at its next step). Returns the trainer's result and
+    /// why the run stopped.
+    async fn supervise(
+        &self,
+        id: &str,
+        mut training: Training,
+        shutdown: &CancellationToken,
+    ) -> (Result<TrainOutcome, TrainError>, Stop) {
+        let mut reporter = Reporter::new(self, id);
         let mut stop = Stop::Finished;
         let mut lease_tick = tokio::time::interval(Duration::from_millis(
             (self.lease_ms() as u64 / 3).clamp(200, 1000),
         ));
         let result = loop {
             tokio::select! {
-                Some(ev) = events_rx.recv() => reporter.on_event(ev).await,
+                Some(ev) = training.events.recv() => reporter.on_event(ev).await,
                 _ = lease_tick.tick() => {
-                    match store::renew_lease(&self.queue.db, &id, &self.owner, self.lease_ms()).await {
-                        Ok(Some(true)) if matches!(stop, Stop::Finished) => {
-                            tracing::info!(job = %id, "cancel requested");
-                            stop = Stop::Cancelled;
-                            stop_flag.store(true, Ordering::Relaxed);
-                        }
-                        Ok(None) => {
-                            tracing::warn!(job = %id, owner = %self.owner, "lease lost; stopping");
-                            stop = Stop::LeaseLost;
-                            stop_flag.store(true, Ordering::Relaxed);
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(job = %id, error = ?e, "renewing the lease failed"),
+                    if let Some(why) = self.renew_lease(id, stop).await {
+                        stop = why;
+                        training.stop.store(true, Ordering::Relaxed);
                     }
                 }
-                _ = shutdown.cancelled(), if matches!(stop, Stop::Finished) => {
+                _ = shutdown.cancelled(), if stop == Stop::Finished => {
                     tracing::info!(job = %id, "shutting down: stopping the job at the next step");
                     stop = Stop::Shutdown;
-                    stop_flag.store(true, Ordering::Relaxed);
+                    training.stop.store(true, Ordering::Relaxed);
                 }
-                result = &mut done_rx => {
+                result = &mut training.done => {
                     break result.unwrap_or_else(|_| Err(TrainError::retry("the training thread vanished")));
                 }
             }
         };
-        while let Ok(ev) = events_rx.try_recv() {
+        while let Ok(ev) = training.events.try_recv() {
             reporter.on_event(ev).await;
         }
         reporter.flush().await;
-        let ended = self.conclude(&job, result, stop).await;
-        if let Some(status) = ended {
-            let _ = tokio::fs::remove_dir_all(&work_dir).await;
-            // A failed job keeps its stored checkpoints (a store outage
-            // must not cost the last good one); others need them no more.
-            if status != JobStatus::Failed {
-                self.queue.artifacts.delete_job(&id).await;
+        (result, stop)
+    }
+
+    /// Renews the lease. `Some` when the run must stop: a cancel was asked
+    /// for (noticed once), or the lease is lost.
+    async fn renew_lease(&self, id: &str, stop: Stop) -> Option<Stop> {
+        match store::renew_lease(&self.queue.db, id, &self.owner, self.lease_ms()).await {
+            Ok(Some(true)) if stop == Stop::Finished => {
+                tracing::info!(job = %id, "cancel requested");
+                Some(Stop::Cancelled)
             }
+            Ok(None) => {
+                tracing::warn!(job = %id, owner = %self.owner, "lease lost; stopping");
+                Some(Stop::LeaseLost)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(job = %id, error = ?e, "renewing the lease failed");
+                None
+            }
+        }
+    }
+
+    /// A job that reached its end needs its work directory no more, nor
+    /// its stored checkpoints, unless it failed (a store outage must not
+    /// cost the last good one).
+    async fn clean_up(&self, id: &str, work_dir: &std::path::Path, status: JobStatus) {
+        let _ = tokio::fs::remove_dir_all(work_dir).await;
+        if status != JobStatus::Failed {
+            self.queue.artifacts.delete_job(id).await;
         }
     }
 
@@ -271,84 +296,118 @@ impl Worker {
         })
     }
 
-    /// Records how the job ended. Returns its terminal status when it
-    /// reached one (its work directory can go), `None` when it goes on
-    /// elsewhere or later.
-    async fn conclude(
-        &self,
-        job: &JobRow,
-        result: Result<TrainOutcome, TrainError>,
-        stop: Stop,
-    ) -> Option<JobStatus> {
-        let db = &self.queue.db;
-        let id = job.id.as_str();
-        let owner = self.owner.as_str();
-        let device_fatal = result.as_ref().err().and_then(device_fatal_message);
-        let outcome = match (stop, result) {
-            (Stop::LeaseLost, _) => return None,
-            (Stop::Shutdown, Ok(o)) if o.interrupted => {
-                let requeued = store::requeue(db, id, owner, true, None).await;
-                tracing::info!(job = %id, owner = %owner, ok = ?requeued, "job requeued for the next start");
-                self.publish_status(id, JobStatus::Queued, false, serde_json::json!({}));
-                return None;
+    /// Takes the step `outcome` names. Returns the job's terminal status
+    /// when it reached one (its work directory can go), `None` when it goes
+    /// on elsewhere or later.
+    async fn conclude(&self, job: &JobRow, outcome: Outcome) -> Option<JobStatus> {
+        match outcome {
+            Outcome::Abandon => None,
+            Outcome::Requeue => {
+                self.requeue(job).await;
+                None
             }
-            (_, Err(_)) if device_fatal.is_some() => {
-                let msg = device_fatal.unwrap_or_default();
-                self.queue.health.report_fatal(&self.device_name, &msg);
-                Err(format!(
-                    "device {} failed with a fatal error and is out of service until the service \
-                     restarts (the job is not retried there): {}",
-                    self.device_name,
-                    msg.lines().next().unwrap_or_default()
-                ))
+            Outcome::Retry(msg) => {
+                self.retry(job, &msg).await;
+                None
             }
-            (Stop::Cancelled, Ok(o)) => self.record_model(job, o, JobStatus::Cancelled).await,
-            (_, Ok(o)) => self.record_model(job, o, JobStatus::Succeeded).await,
-            (_, Err(TrainError::Retryable(msg))) if job.attempts < job.max_attempts => {
-                tracing::warn!(job = %id, owner = %owner, error = %msg, "job failed; will retry");
-                let _ = store::requeue(db, id, owner, false, Some(&msg)).await;
-                self.publish_status(
-                    id,
-                    JobStatus::Queued,
-                    false,
-                    serde_json::json!({"error": msg}),
-                );
-                self.queue.notify.notify_one();
-                return None;
+            Outcome::DeviceLost(msg) => {
+                let msg = self.take_device_out(&msg);
+                Some(self.fail(job, &msg).await)
             }
-            (_, Err(e)) => Err(e.to_string()),
-        };
-        let (status, model_id, error) = match outcome {
-            Ok((status, model_id)) => (status, model_id, None),
-            Err(msg) => (JobStatus::Failed, None, Some(msg)),
-        };
-        if status == JobStatus::Failed || model_id.is_none() {
-            if let Err(e) = store::finish(db, id, owner, status, None, error.as_deref()).await {
-                tracing::error!(job = %id, error = ?e, "recording the job's end failed");
-            }
+            Outcome::Fail(msg) => Some(self.fail(job, &msg).await),
+            Outcome::Finish(trained, status) => Some(self.finish(job, *trained, status).await),
         }
-        tracing::info!(job = %id, owner = %owner, status = status.as_str(), model = ?model_id, error = ?error, "job ended");
+    }
+
+    /// Shutdown stopped the job: back to the queue with its attempt
+    /// refunded (a shutdown is not the job's fault); the next start resumes
+    /// it from its checkpoint.
+    async fn requeue(&self, job: &JobRow) {
+        let requeued = store::requeue(&self.queue.db, &job.id, &self.owner, true, None).await;
+        tracing::info!(job = %job.id, owner = %self.owner, ok = ?requeued, "job requeued for the next start");
+        self.publish_status(&job.id, JobStatus::Queued, false, serde_json::json!({}));
+    }
+
+    /// A retryable failure with attempts left: back to the queue at once,
+    /// the attempt spent, and a worker woken to take it.
+    async fn retry(&self, job: &JobRow, msg: &str) {
+        tracing::warn!(job = %job.id, owner = %self.owner, error = %msg, "job failed; will retry");
+        let _ = store::requeue(&self.queue.db, &job.id, &self.owner, false, Some(msg)).await;
         self.publish_status(
-            id,
+            &job.id,
+            JobStatus::Queued,
+            false,
+            serde_json::json!({"error": msg}),
+        );
+        self.queue.notify.notify_one();
+    }
+
+    /// The device's CUDA context is dead: it leaves service (this worker
+    /// stops claiming), and the job's error says why it was not retried.
+    fn take_device_out(&self, msg: &str) -> String {
+        self.queue.health.report_fatal(&self.device_name, msg);
+        format!(
+            "device {} failed with a fatal error and is out of service until the service \
+             restarts (the job is not retried there): {}",
+            self.device_name,
+            msg.lines().next().unwrap_or_default()
+        )
+    }
+
+    /// Ends the job `failed` with `msg`.
+    async fn fail(&self, job: &JobRow, msg: &str) -> JobStatus {
+        let status = JobStatus::Failed;
+        self.record_end(job, status, Some(msg)).await;
+        self.ended(job, status, None, Some(msg));
+        status
+    }
+
+    /// Training ended (to the last epoch, or early on a cancel): the best
+    /// epoch becomes the job's model. A cancelled run with no epoch ends
+    /// with no model; any other run without one has failed.
+    async fn finish(&self, job: &JobRow, trained: TrainOutcome, status: JobStatus) -> JobStatus {
+        match self.record_model(job, trained, status).await {
+            Ok(Some(model_id)) => self.ended(job, status, Some(&model_id), None),
+            Ok(None) => {
+                self.record_end(job, status, None).await;
+                self.ended(job, status, None, None);
+            }
+            Err(msg) => return self.fail(job, &msg).await,
+        }
+        status
+    }
+
+    /// Writes the job's end without a model, under the lease.
+    async fn record_end(&self, job: &JobRow, status: JobStatus, error: Option<&str>) {
+        let id = &job.id;
+        if let Err(e) = store::finish(&self.queue.db, id, &self.owner, status, None, error).await {
+            tracing::error!(job = %id, error = ?e, "recording the job's end failed");
+        }
+    }
+
+    /// Logs the job's end and tells its followers (the stream's last event).
+    fn ended(&self, job: &JobRow, status: JobStatus, model_id: Option<&str>, error: Option<&str>) {
+        tracing::info!(job = %job.id, owner = %self.owner, status = status.as_str(), model = ?model_id, error = ?error, "job ended");
+        self.publish_status(
+            &job.id,
             status,
             true,
             serde_json::json!({"model_id": model_id, "error": error}),
         );
-        Some(status)
     }
 
     /// Moves the best model into `models/` and records it with the job's end
-    /// in one transaction. A run that produced no model has failed (unless
-    /// it was cancelled).
+    /// in one transaction. `Ok(None)`: a cancelled run that produced no
+    /// model; a run of another kind without one has failed.
     async fn record_model(
         &self,
         job: &JobRow,
-        outcome: TrainOutcome,
+        trained: TrainOutcome,
         status: JobStatus,
-    ) -> Result<(JobStatus, Option<String>), String> {
-        let (Some(best), Some(card)) = (outcome.best_model_dir, outcome.card) else {
+    ) -> Result<Option<String>, String> {
+        let (Some(best), Some(card)) = (trained.best_model_dir, trained.card) else {
             return match status {
-                JobStatus::Cancelled => Ok((JobStatus::Cancelled, None)),
+                JobStatus::Cancelled => Ok(None),
                 _ => Err("training ended before any epoch completed".into()),
             };
         };
@@ -363,44 +422,139 @@ impl Worker {
             tracing::error!(job = %job.id, error = ?e, "moving the model failed");
             return Err("storing the trained model failed".into());
         }
-        let rel_str = rel.to_string_lossy();
-        // In the shared store before the row names it, so no API node
-        // ever looks for a model the store lacks.
-        if let Err(e) = self.queue.artifacts.put_model(&rel_str, &dest).await {
+        let rel = rel.to_string_lossy().into_owned();
+        let stored = self
+            .store_model(job, &model_id, &rel, &dest, &card, status)
+            .await;
+        if stored.is_err() {
+            // No row names the model: neither its directory nor its copy
+            // in the shared store may stay.
             let _ = tokio::fs::remove_dir_all(&dest).await;
-            return Err(format!("storing the trained model failed: {e:#}"));
+            let _ = self.queue.artifacts.delete_model(&rel).await;
         }
+        stored.map(|()| Some(model_id))
+    }
+
+    /// Puts the model in the shared store, then records it with the job's
+    /// end under the lease. The store comes first, so no API node ever
+    /// looks for a model the store lacks.
+    async fn store_model(
+        &self,
+        job: &JobRow,
+        model_id: &str,
+        rel: &str,
+        dest: &std::path::Path,
+        card: &ModelCard,
+        status: JobStatus,
+    ) -> Result<(), String> {
+        self.queue
+            .artifacts
+            .put_model(rel, dest)
+            .await
+            .map_err(|e| format!("storing the trained model failed: {e:#}"))?;
         let labels = serde_json::to_string(&card.labels).unwrap_or_default();
-        let card_json = serde_json::to_string(&card).unwrap_or_default();
-        let recorded = store::finish_with_model(
-            &self.queue.db,
-            &job.id,
-            &self.owner,
-            status,
-            NewModel {
-                id: &model_id,
-                job_id: Some(&job.id),
-                path: &rel_str,
-                base_model: card.base_model(),
-                task: card.task,
-                labels_json: &labels,
-                metrics_json: &card_json,
-            },
-        )
-        .await;
-        match recorded {
-            Ok(true) => Ok((status, Some(model_id))),
-            Ok(false) => {
-                let _ = tokio::fs::remove_dir_all(&dest).await;
-                let _ = self.queue.artifacts.delete_model(&rel_str).await;
-                Err("lost the job's lease before recording its model".into())
-            }
+        let card_json = serde_json::to_string(card).unwrap_or_default();
+        let model = NewModel {
+            id: model_id,
+            job_id: Some(&job.id),
+            path: rel,
+            base_model: card.base_model(),
+            task: card.task,
+            labels_json: &labels,
+            metrics_json: &card_json,
+        };
+        match store::finish_with_model(&self.queue.db, &job.id, &self.owner, status, model).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("lost the job's lease before recording its model".into()),
             Err(e) => {
                 tracing::error!(job = %job.id, error = ?e, "recording the model failed");
-                let _ = tokio::fs::remove_dir_all(&dest).await;
-                let _ = self.queue.artifacts.delete_model(&rel_str).await;
                 Err("recording the trained model failed".into())
             }
+        }
+    }
+}
+
+/// The trainer on its own OS thread: its stop flag, its reports, its
+/// result.
+struct Training {
+    stop: Arc<AtomicBool>,
+    events: mpsc::UnboundedReceiver<TrainEvent>,
+    done: oneshot::Receiver<Result<TrainOutcome, TrainError>>,
+}
+
+/// When a failed job runs again. The attempt is counted when a worker
+/// claims the job; a retryable error sends it back to the queue while
+/// attempts are left, at once (no backoff: a delay would need a
+/// not-before time the claim honours). A fatal error (bad dataset, config
+/// or model) and a dead device are never retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RetryPolicy {
+    /// Starts of the job, this one included, before it fails for good.
+    max_attempts: i64,
+}
+
+impl RetryPolicy {
+    /// The job's own policy (its `max_attempts`, set when it was queued).
+    fn of(job: &JobRow) -> Self {
+        Self {
+            max_attempts: job.max_attempts,
+        }
+    }
+
+    /// What a failed run leads to, after `attempts` starts.
+    fn on_error(self, attempts: i64, error: TrainError) -> Outcome {
+        if let Some(msg) = device_fatal_message(&error) {
+            return Outcome::DeviceLost(msg);
+        }
+        match error {
+            TrainError::Retryable(msg) if attempts < self.max_attempts => Outcome::Retry(msg),
+            other => Outcome::Fail(other.to_string()),
+        }
+    }
+}
+
+/// How the run of one job ended, from the worker's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Finished,
+    Cancelled,
+    Shutdown,
+    LeaseLost,
+}
+
+/// What the worker does once a run has ended: each a named step of
+/// [`Worker::conclude`].
+#[derive(Debug)]
+enum Outcome {
+    /// The lease went to another worker: the job is no longer ours to
+    /// write.
+    Abandon,
+    /// Shutdown interrupted it: back to the queue, its attempt refunded.
+    Requeue,
+    /// A retryable error with attempts left (the message).
+    Retry(String),
+    /// The device's CUDA context died under it (libtorch's message).
+    DeviceLost(String),
+    /// Failed for good (the message).
+    Fail(String),
+    /// Trained to its end, or stopped by a cancel: record its model.
+    Finish(Box<TrainOutcome>, JobStatus),
+}
+
+impl Outcome {
+    /// The step, from why the run stopped and what the trainer returned.
+    fn of(
+        stop: Stop,
+        result: Result<TrainOutcome, TrainError>,
+        policy: RetryPolicy,
+        attempts: i64,
+    ) -> Self {
+        match (stop, result) {
+            (Stop::LeaseLost, _) => Self::Abandon,
+            (Stop::Shutdown, Ok(trained)) if trained.interrupted => Self::Requeue,
+            (Stop::Cancelled, Ok(trained)) => Self::Finish(Box::new(trained), JobStatus::Cancelled),
+            (_, Ok(trained)) => Self::Finish(Box::new(trained), JobStatus::Succeeded),
+            (_, Err(e)) => policy.on_error(attempts, e),
         }
     }
 }
@@ -633,6 +787,54 @@ mod tests {
             "nothing more is claimed on a dead device"
         );
         assert!(!queue.health.is_up("cpu"));
+    }
+
+    /// Each way a run can end leads to one named step; the retry policy
+    /// retries a retryable error while attempts are left, and nothing else.
+    #[test]
+    fn each_ending_leads_to_its_step() {
+        let policy = RetryPolicy { max_attempts: 3 };
+        let trained = |interrupted| {
+            Ok(TrainOutcome {
+                best_model_dir: None,
+                interrupted,
+                card: None,
+            })
+        };
+        let step = |stop, result, attempts| Outcome::of(stop, result, policy, attempts);
+        let retry = |m: &str| Err(TrainError::retry(m));
+        use Outcome::*;
+        assert!(matches!(step(Stop::LeaseLost, trained(true), 1), Abandon));
+        assert!(matches!(step(Stop::LeaseLost, retry("x"), 1), Abandon));
+        assert!(matches!(step(Stop::Shutdown, trained(true), 1), Requeue));
+        // A shutdown that came as training ended: the run is complete.
+        assert!(matches!(
+            step(Stop::Shutdown, trained(false), 1),
+            Finish(_, JobStatus::Succeeded)
+        ));
+        assert!(matches!(
+            step(Stop::Cancelled, trained(true), 1),
+            Finish(_, JobStatus::Cancelled)
+        ));
+        assert!(matches!(
+            step(Stop::Finished, trained(false), 1),
+            Finish(_, JobStatus::Succeeded)
+        ));
+        assert!(matches!(step(Stop::Finished, retry("disk"), 2), Retry(m) if m == "disk"));
+        assert!(matches!(step(Stop::Shutdown, retry("disk"), 2), Retry(_)));
+        assert!(matches!(step(Stop::Finished, retry("disk"), 3), Fail(m) if m == "disk"));
+        let fatal = Err(TrainError::fatal("bad config"));
+        assert!(matches!(step(Stop::Finished, fatal, 1), Fail(m) if m == "bad config"));
+        let crashed =
+            retry("training crashed: CUDA error: an illegal memory access was encountered");
+        assert!(matches!(step(Stop::Finished, crashed, 1), DeviceLost(_)));
+        let dead = Err(TrainError::DeviceFatal(
+            "CUDA error: misaligned address".into(),
+        ));
+        assert!(matches!(
+            step(Stop::Cancelled, dead, 1),
+            DeviceLost(m) if m == "CUDA error: misaligned address"
+        ));
     }
 
     /// The trainer's own words count too: a step that failed with a fatal

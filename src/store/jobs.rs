@@ -151,6 +151,29 @@ pub async fn get(db: &Db, id: &str) -> sqlx::Result<Option<JobRow>> {
         .await
 }
 
+/// A job with its dataset's summary (JSON as stored), as the API shows it:
+/// read in one statement, so that a page of jobs is one query.
+#[derive(Debug, Clone, FromRow)]
+pub struct JobWithDataset {
+    #[sqlx(flatten)]
+    pub job: JobRow,
+    /// `None` while the dataset is validating (or when it was refused).
+    pub dataset_summary: Option<String>,
+}
+
+/// Jobs joined with their dataset's summary (`jobs.dataset_id` is a foreign
+/// key on `datasets.id`, so the join finds exactly the job's dataset).
+const WITH_DATASET: &str =
+    "SELECT j.*, d.summary AS dataset_summary FROM jobs j LEFT JOIN datasets d ON d.id = j.dataset_id";
+
+/// A job with its dataset's summary.
+pub async fn get_with_dataset(db: &Db, id: &str) -> sqlx::Result<Option<JobWithDataset>> {
+    sqlx::query_as(&format!("{WITH_DATASET} WHERE j.id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
 /// Newest first, optionally one status only; `before` is the last id of the
 /// previous page (ids are UUID v7, so they sort by creation time).
 pub async fn list(
@@ -169,6 +192,36 @@ pub async fn list(
     .bind(limit)
     .fetch_all(db)
     .await
+}
+
+/// [`list`], each job with its dataset's summary, in one statement.
+pub async fn list_with_dataset(
+    db: &Db,
+    status: Option<JobStatus>,
+    before: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<JobWithDataset>> {
+    sqlx::query_as(&format!(
+        "{WITH_DATASET}
+         WHERE ($1 IS NULL OR j.status = $1) AND ($2 IS NULL OR j.id < $2)
+         ORDER BY j.id DESC LIMIT $3"
+    ))
+    .bind(status.map(JobStatus::as_str))
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// The summary (JSON as stored) of a dataset, for the view of a job row in
+/// hand (one just inserted or cancelled).
+pub async fn dataset_summary(db: &Db, dataset_id: &str) -> sqlx::Result<Option<String>> {
+    let row: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT summary FROM datasets WHERE id = $1")
+            .bind(dataset_id)
+            .fetch_optional(db)
+            .await?;
+    Ok(row.and_then(|(s,)| s))
 }
 
 /// Counts per status, for metrics.
@@ -416,26 +469,25 @@ pub async fn reap_expired(db: &Db) -> sqlx::Result<(u64, u64)> {
     Ok((requeued, failed))
 }
 
-/// Cancels a queued job at once, or flags a running one for its worker.
-/// Returns the job after the change, `None` if there is no such job.
+/// Cancels a queued job at once, or flags a running one for its worker, in
+/// one statement: the database decides, so a job that ends meanwhile is
+/// never reported cancelled. Returns the job after the change, `None` when
+/// there is no queued or running job of that id (none at all, or one that
+/// already ended: [`get`] tells which).
 pub async fn request_cancel(db: &Db, id: &str) -> sqlx::Result<Option<JobRow>> {
-    let now = now_ms();
-    sqlx::query(
-        "UPDATE jobs SET status = 'cancelled', finished_at = $2, updated_at = $2
-         WHERE id = $1 AND status = 'queued'",
+    sqlx::query_as(
+        "UPDATE jobs SET
+                status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+                finished_at = CASE WHEN status = 'queued' THEN $2 ELSE finished_at END,
+                cancel_requested = CASE WHEN status = 'running' THEN 1 ELSE cancel_requested END,
+                updated_at = $2
+         WHERE id = $1 AND status IN ('queued', 'running')
+         RETURNING *",
     )
     .bind(id)
-    .bind(now)
-    .execute(db)
-    .await?;
-    sqlx::query(
-        "UPDATE jobs SET cancel_requested = 1, updated_at = $2 WHERE id = $1 AND status = 'running'",
-    )
-    .bind(id)
-    .bind(now)
-    .execute(db)
-    .await?;
-    get(db, id).await
+    .bind(now_ms())
+    .fetch_optional(db)
+    .await
 }
 
 /// Ends a running job under the lease and records its model, in one

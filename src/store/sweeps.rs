@@ -151,6 +151,34 @@ pub async fn jobs_of(db: &Db, sweep_id: &str) -> sqlx::Result<Vec<JobRow>> {
         .await
 }
 
+/// A sweep's candidate with its model's card (`models.metrics`, JSON),
+/// once it has a model.
+#[derive(Debug, Clone, FromRow)]
+pub struct Candidate {
+    #[sqlx(flatten)]
+    pub job: JobRow,
+    pub model_card: Option<String>,
+}
+
+/// The candidates of these sweeps, each with its model's card, in one
+/// statement; in the spec's order within a sweep (as [`jobs_of`]).
+pub async fn candidates_of(db: &Db, sweep_ids: &[&str]) -> sqlx::Result<Vec<Candidate>> {
+    if sweep_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let params: Vec<String> = (1..=sweep_ids.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT j.*, m.metrics AS model_card FROM jobs j LEFT JOIN models m ON m.id = j.model_id
+         WHERE j.sweep_id IN ({}) ORDER BY j.created_at, j.id",
+        params.join(", ")
+    );
+    let mut query = sqlx::query_as(&sql);
+    for id in sweep_ids {
+        query = query.bind(*id);
+    }
+    query.fetch_all(db).await
+}
+
 /// `queued` → `running` once a candidate has started.
 pub async fn mark_running(db: &Db, id: &str) -> sqlx::Result<bool> {
     let done = sqlx::query(

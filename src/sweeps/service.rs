@@ -1,16 +1,21 @@
-//! Submitting and cancelling sweeps: everything that can be refused is
-//! refused here, before any candidate is queued.
+//! Sweeps as the API sees them: submitting (everything that can be refused
+//! is refused here, before any candidate is queued), reading, cancelling
+//! and following one live.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
+use futures::Stream;
 use serde_json::Value;
 
 use super::spec::{SweepMetric, SweepSpec};
+use super::view::{self, SweepView};
 use crate::data::DatasetSummary;
+use crate::datasets::record::DatasetRecord;
+use crate::db::Db;
 use crate::error::{AppError, AppResult};
 use crate::jobs::events::JobEvent;
 use crate::jobs::{service as jobs, JobQueue};
-use crate::store::jobs::JobRow;
 use crate::store::sweeps::{self as store, NewCandidate, NewSweep, SweepRow};
 use crate::task::Task;
 use crate::train::config::JobConfig;
@@ -29,12 +34,34 @@ pub async fn submit(
     dataset_id: &str,
     spec: Value,
     max_candidates: usize,
-) -> AppResult<(SweepRow, Vec<JobRow>)> {
+) -> AppResult<SweepView> {
     let parsed = SweepSpec::from_value(spec)?;
     let mut configs = parsed.expand(max_candidates)?;
     let dataset = jobs::find_dataset(queue, dataset_id).await?;
+    let metric = sweep_metric(&parsed, &configs, &dataset, dataset_id)?;
+    // Each candidate keeps the epoch that is best on the sweep's metric.
+    for config in &mut configs {
+        config.selection_metric.get_or_insert(metric);
+    }
+    let rungs = parsed.rungs.clone().unwrap_or_default();
+    check_rungs(&rungs, &configs)?;
+    check_candidates(queue, &dataset, &configs).await?;
+    if let Some(seconds) = parsed.budget.as_ref().and_then(|b| b.max_seconds) {
+        check_budget(queue, dataset.summary.as_ref(), &configs, seconds).await?;
+    }
+    let sweep = queue_sweep(queue, dataset_id, &parsed, &configs, metric, &rungs).await?;
+    Ok(view::view(&queue.db, &sweep).await?)
+}
 
-    // The metric depends on the task, known once the dataset is validated.
+/// The metric the sweep ranks by: the spec's, else the task's default. The
+/// task is known once the dataset is validated, and must be one for all
+/// candidates.
+fn sweep_metric(
+    parsed: &SweepSpec,
+    configs: &[JobConfig],
+    dataset: &DatasetRecord,
+    dataset_id: &str,
+) -> AppResult<SweepMetric> {
     let Some(dataset_task) = dataset.task.filter(|_| dataset.is_ready()) else {
         return Err(AppError::conflict(
             "dataset_not_ready",
@@ -44,27 +71,27 @@ pub async fn submit(
             ),
         ));
     };
-    let task = common_task(&configs, dataset_task)?;
+    let task = common_task(configs, dataset_task)?;
     let metric = parsed.metric.unwrap_or(SweepMetric::default_for(task));
-    if !metric.available_for(task) {
-        let choices = match task {
-            Task::MultiClass => "`accuracy` or `macro_f1`",
-            Task::MultiLabel => "`map` or `macro_f1`",
-        };
-        return Err(AppError::unprocessable(
-            "metric_unavailable",
-            format!(
-                "`metric`: `{}` is not a metric of a {} task; use {choices}",
-                metric.as_str(),
-                task.as_str()
-            ),
-        ));
+    if metric.available_for(task) {
+        return Ok(metric);
     }
-    // Each candidate keeps the epoch that is best on the sweep's metric.
-    for config in &mut configs {
-        config.selection_metric.get_or_insert(metric);
-    }
-    let rungs = parsed.rungs.clone().unwrap_or_default();
+    let choices = match task {
+        Task::MultiClass => "`accuracy` or `macro_f1`",
+        Task::MultiLabel => "`map` or `macro_f1`",
+    };
+    Err(AppError::unprocessable(
+        "metric_unavailable",
+        format!(
+            "`metric`: `{}` is not a metric of a {} task; use {choices}",
+            metric.as_str(),
+            task.as_str()
+        ),
+    ))
+}
+
+/// Every rung must come before the end of every candidate.
+fn check_rungs(rungs: &[u32], configs: &[JobConfig]) -> AppResult<()> {
     if let (Some(&last), Some(fewest)) = (rungs.last(), configs.iter().map(|c| c.epochs).min()) {
         if last >= fewest {
             return Err(AppError::unprocessable(
@@ -76,7 +103,17 @@ pub async fn submit(
             ));
         }
     }
-    // The same base model (and size and depth) is checked once.
+    Ok(())
+}
+
+/// Runs the candidates through the checks of `POST /jobs`; the same base
+/// model (and size and depth) is checked once. A refusal names its
+/// candidate.
+async fn check_candidates(
+    queue: &JobQueue,
+    dataset: &DatasetRecord,
+    configs: &[JobConfig],
+) -> AppResult<()> {
     let mut checked = HashSet::new();
     for (i, config) in configs.iter().enumerate() {
         let key = (
@@ -88,21 +125,29 @@ pub async fn submit(
             config.unfreeze_last_n,
         );
         if checked.insert(key) {
-            jobs::check_job(queue, &dataset, config)
+            jobs::check_job(queue, dataset, config)
                 .await
                 .map_err(|e| name_candidate(e, i))?;
         }
     }
-    if let Some(seconds) = parsed.budget.as_ref().and_then(|b| b.max_seconds) {
-        check_budget(queue, dataset.summary.as_ref(), &configs, seconds).await?;
-    }
+    Ok(())
+}
 
-    let spec_json = serde_json::to_string(&parsed).map_err(anyhow::Error::from)?;
+/// Stores the checked sweep and its candidates, and wakes the workers.
+async fn queue_sweep(
+    queue: &JobQueue,
+    dataset_id: &str,
+    parsed: &SweepSpec,
+    configs: &[JobConfig],
+    metric: SweepMetric,
+    rungs: &[u32],
+) -> AppResult<SweepRow> {
+    let spec_json = serde_json::to_string(parsed).map_err(anyhow::Error::from)?;
     let rungs_json = parsed
         .early_stop
-        .map(|_| serde_json::to_string(&rungs).unwrap_or_default());
+        .map(|_| serde_json::to_string(rungs).unwrap_or_default());
     let mut candidates = Vec::with_capacity(configs.len());
-    for c in &configs {
+    for c in configs {
         candidates.push(NewCandidate {
             config_json: serde_json::to_string(c).map_err(anyhow::Error::from)?,
             device: c.device.clone(),
@@ -126,7 +171,7 @@ pub async fn submit(
     .await?;
     tracing::info!(sweep = %sweep.id, candidates = jobs.len(), metric = metric.as_str(), "sweep queued");
     queue.notify.notify_waiters();
-    Ok((sweep, jobs))
+    Ok(sweep)
 }
 
 /// Candidates are ranked on one metric, so they must share a task.
@@ -197,13 +242,30 @@ async fn check_budget(
     Ok(())
 }
 
+fn not_found(id: &str) -> AppError {
+    AppError::not_found(format!("no sweep `{id}`"))
+}
+
+/// A sweep as the API shows it, with its leaderboard.
+pub async fn get(db: &Db, id: &str) -> AppResult<SweepView> {
+    let sweep = store::get(db, id).await?.ok_or_else(|| not_found(id))?;
+    Ok(view::view(db, &sweep).await?)
+}
+
+/// A page of sweeps, newest first, each with its leaderboard: two queries
+/// (the sweeps, then all their candidates with their models).
+pub async fn list(db: &Db, before: Option<&str>, limit: i64) -> AppResult<Vec<SweepView>> {
+    let sweeps = store::list(db, before, limit).await?;
+    Ok(view::views(db, &sweeps).await?)
+}
+
 /// Stops a sweep: every candidate not yet ended stops (queued ones at once,
 /// running ones at their next step, keeping their best epoch); the sweep
 /// ends `cancelled` once they all have, and promotes nothing.
-pub async fn cancel(queue: &JobQueue, id: &str) -> AppResult<SweepRow> {
+pub async fn cancel(queue: &JobQueue, id: &str) -> AppResult<SweepView> {
     let sweep = store::get(&queue.db, id)
         .await?
-        .ok_or_else(|| AppError::not_found(format!("no sweep `{id}`")))?;
+        .ok_or_else(|| not_found(id))?;
     if sweep.status().is_terminal() {
         return Err(AppError::conflict(
             "sweep_finished",
@@ -213,7 +275,48 @@ pub async fn cancel(queue: &JobQueue, id: &str) -> AppResult<SweepRow> {
     let cancelled = store::stop_all(&queue.db, id, "cancelled").await?;
     publish_cancelled(queue, &cancelled);
     tracing::info!(sweep = %id, "sweep cancel requested");
-    Ok(store::get(&queue.db, id).await?.unwrap_or(sweep))
+    let after = store::get(&queue.db, id).await?.unwrap_or(sweep);
+    Ok(view::view(&queue.db, &after).await?)
+}
+
+/// How often a follower reads the sweep: its state is the database's (the
+/// supervisor and the workers of any node write it).
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
+
+/// Follows a sweep live: its view now (as JSON), then an `update` with the
+/// whole view whenever it changes, ending with the sweep (at once when it
+/// has already ended).
+pub async fn follow(
+    db: &Db,
+    id: &str,
+) -> AppResult<(
+    Value,
+    impl Stream<Item = (&'static str, Value)> + Send + 'static,
+)> {
+    let first = get(db, id).await?;
+    let done = first.status.is_terminal();
+    let first = serde_json::to_value(&first).unwrap_or_default();
+    let (db, id, mut last) = (db.clone(), id.to_string(), first.clone());
+    let updates = async_stream::stream! {
+        if done {
+            return;
+        }
+        let mut poll = tokio::time::interval(FOLLOW_POLL);
+        loop {
+            poll.tick().await;
+            let Ok(Some(row)) = store::get(&db, &id).await else { continue };
+            let Ok(now) = view::view(&db, &row).await else { continue };
+            let value = serde_json::to_value(&now).unwrap_or_default();
+            if view::without_clock(&value) != view::without_clock(&last) {
+                yield ("update", value.clone());
+                last = value;
+            }
+            if now.status.is_terminal() {
+                return;
+            }
+        }
+    };
+    Ok((first, updates))
 }
 
 /// Tells SSE followers of jobs cancelled before they ran.

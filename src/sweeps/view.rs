@@ -2,6 +2,7 @@
 //! picks the winner when the sweep ends (`supervisor`).
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use crate::db::Db;
 use serde::Serialize;
@@ -197,33 +198,69 @@ pub async fn leaderboard(
     sweep: &SweepRow,
     jobs: &[JobRow],
 ) -> sqlx::Result<Vec<LeaderboardRow>> {
-    let metric = SweepMetric::parse(&sweep.metric).unwrap_or(SweepMetric::Accuracy);
-    let now = crate::db::now_ms();
-    let mut rows = Vec::with_capacity(jobs.len());
+    let mut cards = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let card = match &job.model_id {
+        cards.push(match &job.model_id {
             Some(id) => crate::store::models::get(db, id)
                 .await?
                 .map(|m| json(&m.metrics)),
             None => None,
-        };
-        rows.push(row_of(job, metric, card.as_ref(), now));
+        });
     }
+    let candidates = jobs.iter().zip(cards.iter().map(Option::as_ref));
+    Ok(ranked(sweep, candidates, crate::db::now_ms()))
+}
+
+/// The leaderboard of candidates and their models' cards, ranked.
+fn ranked<'a>(
+    sweep: &SweepRow,
+    candidates: impl Iterator<Item = (&'a JobRow, Option<&'a Value>)>,
+    now_ms: i64,
+) -> Vec<LeaderboardRow> {
+    let metric = SweepMetric::parse(&sweep.metric).unwrap_or(SweepMetric::Accuracy);
+    let mut rows: Vec<LeaderboardRow> = candidates
+        .map(|(job, card)| row_of(job, metric, card, now_ms))
+        .collect();
     rank(&mut rows);
-    Ok(rows)
+    rows
 }
 
 /// The whole view of a stored sweep.
 pub async fn view(db: &Db, sweep: &SweepRow) -> sqlx::Result<SweepView> {
-    let jobs = crate::store::sweeps::jobs_of(db, &sweep.id).await?;
-    let leaderboard = leaderboard(db, sweep, &jobs).await?;
+    let mut views = views(db, std::slice::from_ref(sweep)).await?;
+    Ok(views.remove(0))
+}
+
+/// The views of stored sweeps, in their order: their candidates and the
+/// candidates' models are read in one query for them all.
+pub async fn views(db: &Db, sweeps: &[SweepRow]) -> sqlx::Result<Vec<SweepView>> {
+    let ids: Vec<&str> = sweeps.iter().map(|s| s.id.as_str()).collect();
+    let mut by_sweep: HashMap<String, Vec<(JobRow, Option<Value>)>> = HashMap::new();
+    for c in crate::store::sweeps::candidates_of(db, &ids).await? {
+        let card = c.model_card.as_deref().map(json);
+        let sweep_id = c.job.sweep_id.clone().unwrap_or_default();
+        by_sweep.entry(sweep_id).or_default().push((c.job, card));
+    }
+    let now = crate::db::now_ms();
+    Ok(sweeps
+        .iter()
+        .map(|sweep| {
+            let candidates = by_sweep.remove(&sweep.id).unwrap_or_default();
+            let board = candidates.iter().map(|(job, card)| (job, card.as_ref()));
+            view_of(sweep, ranked(sweep, board, now))
+        })
+        .collect())
+}
+
+/// A sweep's view around its leaderboard.
+fn view_of(sweep: &SweepRow, leaderboard: Vec<LeaderboardRow>) -> SweepView {
     let winner_model_id = sweep.winner_job_id.as_ref().and_then(|w| {
         leaderboard
             .iter()
             .find(|r| &r.job_id == w)
             .and_then(|r| r.model_id.clone())
     });
-    Ok(SweepView {
+    SweepView {
         id: sweep.id.clone(),
         status: sweep.status(),
         dataset_id: sweep.dataset_id.clone(),
@@ -243,7 +280,21 @@ pub async fn view(db: &Db, sweep: &SweepRow) -> sqlx::Result<SweepView> {
         created_at: rfc3339(sweep.created_at),
         finished_at: sweep.finished_at.map(rfc3339),
         leaderboard,
-    })
+    }
+}
+
+/// The view as JSON without the fields that move with the clock (running
+/// candidates' wall time changes every tick; it alone is no news).
+pub fn without_clock(view: &Value) -> Value {
+    let mut v = view.clone();
+    if let Some(rows) = v["leaderboard"].as_array_mut() {
+        for r in rows {
+            if let Some(o) = r.as_object_mut() {
+                o.remove("wall_seconds");
+            }
+        }
+    }
+    v
 }
 
 #[cfg(test)]

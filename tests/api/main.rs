@@ -18,5 +18,6 @@ mod datasets_user_archives;
 mod docs;
 mod http_foundation;
 mod job_queue;
+mod job_views;
 mod migrations;
 mod sweeps;
