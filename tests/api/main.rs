@@ -19,4 +19,5 @@ mod docs;
 mod http_foundation;
 mod job_queue;
 mod migrations;
+mod model_registry;
 mod sweeps;
