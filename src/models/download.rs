@@ -22,17 +22,15 @@ pub enum DownloadFormat {
 /// A download, ready to send.
 pub enum Download {
     /// The tar.gz, in an anonymous temporary file (gone once sent).
-    Archive {
-        name: String,
-        file: std::fs::File,
-    },
+    Archive { name: String, file: std::fs::File },
     /// The ONNX file and its length.
     Onnx {
         name: String,
         file: tokio::fs::File,
         len: u64,
     },
-    Metadata(ExportMetadata),
+    /// Boxed: it is ten times the size of the others.
+    Metadata(Box<ExportMetadata>),
 }
 
 impl Models<'_> {
@@ -47,7 +45,7 @@ impl Models<'_> {
                     tokio::task::spawn_blocking(move || export::metadata_of_dir(&dir, &opts))
                         .await
                         .map_err(anyhow::Error::from)??;
-                Ok(Download::Metadata(metadata))
+                Ok(Download::Metadata(Box::new(metadata)))
             }
             DownloadFormat::Onnx(opts) => {
                 let path = self.exports.onnx_file(&row.id, &dir, &opts).await?;
