@@ -9,7 +9,7 @@
 //! | 9 | `server`, `predict_local` |
 //! | 8 | `http`, `telemetry` |
 //! | 7 | `app` (the application state) |
-//! | 6 | `config` (its settings), `sweeps` (candidate jobs, halving, the supervisor) |
+//! | 6 | `config` (its settings), `sweeps` (candidate jobs, halving, the supervisor), `models` (the model service: alias, delete, download) |
 //! | 5 | `jobs`, `serve`, `export` (ONNX files of trained models) |
 //! | 4 | `train`, `datasets` (storing, validating and recording datasets, over `data`) |
 //! | 3 | `data`, `model` |
@@ -25,7 +25,7 @@ pub fn layer(module: &str) -> Option<u8> {
         "server" | "predict_local" => 9,
         "http" | "telemetry" => 8,
         "app" => 7,
-        "config" | "sweeps" => 6,
+        "config" | "sweeps" | "models" => 6,
         "jobs" | "serve" | "export" => 5,
         "train" | "datasets" => 4,
         "data" | "model" => 3,

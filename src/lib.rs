@@ -20,6 +20,7 @@ pub mod jobs;
 pub mod layering;
 pub mod metrics;
 pub mod model;
+pub mod models;
 pub mod predict_local;
 pub mod serve;
 pub mod server;

@@ -1,5 +1,7 @@
 //! `vitrine predict`: run a model on local image files with no server and
-//! print JSON, the way `/predict` would answer.
+//! print JSON, the way `/predict` would answer. It reads the files and
+//! hands them to the same prediction service as `/predict`
+//! ([`crate::serve::predict`]), on an inference engine of its own.
 
 use std::path::PathBuf;
 
@@ -7,8 +9,15 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use crate::serve::output::{self, ImageResult, OutputOptions};
-use crate::train::TrainedModel;
+use crate::budget::DecodeBudget;
+use crate::devices::DeviceHealth;
+use crate::error::AppResult;
+use crate::serve::engine::{EngineConfig, PredictPrecision};
+use crate::serve::output::{ImageResult, OutputOptions};
+use crate::serve::predict::{
+    ModelSource, PredictContext, PredictRequest, Predicted, RequestCaps, Upload,
+};
+use crate::serve::Inference;
 
 #[derive(Debug, Clone, Args)]
 pub struct PredictArgs {
@@ -50,35 +59,68 @@ struct FileResult {
 
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let device = crate::torch_info::parse_device(&args.device).map_err(anyhow::Error::msg)?;
-    let dir =
-        crate::model::resolve_model_source(&args.model, &crate::model::HubOptions::from_env())?;
-    let trained = TrainedModel::load(&dir)?;
-    let model = crate::model::load_pretrained(&dir, device, None)?;
-    let pipeline = &trained.pipeline;
-    let mut tensors = Vec::with_capacity(args.images.len());
-    for path in &args.images {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let t = pipeline
-            .tensor_from_bytes(&bytes)
-            .with_context(|| format!("decoding {}", path.display()))?;
-        tensors.push(t);
-    }
-    let logits = model
-        .logits(&tch::Tensor::stack(&tensors, 0))?
-        .to_device(tch::Device::Cpu);
-    let opts = OutputOptions {
-        top_k: Some(args.top_k),
-        threshold: args.threshold,
-        all_scores: false,
-    };
-    let results = output::format(
-        &logits,
-        trained.task,
-        &trained.labels,
-        trained.thresholds.as_deref(),
-        &opts,
+    let images = args
+        .images
+        .iter()
+        .map(|path| {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Ok(Upload {
+                name: path.display().to_string(),
+                bytes,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let predicted = runtime.block_on(predict(&args, device, images))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&answer(&args, predicted))?
     );
-    let answer = Answer {
+    Ok(())
+}
+
+/// The one service call, on an engine of this process's own: fp32 (as
+/// `transformers` runs by default), the whole request as one batch, and
+/// no caps or decoding budget beyond the pipeline's limits.
+async fn predict(
+    args: &PredictArgs,
+    device: tch::Device,
+    images: Vec<Upload>,
+) -> AppResult<Predicted> {
+    let metrics = prometheus::Registry::new();
+    let health = DeviceHealth::new(&[crate::torch_info::device_name(device)], &metrics);
+    let engine = EngineConfig {
+        max_batch: images.len(),
+        max_wait: std::time::Duration::ZERO,
+        queue: 1,
+        cache: 1,
+        precision: PredictPrecision::Fp32,
+    };
+    let inference = Inference::start(&[device], engine, &metrics, health);
+    let cx = PredictContext {
+        budget: &DecodeBudget::new(u64::MAX),
+        caps: RequestCaps::UNBOUNDED,
+    };
+    let request = PredictRequest {
+        model: ModelSource::Local(&args.model),
+        images,
+        options: OutputOptions {
+            top_k: Some(args.top_k),
+            threshold: args.threshold,
+            all_scores: false,
+        },
+    };
+    inference.predict(cx, request).await
+}
+
+fn answer(args: &PredictArgs, predicted: Predicted) -> Answer {
+    let Predicted {
+        results, logits, ..
+    } = predicted;
+    Answer {
         model: args.model.clone(),
         results: results
             .into_iter()
@@ -92,7 +134,5 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
                     .then(|| Vec::try_from(logits.get(i as i64)).unwrap_or_default()),
             })
             .collect(),
-    };
-    println!("{}", serde_json::to_string_pretty(&answer)?);
-    Ok(())
+    }
 }

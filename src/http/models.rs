@@ -1,4 +1,5 @@
-//! `/models`: list, inspect, delete, alias and download trained models.
+//! `/models`: list, inspect, delete, alias and download trained models,
+//! through the model service ([`crate::models`]).
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -6,16 +7,16 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Json, Query};
 use crate::app::AppState;
 use crate::error::{AppError, AppResult};
 use crate::export::{self, ExportOptions, Precision};
-use crate::jobs::view::rfc3339;
-use crate::store::models::{self as store, ModelRow};
-use crate::train::ModelCard;
+use crate::models::download::{Download, DownloadFormat};
+pub use crate::models::ModelView;
+use crate::models::Models;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -25,57 +26,15 @@ pub fn router() -> Router<AppState> {
         .route("/models/aliases/{name}", put(set_alias))
 }
 
-/// A trained model.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ModelView {
-    pub id: String,
-    /// The job that trained it.
-    pub job_id: Option<String>,
-    pub base_model: String,
-    pub task: String,
-    /// Class names; index = class id (as `id2label` in its config.json).
-    pub labels: Vec<String>,
-    /// Validation (and test) metrics of the best epoch, and the history.
-    #[schema(value_type = Object)]
-    pub metrics: serde_json::Value,
-    /// Aliases pointing at it.
-    pub aliases: Vec<String>,
-    pub created_at: String,
-}
-
-async fn view(state: &AppState, row: ModelRow) -> AppResult<ModelView> {
-    // The row keeps the model's card; a card that no longer reads (written
-    // by a future version, say) still lists the model, with its row's facts.
-    let (labels, metrics) = match ModelCard::from_json(row.metrics.as_bytes()) {
-        Ok(card) => (
-            card.labels.clone(),
-            serde_json::to_value(&card).map_err(anyhow::Error::from)?,
-        ),
-        Err(e) => {
-            tracing::warn!(model = %row.id, error = %e, "unreadable model card");
-            (
-                serde_json::from_str(&row.labels).unwrap_or_default(),
-                serde_json::Value::Object(Default::default()),
-            )
-        }
-    };
-    Ok(ModelView {
-        aliases: store::aliases_of(&state.db, &row.id).await?,
-        labels,
-        metrics,
-        id: row.id,
-        job_id: row.job_id,
-        base_model: row.base_model,
-        task: row.task.as_str().to_string(),
-        created_at: rfc3339(row.created_at),
-    })
-}
-
-/// A model by id or alias.
-async fn find(state: &AppState, id: &str) -> AppResult<ModelRow> {
-    store::by_alias_or_id(&state.db, id)
-        .await?
-        .ok_or_else(|| AppError::not_found(format!("no model or alias `{id}`")))
+/// The model service over the application's parts.
+fn models(state: &AppState) -> Models<'_> {
+    Models {
+        db: &state.db,
+        data_dir: &state.config.data_dir,
+        artifacts: &state.artifacts,
+        served: &state.inference.registry,
+        exports: &state.exports,
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -101,11 +60,7 @@ pub async fn list_models(
             "`limit` must be 1..=200",
         ));
     }
-    let mut out = Vec::new();
-    for row in store::list(&state.db, q.before.as_deref(), limit).await? {
-        out.push(view(&state, row).await?);
-    }
-    Ok(Json(out))
+    Ok(Json(models(&state).list(q.before.as_deref(), limit).await?))
 }
 
 /// One model (by id or alias).
@@ -116,8 +71,7 @@ pub async fn get_model(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> AppResult<Json<ModelView>> {
-    let row = find(&state, &id).await?;
-    Ok(Json(view(&state, row).await?))
+    Ok(Json(models(&state).get(&id).await?))
 }
 
 /// Delete a model and its files. Refused while an alias points at it.
@@ -129,33 +83,7 @@ pub async fn delete_model(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> AppResult<StatusCode> {
-    let row = store::get(&state.db, &id)
-        .await?
-        .ok_or_else(|| AppError::not_found(format!("no model `{id}`")))?;
-    let aliases = store::aliases_of(&state.db, &id).await?;
-    if !aliases.is_empty() {
-        return Err(AppError::conflict(
-            "model_aliased",
-            format!(
-                "model `{id}` is what alias {} points at; move the alias first",
-                aliases
-                    .iter()
-                    .map(|a| format!("`{a}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-    }
-    store::delete(&state.db, &id).await?;
-    state.inference.registry.evict(&id);
-    state.exports.forget(&id).await;
-    let dir = state.config.data_dir.join(&row.path);
-    if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
-        tracing::warn!(model = %id, error = ?e, "removing the model directory failed");
-    }
-    if let Err(e) = state.artifacts.delete_model(&row.path).await {
-        tracing::warn!(model = %id, error = %format!("{e:#}"), "removing the model from the artifact store failed");
-    }
+    models(&state).delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -169,6 +97,7 @@ pub struct SetAlias {
 /// Point an alias (e.g. `production`, which `/predict` follows) at a model.
 #[utoipa::path(put, path = "/models/aliases/{name}", tag = "models", request_body = SetAlias,
     responses((status = 200, body = ModelView), (status = 404, body = crate::error::Problem),
+        (status = 409, body = crate::error::Problem, description = "`model_deleted`: the model was deleted as the alias was set"),
         (status = 422, body = crate::error::Problem)),
     security(("bearer" = [])))]
 pub async fn set_alias(
@@ -176,22 +105,7 @@ pub async fn set_alias(
     Path(name): Path<String>,
     Json(body): Json<SetAlias>,
 ) -> AppResult<Json<ModelView>> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if !valid {
-        return Err(AppError::unprocessable(
-            "invalid_alias",
-            "alias names are 1-64 characters of letters, digits, `-`, `_` and `.`",
-        ));
-    }
-    let row = store::get(&state.db, &body.model_id)
-        .await?
-        .ok_or_else(|| AppError::not_found(format!("no model `{}`", body.model_id)))?;
-    store::set_alias(&state.db, &name, &row.id).await?;
-    Ok(Json(view(&state, row).await?))
+    Ok(Json(models(&state).set_alias(&name, &body.model_id).await?))
 }
 
 /// `GET /models/{id}/download` query.
@@ -211,6 +125,26 @@ pub struct DownloadQuery {
 }
 
 impl DownloadQuery {
+    /// The format asked for, with its export options; refuses export
+    /// options on the directory archive.
+    fn format(&self) -> AppResult<DownloadFormat> {
+        let format = self.format.as_deref().unwrap_or("hf");
+        let exported = self.opset.is_some() || self.dynamic_batch.is_some() || self.fp16.is_some();
+        match format {
+            "hf" if exported => Err(AppError::bad_request(
+                "invalid_query",
+                "`opset`, `dynamic_batch` and `fp16` apply to `format=onnx` only",
+            )),
+            "hf" => Ok(DownloadFormat::Hf),
+            "onnx" => Ok(DownloadFormat::Onnx(self.export_options())),
+            "onnx-metadata" => Ok(DownloadFormat::OnnxMetadata(self.export_options())),
+            _ => Err(AppError::bad_request(
+                "unsupported_format",
+                format!("unknown download format `{format}` (use `hf`, `onnx` or `onnx-metadata`)"),
+            )),
+        }
+    }
+
     fn export_options(&self) -> ExportOptions {
         ExportOptions {
             opset: self.opset.unwrap_or(export::DEFAULT_OPSET),
@@ -223,7 +157,6 @@ impl DownloadQuery {
         }
     }
 }
-
 /// The model directory (HF layout: config.json, model.safetensors,
 /// preprocessor_config.json, metrics.json) as a tar.gz, or the model as
 /// ONNX (`?format=onnx`), or the ONNX export's metadata (`?format=onnx-metadata`).
@@ -252,83 +185,38 @@ pub async fn download_model(
     Path(id): Path<String>,
     Query(q): Query<DownloadQuery>,
 ) -> AppResult<Response> {
-    let format = q.format.as_deref().unwrap_or("hf");
-    if !["hf", "onnx", "onnx-metadata"].contains(&format) {
-        return Err(AppError::bad_request(
-            "unsupported_format",
-            format!("unknown download format `{format}` (use `hf`, `onnx` or `onnx-metadata`)"),
-        ));
-    }
-    if format == "hf" && (q.opset.is_some() || q.dynamic_batch.is_some() || q.fp16.is_some()) {
-        return Err(AppError::bad_request(
-            "invalid_query",
-            "`opset`, `dynamic_batch` and `fp16` apply to `format=onnx` only",
-        ));
-    }
-    let row = find(&state, &id).await?;
-    let dir = state.artifacts.model_dir(&row.path).await?;
-    if format == "hf" {
-        return download_archive(&state, row, dir).await;
-    }
-    let opts = q.export_options();
-    if format == "onnx-metadata" {
-        let metadata = tokio::task::spawn_blocking(move || export::metadata_of_dir(&dir, &opts))
-            .await
-            .map_err(anyhow::Error::from)??;
-        return Ok(axum::Json(metadata).into_response());
-    }
-    let path = state.exports.onnx_file(&row.id, &dir, &opts).await?;
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| anyhow::anyhow!("opening the export {}: {e}", path.display()))?;
-    let len = file.metadata().await.map_err(anyhow::Error::from)?.len();
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, len.to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}.onnx\"", row.id),
-            ),
-        ],
-        Body::from_stream(tokio_util::io::ReaderStream::new(file)),
-    )
-        .into_response())
+    let format = q.format()?;
+    let download = models(&state).download(&id, format).await?;
+    Ok(render(download))
 }
 
-async fn download_archive(
-    state: &AppState,
-    row: ModelRow,
-    dir: std::path::PathBuf,
-) -> AppResult<Response> {
-    let tmp_dir = state.config.data_dir.join("tmp");
-    let name = row.id.clone();
-    let file = tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
-        std::fs::create_dir_all(&tmp_dir)?;
-        // An anonymous temporary file: gone as soon as the response is sent.
-        let mut file = tempfile::tempfile_in(&tmp_dir)?;
-        {
-            let gz = flate2::write::GzEncoder::new(&mut file, flate2::Compression::fast());
-            let mut tar = tar::Builder::new(gz);
-            tar.append_dir_all(&name, &dir)?;
-            tar.into_inner()?.finish()?;
-        }
-        use std::io::Seek;
-        file.rewind()?;
-        Ok(file)
-    })
-    .await
-    .map_err(anyhow::Error::from)??;
-    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/gzip".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}.tar.gz\"", row.id),
-            ),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
+fn render(download: Download) -> Response {
+    let attachment = |name: &str, ext: &str| {
+        (
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{name}.{ext}\""),
+        )
+    };
+    match download {
+        Download::Metadata(metadata) => axum::Json(metadata).into_response(),
+        Download::Onnx { name, file, len } => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (header::CONTENT_LENGTH, len.to_string()),
+                attachment(&name, "onnx"),
+            ],
+            Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+        )
+            .into_response(),
+        Download::Archive { name, file } => (
+            [
+                (header::CONTENT_TYPE, "application/gzip".to_string()),
+                attachment(&name, "tar.gz"),
+            ],
+            Body::from_stream(tokio_util::io::ReaderStream::new(
+                tokio::fs::File::from_std(file),
+            )),
+        )
+            .into_response(),
+    }
 }

@@ -17,7 +17,7 @@ use crate::error::{AppError, AppResult};
 use crate::imaging::decode::sniff_format;
 use crate::serve::output::{self, ImageResult, OutputOptions};
 use crate::serve::predict::{
-    check_count, PredictContext, PredictRequest, Predicted, RequestCaps, Upload,
+    check_count, ModelSource, PredictContext, PredictRequest, Predicted, RequestCaps, Upload,
 };
 
 pub fn router(state: &AppState) -> Router<AppState> {
@@ -109,8 +109,8 @@ pub async fn predict_named(
     predict(state, Some(id), opts, req).await
 }
 
-/// Reads the images (refusing too many as they arrive) and hands the
-/// request to the prediction service, which orders the rest.
+/// Reads the images (refusing too many as they arrive), then makes the
+/// one call to the prediction service, which orders the rest.
 async fn predict(
     state: AppState,
     selector: Option<String>,
@@ -120,13 +120,15 @@ async fn predict(
     let caps = request_caps(&state.config);
     let images = read_images(&state, &caps, &mut opts, req).await?;
     let cx = PredictContext {
-        db: &state.db,
-        artifacts: &state.artifacts,
         budget: &state.decode_budget,
         caps,
     };
     let request = PredictRequest {
-        selector,
+        model: ModelSource::Registered {
+            db: &state.db,
+            artifacts: &state.artifacts,
+            selector,
+        },
         images,
         options: OutputOptions {
             top_k: opts.top_k,
@@ -134,7 +136,7 @@ async fn predict(
             all_scores: opts.all_scores.unwrap_or(false),
         },
     };
-    let Predicted { model, results } = state.inference.predict(cx, request).await?;
+    let Predicted { model, results, .. } = state.inference.predict(cx, request).await?;
     Ok(Json(PredictResponse {
         model,
         predictions: results[0].predictions.clone(),
@@ -151,18 +153,8 @@ fn request_caps(config: &crate::config::ServeConfig) -> RequestCaps {
     }
 }
 
-/// Reads the rest of a refused request's parts, each within the body
-/// limits, and drops them: answered while it is still sending, a client
-/// would see its connection reset instead of the refusal. Holds one part
-/// at a time, so it costs no more memory than reading had.
-async fn drain(limit: &BodyLimit, multipart: &mut axum::extract::Multipart) {
-    while let Ok(Some(field)) = limit.next_field(multipart).await {
-        if limit.bytes(field).await.is_err() {
-            return;
-        }
-    }
-}
-
+/// The request's images, by its content type: multipart parts, base64 in
+/// JSON (whose options join the query's), or one raw image.
 async fn read_images(
     state: &AppState,
     caps: &RequestCaps,
@@ -177,83 +169,124 @@ async fn read_images(
         .to_ascii_lowercase();
     let limit = BodyLimit::body(&state.config);
     if content_type.starts_with("multipart/form-data") {
-        let mut multipart = limit.multipart(req, state).await?;
-        let mut out = Vec::new();
-        let mut received = 0u64;
-        while let Some(field) = limit.next_field(&mut multipart).await? {
-            if !field.name().is_some_and(|n| IMAGE_PARTS.contains(&n)) {
-                return Err(AppError::bad_request(
-                    "unknown_part",
-                    format!(
-                        "unexpected multipart part `{}`; send images as `image` parts",
-                        field.name().unwrap_or("")
-                    ),
-                ));
-            }
-            if let Err(refused) = check_count(out.len() + 1, caps) {
-                // The part holds the reader: dropped before reading on.
-                drop(field);
-                drain(&limit, &mut multipart).await;
-                return Err(refused);
-            }
-            let name = format!(
-                "image part {} ({})",
-                out.len() + 1,
-                field.file_name().unwrap_or("unnamed")
-            );
-            let bytes = limit.bytes(field).await?;
-            received += bytes.len() as u64;
-            if received > limit.bytes {
-                return Err(limit.too_large());
-            }
-            out.push(Upload {
-                name,
-                bytes: bytes.into(),
-            });
-        }
-        Ok(out)
+        read_parts(state, &limit, caps, req).await
     } else if content_type.starts_with("application/json") {
-        let Json(body) = Json::<PredictJson>::from_request(req, state).await?;
-        opts.top_k = body.top_k.or(opts.top_k);
-        opts.threshold = body.threshold.or(opts.threshold);
-        opts.all_scores = body.all_scores.or(opts.all_scores);
-        check_count(body.images.len(), caps)?;
-        body.images
-            .iter()
-            .enumerate()
-            .map(|(i, b64)| {
-                let data = b64.split_once("base64,").map(|(_, d)| d).unwrap_or(b64);
-                base64::engine::general_purpose::STANDARD
-                    .decode(data.trim())
-                    .map(|bytes| Upload {
-                        name: format!("images[{i}]"),
-                        bytes,
-                    })
-                    .map_err(|e| {
-                        AppError::unprocessable("invalid_base64", format!("images[{i}]: {e}"))
-                    })
-            })
-            .collect()
+        read_json(state, caps, opts, req).await
     } else if content_type.starts_with("image/") || SNIFFED.contains(&content_type.as_str()) {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| limit.body_error(e.status(), e.body_text()))?;
-        // The route's layer allows multipart framing on top of the limit.
-        if bytes.len() as u64 > limit.bytes {
-            return Err(limit.too_large());
-        }
-        // Without an image/* type, only a body that looks like an image is
-        // taken for one (`curl --data-binary @cat.jpg` sends form-urlencoded).
-        if !content_type.starts_with("image/") && sniff_format(&bytes).is_none() {
-            return Err(unsupported(&content_type));
-        }
-        Ok(vec![Upload {
-            name: "the request body".into(),
-            bytes: bytes.into(),
-        }])
+        read_raw(state, &limit, &content_type, req).await
     } else {
         Err(unsupported(&content_type))
     }
+}
+
+/// Multipart `image` parts, refused at the first one over the count (the
+/// rest of the body is read and dropped, so the client sees the refusal).
+async fn read_parts(
+    state: &AppState,
+    limit: &BodyLimit,
+    caps: &RequestCaps,
+    req: Request,
+) -> AppResult<Vec<Upload>> {
+    let mut multipart = limit.multipart(req, state).await?;
+    let mut out = Vec::new();
+    let mut received = 0u64;
+    while let Some(field) = limit.next_field(&mut multipart).await? {
+        if !field.name().is_some_and(|n| IMAGE_PARTS.contains(&n)) {
+            return Err(AppError::bad_request(
+                "unknown_part",
+                format!(
+                    "unexpected multipart part `{}`; send images as `image` parts",
+                    field.name().unwrap_or("")
+                ),
+            ));
+        }
+        if let Err(refused) = check_count(out.len() + 1, caps) {
+            // The part holds the reader: dropped before reading on.
+            drop(field);
+            drain(limit, &mut multipart).await;
+            return Err(refused);
+        }
+        let name = format!(
+            "image part {} ({})",
+            out.len() + 1,
+            field.file_name().unwrap_or("unnamed")
+        );
+        let bytes = limit.bytes(field).await?;
+        received += bytes.len() as u64;
+        if received > limit.bytes {
+            return Err(limit.too_large());
+        }
+        out.push(Upload {
+            name,
+            bytes: bytes.into(),
+        });
+    }
+    Ok(out)
+}
+
+/// Reads the rest of a refused request's parts, each within the body
+/// limits, and drops them: answered while it is still sending, a client
+/// would see its connection reset instead of the refusal. Holds one part
+/// at a time, so it costs no more memory than reading had.
+async fn drain(limit: &BodyLimit, multipart: &mut axum::extract::Multipart) {
+    while let Ok(Some(field)) = limit.next_field(multipart).await {
+        if limit.bytes(field).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `{"images": ["<base64>", …]}`; options in the body win over the query's.
+async fn read_json(
+    state: &AppState,
+    caps: &RequestCaps,
+    opts: &mut PredictOptions,
+    req: Request,
+) -> AppResult<Vec<Upload>> {
+    let Json(body) = Json::<PredictJson>::from_request(req, state).await?;
+    opts.top_k = body.top_k.or(opts.top_k);
+    opts.threshold = body.threshold.or(opts.threshold);
+    opts.all_scores = body.all_scores.or(opts.all_scores);
+    check_count(body.images.len(), caps)?;
+    body.images
+        .iter()
+        .enumerate()
+        .map(|(i, b64)| {
+            let data = b64.split_once("base64,").map(|(_, d)| d).unwrap_or(b64);
+            base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .map(|bytes| Upload {
+                    name: format!("images[{i}]"),
+                    bytes,
+                })
+                .map_err(|e| AppError::unprocessable("invalid_base64", format!("images[{i}]: {e}")))
+        })
+        .collect()
+}
+
+/// One raw image as the body.
+async fn read_raw(
+    state: &AppState,
+    limit: &BodyLimit,
+    content_type: &str,
+    req: Request,
+) -> AppResult<Vec<Upload>> {
+    let bytes = Bytes::from_request(req, state)
+        .await
+        .map_err(|e| limit.body_error(e.status(), e.body_text()))?;
+    // The route's layer allows multipart framing on top of the limit.
+    if bytes.len() as u64 > limit.bytes {
+        return Err(limit.too_large());
+    }
+    // Without an image/* type, only a body that looks like an image is
+    // taken for one (`curl --data-binary @cat.jpg` sends form-urlencoded).
+    if !content_type.starts_with("image/") && sniff_format(&bytes).is_none() {
+        return Err(unsupported(content_type));
+    }
+    Ok(vec![Upload {
+        name: "the request body".into(),
+        bytes: bytes.into(),
+    }])
 }
 
 /// Multipart part names taken as images (`image` is the documented one).

@@ -43,6 +43,13 @@ pub enum ImageError {
         path: std::path::PathBuf,
         source: Box<ImageError>,
     },
+    /// An image of a batch decoded from bytes ([`Pipeline::batch_from_bytes`]),
+    /// by its index: the caller knows what to call it.
+    #[error("image {index} of the batch: {source}")]
+    InBatch {
+        index: usize,
+        source: Box<ImageError>,
+    },
     #[error("images of one batch have different sizes after preprocessing ({0})")]
     MixedSizes(String),
     #[error("resize failed: {0}")]

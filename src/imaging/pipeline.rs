@@ -626,11 +626,18 @@ impl Pipeline {
         Ok(Tensor::from_slice(&v).view([3, i64::from(h), i64::from(w)]))
     }
 
-    /// A `[B, 3, H, W]` f32 tensor from encoded images, decoded in parallel.
+    /// A `[B, 3, H, W]` f32 tensor from encoded images, decoded in parallel
+    /// (as many at once as there are images and rayon threads). An image
+    /// that does not decode is named by its index ([`ImageError::InBatch`]).
     pub fn batch_from_bytes(&self, images: &[&[u8]]) -> Result<Tensor, ImageError> {
         self.batch(
             images.len(),
-            |i| decode(images[i], &self.limits),
+            |i| {
+                decode(images[i], &self.limits).map_err(|e| ImageError::InBatch {
+                    index: i,
+                    source: Box::new(e),
+                })
+            },
             None,
             |img, draw, out| self.process_into(img, draw, out),
         )

@@ -1,7 +1,9 @@
 //! Serving predictions: which model answers (`registry`), the per-device
 //! batching inference threads (`engine`), and the answer's shape (`output`);
-//! `predict` the order of a request's steps (caps, model, decoding budget,
-//! decode, inference) and `thumbnails` the web page's dataset previews.
+//! `predict` the one prediction service, which orders a request's steps
+//! (caps, model, decoding budget, arrival ticket, decode, inference,
+//! answer) for `/predict` and `vitrine predict` alike; `thumbnails` the web
+//! page's dataset previews.
 
 pub mod engine;
 pub mod output;
@@ -95,27 +97,16 @@ impl Inference {
         }
     }
 
-    /// Announces a request that will reach [`Inference::logits`] once its
-    /// images are decoded: engines gathering a batch wait for it (up to
-    /// `max_wait`) only while such requests exist. Take it before decoding.
-    pub fn announce(&self) -> ArrivalTicket {
+    /// Announces a request whose images are about to decode: engines
+    /// gathering a batch wait for it (up to `max_wait`) only while such
+    /// requests exist. Only [`predict`]'s admitted requests take one,
+    /// before they decode.
+    fn announce(&self) -> ArrivalTicket {
         self.arrivals.announce()
     }
 
-    /// Runs preprocessed images through `model` on the least busy device
-    /// in service ([`pick_engine`]); returns logits [n, labels]. `ticket`
-    /// (from [`Inference::announce`]) travels with the job and is withdrawn
-    /// when an engine receives it.
-    pub async fn logits(
-        &self,
-        model: &ModelInfo,
-        pixels: Tensor,
-        ticket: ArrivalTicket,
-    ) -> AppResult<Tensor> {
-        self.infer(model.id.clone(), model.dir.clone(), pixels, Some(ticket))
-            .await
-    }
-
+    /// Runs preprocessed images through a model on the least busy device
+    /// in service ([`pick_engine`]); returns logits [n, labels].
     async fn infer(
         &self,
         model_id: String,

@@ -1,4 +1,6 @@
-//! One prediction request, step by step, cheapest refusal first:
+//! One prediction, from the request to its answer: the one path of
+//! `/predict`, `/models/{id}/predict` and `vitrine predict`. Its steps,
+//! cheapest refusal first:
 //!
 //! 1. the number of images (`--max-images-per-request`) and the options;
 //! 2. every image's header, read without decoding: its file size
@@ -9,20 +11,32 @@
 //!    hold ([`DecodePlan`]), taken with `try_acquire`: a busy budget is a
 //!    429 at once, never a queue of decodes;
 //! 5. the arrival ticket (batching engines wait for announced requests),
-//!    then the decode on the blocking pool and the forward pass.
+//!    then the decode on the blocking pool and the forward pass;
+//! 6. the answer: ranked labels (`top_k`) or thresholded ones.
 //!
 //! So 10,000 tiny images or sixty 8000x8000 WebPs are refused before a
 //! pixel is decoded, and those accepted decode within the budget.
+//!
+//! The order of 4 and 5 is held by types, not by the order of lines:
+//! images decode only through an [`Admitted`] request, which holds the
+//! lease and the arrival ticket, and the engines take pixels only as
+//! [`Decoded`], which carries that ticket on to them. An engine gathering
+//! a batch thus always knows of a request whose images are decoding.
 
 use std::sync::Arc;
 
-use crate::budget::DecodeBudget;
+use tch::Tensor;
+
+use crate::artifacts::Artifacts;
+use crate::budget::{DecodeBudget, Lease};
+use crate::db::Db;
 use crate::error::{AppError, AppResult, ErrorKind};
 use crate::imaging::decode::{header, Header};
-use crate::imaging::Pipeline;
+use crate::imaging::{ImageError, Pipeline};
+use crate::serve::engine::ArrivalTicket;
 use crate::serve::output::{self, ImageResult, OutputOptions};
 use crate::serve::thumbnails::blocking;
-use crate::serve::{Inference, ModelInfo};
+use crate::serve::{registry, Inference, ModelInfo};
 
 /// An uploaded image and the name errors call it by.
 pub struct Upload {
@@ -39,25 +53,49 @@ pub struct RequestCaps {
     pub max_image_file_bytes: u64,
 }
 
-/// A request to classify `images` with the model `selector` names (the
-/// default model when `None`).
-pub struct PredictRequest {
-    pub selector: Option<String>,
+impl RequestCaps {
+    /// No caps beyond the pipeline's own decoding limits: `vitrine predict`
+    /// runs on files its own user chose.
+    pub const UNBOUNDED: Self = Self {
+        max_images: usize::MAX,
+        max_request_pixels: u64::MAX,
+        max_image_pixels: u64::MAX,
+        max_image_file_bytes: u64::MAX,
+    };
+}
+
+/// Which model answers.
+pub enum ModelSource<'a> {
+    /// A registered model: `selector` is an id or an alias, `None` the
+    /// default (the `production` alias, else the newest model).
+    Registered {
+        db: &'a Db,
+        artifacts: &'a Artifacts,
+        selector: Option<String>,
+    },
+    /// A model directory in the Hugging Face layout, or a Hub id
+    /// (`vitrine predict`).
+    Local(&'a str),
+}
+
+/// A request to classify `images` with the model `model` names.
+pub struct PredictRequest<'a> {
+    pub model: ModelSource<'a>,
     pub images: Vec<Upload>,
     pub options: OutputOptions,
 }
 
-/// The answer: the model that answered and one result per image.
+/// The answer: the model that answered, one result per image, and the
+/// raw logits `[n, labels]` they were read from.
 pub struct Predicted {
     pub model: String,
     pub results: Vec<ImageResult>,
+    pub logits: Tensor,
 }
 
-/// What a request needs besides itself: the caps, and where models and
-/// decoding memory come from.
+/// What a request is held to: its caps, and the decoding memory it draws
+/// from.
 pub struct PredictContext<'a> {
-    pub db: &'a crate::db::Db,
-    pub artifacts: &'a crate::artifacts::Artifacts,
     pub budget: &'a DecodeBudget,
     pub caps: RequestCaps,
 }
@@ -85,39 +123,97 @@ impl Inference {
     pub async fn predict(
         &self,
         cx: PredictContext<'_>,
-        req: PredictRequest,
+        req: PredictRequest<'_>,
     ) -> AppResult<Predicted> {
-        check_count(req.images.len(), &cx.caps)?;
-        if req.images.is_empty() {
-            return Err(AppError::bad_request(
-                "no_image",
-                "send at least one image (multipart `image` parts, a raw image/* body, or JSON `images`)",
-            ));
+        let headers = checked_request(&req, &cx.caps)?;
+        let model = self.resolve(req.model).await?;
+        let admitted = Admitted::new(self, &model, &headers, cx.budget)?;
+        let decoded = admitted.decode(req.images).await?;
+        let logits = self.logits(&model, decoded).await?;
+        Ok(answer(&model, logits, &req.options))
+    }
+
+    async fn resolve(&self, source: ModelSource<'_>) -> AppResult<Arc<ModelInfo>> {
+        match source {
+            ModelSource::Registered {
+                db,
+                artifacts,
+                selector,
+            } => {
+                self.registry
+                    .resolve(db, artifacts, selector.as_deref())
+                    .await
+            }
+            ModelSource::Local(source) => registry::load_local(source).await,
         }
-        check_options(&req.options)?;
-        let headers = checked_headers(&req.images, &cx.caps)?;
-        let model = self
-            .registry
-            .resolve(cx.db, cx.artifacts, req.selector.as_deref())
-            .await?;
-        let plan = DecodePlan::new(&headers, &model.pipeline, cx.budget.total());
-        let lease = cx.budget.try_acquire(plan.bytes, "this request's images")?;
-        let ticket = self.announce();
-        let pipeline = model.pipeline.clone();
-        let images = req.images;
-        let pixels = blocking(move || {
-            let _lease = lease; // held until the images are decoded
-            decode_all(&pipeline, &images, plan.parallel)
-        })
-        .await??;
-        let logits = self.logits(&model, pixels, ticket).await?;
-        Ok(answer(&model, &logits, &req.options))
+    }
+
+    /// Runs decoded images through `model` on the least busy device in
+    /// service; returns logits `[n, labels]`. The arrival ticket travels
+    /// with the job and is withdrawn when an engine receives it.
+    async fn logits(&self, model: &ModelInfo, decoded: Decoded) -> AppResult<Tensor> {
+        let Decoded { pixels, ticket } = decoded;
+        self.infer(model.id.clone(), model.dir.clone(), pixels, Some(ticket))
+            .await
     }
 }
 
-fn answer(model: &Arc<ModelInfo>, logits: &tch::Tensor, options: &OutputOptions) -> Predicted {
+/// A request the engines know is coming, with its decoding memory leased:
+/// the only way to decode a request's images.
+struct Admitted {
+    ticket: ArrivalTicket,
+    lease: Lease,
+    plan: DecodePlan,
+    pipeline: Pipeline,
+}
+
+impl Admitted {
+    /// Leases what decoding `headers` for `model` holds (a 429 when the
+    /// budget is busy), then announces the request to the engines.
+    fn new(
+        inference: &Inference,
+        model: &ModelInfo,
+        headers: &[Header],
+        budget: &DecodeBudget,
+    ) -> AppResult<Self> {
+        let plan = DecodePlan::new(headers, &model.pipeline, budget.total());
+        let lease = budget.try_acquire(plan.bytes, "this request's images")?;
+        Ok(Self {
+            ticket: inference.announce(),
+            lease,
+            plan,
+            pipeline: model.pipeline.clone(),
+        })
+    }
+
+    /// Decodes the images on the blocking pool, holding the lease until
+    /// they are one tensor; the ticket goes on with the pixels.
+    async fn decode(self, images: Vec<Upload>) -> AppResult<Decoded> {
+        let Self {
+            ticket,
+            lease,
+            plan,
+            pipeline,
+        } = self;
+        let pixels = blocking(move || {
+            let _lease = lease;
+            decode(&pipeline, &images, plan.parallel)
+        })
+        .await??;
+        Ok(Decoded { pixels, ticket })
+    }
+}
+
+/// A request's preprocessed images `[n, 3, H, W]`, still announced to the
+/// engines.
+struct Decoded {
+    pixels: Tensor,
+    ticket: ArrivalTicket,
+}
+
+fn answer(model: &ModelInfo, logits: Tensor, options: &OutputOptions) -> Predicted {
     let results = output::format(
-        logits,
+        &logits,
         model.task,
         &model.labels,
         model.thresholds.as_deref(),
@@ -126,7 +222,21 @@ fn answer(model: &Arc<ModelInfo>, logits: &tch::Tensor, options: &OutputOptions)
     Predicted {
         model: model.id.clone(),
         results,
+        logits,
     }
+}
+
+/// Steps 1 and 2: the count, the options and every image's header.
+fn checked_request(req: &PredictRequest<'_>, caps: &RequestCaps) -> AppResult<Vec<Header>> {
+    check_count(req.images.len(), caps)?;
+    if req.images.is_empty() {
+        return Err(AppError::bad_request(
+            "no_image",
+            "send at least one image (multipart `image` parts, a raw image/* body, or JSON `images`)",
+        ));
+    }
+    check_options(&req.options)?;
+    checked_headers(&req.images, caps)
 }
 
 fn check_options(o: &OutputOptions) -> AppResult<()> {
@@ -221,33 +331,30 @@ impl DecodePlan {
     }
 }
 
-/// Decodes `parallel` images at a time (as the lease was sized); the
-/// first failure names its part.
-fn decode_all(pipeline: &Pipeline, images: &[Upload], parallel: usize) -> AppResult<tch::Tensor> {
-    use rayon::prelude::*;
-    let mut tensors: Vec<tch::Tensor> = Vec::with_capacity(images.len());
+/// The images as one `[n, 3, H, W]` tensor, through the pipeline's own
+/// batch path, `parallel` at a time (as the lease was sized); an image
+/// that does not decode is named.
+fn decode(pipeline: &Pipeline, images: &[Upload], parallel: usize) -> AppResult<Tensor> {
+    let mut batches = Vec::with_capacity(images.len().div_ceil(parallel.max(1)));
     for chunk in images.chunks(parallel.max(1)) {
-        let decoded: Vec<tch::Tensor> = chunk
-            .par_iter()
-            .map(|u| {
-                pipeline.tensor_from_bytes(&u.bytes).map_err(|e| {
-                    AppError::unprocessable("undecodable_image", format!("{}: {e}", u.name))
-                })
-            })
-            .collect::<AppResult<_>>()?;
-        tensors.extend(decoded);
+        let bytes: Vec<&[u8]> = chunk.iter().map(|u| u.bytes.as_slice()).collect();
+        let batch = pipeline.batch_from_bytes(&bytes).map_err(|e| match e {
+            ImageError::InBatch { index, source } => AppError::unprocessable(
+                "undecodable_image",
+                format!("{}: {source}", chunk[index].name),
+            ),
+            // Every model's pipeline has one output size
+            // (`Pipeline::for_model`); should that ever not hold, this is
+            // our error.
+            ImageError::MixedSizes(_) => AppError::Internal(anyhow::anyhow!("{e}")),
+            other => AppError::unprocessable("undecodable_image", other.to_string()),
+        })?;
+        batches.push(batch);
     }
-    // Every model's pipeline has one output size (`Pipeline::for_model`);
-    // should that ever not hold, this is our error, not a panic.
-    if let Some(t) = tensors.iter().find(|t| t.size() != tensors[0].size()) {
-        return Err(anyhow::anyhow!(
-            "preprocessed images differ in shape: {:?} and {:?}",
-            tensors[0].size(),
-            t.size()
-        )
-        .into());
-    }
-    Ok(tch::Tensor::stack(&tensors, 0))
+    Ok(match batches.len() {
+        1 => batches.remove(0),
+        _ => Tensor::cat(&batches, 0),
+    })
 }
 
 #[cfg(test)]

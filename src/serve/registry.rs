@@ -83,3 +83,19 @@ impl Registry {
         self.cache.lock().unwrap().remove(id);
     }
 }
+
+/// A model outside the registry, for `vitrine predict`: a directory in the
+/// Hugging Face layout or a Hub id (downloaded and cached), named as given.
+pub async fn load_local(source: &str) -> AppResult<Arc<ModelInfo>> {
+    let id = source.to_string();
+    let model = tokio::task::spawn_blocking(move || {
+        let dir = crate::model::resolve_model_source(&id, &crate::model::HubOptions::from_env())?;
+        TrainedModel::load(&dir)
+    })
+    .await
+    .map_err(anyhow::Error::from)??;
+    Ok(Arc::new(ModelInfo {
+        id: source.to_string(),
+        model,
+    }))
+}

@@ -98,26 +98,76 @@ pub async fn list(db: &Db, before: Option<&str>, limit: i64) -> sqlx::Result<Vec
         .await
 }
 
-pub async fn delete(db: &Db, id: &str) -> sqlx::Result<bool> {
-    let done = sqlx::query("DELETE FROM models WHERE id = $1")
-        .bind(id)
-        .execute(db)
-        .await?;
-    Ok(done.rows_affected() == 1)
+/// What [`delete_unaliased`] did.
+#[derive(Debug)]
+pub enum Deletion {
+    /// The row is gone (committed); here is what it held.
+    Deleted(ModelRow),
+    /// Aliases point at it: nothing changed.
+    Aliased(Vec<String>),
+    /// No such model.
+    Missing,
 }
 
-/// Points `name` at a model (creating or moving the alias).
-pub async fn set_alias(db: &Db, name: &str, model_id: &str) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO model_aliases (name, model_id, updated_at) VALUES ($1, $2, $3)
+/// Deletes model `id` unless an alias points at it, in one transaction
+/// whose first statement writes: SQLite takes its write lock there (a
+/// transaction that read first could not upgrade under a concurrent
+/// writer), so the check and the delete are one step. On PostgreSQL an
+/// alias inserted concurrently surfaces as a foreign-key violation
+/// ([`is_foreign_key_violation`]) and the transaction rolls back.
+pub async fn delete_unaliased(db: &Db, id: &str) -> sqlx::Result<Deletion> {
+    let mut tx = db.begin().await?;
+    let deleted: Option<ModelRow> = sqlx::query_as(
+        "DELETE FROM models WHERE id = $1
+         AND NOT EXISTS (SELECT 1 FROM model_aliases WHERE model_id = $1)
+         RETURNING *",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let outcome = match deleted {
+        Some(row) => Deletion::Deleted(row),
+        None => {
+            let aliases = aliases_in(&mut tx, id).await?;
+            let exists: Option<String> = sqlx::query_scalar("SELECT id FROM models WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            match exists {
+                Some(_) => Deletion::Aliased(aliases),
+                None => Deletion::Missing,
+            }
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Points `name` at model `model_id` (creating or moving the alias) in one
+/// statement that reads the model as it writes; `false` when there is no
+/// such model. A model deleted concurrently on PostgreSQL surfaces as a
+/// foreign-key violation ([`is_foreign_key_violation`]).
+pub async fn set_alias(db: &Db, name: &str, model_id: &str) -> sqlx::Result<bool> {
+    // SQLite reads `INSERT … SELECT … ON CONFLICT` right only when the
+    // SELECT has a WHERE clause, which this one needs anyway.
+    let done = sqlx::query(
+        "INSERT INTO model_aliases (name, model_id, updated_at)
+         SELECT $1, id, $2 FROM models WHERE id = $3
          ON CONFLICT (name) DO UPDATE SET model_id = excluded.model_id, updated_at = excluded.updated_at",
     )
     .bind(name)
-    .bind(model_id)
     .bind(now_ms())
+    .bind(model_id)
     .execute(db)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
+}
+
+/// Whether `e` is a foreign-key violation: the database refused a write
+/// that a concurrent one made invalid (an alias to a model being deleted,
+/// or the delete of a model being aliased), a conflict rather than a fault.
+pub fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.kind() == sqlx::error::ErrorKind::ForeignKeyViolation)
 }
 
 /// Names of the aliases that point at a model.
@@ -125,5 +175,12 @@ pub async fn aliases_of(db: &Db, model_id: &str) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar("SELECT name FROM model_aliases WHERE model_id = $1 ORDER BY name")
         .bind(model_id)
         .fetch_all(db)
+        .await
+}
+
+async fn aliases_in(conn: &mut sqlx::AnyConnection, model_id: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT name FROM model_aliases WHERE model_id = $1 ORDER BY name")
+        .bind(model_id)
+        .fetch_all(conn)
         .await
 }

@@ -20,4 +20,5 @@ mod http_foundation;
 mod job_queue;
 mod job_views;
 mod migrations;
+mod model_registry;
 mod sweeps;
