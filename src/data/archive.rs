@@ -491,75 +491,14 @@ fn extract_tar(
 ) -> Result<ExtractStats, DatasetError> {
     let file = File::open(archive).map_err(io_internal)?;
     let mut stream = decompress(BufReader::new(file));
-    let read_err = |entry: Option<&str>, e: io::Error| {
-        // The tar reader reports a short plain tar as "unexpected EOF
-        // during skip" of kind `Other`.
-        let eof =
-            e.kind() == io::ErrorKind::UnexpectedEof || e.to_string().contains("unexpected EOF");
-        corrupt(entry, e, eof)
-    };
-    // A compressed single file (`images.gz`) is not a tar: say so, rather
-    // than whatever the tar reader makes of its bytes.
-    let mut head = vec![0u8; TAR_BLOCK];
-    let n = read_up_to(&mut stream, &mut head).map_err(|e| read_err(None, e))?;
-    head.truncate(n);
-    if n < TAR_BLOCK || !(is_tar_header(&head) || head.iter().all(|&b| b == 0)) {
-        return Err(DatasetError::bad(
-            "not_an_archive",
-            format!(
-                "the {codec} data does not hold a tar archive; accepted: {ACCEPTED} (a compressed single file is not a dataset)"
-            ),
-        ));
-    }
+    let head = tar_head(&mut stream, codec)?;
     let mut tar = tar::Archive::new(io::Cursor::new(head).chain(stream));
     let mut stats = ExtractStats::default();
     {
-        let entries = tar.entries().map_err(|e| read_err(None, e))?;
+        let entries = tar.entries().map_err(|e| tar_read_error(None, e))?;
         for entry in entries {
-            let mut entry = entry.map_err(|e| read_err(None, e))?;
-            stats.entries += 1;
-            if stats.entries > limits.max_entries {
-                return Err(too_many(&limits));
-            }
-            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let kind = entry.header().entry_type();
-            if kind.is_symlink() || kind.is_hard_link() {
-                return Err(DatasetError::bad(
-                    "unsafe_entry_path",
-                    format!("archive entry `{name}` is a link; links are not accepted"),
-                ));
-            }
-            if !(kind.is_file() || kind.is_dir() || kind.is_contiguous()) {
-                if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() {
-                    continue;
-                }
-                return Err(DatasetError::bad(
-                    "unsafe_entry_path",
-                    format!("archive entry `{name}` is not a regular file or directory"),
-                ));
-            }
-            let Some(rel) = safe_relative(&name)? else {
-                continue;
-            };
-            if kind.is_dir() {
-                create_dir(dest, &rel, &name)?;
-                continue;
-            }
-            if entry.size() > limits.max_bytes - stats.bytes {
-                return Err(too_big(&limits, &name));
-            }
-            let cap = entry_cap(&rel, image_cap);
-            let declared = entry.size();
-            let mut out = create_file(dest, &rel, &name)?;
-            write_entry(
-                &mut entry,
-                declared,
-                &mut out,
-                (&name, cap),
-                &limits,
-                &mut stats,
-            )
-            .map_err(|e| e.unwrap_or_else(|e| read_err(Some(&name), e)))?;
+            let mut entry = entry.map_err(|e| tar_read_error(None, e))?;
+            extract_tar_entry(&mut entry, dest, &limits, image_cap, &mut stats)?;
         }
     }
     // Read the stream to its end so a truncated or corrupt trailer is
@@ -569,8 +508,81 @@ fn extract_tar(
     match copy_capped(&mut rest, &mut io::sink(), budget) {
         Ok(Some(_)) => Ok(stats),
         Ok(None) => Err(too_big(&limits, "(data after the tar end)")),
-        Err(e) => Err(read_err(None, e)),
+        Err(e) => Err(tar_read_error(None, e)),
     }
+}
+
+/// A read error of a tar stream as the user's problem: a corrupt or
+/// truncated archive (naming the entry, when there is one).
+fn tar_read_error(entry: Option<&str>, e: io::Error) -> DatasetError {
+    // The tar reader reports a short plain tar as "unexpected EOF
+    // during skip" of kind `Other`.
+    let eof = e.kind() == io::ErrorKind::UnexpectedEof || e.to_string().contains("unexpected EOF");
+    corrupt(entry, e, eof)
+}
+
+/// The stream's first block, which must be a tar header (or the zero block
+/// of an empty tar). A compressed single file (`images.gz`) is not a tar:
+/// say so, rather than whatever the tar reader makes of its bytes.
+fn tar_head(stream: &mut Box<dyn Read>, codec: &str) -> Result<Vec<u8>, DatasetError> {
+    let mut head = vec![0u8; TAR_BLOCK];
+    let n = read_up_to(stream, &mut head).map_err(|e| tar_read_error(None, e))?;
+    head.truncate(n);
+    if n < TAR_BLOCK || !(is_tar_header(&head) || head.iter().all(|&b| b == 0)) {
+        return Err(DatasetError::bad(
+            "not_an_archive",
+            format!(
+                "the {codec} data does not hold a tar archive; accepted: {ACCEPTED} (a compressed single file is not a dataset)"
+            ),
+        ));
+    }
+    Ok(head)
+}
+
+/// Extracts one tar entry: links and special files are refused, pax
+/// headers and unsafe-but-harmless names skipped, sizes checked first.
+fn extract_tar_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    dest: &Path,
+    limits: &ExtractLimits,
+    image_cap: u64,
+    stats: &mut ExtractStats,
+) -> Result<(), DatasetError> {
+    stats.entries += 1;
+    if stats.entries > limits.max_entries {
+        return Err(too_many(limits));
+    }
+    let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+    let kind = entry.header().entry_type();
+    if kind.is_symlink() || kind.is_hard_link() {
+        return Err(DatasetError::bad(
+            "unsafe_entry_path",
+            format!("archive entry `{name}` is a link; links are not accepted"),
+        ));
+    }
+    if !(kind.is_file() || kind.is_dir() || kind.is_contiguous()) {
+        if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() {
+            return Ok(());
+        }
+        return Err(DatasetError::bad(
+            "unsafe_entry_path",
+            format!("archive entry `{name}` is not a regular file or directory"),
+        ));
+    }
+    let Some(rel) = safe_relative(&name)? else {
+        return Ok(());
+    };
+    if kind.is_dir() {
+        return create_dir(dest, &rel, &name);
+    }
+    if entry.size() > limits.max_bytes - stats.bytes {
+        return Err(too_big(limits, &name));
+    }
+    let cap = entry_cap(&rel, image_cap);
+    let declared = entry.size();
+    let mut out = create_file(dest, &rel, &name)?;
+    write_entry(entry, declared, &mut out, (&name, cap), limits, stats)
+        .map_err(|e| e.unwrap_or_else(|e| tar_read_error(Some(&name), e)))
 }
 
 #[cfg(test)]

@@ -104,43 +104,7 @@ fn is_metadata(name: &str) -> bool {
 /// Finds the layout and every labelled image below `files` (the extracted
 /// archive).
 pub fn detect(files: &Path) -> Result<Found, DatasetError> {
-    // Look through wrapper directories (at most a few levels).
-    let mut root = PathBuf::new();
-    for _ in 0..4 {
-        let (dirs, names) = list(&files.join(&root)).map_err(io)?;
-        if names.is_empty() && dirs.len() == 1 && split_name(&dirs[0]).is_none() {
-            root.push(&dirs[0]);
-        } else {
-            break;
-        }
-    }
-    let (mut dirs, mut names) = list(&files.join(&root)).map_err(io)?;
-    let loose_images = |names: &[String]| -> Vec<String> {
-        names
-            .iter()
-            .filter(|n| has_image_extension(Path::new(n)))
-            .cloned()
-            .collect()
-    };
-    if dirs.is_empty() && !names.iter().any(|n| is_metadata(n)) && !names.is_empty() {
-        if root.pop() {
-            // `cat/*.jpg` alone: that folder is a label, not a wrapper (the
-            // label rules then refuse a single-label dataset by name).
-            (dirs, names) = list(&files.join(&root)).map_err(io)?;
-        } else {
-            let images = loose_images(&names);
-            if !images.is_empty() {
-                return Err(DatasetError::invalid(
-                    "no_labels",
-                    format!(
-                        "{} image(s) at the top of the archive ({}) and nothing saying their labels: put each in a folder named for its label (`<label>/<image>`, or `train/<label>/<image>`), or list them in a metadata.csv / metadata.jsonl with `file_name` and `label` columns",
-                        images.len(),
-                        name_some(&images, 3)
-                    ),
-                ));
-            }
-        }
-    }
+    let (root, dirs, names) = find_root(files)?;
     if dirs.is_empty() && names.is_empty() {
         return Err(DatasetError::invalid(
             "empty_archive",
@@ -161,48 +125,100 @@ pub fn detect(files: &Path) -> Result<Found, DatasetError> {
         return from_metadata(files, &root, root_meta.map(String::as_str), &split_dirs);
     }
     if !split_dirs.is_empty() {
-        if !split_dirs.iter().any(|(s, _)| *s == "train") {
-            return Err(DatasetError::invalid(
-                "missing_train_split",
-                format!(
-                    "the archive has split directories ({}) but no `train/`",
-                    split_dirs
-                        .iter()
-                        .map(|(_, d)| d.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-        let mut items = Vec::new();
-        let mut skipped = SkipList::default();
-        for (split, d) in &split_dirs {
-            from_label_dirs(files, &root.join(d), split, &mut items, &mut skipped)?;
-        }
-        for d in dirs.iter().filter(|d| split_name(d).is_none()) {
-            skipped.push(Skipped::new(
-                root.join(d),
-                "directory is not a split (train, validation, val, test)",
-            ));
-        }
-        for n in &names {
-            skipped.push(Skipped::new(
-                root.join(n),
-                "file outside the split directories",
-            ));
-        }
-        return Ok(Found {
-            layout: "splits",
-            task: Task::MultiClass,
-            items,
-            skipped,
-        });
+        return from_split_dirs(files, &root, &dirs, &names, &split_dirs);
     }
     let mut items = Vec::new();
     let mut skipped = SkipList::default();
     from_label_dirs(files, &root, "train", &mut items, &mut skipped)?;
     Ok(Found {
         layout: "labels",
+        task: Task::MultiClass,
+        items,
+        skipped,
+    })
+}
+
+/// The dataset's root below `files`, looking through wrapper directories
+/// (at most a few levels), with its (subdirectories, files). Images alone
+/// at the top, with nothing naming their labels, are refused.
+fn find_root(files: &Path) -> Result<(PathBuf, Vec<String>, Vec<String>), DatasetError> {
+    let mut root = PathBuf::new();
+    for _ in 0..4 {
+        let (dirs, names) = list(&files.join(&root)).map_err(io)?;
+        if names.is_empty() && dirs.len() == 1 && split_name(&dirs[0]).is_none() {
+            root.push(&dirs[0]);
+        } else {
+            break;
+        }
+    }
+    let (mut dirs, mut names) = list(&files.join(&root)).map_err(io)?;
+    if dirs.is_empty() && !names.iter().any(|n| is_metadata(n)) && !names.is_empty() {
+        if root.pop() {
+            // `cat/*.jpg` alone: that folder is a label, not a wrapper (the
+            // label rules then refuse a single-label dataset by name).
+            (dirs, names) = list(&files.join(&root)).map_err(io)?;
+        } else {
+            let images: Vec<String> = names
+                .iter()
+                .filter(|n| has_image_extension(Path::new(n)))
+                .cloned()
+                .collect();
+            if !images.is_empty() {
+                return Err(DatasetError::invalid(
+                    "no_labels",
+                    format!(
+                        "{} image(s) at the top of the archive ({}) and nothing saying their labels: put each in a folder named for its label (`<label>/<image>`, or `train/<label>/<image>`), or list them in a metadata.csv / metadata.jsonl with `file_name` and `label` columns",
+                        images.len(),
+                        name_some(&images, 3)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((root, dirs, names))
+}
+
+/// `<split>/<label>/<image>`: a `train/` is required; other directories and
+/// loose files at the root are listed as skipped.
+fn from_split_dirs(
+    files: &Path,
+    root: &Path,
+    dirs: &[String],
+    names: &[String],
+    split_dirs: &[(&'static str, String)],
+) -> Result<Found, DatasetError> {
+    if !split_dirs.iter().any(|(s, _)| *s == "train") {
+        return Err(DatasetError::invalid(
+            "missing_train_split",
+            format!(
+                "the archive has split directories ({}) but no `train/`",
+                split_dirs
+                    .iter()
+                    .map(|(_, d)| d.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let mut items = Vec::new();
+    let mut skipped = SkipList::default();
+    for (split, d) in split_dirs {
+        from_label_dirs(files, &root.join(d), split, &mut items, &mut skipped)?;
+    }
+    for d in dirs.iter().filter(|d| split_name(d).is_none()) {
+        skipped.push(Skipped::new(
+            root.join(d),
+            "directory is not a split (train, validation, val, test)",
+        ));
+    }
+    for n in names {
+        skipped.push(Skipped::new(
+            root.join(n),
+            "file outside the split directories",
+        ));
+    }
+    Ok(Found {
+        layout: "splits",
         task: Task::MultiClass,
         items,
         skipped,
@@ -308,113 +324,187 @@ fn missing_files(files: &Path, root: &Path, missing: &[(String, PathBuf)]) -> Da
     )
 }
 
+/// Images listed in `metadata.csv` / `metadata.jsonl` files, at the root
+/// and in split directories; files the metadata does not list are skipped.
 fn from_metadata(
     files: &Path,
     root: &Path,
     root_meta: Option<&str>,
     split_dirs: &[(&'static str, String)],
 ) -> Result<Found, DatasetError> {
-    // (directory the file names are relative to, metadata file, default split)
-    let mut sources: Vec<(PathBuf, PathBuf, &'static str)> = Vec::new();
+    let mut listing = Listing::default();
+    for source in metadata_sources(files, root, root_meta, split_dirs)? {
+        let rows: Vec<MetadataRow> = metadata::read(&files.join(&source.file), &source.file)?;
+        for row in rows {
+            listing.add(files, root, &source, row)?;
+        }
+    }
+    listing.check(files, root)?;
+    let skipped = unlisted(files, root, &listing.listed)?;
+    Ok(Found {
+        layout: "metadata",
+        task: if listing.multi_label {
+            Task::MultiLabel
+        } else {
+            Task::MultiClass
+        },
+        items: listing.items,
+        skipped,
+    })
+}
+
+/// One metadata file.
+struct MetadataSource {
+    /// The directory its file names are relative to.
+    base: PathBuf,
+    file: PathBuf,
+    /// The split of its rows, unless a root file's row names one.
+    default_split: &'static str,
+}
+
+/// The metadata files: the root's first, then each split directory's.
+fn metadata_sources(
+    files: &Path,
+    root: &Path,
+    root_meta: Option<&str>,
+    split_dirs: &[(&'static str, String)],
+) -> Result<Vec<MetadataSource>, DatasetError> {
+    let mut sources = Vec::new();
     if let Some(m) = root_meta {
-        sources.push((root.to_path_buf(), root.join(m), "train"));
+        sources.push(MetadataSource {
+            base: root.to_path_buf(),
+            file: root.join(m),
+            default_split: "train",
+        });
     }
     for (split, d) in split_dirs {
         let dir = root.join(d);
         let (_, names) = list(&files.join(&dir)).map_err(io)?;
         if let Some(m) = names.iter().find(|n| is_metadata(n)) {
-            sources.push((dir.clone(), dir.join(m), split));
-        }
-    }
-    let mut items: Vec<Item> = Vec::new();
-    // First row seen for each file: (index in `items`, where it was said).
-    let mut listed: BTreeMap<PathBuf, (usize, String)> = BTreeMap::new();
-    let mut conflicts = Vec::new();
-    let mut missing = Vec::new();
-    let mut multi_label = false;
-    for (base, meta, default_split) in &sources {
-        let rows: Vec<MetadataRow> = metadata::read(&files.join(meta), meta)?;
-        for row in rows {
-            multi_label |= row.is_list;
-            let rel = match metadata::safe_file_name(&row.file_name) {
-                Some(r) => base.join(r),
-                None => {
-                    return Err(DatasetError::invalid(
-                        "invalid_metadata",
-                        format!(
-                        "`{}` line {}: file_name `{}` is not a relative path inside the archive",
-                        meta.display(),
-                        row.line,
-                        row.file_name
-                    ),
-                    ))
-                }
-            };
-            if !files.join(&rel).is_file() {
-                missing.push((
-                    format!(
-                        "`{}` (line {} of {})",
-                        row.file_name,
-                        row.line,
-                        meta.display()
-                    ),
-                    rel,
-                ));
-                continue;
-            }
-            // A root metadata file may name `train/x.jpg`: the split is its first directory.
-            let split = if base == root {
-                row.file_name
-                    .split(['/', '\\'])
-                    .next()
-                    .filter(|_| row.file_name.contains(['/', '\\']))
-                    .and_then(split_name)
-                    .unwrap_or(default_split)
-            } else {
-                default_split
-            };
-            let here = format!("line {} of {}", row.line, meta.display());
-            if let Some((first, there)) = listed.get(&rel) {
-                // Repeated rows: the same labels are harmless; different
-                // ones are a mistake or a one-row-per-label file, and
-                // guessing either way would train on wrong labels.
-                let mut a = items[*first].labels.clone();
-                let mut b = row.labels.clone();
-                a.sort();
-                b.sort();
-                if a != b {
-                    conflicts.push(format!(
-                        "`{}`: {there} says {:?}, {here} says {:?}",
-                        row.file_name, items[*first].labels, row.labels
-                    ));
-                }
-                continue;
-            }
-            listed.insert(rel.clone(), (items.len(), here));
-            items.push(Item {
-                split,
-                rel,
-                labels: row.labels,
+            sources.push(MetadataSource {
+                file: dir.join(m),
+                base: dir,
+                default_split: split,
             });
         }
     }
-    if !missing.is_empty() {
-        return Err(missing_files(files, root, &missing));
-    }
-    if !conflicts.is_empty() {
-        let more = conflicts.len().saturating_sub(5);
-        conflicts.truncate(5);
-        if more > 0 {
-            conflicts.push(format!("and {more} more"));
+    Ok(sources)
+}
+
+/// The rows of the metadata files read so far.
+#[derive(Default)]
+struct Listing {
+    items: Vec<Item>,
+    /// First row seen for each file: (index in `items`, where it was said).
+    listed: BTreeMap<PathBuf, (usize, String)>,
+    conflicts: Vec<String>,
+    /// (the row, as shown to the user; the file it names).
+    missing: Vec<(String, PathBuf)>,
+    multi_label: bool,
+}
+
+impl Listing {
+    /// Adds a row; a file that is not in the archive, or listed again with
+    /// other labels, is noted for [`Listing::check`].
+    fn add(
+        &mut self,
+        files: &Path,
+        root: &Path,
+        source: &MetadataSource,
+        row: MetadataRow,
+    ) -> Result<(), DatasetError> {
+        let meta = &source.file;
+        self.multi_label |= row.is_list;
+        let Some(rel) = metadata::safe_file_name(&row.file_name).map(|r| source.base.join(r))
+        else {
+            return Err(DatasetError::invalid(
+                "invalid_metadata",
+                format!(
+                    "`{}` line {}: file_name `{}` is not a relative path inside the archive",
+                    meta.display(),
+                    row.line,
+                    row.file_name
+                ),
+            ));
+        };
+        if !files.join(&rel).is_file() {
+            let shown = format!(
+                "`{}` (line {} of {})",
+                row.file_name,
+                row.line,
+                meta.display()
+            );
+            self.missing.push((shown, rel));
+            return Ok(());
         }
-        return Err(DatasetError::invalid(
+        // A root metadata file may name `train/x.jpg`: the split is its first directory.
+        let split = if source.base == root {
+            row.file_name
+                .split(['/', '\\'])
+                .next()
+                .filter(|_| row.file_name.contains(['/', '\\']))
+                .and_then(split_name)
+                .unwrap_or(source.default_split)
+        } else {
+            source.default_split
+        };
+        let here = format!("line {} of {}", row.line, meta.display());
+        if let Some((first, there)) = self.listed.get(&rel) {
+            // Repeated rows: the same labels are harmless; different
+            // ones are a mistake or a one-row-per-label file, and
+            // guessing either way would train on wrong labels.
+            let mut a = self.items[*first].labels.clone();
+            let mut b = row.labels.clone();
+            a.sort();
+            b.sort();
+            if a != b {
+                self.conflicts.push(format!(
+                    "`{}`: {there} says {:?}, {here} says {:?}",
+                    row.file_name, self.items[*first].labels, row.labels
+                ));
+            }
+            return Ok(());
+        }
+        self.listed.insert(rel.clone(), (self.items.len(), here));
+        self.items.push(Item {
+            split,
+            rel,
+            labels: row.labels,
+        });
+        Ok(())
+    }
+
+    /// Refuses metadata that names missing files or gives a file two sets
+    /// of labels.
+    fn check(&self, files: &Path, root: &Path) -> Result<(), DatasetError> {
+        if !self.missing.is_empty() {
+            return Err(missing_files(files, root, &self.missing));
+        }
+        if self.conflicts.is_empty() {
+            return Ok(());
+        }
+        let more = self.conflicts.len().saturating_sub(5);
+        let mut shown: Vec<String> = self.conflicts.iter().take(5).cloned().collect();
+        if more > 0 {
+            shown.push(format!("and {more} more"));
+        }
+        Err(DatasetError::invalid(
             "invalid_metadata",
             format!(
                 "files listed more than once with different labels: {}; give each file one row (several labels: `cat|indoor` in CSV, a list in JSON Lines)",
-                conflicts.join("; ")
+                shown.join("; ")
             ),
-        ));
+        ))
     }
+}
+
+/// Every file below the root that no metadata row lists (the metadata
+/// files themselves aside), with why it is left out.
+fn unlisted(
+    files: &Path,
+    root: &Path,
+    listed: &BTreeMap<PathBuf, (usize, String)>,
+) -> Result<SkipList, DatasetError> {
     let mut skipped = SkipList::default();
     for rel in walk(&files.join(root)).map_err(io)? {
         let rel = root.join(rel);
@@ -429,14 +519,5 @@ fn from_metadata(
         };
         skipped.push(Skipped::new(rel, reason));
     }
-    Ok(Found {
-        layout: "metadata",
-        task: if multi_label {
-            Task::MultiLabel
-        } else {
-            Task::MultiClass
-        },
-        items,
-        skipped,
-    })
+    Ok(skipped)
 }

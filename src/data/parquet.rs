@@ -687,14 +687,50 @@ fn plan(
     columns: &ParquetColumns,
 ) -> Result<Plan, DatasetError> {
     let features = features(hf).unwrap_or_default();
-    let feature_type = |name: &str| -> Option<String> {
-        features
-            .get(name)?
-            .get("_type")?
-            .as_str()
-            .map(str::to_string)
+    let image = image_column(source, schema, &features, columns)?;
+    let label = label_column(source, schema, &features, columns, image)?;
+    let (list, item) = match label.data_type() {
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            (true, f.data_type())
+        }
+        dt => (false, dt),
     };
-    let missing = |what: &str, name: &str| {
+    if !(item.is_integer()
+        || matches!(
+            item,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        ))
+    {
+        return Err(DatasetError::invalid(
+            "parquet_column_type",
+            format!(
+                "the label column `{}` of `{}` is {}; expected `ClassLabel` ids, integers or strings, or a list of them",
+                label.name(),
+                source.shown,
+                label.data_type()
+            ),
+        ));
+    }
+    let names = features.get(label.name()).and_then(|f| {
+        let class = if list { f.get("feature")? } else { f };
+        class_names(class)
+    });
+    Ok(Plan {
+        image: image.name().clone(),
+        label: label.name().clone(),
+        names,
+        list,
+    })
+}
+
+/// The column a user named, refused by name when the file lacks it.
+fn named_column<'a>(
+    source: &Source,
+    schema: &'a Schema,
+    what: &str,
+    name: &str,
+) -> Result<&'a Arc<Field>, DatasetError> {
+    find_field(schema, name).ok_or_else(|| {
         DatasetError::invalid(
             "parquet_column_not_found",
             format!(
@@ -703,9 +739,26 @@ fn plan(
                 column_names(schema)
             ),
         )
+    })
+}
+
+/// The image column: the one named, else `image` / `img`, else the one
+/// column the features metadata types as `Image`. It must hold bytes.
+fn image_column<'a>(
+    source: &Source,
+    schema: &'a Schema,
+    features: &serde_json::Map<String, Value>,
+    columns: &ParquetColumns,
+) -> Result<&'a Arc<Field>, DatasetError> {
+    let feature_type = |name: &str| -> Option<String> {
+        features
+            .get(name)?
+            .get("_type")?
+            .as_str()
+            .map(str::to_string)
     };
     let image = match &columns.image {
-        Some(name) => find_field(schema, name).ok_or_else(|| missing("image", name))?,
+        Some(name) => named_column(source, schema, "image", name)?,
         None => ["image", "img"]
             .iter()
             .find_map(|n| find_field(schema, n))
@@ -739,71 +792,51 @@ fn plan(
             ),
         ));
     }
-    let label = match &columns.label {
-        Some(name) => find_field(schema, name).ok_or_else(|| missing("label", name))?,
-        None => ["label", "labels"]
-            .iter()
-            .find_map(|n| find_field(schema, n))
-            .or_else(|| {
-                let class_labels: Vec<_> = schema
-                    .fields()
-                    .iter()
-                    .filter(|f| features.get(f.name()).is_some_and(is_class_label))
-                    .collect();
-                let others: Vec<_> = schema
-                    .fields()
-                    .iter()
-                    .filter(|f| f.name() != image.name())
-                    .collect();
-                if class_labels.len() == 1 {
-                    Some(class_labels[0])
-                } else {
-                    (others.len() == 1).then(|| others[0])
-                }
-            })
-            .ok_or_else(|| {
-                DatasetError::invalid(
-                    "parquet_column_not_found",
-                    format!(
-                        "cannot tell which column of `{}` holds the labels (columns: {}); name it with `label_column`",
-                        source.shown,
-                        column_names(schema)
-                    ),
-                )
-            })?,
-    };
-    let (list, item) = match label.data_type() {
-        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
-            (true, f.data_type())
-        }
-        dt => (false, dt),
-    };
-    if !(item.is_integer()
-        || matches!(
-            item,
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-        ))
-    {
-        return Err(DatasetError::invalid(
-            "parquet_column_type",
-            format!(
-                "the label column `{}` of `{}` is {}; expected `ClassLabel` ids, integers or strings, or a list of them",
-                label.name(),
-                source.shown,
-                label.data_type()
-            ),
-        ));
+    Ok(image)
+}
+
+/// The label column: the one named, else `label` / `labels`, else the one
+/// `ClassLabel` column, else the one column besides the images.
+fn label_column<'a>(
+    source: &Source,
+    schema: &'a Schema,
+    features: &serde_json::Map<String, Value>,
+    columns: &ParquetColumns,
+    image: &Field,
+) -> Result<&'a Arc<Field>, DatasetError> {
+    if let Some(name) = &columns.label {
+        return named_column(source, schema, "label", name);
     }
-    let names = features.get(label.name()).and_then(|f| {
-        let class = if list { f.get("feature")? } else { f };
-        class_names(class)
-    });
-    Ok(Plan {
-        image: image.name().clone(),
-        label: label.name().clone(),
-        names,
-        list,
-    })
+    ["label", "labels"]
+        .iter()
+        .find_map(|n| find_field(schema, n))
+        .or_else(|| {
+            let class_labels: Vec<_> = schema
+                .fields()
+                .iter()
+                .filter(|f| features.get(f.name()).is_some_and(is_class_label))
+                .collect();
+            let others: Vec<_> = schema
+                .fields()
+                .iter()
+                .filter(|f| f.name() != image.name())
+                .collect();
+            if class_labels.len() == 1 {
+                Some(class_labels[0])
+            } else {
+                (others.len() == 1).then(|| others[0])
+            }
+        })
+        .ok_or_else(|| {
+            DatasetError::invalid(
+                "parquet_column_not_found",
+                format!(
+                    "cannot tell which column of `{}` holds the labels (columns: {}); name it with `label_column`",
+                    source.shown,
+                    column_names(schema)
+                ),
+            )
+        })
 }
 
 fn is_class_label(feature: &Value) -> bool {

@@ -124,8 +124,34 @@ pub fn swin(
     w: &Weights,
     c: &SwinConfig,
     pixels: &str,
-    (height, width): (i64, i64),
+    size: (i64, i64),
 ) -> Result<String, ExportError> {
+    let (mut x, (mut h, mut wd)) = embeddings(g, w, c, pixels, size)?;
+    let stages = c.num_stages();
+    for s in 0..stages {
+        for b in 0..c.depths[s] {
+            x = block(g, w, c, &x, (s, b), (h, wd))?;
+        }
+        if s + 1 < stages {
+            let down = format!("swin.encoder.layers.{s}.downsample");
+            (x, (h, wd)) = patch_merging(g, w, &x, &down, (h, wd), c.stage_dim(s))?;
+        }
+    }
+    let x = ops::layer_norm(g, w, &x, "swin.layernorm", c.layer_norm_eps)?;
+    let pooled = ops::reduce_mean(g, &x, &[1], false);
+    ops::linear(g, w, &pooled, "classifier")
+}
+
+/// Patch embedding (the pixels padded to whole patches), its norm and, when
+/// the checkpoint has them, position embeddings (resized bicubically to
+/// the token map): the tokens `[B, h * w, C]` and the map's `(h, w)`.
+fn embeddings(
+    g: &mut Graph,
+    w: &Weights,
+    c: &SwinConfig,
+    pixels: &str,
+    (height, width): (i64, i64),
+) -> Result<(String, (i64, i64)), ExportError> {
     let p = "swin";
     let ps = c.patch_size;
     let (pad_h, pad_w) = ((ps - height % ps) % ps, (ps - width % ps) % ps);
@@ -143,7 +169,7 @@ pub fn swin(
         0,
         1,
     )?;
-    let (mut h, mut wd) = ((height + pad_h) / ps, (width + pad_w) / ps);
+    let (h, wd) = ((height + pad_h) / ps, (width + pad_w) / ps);
     let flat = g.ints(&[0, c.embed_dim, -1]);
     let x = g.node("Reshape", &[&x, &flat], vec![]);
     let x = g.node("Transpose", &[&x], vec![attr_ints("perm", &[0, 2, 1])]);
@@ -171,83 +197,99 @@ pub fn swin(
         let pos = g.constant("swin_pos", &pos)?;
         x = g.node("Add", &[&x, &pos], vec![]);
     }
-    let stages = c.num_stages();
-    for s in 0..stages {
-        let (dim, heads) = (c.stage_dim(s), c.num_heads[s]);
-        let stage = format!("{p}.encoder.layers.{s}");
-        for b in 0..c.depths[s] {
-            let l = format!("{stage}.blocks.{b}");
-            let shifted = b % 2 == 1;
-            let (window, shift) = if h.min(wd) <= c.window_size {
-                (h.min(wd), 0)
-            } else {
-                (c.window_size, if shifted { c.window_size / 2 } else { 0 })
-            };
-            let lay = layout(h, wd, window, shift);
-            let n = window * window;
-            let y = ops::layer_norm(g, w, &x, &format!("{l}.layernorm_before"), c.layer_norm_eps)?;
-            let y = gather_tokens(g, &y, &lay.into);
-            let to_windows = g.ints(&[-1, n, dim]);
-            let y = g.node("Reshape", &[&y, &to_windows], vec![]);
-            let (hp, wp) = (
-                h + (window - h % window) % window,
-                wd + (window - wd % window) % window,
-            );
-            let mask = (shift > 0).then_some((hp, wp, shift));
-            let bias = score_bias(
-                w,
-                &format!("{l}.attention.self"),
-                heads,
-                window,
-                c.window_size,
-                mask,
-            )?;
-            let y = window_attention(
-                g,
-                w,
-                &y,
-                &format!("{l}.attention"),
-                heads,
-                n,
-                dim,
-                &bias,
-                lay.windows,
-            )?;
-            // [B * nW, N, C] -> [B, nW * N, C] -> the map's tokens.
-            let to_tokens = g.ints(&[-1, lay.windows * n, dim]);
-            let y = g.node("Reshape", &[&y, &to_tokens], vec![]);
-            let y = gather_tokens(g, &y, &lay.back);
-            x = g.node("Add", &[&y, &x], vec![]);
-            let y = ops::layer_norm(g, w, &x, &format!("{l}.layernorm_after"), c.layer_norm_eps)?;
-            let y = ops::linear(g, w, &y, &format!("{l}.intermediate.dense"))?;
-            let y = ops::activation(g, &y, c.hidden_act);
-            let y = ops::linear(g, w, &y, &format!("{l}.output.dense"))?;
-            x = g.node("Add", &[&y, &x], vec![]);
-        }
-        if s + 1 < stages {
-            let (h2, w2) = ((h + 1) / 2, (wd + 1) / 2);
-            let map = pad_with_zero_token(&token_numbers(h, wd), [0, 0, 0, wd % 2, 0, h % 2]);
-            let parts: Vec<Tensor> = [(0, 0), (1, 0), (0, 1), (1, 1)]
-                .iter()
-                .map(|&(row, col)| {
-                    map.slice(1, row, None, 2)
-                        .slice(2, col, None, 2)
-                        .reshape([-1, 1])
-                })
-                .collect();
-            let index = Tensor::cat(&parts, 1);
-            let y = gather_tokens(g, &x, &index);
-            let merged = g.ints(&[0, h2 * w2, 4 * dim]);
-            let y = g.node("Reshape", &[&y, &merged], vec![]);
-            let down = format!("{stage}.downsample");
-            let y = ops::layer_norm(g, w, &y, &format!("{down}.norm"), TORCH_LAYER_NORM_EPS)?;
-            x = ops::linear(g, w, &y, &format!("{down}.reduction"))?;
-            (h, wd) = (h2, w2);
-        }
-    }
-    let x = ops::layer_norm(g, w, &x, &format!("{p}.layernorm"), c.layer_norm_eps)?;
-    let pooled = ops::reduce_mean(g, &x, &[1], false);
-    ops::linear(g, w, &pooled, "classifier")
+    Ok((x, (h, wd)))
+}
+
+/// Block `b` of stage `s` on the `h` x `wd` token map `x`: (shifted)
+/// window attention, then the MLP, each with its residual.
+fn block(
+    g: &mut Graph,
+    w: &Weights,
+    c: &SwinConfig,
+    x: &str,
+    (s, b): (usize, i64),
+    (h, wd): (i64, i64),
+) -> Result<String, ExportError> {
+    let (dim, heads) = (c.stage_dim(s), c.num_heads[s]);
+    let l = format!("swin.encoder.layers.{s}.blocks.{b}");
+    let shifted = b % 2 == 1;
+    let (window, shift) = if h.min(wd) <= c.window_size {
+        (h.min(wd), 0)
+    } else {
+        (c.window_size, if shifted { c.window_size / 2 } else { 0 })
+    };
+    let lay = layout(h, wd, window, shift);
+    let n = window * window;
+    let y = ops::layer_norm(g, w, x, &format!("{l}.layernorm_before"), c.layer_norm_eps)?;
+    let y = gather_tokens(g, &y, &lay.into);
+    let to_windows = g.ints(&[-1, n, dim]);
+    let y = g.node("Reshape", &[&y, &to_windows], vec![]);
+    let (hp, wp) = (
+        h + (window - h % window) % window,
+        wd + (window - wd % window) % window,
+    );
+    let mask = (shift > 0).then_some((hp, wp, shift));
+    let bias = score_bias(
+        w,
+        &format!("{l}.attention.self"),
+        heads,
+        window,
+        c.window_size,
+        mask,
+    )?;
+    let y = window_attention(
+        g,
+        w,
+        &y,
+        &format!("{l}.attention"),
+        heads,
+        n,
+        dim,
+        &bias,
+        lay.windows,
+    )?;
+    // [B * nW, N, C] -> [B, nW * N, C] -> the map's tokens.
+    let to_tokens = g.ints(&[-1, lay.windows * n, dim]);
+    let y = g.node("Reshape", &[&y, &to_tokens], vec![]);
+    let y = gather_tokens(g, &y, &lay.back);
+    let x = g.node("Add", &[&y, x], vec![]);
+    let y = ops::layer_norm(g, w, &x, &format!("{l}.layernorm_after"), c.layer_norm_eps)?;
+    let y = ops::linear(g, w, &y, &format!("{l}.intermediate.dense"))?;
+    let y = ops::activation(g, &y, c.hidden_act);
+    let y = ops::linear(g, w, &y, &format!("{l}.output.dense"))?;
+    Ok(g.node("Add", &[&y, &x], vec![]))
+}
+
+/// Patch merging (`down`) between stages: each 2x2 group of tokens (the
+/// map padded to even sides) concatenated, normed and reduced; the tokens
+/// and the halved map's `(h, w)`.
+fn patch_merging(
+    g: &mut Graph,
+    w: &Weights,
+    x: &str,
+    down: &str,
+    (h, wd): (i64, i64),
+    dim: i64,
+) -> Result<(String, (i64, i64)), ExportError> {
+    let (h2, w2) = ((h + 1) / 2, (wd + 1) / 2);
+    let map = pad_with_zero_token(&token_numbers(h, wd), [0, 0, 0, wd % 2, 0, h % 2]);
+    let parts: Vec<Tensor> = [(0, 0), (1, 0), (0, 1), (1, 1)]
+        .iter()
+        .map(|&(row, col)| {
+            map.slice(1, row, None, 2)
+                .slice(2, col, None, 2)
+                .reshape([-1, 1])
+        })
+        .collect();
+    let index = Tensor::cat(&parts, 1);
+    let y = gather_tokens(g, x, &index);
+    let merged = g.ints(&[0, h2 * w2, 4 * dim]);
+    let y = g.node("Reshape", &[&y, &merged], vec![]);
+    let y = ops::layer_norm(g, w, &y, &format!("{down}.norm"), TORCH_LAYER_NORM_EPS)?;
+    Ok((
+        ops::linear(g, w, &y, &format!("{down}.reduction"))?,
+        (h2, w2),
+    ))
 }
 
 /// Attention within windows `x` `[B * nW, N, C]`, `bias` `[nW or 1, heads, N, N]`.

@@ -122,6 +122,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         dir.display()
     );
     let paths = generate(&dir, args.images)?;
+    let ours = time_vitrine(&paths, &args, threads)?;
+    if args.no_python {
+        return Ok(());
+    }
+    let theirs = time_python(&dir, &args, threads)?;
+    println!("ratio vitrine / Python: {:.2}x", ours / theirs);
+    Ok(())
+}
+
+/// vitrine's images/second over `paths` (best of `rounds` passes), printed
+/// with the split between decoding and resizing.
+fn time_vitrine(paths: &[PathBuf], args: &BenchArgs, threads: usize) -> anyhow::Result<f64> {
     let pipeline = Pipeline::from_preprocessor(&PreprocessorConfig::default(), None);
     // Warm up (page cache, thread pool).
     let _ = pipeline.load_batch(&paths[..args.batch.min(paths.len())], None)?;
@@ -157,13 +169,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!(
         "vitrine (decode+resize 224+normalise, {threads} threads): {ours:.1} images/s ({dt:.2} s)"
     );
-    if args.no_python {
-        return Ok(());
-    }
+    Ok(ours)
+}
+
+/// Pillow + `transformers`' images/second over the JPEGs in `dir`, in
+/// `threads` processes, printed.
+fn time_python(dir: &Path, args: &BenchArgs, threads: usize) -> anyhow::Result<f64> {
     let python = args.python.clone().unwrap_or_else(|| "python3".into());
     let out = Command::new(&python)
         .args(["-c", PYTHON_BENCH])
-        .arg(&dir)
+        .arg(dir)
         .arg(threads.to_string())
         .arg(args.batch.to_string())
         .arg(args.rounds.max(1).to_string())
@@ -183,8 +198,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!(
         "Pillow + ViTImageProcessorPil ({threads} processes): {theirs:.1} images/s ({pdt:.2} s)"
     );
-    println!("ratio vitrine / Python: {:.2}x", ours / theirs);
-    Ok(())
+    Ok(theirs)
 }
 
 struct TempDirGuard(PathBuf);

@@ -105,73 +105,11 @@ fn load_adjusted(
             std::io::Error::new(std::io::ErrorKind::NotFound, "not a model directory"),
         ));
     }
-    let (mut tensors, converted_from) = read_checkpoint(dir)?;
+    let (tensors, converted_from) = read_checkpoint(dir)?;
     let config_path = dir.join("config.json");
-    let raw_config = match read_optional_json(&config_path)? {
-        Some(v) => v,
-        // A bare timm state dict: its shapes are the configuration.
-        None if timm::is_timm(&serde_json::Value::Null, &tensors) => serde_json::json!({}),
-        None => read_json(&config_path)?,
-    };
-
-    let (format, mut config, timm_preprocessor) = if timm::is_timm(&raw_config, &tensors) {
-        let (vit, renamed, pre) = timm::convert(&raw_config, tensors, &config_path)?;
-        tensors = renamed;
-        (CheckpointFormat::Timm, ModelConfig::Vit(vit), Some(pre))
-    } else {
-        let config = ModelConfig::from_json(raw_config, &config_path)?;
-        let prefix = format!("{}.", config.backbone_prefix());
-        let bare = !tensors.keys().any(|k| k.starts_with(&prefix))
-            && tensors
-                .keys()
-                // ResNet's stem is `embedder`, the others' `embeddings`.
-                .any(|k| k.starts_with("embeddings.") || k.starts_with("embedder."));
-        if bare {
-            tensors = tensors
-                .into_iter()
-                .map(|(k, t)| {
-                    if k.starts_with("classifier.") {
-                        (k, t)
-                    } else {
-                        (format!("{prefix}{k}"), t)
-                    }
-                })
-                .collect();
-        }
-        let format = if bare {
-            CheckpointFormat::TransformersBare
-        } else {
-            CheckpointFormat::Transformers
-        };
-        (format, config, None)
-    };
-
-    let head_weight = config.head_weight_name();
-    let has_head = tensors.contains_key(head_weight);
-    let checkpoint_labels = config.labels().to_vec();
-    let (labels, new_head) = match labels {
-        Some(labels) => {
-            validate_labels(labels)?;
-            let same = has_head && labels == checkpoint_labels.as_slice();
-            (labels.to_vec(), !same)
-        }
-        None if has_head => {
-            let rows = tensors[head_weight].size()[0] as usize;
-            let labels = if checkpoint_labels.is_empty() {
-                (0..rows).map(|i| format!("LABEL_{i}")).collect()
-            } else {
-                checkpoint_labels
-            };
-            (labels, false)
-        }
-        None => {
-            return Err(ModelError::UnsupportedCheckpoint(format!(
-                "{}: the checkpoint has no classification head (`classifier.*`); \
-                 give the labels to train a new one",
-                dir.display()
-            )))
-        }
-    };
+    let read = interpret(&config_path, tensors)?;
+    let (mut config, tensors) = (read.config, read.tensors);
+    let (labels, new_head) = head_labels(dir, &config, &tensors, labels)?;
     config.set_labels(labels);
     regularisation
         .apply(&mut config)
@@ -182,7 +120,137 @@ fn load_adjusted(
 
     let Model { vs, net, .. } =
         Model::from_config(config.clone(), config.labels().to_vec(), device)?;
+    let skipped = copy_checkpoint(&vs, &config, &tensors, new_head)?;
+    for name in &skipped {
+        tracing::info!(tensor = %name, dir = %dir.display(), "checkpoint tensor not loaded");
+    }
 
+    let preprocessor_json = match read_optional_json(&dir.join("preprocessor_config.json"))? {
+        Some(v) => v,
+        None => read
+            .timm_preprocessor
+            .unwrap_or_else(|| config.family().default_preprocessor()),
+    };
+    let report = LoadReport {
+        format: read.format,
+        skipped,
+        new_head,
+        converted_from,
+    };
+    let model = Model {
+        vs,
+        net,
+        config,
+        preprocessor_json,
+        source_dir: dir.to_path_buf(),
+    };
+    Ok((model, report))
+}
+
+/// A checkpoint read as one of the known layouts, its tensors renamed to
+/// `transformers`' names.
+struct Interpreted {
+    format: CheckpointFormat,
+    config: ModelConfig,
+    tensors: BTreeMap<String, Tensor>,
+    /// What a timm checkpoint's own configuration says about preprocessing.
+    timm_preprocessor: Option<serde_json::Value>,
+}
+
+/// Tells a timm checkpoint from a `transformers` one (bare or not) and
+/// brings its configuration and names to `transformers`' form.
+fn interpret(config_path: &Path, tensors: BTreeMap<String, Tensor>) -> Result<Interpreted> {
+    let raw_config = match read_optional_json(config_path)? {
+        Some(v) => v,
+        // A bare timm state dict: its shapes are the configuration.
+        None if timm::is_timm(&serde_json::Value::Null, &tensors) => serde_json::json!({}),
+        None => read_json(config_path)?,
+    };
+    if timm::is_timm(&raw_config, &tensors) {
+        let (vit, tensors, pre) = timm::convert(&raw_config, tensors, config_path)?;
+        return Ok(Interpreted {
+            format: CheckpointFormat::Timm,
+            config: ModelConfig::Vit(vit),
+            tensors,
+            timm_preprocessor: Some(pre),
+        });
+    }
+    let config = ModelConfig::from_json(raw_config, config_path)?;
+    let prefix = format!("{}.", config.backbone_prefix());
+    let bare = !tensors.keys().any(|k| k.starts_with(&prefix))
+        && tensors
+            .keys()
+            // ResNet's stem is `embedder`, the others' `embeddings`.
+            .any(|k| k.starts_with("embeddings.") || k.starts_with("embedder."));
+    if !bare {
+        return Ok(Interpreted {
+            format: CheckpointFormat::Transformers,
+            config,
+            tensors,
+            timm_preprocessor: None,
+        });
+    }
+    let tensors = tensors
+        .into_iter()
+        .map(|(k, t)| {
+            if k.starts_with("classifier.") {
+                (k, t)
+            } else {
+                (format!("{prefix}{k}"), t)
+            }
+        })
+        .collect();
+    Ok(Interpreted {
+        format: CheckpointFormat::TransformersBare,
+        config,
+        tensors,
+        timm_preprocessor: None,
+    })
+}
+
+/// The labels the head will have, and whether it is a new head: the
+/// checkpoint's head is kept only for exactly its own labels.
+fn head_labels(
+    dir: &Path,
+    config: &ModelConfig,
+    tensors: &BTreeMap<String, Tensor>,
+    labels: Option<&[String]>,
+) -> Result<(Vec<String>, bool)> {
+    let head_weight = config.head_weight_name();
+    let has_head = tensors.contains_key(head_weight);
+    let checkpoint_labels = config.labels().to_vec();
+    match labels {
+        Some(labels) => {
+            validate_labels(labels)?;
+            let same = has_head && labels == checkpoint_labels.as_slice();
+            Ok((labels.to_vec(), !same))
+        }
+        None if has_head => {
+            let rows = tensors[head_weight].size()[0] as usize;
+            let labels = if checkpoint_labels.is_empty() {
+                (0..rows).map(|i| format!("LABEL_{i}")).collect()
+            } else {
+                checkpoint_labels
+            };
+            Ok((labels, false))
+        }
+        None => Err(ModelError::UnsupportedCheckpoint(format!(
+            "{}: the checkpoint has no classification head (`classifier.*`); \
+             give the labels to train a new one",
+            dir.display()
+        ))),
+    }
+}
+
+/// Copies the checkpoint into the new network strictly ([`copy_strict`]),
+/// skipping by name what classification has no place for; returns what was
+/// skipped.
+fn copy_checkpoint(
+    vs: &nn::VarStore,
+    config: &ModelConfig,
+    tensors: &BTreeMap<String, Tensor>,
+    new_head: bool,
+) -> Result<Vec<String>> {
     let prefix = config.backbone_prefix();
     let mask_token = format!("{prefix}.embeddings.mask_token");
     // E.g. `decoder.*` of a ViT saved as `ViTForMaskedImageModeling`
@@ -201,29 +269,7 @@ fn load_adjusted(
         (new_head && name.starts_with("classifier."))
             || (name == mask_token && !tensors.contains_key(name))
     };
-    let skipped = copy_strict(&vs, &tensors, keep_init, skippable)?;
-    for name in &skipped {
-        tracing::info!(tensor = %name, dir = %dir.display(), "checkpoint tensor not loaded");
-    }
-
-    let preprocessor_json = match read_optional_json(&dir.join("preprocessor_config.json"))? {
-        Some(v) => v,
-        None => timm_preprocessor.unwrap_or_else(|| config.family().default_preprocessor()),
-    };
-    let report = LoadReport {
-        format,
-        skipped,
-        new_head,
-        converted_from,
-    };
-    let model = Model {
-        vs,
-        net,
-        config,
-        preprocessor_json,
-        source_dir: dir.to_path_buf(),
-    };
-    Ok((model, report))
+    copy_strict(vs, tensors, keep_init, skippable)
 }
 
 /// A randomly initialised ViT classifier in a new `VarStore` (no checkpoint).

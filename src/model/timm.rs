@@ -82,10 +82,21 @@ pub fn convert(
     tensors: BTreeMap<String, Tensor>,
     config_path: &Path,
 ) -> Result<(ViTConfig, BTreeMap<String, Tensor>, Value)> {
-    let invalid = |detail: String| ModelError::InvalidConfig {
-        path: config_path.to_path_buf(),
-        detail: format!("timm checkpoint: {detail}"),
-    };
+    let arch = supported_architecture(config)?;
+    let vit = vit_config(config, arch, &tensors, config_path)?;
+    let out = rename(tensors);
+    let pre = preprocessor(config, vit.image_size);
+    Ok((vit, out, pre))
+}
+
+/// timm's `model_args` (`Null` when absent).
+fn model_args(config: &Value) -> &Value {
+    config.get("model_args").unwrap_or(&Value::Null)
+}
+
+/// The timm architecture (`vit` when unnamed), refused unless it is a ViT
+/// whose head reads the CLS token.
+fn supported_architecture(config: &Value) -> Result<&str> {
     let arch = config
         .get("architecture")
         .and_then(Value::as_str)
@@ -95,10 +106,9 @@ pub fn convert(
             "timm architecture `{arch}` is not supported (only `vit_*`)"
         )));
     }
-    let model_args = config.get("model_args").cloned().unwrap_or(Value::Null);
     if let Some(pool) = config
         .get("global_pool")
-        .or_else(|| model_args.get("global_pool"))
+        .or_else(|| model_args(config).get("global_pool"))
         .and_then(Value::as_str)
     {
         if pool != "token" {
@@ -107,7 +117,20 @@ pub fn convert(
             )));
         }
     }
+    Ok(arch)
+}
 
+/// The ViT configuration a timm checkpoint's tensor shapes and config say.
+fn vit_config(
+    config: &Value,
+    arch: &str,
+    tensors: &BTreeMap<String, Tensor>,
+    config_path: &Path,
+) -> Result<ViTConfig> {
+    let invalid = |detail: String| ModelError::InvalidConfig {
+        path: config_path.to_path_buf(),
+        detail: format!("timm checkpoint: {detail}"),
+    };
     let shape = |name: &str| -> Result<Vec<i64>> {
         tensors
             .get(name)
@@ -132,18 +155,7 @@ pub fn convert(
             pos[1]
         )));
     }
-    let depth = tensors
-        .keys()
-        .filter_map(|k| {
-            k.strip_prefix("blocks.")?
-                .split('.')
-                .next()?
-                .parse::<i64>()
-                .ok()
-        })
-        .max()
-        .map_or(0, |m| m + 1);
-    let heads = model_args
+    let heads = model_args(config)
         .get("num_heads")
         .and_then(Value::as_i64)
         .or_else(|| heads_for_arch(arch))
@@ -159,10 +171,9 @@ pub fn convert(
         Some(w) => (0..w.size()[0]).map(|i| format!("LABEL_{i}")).collect(),
         None => Vec::new(),
     });
-
     let vit = ViTConfig {
         hidden_size: hidden,
-        num_hidden_layers: depth,
+        num_hidden_layers: depth(tensors),
         num_attention_heads: heads,
         intermediate_size: fc1[0],
         hidden_act: Activation::Gelu,
@@ -178,7 +189,27 @@ pub fn convert(
         ..ViTConfig::default()
     };
     vit.validate().map_err(invalid)?;
+    Ok(vit)
+}
 
+/// The number of blocks: one past the highest `blocks.{i}`.
+fn depth(tensors: &BTreeMap<String, Tensor>) -> i64 {
+    tensors
+        .keys()
+        .filter_map(|k| {
+            k.strip_prefix("blocks.")?
+                .split('.')
+                .next()?
+                .parse::<i64>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |m| m + 1)
+}
+
+/// The tensors under HF names ([`map_name`]), each fused `qkv` split in
+/// three; names outside the map are kept (and fail strict loading).
+fn rename(tensors: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
     let mut out = BTreeMap::new();
     for (name, t) in tensors {
         if let Some(rest) = name.strip_prefix("blocks.") {
@@ -196,8 +227,7 @@ pub fn convert(
         let key = map_name(&name).unwrap_or(name);
         out.insert(key, t);
     }
-    let pre = preprocessor(config, vit.image_size);
-    Ok((vit, out, pre))
+    out
 }
 
 /// Heads of the standard timm sizes, from the architecture name.

@@ -268,13 +268,17 @@ impl JobConfig {
 
     /// Checks ranges and combinations; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
-        fn check(ok: bool, msg: &str) -> Result<(), String> {
-            if ok {
-                Ok(())
-            } else {
-                Err(msg.to_string())
-            }
+        self.validate_schedule()?;
+        self.validate_mode_options()?;
+        self.validate_regularisation()?;
+        if let Some(d) = &self.device {
+            crate::torch_info::parse_device(d).map_err(|e| format!("`device`: {e}"))?;
         }
+        Ok(())
+    }
+
+    /// The optimisation's sizes and rates.
+    fn validate_schedule(&self) -> Result<(), String> {
         check(!self.base_model.trim().is_empty(), "`base_model` is empty")?;
         check(
             (1..=1000).contains(&self.epochs),
@@ -307,7 +311,11 @@ impl JobConfig {
         check(
             self.validation_fraction > 0.0 && self.validation_fraction < 0.9,
             "`validation_fraction` must be in (0, 0.9)",
-        )?;
+        )
+    }
+
+    /// Options that belong to one mode only.
+    fn validate_mode_options(&self) -> Result<(), String> {
         if let Some(d) = self.layer_lr_decay {
             check(d > 0.0 && d <= 1.0, "`layer_lr_decay` must be in (0, 1]")?;
             check(
@@ -325,6 +333,11 @@ impl JobConfig {
                 "`unfreeze_last_n` must be >= 1",
             )?;
         }
+        Ok(())
+    }
+
+    /// Mixing, stochastic depth, dropout, augmentation and image size.
+    fn validate_regularisation(&self) -> Result<(), String> {
         for (name, alpha) in [
             ("mixup_alpha", self.mixup_alpha),
             ("cutmix_alpha", self.cutmix_alpha),
@@ -353,9 +366,6 @@ impl JobConfig {
         if let Some(s) = self.image_size {
             check((16..=1024).contains(&s), "`image_size` must be 16..=1024")?;
         }
-        if let Some(d) = &self.device {
-            crate::torch_info::parse_device(d).map_err(|e| format!("`device`: {e}"))?;
-        }
         Ok(())
     }
 
@@ -370,6 +380,15 @@ impl JobConfig {
             cfg.device = Some(crate::torch_info::device_name(device));
         }
         Ok(cfg)
+    }
+}
+
+/// `Err(msg)` unless `ok`.
+fn check(ok: bool, msg: &str) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(msg.to_string())
     }
 }
 

@@ -407,29 +407,12 @@ mod tests {
         let (lr, wd, max_norm) = (0.05, 0.1, 2.0);
         let mut fused = AdamW::new(named_params(3), wd);
         assert_eq!(fused.groups.len(), 5);
-        let mut reference: Vec<reference::RefParam> = named_params(3)
-            .into_iter()
-            .map(|(name, tensor, lr_scale)| reference::RefParam {
-                decay: decays(&name),
-                exp_avg: tensor.zeros_like(),
-                exp_avg_sq: tensor.zeros_like(),
-                tensor,
-                lr_scale,
-            })
-            .collect();
+        let mut reference = reference_params(3);
         let dir = tempfile::tempdir().unwrap();
         let mut clipped_some = false;
         for t in 1..=5i64 {
             if t == 3 {
-                let file = dir.path().join("optimizer.safetensors");
-                fused.save(&file).unwrap();
-                let params: Vec<(String, Tensor, f64)> = fused
-                    .params
-                    .iter()
-                    .map(|p| (p.name.clone(), p.tensor.shallow_clone(), p.lr_scale))
-                    .collect();
-                fused = AdamW::new(params, wd);
-                fused.load(&file).unwrap();
+                fused = through_checkpoint(&fused, dir.path(), wd);
                 assert_eq!(fused.steps_taken(), 2);
             }
             fused.zero_grad().unwrap();
@@ -483,6 +466,35 @@ mod tests {
         }
         assert!(clipped_some, "the test should exercise clipping");
         assert_eq!(fused.steps_taken(), 5);
+    }
+
+    /// The reference optimiser's copy of `named_params(seed)`, moments zero.
+    fn reference_params(seed: i64) -> Vec<reference::RefParam> {
+        named_params(seed)
+            .into_iter()
+            .map(|(name, tensor, lr_scale)| reference::RefParam {
+                decay: decays(&name),
+                exp_avg: tensor.zeros_like(),
+                exp_avg_sq: tensor.zeros_like(),
+                tensor,
+                lr_scale,
+            })
+            .collect()
+    }
+
+    /// `opt` saved in `dir` and loaded into a fresh optimiser over the same
+    /// tensors, as a resumed job does.
+    fn through_checkpoint(opt: &AdamW, dir: &std::path::Path, wd: f64) -> AdamW {
+        let file = dir.join("optimizer.safetensors");
+        opt.save(&file).unwrap();
+        let params: Vec<(String, Tensor, f64)> = opt
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.tensor.shallow_clone(), p.lr_scale))
+            .collect();
+        let mut fresh = AdamW::new(params, wd);
+        fresh.load(&file).unwrap();
+        fresh
     }
 
     /// Clipping leaves small gradients bit-for-bit alone and scales large

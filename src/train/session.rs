@@ -75,11 +75,60 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
     std::fs::create_dir_all(&spec.work_dir)
         .map_err(|e| TrainError::retry(format!("creating the job's work directory: {e}")))?;
     let data = prepare(&spec)?;
+    let (plan, _tf32) = set_up_device(&spec)?;
+    let model = load_model(&spec, &data)?;
+    let pipeline = pipeline_for(&spec, &model)?;
+    let params = select_trainable(&model, cfg);
+    if params.is_empty() {
+        return Err(TrainError::fatal("no trainable parameters for this mode"));
+    }
+    let trainable_parameters = params.iter().map(|(_, t, _)| t.numel() as u64).sum();
+    let mut opt = AdamW::new(params, cfg.weight_decay);
+    let ckpt = Checkpoints::new(&spec.work_dir);
+    let mut state = match restore(&ckpt, &mut opt, &model.buffers())? {
+        Some(s) => s,
+        None => first_state(cfg),
+    };
+    let mut scaler = plan.loss_scaling.then(|| {
+        let mut s = LossScaler::new(spec.device);
+        if let Some(saved) = state.loss_scaler {
+            s.restore(saved);
+        }
+        s
+    });
+    let augmented = cfg.augmentation && cfg.mode != Mode::LinearProbe;
+    let mut trainer = Trainer {
+        spec: &spec,
+        cfg,
+        data: &data,
+        model: &model,
+        placer: InputPlacer::new(&pipeline, spec.device),
+        train_format: PixelFormat::for_device(spec.device, &pipeline, augmented),
+        eval_format: PixelFormat::for_device(spec.device, &pipeline, false),
+        pipeline,
+        mixer: mixer_for(cfg, &data),
+        plan,
+        events: &events,
+        stop: &stop,
+        best_dir: spec.work_dir.join("best"),
+        trainable_parameters,
+    };
+    let interrupted = trainer.train(&mut opt, &mut scaler, &mut state, &ckpt)?;
+    trainer.finish(&mut opt, &state, interrupted)
+}
+
+/// Seeds this job's device, chooses its precision and takes its TF32
+/// setting and a stream of its own. The lease, when there is one, must be
+/// held for the whole run.
+fn set_up_device(
+    spec: &TrainSpec,
+) -> Result<(PrecisionPlan, Option<torchx::Tf32Lease>), TrainError> {
+    let cfg = &spec.config;
     // Only this job's device: other workers' generators are left alone.
     torchx::manual_seed(spec.device, cfg.seed).map_err(torch_error(spec.device, "seeding"))?;
     let plan = PrecisionPlan::for_job(cfg.mixed_precision, cfg.strict_fp32, spec.device);
     tracing::info!(job = %spec.job_id, device = ?spec.device, plan = ?plan, "training precision");
-    let _tf32 = spec
+    let tf32 = spec
         .device
         .is_cuda()
         .then(|| torchx::Tf32Lease::acquire(plan.tf32))
@@ -88,6 +137,13 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
     // A stream of this thread's own: `/predict` on the same GPU does not
     // wait behind the training kernels (nor they behind it).
     torchx::use_own_stream(spec.device).map_err(torch_error(spec.device, "taking a stream"))?;
+    Ok((plan, tf32))
+}
+
+/// The base model with this job's labels (a new head, drawn from the
+/// seeded generator), regularisation and image size.
+fn load_model(spec: &TrainSpec, data: &Prepared) -> Result<Model, TrainError> {
+    let cfg = &spec.config;
     // Stochastic depth and dropout act in training only: not for linear
     // probes, whose backbone runs in evaluation mode.
     let regularisation = match cfg.mode {
@@ -107,74 +163,54 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
     if let Some(size) = cfg.image_size {
         super::resolution::adapt(&mut model, size)?;
     }
+    Ok(model)
+}
+
+/// The image pipeline, as the saved model will be served: an output size
+/// the preprocessor leaves open is the model's `image_size` (after
+/// [`super::resolution::adapt`]).
+fn pipeline_for(spec: &TrainSpec, model: &Model) -> Result<Pipeline, TrainError> {
+    let cfg = &spec.config;
     let preprocessor: PreprocessorConfig = serde_json::from_value(model.preprocessor_json.clone())
         .map_err(|e| {
             TrainError::fatal(format!("the base model's preprocessor_config.json: {e}"))
         })?;
-    // As the saved model will be served: an output size the preprocessor
-    // leaves open is the model's `image_size` (after `adapt`).
     let pipeline = Pipeline::from_preprocessor(&preprocessor, cfg.image_size)
         .with_model_size(model.image_size() as u32)
         .with_randaugment(cfg.randaugment);
-    let pipeline = match &spec.decode_budget {
+    Ok(match &spec.decode_budget {
         Some(budget) => pipeline.with_decode_budget(budget.clone()),
         None => pipeline,
-    };
-    let params = select_trainable(&model, cfg);
-    if params.is_empty() {
-        return Err(TrainError::fatal("no trainable parameters for this mode"));
+    })
+}
+
+/// The loop's state before the first epoch (no checkpoint yet).
+fn first_state(cfg: &JobConfig) -> LoopState {
+    LoopState {
+        epochs_done: 0,
+        global_step: 0,
+        best_epoch: None,
+        best_score: None,
+        epochs_since_best: 0,
+        micro_batch: cfg.batch_size / cfg.grad_accum_steps,
+        history: vec![],
+        loss_scaler: None,
     }
-    let trainable_parameters = params.iter().map(|(_, t, _)| t.numel() as u64).sum();
-    let mut opt = AdamW::new(params, cfg.weight_decay);
-    let ckpt = Checkpoints::new(&spec.work_dir);
-    let mut state = match restore(&ckpt, &mut opt, &model.buffers())? {
-        Some(s) => s,
-        None => LoopState {
-            epochs_done: 0,
-            global_step: 0,
-            best_epoch: None,
-            best_score: None,
-            epochs_since_best: 0,
-            micro_batch: cfg.batch_size / cfg.grad_accum_steps,
-            history: vec![],
-            loss_scaler: None,
-        },
-    };
-    let mut scaler = plan.loss_scaling.then(|| {
-        let mut s = LossScaler::new(spec.device);
-        if let Some(saved) = state.loss_scaler {
-            s.restore(saved);
-        }
-        s
-    });
-    let augmented = cfg.augmentation && cfg.mode != Mode::LinearProbe;
-    let mut trainer = Trainer {
-        spec: &spec,
-        cfg,
-        data: &data,
-        model: &model,
-        placer: InputPlacer::new(&pipeline, spec.device),
-        train_format: PixelFormat::for_device(spec.device, &pipeline, augmented),
-        eval_format: PixelFormat::for_device(spec.device, &pipeline, false),
-        pipeline,
-        mixer: (cfg.mode != Mode::LinearProbe)
-            .then(|| {
-                Mixer::new(
-                    cfg.mixup_alpha,
-                    cfg.cutmix_alpha,
-                    data.task,
-                    data.labels.len(),
-                )
-            })
-            .flatten(),
-        plan,
-        events: &events,
-        stop: &stop,
-        best_dir: spec.work_dir.join("best"),
-        trainable_parameters,
-    };
-    let interrupted = trainer.train(&mut opt, &mut scaler, &mut state, &ckpt)?;
-    trainer.finish(&mut opt, &state, interrupted)
+}
+
+/// MixUp / CutMix for image batches, when the job asks for it (never for
+/// a linear probe, whose batches are cached features).
+fn mixer_for(cfg: &JobConfig, data: &Prepared) -> Option<Mixer> {
+    (cfg.mode != Mode::LinearProbe)
+        .then(|| {
+            Mixer::new(
+                cfg.mixup_alpha,
+                cfg.cutmix_alpha,
+                data.task,
+                data.labels.len(),
+            )
+        })
+        .flatten()
 }
 
 /// Reads the checkpoint if there is one; a damaged one is a retryable error.
@@ -315,10 +351,26 @@ impl Trainer<'_> {
         state: &mut LoopState,
         ckpt: &Checkpoints,
     ) -> Result<bool, TrainError> {
-        let cfg = self.cfg;
         let Some(inputs) = self.inputs()? else {
             return Ok(true);
         };
+        let schedule = self.start(state);
+        while state.epochs_done < self.cfg.epochs {
+            let Some(totals) = self.run_epoch(opt, scaler, state, &inputs, &schedule)? else {
+                return Ok(true);
+            };
+            match self.end_epoch(opt, scaler.as_ref(), state, ckpt, &inputs, totals)? {
+                AfterEpoch::Continue => {}
+                AfterEpoch::EarlyStop => break,
+                AfterEpoch::Stopped => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
+    /// The run's schedule, announced with [`TrainEvent::Started`].
+    fn start(&self, state: &LoopState) -> Schedule {
+        let cfg = self.cfg;
         let n_train = self.data.train.len();
         let steps_per_epoch = n_train.div_ceil(cfg.batch_size as usize) as u64;
         let total_steps = steps_per_epoch * cfg.epochs as u64;
@@ -337,173 +389,246 @@ impl Trainer<'_> {
             self.data.task,
             self.data.labels.len(),
         );
-        let device = self.device();
-        let run_started = Instant::now();
-        let steps_at_start = state.global_step;
-        while state.epochs_done < cfg.epochs {
-            let epoch = state.epochs_done;
-            // Everything random in this epoch derives from (seed, epoch).
-            torchx::manual_seed(
-                device,
-                cfg.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9),
-            )
-            .map_err(torch_error(device, "seeding"))?;
-            let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64));
-            let mut order: Vec<usize> = (0..n_train).collect();
-            order.shuffle(&mut rng);
-            let epoch_started = Instant::now();
-            let (mut loss_sum, mut seen) = (0.0, 0usize);
-            let mut lr = 0.0;
-            // The epoch's order and targets go to the device once; each
-            // batch is then a slice of them (a copy from pageable memory
-            // per batch would wait for the device every step).
-            let order_cpu =
-                Tensor::from_slice(&order.iter().map(|&v| v as i64).collect::<Vec<_>>());
-            let epoch_targets = targets.index_select(0, &order_cpu).to_device(device);
-            let batch = cfg.batch_size as i64;
+        Schedule {
+            n_train,
+            steps_per_epoch,
+            total_steps,
+            warmup,
+            targets,
+            started: Instant::now(),
+            steps_at_start: state.global_step,
+        }
+    }
 
-            let mut step_batches: StepBatches = match &inputs {
-                Inputs::Features { train, .. } => {
-                    let order_dev = order_cpu.to_device(train.device());
-                    let train = train.shallow_clone();
-                    let n = n_train as i64;
-                    Box::new((0..n).step_by(batch as usize).map(move |start| {
-                        let len = batch.min(n - start);
-                        Ok((
-                            len as usize,
-                            train.index_select(0, &order_dev.narrow(0, start, len)),
-                        ))
-                    }))
-                }
-                Inputs::Images => {
-                    let seed = cfg.augmentation.then_some(rng_seed(cfg.seed, epoch));
-                    let rx = spawn_loader(
-                        self.pipeline.clone(),
-                        self.data.train.paths(),
-                        order.clone(),
-                        cfg.batch_size as usize,
-                        seed,
-                        self.train_format,
-                    );
-                    Box::new(rx.into_iter().map(|b| {
-                        b.pixels
-                            .map(|p| (b.indices.len(), p))
-                            .map_err(TrainError::fatal)
-                    }))
-                }
-            };
-            let mut interrupted = false;
-            // Losses (times batch sizes) summed on the device since the
-            // last read, and the images they cover.
-            let mut window: Option<Tensor> = None;
-            let mut window_images = 0usize;
-            let mut step_in_epoch = 0u64;
-            for item in &mut step_batches {
-                if self.stopped() {
-                    interrupted = true;
-                    break;
-                }
-                let (len, x) = item?;
-                let x = self.placer.place(&x);
-                let y = epoch_targets.narrow(0, step_in_epoch as i64 * batch, len as i64);
-                let (x, y) = match &self.mixer {
-                    Some(mixer) => {
-                        let size = x.size();
-                        let mut rng = Mixer::rng(rng_seed(cfg.seed, epoch), step_in_epoch);
-                        let mix = mixer.draw(size[2], size[3], &mut rng);
-                        mixer.apply(mix, &x, &y)
-                    }
-                    None => (x, y),
-                };
-                lr = lr_at(
-                    state.global_step as usize,
-                    total_steps as usize,
-                    warmup,
-                    cfg.lr(),
-                );
-                let batch_loss = self.step(opt, scaler, state, &inputs, &x, &y, lr)? * len as f64;
-                window = Some(match window.take() {
-                    Some(w) => w + batch_loss,
-                    None => batch_loss,
-                });
-                window_images += len;
-                seen += len;
-                state.global_step += 1;
-                step_in_epoch += 1;
-                if step_in_epoch % LOSS_READ_EVERY != 0 && step_in_epoch != steps_per_epoch {
-                    continue;
-                }
-                let sum = window.take().map(|w| w.double_value(&[])).unwrap_or(0.0);
-                let mean = sum / window_images.max(1) as f64;
-                if !mean.is_finite() {
-                    return Err(TrainError::fatal(format!(
-                        "the loss became {mean}; lower the learning rate"
-                    )));
-                }
-                loss_sum += sum;
-                window_images = 0;
-                let elapsed = run_started.elapsed().as_secs_f64();
-                let done_here = (state.global_step - steps_at_start) as f64;
-                let per_step = elapsed / done_here.max(1.0);
-                let _ = self.events.send(TrainEvent::Step {
-                    epoch: epoch + 1,
-                    step: state.global_step,
-                    total_steps,
-                    loss: mean,
-                    learning_rate: lr,
-                    images_per_sec: seen as f64 / epoch_started.elapsed().as_secs_f64().max(1e-9),
-                    eta_secs: per_step * (total_steps - state.global_step) as f64,
-                });
+    /// The optimiser steps of epoch `state.epochs_done`, in its shuffled
+    /// order. `None`: stopped part-way.
+    fn run_epoch(
+        &self,
+        opt: &mut AdamW,
+        scaler: &mut Option<LossScaler>,
+        state: &mut LoopState,
+        inputs: &Inputs,
+        schedule: &Schedule,
+    ) -> Result<Option<EpochTotals>, TrainError> {
+        let cfg = self.cfg;
+        let epoch = state.epochs_done;
+        let order = self.epoch_order(epoch, schedule.n_train)?;
+        let mut totals = EpochTotals {
+            started: Instant::now(),
+            loss_sum: 0.0,
+            seen: 0,
+            lr: 0.0,
+        };
+        // The epoch's order and targets go to the device once; each
+        // batch is then a slice of them (a copy from pageable memory
+        // per batch would wait for the device every step).
+        let order_cpu = Tensor::from_slice(&order.iter().map(|&v| v as i64).collect::<Vec<_>>());
+        let epoch_targets = schedule
+            .targets
+            .index_select(0, &order_cpu)
+            .to_device(self.device());
+        let batch = cfg.batch_size as i64;
+        let batches = self.batch_source(inputs, &order_cpu, order, epoch);
+        let mut window = LossWindow::default();
+        let mut step_in_epoch = 0u64;
+        for item in batches {
+            if self.stopped() {
+                return Ok(None);
             }
-            drop(step_batches);
-            if interrupted {
-                return Ok(true);
-            }
-            let train_secs = epoch_started.elapsed().as_secs_f64();
-            let Some((val_loss, validation)) =
-                self.evaluate_split(&inputs, Split::Validation, None)?
-            else {
-                return Ok(true);
-            };
-            let metrics = EpochMetrics {
-                epoch: epoch + 1,
-                train_loss: loss_sum / seen.max(1) as f64,
-                validation_loss: val_loss,
-                learning_rate: lr,
-                seconds: epoch_started.elapsed().as_secs_f64(),
-                train_images_per_sec: seen as f64 / train_secs.max(1e-9),
-                validation,
-            };
-            let score = metrics.validation.score_by(self.cfg.selection_metric);
-            let improved = state.best_score.is_none_or(|b| score > b);
-            if improved {
-                self.save_best(&metrics)?;
-                state.best_score = Some(score);
-                state.best_epoch = Some(epoch + 1);
-                state.epochs_since_best = 0;
-            } else {
-                state.epochs_since_best += 1;
-            }
-            state.history.push(metrics.clone());
-            state.epochs_done += 1;
-            state.loss_scaler = scaler.as_ref().map(LossScaler::state);
-            ckpt.save(opt, &self.model.buffers(), state)
-                .map_err(|e| TrainError::retry(format!("writing checkpoint: {e:#}")))?;
-            if let Some(sync) = &self.spec.artifacts {
-                // Past the retries, a store outage fails the job; the
-                // stored pointer still names the previous checkpoint.
-                sync.epoch_saved(epoch + 1, improved)
-                    .map_err(|e| TrainError::fatal(format!("{e:#}")))?;
-            }
-            let _ = self.events.send(TrainEvent::Epoch(metrics));
-            if let Some(p) = cfg.early_stopping_patience {
-                if state.epochs_since_best >= p {
-                    tracing::info!(job = %self.spec.job_id, epoch = epoch + 1, "early stopping");
-                    break;
-                }
+            let (len, x) = item?;
+            let x = self.placer.place(&x);
+            let y = epoch_targets.narrow(0, step_in_epoch as i64 * batch, len as i64);
+            let (x, y) = self.mix(x, y, epoch, step_in_epoch);
+            totals.lr = lr_at(
+                state.global_step as usize,
+                schedule.total_steps as usize,
+                schedule.warmup,
+                cfg.lr(),
+            );
+            let batch_loss = self.step(opt, scaler, state, inputs, &x, &y, totals.lr)? * len as f64;
+            window.add(batch_loss, len);
+            totals.seen += len;
+            state.global_step += 1;
+            step_in_epoch += 1;
+            if step_in_epoch % LOSS_READ_EVERY == 0 || step_in_epoch == schedule.steps_per_epoch {
+                self.read_loss(&mut window, &mut totals, state, schedule)?;
             }
         }
-        Ok(false)
+        Ok(Some(totals))
+    }
+
+    /// The shuffled order of `epoch`'s training samples. Seeds the device's
+    /// generator too: everything random in an epoch derives from
+    /// (seed, epoch), so a resumed run repeats the epochs it redoes.
+    fn epoch_order(&self, epoch: u32, n_train: usize) -> Result<Vec<usize>, TrainError> {
+        let (device, seed) = (self.device(), self.cfg.seed);
+        torchx::manual_seed(device, seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9))
+            .map_err(torch_error(device, "seeding"))?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(epoch as u64));
+        let mut order: Vec<usize> = (0..n_train).collect();
+        order.shuffle(&mut rng);
+        Ok(order)
+    }
+
+    /// The epoch's batches: slices of the cached features (linear probe),
+    /// or images decoded and augmented by a loader thread.
+    fn batch_source(
+        &self,
+        inputs: &Inputs,
+        order_cpu: &Tensor,
+        order: Vec<usize>,
+        epoch: u32,
+    ) -> StepBatches<'static> {
+        let cfg = self.cfg;
+        let batch = cfg.batch_size as i64;
+        match inputs {
+            Inputs::Features { train, .. } => {
+                let order_dev = order_cpu.to_device(train.device());
+                let train = train.shallow_clone();
+                let n = order.len() as i64;
+                Box::new((0..n).step_by(batch as usize).map(move |start| {
+                    let len = batch.min(n - start);
+                    Ok((
+                        len as usize,
+                        train.index_select(0, &order_dev.narrow(0, start, len)),
+                    ))
+                }))
+            }
+            Inputs::Images => {
+                let seed = cfg.augmentation.then_some(rng_seed(cfg.seed, epoch));
+                let rx = spawn_loader(
+                    self.pipeline.clone(),
+                    self.data.train.paths(),
+                    order,
+                    cfg.batch_size as usize,
+                    seed,
+                    self.train_format,
+                );
+                Box::new(rx.into_iter().map(|b| {
+                    b.pixels
+                        .map(|p| (b.indices.len(), p))
+                        .map_err(TrainError::fatal)
+                }))
+            }
+        }
+    }
+
+    /// MixUp / CutMix of one image batch, drawn from (seed, epoch, step) so
+    /// that a resumed run draws the same.
+    fn mix(&self, x: Tensor, y: Tensor, epoch: u32, step_in_epoch: u64) -> (Tensor, Tensor) {
+        match &self.mixer {
+            Some(mixer) => {
+                let size = x.size();
+                let mut rng = Mixer::rng(rng_seed(self.cfg.seed, epoch), step_in_epoch);
+                let mix = mixer.draw(size[2], size[3], &mut rng);
+                mixer.apply(mix, &x, &y)
+            }
+            None => (x, y),
+        }
+    }
+
+    /// Reads the loss window on the host (this waits for the device), fails
+    /// the run on a loss that is no longer finite, and reports progress.
+    fn read_loss(
+        &self,
+        window: &mut LossWindow,
+        totals: &mut EpochTotals,
+        state: &LoopState,
+        schedule: &Schedule,
+    ) -> Result<(), TrainError> {
+        let (sum, images) = window.read();
+        let mean = sum / images.max(1) as f64;
+        if !mean.is_finite() {
+            return Err(TrainError::fatal(format!(
+                "the loss became {mean}; lower the learning rate"
+            )));
+        }
+        totals.loss_sum += sum;
+        let elapsed = schedule.started.elapsed().as_secs_f64();
+        let done_here = (state.global_step - schedule.steps_at_start) as f64;
+        let per_step = elapsed / done_here.max(1.0);
+        let images_per_sec = totals.seen as f64 / totals.started.elapsed().as_secs_f64().max(1e-9);
+        let _ = self.events.send(TrainEvent::Step {
+            epoch: state.epochs_done + 1,
+            step: state.global_step,
+            total_steps: schedule.total_steps,
+            loss: mean,
+            learning_rate: totals.lr,
+            images_per_sec,
+            eta_secs: per_step * (schedule.total_steps - state.global_step) as f64,
+        });
+        Ok(())
+    }
+
+    /// Evaluates the finished epoch, keeps its weights if they are the best
+    /// so far, writes the checkpoint and decides on early stopping.
+    fn end_epoch(
+        &self,
+        opt: &AdamW,
+        scaler: Option<&LossScaler>,
+        state: &mut LoopState,
+        ckpt: &Checkpoints,
+        inputs: &Inputs,
+        totals: EpochTotals,
+    ) -> Result<AfterEpoch, TrainError> {
+        let epoch = state.epochs_done;
+        let train_secs = totals.started.elapsed().as_secs_f64();
+        let Some((val_loss, validation)) = self.evaluate_split(inputs, Split::Validation, None)?
+        else {
+            return Ok(AfterEpoch::Stopped);
+        };
+        let metrics = EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: totals.loss_sum / totals.seen.max(1) as f64,
+            validation_loss: val_loss,
+            learning_rate: totals.lr,
+            seconds: totals.started.elapsed().as_secs_f64(),
+            train_images_per_sec: totals.seen as f64 / train_secs.max(1e-9),
+            validation,
+        };
+        let score = metrics.validation.score_by(self.cfg.selection_metric);
+        let improved = state.best_score.is_none_or(|b| score > b);
+        if improved {
+            self.save_best(&metrics)?;
+            state.best_score = Some(score);
+            state.best_epoch = Some(epoch + 1);
+            state.epochs_since_best = 0;
+        } else {
+            state.epochs_since_best += 1;
+        }
+        state.history.push(metrics.clone());
+        state.epochs_done += 1;
+        self.save_checkpoint(opt, scaler, state, ckpt, improved)?;
+        let _ = self.events.send(TrainEvent::Epoch(metrics));
+        match self.cfg.early_stopping_patience {
+            Some(p) if state.epochs_since_best >= p => {
+                tracing::info!(job = %self.spec.job_id, epoch = epoch + 1, "early stopping");
+                Ok(AfterEpoch::EarlyStop)
+            }
+            _ => Ok(AfterEpoch::Continue),
+        }
+    }
+
+    /// Writes the epoch checkpoint (`state` already counts the epoch) and,
+    /// with an artefact store, uploads it.
+    fn save_checkpoint(
+        &self,
+        opt: &AdamW,
+        scaler: Option<&LossScaler>,
+        state: &mut LoopState,
+        ckpt: &Checkpoints,
+        improved: bool,
+    ) -> Result<(), TrainError> {
+        state.loss_scaler = scaler.map(LossScaler::state);
+        ckpt.save(opt, &self.model.buffers(), state)
+            .map_err(|e| TrainError::retry(format!("writing checkpoint: {e:#}")))?;
+        if let Some(sync) = &self.spec.artifacts {
+            // Past the retries, a store outage fails the job; the
+            // stored pointer still names the previous checkpoint.
+            sync.epoch_saved(state.epochs_done, improved)
+                .map_err(|e| TrainError::fatal(format!("{e:#}")))?;
+        }
+        Ok(())
     }
 
     /// One optimiser step over a batch, split into micro-batches; halves the
@@ -720,6 +845,64 @@ impl Trainer<'_> {
 
 /// The batches of one epoch, in the epoch's order: size and inputs.
 type StepBatches<'a> = Box<dyn Iterator<Item = Result<(usize, Tensor), TrainError>> + 'a>;
+
+/// Fixed for the whole run: the schedule's length and the training targets.
+struct Schedule {
+    n_train: usize,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    warmup: usize,
+    /// The training split's targets, in dataset order, on the host.
+    targets: Tensor,
+    /// When this run (not the job: a resumed job restarts it) began, and
+    /// the step it began at: the ETA counts only this run's steps.
+    started: Instant,
+    steps_at_start: u64,
+}
+
+/// What one epoch's steps add up to, for its metrics.
+struct EpochTotals {
+    started: Instant,
+    /// Losses times batch sizes, summed as read back from the device.
+    loss_sum: f64,
+    seen: usize,
+    /// The learning rate of the epoch's last step.
+    lr: f64,
+}
+
+/// Losses (times batch sizes) summed on the device since the last read,
+/// and the images they cover: the host reads them only every
+/// [`LOSS_READ_EVERY`] steps.
+#[derive(Default)]
+struct LossWindow {
+    sum: Option<Tensor>,
+    images: usize,
+}
+
+impl LossWindow {
+    fn add(&mut self, batch_loss: Tensor, images: usize) {
+        self.sum = Some(match self.sum.take() {
+            Some(w) => w + batch_loss,
+            None => batch_loss,
+        });
+        self.images += images;
+    }
+
+    /// The summed loss and the images it covers, read on the host (which
+    /// waits for the device); empties the window.
+    fn read(&mut self) -> (f64, usize) {
+        let sum = self.sum.take().map(|w| w.double_value(&[])).unwrap_or(0.0);
+        (sum, std::mem::take(&mut self.images))
+    }
+}
+
+/// How the loop goes on after an epoch.
+enum AfterEpoch {
+    Continue,
+    EarlyStop,
+    /// Stopped during the evaluation.
+    Stopped,
+}
 
 #[derive(Clone, Copy)]
 enum Split {
