@@ -61,6 +61,8 @@ fn main() -> anyhow::Result<()> {
         device: tch::Device::Cpu,
         artifacts: None,
         decode_budget: None,
+        input_cache: None,
+        oom_above_micro_batch: None,
     };
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

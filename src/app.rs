@@ -75,6 +75,7 @@ impl AppState {
             &devices,
             &artifacts,
             &decode_budget,
+            &metrics.registry,
         );
         let exports = crate::export::ExportQueue::new(
             config.export_concurrency,
@@ -136,7 +137,12 @@ fn job_queue(
     health: &crate::devices::DeviceHealth,
     artifacts: &crate::artifacts::Artifacts,
     decode_budget: &crate::budget::DecodeBudget,
+    registry: &prometheus::Registry,
 ) -> JobQueue {
+    let input_cache = config.input_cache();
+    if let Some(cache) = &input_cache {
+        cache.register(registry);
+    }
     JobQueue {
         db: db.clone(),
         hub: Default::default(),
@@ -148,6 +154,8 @@ fn job_queue(
         health: health.clone(),
         artifacts: artifacts.clone(),
         decode_budget: decode_budget.clone(),
+        input_cache,
+        phase_seconds: crate::train::timing::PhaseSeconds::registered(registry),
     }
 }
 
@@ -188,6 +196,7 @@ impl WorkerNode {
             &devices,
             &artifacts,
             &decode_budget,
+            &metrics.registry,
         );
         Ok(Self {
             db,

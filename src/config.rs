@@ -86,6 +86,13 @@ pub struct ServeConfig {
     #[arg(long, env = "VITRINE_DECODE_BUDGET_BYTES", default_value_t = 0)]
     pub decode_budget_bytes: u64,
 
+    /// Bytes of disk the decode-once input cache may fill under
+    /// `<data-dir>/cache/inputs` (each dataset's images decoded once, reused
+    /// by later epochs, resumed jobs and every job on the same dataset and
+    /// preprocessing; least recently used evicted first). 0 turns it off.
+    #[arg(long, env = "VITRINE_INPUT_CACHE_BYTES", default_value_t = 16 << 30)]
+    pub input_cache_bytes: u64,
+
     /// Fraction of a dataset's images that may be undecodable: below it they
     /// are skipped and listed in the summary, above it the dataset is refused.
     #[arg(long, env = "VITRINE_MAX_UNDECODABLE_FRACTION", default_value_t = 0.01)]
@@ -339,6 +346,17 @@ impl ServeConfig {
         self.database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("vitrine.db").display()))
+    }
+
+    /// The node's decode-once input cache (`--input-cache-bytes`), `None`
+    /// when off.
+    pub fn input_cache(&self) -> Option<crate::imaging::input_cache::InputCache> {
+        (self.input_cache_bytes > 0).then(|| {
+            crate::imaging::input_cache::InputCache::new(
+                self.data_dir.join("cache").join("inputs"),
+                self.input_cache_bytes,
+            )
+        })
     }
 
     /// The decoding memory budget in effect (`--decode-budget-bytes`).

@@ -197,6 +197,59 @@ impl CachedImages {
     }
 }
 
+/// The cache's figures in `/metrics`, read at each scrape:
+/// `vitrine_input_cache_{hits,misses,builds,evictions}_total` and
+/// `vitrine_input_cache_bytes` (complete files on disk).
+struct Collector {
+    cache: InputCache,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+const COUNTERS: [(&str, &str); 4] = [
+    (
+        "vitrine_input_cache_hits_total",
+        "Images read from the decode-once input cache",
+    ),
+    (
+        "vitrine_input_cache_misses_total",
+        "Training images decoded because no cache held them",
+    ),
+    (
+        "vitrine_input_cache_builds_total",
+        "Input cache files built",
+    ),
+    (
+        "vitrine_input_cache_evictions_total",
+        "Input cache files evicted to stay under the bound",
+    ),
+];
+const BYTES: (&str, &str) = (
+    "vitrine_input_cache_bytes",
+    "Bytes of input cache files on disk",
+);
+
+impl prometheus::core::Collector for Collector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let s = self.cache.stats();
+        let values =
+            [&s.hits, &s.misses, &s.builds, &s.evictions].map(|c| c.load(Ordering::Relaxed));
+        let mut out = Vec::new();
+        for ((name, help), v) in COUNTERS.iter().zip(values) {
+            let c = prometheus::IntCounter::new(*name, *help).expect("valid metric");
+            c.inc_by(v);
+            out.extend(prometheus::core::Collector::collect(&c));
+        }
+        let g = prometheus::IntGauge::new(BYTES.0, BYTES.1).expect("valid metric");
+        g.set(self.cache.bytes() as i64);
+        out.extend(prometheus::core::Collector::collect(&g));
+        out
+    }
+}
+
 /// Why a cache could not be used (the job then decodes as without one).
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -229,6 +282,28 @@ impl InputCache {
             max_bytes,
             stats: Arc::new(CacheStats::default()),
         }
+    }
+
+    /// Adds this cache's figures to `registry` (read at each scrape).
+    pub fn register(&self, registry: &prometheus::Registry) {
+        let descs = COUNTERS
+            .iter()
+            .chain([&BYTES])
+            .map(|(n, h)| {
+                prometheus::core::Desc::new(
+                    n.to_string(),
+                    h.to_string(),
+                    vec![],
+                    Default::default(),
+                )
+                .expect("valid metric")
+            })
+            .collect();
+        let collector = Collector {
+            cache: self.clone(),
+            descs,
+        };
+        let _ = registry.register(Box::new(collector));
     }
 
     pub fn stats(&self) -> &CacheStats {

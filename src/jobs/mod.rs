@@ -35,6 +35,10 @@ pub struct JobQueue {
     pub artifacts: crate::artifacts::Artifacts,
     /// The node's decoding memory budget; training batches draw from it.
     pub decode_budget: crate::budget::DecodeBudget,
+    /// The node's decode-once input cache (`None`: off).
+    pub input_cache: Option<crate::imaging::input_cache::InputCache>,
+    /// Training time by phase, in `/metrics`.
+    pub phase_seconds: crate::train::timing::PhaseSeconds,
 }
 
 impl JobQueue {

@@ -441,6 +441,8 @@ mod tests {
             health: health.clone(),
             artifacts: crate::artifacts::Artifacts::local("unused".as_ref()),
             decode_budget: crate::budget::DecodeBudget::new(1 << 30),
+            input_cache: None,
+            phase_seconds: Default::default(),
         }
     }
 

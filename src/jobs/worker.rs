@@ -293,6 +293,8 @@ impl Worker {
             work_dir,
             device: self.device,
             decode_budget: Some(self.queue.decode_budget.clone()),
+            input_cache: self.queue.input_cache.clone(),
+            oom_above_micro_batch: None,
         })
     }
 
@@ -604,6 +606,7 @@ impl<'a> Reporter<'a> {
         let value = serde_json::to_value(&ev).unwrap_or_default();
         match &ev {
             TrainEvent::Epoch(m) => {
+                self.worker.queue.phase_seconds.add(&m.time_shares);
                 let m = serde_json::to_value(m).unwrap_or_default();
                 self.metrics.retain(|x| x["epoch"] != m["epoch"]);
                 self.metrics.push(m.clone());
@@ -710,6 +713,8 @@ mod tests {
             health: DeviceHealth::new(&["cpu".into()], &prometheus::Registry::new()),
             artifacts: crate::artifacts::Artifacts::local(dir),
             decode_budget: crate::budget::DecodeBudget::new(1 << 30),
+            input_cache: None,
+            phase_seconds: Default::default(),
         }
     }
 

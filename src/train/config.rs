@@ -95,6 +95,56 @@ pub enum Precision {
     Fp16,
 }
 
+/// `micro_batch`: a size, or `auto` (probed: `train/micro_batch.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MicroBatch {
+    Auto,
+    Size(u32),
+}
+
+impl Serialize for MicroBatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MicroBatch::Auto => s.serialize_str("auto"),
+            MicroBatch::Size(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MicroBatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Size(u32),
+            Name(String),
+        }
+        let wrong =
+            || serde::de::Error::custom("`micro_batch` must be a positive number or \"auto\"");
+        match Raw::deserialize(d).map_err(|_| wrong())? {
+            Raw::Size(n) if n > 0 => Ok(MicroBatch::Size(n)),
+            Raw::Name(s) if s == "auto" => Ok(MicroBatch::Auto),
+            _ => Err(wrong()),
+        }
+    }
+}
+
+/// `input_cache`: whether the job reads its images through the node's
+/// decode-once cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InputCacheMode {
+    #[default]
+    Auto,
+    Off,
+}
+
+impl InputCacheMode {
+    fn is_auto(&self) -> bool {
+        *self == InputCacheMode::Auto
+    }
+}
+
 /// A fine-tuning job's settings. Only `base_model` is required.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -208,6 +258,24 @@ pub struct JobConfig {
     /// whole process, as libtorch's switch is process-wide.
     #[serde(default)]
     pub strict_fp32: bool,
+    /// Keep only each block's (a stage's, for ConvNeXt and ResNet) input in
+    /// the forward pass and recompute its activations in the backward pass
+    /// (`train/recompute.rs`): far less memory for about one more forward
+    /// pass. No effect for linear probes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gradient_checkpointing: bool,
+    /// Images through the network at once: a number (at most `batch_size`),
+    /// or `auto`, the largest that fits, probed once per model, mode,
+    /// device, precision and size. The step still averages `batch_size`
+    /// images. Absent: `batch_size / grad_accum_steps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub micro_batch: Option<MicroBatch>,
+    /// `auto`: decode each image once into the node's input cache and read
+    /// later epochs (and other jobs on the dataset) from it; `off`: decode
+    /// every epoch.
+    #[serde(default, skip_serializing_if = "InputCacheMode::is_auto")]
+    pub input_cache: InputCacheMode,
     /// `cpu`, `cuda` (any GPU) or `cuda:N`; any worker when absent.
     #[serde(default)]
     pub device: Option<String>,
@@ -292,6 +360,12 @@ impl JobConfig {
             (1..=self.batch_size).contains(&self.grad_accum_steps),
             "`grad_accum_steps` must be 1..=batch_size",
         )?;
+        if let Some(MicroBatch::Size(n)) = self.micro_batch {
+            check(
+                n <= self.batch_size,
+                "`micro_batch` must be at most `batch_size`",
+            )?;
+        }
         if let Some(lr) = self.learning_rate {
             check(lr > 0.0 && lr < 1.0, "`learning_rate` must be in (0, 1)")?;
         }

@@ -54,6 +54,10 @@ pub struct EpochMetrics {
     pub learning_rate: f64,
     pub seconds: f64,
     pub train_images_per_sec: f64,
+    /// Where the epoch's wall time went (absent in records written before
+    /// it was measured).
+    #[serde(default)]
+    pub time_shares: super::timing::TimeShares,
     #[schema(value_type = Object)]
     pub validation: Evaluation,
 }

@@ -21,6 +21,8 @@ pub struct FeatureSource<'a> {
     pub pipeline: &'a Pipeline,
     pub placer: &'a InputPlacer,
     pub format: PixelFormat,
+    /// The images' evaluation outputs, when the input cache holds them.
+    pub cache: Option<std::sync::Arc<crate::imaging::input_cache::CachedImages>>,
     pub batch: usize,
     pub device: Device,
     pub events: &'a Events,
@@ -42,6 +44,7 @@ pub fn compute_or_load(
         device,
         events,
         stop,
+        ..
     } = *src;
     let cache = work_dir.join("features.safetensors");
     if let Ok(stored) = Tensor::read_safetensors(&cache) {
@@ -64,7 +67,15 @@ pub fn compute_or_load(
     let mut micro = batch as u32;
     for (_, paths) in splits {
         let order: Vec<usize> = (0..paths.len()).collect();
-        let rx = spawn_loader(pipeline.clone(), paths.clone(), order, batch, None, format);
+        let rx = spawn_loader(
+            pipeline.clone(),
+            paths.clone(),
+            order,
+            batch,
+            None,
+            format,
+            src.cache.clone(),
+        );
         let mut parts = Vec::new();
         for b in rx {
             if stop.load(Ordering::Relaxed) {

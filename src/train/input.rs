@@ -8,6 +8,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::imaging::input_cache::CachedImages;
 use crate::imaging::Pipeline;
 use crate::torchx;
 
@@ -34,16 +35,17 @@ impl PixelFormat {
     pub fn load(
         self,
         pipeline: &Pipeline,
+        cache: Option<&CachedImages>,
         paths: &[std::path::PathBuf],
         augment: Option<u64>,
     ) -> Result<Tensor, String> {
         match self {
             Self::F32 => pipeline
-                .load_batch(paths, augment)
+                .load_batch_from(cache, paths, augment)
                 .map_err(|e| e.to_string()),
             Self::U8 { pinned } => {
                 let t = pipeline
-                    .load_batch_u8(paths, augment)
+                    .load_batch_u8_from(cache, paths, augment)
                     .map_err(|e| e.to_string())?;
                 if pinned {
                     torchx::pin_memory(&t).map_err(|e| e.to_string())
@@ -150,7 +152,7 @@ mod tests {
                 let placer = InputPlacer::new(pipeline, Device::Cpu);
                 let want = pipeline.load_batch(&paths, augment).unwrap();
                 let raw = PixelFormat::U8 { pinned: false }
-                    .load(pipeline, &paths, augment)
+                    .load(pipeline, None, &paths, augment)
                     .unwrap();
                 assert_eq!(raw.kind(), Kind::Uint8);
                 let got = placer.place(&raw);

@@ -55,6 +55,11 @@ pub struct TrainSpec {
     /// The node's decoding memory budget: each batch of training input
     /// leases its decode from it. `None` (benchmarks, tests): no budget.
     pub decode_budget: Option<crate::budget::DecodeBudget>,
+    /// The node's decode-once input cache; `None`: every epoch decodes.
+    pub input_cache: Option<crate::imaging::input_cache::InputCache>,
+    /// A test hook: a micro-batch of more images fails as out of memory
+    /// (the CPU has no device memory to fill). `None` in service.
+    pub oom_above_micro_batch: Option<u32>,
 }
 
 /// Progress reported while training.

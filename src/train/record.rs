@@ -36,6 +36,9 @@ pub struct ModelCard {
     pub dataset: SplitCounts,
     /// The job's recipe, `base_model` included.
     pub config: JobConfig,
+    /// Where the run's training time went, over all its epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_shares: Option<super::timing::TimeShares>,
 }
 
 /// The test split's loss and metrics.

@@ -5,10 +5,11 @@
 //! device, and the loss is read back only every [`LOSS_READ_EVERY`] steps
 //! (and at the end of an epoch).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -19,7 +20,7 @@ use tch::{Device, Kind, Tensor};
 use super::amp::{LossScaler, PrecisionPlan};
 use super::batches::spawn_loader;
 use super::checkpoint::{Checkpoints, LoopState};
-use super::config::{JobConfig, Mode};
+use super::config::{InputCacheMode, JobConfig, MicroBatch, Mode};
 use super::data::{prepare, Prepared};
 use super::eval::{evaluate, loss, targets_tensor, EpochMetrics, Evaluation};
 use super::input::{InputPlacer, PixelFormat};
@@ -27,7 +28,9 @@ use super::mix::Mixer;
 use super::oom::{self, infer_in_chunks, retry_smaller, FailureKind};
 use super::optim::{lr_at, AdamW};
 use super::record::{ModelCard, TestMetrics};
+use super::timing::{Phase, StepClock, TimeShares};
 use super::{features, Events, StopFlag, TrainError, TrainEvent, TrainOutcome, TrainSpec};
+use crate::imaging::input_cache::{CacheForm, CachedImages};
 use crate::imaging::{Pipeline, PreprocessorConfig};
 use crate::model::{Model, ParamGroup, Regularisation, Trainable};
 use crate::task::Task;
@@ -97,6 +100,11 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
         s
     });
     let augmented = cfg.augmentation && cfg.mode != Mode::LinearProbe;
+    let mut clock = StepClock::new(spec.device);
+    // The decode-once pass is the input of the first epoch.
+    let (train_cache, eval_cache) = clock.host(Phase::InputWait, || {
+        input_caches(&spec, &data, &pipeline, augmented)
+    });
     let mut trainer = Trainer {
         spec: &spec,
         cfg,
@@ -112,9 +120,59 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
         stop: &stop,
         best_dir: spec.work_dir.join("best"),
         trainable_parameters,
+        clock: RefCell::new(clock),
+        train_cache,
+        eval_cache,
     };
+    if cfg.micro_batch == Some(MicroBatch::Auto) && cfg.mode != Mode::LinearProbe {
+        state.micro_batch = trainer.probe_micro_batch(&mut opt)?;
+    }
     let interrupted = trainer.train(&mut opt, &mut scaler, &mut state, &ckpt)?;
     trainer.finish(&mut opt, &state, interrupted)
+}
+
+/// The decode-once caches this job reads (`input_cache: auto` on a node
+/// with a cache): training copies when it augments, evaluation outputs when
+/// the preprocessing has a fixed size. Built in one decoding pass over every
+/// image of the dataset by the first job that needs them.
+fn input_caches(
+    spec: &TrainSpec,
+    data: &Prepared,
+    pipeline: &Pipeline,
+    augmented: bool,
+) -> (Option<Arc<CachedImages>>, Option<Arc<CachedImages>>) {
+    let cache = spec.input_cache.as_ref();
+    let Some(cache) = cache.filter(|_| spec.config.input_cache == InputCacheMode::Auto) else {
+        return (None, None);
+    };
+    let wants_eval = pipeline.output_size().is_some();
+    let mut forms = Vec::new();
+    if augmented {
+        forms.push(CacheForm::train_for(pipeline));
+    }
+    if wants_eval {
+        forms.push(CacheForm::Eval);
+    }
+    if forms.is_empty() {
+        return (None, None);
+    }
+    let mut paths = data.train.paths();
+    paths.extend(data.validation.paths());
+    if let Some(test) = &data.test {
+        paths.extend(test.paths());
+    }
+    let mut got = cache.prepare(pipeline, &forms, &paths).into_iter();
+    let train = if augmented {
+        got.next().flatten()
+    } else {
+        None
+    };
+    let eval = if wants_eval {
+        got.next().flatten()
+    } else {
+        None
+    };
+    (train, eval)
 }
 
 /// Seeds this job's device, chooses its precision and takes its TF32
@@ -192,7 +250,10 @@ fn first_state(cfg: &JobConfig) -> LoopState {
         best_epoch: None,
         best_score: None,
         epochs_since_best: 0,
-        micro_batch: cfg.batch_size / cfg.grad_accum_steps,
+        micro_batch: match cfg.micro_batch {
+            Some(MicroBatch::Size(n)) => n,
+            _ => cfg.batch_size / cfg.grad_accum_steps,
+        },
         history: vec![],
         loss_scaler: None,
     }
@@ -275,6 +336,12 @@ struct Trainer<'a> {
     stop: &'a StopFlag,
     best_dir: PathBuf,
     trainable_parameters: u64,
+    /// Where the run's time goes (`train/timing.rs`).
+    clock: RefCell<StepClock>,
+    /// Training copies (augmented runs) from the decode-once cache.
+    train_cache: Option<Arc<CachedImages>>,
+    /// Evaluation outputs from the decode-once cache.
+    eval_cache: Option<Arc<CachedImages>>,
 }
 
 /// Per-mode inputs: cached features (linear probe) or image paths.
@@ -321,6 +388,7 @@ impl Trainer<'_> {
                 pipeline: &self.pipeline,
                 placer: &self.placer,
                 format: self.eval_format,
+                cache: self.eval_cache.clone(),
                 batch,
                 device: self.device(),
                 events: self.events,
@@ -428,17 +496,25 @@ impl Trainer<'_> {
             .index_select(0, &order_cpu)
             .to_device(self.device());
         let batch = cfg.batch_size as i64;
-        let batches = self.batch_source(inputs, &order_cpu, order, epoch);
+        let mut batches = self.batch_source(inputs, &order_cpu, order, epoch);
         let mut window = LossWindow::default();
         let mut step_in_epoch = 0u64;
-        for item in batches {
+        loop {
+            // (A `while let` would hold the clock's borrow through the body.)
+            let next = self
+                .clock
+                .borrow_mut()
+                .host(Phase::InputWait, || batches.next());
+            let Some(item) = next else { break };
             if self.stopped() {
                 return Ok(None);
             }
             let (len, x) = item?;
-            let x = self.placer.place(&x);
-            let y = epoch_targets.narrow(0, step_in_epoch as i64 * batch, len as i64);
-            let (x, y) = self.mix(x, y, epoch, step_in_epoch);
+            let (x, y) = self.clock.borrow_mut().device(Phase::Compute, || {
+                let x = self.placer.place(&x);
+                let y = epoch_targets.narrow(0, step_in_epoch as i64 * batch, len as i64);
+                self.mix(x, y, epoch, step_in_epoch)
+            });
             totals.lr = lr_at(
                 state.global_step as usize,
                 schedule.total_steps as usize,
@@ -496,6 +572,12 @@ impl Trainer<'_> {
             }
             Inputs::Images => {
                 let seed = cfg.augmentation.then_some(rng_seed(cfg.seed, epoch));
+                // Augmented batches come from training copies; without
+                // augmentation training reads evaluation outputs.
+                let cache = match seed {
+                    Some(_) => self.train_cache.clone(),
+                    None => self.eval_cache.clone(),
+                };
                 let rx = spawn_loader(
                     self.pipeline.clone(),
                     self.data.train.paths(),
@@ -503,6 +585,7 @@ impl Trainer<'_> {
                     cfg.batch_size as usize,
                     seed,
                     self.train_format,
+                    cache,
                 );
                 Box::new(rx.into_iter().map(|b| {
                     b.pixels
@@ -573,32 +656,41 @@ impl Trainer<'_> {
     ) -> Result<AfterEpoch, TrainError> {
         let epoch = state.epochs_done;
         let train_secs = totals.started.elapsed().as_secs_f64();
-        let Some((val_loss, validation)) = self.evaluate_split(inputs, Split::Validation, None)?
-        else {
+        let evaluated = self.clock.borrow_mut().host(Phase::Eval, || {
+            self.evaluate_split(inputs, Split::Validation, None)
+        })?;
+        let Some((val_loss, validation)) = evaluated else {
             return Ok(AfterEpoch::Stopped);
         };
-        let metrics = EpochMetrics {
+        let mut metrics = EpochMetrics {
             epoch: epoch + 1,
             train_loss: totals.loss_sum / totals.seen.max(1) as f64,
             validation_loss: val_loss,
             learning_rate: totals.lr,
             seconds: totals.started.elapsed().as_secs_f64(),
             train_images_per_sec: totals.seen as f64 / train_secs.max(1e-9),
+            time_shares: Default::default(),
             validation,
         };
         let score = metrics.validation.score_by(self.cfg.selection_metric);
         let improved = state.best_score.is_none_or(|b| score > b);
         if improved {
-            self.save_best(&metrics)?;
+            self.clock
+                .borrow_mut()
+                .host(Phase::Checkpoint, || self.save_best(&metrics))?;
             state.best_score = Some(score);
             state.best_epoch = Some(epoch + 1);
             state.epochs_since_best = 0;
         } else {
             state.epochs_since_best += 1;
         }
+        // The epoch checkpoint's own write counts in the next lap.
+        metrics.time_shares = self.clock.borrow_mut().lap();
         state.history.push(metrics.clone());
         state.epochs_done += 1;
-        self.save_checkpoint(opt, scaler, state, ckpt, improved)?;
+        self.clock.borrow_mut().host(Phase::Checkpoint, || {
+            self.save_checkpoint(opt, scaler, state, ckpt, improved)
+        })?;
         let _ = self.events.send(TrainEvent::Epoch(metrics));
         match self.cfg.early_stopping_patience {
             Some(p) if state.epochs_since_best >= p => {
@@ -660,34 +752,29 @@ impl Trainer<'_> {
                 let len = micro.min(n - start);
                 let xs = x.narrow(0, start, len);
                 let ys = y.narrow(0, start, len);
-                let logits = match inputs {
-                    Inputs::Features { .. } => self.model.net.head(&xs),
-                    Inputs::Images => self.forward_images(&xs, true)?,
-                };
-                let l = loss(&logits, &ys, self.data.task, self.cfg.label_smoothing);
-                let weighted = &l * (len as f64 / n as f64);
-                match scaler.as_ref() {
-                    Some(s) => s.scale_loss(&weighted).backward(),
-                    None => weighted.backward(),
-                }
-                let part = l.detach() * len as f64;
+                let part = self.clock.borrow_mut().device(Phase::Compute, || {
+                    self.forward_backward(inputs, scaler.as_ref(), &xs, &ys, len as f64 / n as f64)
+                })? * len as f64;
                 total = Some(match total.take() {
                     Some(t) => t + part,
                     None => part,
                 });
                 start += len;
             }
-            if let Some(s) = scaler.as_mut() {
-                s.unscale(&opt.grads()).map_err(err)?;
-            }
-            let clipped = opt.clip_grad_norm(self.cfg.max_grad_norm).map_err(err)?;
-            updating.set(true);
-            // Skipped on the device when the gradients hold inf/NaN (an
-            // fp16 overflow, or a diverging run the loss check reports).
-            opt.step(lr, Some(&clipped.found_inf)).map_err(err)?;
-            if let Some(s) = scaler.as_mut() {
-                s.update().map_err(err)?;
-            }
+            self.clock.borrow_mut().device(Phase::Optimizer, || {
+                if let Some(s) = scaler.as_mut() {
+                    s.unscale(&opt.grads()).map_err(err)?;
+                }
+                let clipped = opt.clip_grad_norm(self.cfg.max_grad_norm).map_err(err)?;
+                updating.set(true);
+                // Skipped on the device when the gradients hold inf/NaN (an
+                // fp16 overflow, or a diverging run the loss check reports).
+                opt.step(lr, Some(&clipped.found_inf)).map_err(err)?;
+                if let Some(s) = scaler.as_mut() {
+                    s.update().map_err(err)?;
+                }
+                Ok::<(), String>(())
+            })?;
             Ok(total.expect("a non-empty batch") / n as f64)
         };
         let smaller = |micro_batch: u32| {
@@ -698,6 +785,107 @@ impl Trainer<'_> {
             !updating.get()
         })
         .map_err(|f| TrainError::from_failure(f, self.device(), "training step failed"))
+    }
+
+    /// The forward and backward passes of one micro-batch (`weight`: its
+    /// share of the batch), through activation checkpointing when the job
+    /// asks for it; returns its mean loss, detached.
+    fn forward_backward(
+        &self,
+        inputs: &Inputs,
+        scaler: Option<&LossScaler>,
+        xs: &Tensor,
+        ys: &Tensor,
+        weight: f64,
+    ) -> Result<Tensor, String> {
+        if let Some(limit) = self.spec.oom_above_micro_batch {
+            if xs.size()[0] > i64::from(limit) {
+                return Err(format!(
+                    "CUDA out of memory (injected above {limit} images)"
+                ));
+            }
+        }
+        let mut mean = None;
+        let mut to_backward = |logits: &Tensor| {
+            let l = loss(logits, ys, self.data.task, self.cfg.label_smoothing);
+            let weighted = &l * weight;
+            mean = Some(l.detach());
+            match scaler {
+                Some(s) => s.scale_loss(&weighted),
+                None => weighted,
+            }
+        };
+        match inputs {
+            Inputs::Features { .. } => to_backward(&self.model.net.head(xs)).backward(),
+            Inputs::Images if self.cfg.gradient_checkpointing => {
+                let _autocast = self.plan.autocast().map_err(|e| e.0)?;
+                let units = self.model.net.chain(true);
+                let _logits =
+                    super::recompute::forward_backward(&units, self.device(), xs, to_backward)?;
+            }
+            Inputs::Images => to_backward(&self.forward_images(xs, true)?).backward(),
+        }
+        Ok(mean.expect("the loss was computed"))
+    }
+
+    /// `micro_batch: auto`: the largest micro-batch that fits this model,
+    /// mode, device, precision, size and checkpointing, probed with real
+    /// training micro-steps on blank images (their gradients dropped, batch
+    /// norm statistics and the generator put back) and remembered.
+    fn probe_micro_batch(&self, opt: &mut AdamW) -> Result<u32, TrainError> {
+        let cfg = self.cfg;
+        let (h, w) = self.pipeline.train_size();
+        let key = super::micro_batch::ProbeKey {
+            base_model: cfg.base_model.clone(),
+            mode: format!("{:?}", cfg.mode),
+            device: format!("{:?}", self.device()),
+            precision: format!("{:?}", self.plan),
+            image_size: i64::from(h.max(w)),
+            checkpointing: cfg.gradient_checkpointing,
+        };
+        let buffers: Vec<(Tensor, Tensor)> = self
+            .model
+            .buffers()
+            .into_iter()
+            .map(|(_, t)| (t.copy(), t))
+            .collect();
+        let rng =
+            torchx::rng_state(self.device()).map_err(torch_error(self.device(), "probing"))?;
+        let try_size = |m: u32| -> Result<(), String> {
+            let opts = (Kind::Float, self.device());
+            let xs = Tensor::zeros([i64::from(m), 3, i64::from(h), i64::from(w)], opts);
+            let ys = match self.data.task {
+                Task::MultiClass => Tensor::zeros([i64::from(m)], (Kind::Int64, self.device())),
+                Task::MultiLabel => {
+                    Tensor::zeros([i64::from(m), self.data.labels.len() as i64], opts)
+                }
+            };
+            let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.forward_backward(&Inputs::Images, None, &xs, &ys, 1.0)
+            }));
+            let _ = opt.zero_grad();
+            match run {
+                Ok(r) => r.map(|_| ()),
+                Err(p) => Err(oom::panic_message(&p)),
+            }
+        };
+        let found = super::micro_batch::largest_fitting(&key, cfg.batch_size, try_size);
+        tch::no_grad(|| {
+            for (saved, mut live) in buffers {
+                live.copy_(&saved);
+            }
+        });
+        torchx::set_rng_state(self.device(), &rng)
+            .map_err(torch_error(self.device(), "probing"))?;
+        let micro = found.map_err(|e| {
+            TrainError::from_failure(
+                oom::Failure::new(e),
+                self.device(),
+                "probing the micro-batch",
+            )
+        })?;
+        tracing::info!(job = %self.spec.job_id, micro, "micro-batch probed");
+        Ok(micro)
     }
 
     /// Logits of a whole split, then its loss and metrics. `None`: stopped.
@@ -730,6 +918,7 @@ impl Trainer<'_> {
                     self.cfg.batch_size as usize,
                     None,
                     self.eval_format,
+                    self.eval_cache.clone(),
                 );
                 let mut parts = Vec::new();
                 let mut micro = self.cfg.batch_size;
@@ -830,6 +1019,15 @@ impl Trainer<'_> {
             history: state.history.clone(),
             dataset: self.data.split_counts(),
             config: self.cfg.clone(),
+            time_shares: Some(
+                state
+                    .history
+                    .iter()
+                    .fold(TimeShares::default(), |mut t, m| {
+                        t.add(&m.time_shares);
+                        t
+                    }),
+            ),
         };
         card.write(&self.best_dir).map_err(TrainError::retry)?;
         std::fs::write(
@@ -939,6 +1137,10 @@ impl From<anyhow::Error> for TrainError {
 }
 
 #[cfg(test)]
+#[path = "speed_tests.rs"]
+mod speed_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -962,7 +1164,7 @@ mod tests {
 
     /// A dataset archive (two labels, `n` small PNGs each) ingested as
     /// `POST /datasets` does, and a tiny ViT saved in the HF layout.
-    fn tiny_job(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+    pub(super) fn tiny_job(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
         use std::io::Write;
         let zip_path = dir.join("data.zip");
         let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
@@ -1042,6 +1244,8 @@ mod tests {
             device: Device::Cpu,
             artifacts: None,
             decode_budget: None,
+            input_cache: None,
+            oom_above_micro_batch: None,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let outcome = run(spec, tx, Default::default()).unwrap();
@@ -1151,6 +1355,27 @@ mod tests {
         dataset_dir: PathBuf,
         extra: serde_json::Value,
     ) -> (TrainOutcome, Vec<f64>) {
+        let (outcome, events) = train_tiny_with(dir, base_model_dir, dataset_dir, extra, |_| {});
+        let losses = events
+            .iter()
+            .filter_map(|ev| match ev {
+                TrainEvent::Step { loss, .. } => Some(*loss),
+                _ => None,
+            })
+            .collect();
+        (outcome, losses)
+    }
+
+    /// A full fine-tune of the tiny model (2 epochs of batches of 4 unless
+    /// `extra` says otherwise), `tweak` setting the node's side of the spec;
+    /// its outcome and every event.
+    pub(super) fn train_tiny_with(
+        dir: &Path,
+        base_model_dir: PathBuf,
+        dataset_dir: PathBuf,
+        extra: serde_json::Value,
+        tweak: impl FnOnce(&mut TrainSpec),
+    ) -> (TrainOutcome, Vec<TrainEvent>) {
         let mut json = serde_json::json!({
             "base_model": base_model_dir, "mode": "full", "epochs": 2, "batch_size": 4,
             "learning_rate": 1e-3
@@ -1167,16 +1392,18 @@ mod tests {
             device: Device::Cpu,
             artifacts: None,
             decode_budget: None,
+            input_cache: None,
+            oom_above_micro_batch: None,
         };
+        let mut spec = spec;
+        tweak(&mut spec);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let outcome = run(spec, tx, Default::default()).unwrap();
-        let mut losses = vec![];
+        let mut events = vec![];
         while let Ok(ev) = rx.try_recv() {
-            if let TrainEvent::Step { loss, .. } = ev {
-                losses.push(loss);
-            }
+            events.push(ev);
         }
-        (outcome, losses)
+        (outcome, events)
     }
 
     /// Every recipe at once on the tiny ViT (RandAugment, MixUp and CutMix,

@@ -112,6 +112,50 @@ impl TimeShares {
     }
 }
 
+/// `vitrine_train_phase_seconds_total{phase}`: where the node's training
+/// time went, added from each epoch's shares. Cheap to clone.
+#[derive(Clone)]
+pub struct PhaseSeconds(prometheus::CounterVec);
+
+impl Default for PhaseSeconds {
+    fn default() -> Self {
+        let counters = prometheus::CounterVec::new(
+            prometheus::Opts::new(
+                "vitrine_train_phase_seconds_total",
+                "Training time by phase (input_wait, compute, optimizer, eval, checkpoint; \
+                 GPU time for compute and optimizer on a GPU)",
+            ),
+            &["phase"],
+        )
+        .expect("valid metric");
+        for p in Phase::ALL {
+            counters.with_label_values(&[p.name()]);
+        }
+        Self(counters)
+    }
+}
+
+impl PhaseSeconds {
+    /// Counters registered in `registry` (once per registry).
+    pub fn registered(registry: &prometheus::Registry) -> Self {
+        let me = Self::default();
+        let _ = registry.register(Box::new(me.0.clone()));
+        me
+    }
+
+    pub fn add(&self, shares: &TimeShares) {
+        for p in Phase::ALL {
+            self.0
+                .with_label_values(&[p.name()])
+                .inc_by(shares.get(p).max(0.0));
+        }
+    }
+
+    pub fn get(&self, phase: Phase) -> f64 {
+        self.0.with_label_values(&[phase.name()]).get()
+    }
+}
+
 /// Measures the phases of one period (an epoch) of a training run.
 pub struct StepClock {
     device: Device,
