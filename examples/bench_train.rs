@@ -7,8 +7,11 @@
 //! manifest); `CONFIG_JSON` is a job config without `base_model`. Prints one
 //! JSON line: training images/s over the steps after the first `SKIP_STEPS`
 //! (default 2: warm-up), the run's wall time (features, epochs, evaluation,
-//! saving; not the ingest), and the best epoch's validation metrics. Driven
-//! by `scripts/bench/train.sh` and `scripts/bench/linear_probe.sh`.
+//! saving; not the ingest), each epoch's seconds and time shares, and the
+//! best epoch's validation metrics. With `BENCH_INPUT_CACHE=DIR` the run
+//! reads through a decode-once input cache in `DIR` (shared by runs that
+//! name the same one). Driven by `scripts/bench/train.sh`,
+//! `scripts/bench/linear_probe.sh` and `scripts/bench/input_cache.sh`.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -61,7 +64,8 @@ fn main() -> anyhow::Result<()> {
         device: tch::Device::Cpu,
         artifacts: None,
         decode_budget: None,
-        input_cache: None,
+        input_cache: std::env::var_os("BENCH_INPUT_CACHE")
+            .map(|dir| vitrine::imaging::input_cache::InputCache::new(dir, 1 << 40)),
         oom_above_micro_batch: None,
     };
 
@@ -111,6 +115,9 @@ fn main() -> anyhow::Result<()> {
             "images_per_sec": images_per_sec,
             "wall_secs": wall,
             "best_epoch": card.best_epoch,
+            "epochs": card.history.iter().map(|m| serde_json::json!({
+                "seconds": m.seconds, "time_shares": m.time_shares,
+            })).collect::<Vec<_>>(),
             "accuracy": validation.get("accuracy"),
             "validation": validation,
         })

@@ -176,3 +176,43 @@ export function scoreBar(score, label) {
   h("span", { class: "fill", style: { width: `${pct.toFixed(1)}%` } }),
   h("span", { class: "num" }, (score ?? 0).toFixed(3)));
 }
+
+/** The phases of a training job's time, in the order they are drawn. */
+export const PHASES = [
+  ["input_wait", "waiting for input"],
+  ["compute", "forward + backward"],
+  ["optimizer", "optimiser"],
+  ["eval", "evaluation"],
+  ["checkpoint", "checkpoints"],
+];
+
+/** Adds up the epochs' `time_shares` (null when none was measured). */
+export function totalShares(metrics) {
+  const total = { wall: 0 };
+  for (const [k] of PHASES) total[k] = 0;
+  let any = false;
+  for (const m of metrics || []) {
+    const s = m.time_shares;
+    if (!s || !s.wall) continue;
+    any = true;
+    for (const k of Object.keys(total)) total[k] += s[k] || 0;
+  }
+  return any ? total : null;
+}
+
+/** A stacked bar of where a job's wall time went, with a legend. */
+export function timeSharesBar({ id, title, shares }) {
+  const wall = Math.max(shares.wall, 1e-9);
+  const other = Math.max(0, wall - PHASES.reduce((a, [k]) => a + shares[k], 0));
+  const parts = [...PHASES.map(([k, name]) => [k, name, shares[k]]), ["other", "other", other]]
+    .filter(([, , v]) => v > 0);
+  const pct = (v) => `${((100 * v) / wall).toFixed(1)}%`;
+  return h("figure", { class: "chart-box shares-box" },
+    h("figcaption", {}, title),
+    h("div", { class: "shares", id, role: "img",
+      "aria-label": parts.map(([, name, v]) => `${name} ${pct(v)}`).join(", ") },
+    ...parts.map(([k, name, v]) => h("span", { class: `share share-${k}`, title: `${name}: ${v.toFixed(2)} s (${pct(v)})`,
+      "data-phase": k, style: { width: pct(v) } }))),
+    h("ul", { class: "legend" }, ...parts.map(([k, name, v]) =>
+      h("li", {}, h("span", { class: `swatch share-${k}` }), ` ${name} ${pct(v)}`))));
+}

@@ -666,20 +666,9 @@ impl Pipeline {
         paths: &[PathBuf],
         augment: Option<u64>,
     ) -> Result<Tensor, ImageError> {
-        if augment.is_none() {
-            if let Some(t) =
-                cache.and_then(|c| c.eval_batch(paths, |ch, v| self.lut[ch][usize::from(v)]))
-            {
-                return Ok(t);
-            }
-        }
-        let _lease = self.uncached_lease(cache, paths, augment, 4)?;
-        self.batch(
-            paths.len(),
-            |i| self.load_cached(cache, &paths[i]),
-            augment,
-            |img, draw, out| self.process_into(img, draw, out),
-        )
+        self.load_through(cache, paths, augment, 4, |c, v| self.lut[c][usize::from(v)], |img, draw, out| {
+            self.process_into(img, draw, out)
+        })
     }
 
     /// [`Self::load_batch`] as a `[B, 3, H, W]` u8 tensor of the pixel values
@@ -702,18 +691,32 @@ impl Pipeline {
         paths: &[PathBuf],
         augment: Option<u64>,
     ) -> Result<Tensor, ImageError> {
+        self.load_through(cache, paths, augment, 1, |_, v| v, |img, draw, out| {
+            self.process_into_u8(img, draw, out)
+        })
+    }
+
+    /// A batch of `paths` in `T`: an evaluation batch wholly in `cache`
+    /// straight from its stored outputs (`value` maps each 8-bit value),
+    /// anything else decoded (training copies from `cache` where it holds
+    /// them) and preprocessed with `process`.
+    #[allow(clippy::too_many_arguments)]
+    fn load_through<T: tch::kind::Element + Copy + Default + Send + Sync>(
+        &self,
+        cache: Option<&CachedImages>,
+        paths: &[PathBuf],
+        augment: Option<u64>,
+        elem_bytes: u64,
+        value: impl Fn(usize, u8) -> T + Sync,
+        process: impl Fn(&RgbImage, Option<Draw>, &mut Vec<T>) -> Result<(u32, u32), ImageError> + Sync,
+    ) -> Result<Tensor, ImageError> {
         if augment.is_none() {
-            if let Some(t) = cache.and_then(|c| c.eval_batch(paths, |_, v| v)) {
+            if let Some(t) = cache.and_then(|c| c.eval_batch(paths, &value)) {
                 return Ok(t);
             }
         }
-        let _lease = self.uncached_lease(cache, paths, augment, 1)?;
-        self.batch(
-            paths.len(),
-            |i| self.load_cached(cache, &paths[i]),
-            augment,
-            |img, draw, out| self.process_into_u8(img, draw, out),
-        )
+        let _lease = self.uncached_lease(cache, paths, augment, elem_bytes)?;
+        self.batch(paths.len(), |i| self.load_cached(cache, &paths[i]), augment, process)
     }
 
     /// The stored training copy of `path` when `cache` holds one, else the

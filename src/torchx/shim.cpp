@@ -237,14 +237,19 @@ char *vx_pin_memory(tensor t, tensor *out) {
 
 // --- random generators -----------------------------------------------------
 
+// The default generator of the CPU, or of device `index` of another type.
+at::Generator default_generator(int32_t device, int32_t index) {
+  auto t = device_type(device);
+  at::Device d = t == at::kCPU ? at::Device(at::kCPU)
+                               : at::Device(t, static_cast<c10::DeviceIndex>(index));
+  return at::globalContext().defaultGenerator(d);
+}
+
 // Seeds one device's default generator only (`torch.manual_seed` reseeds
 // the CPU's and every GPU's).
 char *vx_manual_seed(int32_t device, int32_t index, uint64_t seed) {
   return guarded([&] {
-    auto t = device_type(device);
-    at::Device d = t == at::kCPU ? at::Device(at::kCPU)
-                                 : at::Device(t, static_cast<c10::DeviceIndex>(index));
-    auto gen = at::globalContext().defaultGenerator(d);
+    auto gen = default_generator(device, index);
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_current_seed(seed);
   });
@@ -252,10 +257,7 @@ char *vx_manual_seed(int32_t device, int32_t index, uint64_t seed) {
 
 char *vx_current_seed(int32_t device, int32_t index, uint64_t *seed) {
   return guarded([&] {
-    auto t = device_type(device);
-    at::Device d = t == at::kCPU ? at::Device(at::kCPU)
-                                 : at::Device(t, static_cast<c10::DeviceIndex>(index));
-    auto gen = at::globalContext().defaultGenerator(d);
+    auto gen = default_generator(device, index);
     std::lock_guard<std::mutex> lock(gen.mutex());
     *seed = gen.current_seed();
   });
@@ -266,10 +268,7 @@ char *vx_current_seed(int32_t device, int32_t index, uint64_t *seed) {
 // forward pass and restores to replay its dropout in the recomputation.
 char *vx_rng_get_state(int32_t device, int32_t index, tensor *out) {
   return guarded([&] {
-    auto t = device_type(device);
-    at::Device d = t == at::kCPU ? at::Device(at::kCPU)
-                                 : at::Device(t, static_cast<c10::DeviceIndex>(index));
-    auto gen = at::globalContext().defaultGenerator(d);
+    auto gen = default_generator(device, index);
     std::lock_guard<std::mutex> lock(gen.mutex());
     *out = new at::Tensor(gen.get_state());
   });
@@ -277,10 +276,7 @@ char *vx_rng_get_state(int32_t device, int32_t index, tensor *out) {
 
 char *vx_rng_set_state(int32_t device, int32_t index, tensor state) {
   return guarded([&] {
-    auto t = device_type(device);
-    at::Device d = t == at::kCPU ? at::Device(at::kCPU)
-                                 : at::Device(t, static_cast<c10::DeviceIndex>(index));
-    auto gen = at::globalContext().defaultGenerator(d);
+    auto gen = default_generator(device, index);
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(*state);
   });

@@ -6,7 +6,7 @@
 import { h, mount, fmtNum, fmtPct, fmtTime, fmtDuration, shortId, badge, facts, errorBox, describe } from "../dom.js";
 import { api } from "../api.js";
 import { follow } from "../sse.js";
-import { lineChart, heatmap, scoreBar, widthFor } from "../charts.js";
+import { lineChart, heatmap, scoreBar, widthFor, timeSharesBar, totalShares } from "../charts.js";
 import { progressText, progressFraction, baseName, headline } from "./jobs.js";
 
 const TERMINAL = ["succeeded", "failed", "cancelled"];
@@ -110,7 +110,18 @@ export async function render(main, route) {
           { name: "macro F1", points: ms.map((m) => [m.epoch, m.validation?.macro_f1]) },
         ],
         empty: "The first epoch has not ended yet.",
-      })));
+      })),
+      sharesCard(ms));
+  }
+
+  /** Where the job's time went, over its epochs (a stacked bar). */
+  function sharesCard(ms) {
+    const shares = totalShares(ms);
+    if (!shares) return null;
+    const bound = shares.input_wait > shares.compute + shares.optimizer ? "input-bound" : "compute-bound";
+    return h("div", { class: "card" }, timeSharesBar({
+      id: "time-shares", title: `Where the time went (${bound})`, shares,
+    }));
   }
 
   function renderSteps() {
