@@ -46,7 +46,11 @@ fn main() {
     let config: ViTConfig = serde_json::from_value(json).expect("a ViT config");
     let vs = nn::VarStore::new(Device::Cpu);
     let net = build_vit(&vs, &config, 10);
-    let params = vs.variables().into_iter().map(|(n, t)| (n, t, 1.0)).collect();
+    let params = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t, 1.0))
+        .collect();
     let mut opt = AdamW::new(params, 0.01);
     let x = Tensor::randn([batch, 3, 224, 224], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(10, [batch], (Kind::Int64, Device::Cpu));
@@ -57,13 +61,17 @@ fn main() {
         if checkpointing {
             let units = net.chain(true);
             let loss = |logits: &Tensor| logits.cross_entropy_for_logits(&y);
-            vitrine::train::recompute::forward_backward(&units, Device::Cpu, &x, loss)
-                .expect("a checkpointed step");
+            let _logits =
+                vitrine::train::recompute::forward_backward(&units, Device::Cpu, &x, loss)
+                    .expect("a checkpointed step");
         } else {
-            net.forward_t(&x, true).cross_entropy_for_logits(&y).backward();
+            net.forward_t(&x, true)
+                .cross_entropy_for_logits(&y)
+                .backward();
         }
         let clipped = opt.clip_grad_norm(1.0).expect("clipping");
-        opt.step(1e-4, Some(&clipped.found_inf)).expect("the optimiser step");
+        opt.step(1e-4, Some(&clipped.found_inf))
+            .expect("the optimiser step");
         if i >= 1 {
             times.push(started.elapsed().as_secs_f64());
         }

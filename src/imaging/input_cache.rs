@@ -472,9 +472,9 @@ impl InputCache {
         writers
             .into_iter()
             .map(|w| {
-                let done = w?.finish()?;
+                w?.finish()?;
                 self.stats.builds.fetch_add(1, Ordering::Relaxed);
-                Ok(done)
+                Ok(())
             })
             .collect()
     }

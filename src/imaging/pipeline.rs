@@ -666,9 +666,14 @@ impl Pipeline {
         paths: &[PathBuf],
         augment: Option<u64>,
     ) -> Result<Tensor, ImageError> {
-        self.load_through(cache, paths, augment, 4, |c, v| self.lut[c][usize::from(v)], |img, draw, out| {
-            self.process_into(img, draw, out)
-        })
+        self.load_through(
+            cache,
+            paths,
+            augment,
+            4,
+            |c, v| self.lut[c][usize::from(v)],
+            |img, draw, out| self.process_into(img, draw, out),
+        )
     }
 
     /// [`Self::load_batch`] as a `[B, 3, H, W]` u8 tensor of the pixel values
@@ -691,9 +696,14 @@ impl Pipeline {
         paths: &[PathBuf],
         augment: Option<u64>,
     ) -> Result<Tensor, ImageError> {
-        self.load_through(cache, paths, augment, 1, |_, v| v, |img, draw, out| {
-            self.process_into_u8(img, draw, out)
-        })
+        self.load_through(
+            cache,
+            paths,
+            augment,
+            1,
+            |_, v| v,
+            |img, draw, out| self.process_into_u8(img, draw, out),
+        )
     }
 
     /// A batch of `paths` in `T`: an evaluation batch wholly in `cache`
@@ -716,7 +726,12 @@ impl Pipeline {
             }
         }
         let _lease = self.uncached_lease(cache, paths, augment, elem_bytes)?;
-        self.batch(paths.len(), |i| self.load_cached(cache, &paths[i]), augment, process)
+        self.batch(
+            paths.len(),
+            |i| self.load_cached(cache, &paths[i]),
+            augment,
+            process,
+        )
     }
 
     /// The stored training copy of `path` when `cache` holds one, else the

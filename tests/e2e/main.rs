@@ -23,6 +23,7 @@ mod hostile_ingest;
 mod hostile_parquet;
 mod hub_download;
 mod ingest;
+mod input_cache;
 mod jobs;
 mod onnx_download;
 mod open_size;

@@ -249,13 +249,29 @@ async fn the_page_uploads_trains_live_and_predicts() {
         .await;
     let job = get_json(url, &format!("/jobs/{job_id}")).await;
     let sum = |k: &str| -> f64 {
-        job["metrics"].as_array().unwrap().iter().map(|m| m["time_shares"][k].as_f64().unwrap()).sum()
+        job["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["time_shares"][k].as_f64().unwrap())
+            .sum()
     };
     let expected = 100.0 * sum("compute") / sum("wall");
     let shown = bar["compute"].as_f64().unwrap_or(-1.0);
-    assert!((shown - expected).abs() < 0.11, "compute {shown}% on the page, {expected}% from the API");
-    let total: f64 = bar.as_object().unwrap().values().filter_map(Value::as_f64).sum();
-    assert!((total - 100.0).abs() < 0.5, "the segments fill the bar: {bar}");
+    assert!(
+        (shown - expected).abs() < 0.11,
+        "compute {shown}% on the page, {expected}% from the API"
+    );
+    let total: f64 = bar
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(Value::as_f64)
+        .sum();
+    assert!(
+        (total - 100.0).abs() < 0.5,
+        "the segments fill the bar: {bar}"
+    );
     // On the CPU the phases account for each epoch's wall time.
     for m in job["metrics"].as_array().unwrap() {
         let s = &m["time_shares"];
@@ -264,10 +280,20 @@ async fn the_page_uploads_trains_live_and_predicts() {
             .map(|k| s[k].as_f64().unwrap())
             .sum();
         let wall = s["wall"].as_f64().unwrap();
-        assert!((phases - wall).abs() <= 0.05 * wall, "epoch shares {s} miss the wall time");
+        assert!(
+            (phases - wall).abs() <= 0.05 * wall,
+            "epoch shares {s} miss the wall time"
+        );
     }
     // And /metrics has them, with the input cache that later epochs read.
-    let metrics = client(None).get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = client(None)
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let value = |name: &str| -> f64 {
         metrics
             .lines()
@@ -278,7 +304,10 @@ async fn the_page_uploads_trains_live_and_predicts() {
     };
     assert!(value("vitrine_train_phase_seconds_total{phase=\"compute\"}") > 0.0);
     assert!(value("vitrine_input_cache_builds_total") >= 1.0);
-    assert!(value("vitrine_input_cache_hits_total") > 0.0, "later epochs read the cache");
+    assert!(
+        value("vitrine_input_cache_hits_total") > 0.0,
+        "later epochs read the cache"
+    );
     assert!(value("vitrine_input_cache_bytes") > 0.0);
 
     // The confusion matrix is the API's, for the epoch the page names.
