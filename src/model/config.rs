@@ -172,13 +172,15 @@ impl ModelConfig {
     }
 }
 
+/// A config from JSON, named `config.json` in errors: the tests' shorthand.
+#[cfg(test)]
+pub(crate) fn parse(v: serde_json::Value) -> Result<ModelConfig> {
+    ModelConfig::from_json(v, Path::new("config.json"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(v: serde_json::Value) -> Result<ModelConfig> {
-        ModelConfig::from_json(v, Path::new("config.json"))
-    }
 
     #[test]
     fn parses_a_hub_config_with_string_label_keys() {

@@ -177,13 +177,7 @@ impl FamilyConfig for ConvNextConfig {
         "ConvNextForImageClassification"
     }
 
-    fn hf(&self) -> &HfFields {
-        &self.hf
-    }
-
-    fn hf_mut(&mut self) -> &mut HfFields {
-        &mut self.hf
-    }
+    super::family::hf_fields!();
 
     fn validate(&self) -> Result<(), String> {
         ConvNextConfig::validate(self)
@@ -238,12 +232,8 @@ impl FamilyConfig for ConvNextConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ModelConfig, ModelError};
-    use std::path::Path;
-
-    fn parse(v: serde_json::Value) -> Result<ModelConfig, ModelError> {
-        ModelConfig::from_json(v, Path::new("config.json"))
-    }
+    use crate::model::config::parse;
+    use crate::model::ModelConfig;
 
     #[test]
     fn parses_convnext_tiny_and_keeps_unknown_fields() {

@@ -246,13 +246,7 @@ impl FamilyConfig for Dinov2Config {
         }
     }
 
-    fn hf(&self) -> &HfFields {
-        &self.hf
-    }
-
-    fn hf_mut(&mut self) -> &mut HfFields {
-        &mut self.hf
-    }
+    super::family::hf_fields!();
 
     fn validate(&self) -> Result<(), String> {
         Dinov2Config::validate(self)
@@ -304,12 +298,8 @@ impl FamilyConfig for Dinov2Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ModelConfig, ModelError};
-    use std::path::Path;
-
-    fn parse(v: serde_json::Value) -> Result<ModelConfig, ModelError> {
-        ModelConfig::from_json(v, Path::new("config.json"))
-    }
+    use crate::model::config::parse;
+    use crate::model::ModelConfig;
 
     #[test]
     fn parses_dinov2_small_and_writes_an_integer_ratio() {

@@ -25,6 +25,21 @@ pub enum PositionTable {
     Grid,
 }
 
+/// The accessors of the shared Hugging Face fields, written the same way
+/// by every family (its `hf` field): `hf_fields!();` in the impl.
+macro_rules! hf_fields {
+    () => {
+        fn hf(&self) -> &$crate::model::HfFields {
+            &self.hf
+        }
+
+        fn hf_mut(&mut self) -> &mut $crate::model::HfFields {
+            &mut self.hf
+        }
+    };
+}
+pub(crate) use hf_fields;
+
 /// The per-family facts of a `config.json`. Defaults fit the plain vision
 /// transformer; a family overrides what differs.
 pub trait FamilyConfig: std::fmt::Debug + Send + Sync {

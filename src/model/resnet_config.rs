@@ -168,13 +168,7 @@ impl FamilyConfig for ResNetConfig {
         "ResNetForImageClassification"
     }
 
-    fn hf(&self) -> &HfFields {
-        &self.hf
-    }
-
-    fn hf_mut(&mut self) -> &mut HfFields {
-        &mut self.hf
-    }
+    super::family::hf_fields!();
 
     fn validate(&self) -> Result<(), String> {
         ResNetConfig::validate(self)
@@ -226,12 +220,8 @@ impl FamilyConfig for ResNetConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ModelConfig, ModelError};
-    use std::path::Path;
-
-    fn parse(v: serde_json::Value) -> Result<ModelConfig, ModelError> {
-        ModelConfig::from_json(v, Path::new("config.json"))
-    }
+    use crate::model::config::parse;
+    use crate::model::ModelConfig;
 
     #[test]
     fn parses_resnet_50_without_writing_an_image_size_back() {

@@ -299,13 +299,7 @@ impl FamilyConfig for SwinConfig {
         "SwinForImageClassification"
     }
 
-    fn hf(&self) -> &HfFields {
-        &self.hf
-    }
-
-    fn hf_mut(&mut self) -> &mut HfFields {
-        &mut self.hf
-    }
+    super::family::hf_fields!();
 
     fn derived_keys(&self) -> &'static [&'static str] {
         &DERIVED
@@ -381,12 +375,8 @@ impl FamilyConfig for SwinConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ModelConfig, ModelError};
-    use std::path::Path;
-
-    fn parse(v: serde_json::Value) -> Result<ModelConfig, ModelError> {
-        ModelConfig::from_json(v, Path::new("config.json"))
-    }
+    use crate::model::config::parse;
+    use crate::model::ModelConfig;
 
     #[test]
     fn parses_swin_tiny_and_writes_derived_fields() {

@@ -144,13 +144,7 @@ impl FamilyConfig for ViTConfig {
         "ViTForImageClassification"
     }
 
-    fn hf(&self) -> &HfFields {
-        &self.hf
-    }
-
-    fn hf_mut(&mut self) -> &mut HfFields {
-        &mut self.hf
-    }
+    super::family::hf_fields!();
 
     fn validate(&self) -> Result<(), String> {
         ViTConfig::validate(self)
