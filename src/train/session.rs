@@ -419,7 +419,12 @@ impl Trainer<'_> {
         state: &mut LoopState,
         ckpt: &Checkpoints,
     ) -> Result<bool, TrainError> {
-        let Some(inputs) = self.inputs()? else {
+        // A linear probe's feature pass is the backbone's forward passes.
+        let inputs = self
+            .clock
+            .borrow_mut()
+            .device(Phase::Compute, || self.inputs())?;
+        let Some(inputs) = inputs else {
             return Ok(true);
         };
         let schedule = self.start(state);
