@@ -297,6 +297,15 @@ def report(d: str) -> None:
         met(">= 1.1x", vs and ts and vs / ts >= 1.1))
     row(f"train MFU ({num(gflop)} GFLOP/image)", num(mfu(vs), suffix="%"),
         num(mfu(ts), suffix="%"), "", met(">= 40%", mfu(vs) and mfu(vs) >= 40, peak is not None))
+    # Where the job's time went (issue 28): GPU time for compute and the
+    # optimiser (CUDA events), host time for the rest, per steady epoch.
+    shares = [e.get("time_shares") or {} for e in vep[1:] if e.get("time_shares")]
+    if shares:
+        wall = sum(s.get("wall", 0) for s in shares) or None
+        for k in ("input_wait", "compute", "optimizer", "eval", "checkpoint"):
+            part = sum(s.get(k, 0) for s in shares)
+            row(f"time share, {k} (epochs 2+)", num(wall and 100 * part / wall, suffix="%"), "-", "",
+                met("GPU busy >= 95%", wall and part / wall >= 0.95) if k == "compute" else "")
     row("train images/s, epoch 1 (warm-up, not counted)", num(vips[0] if vips else None),
         num(tips[0] if tips else None), ratio(vips[0] if vips else None, tips[0] if tips else None))
     if len(vep) < n_epochs or len(tep) < n_epochs:
