@@ -62,7 +62,12 @@ fn main() {
     let cache = InputCache::new(root.path(), 1 << 40);
     let started = Instant::now();
     let built = cache
-        .prepare(&pipeline, &[CacheForm::train_for(&pipeline)], &paths)
+        .prepare(
+            &pipeline,
+            &[CacheForm::train_for(&pipeline)],
+            &paths,
+            &mut |_, _| true,
+        )
         .remove(0)
         .expect("built");
     let build_secs = started.elapsed().as_secs_f64();

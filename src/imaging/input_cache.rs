@@ -260,6 +260,8 @@ pub enum CacheError {
     },
     #[error("input cache {0}: not a complete cache file")]
     Corrupt(PathBuf),
+    #[error("the job stopped while its input cache was built")]
+    Stopped,
     #[error(
         "the dataset's {form:?} cache would exceed the input cache bound of {max_bytes} bytes"
     )]
@@ -353,12 +355,16 @@ impl InputCache {
     /// those on disk and building the others in one decoding pass. A form
     /// that cannot be cached (too large for the bound, an I/O error) is
     /// `None`, logged: the job decodes those images as it would without a
-    /// cache. Blocking: call it from the training thread.
+    /// cache. Blocking: call it from the training thread. While building,
+    /// `progress(done, total)` is called after each chunk of images; when
+    /// it returns `false` (the job was stopped) the build is abandoned and
+    /// leaves nothing behind.
     pub fn prepare(
         &self,
         pipeline: &Pipeline,
         forms: &[CacheForm],
         paths: &[PathBuf],
+        progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Vec<Option<Arc<CachedImages>>> {
         let keys: Vec<String> = forms
             .iter()
@@ -396,7 +402,7 @@ impl InputCache {
         for (i, result) in building
             .iter()
             .map(|b| b.0)
-            .zip(self.build(pipeline, &jobs, paths))
+            .zip(self.build(pipeline, &jobs, paths, progress))
         {
             match result.and_then(|()| self.open(&keys[i])) {
                 Ok(c) => out[i] = Some(c),
@@ -439,12 +445,13 @@ impl InputCache {
         pipeline: &Pipeline,
         jobs: &[(CacheForm, &str)],
         paths: &[PathBuf],
+        progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Vec<Result<(), CacheError>> {
         let mut writers: Vec<Result<Writer, CacheError>> = jobs
             .iter()
             .map(|&(form, key)| Writer::create(&self.root, key, form))
             .collect();
-        for chunk in paths.chunks(BUILD_CHUNK) {
+        for (n, chunk) in paths.chunks(BUILD_CHUNK).enumerate() {
             if writers.iter().all(Result::is_err) {
                 break;
             }
@@ -467,6 +474,11 @@ impl InputCache {
                         }
                     }
                 }
+            }
+            let done = (n * BUILD_CHUNK + chunk.len()).min(paths.len());
+            if !progress(done, paths.len()) {
+                // Dropping the writers removes their files.
+                return jobs.iter().map(|_| Err(CacheError::Stopped)).collect();
             }
         }
         writers
@@ -636,6 +648,14 @@ impl Writer {
     }
 }
 
+impl Drop for Writer {
+    /// A file not renamed into place (abandoned, or failed) is removed; after
+    /// the rename this finds nothing.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
 /// An exclusive `flock` on a key's lock file, held while it is built.
 struct KeyLock {
     /// Closing it (on drop) releases the lock.
@@ -715,7 +735,7 @@ mod tests {
         let good = &paths[..5];
         let p = pipeline();
         let cache = InputCache::new(dir.path().join("cache"), 1 << 30);
-        let [eval] = &cache.prepare(&p, &[CacheForm::Eval], &paths)[..] else {
+        let [eval] = &cache.prepare(&p, &[CacheForm::Eval], &paths, &mut |_, _| true)[..] else {
             panic!("one form")
         };
         let eval = eval.as_ref().expect("built");
@@ -741,7 +761,10 @@ mod tests {
         let form = CacheForm::train_for(&p);
         assert_eq!(form, CacheForm::Train { max_short: 74 });
         let cache = InputCache::new(dir.path().join("cache"), 1 << 30);
-        let train = cache.prepare(&p, &[form], &paths).remove(0).expect("built");
+        let train = cache
+            .prepare(&p, &[form], &paths, &mut |_, _| true)
+            .remove(0)
+            .expect("built");
         let copy = train.image(&paths[0]).unwrap();
         assert_eq!(
             copy.dimensions(),
@@ -774,13 +797,13 @@ mod tests {
         let forms = [CacheForm::Eval, CacheForm::train_for(&p)];
         let cache = InputCache::new(dir.path().join("cache"), 1 << 30);
         assert!(cache
-            .prepare(&p, &forms, &paths)
+            .prepare(&p, &forms, &paths, &mut |_, _| true)
             .iter()
             .all(Option::is_some));
         assert_eq!(count(&cache.stats().builds), 2, "both forms in one pass");
         let other = InputCache::new(dir.path().join("cache"), 1 << 30);
         assert!(other
-            .prepare(&p, &forms, &paths)
+            .prepare(&p, &forms, &paths, &mut |_, _| true)
             .iter()
             .all(Option::is_some));
         assert_eq!(count(&other.stats().builds), 0);
@@ -811,7 +834,7 @@ mod tests {
         std::fs::write(root.join(format!("{key}.bin")), b"VTRNIC01 partial pixels").unwrap();
         let cache = InputCache::new(&root, 1 << 30);
         let eval = cache
-            .prepare(&p, &[CacheForm::Eval], &paths)
+            .prepare(&p, &[CacheForm::Eval], &paths, &mut |_, _| true)
             .remove(0)
             .expect("rebuilt");
         assert_eq!(eval.len(), 5);
@@ -826,7 +849,7 @@ mod tests {
         let p = pipeline();
         let one_file = {
             let probe = InputCache::new(dir.path().join("probe"), 1 << 30);
-            probe.prepare(&p, &[CacheForm::Eval], &paths);
+            probe.prepare(&p, &[CacheForm::Eval], &paths, &mut |_, _| true);
             probe.bytes()
         };
         assert!(one_file > 5 * 3 * 64 * 64);
@@ -838,7 +861,7 @@ mod tests {
             .map(|s| Pipeline::from_preprocessor(&PreprocessorConfig::default(), *s))
             .collect();
         for q in &pipelines {
-            assert!(cache.prepare(q, &[CacheForm::Eval], &paths)[0].is_some());
+            assert!(cache.prepare(q, &[CacheForm::Eval], &paths, &mut |_, _| true)[0].is_some());
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         assert!(
@@ -853,12 +876,42 @@ mod tests {
         assert!(!cache.file_of(&first).exists());
         // A dataset larger than the bound is not cached, and leaves nothing.
         let tiny = InputCache::new(dir.path().join("tiny"), 1000);
-        assert!(tiny.prepare(&p, &[CacheForm::Eval], &paths)[0].is_none());
+        assert!(tiny.prepare(&p, &[CacheForm::Eval], &paths, &mut |_, _| true)[0].is_none());
         assert_eq!(tiny.bytes(), 0);
         assert!(std::fs::read_dir(dir.path().join("tiny"))
             .unwrap()
             .flatten()
             .all(|e| e.path().extension().is_some_and(|x| x == "lock")));
+    }
+
+    #[test]
+    fn a_stopped_build_reports_progress_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = dataset(dir.path());
+        let p = pipeline();
+        let root = dir.path().join("cache");
+        let cache = InputCache::new(&root, 1 << 30);
+        let mut seen = vec![];
+        let mut stop = |done, total| {
+            seen.push((done, total));
+            false
+        };
+        let got = cache.prepare(
+            &p,
+            &[CacheForm::Eval, CacheForm::train_for(&p)],
+            &paths,
+            &mut stop,
+        );
+        assert!(got.iter().all(Option::is_none));
+        assert_eq!(seen, vec![(6, 6)]);
+        let left: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_none_or(|x| x != "lock"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(count(&cache.stats().builds), 0);
     }
 
     #[test]
@@ -869,7 +922,12 @@ mod tests {
         let cache = InputCache::new(dir.path().join("cache"), 1 << 30);
         std::thread::scope(|s| {
             for _ in 0..4 {
-                s.spawn(|| assert!(cache.prepare(&p, &[CacheForm::Eval], &paths)[0].is_some()));
+                s.spawn(|| {
+                    assert!(
+                        cache.prepare(&p, &[CacheForm::Eval], &paths, &mut |_, _| true)[0]
+                            .is_some()
+                    )
+                });
             }
         });
         assert_eq!(count(&cache.stats().builds), 1);

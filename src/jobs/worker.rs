@@ -633,6 +633,7 @@ impl<'a> Reporter<'a> {
                 self.merge(&value, "training");
             }
             TrainEvent::Features { .. } => self.merge(&value, "features"),
+            TrainEvent::Caching { .. } => self.merge(&value, "caching"),
             TrainEvent::Step { .. } => self.merge(&value, "training"),
             TrainEvent::OutOfMemory { .. } => self.merge(&value, "training"),
         }

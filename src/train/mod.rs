@@ -79,6 +79,8 @@ pub enum TrainEvent {
     },
     /// The frozen backbone's features are being computed (linear probe).
     Features { done: usize, total: usize },
+    /// The dataset is being decoded once into the node's input cache.
+    Caching { done: usize, total: usize },
     /// One optimiser step.
     Step {
         epoch: u32,

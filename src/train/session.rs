@@ -103,7 +103,7 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
     let mut clock = StepClock::new(spec.device);
     // The decode-once pass is the input of the first epoch.
     let (train_cache, eval_cache) = clock.host(Phase::InputWait, || {
-        input_caches(&spec, &data, &pipeline, augmented)
+        input_caches(&spec, &data, &pipeline, augmented, (&events, &stop))
     });
     let mut trainer = Trainer {
         spec: &spec,
@@ -140,6 +140,7 @@ fn input_caches(
     data: &Prepared,
     pipeline: &Pipeline,
     augmented: bool,
+    (events, stop): (&Events, &StopFlag),
 ) -> (Option<Arc<CachedImages>>, Option<Arc<CachedImages>>) {
     let cache = spec.input_cache.as_ref();
     let Some(cache) = cache.filter(|_| spec.config.input_cache == InputCacheMode::Auto) else {
@@ -161,7 +162,13 @@ fn input_caches(
     if let Some(test) = &data.test {
         paths.extend(test.paths());
     }
-    let mut got = cache.prepare(pipeline, &forms, &paths).into_iter();
+    let mut progress = |done, total| {
+        let _ = events.send(TrainEvent::Caching { done, total });
+        !stop.load(Ordering::Relaxed)
+    };
+    let mut got = cache
+        .prepare(pipeline, &forms, &paths, &mut progress)
+        .into_iter();
     let train = if augmented {
         got.next().flatten()
     } else {

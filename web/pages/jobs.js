@@ -160,6 +160,7 @@ export async function renderForm(main, route) {
 export function progressText(p, epochs) {
   if (!p) return "";
   if (p.phase === "features") return `computing features ${fmtNum(p.done)} / ${fmtNum(p.total)}`;
+  if (p.phase === "caching") return `decoding images once into the input cache ${fmtNum(p.done)} / ${fmtNum(p.total)}`;
   const parts = [];
   if (p.epoch) parts.push(`epoch ${p.epoch}${epochs ? ` / ${epochs}` : ""}`);
   if (p.step !== undefined && p.total_steps) parts.push(`step ${p.step} / ${p.total_steps}`);
@@ -171,7 +172,7 @@ export function progressFraction(job) {
   const p = job.progress;
   if (job.status === "succeeded") return 1;
   if (!p) return 0;
-  if (p.phase === "features" && p.total) return 0;
+  if ((p.phase === "features" || p.phase === "caching") && p.total) return 0;
   return p.total_steps ? p.step / p.total_steps : 0;
 }
 
