@@ -110,6 +110,20 @@ pub async fn submit_and_wait(url: &str, archive: &Path, config: Value, timeout: 
     wait_for_job(url, &id, timeout).await
 }
 
+/// The value of the sample `name` (labels included, as
+/// `vitrine_jobs{status="queued"}`) on the server's `/metrics`.
+pub async fn metric(url: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 pub async fn get_json(url: &str, path: &str) -> Value {
     reqwest::get(format!("{url}{path}"))
         .await

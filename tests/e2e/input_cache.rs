@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::e2e::{fixtures, get_json, submit, wait_for_job};
+use crate::common::e2e::{fixtures, get_json, metric, submit, wait_for_job};
 use crate::common::process::ServerProcess;
 
 const LEASE: &[&str] = &["--job-lease-secs", "2"];
@@ -54,14 +54,6 @@ fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,14 +103,9 @@ async fn a_cache_killed_mid_write_is_never_used_and_is_built_again() {
         files(&cache, "tmp").is_empty(),
         "the dead build's file was cleared"
     );
-    let text = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(metric(&text, "vitrine_input_cache_builds_total"), 2.0);
-    assert!(metric(&text, "vitrine_input_cache_hits_total") > 0.0);
+    let builds = metric(&url, "vitrine_input_cache_builds_total").await;
+    assert_eq!(builds, Some(2.0));
+    assert!(metric(&url, "vitrine_input_cache_hits_total").await > Some(0.0));
     let epochs = get_json(&url, &format!("/jobs/{id}")).await["metrics"]
         .as_array()
         .unwrap()

@@ -286,29 +286,13 @@ async fn the_page_uploads_trains_live_and_predicts() {
         );
     }
     // And /metrics has them, with the input cache that later epochs read.
-    let metrics = client(None)
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} not in /metrics"))
-    };
-    assert!(value("vitrine_train_phase_seconds_total{phase=\"compute\"}") > 0.0);
-    assert!(value("vitrine_input_cache_builds_total") >= 1.0);
-    assert!(
-        value("vitrine_input_cache_hits_total") > 0.0,
-        "later epochs read the cache"
-    );
-    assert!(value("vitrine_input_cache_bytes") > 0.0);
+    let value = |name: &'static str| crate::common::e2e::metric(url, name);
+    let compute = value("vitrine_train_phase_seconds_total{phase=\"compute\"}").await;
+    assert!(compute > Some(0.0), "{compute:?}");
+    assert!(value("vitrine_input_cache_builds_total").await >= Some(1.0));
+    let hits = value("vitrine_input_cache_hits_total").await;
+    assert!(hits > Some(0.0), "later epochs read the cache: {hits:?}");
+    assert!(value("vitrine_input_cache_bytes").await > Some(0.0));
 
     // The confusion matrix is the API's, for the epoch the page names.
     let shown = browser.wait_for("#confusion td", WAIT).await;
