@@ -9,6 +9,25 @@ use super::tests::{tiny_job, train_tiny_with};
 use crate::imaging::input_cache::InputCache;
 use crate::train::{TrainEvent, TrainOutcome};
 
+/// The tiny dataset and a base model whose head already has its labels
+/// (`cat`, `dog`): no new head is drawn, so a run uses no random numbers
+/// that another test running at the same time could take from the
+/// process's generator, and two runs can be compared exactly.
+fn job(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+    let (dataset, _) = tiny_job(dir, n);
+    let config = crate::model::ModelConfig::from_json(
+        serde_json::json!({"model_type": "vit", "hidden_size": 16, "num_hidden_layers": 3,
+            "num_attention_heads": 2, "intermediate_size": 32, "image_size": 16, "patch_size": 8}),
+        Path::new("config.json"),
+    )
+    .unwrap();
+    let labels = vec!["cat".to_string(), "dog".to_string()];
+    let model = crate::model::Model::from_config(config, labels, tch::Device::Cpu).unwrap();
+    let base = dir.join("base-cat-dog");
+    crate::model::save_pretrained(&model, &base, crate::model::ProblemType::SingleLabel).unwrap();
+    (dataset, base)
+}
+
 fn losses(events: &[TrainEvent]) -> Vec<f64> {
     events
         .iter()
@@ -61,7 +80,7 @@ fn run(
 #[test]
 fn checkpointing_reaches_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let job = tiny_job(dir.path(), 12);
+    let job = job(dir.path(), 12);
     let extra = serde_json::json!({"epochs": 1});
     let (plain, plain_events) = run(dir.path(), "plain", &job, extra.clone(), |_| {});
     let with = serde_json::json!({"epochs": 1, "gradient_checkpointing": true});
@@ -81,7 +100,7 @@ fn checkpointing_reaches_the_same_weights() {
 #[test]
 fn an_auto_micro_batch_under_a_memory_limit_keeps_the_loss_curve() {
     let dir = tempfile::tempdir().unwrap();
-    let job = tiny_job(dir.path(), 12);
+    let job = job(dir.path(), 12);
     let (_, plain) = run(dir.path(), "plain", &job, serde_json::json!({}), |_| {});
     let auto = serde_json::json!({"micro_batch": "auto"});
     let (_, probed) = run(dir.path(), "auto", &job, auto, |spec| {
@@ -104,7 +123,7 @@ fn an_auto_micro_batch_under_a_memory_limit_keeps_the_loss_curve() {
 #[test]
 fn the_input_cache_is_built_once_and_changes_no_result() {
     let dir = tempfile::tempdir().unwrap();
-    let job = tiny_job(dir.path(), 8);
+    let job = job(dir.path(), 8);
     let cache = InputCache::new(dir.path().join("cache"), 1 << 30);
     let (plain, plain_events) = run(dir.path(), "plain", &job, serde_json::json!({}), |_| {});
     let with = |spec: &mut crate::train::TrainSpec| spec.input_cache = Some(cache.clone());
@@ -138,7 +157,7 @@ fn the_input_cache_is_built_once_and_changes_no_result() {
 #[test]
 fn epochs_and_the_card_say_where_the_time_went() {
     let dir = tempfile::tempdir().unwrap();
-    let job = tiny_job(dir.path(), 6);
+    let job = job(dir.path(), 6);
     let (outcome, events) = run(dir.path(), "t", &job, serde_json::json!({}), |_| {});
     let epochs: Vec<_> = events
         .iter()
