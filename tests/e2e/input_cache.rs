@@ -98,9 +98,10 @@ async fn a_cache_killed_mid_write_is_never_used_and_is_built_again() {
     for bin in &whole_before {
         assert!(complete(bin), "a half cache was put in place: {bin:?}");
     }
+    // (The kill may land between the creation of the two forms' files.)
     assert!(
-        whole_before.len() + files(&cache, "tmp").len() >= 2,
-        "both forms were being built"
+        whole_before.len() + files(&cache, "tmp").len() >= 1,
+        "a build was under way"
     );
 
     let mut child = ServerProcess::start_on(&data, child.port(), LEASE).await;
