@@ -61,9 +61,8 @@ fn main() {
         if checkpointing {
             let units = net.chain(true);
             let loss = |logits: &Tensor| logits.cross_entropy_for_logits(&y);
-            let _logits =
-                vitrine::train::recompute::forward_backward(&units, Device::Cpu, &x, loss)
-                    .expect("a checkpointed step");
+            vitrine::train::recompute::forward_backward(&units, Device::Cpu, &x, loss)
+                .expect("a checkpointed step");
         } else {
             net.forward_t(&x, true)
                 .cross_entropy_for_logits(&y)

@@ -325,13 +325,26 @@ impl InputCache {
     /// preprocessing, the form, and each file's path, size and modification
     /// time (a replaced file is a new dataset).
     pub fn key(pipeline: &Pipeline, form: CacheForm, paths: &[PathBuf]) -> String {
-        let mut sorted: Vec<&PathBuf> = paths.iter().collect();
-        sorted.sort();
-        sorted.dedup();
+        Self::form_key(&Self::dataset_digest(paths), pipeline, form)
+    }
+
+    /// The key of one form of a dataset whose files hash to `dataset`.
+    fn form_key(dataset: &[u8], pipeline: &Pipeline, form: CacheForm) -> String {
         let mut h = Sha256::new();
         h.update(MAGIC);
         h.update(serde_json::to_vec(&pipeline.spec()).unwrap_or_default());
         h.update(serde_json::to_vec(&form).unwrap_or_default());
+        h.update(dataset);
+        hex::encode(&h.finalize()[..16])
+    }
+
+    /// The files' identity: each path, size and modification time, read
+    /// once per [`Self::prepare`] whatever the number of forms.
+    fn dataset_digest(paths: &[PathBuf]) -> Vec<u8> {
+        let mut sorted: Vec<&PathBuf> = paths.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        let mut h = Sha256::new();
         for p in sorted {
             h.update(p.as_os_str().as_encoded_bytes());
             h.update([0]);
@@ -344,7 +357,7 @@ impl InputCache {
                 h.update(mtime.map_or(0, |d| d.as_nanos()).to_le_bytes());
             }
         }
-        hex::encode(&h.finalize()[..16])
+        h.finalize().to_vec()
     }
 
     fn file_of(&self, key: &str) -> PathBuf {
@@ -366,9 +379,10 @@ impl InputCache {
         paths: &[PathBuf],
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Vec<Option<Arc<CachedImages>>> {
+        let dataset = Self::dataset_digest(paths);
         let keys: Vec<String> = forms
             .iter()
-            .map(|&f| Self::key(pipeline, f, paths))
+            .map(|&f| Self::form_key(&dataset, pipeline, f))
             .collect();
         let mut out: Vec<Option<Arc<CachedImages>>> =
             keys.iter().map(|k| self.open(k).ok()).collect();
@@ -606,7 +620,7 @@ impl Writer {
     /// take the file over `max_bytes`.
     fn push(&mut self, path: &Path, image: &Stored, max_bytes: u64) -> Result<(), CacheError> {
         if self.offset + image.pixels.len() as u64 > max_bytes {
-            let _ = std::fs::remove_file(&self.tmp);
+            // The caller drops this writer, which removes its file.
             return Err(CacheError::TooLarge {
                 form: self.form,
                 max_bytes,
@@ -811,13 +825,16 @@ mod tests {
         let p96 = Pipeline::from_preprocessor(&PreprocessorConfig::default(), Some(96));
         let k = InputCache::key(&p96, CacheForm::Eval, &paths);
         assert_ne!(k, InputCache::key(&p, CacheForm::Eval, &paths));
-        // So is a replaced file.
+        // So is a replaced file: the second job then builds anew.
+        let before = InputCache::key(&p, CacheForm::Eval, &paths);
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::copy(&paths[1], &paths[0]).unwrap();
-        assert_ne!(
-            InputCache::key(&p, CacheForm::Eval, &paths),
-            InputCache::key(&p, CacheForm::Eval, &paths[1..])
-        );
+        assert_ne!(before, InputCache::key(&p, CacheForm::Eval, &paths));
+        assert!(other
+            .prepare(&p, &forms, &paths, &mut |_, _| true)
+            .iter()
+            .all(Option::is_some));
+        assert_eq!(count(&other.stats().builds), 2);
     }
 
     #[test]

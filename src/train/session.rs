@@ -832,8 +832,7 @@ impl Trainer<'_> {
             Inputs::Images if self.cfg.gradient_checkpointing => {
                 let _autocast = self.plan.autocast().map_err(|e| e.0)?;
                 let units = self.model.net.chain(true);
-                let _logits =
-                    super::recompute::forward_backward(&units, self.device(), xs, to_backward)?;
+                super::recompute::forward_backward(&units, self.device(), xs, to_backward)?;
             }
             Inputs::Images => to_backward(&self.forward_images(xs, true)?).backward(),
         }
