@@ -63,12 +63,17 @@ async fn halving_stops_the_losers_and_the_promoted_winner_serves_predictions() {
     ));
     let base = fx.base_model.to_str().unwrap();
     const EPOCHS: u64 = 8;
+    // Candidates do not wait at a rung, and an epoch of this dataset takes
+    // about 0.1 s: with the winner's 8 epochs a loser could end before the
+    // supervisor's next tick decides the rung. With 100 it is still
+    // training when it is stopped.
+    const LOSER_EPOCHS: u64 = 100;
     let spec = json!({
         "base": {"base_model": base, "mode": "full", "epochs": EPOCHS, "batch_size": 16, "warmup_ratio": 0.0},
         "candidates": [
-            {"learning_rate": 1e-8, "seed": 1},
+            {"learning_rate": 1e-8, "seed": 1, "epochs": LOSER_EPOCHS},
             {"learning_rate": 0.002},
-            {"learning_rate": 1e-8, "seed": 2},
+            {"learning_rate": 1e-8, "seed": 2, "epochs": LOSER_EPOCHS},
         ],
         "max_parallel": 3,
         "early_stop": "halving", "rungs": [1], "reduction_factor": 3,
@@ -126,7 +131,7 @@ async fn halving_stops_the_losers_and_the_promoted_winner_serves_predictions() {
         assert_eq!(loser["stopped_rung"], 1, "{loser}");
         assert_eq!(loser["status"], "cancelled", "stopped early: {loser}");
         assert!(
-            loser["epochs_done"].as_u64() < Some(EPOCHS),
+            loser["epochs_done"].as_u64() < Some(LOSER_EPOCHS),
             "stopped before its last epoch: {loser}"
         );
         assert!(
