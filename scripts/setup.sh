@@ -28,7 +28,7 @@ if [ "${have%%+*}" != "$WANT_TORCH" ]; then
   echo "setup: remove $VENV and run again" >&2
   exit 1
 fi
-"$VENV/bin/python" -c "import transformers, safetensors, PIL, datasets, onnx, onnxruntime, moto.server, boto3"
+"$VENV/bin/python" -c "import transformers, safetensors, PIL, datasets, onnx, onnxruntime, moto.server, boto3, peft, scipy, torchmetrics, captum, pytorch_grad_cam, cleanlab, sklearn"
 
 # Debian packages some tests need. Optional: without them those tests skip
 # (or fail under CI), so setup only warns when it cannot install them.
