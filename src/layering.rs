@@ -27,7 +27,7 @@ pub fn layer(module: &str) -> Option<u8> {
         "app" => 7,
         "config" | "sweeps" | "models" => 6,
         "jobs" | "serve" | "export" => 5,
-        "train" | "datasets" => 4,
+        "train" | "datasets" | "explain" => 4,
         "data" | "model" => 3,
         "imaging" | "store" | "torch_info" | "torchx" | "artifacts" => 2,
         "db" | "devices" | "budget" => 1,

@@ -13,6 +13,7 @@ pub mod datasets;
 pub mod db;
 pub mod devices;
 pub mod error;
+pub mod explain;
 pub mod export;
 pub mod http;
 pub mod imaging;

@@ -309,4 +309,8 @@ impl ImageClassifier for ConvNextForImageClassification {
     fn num_layers(&self) -> usize {
         self.convnext.stages.len()
     }
+
+    fn cam_cut(&self) -> Option<(Unit<'_>, Unit<'_>)> {
+        super::cut_before_head(self.chain(false))
+    }
 }

@@ -249,6 +249,11 @@ impl Dinov2Layer {
         let h = self.mlp.forward(&self.norm2.forward(&xs)) * &self.layer_scale2;
         layers::drop_path(h, self.drop_path, train) + xs
     }
+
+    /// `[B, heads, N, N]`: this layer's attention probabilities on `xs`.
+    pub fn attention_probs(&self, xs: &Tensor) -> Tensor {
+        self.attention.probs(&self.norm1.forward(xs))
+    }
 }
 
 /// The backbone (`dinov2`): embeddings, encoder, final layernorm.
@@ -353,5 +358,17 @@ impl ImageClassifier for Dinov2ForImageClassification {
 
     fn num_layers(&self) -> usize {
         self.dinov2.layers.len()
+    }
+
+    fn attention_maps(&self, pixel_values: &Tensor) -> Option<(Vec<Tensor>, i64)> {
+        let m = &self.dinov2;
+        let x = follow_kind(pixel_values, &m.embeddings.projection.ws);
+        let mut xs = m.embeddings.forward_t(&x, false);
+        let mut maps = Vec::with_capacity(m.layers.len());
+        for layer in &m.layers {
+            maps.push(layer.attention_probs(&xs));
+            xs = layer.forward_t(&xs, false);
+        }
+        Some((maps, 1 + m.embeddings.num_register_tokens()))
     }
 }

@@ -122,4 +122,17 @@ impl SelfAttention {
         let ctx = ctx.transpose(1, 2).reshape([b, n, d]);
         self.output.forward(&ctx)
     }
+
+    /// `[B, heads, N, N]`: the softmax probabilities the fused kernel of
+    /// [`Self::forward_t`] uses without returning them (eval mode), for
+    /// attention rollout.
+    pub fn probs(&self, xs: &Tensor) -> Tensor {
+        let (b, n, d) = xs.size3().expect("[B, N, D]");
+        let head_dim = d / self.num_heads;
+        let heads = |t: Tensor| t.view([b, n, self.num_heads, head_dim]).transpose(1, 2);
+        let q = heads(self.query.forward(xs));
+        let k = heads(self.key.forward(xs));
+        let scores = q.matmul(&k.transpose(-2, -1)) * (head_dim as f64).powf(-0.5);
+        scores.softmax(-1, scores.kind())
+    }
 }

@@ -93,6 +93,30 @@ pub trait ImageClassifier: Send {
     /// holds its model by shared reference. A no-op for networks without
     /// batch norm, where `train` only switches dropout and stochastic depth.
     fn set_trainable_parts(&self, _which: Trainable) {}
+    /// For Grad-CAM (`explain/gradcam.rs`): the network cut at the spatial
+    /// map it weighs, `[B, C, h, w]`, as (pixel values -> map, map ->
+    /// logits), in eval mode. `None` where there is no such map (ViT and
+    /// DINOv2, which attention rollout explains).
+    fn cam_cut(&self) -> Option<(Unit<'_>, Unit<'_>)> {
+        None
+    }
+    /// For attention rollout (`explain/rollout.rs`), in eval mode: each
+    /// encoder layer's attention probabilities `[B, heads, N, N]` over its
+    /// tokens, and how many leading tokens are not patches (CLS and
+    /// registers). `None` without global self-attention (Swin's windows,
+    /// the CNNs).
+    fn attention_maps(&self, _pixel_values: &Tensor) -> Option<(Vec<Tensor>, i64)> {
+        None
+    }
+}
+
+/// [`ImageClassifier::cam_cut`] for networks whose head unit (the last of
+/// [`ImageClassifier::chain`]) takes the last stage's `[B, C, h, w]` map.
+fn cut_before_head(mut units: Vec<Unit<'_>>) -> Option<(Unit<'_>, Unit<'_>)> {
+    let head = units.pop()?;
+    let body: Unit<'_> =
+        Box::new(move |x: &Tensor| units.iter().fold(x.shallow_clone(), |h, unit| unit(&h)));
+    Some((body, head))
 }
 
 /// One link of [`ImageClassifier::chain`].

@@ -306,6 +306,10 @@ impl ImageClassifier for ResNetForImageClassification {
         self.resnet.stages.len()
     }
 
+    fn cam_cut(&self) -> Option<(Unit<'_>, Unit<'_>)> {
+        super::cut_before_head(self.chain(false))
+    }
+
     fn set_trainable_parts(&self, which: Trainable) {
         self.trained_parts.set(which);
     }

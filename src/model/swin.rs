@@ -513,6 +513,18 @@ impl SwinModel {
         self.layernorm.forward(&xs)
     }
 
+    /// `[B, num_features, h, w]`: the final-layernorm tokens of the last
+    /// stage laid out on their grid (Grad-CAM's map).
+    pub fn final_map(&self, pixel_values: &Tensor) -> Tensor {
+        let (mut xs, mut hw) = self.embeddings.forward_t(pixel_values, false);
+        for stage in &self.stages {
+            (xs, hw) = stage.forward_t(xs, hw, false);
+        }
+        let tokens = self.layernorm.forward(&xs);
+        let (b, _, c) = tokens.size3().expect("[B, tokens, C]");
+        tokens.transpose(1, 2).reshape([b, c, hw.0, hw.1])
+    }
+
     /// `[B, num_features]`: the mean of the final-layernorm tokens (the
     /// `pooler_output` of `transformers`).
     pub fn pooled(&self, pixel_values: &Tensor, train: bool) -> Tensor {
@@ -601,6 +613,17 @@ impl ImageClassifier for SwinForImageClassification {
     /// The number of stages.
     fn num_layers(&self) -> usize {
         self.num_stages
+    }
+
+    /// The final layernorm's tokens on their grid, as Grad-CAM on
+    /// `transformers`' Swin reads them (`swin.layernorm` with a reshape).
+    fn cam_cut(&self) -> Option<(Unit<'_>, Unit<'_>)> {
+        let m = &self.swin;
+        let body: Unit<'_> =
+            Box::new(move |x: &Tensor| m.final_map(&follow_kind(x, &m.embeddings.projection.ws)));
+        let head: Unit<'_> =
+            Box::new(move |map: &Tensor| self.head(&map.flatten(2, -1).mean_dim(-1, false, None)));
+        Some((body, head))
     }
 }
 

@@ -157,6 +157,11 @@ impl ViTLayer {
         let h = self.output.forward(&h).dropout(self.hidden_dropout, train);
         h + xs
     }
+
+    /// `[B, heads, N, N]`: this layer's attention probabilities on `xs`.
+    pub fn attention_probs(&self, xs: &Tensor) -> Tensor {
+        self.attention.probs(&self.layernorm_before.forward(xs))
+    }
 }
 
 /// The backbone (`vit`): embeddings, encoder, final layernorm, optional pooler.
@@ -270,5 +275,17 @@ impl ImageClassifier for ViTForImageClassification {
 
     fn num_layers(&self) -> usize {
         self.vit.layers.len()
+    }
+
+    fn attention_maps(&self, pixel_values: &Tensor) -> Option<(Vec<Tensor>, i64)> {
+        let vit = &self.vit;
+        let x = follow_kind(pixel_values, &vit.embeddings.projection.ws);
+        let mut xs = vit.embeddings.forward_t(&x, false);
+        let mut maps = Vec::with_capacity(vit.layers.len());
+        for layer in &vit.layers {
+            maps.push(layer.attention_probs(&xs));
+            xs = layer.forward_t(&xs, false);
+        }
+        Some((maps, 1))
     }
 }

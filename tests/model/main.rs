@@ -8,6 +8,7 @@ mod common;
 mod cnn_parity;
 mod dinov2_parity;
 mod dinov2_real;
+mod explain_parity;
 mod onnx_export;
 mod preflight;
 mod support;
