@@ -30,6 +30,8 @@ pub struct AppState {
     pub decode_budget: crate::budget::DecodeBudget,
     /// ONNX exports: one bounded queue and their disk cache.
     pub exports: crate::export::ExportQueue,
+    /// Explanations: their own thread and bounded queue, off the engines.
+    pub explainer: crate::serve::explain::Explainer,
 }
 
 impl AppState {
@@ -83,6 +85,15 @@ impl AppState {
             decode_budget.clone(),
             config.data_dir.join("exports"),
         );
+        let explainer =
+            crate::serve::explain::Explainer::start(crate::serve::explain::ExplainConfig {
+                queue: config.explain_queue,
+                max_steps: config.explain_max_steps,
+                device: inference_devices
+                    .first()
+                    .copied()
+                    .unwrap_or(tch::Device::Cpu),
+            });
         let datasets = DatasetStore {
             db: db.clone(),
             data_dir: config.data_dir.clone(),
@@ -109,6 +120,7 @@ impl AppState {
             artifacts,
             decode_budget,
             exports,
+            explainer,
         })
     }
 }

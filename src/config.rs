@@ -149,6 +149,16 @@ pub struct ServeConfig {
     #[arg(long, env = "VITRINE_PREDICT_QUEUE", default_value_t = 128)]
     pub predict_queue: usize,
 
+    /// Explanations (`/explain`) waiting or running; beyond it: 429. They
+    /// run one at a time on their own thread, off the prediction engines.
+    #[arg(long, env = "VITRINE_EXPLAIN_QUEUE", default_value_t = 4)]
+    pub explain_queue: usize,
+
+    /// The most path points `/explain?method=integrated_gradients` may ask
+    /// for (each is a forward and a backward pass).
+    #[arg(long, env = "VITRINE_EXPLAIN_MAX_STEPS", default_value_t = 256)]
+    pub explain_max_steps: usize,
+
     /// Numeric precision of predictions on a GPU: `auto` (bf16 autocast
     /// where the GPU has bf16, else fp16), `bf16`, or `fp32` (with TF32
     /// matmuls). The CPU always runs fp32.
@@ -304,6 +314,8 @@ pub struct ServeConfig {
     mut_arg("predict_max_batch", |a| a.hide(true)),
     mut_arg("predict_max_wait_ms", |a| a.hide(true)),
     mut_arg("predict_queue", |a| a.hide(true)),
+    mut_arg("explain_queue", |a| a.hide(true)),
+    mut_arg("explain_max_steps", |a| a.hide(true)),
     mut_arg("predict_precision", |a| a.hide(true)),
     mut_arg("model_cache", |a| a.hide(true)),
     mut_arg("cors_origin", |a| a.hide(true)),

@@ -6,14 +6,7 @@ use std::io::Cursor;
 use image::{ImageFormat, Rgb, RgbImage};
 use tch::{Kind, Tensor};
 
-/// How preprocessing turned 8-bit values into the model's input, to undo
-/// it: `x = (v * scale - mean) / std` per channel.
-#[derive(Debug, Clone, Copy)]
-pub struct Normalisation {
-    pub scale: f32,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-}
+use crate::imaging::Normalisation;
 
 /// `[H, W]` floats, row by row.
 pub fn grid(map: &Tensor) -> Vec<Vec<f32>> {

@@ -144,7 +144,7 @@ async fn predict(
     }))
 }
 
-fn request_caps(config: &crate::config::ServeConfig) -> RequestCaps {
+pub(super) fn request_caps(config: &crate::config::ServeConfig) -> RequestCaps {
     RequestCaps {
         max_images: config.max_images_per_request,
         max_request_pixels: config.max_request_pixels,
@@ -155,7 +155,7 @@ fn request_caps(config: &crate::config::ServeConfig) -> RequestCaps {
 
 /// The request's images, by its content type: multipart parts, base64 in
 /// JSON (whose options join the query's), or one raw image.
-async fn read_images(
+pub(super) async fn read_images(
     state: &AppState,
     caps: &RequestCaps,
     opts: &mut PredictOptions,

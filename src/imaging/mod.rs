@@ -15,7 +15,7 @@ pub mod thumbnail;
 pub use augment::AugmentConfig;
 pub use config::{Geometry, PreprocessorConfig, ResizeTarget, SizeSpec};
 pub use decode::{decode, decode_dynamic, DecodeLimits};
-pub use pipeline::Pipeline;
+pub use pipeline::{Normalisation, Pipeline};
 pub use randaugment::RandAugment;
 
 /// Why an image could not be turned into a tensor.

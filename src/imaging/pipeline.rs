@@ -57,6 +57,15 @@ pub struct Pipeline {
     budget: Option<DecodeBudget>,
 }
 
+/// How preprocessing turns 8-bit values into the model's input, to undo it
+/// (explanation overlays): `x = (v * scale - mean) / std` per channel.
+#[derive(Debug, Clone, Copy)]
+pub struct Normalisation {
+    pub scale: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
 /// Maps a PIL resampling code to the matching `fast_image_resize` algorithm.
 pub fn resize_alg(pil_code: u8) -> ResizeAlg {
     match pil_code {
@@ -291,6 +300,14 @@ impl Pipeline {
             rescale_factor: self.exact.0,
             image_mean: self.exact.1,
             image_std: self.exact.2,
+        }
+    }
+
+    pub fn normalisation(&self) -> Normalisation {
+        Normalisation {
+            scale: self.scale,
+            mean: self.mean,
+            std: self.std,
         }
     }
 

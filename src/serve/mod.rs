@@ -6,6 +6,7 @@
 //! page's dataset previews.
 
 pub mod engine;
+pub mod explain;
 pub mod output;
 pub mod predict;
 pub mod registry;

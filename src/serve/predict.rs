@@ -133,7 +133,7 @@ impl Inference {
         Ok(answer(&model, logits, &req.options))
     }
 
-    async fn resolve(&self, source: ModelSource<'_>) -> AppResult<Arc<ModelInfo>> {
+    pub(crate) async fn resolve(&self, source: ModelSource<'_>) -> AppResult<Arc<ModelInfo>> {
         match source {
             ModelSource::Registered {
                 db,
@@ -259,7 +259,7 @@ fn check_options(o: &OutputOptions) -> AppResult<()> {
 
 /// Every image's header, read without decoding, checked against the
 /// per-image caps and the request's pixel budget.
-fn checked_headers(images: &[Upload], caps: &RequestCaps) -> AppResult<Vec<Header>> {
+pub(crate) fn checked_headers(images: &[Upload], caps: &RequestCaps) -> AppResult<Vec<Header>> {
     let mut total_pixels = 0u64;
     let mut out = Vec::with_capacity(images.len());
     for u in images {
@@ -334,7 +334,7 @@ impl DecodePlan {
 /// The images as one `[n, 3, H, W]` tensor, through the pipeline's own
 /// batch path, `parallel` at a time (as the lease was sized); an image
 /// that does not decode is named.
-fn decode(pipeline: &Pipeline, images: &[Upload], parallel: usize) -> AppResult<Tensor> {
+pub(crate) fn decode(pipeline: &Pipeline, images: &[Upload], parallel: usize) -> AppResult<Tensor> {
     let mut batches = Vec::with_capacity(images.len().div_ceil(parallel.max(1)));
     for chunk in images.chunks(parallel.max(1)) {
         let bytes: Vec<&[u8]> = chunk.iter().map(|u| u.bytes.as_slice()).collect();

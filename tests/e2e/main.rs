@@ -16,6 +16,7 @@ mod backbones;
 mod cluster;
 mod crash;
 mod deploy_manifests;
+mod explain;
 mod hostile_browser;
 mod hostile_decode;
 mod hostile_http;
