@@ -34,6 +34,9 @@ pub enum Command {
     Openapi,
     /// Classify local image files with a model, no server; prints JSON.
     Predict(crate::predict_local::PredictArgs),
+    /// Heat maps of why a model scores an image's labels (overlay PNGs and
+    /// `.npy`), no server; prints JSON.
+    Explain(crate::explain_local::ExplainArgs),
     /// Write a model as an ONNX file (`OUT.onnx`) with its metadata (`OUT.json`).
     Export(crate::export::command::ExportArgs),
     /// Measure preprocessing throughput against Pillow + `ViTImageProcessor`.
@@ -74,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Bench(BenchCommand::Preprocess(args))) => crate::imaging::bench::run(args),
         Some(Command::Predict(args)) => crate::predict_local::run(args),
+        Some(Command::Explain(args)) => crate::explain_local::run(args),
         Some(Command::Export(args)) => crate::export::command::run(args),
         Some(Command::Openapi) => {
             print!("{}", crate::http::openapi::document_json());

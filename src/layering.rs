@@ -22,7 +22,7 @@
 pub fn layer(module: &str) -> Option<u8> {
     Some(match module {
         "cli" => 10,
-        "server" | "predict_local" => 9,
+        "server" | "predict_local" | "explain_local" => 9,
         "http" | "telemetry" => 8,
         "app" => 7,
         "config" | "sweeps" | "models" => 6,

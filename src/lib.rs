@@ -14,6 +14,7 @@ pub mod db;
 pub mod devices;
 pub mod error;
 pub mod explain;
+pub mod explain_local;
 pub mod export;
 pub mod http;
 pub mod imaging;

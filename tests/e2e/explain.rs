@@ -102,6 +102,29 @@ async fn explanations_follow_predictions_and_refusals_name_the_problem() {
     assert_eq!(resp.headers()["content-type"], "image/png");
     image::load_from_memory(&resp.bytes().await.unwrap()).unwrap();
 
+    // `vitrine explain` on the model's directory: the same maps, as files.
+    let out = tempfile::tempdir().unwrap();
+    let dir = server.dir.path().join("models").join(&model);
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["explain", "--labels", "red,green", "--out"])
+        .arg(out.path())
+        .arg("--model")
+        .arg(&dir)
+        .arg(&fx.red_png)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(summary["method"], "attention_rollout");
+    assert_eq!(summary["labels"][1]["label"], "green");
+    for file in ["red.red.png", "red.green.png", "red.npy"] {
+        assert!(out.path().join(file).is_file(), "{file}: {summary}");
+    }
+
     // Refusals.
     let p = problem(post(&server, "/explain?method=gradcam", &png).await, 422).await;
     assert_eq!(p["code"], "method_not_supported");

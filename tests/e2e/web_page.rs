@@ -397,6 +397,18 @@ async fn the_page_uploads_trains_live_and_predicts() {
         )
         .await;
     assert_eq!(bars, 4, "one score bar per label");
+    // Explain: one overlay per top label, by the ViT's default method.
+    let explain = browser.wait_for("#explain-button", WAIT).await;
+    browser.click(&explain).await;
+    let overlays = browser
+        .wait_js(
+            "explanation overlays",
+            "const f = document.querySelectorAll('#explain-overlays figure img');
+             return f.length && [...f].every(i => i.complete && i.naturalWidth > 0) ? f.length : null;",
+            WAIT,
+        )
+        .await;
+    assert_eq!(overlays, 3, "one overlay for each of the three best labels");
     browser.screenshot("07-predict").await;
 
     // A multi-label job (submitted through the API): its page shows mAP

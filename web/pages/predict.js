@@ -1,5 +1,6 @@
 // Predict: drop or pick an image, choose a model or alias, see the ranked
-// labels with score bars.
+// labels with score bars; then explain them: a heat map over the image per
+// label, by the method picked (POST /explain).
 
 import { h, mount, shortId, errorBox } from "../dom.js";
 import { api, request } from "../api.js";
@@ -16,6 +17,13 @@ export async function render(main, route) {
       `${shortId(m.id)} · ${m.labels.length} labels${m.aliases.length ? ` · ${m.aliases.join(", ")}` : ""}`))));
   const file = h("input", { id: "predict-file", name: "image", type: "file", accept: "image/*", "aria-describedby": "predict-help predict-error" });
   const topK = h("input", { id: "predict-topk", name: "top_k", type: "number", min: 1, max: 100, value: 5 });
+  const method = h("select", { id: "explain-method", name: "method", "aria-describedby": "explain-method-help" },
+    h("option", { value: "" }, "the model's default"),
+    h("option", { value: "gradcam" }, "Grad-CAM (ConvNeXt, ResNet, Swin)"),
+    h("option", { value: "attention_rollout" }, "attention rollout (ViT, DINOv2)"),
+    h("option", { value: "integrated_gradients" }, "integrated gradients (any)"));
+  const explanations = h("section", { id: "explanations", "aria-live": "polite" });
+  let lastLabels = [];
   const preview = h("img", { id: "predict-preview", alt: "The chosen image", hidden: true });
   const err = h("div", { id: "predict-error", class: "error field-error", role: "alert", hidden: true });
   const results = h("section", { id: "predict-results", "aria-live": "polite" });
@@ -27,10 +35,13 @@ export async function render(main, route) {
       h("small", { id: "predict-model-help", class: "help" }, "Any model id or alias.")),
     drop,
     h("div", { class: "field" }, h("label", { for: "predict-topk" }, "Top k"), topK),
-    h("button", { type: "submit", class: "primary", id: "predict-button" }, "Predict"), err);
+    h("button", { type: "submit", class: "primary", id: "predict-button" }, "Predict"),
+    h("div", { class: "field" }, h("label", { for: "explain-method" }, "Explain with"), method,
+      h("small", { id: "explain-method-help", class: "help" }, "A heat map per predicted label: where the model looked.")),
+    h("button", { type: "button", id: "explain-button", onclick: () => explain() }, "Explain the top labels"), err);
   mount(main, h("h1", {}, "Predict"),
     models.length ? null : h("p", { class: "muted" }, "No model yet: train one first."),
-    h("div", { class: "grid2" }, form, h("div", { class: "card" }, preview, results)));
+    h("div", { class: "grid2" }, form, h("div", { class: "card" }, preview, results, explanations)));
 
   let previewUrl = null;
   function showPreview() {
@@ -72,6 +83,8 @@ export async function render(main, route) {
       const resp = await request(`${path}?top_k=${encodeURIComponent(topK.value || 5)}`, { method: "POST", body: fd });
       const answer = await resp.json();
       const preds = answer.predictions || [];
+      lastLabels = preds.slice(0, 3).map((p) => p.label);
+      mount(explanations);
       mount(results, h("h2", {}, "Labels"),
         h("p", { class: "muted" }, "Model ", h("a", { href: `#/models/${answer.model}`, id: "predict-model-used" }, shortId(answer.model))),
         h("ol", { class: "ranked", id: "predictions" }, preds.map((p) => h("li", { "data-label": p.label, "data-score": p.score },
@@ -79,6 +92,36 @@ export async function render(main, route) {
     } catch (e) {
       mount(results);
       err.replaceChildren(h("strong", {}, `${f.name}: `), errorBox(e).textContent);
+      err.hidden = false;
+    }
+  }
+  // Explanations of the (up to) three best labels, one overlay each.
+  async function explain() {
+    err.hidden = true;
+    const f = file.files[0];
+    if (!f || !lastLabels.length) {
+      err.textContent = "Predict an image first.";
+      err.hidden = false;
+      return;
+    }
+    const model = select.value;
+    const path = model ? `/models/${encodeURIComponent(model)}/explain` : "/explain";
+    const query = new URLSearchParams({ labels: lastLabels.join(",") });
+    if (method.value) query.set("method", method.value);
+    const fd = new FormData();
+    fd.append("image", f, f.name);
+    mount(explanations, h("p", { class: "muted" }, "Explaining…"));
+    try {
+      const answer = await (await request(`${path}?${query}`, { method: "POST", body: fd })).json();
+      mount(explanations, h("h2", {}, "Why"),
+        h("p", { class: "muted" }, `By ${answer.method.replaceAll("_", " ")}, at the model's input size (${answer.width}×${answer.height}).`),
+        h("div", { class: "overlays", id: "explain-overlays" }, answer.explanations.map((e) =>
+          h("figure", { "data-label": e.label },
+            h("img", { src: e.overlay_png, alt: `Heat map of ${e.label} over the image`, width: 160, height: 160 }),
+            h("figcaption", {}, `${e.label} (${(100 * e.score).toFixed(1)}%)`)))));
+    } catch (e) {
+      mount(explanations);
+      err.replaceChildren(h("strong", {}, "Explain: "), errorBox(e).textContent);
       err.hidden = false;
     }
   }
