@@ -114,7 +114,8 @@ export async function render(main, route) {
     try {
       const answer = await (await request(`${path}?${query}`, { method: "POST", body: fd })).json();
       mount(explanations, h("h2", {}, "Why"),
-        h("p", { class: "muted" }, `By ${answer.method.replaceAll("_", " ")}, at the model's input size (${answer.width}×${answer.height}).`),
+        h("p", { class: "muted" }, `By ${answer.method.replaceAll("_", " ")}, at the model's input size (${answer.width}×${answer.height})`,
+          answer.method === "attention_rollout" ? "; rollout follows the CLS token, so every label has the same map." : "."),
         h("div", { class: "overlays", id: "explain-overlays" }, answer.explanations.map((e) =>
           h("figure", { "data-label": e.label },
             h("img", { src: e.overlay_png, alt: `Heat map of ${e.label} over the image`, width: 160, height: 160 }),
