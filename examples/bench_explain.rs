@@ -26,6 +26,12 @@ fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
+fn model_normalisation(model: &Model) -> vitrine::imaging::Normalisation {
+    let cfg: vitrine::imaging::PreprocessorConfig =
+        serde_json::from_value(model.preprocessor_json.clone()).expect("a preprocessor config");
+    vitrine::imaging::Pipeline::from_preprocessor(&cfg, None).normalisation()
+}
+
 fn convnext_tiny() -> Model {
     let json = serde_json::json!({"model_type": "convnext", "hidden_sizes": [96, 192, 384, 768],
         "depths": [3, 3, 9, 3], "image_size": 224, "patch_size": 4});
@@ -45,19 +51,31 @@ fn main() {
     // The backbone is real; its new head (10 labels) is random.
     let labels: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
     let models = [
-        ("dinov2-small", load_pretrained(std::path::Path::new(dinov2), Device::Cpu, Some(&labels)).unwrap()),
+        (
+            "dinov2-small",
+            load_pretrained(std::path::Path::new(dinov2), Device::Cpu, Some(&labels)).unwrap(),
+        ),
         ("convnext-tiny (random)", convnext_tiny()),
     ];
     for (name, mut model) in models {
         model.vs.freeze();
         let net = model.net.as_ref();
+        let path = explain::PathOptions {
+            steps,
+            baseline: explain::integrated::Baseline::Mean,
+            normalisation: model_normalisation(&model),
+        };
         let forward = median_ms(5, || {
-            tch::no_grad(|| net.forward_t(&x, false));
+            let _ = tch::no_grad(|| net.forward_t(&x, false));
         });
         for method in Method::for_family(model.config.model_type()) {
-            let runs = if method == Method::IntegratedGradients { 1 } else { 5 };
+            let runs = if method == Method::IntegratedGradients {
+                1
+            } else {
+                5
+            };
             let ms = median_ms(runs, || {
-                explain::explain(net, &x, method, &[0], steps).unwrap();
+                explain::explain(net, &x, method, &[0], &path).unwrap();
             });
             println!(
                 "{}",

@@ -33,6 +33,9 @@ pub struct ExplainArgs {
     /// Integrated gradients' path points.
     #[arg(long, default_value_t = crate::serve::explain::DEFAULT_STEPS)]
     pub steps: usize,
+    /// Integrated gradients' baseline: `mean`, `black` or `white`.
+    #[arg(long, default_value = "mean")]
+    pub baseline: String,
     /// Where the overlays (`IMAGE.LABEL.png`) and maps (`IMAGE.npy`) go.
     #[arg(long, default_value = ".")]
     pub out: PathBuf,
@@ -91,6 +94,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
         labels: args.labels.clone(),
         top_k: Some(args.top_k),
         steps: Some(args.steps),
+        baseline: Some(args.baseline.clone()),
     };
     let cx = PredictContext {
         budget: &DecodeBudget::new(u64::MAX),

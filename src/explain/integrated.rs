@@ -1,5 +1,6 @@
-//! Integrated gradients (Sundararajan et al., 2017) from a black baseline
-//! (zeros in the model's normalised input): the gradient of the label's
+//! Integrated gradients (Sundararajan et al., 2017) from a baseline image
+//! ([`Baseline`]; by default zeros in the model's normalised input, the
+//! dataset's mean colour, as `captum` defaults to): the gradient of the label's
 //! logit is averaged along the straight path from the baseline to the
 //! image with the trapezoid rule over `steps` points, and multiplied by
 //! `input - baseline`, as `captum`'s `IntegratedGradients` does with
@@ -9,7 +10,66 @@
 use tch::{Kind, Tensor};
 
 use super::Completeness;
+use crate::imaging::Normalisation;
 use crate::model::ImageClassifier;
+
+/// Where the path from the baseline to the image starts.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Baseline {
+    /// Zeros of the normalised input: the normalisation's mean colour
+    /// (`captum`'s default).
+    #[default]
+    Mean,
+    /// Pixel value 0 in every channel.
+    Black,
+    /// Pixel value 255 in every channel.
+    White,
+}
+
+impl Baseline {
+    pub const ALL: [Baseline; 3] = [Baseline::Mean, Baseline::Black, Baseline::White];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Baseline::Mean => "mean",
+            Baseline::Black => "black",
+            Baseline::White => "white",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// The baseline `[C, H, W]` shaped like `x`, normalised as the model's
+    /// input is.
+    pub fn tensor(self, x: &Tensor, norm: &Normalisation) -> Tensor {
+        let value = match self {
+            Baseline::Mean => return x.zeros_like(),
+            Baseline::Black => 0.0,
+            Baseline::White => 255.0,
+        };
+        let channels: Vec<f32> = (0..3)
+            .map(|c| (value * norm.scale - norm.mean[c]) / norm.std[c])
+            .collect();
+        Tensor::from_slice(&channels)
+            .to_device(x.device())
+            .view([3, 1, 1])
+            .expand_as(x)
+            .contiguous()
+    }
+}
 
 /// Path points whose gradients are computed in one pass.
 const CHUNK: i64 = 16;
@@ -43,15 +103,17 @@ pub fn trapezoid(steps: usize) -> (Vec<f64>, Vec<f64>) {
     (alphas, weights)
 }
 
-/// Integrated gradients of logit `target` at `pixels` (`[1, C, H, W]`).
+/// Integrated gradients of logit `target` at `pixels` (`[1, C, H, W]`)
+/// from `baseline` (`[C, H, W]`).
 pub fn integrated_gradients(
     net: &dyn ImageClassifier,
     pixels: &Tensor,
     target: i64,
     steps: usize,
+    baseline: &Tensor,
 ) -> Attribution {
     let x = pixels.to_kind(Kind::Float).select(0, 0);
-    let baseline = x.zeros_like();
+    let baseline = baseline.to_kind(Kind::Float).to_device(x.device());
     let (alphas, weights) = trapezoid(steps);
     let mut total = x.zeros_like();
     for (a, w) in alphas

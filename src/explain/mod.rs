@@ -78,6 +78,16 @@ pub struct Completeness {
     pub score_difference: f64,
 }
 
+/// Integrated gradients' settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PathOptions {
+    /// Points on the path (at least 2).
+    pub steps: usize,
+    pub baseline: integrated::Baseline,
+    /// The model's input normalisation, to make the baseline image.
+    pub normalisation: crate::imaging::Normalisation,
+}
+
 /// One heat map per target label, `[H, W]` in `[0, 1]`.
 pub struct Maps {
     pub maps: Vec<Tensor>,
@@ -86,14 +96,14 @@ pub struct Maps {
 }
 
 /// Explains `pixels` (`[1, C, H, W]`, preprocessed) for each label index
-/// in `targets`. `steps` is integrated gradients' number of points. `None`
+/// in `targets`; `path` says how integrated gradients run. `None`
 /// when the network cannot do `method` (see [`Method::for_family`]).
 pub fn explain(
     net: &dyn ImageClassifier,
     pixels: &Tensor,
     method: Method,
     targets: &[i64],
-    steps: usize,
+    path: &PathOptions,
 ) -> Option<Maps> {
     let (h, w) = spatial(pixels);
     match method {
@@ -113,8 +123,11 @@ pub fn explain(
                 maps: Vec::new(),
                 completeness: Vec::new(),
             };
+            let baseline = path
+                .baseline
+                .tensor(&pixels.select(0, 0), &path.normalisation);
             for &t in targets {
-                let ig = integrated::integrated_gradients(net, pixels, t, steps);
+                let ig = integrated::integrated_gradients(net, pixels, t, path.steps, &baseline);
                 out.maps.push(integrated::heat_map(&ig.attributions));
                 out.completeness.push(ig.completeness);
             }

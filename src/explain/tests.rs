@@ -5,8 +5,24 @@
 
 use tch::{Device, Kind, Tensor};
 
+use super::integrated::Baseline;
 use super::*;
+use crate::imaging::Normalisation;
 use crate::model::{Model, ModelConfig};
+
+const IMAGENET: Normalisation = Normalisation {
+    scale: 1.0 / 255.0,
+    mean: [0.485, 0.456, 0.406],
+    std: [0.229, 0.224, 0.225],
+};
+
+fn path(steps: usize) -> PathOptions {
+    PathOptions {
+        steps,
+        baseline: Baseline::Mean,
+        normalisation: IMAGENET,
+    }
+}
 
 fn tiny() -> Vec<Model> {
     let configs = [
@@ -40,7 +56,7 @@ fn each_family_explains_with_its_methods_only() {
         let family = model.config.model_type();
         let can = Method::for_family(family);
         for method in Method::ALL {
-            let out = explain(model.net.as_ref(), &x, method, &[0, 2], 8);
+            let out = explain(model.net.as_ref(), &x, method, &[0, 2], &path(8));
             assert_eq!(out.is_some(), can.contains(&method), "{family} {method:?}");
             let Some(out) = out else { continue };
             assert_eq!(out.maps.len(), 2);
@@ -71,7 +87,8 @@ fn integrated_gradients_add_up_to_the_score_difference() {
                 }
             }
         });
-        let ig = integrated::integrated_gradients(model.net.as_ref(), &x, 1, 256);
+        let zeros = x.select(0, 0).zeros_like();
+        let ig = integrated::integrated_gradients(model.net.as_ref(), &x, 1, 256, &zeros);
         let c = ig.completeness;
         let gap = (c.attribution_sum - c.score_difference).abs();
         assert!(
@@ -98,7 +115,7 @@ fn rollout_of_uniform_attention_is_flat() {
     tch::no_grad(|| {
         for (name, mut var) in model.vs.variables() {
             if name.contains(".query.") || name.contains(".key.") {
-                var.zero_();
+                let _ = var.zero_();
             }
         }
     });
@@ -107,4 +124,15 @@ fn rollout_of_uniform_attention_is_flat() {
     assert_eq!(map.size(), [4, 4]);
     let spread = (map.max() - map.min()).double_value(&[]);
     assert!(spread < 1e-6, "{map}");
+}
+
+#[test]
+fn baselines_are_the_normalised_mean_black_and_white() {
+    let x = Tensor::randn([3, 4, 4], (Kind::Float, Device::Cpu));
+    let at = |b: Baseline, c: i64| b.tensor(&x, &IMAGENET).double_value(&[c, 1, 2]);
+    assert_eq!(at(Baseline::Mean, 0), 0.0);
+    assert!((at(Baseline::Black, 0) - (-0.485 / 0.229)).abs() < 1e-6);
+    assert!((at(Baseline::White, 2) - ((1.0 - 0.406) / 0.225)).abs() < 1e-6);
+    assert_eq!(Baseline::parse("black"), Some(Baseline::Black));
+    assert_eq!(Baseline::parse("grey"), None);
 }

@@ -41,6 +41,9 @@ pub struct ExplainQuery {
     /// Integrated gradients' path points (default 128, at most
     /// `--explain-max-steps`).
     pub steps: Option<usize>,
+    /// Integrated gradients' starting image: `mean` (zeros after
+    /// normalisation, the default, as `captum`), `black` or `white`.
+    pub baseline: Option<String>,
     /// `json` (default: grids and PNG overlays), `npy` (the maps as one
     /// `[labels, H, W]` float32 array) or `png` (the first label's overlay).
     pub format: Option<String>,
@@ -55,6 +58,13 @@ pub struct ExplainResponse {
     /// The maps' size: the model's input, the image as it saw it.
     pub width: i64,
     pub height: i64,
+    /// The uploaded image's `[width, height]`.
+    pub image_size: [u32; 2],
+    /// Where the maps lie on the uploaded image, in its pixels: `[left,
+    /// top, width, height]` of the model's (resized, centre-cropped)
+    /// input; scale a map to `width` x `height` and place it at `left`,
+    /// `top` to lay it on the original.
+    pub image_window: [f64; 4],
     pub explanations: Vec<LabelExplanation>,
 }
 
@@ -93,7 +103,7 @@ pub struct CompletenessView {
         (status = 413, body = crate::error::Problem),
         (status = 422, body = crate::error::Problem, description = "`unknown_method`, \
             `method_not_supported` (naming those the model can do), `unknown_label`, \
-            `invalid_steps`, `one_image` or `undecodable_image`"),
+            `invalid_steps`, `unknown_baseline`, `one_image` or `undecodable_image`"),
         (status = 429, body = crate::error::Problem, description = "The explanation queue is full; see Retry-After")),
     security(("bearer" = [])))]
 pub async fn explain_default(
@@ -149,6 +159,7 @@ async fn explain(
             .collect(),
         top_k: q.top_k,
         steps: q.steps,
+        baseline: q.baseline,
     };
     let cx = PredictContext {
         budget: &state.decode_budget,
@@ -220,6 +231,8 @@ fn view(e: &Explained) -> ExplainResponse {
         method: e.method,
         width: e.width,
         height: e.height,
+        image_size: e.image_size,
+        image_window: e.image_window,
         explanations: e
             .labels
             .iter()

@@ -413,6 +413,26 @@ impl Pipeline {
         }
     }
 
+    /// Where the model's input lies on a `width` x `height` image, in that
+    /// image's pixels: `[left, top, width, height]` of the (resized, then
+    /// centre-cropped) window; it reaches outside the image where the crop
+    /// pads. Explanations place their maps with it.
+    pub fn input_window(&self, width: u32, height: u32) -> [f64; 4] {
+        let (w, h) = self.resized_size(width, height);
+        let (sx, sy) = (
+            f64::from(width) / f64::from(w.max(1)),
+            f64::from(height) / f64::from(h.max(1)),
+        );
+        match self.crop {
+            None => [0.0, 0.0, f64::from(width), f64::from(height)],
+            Some((ch, cw)) => {
+                let left = (i64::from(w) - i64::from(cw)).div_euclid(2) as f64;
+                let top = (i64::from(h) - i64::from(ch)).div_euclid(2) as f64;
+                [left * sx, top * sy, f64::from(cw) * sx, f64::from(ch) * sy]
+            }
+        }
+    }
+
     /// Evaluation geometry: the resized image and where to read the output.
     fn eval_geometry(&self, img: &RgbImage) -> Result<(RgbImage, Window), ImageError> {
         let (w, h) = self.resized_size(img.width(), img.height());
@@ -1009,6 +1029,28 @@ mod tests {
         assert!(b
             .iter()
             .all(|x| (x - (128.0 / 255.0 - 0.5) / 0.5).abs() < 1e-6));
+    }
+
+    #[test]
+    fn the_input_window_maps_the_crop_back_onto_the_image() {
+        let cfg: PreprocessorConfig = serde_json::from_str(
+            r#"{"size":{"shortest_edge":256},"do_center_crop":true,"crop_size":{"height":224,"width":224}}"#,
+        )
+        .unwrap();
+        let p = Pipeline::from_preprocessor(&cfg, None);
+        // 640x480 -> 341x256 -> the centre 224x224, scaled back by 480/256.
+        let [l, t, w, h] = p.input_window(640, 480);
+        let s = 480.0 / 256.0;
+        assert!((l - 58.0 * 640.0 / 341.0).abs() < 1e-9, "{l}");
+        assert!(
+            (t - 16.0 * s).abs() < 1e-9 && (h - 224.0 * s).abs() < 1e-9,
+            "{t} {h}"
+        );
+        assert!((w - 224.0 * 640.0 / 341.0).abs() < 1e-9, "{w}");
+        let exact: PreprocessorConfig =
+            serde_json::from_str(r#"{"size":{"height":224,"width":224}}"#).unwrap();
+        let p = Pipeline::from_preprocessor(&exact, None);
+        assert_eq!(p.input_window(640, 480), [0.0, 0.0, 640.0, 480.0]);
     }
 
     #[test]

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{AppError, AppResult};
+use crate::explain::integrated::Baseline;
 use crate::explain::render;
-use crate::explain::{self, Completeness, Method};
+use crate::explain::{self, Completeness, Method, PathOptions};
 use crate::imaging::Normalisation;
 use crate::model::Model;
 use crate::serve::predict::{
@@ -52,6 +53,8 @@ pub struct ExplainRequest<'a> {
     pub labels: Vec<String>,
     pub top_k: Option<usize>,
     pub steps: Option<usize>,
+    /// Integrated gradients' baseline: `mean` (default), `black`, `white`.
+    pub baseline: Option<String>,
 }
 
 /// One label's heat map.
@@ -72,6 +75,11 @@ pub struct Explained {
     pub height: i64,
     pub width: i64,
     pub labels: Vec<LabelMap>,
+    /// Where the maps lie on the uploaded image, in its pixels:
+    /// `[left, top, width, height]` (see [`crate::imaging::Pipeline::input_window`]).
+    pub image_window: [f64; 4],
+    /// The uploaded image's `[width, height]`.
+    pub image_size: [u32; 2],
     /// The image as the model saw it `[1, 3, H, W]`, for overlays.
     pixels: Tensor,
     normalisation: Normalisation,
@@ -102,7 +110,7 @@ struct Task {
     pixels: Tensor,
     method: Option<Method>,
     targets: Targets,
-    steps: usize,
+    path: PathOptions,
     reply: tokio::sync::oneshot::Sender<Result<Done, Failure>>,
 }
 
@@ -151,7 +159,9 @@ impl Explainer {
     ) -> AppResult<Explained> {
         let method = parse_method(req.method.as_deref())?;
         let steps = self.check_steps(req.steps)?;
+        let baseline = parse_baseline(req.baseline.as_deref())?;
         let headers = checked_one_image(&req.images, &cx)?;
+        let image_size = [headers[0].width, headers[0].height];
         let model = inference.resolve(req.model).await?;
         let targets = targets(&model.labels, &req.labels, req.top_k)?;
         let plan = DecodePlan::new(&headers, &model.pipeline, cx.budget.total());
@@ -170,7 +180,11 @@ impl Explainer {
             pixels: pixels.shallow_clone(),
             method,
             targets,
-            steps,
+            path: PathOptions {
+                steps,
+                baseline,
+                normalisation: model.pipeline.normalisation(),
+            },
             reply,
         })?;
         let done = match rx.await {
@@ -202,6 +216,8 @@ impl Explainer {
             height,
             width,
             labels,
+            image_window: model.pipeline.input_window(image_size[0], image_size[1]),
+            image_size,
             pixels,
             normalisation: model.pipeline.normalisation(),
         })
@@ -259,6 +275,22 @@ fn parse_method(name: Option<&str>) -> AppResult<Option<Method>> {
             "unknown_method",
             format!(
                 "unknown method `{name}`; the methods are {}",
+                all.join(", ")
+            ),
+        )
+    })
+}
+
+fn parse_baseline(name: Option<&str>) -> AppResult<Baseline> {
+    let Some(name) = name else {
+        return Ok(Baseline::default());
+    };
+    Baseline::parse(name).ok_or_else(|| {
+        let all: Vec<&str> = Baseline::ALL.iter().map(|b| b.name()).collect();
+        AppError::unprocessable(
+            "unknown_baseline",
+            format!(
+                "unknown baseline `{name}`; the baselines are {}",
                 all.join(", ")
             ),
         )
@@ -383,7 +415,7 @@ fn explain_task(
             Vec::try_from(idx).unwrap_or_default()
         }
     };
-    let maps = explain::explain(model.net.as_ref(), &pixels, method, &targets, task.steps)
+    let maps = explain::explain(model.net.as_ref(), &pixels, method, &targets, &task.path)
         .ok_or_else(|| Failure::Unsupported(family, can.clone()))?;
     let maps = explain::Maps {
         maps: maps.maps.iter().map(|m| m.to_device(Device::Cpu)).collect(),

@@ -43,6 +43,11 @@ async fn explanations_follow_predictions_and_refusals_name_the_problem() {
     assert_eq!(e["model"], model.as_str());
     assert_eq!(e["method"], "attention_rollout");
     let (w, h) = (e["width"].as_u64().unwrap(), e["height"].as_u64().unwrap());
+    // The fixture's preprocessing resizes to the model's size, no crop:
+    // the maps cover the whole image.
+    let size = e["image_size"].clone();
+    let (iw, ih) = (size[0].as_f64().unwrap(), size[1].as_f64().unwrap());
+    assert_eq!(e["image_window"], json!([0.0, 0.0, iw, ih]), "{size}");
     let first = &e["explanations"][0];
     assert_eq!(first["label"], top["label"]);
     assert!((first["score"].as_f64().unwrap() - top["score"].as_f64().unwrap()).abs() < 1e-5);
@@ -73,7 +78,7 @@ async fn explanations_follow_predictions_and_refusals_name_the_problem() {
     // Named labels, integrated gradients, as .npy: [2, H, W] float32.
     let labels = ["red", "green"];
     let path = format!(
-        "/models/{model}/explain?method=integrated_gradients&steps=8&format=npy&labels={}",
+        "/models/{model}/explain?method=integrated_gradients&steps=8&baseline=black&format=npy&labels={}",
         labels.join(",")
     );
     let resp = post(&server, &path, &png).await;
@@ -152,6 +157,17 @@ async fn explanations_follow_predictions_and_refusals_name_the_problem() {
         .as_str()
         .unwrap()
         .contains("--explain-max-steps"));
+    let p = problem(
+        post(
+            &server,
+            "/explain?method=integrated_gradients&baseline=grey",
+            &png,
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_eq!(p["code"], "unknown_baseline");
     let p = problem(post(&server, "/explain?format=gif", &png).await, 400).await;
     assert_eq!(p["code"], "invalid_query");
     let b64 = base64::engine::general_purpose::STANDARD.encode(&png);

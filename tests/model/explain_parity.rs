@@ -50,7 +50,14 @@ fn attention_rollout_equals_a_python_rollout() {
 fn integrated_gradients_equal_captum() {
     for name in ["vit", "dinov2_reg", "swin", "convnext", "resnet"] {
         let (model, io) = load(name);
-        let ig = integrated::integrated_gradients(model.net.as_ref(), &io["pixel_values"], 1, 16);
+        let x = &io["pixel_values"];
+        let ig = integrated::integrated_gradients(
+            model.net.as_ref(),
+            x,
+            1,
+            16,
+            &x.select(0, 0).zeros_like(),
+        );
         assert_close_tol(
             &format!("{name} integrated gradients"),
             &ig.attributions.unsqueeze(0),
