@@ -8,6 +8,7 @@
 
 pub mod amp;
 mod batches;
+pub mod calibration;
 mod checkpoint;
 pub mod config;
 mod data;
