@@ -34,9 +34,10 @@ use crate::error::{AppError, AppResult, ErrorKind};
 use crate::imaging::decode::{header, Header};
 use crate::imaging::{ImageError, Pipeline};
 use crate::serve::engine::ArrivalTicket;
-use crate::serve::output::{self, ImageResult, OutputOptions};
+use crate::serve::output::{self, ImageResult, OutputOptions, ScoreCalibration};
 use crate::serve::thumbnails::blocking;
 use crate::serve::{registry, Inference, ModelInfo};
+use crate::train::calibrate::scaled;
 
 /// An uploaded image and the name errors call it by.
 pub struct Upload {
@@ -91,6 +92,8 @@ pub struct Predicted {
     pub model: String,
     pub results: Vec<ImageResult>,
     pub logits: Tensor,
+    /// Whether the scores are calibrated, and if not, why.
+    pub calibration: ScoreCalibration,
 }
 
 /// What a request is held to: its caps, and the decoding memory it draws
@@ -211,18 +214,33 @@ struct Decoded {
     ticket: ArrivalTicket,
 }
 
+/// Ranked or thresholded labels: calibrated scores (and the thresholds
+/// tuned on them) unless the client asked for raw ones or the model has
+/// no calibration; raw scores with the thresholds on raw scores.
 fn answer(model: &ModelInfo, logits: Tensor, options: &OutputOptions) -> Predicted {
-    let results = output::format(
-        &logits,
-        model.task,
-        &model.labels,
-        model.thresholds.as_deref(),
-        options,
-    );
+    let (scores_of, thresholds, calibration) = match model.calibration() {
+        Some(c) if !options.raw => (
+            scaled(&logits, &c.temperatures),
+            c.thresholds.as_deref(),
+            ScoreCalibration::Temperature,
+        ),
+        Some(_) => (
+            logits.shallow_clone(),
+            model.thresholds.as_deref(),
+            ScoreCalibration::Off,
+        ),
+        None => (
+            logits.shallow_clone(),
+            model.thresholds.as_deref(),
+            ScoreCalibration::None,
+        ),
+    };
+    let results = output::format(&scores_of, model.task, &model.labels, thresholds, options);
     Predicted {
         model: model.id.clone(),
         results,
         logits,
+        calibration,
     }
 }
 

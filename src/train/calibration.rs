@@ -11,8 +11,9 @@
 //! The fit: with `b = 1/T`, the NLL of `b * z` is convex in `b` (its second
 //! derivative is a variance), so its derivative is monotone and bisection
 //! on `log b` finds the minimum to machine precision with no step size to
-//! tune. `T` is kept within [`T_RANGE`]: a validation split a model
-//! separates perfectly drives the NLL's minimum to `T -> 0`.
+//! tune. `T` is kept within [`T_RANGE`]; a validation split the model
+//! separates perfectly drives the NLL's minimum to `T -> 0`, and then `T`
+//! stays 1 (no evidence to sharpen on).
 //!
 //! The measures follow `torchmetrics`' `calibration_error` (`norm="l1"`)
 //! exactly, so the numbers can be checked against it: 15 equal-width bins
@@ -36,6 +37,32 @@ pub const T_RANGE: (f64, f64) = (0.05, 20.0);
 pub struct Split<'a> {
     pub logits: &'a [Vec<f64>],
     pub targets: &'a [Vec<usize>],
+}
+
+/// A model's calibration, in its card.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Calibration {
+    pub method: Method,
+    /// One temperature (multi-class) or one per label (multi-label): the
+    /// served scores are `softmax(z / T)` or `sigmoid(z_c / T_c)`.
+    pub temperatures: Vec<f64>,
+    /// Multi-label decision thresholds on the calibrated scores, tuned on
+    /// them (the card's `thresholds` are the same decisions on raw scores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<Vec<f64>>,
+    /// Before and after on the validation split (where it was fitted).
+    pub validation: Comparison,
+    /// Before and after on the test split, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<Comparison>,
+}
+
+/// How scores are calibrated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Logits divided by a temperature fitted by minimising the NLL.
+    Temperature,
 }
 
 /// What calibration did to one split.
@@ -93,8 +120,11 @@ fn fit_one(slope: impl Fn(f64) -> f64) -> f64 {
     if slope(lo.exp()) >= 0.0 {
         return T_RANGE.1;
     }
+    // Still falling at the smallest temperature: the split is (all but)
+    // perfectly separated and gives no evidence for any finite one, so the
+    // scores stay as they are rather than be sharpened to 0 and 1.
     if slope(hi.exp()) <= 0.0 {
-        return T_RANGE.0;
+        return 1.0;
     }
     for _ in 0..200 {
         let mid = 0.5 * (lo + hi);
@@ -465,7 +495,7 @@ mod tests {
     }
 
     #[test]
-    fn a_perfectly_separated_split_stays_within_the_range() {
+    fn a_perfectly_separated_split_keeps_its_scores() {
         let logits = vec![vec![5.0, -5.0], vec![-5.0, 5.0]];
         let targets = vec![vec![0], vec![1]];
         let t = fit(
@@ -475,6 +505,6 @@ mod tests {
                 targets: &targets,
             },
         );
-        assert_eq!(t, vec![T_RANGE.0]);
+        assert_eq!(t, vec![1.0]);
     }
 }

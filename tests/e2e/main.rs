@@ -13,6 +13,7 @@ mod common;
 
 mod artifacts;
 mod backbones;
+mod calibration;
 mod cluster;
 mod crash;
 mod deploy_manifests;
