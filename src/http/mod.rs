@@ -20,6 +20,7 @@ mod browser;
 pub mod connections;
 pub mod dataset_images;
 pub mod datasets;
+mod embed;
 pub mod extract;
 mod health;
 mod jobs;
@@ -57,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sweeps::router(&state))
         .merge(models::router())
         .merge(predict::router(&state))
+        .merge(embed::router(&state))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -163,7 +163,7 @@ async fn predict(
     }))
 }
 
-fn request_caps(config: &crate::config::ServeConfig) -> RequestCaps {
+pub(super) fn request_caps(config: &crate::config::ServeConfig) -> RequestCaps {
     RequestCaps {
         max_images: config.max_images_per_request,
         max_request_pixels: config.max_request_pixels,
@@ -200,7 +200,7 @@ async fn read_images(
 
 /// Multipart `image` parts, refused at the first one over the count (the
 /// rest of the body is read and dropped, so the client sees the refusal).
-async fn read_parts(
+pub(super) async fn read_parts(
     state: &AppState,
     limit: &BodyLimit,
     caps: &RequestCaps,
@@ -267,8 +267,13 @@ async fn read_json(
     opts.threshold = body.threshold.or(opts.threshold);
     opts.all_scores = body.all_scores.or(opts.all_scores);
     opts.calibrated = body.calibrated.or(opts.calibrated);
-    check_count(body.images.len(), caps)?;
-    body.images
+    base64_images(&body.images, caps)
+}
+
+/// Base64 images (bare or as `data:` URLs), refused beyond the count.
+pub(super) fn base64_images(images: &[String], caps: &RequestCaps) -> AppResult<Vec<Upload>> {
+    check_count(images.len(), caps)?;
+    images
         .iter()
         .enumerate()
         .map(|(i, b64)| {
@@ -285,7 +290,7 @@ async fn read_json(
 }
 
 /// One raw image as the body.
-async fn read_raw(
+pub(super) async fn read_raw(
     state: &AppState,
     limit: &BodyLimit,
     content_type: &str,
@@ -314,13 +319,13 @@ const IMAGE_PARTS: &[&str] = &["image", "images", "file"];
 
 /// Content types under which a raw body is still an image if its bytes say
 /// so: none, generic binary, and what `curl --data-binary` sends by default.
-const SNIFFED: &[&str] = &[
+pub(super) const SNIFFED: &[&str] = &[
     "",
     "application/octet-stream",
     "application/x-www-form-urlencoded",
 ];
 
-fn unsupported(content_type: &str) -> AppError {
+pub(super) fn unsupported(content_type: &str) -> AppError {
     AppError::unsupported_media_type(format!(
         "Content-Type `{content_type}` is not accepted: use multipart/form-data, image/* \
              (e.g. curl -H 'Content-Type: image/jpeg' --data-binary @cat.jpg), or application/json"

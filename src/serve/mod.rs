@@ -5,6 +5,7 @@
 //! answer) for `/predict` and `vitrine predict` alike; `thumbnails` the web
 //! page's dataset previews.
 
+pub mod embed;
 pub mod engine;
 pub mod output;
 pub mod predict;
@@ -113,6 +114,7 @@ impl Inference {
         model_dir: std::path::PathBuf,
         pixels: Tensor,
         arrival: Option<ArrivalTicket>,
+        output: engine::Output,
     ) -> AppResult<Tensor> {
         let loads: Vec<EngineLoad> = self
             .engines
@@ -133,6 +135,7 @@ impl Inference {
             pixels,
             reply,
             arrival,
+            output,
         };
         match engine.submit(job) {
             Ok(()) => {}
@@ -295,7 +298,13 @@ CUDA kernel errors might be asynchronously reported",
         let missing = std::path::PathBuf::from("/nonexistent/model");
         // Both idle: the GPU engine gets it, and fails for good.
         let err = inference
-            .infer("m".into(), missing.clone(), pixels(), None)
+            .infer(
+                "m".into(),
+                missing.clone(),
+                pixels(),
+                None,
+                Default::default(),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -311,7 +320,13 @@ CUDA kernel errors might be asynchronously reported",
         // directory does not exist: an ordinary, internal failure).
         for _ in 0..2 {
             let err = inference
-                .infer("m".into(), missing.clone(), pixels(), None)
+                .infer(
+                    "m".into(),
+                    missing.clone(),
+                    pixels(),
+                    None,
+                    Default::default(),
+                )
                 .await
                 .unwrap_err();
             assert!(
@@ -323,7 +338,7 @@ CUDA kernel errors might be asynchronously reported",
         // With the CPU out too, nothing can answer.
         health.report_fatal("cpu", "CUDA error: misaligned address");
         let err = inference
-            .infer("m".into(), missing, pixels(), None)
+            .infer("m".into(), missing, pixels(), None, Default::default())
             .await
             .unwrap_err();
         assert!(

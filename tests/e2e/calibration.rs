@@ -96,7 +96,7 @@ async fn calibrated_scores_are_reported_and_served_raw_on_request_or_without_cal
     let view = server.get_json(&format!("/models/{id}")).await;
     let card = &view["metrics"];
     let cal = &card["calibration"];
-    check_card(&cal, 1, card["dataset"]["validation"].as_u64().unwrap());
+    check_card(cal, 1, card["dataset"]["validation"].as_u64().unwrap());
     let t = cal["temperatures"][0].as_f64().unwrap();
     let dir = server.dir.path().join("models").join(&id);
     let reference = hf_scores(&dir, &fx.red_png);
@@ -147,11 +147,7 @@ async fn calibrated_scores_are_reported_and_served_raw_on_request_or_without_cal
     let card = &view["metrics"];
     let labels = view["labels"].as_array().unwrap().len();
     let cal = &card["calibration"];
-    check_card(
-        &cal,
-        labels,
-        card["dataset"]["validation"].as_u64().unwrap(),
-    );
+    check_card(cal, labels, card["dataset"]["validation"].as_u64().unwrap());
     let temps: Vec<f64> = serde_json::from_value(cal["temperatures"].clone()).unwrap();
     println!("multi-label temperatures {temps:?}");
     let tuned: Vec<f64> = serde_json::from_value(cal["thresholds"].clone()).unwrap();

@@ -17,6 +17,7 @@ mod calibration;
 mod cluster;
 mod crash;
 mod deploy_manifests;
+mod embed;
 mod hostile_browser;
 mod hostile_decode;
 mod hostile_http;
