@@ -13,7 +13,7 @@ use crate::budget::DecodeBudget;
 use crate::devices::DeviceHealth;
 use crate::error::AppResult;
 use crate::serve::engine::{EngineConfig, PredictPrecision};
-use crate::serve::output::{ImageResult, OutputOptions};
+use crate::serve::output::{ImageResult, OutputOptions, ScoreCalibration};
 use crate::serve::predict::{
     ModelSource, PredictContext, PredictRequest, Predicted, RequestCaps, Upload,
 };
@@ -34,6 +34,10 @@ pub struct PredictArgs {
     /// Also print the raw logits.
     #[arg(long)]
     pub logits: bool,
+    /// Raw scores even when the model is calibrated (a model vitrine
+    /// trained serves temperature-scaled scores by default).
+    #[arg(long)]
+    pub uncalibrated: bool,
     /// `cpu` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -45,6 +49,8 @@ pub struct PredictArgs {
 #[derive(Serialize)]
 struct Answer {
     model: String,
+    /// `temperature`, `off` (`--uncalibrated`) or `none` (no calibration).
+    calibration: ScoreCalibration,
     results: Vec<FileResult>,
 }
 
@@ -111,6 +117,7 @@ async fn predict(
             top_k: Some(args.top_k),
             threshold: args.threshold,
             all_scores: false,
+            raw: args.uncalibrated,
         },
     };
     inference.predict(cx, request).await
@@ -118,10 +125,14 @@ async fn predict(
 
 fn answer(args: &PredictArgs, predicted: Predicted) -> Answer {
     let Predicted {
-        results, logits, ..
+        results,
+        logits,
+        calibration,
+        ..
     } = predicted;
     Answer {
         model: args.model.clone(),
+        calibration,
         results: results
             .into_iter()
             .zip(&args.images)

@@ -21,6 +21,7 @@ pub mod connections;
 pub mod dataset_images;
 pub mod datasets;
 mod explain;
+mod embed;
 pub mod extract;
 mod health;
 mod jobs;
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .merge(models::router())
         .merge(predict::router(&state))
         .merge(explain::router(&state))
+        .merge(embed::router(&state))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

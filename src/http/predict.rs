@@ -15,7 +15,7 @@ use super::multipart::BodyLimit;
 use crate::app::AppState;
 use crate::error::{AppError, AppResult};
 use crate::imaging::decode::sniff_format;
-use crate::serve::output::{self, ImageResult, OutputOptions};
+use crate::serve::output::{self, ImageResult, OutputOptions, ScoreCalibration};
 use crate::serve::predict::{
     check_count, ModelSource, PredictContext, PredictRequest, Predicted, RequestCaps, Upload,
 };
@@ -39,6 +39,10 @@ pub struct PredictOptions {
     pub threshold: Option<f64>,
     /// Also return every label's score.
     pub all_scores: Option<bool>,
+    /// Calibrated scores (default true); `false` gives the model's raw
+    /// softmax or sigmoid. A model without calibration always gives raw
+    /// scores, and the answer's `calibration` says so.
+    pub calibrated: Option<bool>,
 }
 
 /// `{"images": ["<base64>", …]}` plus options.
@@ -49,6 +53,7 @@ pub struct PredictJson {
     pub top_k: Option<usize>,
     pub threshold: Option<f64>,
     pub all_scores: Option<bool>,
+    pub calibrated: Option<bool>,
 }
 
 /// The answer.
@@ -60,6 +65,12 @@ pub struct PredictResponse {
     pub predictions: Vec<output::Prediction>,
     /// One entry per image, in request order.
     pub results: Vec<ImageResult>,
+    /// Whether the scores are calibrated (temperature scaling fitted on
+    /// the validation split).
+    pub calibrated: bool,
+    /// `temperature`: calibrated; `off`: raw, as asked; `none`: raw, the
+    /// model has no calibration (imported, or trained before it existed).
+    pub calibration: ScoreCalibration,
 }
 
 /// Classify images with the default model: the `production` alias, else
@@ -134,13 +145,21 @@ async fn predict(
             top_k: opts.top_k,
             threshold: opts.threshold,
             all_scores: opts.all_scores.unwrap_or(false),
+            raw: !opts.calibrated.unwrap_or(true),
         },
     };
-    let Predicted { model, results, .. } = state.inference.predict(cx, request).await?;
+    let Predicted {
+        model,
+        results,
+        calibration,
+        ..
+    } = state.inference.predict(cx, request).await?;
     Ok(Json(PredictResponse {
         model,
         predictions: results[0].predictions.clone(),
         results,
+        calibrated: calibration == ScoreCalibration::Temperature,
+        calibration,
     }))
 }
 
@@ -181,7 +200,7 @@ pub(super) async fn read_images(
 
 /// Multipart `image` parts, refused at the first one over the count (the
 /// rest of the body is read and dropped, so the client sees the refusal).
-async fn read_parts(
+pub(super) async fn read_parts(
     state: &AppState,
     limit: &BodyLimit,
     caps: &RequestCaps,
@@ -247,8 +266,14 @@ async fn read_json(
     opts.top_k = body.top_k.or(opts.top_k);
     opts.threshold = body.threshold.or(opts.threshold);
     opts.all_scores = body.all_scores.or(opts.all_scores);
-    check_count(body.images.len(), caps)?;
-    body.images
+    opts.calibrated = body.calibrated.or(opts.calibrated);
+    base64_images(&body.images, caps)
+}
+
+/// Base64 images (bare or as `data:` URLs), refused beyond the count.
+pub(super) fn base64_images(images: &[String], caps: &RequestCaps) -> AppResult<Vec<Upload>> {
+    check_count(images.len(), caps)?;
+    images
         .iter()
         .enumerate()
         .map(|(i, b64)| {
@@ -265,7 +290,7 @@ async fn read_json(
 }
 
 /// One raw image as the body.
-async fn read_raw(
+pub(super) async fn read_raw(
     state: &AppState,
     limit: &BodyLimit,
     content_type: &str,
@@ -294,13 +319,13 @@ const IMAGE_PARTS: &[&str] = &["image", "images", "file"];
 
 /// Content types under which a raw body is still an image if its bytes say
 /// so: none, generic binary, and what `curl --data-binary` sends by default.
-const SNIFFED: &[&str] = &[
+pub(super) const SNIFFED: &[&str] = &[
     "",
     "application/octet-stream",
     "application/x-www-form-urlencoded",
 ];
 
-fn unsupported(content_type: &str) -> AppError {
+pub(super) fn unsupported(content_type: &str) -> AppError {
     AppError::unsupported_media_type(format!(
         "Content-Type `{content_type}` is not accepted: use multipart/form-data, image/* \
              (e.g. curl -H 'Content-Type: image/jpeg' --data-binary @cat.jpg), or application/json"

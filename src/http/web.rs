@@ -50,6 +50,7 @@ static ASSETS: &[Asset] = assets! {
     "pages/jobs.js" => JS,
     "pages/job.js" => JS,
     "pages/models.js" => JS,
+    "pages/calibration.js" => JS,
     "pages/predict.js" => JS,
     "pages/sweeps.js" => JS,
     "docs.html" => "text/html; charset=utf-8",

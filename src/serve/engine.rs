@@ -34,10 +34,31 @@ pub struct Job {
     pub model_dir: PathBuf,
     /// [n, 3, H, W], preprocessed.
     pub pixels: Tensor,
-    /// Raw logits [n, num_labels], or why not.
+    /// Raw logits [n, num_labels] or features [n, F] (as `output` asks),
+    /// or why not.
     pub reply: oneshot::Sender<Result<Tensor, EngineError>>,
     /// Withdrawn when the engine receives the job.
     pub arrival: Option<ArrivalTicket>,
+    /// What the job wants back.
+    pub output: Output,
+}
+
+/// What a job wants from the forward pass. Jobs of both kinds for one
+/// model share a batch: the backbone runs once, the head only when a job
+/// wants logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Output {
+    /// The classifier's logits (`/predict`).
+    #[default]
+    Logits,
+    /// The pooled representation the classifier reads
+    /// (`ImageClassifier::features`; `/embed`).
+    Features,
+}
+
+/// An fp32 tensor on the host.
+fn host(t: &Tensor) -> Tensor {
+    t.to_kind(Kind::Float).to_device(Device::Cpu)
 }
 
 /// Why an engine did not answer with logits.
@@ -401,12 +422,23 @@ impl EngineThread {
             }
             None => None,
         };
-        let logits = model
-            .net
-            .forward_t(&x, false)
-            .to_kind(Kind::Float)
-            .to_device(Device::Cpu);
-        Ok(logits.split_with_sizes(&sizes, 0))
+        let features = model.net.features(&x, false);
+        let logits = group
+            .iter()
+            .any(|j| j.output == Output::Logits)
+            .then(|| host(&model.net.head(&features)).split_with_sizes(&sizes, 0));
+        let features = group
+            .iter()
+            .any(|j| j.output == Output::Features)
+            .then(|| host(&features).split_with_sizes(&sizes, 0));
+        Ok(group
+            .iter()
+            .enumerate()
+            .map(|(i, j)| match j.output {
+                Output::Logits => logits.as_ref().expect("computed")[i].shallow_clone(),
+                Output::Features => features.as_ref().expect("computed")[i].shallow_clone(),
+            })
+            .collect())
     }
 
     /// The loaded model `id`, loading it (and evicting the least recently
@@ -504,6 +536,7 @@ mod tests {
             pixels: Tensor::zeros([images, 3, 2, 2], (Kind::Float, Device::Cpu)),
             reply: oneshot::channel().0,
             arrival,
+            output: Output::Logits,
         }
     }
 

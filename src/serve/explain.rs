@@ -60,7 +60,8 @@ pub struct ExplainRequest<'a> {
 /// One label's heat map.
 pub struct LabelMap {
     pub label: String,
-    /// The served score (softmax, or sigmoid for multi-label).
+    /// The score `/predict` serves by default (softmax, or sigmoid for
+    /// multi-label, of the calibrated logits when the model has them).
     pub score: f64,
     /// `[H, W]` in `[0, 1]`.
     pub map: Tensor,
@@ -197,7 +198,13 @@ impl Explainer {
                 )))
             }
         };
-        let scores = scores(&done.logits, model.task);
+        // The scores `/predict` serves by default: calibrated when the
+        // model has a temperature.
+        let logits = match model.calibration() {
+            Some(c) => crate::train::calibrate::scaled(&done.logits, &c.temperatures),
+            None => done.logits.shallow_clone(),
+        };
+        let scores = scores(&logits, model.task);
         let (height, width) = (pixels.size()[2], pixels.size()[3]);
         let labels = done
             .targets

@@ -5,6 +5,7 @@
 //! answer) for `/predict` and `vitrine predict` alike; `thumbnails` the web
 //! page's dataset previews.
 
+pub mod embed;
 pub mod engine;
 pub mod explain;
 pub mod output;
@@ -114,6 +115,7 @@ impl Inference {
         model_dir: std::path::PathBuf,
         pixels: Tensor,
         arrival: Option<ArrivalTicket>,
+        output: engine::Output,
     ) -> AppResult<Tensor> {
         let loads: Vec<EngineLoad> = self
             .engines
@@ -134,6 +136,7 @@ impl Inference {
             pixels,
             reply,
             arrival,
+            output,
         };
         match engine.submit(job) {
             Ok(()) => {}
@@ -296,7 +299,13 @@ CUDA kernel errors might be asynchronously reported",
         let missing = std::path::PathBuf::from("/nonexistent/model");
         // Both idle: the GPU engine gets it, and fails for good.
         let err = inference
-            .infer("m".into(), missing.clone(), pixels(), None)
+            .infer(
+                "m".into(),
+                missing.clone(),
+                pixels(),
+                None,
+                Default::default(),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -312,7 +321,13 @@ CUDA kernel errors might be asynchronously reported",
         // directory does not exist: an ordinary, internal failure).
         for _ in 0..2 {
             let err = inference
-                .infer("m".into(), missing.clone(), pixels(), None)
+                .infer(
+                    "m".into(),
+                    missing.clone(),
+                    pixels(),
+                    None,
+                    Default::default(),
+                )
                 .await
                 .unwrap_err();
             assert!(
@@ -324,7 +339,7 @@ CUDA kernel errors might be asynchronously reported",
         // With the CPU out too, nothing can answer.
         health.report_fatal("cpu", "CUDA error: misaligned address");
         let err = inference
-            .infer("m".into(), missing, pixels(), None)
+            .infer("m".into(), missing, pixels(), None, Default::default())
             .await
             .unwrap_err();
         assert!(

@@ -31,6 +31,21 @@ pub struct OutputOptions {
     /// One threshold for every label (multi-label).
     pub threshold: Option<f64>,
     pub all_scores: bool,
+    /// Raw scores even when the model is calibrated (`calibrated=false`).
+    pub raw: bool,
+}
+
+/// Which scores an answer carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreCalibration {
+    /// Temperature-scaled scores (the default for a calibrated model).
+    Temperature,
+    /// Raw scores, as asked (`calibrated=false`).
+    Off,
+    /// Raw scores: the model has no calibration (an imported model, or one
+    /// trained before calibration existed).
+    None,
 }
 
 /// Scores of one row, ranked.

@@ -33,10 +33,11 @@ use crate::db::Db;
 use crate::error::{AppError, AppResult, ErrorKind};
 use crate::imaging::decode::{header, Header};
 use crate::imaging::{ImageError, Pipeline};
-use crate::serve::engine::ArrivalTicket;
-use crate::serve::output::{self, ImageResult, OutputOptions};
+use crate::serve::engine::{ArrivalTicket, Output};
+use crate::serve::output::{self, ImageResult, OutputOptions, ScoreCalibration};
 use crate::serve::thumbnails::blocking;
 use crate::serve::{registry, Inference, ModelInfo};
+use crate::train::calibrate::scaled;
 
 /// An uploaded image and the name errors call it by.
 pub struct Upload {
@@ -91,6 +92,8 @@ pub struct Predicted {
     pub model: String,
     pub results: Vec<ImageResult>,
     pub logits: Tensor,
+    /// Whether the scores are calibrated, and if not, why.
+    pub calibration: ScoreCalibration,
 }
 
 /// What a request is held to: its caps, and the decoding memory it draws
@@ -125,12 +128,25 @@ impl Inference {
         cx: PredictContext<'_>,
         req: PredictRequest<'_>,
     ) -> AppResult<Predicted> {
-        let headers = checked_request(&req, &cx.caps)?;
-        let model = self.resolve(req.model).await?;
-        let admitted = Admitted::new(self, &model, &headers, cx.budget)?;
-        let decoded = admitted.decode(req.images).await?;
-        let logits = self.logits(&model, decoded).await?;
+        check_options(&req.options)?;
+        let (model, decoded) = self.admit(cx, req.model, req.images).await?;
+        let logits = self.run(&model, decoded, Output::Logits).await?;
         Ok(answer(&model, logits, &req.options))
+    }
+
+    /// Steps 1 to 5 up to the pixels: the images' count and headers, the
+    /// model, the decoding lease and the arrival ticket, the decode.
+    pub(super) async fn admit(
+        &self,
+        cx: PredictContext<'_>,
+        source: ModelSource<'_>,
+        images: Vec<Upload>,
+    ) -> AppResult<(Arc<ModelInfo>, Decoded)> {
+        let headers = checked_images(&images, &cx.caps)?;
+        let model = self.resolve(source).await?;
+        let admitted = Admitted::new(self, &model, &headers, cx.budget)?;
+        let decoded = admitted.decode(images).await?;
+        Ok((model, decoded))
     }
 
     pub(crate) async fn resolve(&self, source: ModelSource<'_>) -> AppResult<Arc<ModelInfo>> {
@@ -149,12 +165,24 @@ impl Inference {
     }
 
     /// Runs decoded images through `model` on the least busy device in
-    /// service; returns logits `[n, labels]`. The arrival ticket travels
-    /// with the job and is withdrawn when an engine receives it.
-    async fn logits(&self, model: &ModelInfo, decoded: Decoded) -> AppResult<Tensor> {
+    /// service; returns logits `[n, labels]` or features `[n, F]`. The
+    /// arrival ticket travels with the job and is withdrawn when an engine
+    /// receives it.
+    pub(super) async fn run(
+        &self,
+        model: &ModelInfo,
+        decoded: Decoded,
+        output: Output,
+    ) -> AppResult<Tensor> {
         let Decoded { pixels, ticket } = decoded;
-        self.infer(model.id.clone(), model.dir.clone(), pixels, Some(ticket))
-            .await
+        self.infer(
+            model.id.clone(),
+            model.dir.clone(),
+            pixels,
+            Some(ticket),
+            output,
+        )
+        .await
     }
 }
 
@@ -206,37 +234,51 @@ impl Admitted {
 
 /// A request's preprocessed images `[n, 3, H, W]`, still announced to the
 /// engines.
-struct Decoded {
+pub(super) struct Decoded {
     pixels: Tensor,
     ticket: ArrivalTicket,
 }
 
+/// Ranked or thresholded labels: calibrated scores (and the thresholds
+/// tuned on them) unless the client asked for raw ones or the model has
+/// no calibration; raw scores with the thresholds on raw scores.
 fn answer(model: &ModelInfo, logits: Tensor, options: &OutputOptions) -> Predicted {
-    let results = output::format(
-        &logits,
-        model.task,
-        &model.labels,
-        model.thresholds.as_deref(),
-        options,
-    );
+    let (scores_of, thresholds, calibration) = match model.calibration() {
+        Some(c) if !options.raw => (
+            scaled(&logits, &c.temperatures),
+            c.thresholds.as_deref(),
+            ScoreCalibration::Temperature,
+        ),
+        Some(_) => (
+            logits.shallow_clone(),
+            model.thresholds.as_deref(),
+            ScoreCalibration::Off,
+        ),
+        None => (
+            logits.shallow_clone(),
+            model.thresholds.as_deref(),
+            ScoreCalibration::None,
+        ),
+    };
+    let results = output::format(&scores_of, model.task, &model.labels, thresholds, options);
     Predicted {
         model: model.id.clone(),
         results,
         logits,
+        calibration,
     }
 }
 
-/// Steps 1 and 2: the count, the options and every image's header.
-fn checked_request(req: &PredictRequest<'_>, caps: &RequestCaps) -> AppResult<Vec<Header>> {
-    check_count(req.images.len(), caps)?;
-    if req.images.is_empty() {
+/// Steps 1 and 2: the count and every image's header.
+fn checked_images(images: &[Upload], caps: &RequestCaps) -> AppResult<Vec<Header>> {
+    check_count(images.len(), caps)?;
+    if images.is_empty() {
         return Err(AppError::bad_request(
             "no_image",
             "send at least one image (multipart `image` parts, a raw image/* body, or JSON `images`)",
         ));
     }
-    check_options(&req.options)?;
-    checked_headers(&req.images, caps)
+    checked_headers(images, caps)
 }
 
 fn check_options(o: &OutputOptions) -> AppResult<()> {

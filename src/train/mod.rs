@@ -8,6 +8,8 @@
 
 pub mod amp;
 mod batches;
+pub mod calibrate;
+pub mod calibration;
 mod checkpoint;
 pub mod config;
 mod data;

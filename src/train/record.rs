@@ -29,8 +29,13 @@ pub struct ModelCard {
     pub validation: Option<EpochMetrics>,
     /// The test split, evaluated once with the best weights.
     pub test: Option<TestMetrics>,
-    /// Multi-label decision thresholds chosen on validation.
+    /// Multi-label decision thresholds chosen on validation, on raw
+    /// scores (tuned on the calibrated ones when there is a calibration).
     pub thresholds: Option<Vec<f64>>,
+    /// Temperature scaling fitted on validation, and its measures; absent
+    /// in cards written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<super::calibration::Calibration>,
     pub history: Vec<EpochMetrics>,
     /// Images per split.
     pub dataset: SplitCounts,
@@ -98,6 +103,12 @@ pub struct TrainedModel {
 }
 
 impl TrainedModel {
+    /// The model's calibration; `None` for a model without one (imported,
+    /// or trained before calibration existed): it serves raw scores.
+    pub fn calibration(&self) -> Option<&super::calibration::Calibration> {
+        self.card.as_ref().and_then(|c| c.calibration.as_ref())
+    }
+
     /// Reads a model directory: its card when it has one, else the task and
     /// labels of its `config.json` (`problem_type`, `id2label`).
     pub fn load(dir: &Path) -> Result<Self, ModelError> {

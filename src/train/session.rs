@@ -19,6 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::amp::{LossScaler, PrecisionPlan};
 use super::batches::spawn_loader;
+use super::calibrate::{calibrate, Calibrated};
 use super::checkpoint::{Checkpoints, LoopState};
 use super::config::{InputCacheMode, JobConfig, MicroBatch, Mode};
 use super::data::{prepare, Prepared};
@@ -27,7 +28,7 @@ use super::input::{InputPlacer, PixelFormat};
 use super::mix::Mixer;
 use super::oom::{self, infer_in_chunks, retry_smaller, FailureKind};
 use super::optim::{lr_at, AdamW};
-use super::record::{ModelCard, TestMetrics};
+use super::record::ModelCard;
 use super::timing::{Phase, StepClock, TimeShares};
 use super::{features, Events, StopFlag, TrainError, TrainEvent, TrainOutcome, TrainSpec};
 use crate::imaging::input_cache::{CacheForm, CachedImages};
@@ -906,10 +907,28 @@ impl Trainer<'_> {
         split: Split,
         thresholds: Option<&[f64]>,
     ) -> Result<Option<(f64, Evaluation)>, TrainError> {
-        let samples = match split {
+        let Some(logits) = self.split_logits(inputs, split)? else {
+            return Ok(None);
+        };
+        Ok(Some(evaluate(
+            &logits,
+            &self.samples(split).targets(),
+            self.data.task,
+            &self.data.labels,
+            thresholds,
+        )))
+    }
+
+    fn samples(&self, split: Split) -> &super::data::Samples {
+        match split {
             Split::Validation => &self.data.validation,
             Split::Test => self.data.test.as_ref().expect("a test split"),
-        };
+        }
+    }
+
+    /// The logits of a whole split. `None`: stopped.
+    fn split_logits(&self, inputs: &Inputs, split: Split) -> Result<Option<Tensor>, TrainError> {
+        let samples = self.samples(split);
         let logits = match inputs {
             Inputs::Features {
                 validation, test, ..
@@ -955,12 +974,29 @@ impl Trainer<'_> {
                 Tensor::cat(&parts, 0)
             }
         };
-        Ok(Some(evaluate(
-            &logits,
-            &samples.targets(),
+        Ok(Some(logits))
+    }
+
+    /// Fits temperature scaling on the validation split with the best
+    /// weights, and measures it there and on the test split, whose metrics
+    /// it also computes (`train/calibrate.rs`). `None`: stopped.
+    fn calibrate(&self, inputs: &Inputs) -> Result<Option<Calibrated>, TrainError> {
+        let Some(validation) = self.split_logits(inputs, Split::Validation)? else {
+            return Ok(None);
+        };
+        let test = match &self.data.test {
+            Some(samples) => match self.split_logits(inputs, Split::Test)? {
+                Some(logits) => Some((logits, samples.targets())),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let targets = self.data.validation.targets();
+        Ok(Some(calibrate(
             self.data.task,
             &self.data.labels,
-            thresholds,
+            (&validation, &targets),
+            test.as_ref().map(|(l, t)| (l, t.as_slice())),
         )))
     }
 
@@ -1008,18 +1044,21 @@ impl Trainer<'_> {
             .iter()
             .find(|m| m.epoch == best_epoch)
             .cloned();
-        let thresholds = best.as_ref().and_then(|m| m.validation.thresholds());
-        let mut test = None;
-        if self.data.test.is_some() && !interrupted {
+        let mut calibrated = None;
+        if !interrupted {
             load_weights(&opt.params, &self.best_dir.join("model.safetensors"))?;
             if let Some(inputs) = self.inputs()? {
-                if let Some((loss, metrics)) =
-                    self.evaluate_split(&inputs, Split::Test, thresholds.as_deref())?
-                {
-                    test = Some(TestMetrics { loss, metrics });
-                }
+                calibrated = self.calibrate(&inputs)?;
             }
         }
+        let (thresholds, test, calibration) = match calibrated {
+            Some(c) => (c.thresholds, c.test, Some(c.calibration)),
+            None => (
+                best.as_ref().and_then(|m| m.validation.thresholds()),
+                None,
+                None,
+            ),
+        };
         let card = ModelCard {
             task: self.data.task,
             labels: self.data.labels.clone(),
@@ -1027,6 +1066,7 @@ impl Trainer<'_> {
             validation: best,
             test,
             thresholds,
+            calibration,
             history: state.history.clone(),
             dataset: self.data.split_counts(),
             config: self.cfg.clone(),

@@ -86,7 +86,7 @@ async fn cli_and_download_agree(
     answer: &Value,
 ) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitrine"))
-        .args(["predict", "--top-k", "1", "--model"])
+        .args(["predict", "--uncalibrated", "--top-k", "1", "--model"])
         .arg(dir)
         .arg(image)
         .output()
@@ -196,7 +196,7 @@ async fn each_family_trains_in_every_mode_and_serves_transformers_scores() {
             let reference = hf_scores(&dir, &fx.red_png);
             let answer: Value = reqwest::Client::new()
                 .post(format!(
-                    "{}/models/{model_id}/predict?all_scores=true",
+                    "{}/models/{model_id}/predict?all_scores=true&calibrated=false",
                     server.url
                 ))
                 .header("content-type", "image/png")

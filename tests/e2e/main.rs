@@ -13,10 +13,12 @@ mod common;
 
 mod artifacts;
 mod backbones;
+mod calibration;
 mod cluster;
 mod crash;
 mod deploy_manifests;
 mod explain;
+mod embed;
 mod hostile_browser;
 mod hostile_decode;
 mod hostile_http;

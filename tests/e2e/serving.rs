@@ -50,11 +50,15 @@ async fn answers_match_transformers_in_every_input_form() {
     let reference = crate::common::e2e::hf_scores(&dir, &fx.red_png);
 
     // Raw body, multipart with two parts, base64 JSON: the same scores.
-    let raw: Value = predict_raw(&server, "/predict?all_scores=true", png.clone())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let raw: Value = predict_raw(
+        &server,
+        "/predict?all_scores=true&calibrated=false",
+        png.clone(),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     let form = reqwest::multipart::Form::new()
         .part(
             "image",
@@ -66,7 +70,7 @@ async fn answers_match_transformers_in_every_input_form() {
         );
     let multi: Value = client()
         .post(format!(
-            "{}/models/{model_id}/predict?all_scores=true",
+            "{}/models/{model_id}/predict?all_scores=true&calibrated=false",
             server.url
         ))
         .multipart(form)
@@ -79,7 +83,7 @@ async fn answers_match_transformers_in_every_input_form() {
     let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
     let js: Value = client()
         .post(format!("{}/predict", server.url))
-        .json(&json!({"images": [b64], "all_scores": true, "top_k": 1}))
+        .json(&json!({"images": [b64], "all_scores": true, "top_k": 1, "calibrated": false}))
         .send()
         .await
         .unwrap()

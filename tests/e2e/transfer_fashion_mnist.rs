@@ -267,6 +267,21 @@ async fn dinov2_linear_probe_beats_a_random_backbone_on_fashion_mnist() {
         .count();
     println!("/predict: {right}/50 validation images right");
     assert!(right >= 30, "/predict got only {right}/50 right: {answer}");
+    // The figures of docs/benchmarks.md ("Calibration"): the temperature
+    // is fitted on this validation split, so its "after" is in-sample.
+    let view = server.get_json(&format!("/models/{model_id}")).await;
+    let cal = &view["metrics"]["calibration"];
+    let m = |w: &str, k: &str| cal["validation"][w][k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "calibration: T {}; validation ECE {:.4} -> {:.4}, Brier {:.4} -> {:.4}, NLL {:.4} -> {:.4}",
+        cal["temperatures"][0],
+        m("before", "ece"),
+        m("after", "ece"),
+        m("before", "brier"),
+        m("after", "brier"),
+        m("before", "nll"),
+        m("after", "nll")
+    );
     server.stop().await;
 }
 

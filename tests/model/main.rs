@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod calibration_parity;
 mod cnn_parity;
 mod dinov2_parity;
 mod dinov2_real;

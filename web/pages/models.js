@@ -5,6 +5,7 @@ import { h, mount, fmtNum, fmtPct, fmtTime, shortId, facts, errorBox, describe }
 import { api, request } from "../api.js";
 import { lineChart, widthFor } from "../charts.js";
 import { baseName } from "./jobs.js";
+import { calibrationSection } from "./calibration.js";
 
 function validationOf(m) {
   const v = m.metrics?.validation?.validation;
@@ -125,5 +126,6 @@ export async function renderOne(main, route) {
           { name: v?.name || "score", points: hist.map((e) => [e.epoch, e.validation?.accuracy ?? e.validation?.map]) },
           { name: "macro F1", points: hist.map((e) => [e.epoch, e.validation?.macro_f1]) },
         ],
-      }))));
+      }))),
+    calibrationSection(card));
 }
