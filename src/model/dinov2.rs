@@ -354,4 +354,12 @@ impl ImageClassifier for Dinov2ForImageClassification {
     fn num_layers(&self) -> usize {
         self.dinov2.layers.len()
     }
+
+    fn lora_sites(&self) -> Vec<&super::lora::LoraLinear> {
+        self.dinov2
+            .layers
+            .iter()
+            .flat_map(|l| l.attention.lora_sites())
+            .collect()
+    }
 }

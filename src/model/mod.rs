@@ -28,6 +28,7 @@ mod fields;
 pub mod hub;
 mod layers;
 pub mod load;
+pub mod lora;
 pub mod params;
 pub mod preflight;
 pub mod regularisation;
@@ -93,6 +94,11 @@ pub trait ImageClassifier: Send {
     /// holds its model by shared reference. A no-op for networks without
     /// batch norm, where `train` only switches dropout and stochastic depth.
     fn set_trainable_parts(&self, _which: Trainable) {}
+    /// The linear layers a LoRA adapter may adapt (`model/lora`), in
+    /// network order; empty for a family without LoRA support.
+    fn lora_sites(&self) -> Vec<&lora::LoraLinear> {
+        Vec::new()
+    }
 }
 
 /// One link of [`ImageClassifier::chain`].

@@ -271,4 +271,12 @@ impl ImageClassifier for ViTForImageClassification {
     fn num_layers(&self) -> usize {
         self.vit.layers.len()
     }
+
+    fn lora_sites(&self) -> Vec<&super::lora::LoraLinear> {
+        self.vit
+            .layers
+            .iter()
+            .flat_map(|l| l.attention.lora_sites())
+            .collect()
+    }
 }

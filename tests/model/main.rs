@@ -8,6 +8,7 @@ mod common;
 mod cnn_parity;
 mod dinov2_parity;
 mod dinov2_real;
+mod lora;
 mod onnx_export;
 mod preflight;
 mod support;
