@@ -1196,6 +1196,10 @@ impl From<anyhow::Error> for TrainError {
 mod speed_tests;
 
 #[cfg(test)]
+#[path = "lora_tests.rs"]
+mod lora_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

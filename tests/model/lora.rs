@@ -256,3 +256,106 @@ fn scales_follow_rslora() {
     assert_eq!(rs.scale(), 2.0);
     let _ = Kind::Float;
 }
+
+/// Five adapters of different ranks, targets and label counts on one base,
+/// B drawn at random so every term counts.
+fn five_adapters(base: &Model) -> Vec<Adapter> {
+    let (targets, ranks) = (
+        [
+            vec!["query", "value"],
+            vec!["query"],
+            vec!["key", "value"],
+            vec!["q_proj", "k_proj", "v_proj"],
+            vec!["value"],
+        ],
+        [4, 2, 8, 1, 3],
+    );
+    let features = tch::no_grad(|| {
+        base.net.features(
+            &Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu)),
+            false,
+        )
+    })
+    .size()[1];
+    targets
+        .iter()
+        .zip(ranks)
+        .enumerate()
+        .map(|(i, (t, r))| {
+            let spec = LoraSpec {
+                r,
+                alpha: Some(2.0 * r as f64),
+                target_modules: Some(t.iter().map(|s| s.to_string()).collect()),
+                use_rslora: i % 2 == 1,
+                ..LoraSpec::default()
+            };
+            let mut a = Adapter::init(base, &spec).unwrap();
+            for m in &a.modules {
+                let _ = m.b.detach().uniform_(-0.3, 0.3);
+            }
+            let labels = 2 + i as i64;
+            a.head = vec![
+                (
+                    "classifier.weight".into(),
+                    Tensor::randn([labels, features], (Kind::Float, Device::Cpu)),
+                ),
+                (
+                    "classifier.bias".into(),
+                    Tensor::randn([labels], (Kind::Float, Device::Cpu)),
+                ),
+            ];
+            a
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_mixing_five_adapters_equals_each_request_alone() {
+    use vitrine::model::lora::mixed::{forward_mixed, Group};
+    for family in ["vit", "dinov2", "swin"] {
+        let base = load_pretrained(&dir(family, "base"), Device::Cpu, None).unwrap();
+        tch::manual_seed(11);
+        let adapters = five_adapters(&base);
+        let sizes = [1i64, 2, 1, 3, 1];
+        let x = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let groups: Vec<Group> = adapters
+            .iter()
+            .zip(sizes)
+            .map(|(adapter, images)| Group { adapter, images })
+            .collect();
+        let mixed = forward_mixed(&base, &groups, &x).unwrap();
+        let plain = base.logits(&x).unwrap();
+        let mut start = 0;
+        for (i, (adapter, n)) in adapters.iter().zip(sizes).enumerate() {
+            let xs = x.narrow(0, start, n);
+            let alone = forward_mixed(&base, &[Group { adapter, images: n }], &xs).unwrap();
+            assert_close_tol(
+                &format!("{family} adapter {i} mixed vs alone"),
+                &mixed[i],
+                &alone[0],
+                1e-5,
+            );
+            // The same maths as the adapter merged into a copy of the base.
+            let labels = (0..adapter.head[1].1.size()[0])
+                .map(|l| format!("l{l}"))
+                .collect();
+            let merged = Model::from_config(base.config.clone(), labels, Device::Cpu).unwrap();
+            let src = base.vs.variables();
+            for (name, mut t) in merged.vs.variables() {
+                if !name.starts_with("classifier") {
+                    tch::no_grad(|| t.copy_(&src[&name]));
+                }
+            }
+            adapter.merge_into(&merged).unwrap();
+            let want = merged.logits(&xs).unwrap();
+            assert_close(&format!("{family} adapter {i} merged"), &mixed[i], &want);
+            assert!(
+                max_diff(
+                    &mixed[i].narrow(1, 0, 2),
+                    &plain.narrow(0, start, n).narrow(1, 0, 2)
+                ) > 1e-3
+            );
+            start += n;
+        }
+    }
+}

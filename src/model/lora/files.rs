@@ -155,19 +155,20 @@ fn spec_of(config: &Value) -> Result<LoraSpec> {
         }
     }
     let r = config["r"].as_i64().unwrap_or(0);
-    let targets =
-        match &config["target_modules"] {
-            Value::Array(items) => items
-                .iter()
-                .map(|v| v.as_str().unwrap_or_default().to_string())
-                .collect(),
-            other => return Err(refusal(
+    let targets = match &config["target_modules"] {
+        Value::Array(items) => items
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .collect(),
+        other => {
+            return Err(refusal(
                 "lora_unknown_target",
                 format!(
                     "adapter_config.json: `target_modules` must be a list of names, got {other}"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let spec = LoraSpec {
         r,
         alpha: config["lora_alpha"].as_f64(),

@@ -10,6 +10,8 @@
 //!   adapters made before still carry.
 //! - [`adapter`]: an adapter's tensors: initialised as PEFT does, attached
 //!   to a network's taps, merged into the base weights.
+//! - [`mixed`]: one forward pass of a shared base over a batch that mixes
+//!   adapters (base matmuls once, low-rank terms and heads per group).
 //! - [`files`]: `adapter_config.json` + `adapter_model.safetensors` written
 //!   and read, and a LoRA model directory loaded (base + adapter).
 //!
@@ -20,6 +22,7 @@
 
 pub mod adapter;
 pub mod files;
+pub mod mixed;
 pub mod names;
 pub mod tap;
 
