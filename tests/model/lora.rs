@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
 use vitrine::model::lora::{self, Adapter, LoraSpec};
-use vitrine::model::{load_pretrained, save_pretrained, Model, ModelConfig, ProblemType};
+use vitrine::model::{load_pretrained, Model, ModelConfig, ProblemType};
 use vitrine::train::optim::AdamW;
 
 use crate::support::{assert_close, assert_close_tol, max_diff};
@@ -164,8 +164,10 @@ fn three_steps_saved_load_in_peft_transformers_and_onnx() {
     let logits = tch::no_grad(|| model.net.forward_t(x, false));
     let merged = load_pretrained(&saved, Device::Cpu, None).unwrap();
     assert_close("merged load", &merged.logits(x).unwrap(), &logits);
+    // The merged download's directory.
     let merged_dir = out.path().join("merged");
-    save_pretrained(&merged, &merged_dir, ProblemType::SingleLabel).unwrap();
+    lora::save_merged(&saved, &merged_dir).unwrap();
+    assert!(merged_dir.join("model.safetensors").is_file());
     let io_path = out.path().join("io.safetensors");
     Tensor::write_safetensors(&[("pixel_values", x), ("logits", &logits)], &io_path).unwrap();
     let reply = crate::common::python_json(

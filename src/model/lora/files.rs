@@ -312,3 +312,22 @@ pub fn load_lora_dir(
     model.source_dir = dir.to_path_buf();
     Ok((model, adapter))
 }
+
+/// Writes the LoRA model in `dir` merged into its base as a plain Hugging
+/// Face checkpoint in `out` (what `transformers` loads without `peft`),
+/// with the directory's preprocessing and card files.
+pub fn save_merged(dir: &Path, out: &Path) -> Result<()> {
+    let model = crate::model::load_pretrained(dir, Device::Cpu, None)?;
+    let problem = match ModelConfig::from_file(&dir.join("config.json")).map(|c| c.task()) {
+        Ok(crate::task::Task::MultiLabel) => ProblemType::MultiLabel,
+        _ => ProblemType::SingleLabel,
+    };
+    crate::model::save_pretrained(&model, out, problem)?;
+    for extra in ["metrics.json", "training_config.json"] {
+        let src = dir.join(extra);
+        if src.is_file() {
+            std::fs::copy(&src, out.join(extra)).map_err(|e| ModelError::io(&src, e))?;
+        }
+    }
+    Ok(())
+}

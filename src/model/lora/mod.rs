@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use adapter::Adapter;
-pub use files::{is_lora_dir, load_lora_dir, read_adapter, save_adapter, AdapterFile};
+pub use files::{is_lora_dir, load_lora_dir, read_adapter, save_adapter, save_merged, AdapterFile};
 pub use tap::{LoraLinear, LoraPlan, LoraTerm};
 
 use super::error::{ModelError, Result};
