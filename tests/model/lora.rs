@@ -129,6 +129,10 @@ fn adapters_made_by_peft_serve_within_1e_4_in_either_naming() {
         assert_eq!(a.modules.len(), 2 * attached.net.num_layers().max(2));
         let got = attached.logits(x).unwrap();
         assert_close(&format!("{family} {adapter} attached"), &got, &io["logits"]);
+        // What serving and `vitrine predict` read of it: the base's labels
+        // (peft writes no config.json) and preprocessing.
+        let trained = vitrine::train::TrainedModel::load(&dir(family, adapter)).unwrap();
+        assert_eq!(trained.labels, ["cat", "dog", "fox"]);
     }
 }
 

@@ -292,12 +292,10 @@ pub fn load_lora_dir(
         )
     })?;
     let base_dir = resolve(base)?;
-    let labels = match ModelConfig::from_file(&dir.join("config.json")) {
-        Ok(c) => Some(c.labels().to_vec()),
-        Err(ModelError::Io { .. }) => None,
-        Err(e) => return Err(e),
-    };
-    let mut model = crate::model::load_pretrained(&base_dir, device, labels.as_deref())?;
+    let labels = adapted_config_with(dir, &file, &base_dir)?
+        .labels()
+        .to_vec();
+    let mut model = crate::model::load_pretrained(&base_dir, device, Some(&labels))?;
     let adapter = Adapter::from_file(&file, &model)?;
     if merge {
         adapter.merge_into(&model)?;
@@ -330,4 +328,50 @@ pub fn save_merged(dir: &Path, out: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The base directory a LoRA directory names, resolved as any model source.
+pub fn base_dir_of(dir: &Path) -> Result<PathBuf> {
+    let file = read_adapter(dir)?;
+    let base = file.base.as_deref().ok_or_else(|| no_base(dir))?;
+    crate::model::resolve_model_source(base, &crate::model::HubOptions::from_env())
+}
+
+fn no_base(dir: &Path) -> ModelError {
+    refusal(
+        "adapter_base_mismatch",
+        format!(
+            "{}: `base_model_name_or_path` names no base model",
+            dir.join(CONFIG_FILE).display()
+        ),
+    )
+}
+
+/// The configuration of the model a LoRA directory holds: its own
+/// `config.json` (vitrine writes one), or, for an adapter `peft` made
+/// alone, the base's with labels for the adapter's head: the base's
+/// `id2label` when the sizes agree, else `LABEL_0`, `LABEL_1`, ... (as
+/// `transformers` names unnamed labels).
+pub fn adapted_config(dir: &Path) -> Result<ModelConfig> {
+    if dir.join("config.json").is_file() {
+        return ModelConfig::from_file(&dir.join("config.json"));
+    }
+    let file = read_adapter(dir)?;
+    adapted_config_with(dir, &file, &base_dir_of(dir)?)
+}
+
+fn adapted_config_with(dir: &Path, file: &AdapterFile, base_dir: &Path) -> Result<ModelConfig> {
+    if dir.join("config.json").is_file() {
+        return ModelConfig::from_file(&dir.join("config.json"));
+    }
+    let mut config = ModelConfig::from_file(&base_dir.join("config.json"))?;
+    let head_rows = file
+        .tensors
+        .iter()
+        .find(|(k, _)| names::head_variable(k).is_some_and(|v| v.ends_with(".weight")))
+        .map(|(_, t)| t.size()[0] as usize);
+    if let Some(n) = head_rows.filter(|n| *n != config.labels().len()) {
+        config.set_labels((0..n).map(|i| format!("LABEL_{i}")).collect());
+    }
+    Ok(config)
 }
