@@ -57,6 +57,7 @@ impl AppState {
             queue: config.predict_queue,
             cache: config.model_cache,
             precision: config.predict_precision,
+            adapter_cache_bytes: config.adapter_cache_bytes,
         };
         let names: Vec<String> = inference_devices
             .iter()

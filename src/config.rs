@@ -174,6 +174,12 @@ pub struct ServeConfig {
     #[arg(long, env = "VITRINE_MODEL_CACHE", default_value_t = 3)]
     pub model_cache: usize,
 
+    /// Bytes of LoRA adapters kept resident per device (least recently
+    /// used evicted; loaded again on demand). Their base models stay
+    /// resident besides, one per base and device, shared by all adapters.
+    #[arg(long, env = "VITRINE_ADAPTER_CACHE_BYTES", default_value_t = 256 << 20)]
+    pub adapter_cache_bytes: u64,
+
     /// CPU threads for the whole service (0: the cores this process may
     /// use). libtorch, rayon (image decoding) and tokio (HTTP) share them
     /// out (`vitrine info` shows the split) instead of each taking every

@@ -80,6 +80,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
         queue: 1,
         cache: 1,
         precision: PredictPrecision::Fp32,
+        adapter_cache_bytes: u64::MAX,
     };
     let inference = Inference::start(&[device], engine, &metrics, health);
     let explainer = Explainer::start(ExplainConfig {

@@ -104,6 +104,7 @@ async fn predict(
         queue: 1,
         cache: 1,
         precision: PredictPrecision::Fp32,
+        adapter_cache_bytes: u64::MAX,
     };
     let inference = Inference::start(&[device], engine, &metrics, health);
     let cx = PredictContext {

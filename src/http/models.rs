@@ -112,7 +112,9 @@ pub async fn set_alias(
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct DownloadQuery {
-    /// `hf` (default): the model directory as a tar.gz; `onnx`: an ONNX
+    /// `hf` (default): the model directory as a tar.gz (a LoRA model's
+    /// adapter as is); `merged`: a LoRA model merged into its base, a plain
+    /// Hugging Face checkpoint as a tar.gz; `onnx`: an ONNX
     /// file with its metadata in `metadata_props`; `onnx-metadata`: that
     /// metadata alone, as JSON (what `vitrine export` writes as `OUT.json`).
     pub format: Option<String>,
@@ -136,11 +138,16 @@ impl DownloadQuery {
                 "`opset`, `dynamic_batch` and `fp16` apply to `format=onnx` only",
             )),
             "hf" => Ok(DownloadFormat::Hf),
+            "merged" if exported => Err(AppError::bad_request(
+                "invalid_query",
+                "`opset`, `dynamic_batch` and `fp16` apply to `format=onnx` only",
+            )),
+            "merged" => Ok(DownloadFormat::Merged),
             "onnx" => Ok(DownloadFormat::Onnx(self.export_options())),
             "onnx-metadata" => Ok(DownloadFormat::OnnxMetadata(self.export_options())),
             _ => Err(AppError::bad_request(
                 "unsupported_format",
-                format!("unknown download format `{format}` (use `hf`, `onnx` or `onnx-metadata`)"),
+                format!("unknown download format `{format}` (use `hf`, `merged`, `onnx` or `onnx-metadata`)"),
             )),
         }
     }

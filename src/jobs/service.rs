@@ -361,6 +361,10 @@ async fn check_base_model(config: &JobConfig) -> AppResult<()> {
         .check(&info.model_type)
         .map_err(|e| AppError::unprocessable("invalid_config", e))?;
     }
+    if let (Some(info), Mode::Lora) = (&info, config.mode) {
+        crate::model::lora::check_family(&info.model_type)
+            .map_err(|e| AppError::unprocessable(e.code(), e.to_string()))?;
+    }
     if let (Some(info), Mode::Partial) = (info, config.mode) {
         let n = config.unfreeze_last_n();
         if n > info.num_layers {

@@ -371,4 +371,12 @@ impl ImageClassifier for Dinov2ForImageClassification {
         }
         Some((maps, 1 + m.embeddings.num_register_tokens()))
     }
+
+    fn lora_sites(&self) -> Vec<&super::lora::LoraLinear> {
+        self.dinov2
+            .layers
+            .iter()
+            .flat_map(|l| l.attention.lora_sites())
+            .collect()
+    }
 }

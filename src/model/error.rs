@@ -39,6 +39,11 @@ pub enum ModelError {
     InvalidInput(String),
     #[error("model `{source_name}` is not available: {detail}")]
     NotAvailable { source_name: String, detail: String },
+    /// A LoRA configuration or adapter refused (`model/lora`); `code` names
+    /// the problem (`lora_unknown_target`, `lora_invalid_rank`,
+    /// `adapter_base_mismatch`, `unsupported_peft_type`, ...).
+    #[error("{detail}")]
+    Lora { code: &'static str, detail: String },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
@@ -75,6 +80,7 @@ impl ModelError {
             Self::InvalidLabels(_) => "invalid_labels",
             Self::InvalidInput(_) => "invalid_input",
             Self::NotAvailable { .. } | Self::Io { .. } => "model_not_available",
+            Self::Lora { code, .. } => code,
             Self::Torch(_) => "internal",
         }
     }

@@ -6,6 +6,8 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
+use super::lora::LoraLinear;
+
 /// N(0, std), as `transformers` initialises weights and embeddings.
 /// `pixel_values` in the dtype of `weight` (as `transformers`' embeddings
 /// cast their input to the weights' dtype).
@@ -65,12 +67,18 @@ pub fn drop_path(xs: Tensor, rate: f64, train: bool) -> Tensor {
     xs / keep * mask
 }
 
+/// A square `d -> d` projection LoRA can adapt, initialised as [`linear`].
+pub fn lora_linear(p: nn::Path, d: i64, bias: bool, std: f64) -> LoraLinear {
+    let path = p.components().collect::<Vec<_>>().join(".");
+    LoraLinear::new(linear(p, d, d, bias, std), path)
+}
+
 /// Multi-head self-attention of one encoder layer.
 #[derive(Debug)]
 pub struct SelfAttention {
-    query: nn::Linear,
-    key: nn::Linear,
-    value: nn::Linear,
+    query: LoraLinear,
+    key: LoraLinear,
+    value: LoraLinear,
     output: nn::Linear,
     num_heads: i64,
     dropout: f64,
@@ -88,13 +96,18 @@ impl SelfAttention {
     ) -> Self {
         let qkv = &attn / "attention";
         Self {
-            query: linear(&qkv / "query", d, d, qkv_bias, std),
-            key: linear(&qkv / "key", d, d, qkv_bias, std),
-            value: linear(&qkv / "value", d, d, qkv_bias, std),
+            query: lora_linear(&qkv / "query", d, qkv_bias, std),
+            key: lora_linear(&qkv / "key", d, qkv_bias, std),
+            value: lora_linear(&qkv / "value", d, qkv_bias, std),
             output: linear(&attn / "output" / "dense", d, d, true, std),
             num_heads,
             dropout,
         }
+    }
+
+    /// The projections LoRA can adapt: query, key, value.
+    pub fn lora_sites(&self) -> Vec<&LoraLinear> {
+        vec![&self.query, &self.key, &self.value]
     }
 
     /// Through libtorch's fused `scaled_dot_product_attention` (scale
@@ -105,9 +118,9 @@ impl SelfAttention {
             t.view([b, n, self.num_heads, d / self.num_heads])
                 .transpose(1, 2)
         };
-        let q = heads(self.query.forward(xs));
-        let k = heads(self.key.forward(xs));
-        let v = heads(self.value.forward(xs));
+        let q = heads(self.query.forward_t(xs, train));
+        let k = heads(self.key.forward_t(xs, train));
+        let v = heads(self.value.forward_t(xs, train));
         let dropout = if train { self.dropout } else { 0.0 };
         let ctx = Tensor::scaled_dot_product_attention(
             &q,
@@ -130,8 +143,8 @@ impl SelfAttention {
         let (b, n, d) = xs.size3().expect("[B, N, D]");
         let head_dim = d / self.num_heads;
         let heads = |t: Tensor| t.view([b, n, self.num_heads, head_dim]).transpose(1, 2);
-        let q = heads(self.query.forward(xs));
-        let k = heads(self.key.forward(xs));
+        let q = heads(self.query.forward_t(xs, false));
+        let k = heads(self.key.forward_t(xs, false));
         let scores = q.matmul(&k.transpose(-2, -1)) * (head_dim as f64).powf(-0.5);
         scores.softmax(-1, scores.kind())
     }

@@ -105,6 +105,9 @@ fn load_adjusted(
             std::io::Error::new(std::io::ErrorKind::NotFound, "not a model directory"),
         ));
     }
+    if super::lora::is_lora_dir(dir) {
+        return load_lora(dir, device);
+    }
     let (tensors, converted_from) = read_checkpoint(dir)?;
     let config_path = dir.join("config.json");
     let read = interpret(&config_path, tensors)?;
@@ -143,6 +146,22 @@ fn load_adjusted(
         config,
         preprocessor_json,
         source_dir: dir.to_path_buf(),
+    };
+    Ok((model, report))
+}
+
+/// A LoRA model directory (`model/lora`): its base, resolved as any model
+/// source, with the adapter merged into the weights, so serving, `vitrine
+/// predict` and export see a plain model.
+fn load_lora(dir: &Path, device: Device) -> Result<(Model, LoadReport)> {
+    let resolve =
+        |name: &str| super::hub::resolve_model_source(name, &super::hub::HubOptions::from_env());
+    let (model, _) = super::lora::load_lora_dir(dir, device, true, resolve)?;
+    let report = LoadReport {
+        format: CheckpointFormat::Transformers,
+        skipped: vec![],
+        new_head: false,
+        converted_from: vec![],
     };
     Ok((model, report))
 }

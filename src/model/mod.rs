@@ -28,6 +28,7 @@ mod fields;
 pub mod hub;
 mod layers;
 pub mod load;
+pub mod lora;
 pub mod params;
 pub mod preflight;
 pub mod regularisation;
@@ -107,6 +108,11 @@ pub trait ImageClassifier: Send {
     /// the CNNs).
     fn attention_maps(&self, _pixel_values: &Tensor) -> Option<(Vec<Tensor>, i64)> {
         None
+    }
+    /// The linear layers a LoRA adapter may adapt (`model/lora`), in
+    /// network order; empty for a family without LoRA support.
+    fn lora_sites(&self) -> Vec<&lora::LoraLinear> {
+        Vec::new()
     }
 }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use super::error::{ModelError, Result};
 use super::{Model, ModelConfig};
@@ -39,6 +39,12 @@ impl ProblemType {
 
 /// Saves `model` into `dir` (created, or replaced as a whole).
 pub fn save_pretrained(model: &Model, dir: &Path, problem_type: ProblemType) -> Result<()> {
+    save_dir_with(dir, |tmp| write_files(model, tmp, problem_type))
+}
+
+/// Writes a directory aside with `write` (which creates it), then puts it
+/// at `dir` as a whole; nothing half-written stays behind.
+pub(crate) fn save_dir_with(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -51,8 +57,7 @@ pub fn save_pretrained(model: &Model, dir: &Path, problem_type: ProblemType) -> 
         .into_owned();
     let unique = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
     let tmp = parent.join(format!(".{name}.tmp-{unique}"));
-    let result =
-        write_files(model, &tmp, problem_type).and_then(|()| replace_dir(&tmp, dir, &unique));
+    let result = write(&tmp).and_then(|()| replace_dir(&tmp, dir, &unique));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -74,7 +79,7 @@ fn write_files(model: &Model, tmp: &Path, problem_type: ProblemType) -> Result<(
 }
 
 /// `config.json` for the architecture, naming the classification class.
-fn config_json(config: &ModelConfig) -> serde_json::Value {
+pub(crate) fn config_json(config: &ModelConfig) -> serde_json::Value {
     let mut value = config.to_json();
     value["architectures"] = serde_json::json!([config.family().architecture()]);
     // The weights are written in fp32 whatever the source stored.
@@ -88,8 +93,13 @@ fn config_json(config: &ModelConfig) -> serde_json::Value {
 /// All variables, contiguous little-endian fp32 (int64 counters as I64) on
 /// the CPU, in one safetensors buffer.
 fn safetensors_bytes(model: &Model) -> Result<Vec<u8>> {
+    tensors_bytes(model.vs.variables())
+}
+
+/// Named tensors as one safetensors buffer (fp32, int64 kept), on the CPU.
+pub(crate) fn tensors_bytes(named: impl IntoIterator<Item = (String, Tensor)>) -> Result<Vec<u8>> {
     let mut data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, t) in model.vs.variables() {
+    for (name, t) in named {
         let (kind, dtype, width) = if t.kind() == Kind::Int64 {
             (Kind::Int64, Dtype::I64, 8)
         } else {
@@ -115,13 +125,13 @@ fn safetensors_bytes(model: &Model) -> Result<Vec<u8>> {
         .map_err(|e| ModelError::UnsupportedCheckpoint(format!("serialising safetensors: {e}")))
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value).expect("JSON values serialise");
     text.push('\n');
     write_synced(path, text.as_bytes())
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(path).map_err(|e| ModelError::io(path, e))?;
     f.write_all(bytes)
@@ -130,7 +140,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Puts `tmp` at `dir`; an existing `dir` is moved aside first and removed after.
-fn replace_dir(tmp: &Path, dir: &Path, unique: &str) -> Result<()> {
+pub(crate) fn replace_dir(tmp: &Path, dir: &Path, unique: &str) -> Result<()> {
     if dir.exists() {
         let old = dir.with_file_name(format!(
             ".{}.old-{unique}",

@@ -45,7 +45,8 @@ use tch::{Device, Kind, Tensor};
 use super::config::{Activation, SwinConfig};
 use super::error::{ModelError, Result};
 use super::layers::follow_kind;
-use super::layers::{linear, normal};
+use super::layers::{linear, lora_linear, normal};
+use super::lora::LoraLinear;
 use super::params::ParamGroup;
 use super::{ImageClassifier, Model, Unit};
 
@@ -218,9 +219,9 @@ pub fn relative_position_index(window: i64, table_window: i64, device: Device) -
 /// position bias (`<block>.attention`).
 #[derive(Debug)]
 struct WindowAttention {
-    query: nn::Linear,
-    key: nn::Linear,
-    value: nn::Linear,
+    query: LoraLinear,
+    key: LoraLinear,
+    value: LoraLinear,
     output: nn::Linear,
     /// `[(2 * window - 1)², heads]`.
     bias_table: Tensor,
@@ -242,9 +243,9 @@ impl WindowAttention {
             nn::Init::Const(0.),
         );
         Self {
-            query: linear(&own / "query", dim, dim, c.qkv_bias, std),
-            key: linear(&own / "key", dim, dim, c.qkv_bias, std),
-            value: linear(&own / "value", dim, dim, c.qkv_bias, std),
+            query: lora_linear(&own / "query", dim, c.qkv_bias, std),
+            key: lora_linear(&own / "key", dim, c.qkv_bias, std),
+            value: lora_linear(&own / "value", dim, c.qkv_bias, std),
             output: linear(&p / "output" / "dense", dim, dim, true, std),
             index: relative_position_index(ws, ws, p.device()).view([-1]),
             bias_table,
@@ -282,9 +283,9 @@ impl WindowAttention {
         let (bw, n, c) = windows.size3().expect("[B * nW, N, C]");
         let head_dim = c / self.num_heads;
         let heads = |t: Tensor| t.view([bw, n, self.num_heads, head_dim]).transpose(1, 2);
-        let q = heads(self.query.forward(windows));
-        let k = heads(self.key.forward(windows));
-        let v = heads(self.value.forward(windows));
+        let q = heads(self.query.forward_t(windows, train));
+        let k = heads(self.key.forward_t(windows, train));
+        let v = heads(self.value.forward_t(windows, train));
         let bias = self.position_bias(window).to_kind(q.kind());
         let attn_mask = match mask {
             Some(mask) => {
@@ -624,6 +625,13 @@ impl ImageClassifier for SwinForImageClassification {
         let head: Unit<'_> =
             Box::new(move |map: &Tensor| self.head(&map.flatten(2, -1).mean_dim(-1, false, None)));
         Some((body, head))
+    }
+
+    fn lora_sites(&self) -> Vec<&LoraLinear> {
+        let blocks = self.swin.stages.iter().flat_map(|s| &s.blocks);
+        blocks
+            .flat_map(|b| [&b.attention.query, &b.attention.key, &b.attention.value])
+            .collect()
     }
 }
 

@@ -288,4 +288,12 @@ impl ImageClassifier for ViTForImageClassification {
         }
         Some((maps, 1))
     }
+
+    fn lora_sites(&self) -> Vec<&super::lora::LoraLinear> {
+        self.vit
+            .layers
+            .iter()
+            .flat_map(|l| l.attention.lora_sites())
+            .collect()
+    }
 }

@@ -11,8 +11,12 @@ use crate::store::models::ModelRow;
 /// What to download.
 #[derive(Debug, Clone, Copy)]
 pub enum DownloadFormat {
-    /// The model directory in the Hugging Face layout, as a tar.gz.
+    /// The model directory in the Hugging Face layout, as a tar.gz (a LoRA
+    /// model: its adapter, as is).
     Hf,
+    /// A LoRA model merged into its base, as a plain Hugging Face checkpoint
+    /// in a tar.gz (any other model: as `Hf`).
+    Merged,
     /// The ONNX file (exported once per model and options, then kept).
     Onnx(ExportOptions),
     /// The ONNX export's metadata alone, read from the card without exporting.
@@ -40,6 +44,7 @@ impl Models<'_> {
         let dir = self.artifacts.model_dir(&row.path).await?;
         match format {
             DownloadFormat::Hf => self.archive(row, dir).await,
+            DownloadFormat::Merged => self.merged(row, dir).await,
             DownloadFormat::OnnxMetadata(opts) => {
                 let metadata =
                     tokio::task::spawn_blocking(move || export::metadata_of_dir(&dir, &opts))
@@ -60,6 +65,24 @@ impl Models<'_> {
                 })
             }
         }
+    }
+
+    /// The merged checkpoint of a LoRA model, written aside, then archived.
+    async fn merged(&self, row: ModelRow, dir: PathBuf) -> AppResult<Download> {
+        if !crate::model::lora::is_lora_dir(&dir) {
+            return self.archive(row, dir).await;
+        }
+        let out = self
+            .data_dir
+            .join("tmp")
+            .join(format!("merged-{}", uuid::Uuid::now_v7().simple()));
+        let (src, dst) = (dir.clone(), out.clone());
+        tokio::task::spawn_blocking(move || crate::model::lora::save_merged(&src, &dst))
+            .await
+            .map_err(anyhow::Error::from)??;
+        let archived = self.archive(row, out.clone()).await;
+        let _ = tokio::fs::remove_dir_all(&out).await;
+        archived
     }
 
     async fn archive(&self, row: ModelRow, dir: PathBuf) -> AppResult<Download> {

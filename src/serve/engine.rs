@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 
 use crate::devices::{is_fatal_device_error, DeviceHealth};
 use crate::model::Model;
+use crate::serve::adapters::{AdapterCache, AdapterGauges};
 use crate::torchx::{AutocastDevice, AutocastGuard, FloatKind, Tf32Lease};
 
 /// Images of one request for one model, and where the scores go.
@@ -83,6 +84,9 @@ pub struct EngineConfig {
     pub cache: usize,
     /// Numeric precision of the forward passes on a GPU.
     pub precision: PredictPrecision,
+    /// Bytes of LoRA adapters kept resident per device (their bases stay
+    /// resident besides; `serve/adapters.rs`).
+    pub adapter_cache_bytes: u64,
 }
 
 /// The precision of inference on a GPU (the CPU always runs fp32).
@@ -176,12 +180,15 @@ impl Engine {
         batch_sizes: Histogram,
         arrivals: Arrivals,
         health: DeviceHealth,
+        adapter_gauges: AdapterGauges,
     ) -> Self {
         let (tx, rx) = sync_channel(config.queue.max(1));
         let depth = Arc::new(AtomicI64::new(0));
         let name = crate::torch_info::device_name(device);
         let mut thread = EngineThread::new(device, config, depth.clone(), batch_sizes, arrivals);
         thread.health = health;
+        thread.adapters =
+            AdapterCache::new(device, config.adapter_cache_bytes, Some(adapter_gauges));
         std::thread::Builder::new()
             .name(format!("vitrine-infer-{name}"))
             .spawn(move || thread.run(rx))
@@ -214,6 +221,14 @@ impl Engine {
     }
 }
 
+/// Jobs with the same key run in one forward pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BatchKey {
+    Model(String),
+    /// LoRA models on this base directory.
+    LoraBase(PathBuf),
+}
+
 struct Loaded {
     id: String,
     model: Model,
@@ -232,6 +247,8 @@ struct EngineThread {
     models: VecDeque<Loaded>,
     /// Autocast of forward passes, settled when the thread starts.
     autocast: Option<(AutocastDevice, FloatKind)>,
+    /// LoRA models: shared bases, adapters by bytes.
+    adapters: AdapterCache,
 }
 
 impl EngineThread {
@@ -252,6 +269,7 @@ impl EngineThread {
             arrivals,
             models: VecDeque::new(),
             autocast: None,
+            adapters: AdapterCache::new(device, config.adapter_cache_bytes, None),
         }
     }
 
@@ -356,12 +374,15 @@ impl EngineThread {
         jobs
     }
 
-    /// Groups the jobs by model and runs each group as one batch.
+    /// Groups the jobs by model (LoRA models: by base, so adapters of one
+    /// base share the pass) and runs each group as one batch.
     fn run_batch(&mut self, mut jobs: Vec<Job>) {
         while !jobs.is_empty() {
             let id = jobs[0].model_id.clone();
-            let (group, rest): (Vec<Job>, Vec<Job>) =
-                jobs.into_iter().partition(|j| j.model_id == id);
+            let key = self.batch_key(&jobs[0]);
+            let (group, rest): (Vec<Job>, Vec<Job>) = std::mem::take(&mut jobs)
+                .into_iter()
+                .partition(|j| self.batch_key(j) == key);
             jobs = rest;
             let dir = group[0].model_dir.clone();
             if !self.health.is_up(&self.name) {
@@ -370,8 +391,9 @@ impl EngineThread {
                 }
                 continue;
             }
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.forward(&id, &dir, &group)
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &key {
+                BatchKey::Model(_) => self.forward(&id, &dir, &group),
+                BatchKey::LoraBase(base) => self.forward_adapters(base, &group),
             }))
             .unwrap_or_else(|panic| Err(panic_message(panic.as_ref())));
             match result {
@@ -441,6 +463,39 @@ impl EngineThread {
             .collect())
     }
 
+    /// What a job shares its forward pass with.
+    fn batch_key(&mut self, job: &Job) -> BatchKey {
+        match self.adapters.base_of(&job.model_dir) {
+            Some(base) => BatchKey::LoraBase(base),
+            None => BatchKey::Model(job.model_id.clone()),
+        }
+    }
+
+    /// One pass of a shared base over jobs for adapters on it.
+    fn forward_adapters(
+        &mut self,
+        base: &std::path::Path,
+        group: &[Job],
+    ) -> Result<Vec<Tensor>, String> {
+        if let Some(message) = self.health.take_injected_fault(&self.name) {
+            panic!("{message}");
+        }
+        let images: i64 = group.iter().map(|j| j.pixels.size()[0]).sum();
+        self.batch_sizes.observe(images as f64);
+        let _autocast = match self.autocast {
+            Some((dev, dtype)) => {
+                Some(AutocastGuard::enter(dev, dtype).map_err(|e| e.to_string())?)
+            }
+            None => None,
+        };
+        let requests: Vec<(&str, &std::path::Path, &Tensor)> = group
+            .iter()
+            .map(|j| (j.model_id.as_str(), j.model_dir.as_path(), &j.pixels))
+            .collect();
+        let logits = self.adapters.forward(base, &requests)?;
+        Ok(logits.into_iter().map(|t| t.to_kind(Kind::Float)).collect())
+    }
+
     /// The loaded model `id`, loading it (and evicting the least recently
     /// used) if needed.
     fn model(&mut self, id: &str, dir: &std::path::Path) -> Result<&Model, String> {
@@ -502,6 +557,7 @@ mod tests {
             queue: 16,
             cache: 1,
             precision: PredictPrecision::Auto,
+            adapter_cache_bytes: 1 << 20,
         };
         let hist = Histogram::with_opts(HistogramOpts::new("b", "b")).unwrap();
         EngineThread::new(

@@ -5,6 +5,7 @@
 //! answer) for `/predict` and `vitrine predict` alike; `thumbnails` the web
 //! page's dataset previews.
 
+pub mod adapters;
 pub mod embed;
 pub mod engine;
 pub mod explain;
@@ -60,6 +61,7 @@ impl Inference {
             devices.to_vec()
         };
         let arrivals = Arrivals::default();
+        let adapter_gauges = adapters::AdapterGauges::register(registry);
         let engines = devices
             .iter()
             .map(|&d| {
@@ -69,6 +71,7 @@ impl Inference {
                     batch_sizes.clone(),
                     arrivals.clone(),
                     health.clone(),
+                    adapter_gauges.clone(),
                 )
             })
             .collect();
@@ -270,6 +273,7 @@ mod tests {
             queue: 8,
             cache: 1,
             precision: engine::PredictPrecision::Auto,
+            adapter_cache_bytes: 1 << 20,
         }
     }
 

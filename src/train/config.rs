@@ -20,6 +20,10 @@ pub enum Mode {
     Partial,
     /// Everything trains (low learning rate, optional layer-wise decay).
     Full,
+    /// Low-rank adaptation (`lora` settings): the backbone frozen, a low-rank
+    /// update of the attention projections and the classifier train; the
+    /// model is a PEFT adapter on the base (`model/lora`, docs/lora.md).
+    Lora,
 }
 
 /// The validation metric that picks a job's best epoch (the saved model)
@@ -162,12 +166,16 @@ pub struct JobConfig {
     /// the model's depth.
     #[serde(default)]
     pub unfreeze_last_n: Option<usize>,
+    /// For `lora`: rank, alpha, dropout, target modules, rsLoRA (defaults:
+    /// r 16, alpha = r, dropout 0.1, query and value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::model::lora::LoraSpec>,
     #[serde(default = "defaults::epochs")]
     pub epochs: u32,
     #[serde(default = "defaults::batch_size")]
     pub batch_size: u32,
     /// Peak learning rate; by default 1e-3 (linear probe), 1e-4 (partial),
-    /// 5e-5 (full).
+    /// 5e-5 (full), 5e-3 (lora, PEFT's image-classification guide).
     #[serde(default)]
     pub learning_rate: Option<f64>,
     /// AdamW's decoupled weight decay (not on biases and norms): a number in
@@ -326,7 +334,13 @@ impl JobConfig {
             Mode::LinearProbe => 1e-3,
             Mode::Partial => 1e-4,
             Mode::Full => 5e-5,
+            Mode::Lora => 5e-3,
         })
+    }
+
+    /// The LoRA settings of a `lora` job (defaults when `lora` is absent).
+    pub fn lora_spec(&self) -> crate::model::lora::LoraSpec {
+        self.lora.clone().unwrap_or_default()
     }
 
     /// Blocks trained in `partial` mode.
@@ -406,6 +420,15 @@ impl JobConfig {
                 self.unfreeze_last_n() >= 1,
                 "`unfreeze_last_n` must be >= 1",
             )?;
+        }
+        if self.lora.is_some() {
+            check(
+                self.mode == Mode::Lora,
+                "`lora` applies to mode `lora` only",
+            )?;
+        }
+        if self.mode == Mode::Lora {
+            self.lora_spec().validate().map_err(|e| e.to_string())?;
         }
         Ok(())
     }

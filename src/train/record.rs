@@ -85,6 +85,15 @@ impl ModelCard {
     }
 }
 
+/// The base's preprocessing, for a LoRA directory without its own.
+fn lora_base_preprocessor(dir: &Path, lora: bool) -> Option<PreprocessorConfig> {
+    let base = lora
+        .then(|| crate::model::lora::files::base_dir_of(dir).ok())
+        .flatten()?;
+    let bytes = std::fs::read(base.join("preprocessor_config.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// A model ready to classify: what serving needs to know without touching
 /// tensors.
 #[derive(Debug)]
@@ -112,7 +121,13 @@ impl TrainedModel {
     /// Reads a model directory: its card when it has one, else the task and
     /// labels of its `config.json` (`problem_type`, `id2label`).
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
-        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        // A LoRA directory `peft` made alone has no `config.json`: its
+        // base's, with labels for its head (`model/lora`).
+        let lora = crate::model::lora::is_lora_dir(dir);
+        let config = match lora {
+            true => crate::model::lora::files::adapted_config(dir)?,
+            false => ModelConfig::from_file(&dir.join("config.json"))?,
+        };
         let card = match std::fs::read(dir.join(CARD_FILE)) {
             Ok(bytes) => {
                 Some(
@@ -133,7 +148,7 @@ impl TrainedModel {
                         detail: e.to_string(),
                     })?
                 }
-                Err(_) => PreprocessorConfig::default(),
+                Err(_) => lora_base_preprocessor(dir, lora).unwrap_or_default(),
             };
         // One input size per model, whatever the preprocessor says (see
         // `Pipeline::for_model`), so images of any size stack into one batch.

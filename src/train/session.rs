@@ -33,6 +33,7 @@ use super::timing::{Phase, StepClock, TimeShares};
 use super::{features, Events, StopFlag, TrainError, TrainEvent, TrainOutcome, TrainSpec};
 use crate::imaging::input_cache::{CacheForm, CachedImages};
 use crate::imaging::{Pipeline, PreprocessorConfig};
+use crate::model::lora::Adapter;
 use crate::model::{Model, ParamGroup, Regularisation, Trainable};
 use crate::task::Task;
 use crate::torchx;
@@ -82,7 +83,8 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
     let (plan, _tf32) = set_up_device(&spec)?;
     let model = load_model(&spec, &data)?;
     let pipeline = pipeline_for(&spec, &model)?;
-    let params = select_trainable(&model, cfg);
+    let adapter = lora_adapter(&model, cfg)?;
+    let params = select_trainable(&model, cfg, adapter.as_ref());
     if params.is_empty() {
         return Err(TrainError::fatal("no trainable parameters for this mode"));
     }
@@ -111,6 +113,7 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
         cfg,
         data: &data,
         model: &model,
+        adapter: adapter.as_ref(),
         placer: InputPlacer::new(&pipeline, spec.device),
         train_format: PixelFormat::for_device(spec.device, &pipeline, augmented),
         eval_format: PixelFormat::for_device(spec.device, &pipeline, false),
@@ -292,18 +295,45 @@ fn restore(
         .map_err(|e| TrainError::retry(format!("{e:#}")))
 }
 
+/// A `lora` job's new adapter, attached to the model (A drawn from the
+/// job's seeded generator, B zeros; the head is the model's own).
+fn lora_adapter(model: &Model, cfg: &JobConfig) -> Result<Option<Adapter>, TrainError> {
+    if cfg.mode != Mode::Lora {
+        return Ok(None);
+    }
+    let adapter = Adapter::init(model, &cfg.lora_spec())
+        .and_then(|a| a.attach(model).map(|()| a))
+        .map_err(|e| TrainError::fatal(format!("LoRA: {e}")))?;
+    Ok(Some(adapter))
+}
+
 /// Which parameters train in this mode, with their learning-rate scale.
 /// Roles come from the model's own parameter groups (embeddings, block or
 /// stage i, final norm, head). Batch norms of frozen parts stop updating
 /// their statistics ([`crate::model::ImageClassifier::set_trainable_parts`]).
-fn select_trainable(model: &Model, cfg: &JobConfig) -> Vec<(String, Tensor, f64)> {
+/// A LoRA job trains its adapter's tensors (PEFT's names) and the head.
+fn select_trainable(
+    model: &Model,
+    cfg: &JobConfig,
+    adapter: Option<&Adapter>,
+) -> Vec<(String, Tensor, f64)> {
     let depth = model.net.num_layers();
     let which = match cfg.mode {
-        Mode::LinearProbe => Trainable::HeadOnly,
+        Mode::LinearProbe | Mode::Lora => Trainable::HeadOnly,
         Mode::Partial => Trainable::LastLayers(cfg.unfreeze_last_n()),
         Mode::Full => Trainable::All,
     };
     model.net.set_trainable_parts(which);
+    if let Some(adapter) = adapter {
+        for (_, _, t) in model.grouped_variables() {
+            let _ = t.set_requires_grad(false);
+        }
+        return adapter
+            .named_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.set_requires_grad(true), 1.0))
+            .collect();
+    }
     let mut out = Vec::new();
     for (name, group, tensor) in model.grouped_variables() {
         let trains = which.includes(group, depth);
@@ -332,6 +362,8 @@ struct Trainer<'a> {
     cfg: &'a JobConfig,
     data: &'a Prepared,
     model: &'a Model,
+    /// A `lora` job's adapter (saved in PEFT's format instead of the model).
+    adapter: Option<&'a Adapter>,
     pipeline: Pipeline,
     /// MixUp / CutMix of image batches (never of cached features).
     mixer: Option<Mixer>,
@@ -1008,8 +1040,17 @@ impl Trainer<'_> {
             Task::MultiClass => crate::model::ProblemType::SingleLabel,
             Task::MultiLabel => crate::model::ProblemType::MultiLabel,
         };
-        crate::model::save_pretrained(self.model, &tmp, problem)
-            .map_err(|e| TrainError::retry(format!("saving the model: {e:#}")))?;
+        match self.adapter {
+            Some(adapter) => crate::model::lora::save_adapter(
+                self.model,
+                adapter,
+                &tmp,
+                &self.cfg.base_model,
+                problem,
+            ),
+            None => crate::model::save_pretrained(self.model, &tmp, problem),
+        }
+        .map_err(|e| TrainError::retry(format!("saving the model: {e:#}")))?;
         std::fs::write(
             tmp.join("epoch_metrics.json"),
             serde_json::to_vec_pretty(metrics).map_err(TrainError::retry)?,
@@ -1028,8 +1069,11 @@ impl Trainer<'_> {
         state: &LoopState,
         interrupted: bool,
     ) -> Result<TrainOutcome, TrainError> {
-        let has_best =
-            self.best_dir.join("model.safetensors").exists() && state.best_epoch.is_some();
+        let weights = self.best_dir.join(match self.adapter {
+            Some(_) => crate::model::lora::files::WEIGHTS_FILE,
+            None => "model.safetensors",
+        });
+        let has_best = weights.exists() && state.best_epoch.is_some();
         let mut outcome = TrainOutcome {
             best_model_dir: None,
             interrupted,
@@ -1046,7 +1090,7 @@ impl Trainer<'_> {
             .cloned();
         let mut calibrated = None;
         if !interrupted {
-            load_weights(&opt.params, &self.best_dir.join("model.safetensors"))?;
+            load_weights(&opt.params, &weights)?;
             if let Some(inputs) = self.inputs()? {
                 calibrated = self.calibrate(&inputs)?;
             }
@@ -1190,6 +1234,10 @@ impl From<anyhow::Error> for TrainError {
 #[cfg(test)]
 #[path = "speed_tests.rs"]
 mod speed_tests;
+
+#[cfg(test)]
+#[path = "lora_tests.rs"]
+mod lora_tests;
 
 #[cfg(test)]
 mod tests {
@@ -1544,7 +1592,7 @@ mod tests {
         let names = |sel: &[(String, Tensor, f64)]| -> Vec<String> {
             sel.iter().map(|(n, _, _)| n.clone()).collect()
         };
-        let probe = select_trainable(&model, &config("linear_probe", serde_json::json!({})));
+        let probe = select_trainable(&model, &config("linear_probe", serde_json::json!({})), None);
         assert!(
             names(&probe).iter().all(|n| n.starts_with("classifier.")),
             "{:?}",
@@ -1555,6 +1603,7 @@ mod tests {
         let partial = names(&select_trainable(
             &model,
             &config("partial", serde_json::json!({"unfreeze_last_n": 1})),
+            None,
         ));
         assert!(partial.iter().any(|n| n.contains("encoder.layer.2.")));
         assert!(partial.iter().any(|n| n.starts_with("vit.layernorm.")));
@@ -1569,6 +1618,7 @@ mod tests {
         let full = select_trainable(
             &model,
             &config("full", serde_json::json!({"layer_lr_decay": 0.5})),
+            None,
         );
         assert_eq!(full.len(), model.vs.variables().len());
         let scale = |name: &str| full.iter().find(|(n, _, _)| n == name).unwrap().2;

@@ -10,6 +10,7 @@ mod cnn_parity;
 mod dinov2_parity;
 mod dinov2_real;
 mod explain_parity;
+mod lora;
 mod onnx_export;
 mod preflight;
 mod support;

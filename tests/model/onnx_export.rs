@@ -121,6 +121,11 @@ fn check(dir: &Path, prep: Prep, opts: ExportOptions, tol: f64) -> Ran {
     ran
 }
 
+/// [`check`] of a LoRA model directory (exported on its merged weights).
+pub fn check_lora_dir(dir: &Path) {
+    check(dir, Prep::default(), dynamic(), 1e-4);
+}
+
 fn dynamic() -> ExportOptions {
     ExportOptions {
         dynamic_batch: true,
