@@ -256,6 +256,7 @@ pub async fn check_job(
     config: &JobConfig,
 ) -> AppResult<()> {
     check_device(queue, config.device.as_deref())?;
+    check_ranks(queue, config)?;
     check_task(config, dataset.task)?;
     check_base_model(config).await
 }
@@ -293,6 +294,23 @@ fn check_device(queue: &JobQueue, wanted: Option<&str>) -> AppResult<()> {
         )
     };
     Err(AppError::unprocessable("no_such_device", detail))
+}
+
+/// Several devices or nodes per job: what this node cannot run is refused
+/// by name (`train/devices.rs`), not queued.
+fn check_ranks(queue: &JobQueue, config: &JobConfig) -> AppResult<()> {
+    let names = queue.device_names();
+    let node = crate::train::devices::NodeDevices {
+        names: &names,
+        cpus: crate::torch_info::threads::available_cpus(),
+    };
+    crate::train::devices::check_ranks(
+        config.devices.as_ref(),
+        config.device.as_deref(),
+        config.nodes,
+        &node,
+    )
+    .map_err(|r| AppError::unprocessable(r.code, r.detail))
 }
 
 fn list_or_none(devices: &[&String]) -> String {

@@ -11,6 +11,8 @@ mod batches;
 mod checkpoint;
 pub mod config;
 mod data;
+pub mod devices;
+pub mod distributed;
 mod eval;
 mod features;
 mod input;
