@@ -461,6 +461,7 @@ mod tests {
             decode_budget: crate::budget::DecodeBudget::new(1 << 30),
             input_cache: None,
             phase_seconds: Default::default(),
+            training_ranks: Default::default(),
         }
     }
 

@@ -145,6 +145,52 @@ impl Ranks {
     }
 }
 
+/// `vitrine_training_ranks{device}`: the ranks training now on this node,
+/// by the claiming worker's device (a 2-rank CPU job counts 2). Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct RankGauge(prometheus::IntGaugeVec);
+
+impl Default for RankGauge {
+    fn default() -> Self {
+        Self(
+            prometheus::IntGaugeVec::new(
+                prometheus::Opts::new(
+                    "vitrine_training_ranks",
+                    "Data-parallel ranks training now, by the worker's device",
+                ),
+                &["device"],
+            )
+            .expect("valid metric"),
+        )
+    }
+}
+
+impl RankGauge {
+    /// The gauge registered in `registry` (once per registry).
+    pub fn registered(registry: &prometheus::Registry) -> Self {
+        let me = Self::default();
+        let _ = registry.register(Box::new(me.0.clone()));
+        me
+    }
+
+    /// Counts `ranks` on `device` until the returned guard is dropped.
+    pub fn hold(&self, device: &str, ranks: usize) -> RankHold {
+        let g = self.0.with_label_values(&[device]);
+        g.add(ranks as i64);
+        RankHold(g, ranks as i64)
+    }
+}
+
+/// Ranks counted in [`RankGauge`] while it lives.
+pub struct RankHold(prometheus::IntGauge, i64);
+
+impl Drop for RankHold {
+    fn drop(&mut self) {
+        self.0.sub(self.1);
+    }
+}
+
 fn kinds_of(ts: &[Tensor]) -> Vec<Kind> {
     let mut kinds: Vec<Kind> = Vec::new();
     for t in ts {

@@ -78,6 +78,9 @@ pub enum TrainEvent {
         micro_batch: u32,
         /// Parameters (elements) this job's mode trains.
         trainable_parameters: u64,
+        /// The device of each data-parallel rank (one entry: one device).
+        #[serde(default)]
+        ranks: Vec<String>,
     },
     /// The frozen backbone's features are being computed (linear probe).
     Features { done: usize, total: usize },

@@ -543,6 +543,10 @@ impl Trainer<'_> {
             validation_images: self.data.validation.len(),
             micro_batch: state.micro_batch,
             trainable_parameters: self.trainable_parameters,
+            ranks: vec![
+                crate::torch_info::device_name(self.device());
+                self.ranks.map_or(1, Ranks::world)
+            ],
         });
         let targets = targets_tensor(
             &self.data.train.targets(),
