@@ -23,8 +23,6 @@
 //! Several CUDA devices (NCCL) and several nodes are not built yet: the
 //! submit check refuses them by name (`train/devices.rs`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tch::{Kind, Tensor};
@@ -247,23 +245,18 @@ pub fn run(
         .map_err(|e| TrainError::retry(format!("hosting the rendezvous: {}", e.0)))?;
     let port = store.port();
     tracing::info!(job = %spec.job_id, world, port, "data-parallel training");
-    // A failed rank raises this so the others stop at their next step
-    // instead of waiting out the collective timeout.
-    let failed = Arc::new(AtomicBool::new(false));
+    // A failed rank leaves the others waiting in their next collective
+    // until COLLECTIVE_TIMEOUT; they then fail too, and the job is retried.
     let mut others = Vec::new();
     for rank in 1..world {
-        let (rank_spec, stop, failed) = (follower_spec(&spec), stop.clone(), failed.clone());
+        let (rank_spec, stop) = (follower_spec(&spec), stop.clone());
         others.push(
             std::thread::Builder::new()
                 .name(format!("vitrine-rank-{rank}"))
                 .spawn(move || {
                     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-                    let r = join(None, port, rank, world)
-                        .and_then(|ranks| super::session::run_rank(rank_spec, tx, stop, ranks));
-                    if r.is_err() {
-                        failed.store(true, Ordering::Relaxed);
-                    }
-                    r
+                    join(None, port, rank, world)
+                        .and_then(|ranks| super::session::run_rank(rank_spec, tx, stop, ranks))
                 })
                 .map_err(|e| TrainError::retry(format!("spawning rank {rank}: {e}")))?,
         );
