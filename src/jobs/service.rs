@@ -255,8 +255,10 @@ pub async fn check_job(
     dataset: &DatasetRecord,
     config: &JobConfig,
 ) -> AppResult<()> {
-    check_device(queue, config.device.as_deref())?;
+    // Ranks first: their refusal names the devices a multi-device job
+    // lacks, which the single-device check would only call `cuda`.
     check_ranks(queue, config)?;
+    check_device(queue, config.device.as_deref())?;
     check_task(config, dataset.task)?;
     check_base_model(config).await
 }

@@ -136,6 +136,36 @@ fn two_ranks_train_a_vit_as_one_rank_does() {
     assert_eq!(card.config.ranks_per_node(), 2);
 }
 
+/// A linear probe on 2 ranks (each computing the frozen backbone's
+/// features in its own scratch) equals one rank.
+#[test]
+fn two_ranks_train_a_linear_probe_as_one_rank_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = job(dir.path(), vit());
+    let probe = |m: serde_json::Value| {
+        let mut v = serde_json::json!({"mode": "linear_probe"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(m.as_object().unwrap().clone());
+        v
+    };
+    let (one, one_events) = train(dir.path(), "one", &data, probe(serde_json::json!({})));
+    let (two, two_events) = train(
+        dir.path(),
+        "two",
+        &data,
+        probe(serde_json::json!({"devices": 2})),
+    );
+    assert_close(
+        &losses(&one_events),
+        &losses(&two_events),
+        1e-5,
+        "per-step losses",
+    );
+    let d = max_difference(&tensors(&one), &tensors(&two), |_| true);
+    assert!(d <= 1e-4, "final weights differ by {d}");
+}
+
 /// ResNet (batch norm in training mode): each rank normalises its own
 /// half of the batch, as DDP without SyncBatchNorm does, which is what one
 /// rank does with `micro_batch` = half the batch; the losses and weights

@@ -108,7 +108,8 @@ fn run_job(
     // Each rank steps on its share of the global batch.
     let local = super::distributed::local_config(&spec.config, ranks.as_ref());
     let cfg = &local;
-    std::fs::create_dir_all(&spec.work_dir)
+    // Rank 0's scratch is the work directory; the others' a folder in it.
+    std::fs::create_dir_all(spec.rank_scratch(ranks.as_ref().map_or(0, Ranks::rank)))
         .map_err(|e| TrainError::retry(format!("creating the job's work directory: {e}")))?;
     let data = prepare(&spec)?;
     let (plan, _tf32) = set_up_device(&spec)?;
