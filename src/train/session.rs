@@ -127,21 +127,7 @@ fn run_job(
         None => first_state(cfg),
     };
     if let Some(r) = ranks.as_mut() {
-        // Every rank starts from rank 0's weights and buffers (restored or
-        // fresh), then averages its gradients through the reducer.
-        let mut all: Vec<Tensor> = opt
-            .params
-            .iter()
-            .map(|p| p.tensor.shallow_clone())
-            .collect();
-        all.extend(model.buffers().into_iter().map(|(_, t)| t));
-        r.broadcast_from_leader(&all)?;
-        let trainable: Vec<Tensor> = opt
-            .params
-            .iter()
-            .map(|p| p.tensor.shallow_clone())
-            .collect();
-        r.attach_reducer(&trainable)?;
+        start_in_step(r, &opt, &model)?;
     }
     let mut scaler = plan.loss_scaling.then(|| {
         let mut s = LossScaler::new(spec.device);
@@ -181,6 +167,20 @@ fn run_job(
     }
     let interrupted = trainer.train(&mut opt, &mut scaler, &mut state, &ckpt)?;
     trainer.finish(&mut opt, &state, interrupted)
+}
+
+/// Every rank starts from rank 0's weights and buffers (restored or
+/// fresh), then averages its gradients through the reducer.
+fn start_in_step(ranks: &mut Ranks, opt: &AdamW, model: &Model) -> Result<(), TrainError> {
+    let trainable: Vec<Tensor> = opt
+        .params
+        .iter()
+        .map(|p| p.tensor.shallow_clone())
+        .collect();
+    let mut all: Vec<Tensor> = trainable.iter().map(Tensor::shallow_clone).collect();
+    all.extend(model.buffers().into_iter().map(|(_, t)| t));
+    ranks.broadcast_from_leader(&all)?;
+    ranks.attach_reducer(&trainable)
 }
 
 /// The decode-once caches this job reads (`input_cache: auto` on a node
