@@ -56,6 +56,7 @@ pub const FIRST_BUCKET_BYTES: i64 = 1024 * 1024;
 
 /// A c10d `TCPStore`: the rendezvous of a process group.
 pub struct Store {
+    #[cfg_attr(not(vitrine_c10d), allow(dead_code))]
     ptr: *mut std::ffi::c_void,
     port: u16,
 }
@@ -66,6 +67,7 @@ unsafe impl Send for Store {}
 
 /// A c10d process group (Gloo backend) of `world` ranks.
 pub struct ProcessGroup {
+    #[cfg_attr(not(vitrine_c10d), allow(dead_code))]
     ptr: *mut std::ffi::c_void,
     rank: usize,
     world: usize,
@@ -77,6 +79,7 @@ unsafe impl Send for ProcessGroup {}
 
 /// c10d's `Reducer` over one rank's trainable parameters.
 pub struct GradReducer {
+    #[cfg_attr(not(vitrine_c10d), allow(dead_code))]
     ptr: *mut std::ffi::c_void,
     buckets: usize,
     // The parameters (the reducer keeps its own references too).

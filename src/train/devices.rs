@@ -155,12 +155,6 @@ pub fn check_ranks(
         }
         return Ok(());
     }
-    if !crate::torchx::dist::available() {
-        return Err(DeviceRefusal::new(
-            "distributed_unavailable",
-            crate::torchx::dist::UNAVAILABLE.into(),
-        ));
-    }
     let ranks = devices.count().unwrap_or(1);
     if ranks > node.cpus {
         return Err(DeviceRefusal::new(
@@ -173,6 +167,12 @@ pub fn check_ranks(
                 have.map(|h| format!(" (devices here: {h})"))
                     .unwrap_or_default()
             ),
+        ));
+    }
+    if ranks > 1 && !crate::torchx::dist::available() {
+        return Err(DeviceRefusal::new(
+            "distributed_unavailable",
+            crate::torchx::dist::UNAVAILABLE.into(),
         ));
     }
     Ok(())

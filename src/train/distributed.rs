@@ -292,7 +292,6 @@ fn join(store: Option<Store>, port: u16, rank: usize, world: usize) -> Result<Ra
     let group =
         ProcessGroup::gloo(&store, "127.0.0.1", rank, world, COLLECTIVE_TIMEOUT).map_err(err)?;
     // The group keeps its own reference to the store.
-    drop(store);
     Ok(Ranks {
         group,
         reducer: None,

@@ -1529,6 +1529,7 @@ mod tests {
     }
 
     /// [`train_tiny_with`] with a stop flag the caller may raise.
+    #[cfg_attr(not(vitrine_c10d), allow(dead_code))]
     pub(super) fn train_tiny_stoppable(
         dir: &Path,
         base_model_dir: PathBuf,
