@@ -29,6 +29,45 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
     compile_shim(&torch.include_dir, torch.cxx11_abi);
+    compile_dist(&torch.include_dir, torch.cxx11_abi);
+}
+
+/// Builds `src/torchx/dist.cpp` (c10d: TCPStore, Gloo, the Reducer) when
+/// the Gloo headers are there (Debian's `libgloo-dev`; `$GLOO_INCLUDE`
+/// names another directory), and sets `cfg(vitrine_c10d)` for the Rust
+/// side. Without them the binary still builds and starts, and a job asking
+/// for several devices is refused by name.
+fn compile_dist(include: &Path, cxx11_abi: bool) {
+    println!("cargo:rustc-check-cfg=cfg(vitrine_c10d)");
+    println!("cargo:rerun-if-changed=src/torchx/dist.cpp");
+    println!("cargo:rerun-if-env-changed=GLOO_INCLUDE");
+    let gloo = std::env::var("GLOO_INCLUDE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/usr/include"));
+    let c10d = include.join("torch/csrc/distributed/c10d/ProcessGroupGloo.hpp");
+    if !gloo.join("gloo/config.h").exists() || !c10d.exists() {
+        println!(
+            "cargo:warning=no Gloo headers in {} (apt-get install libgloo-dev): \
+             building without multi-device training",
+            gloo.display()
+        );
+        return;
+    }
+    println!("cargo:rustc-cfg=vitrine_c10d");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .std("c++17")
+        .warnings(false)
+        .include(include)
+        .include(include.join("torch/csrc/api/include"))
+        .include(&gloo)
+        .define("_GLIBCXX_USE_CXX11_ABI", if cxx11_abi { "1" } else { "0" })
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        .define("USE_C10D_GLOO", None)
+        .define("USE_DISTRIBUTED", None)
+        .file("src/torchx/dist.cpp")
+        .compile("vitrine_dist");
 }
 
 /// Builds `src/torchx/shim.cpp` as torch-sys builds its own C++ (C++17,

@@ -87,5 +87,12 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
   echo "setup: PostgreSQL (initdb, pg_ctl) is missing; installing postgresql"
   apt_install postgresql || warn_missing "postgresql" "the PostgreSQL runs of the store and queue tests"
 fi
+# The Gloo headers (Debian's libgloo-dev) for c10d's ProcessGroupGloo: the
+# torch wheel ships c10d's headers but not Gloo's. Without them build.rs
+# builds vitrine without multi-device training (docs/distributed.md).
+if [ ! -f "${GLOO_INCLUDE:-/usr/include}/gloo/config.h" ]; then
+  echo "setup: the Gloo headers are missing; installing libgloo-dev"
+  apt_install libgloo-dev || warn_missing "libgloo-dev" "multi-device training and its tests"
+fi
 touch "$VENV/.vitrine-setup"
 echo "setup: torch $have ready in $VENV"

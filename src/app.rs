@@ -169,6 +169,7 @@ fn job_queue(
         decode_budget: decode_budget.clone(),
         input_cache,
         phase_seconds: crate::train::timing::PhaseSeconds::registered(registry),
+        training_ranks: crate::train::distributed::RankGauge::registered(registry),
     }
 }
 

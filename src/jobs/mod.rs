@@ -39,6 +39,8 @@ pub struct JobQueue {
     pub input_cache: Option<crate::imaging::input_cache::InputCache>,
     /// Training time by phase, in `/metrics`.
     pub phase_seconds: crate::train::timing::PhaseSeconds,
+    /// Ranks training now, in `/metrics`.
+    pub training_ranks: crate::train::distributed::RankGauge,
 }
 
 impl JobQueue {

@@ -255,6 +255,9 @@ pub async fn check_job(
     dataset: &DatasetRecord,
     config: &JobConfig,
 ) -> AppResult<()> {
+    // Ranks first: their refusal names the devices a multi-device job
+    // lacks, which the single-device check would only call `cuda`.
+    check_ranks(queue, config)?;
     check_device(queue, config.device.as_deref())?;
     check_task(config, dataset.task)?;
     check_base_model(config).await
@@ -293,6 +296,23 @@ fn check_device(queue: &JobQueue, wanted: Option<&str>) -> AppResult<()> {
         )
     };
     Err(AppError::unprocessable("no_such_device", detail))
+}
+
+/// Several devices or nodes per job: what this node cannot run is refused
+/// by name (`train/devices.rs`), not queued.
+fn check_ranks(queue: &JobQueue, config: &JobConfig) -> AppResult<()> {
+    let names = queue.device_names();
+    let node = crate::train::devices::NodeDevices {
+        names: &names,
+        cpus: crate::torch_info::threads::available_cpus(),
+    };
+    crate::train::devices::check_ranks(
+        config.devices.as_ref(),
+        config.device.as_deref(),
+        config.nodes,
+        &node,
+    )
+    .map_err(|r| AppError::unprocessable(r.code, r.detail))
 }
 
 fn list_or_none(devices: &[&String]) -> String {
@@ -447,6 +467,7 @@ mod tests {
             decode_budget: crate::budget::DecodeBudget::new(1 << 30),
             input_cache: None,
             phase_seconds: Default::default(),
+            training_ranks: Default::default(),
         }
     }
 

@@ -159,6 +159,10 @@ impl Worker {
         let stop_flag = stop.clone();
         let health = self.queue.health.clone();
         let device_name = self.device_name.clone();
+        let ranks = self
+            .queue
+            .training_ranks
+            .hold(&self.device_name, spec.config.ranks_per_node());
         std::thread::Builder::new()
             .name(format!("vitrine-train-{}", self.device_name))
             .spawn(move || {
@@ -175,6 +179,7 @@ impl Worker {
                         crate::error::panic_message(p.as_ref()).unwrap_or_default()
                     )))
                 });
+                drop(ranks);
                 let _ = done_tx.send(result);
             })
             .expect("spawning the training thread");
@@ -716,6 +721,7 @@ mod tests {
             decode_budget: crate::budget::DecodeBudget::new(1 << 30),
             input_cache: None,
             phase_seconds: Default::default(),
+            training_ranks: Default::default(),
         }
     }
 

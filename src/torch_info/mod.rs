@@ -41,6 +41,30 @@ pub struct TorchInfo {
     pub cpu_threads: i32,
     /// How `serve` shares the CPU out by default (`--cpu-threads 0`).
     pub thread_budget: ThreadBudget,
+    /// c10d backends this build can train one job on several ranks with
+    /// (`gloo`; empty when built without the Gloo headers), and the most
+    /// CPU ranks one job may have here (`docs/distributed.md`).
+    pub distributed: DistributedInfo,
+}
+
+/// What data-parallel training this build and machine support.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DistributedInfo {
+    pub backends: Vec<String>,
+    pub max_cpu_ranks: usize,
+}
+
+impl DistributedInfo {
+    fn probe() -> Self {
+        Self {
+            backends: if cfg!(vitrine_c10d) {
+                vec!["gloo".into()]
+            } else {
+                vec![]
+            },
+            max_cpu_ranks: threads::available_cpus(),
+        }
+    }
 }
 
 impl TorchInfo {
@@ -60,6 +84,7 @@ impl TorchInfo {
             nvidia,
             cpu_threads: tch::get_num_threads(),
             thread_budget: ThreadBudget::new(0, 0),
+            distributed: DistributedInfo::probe(),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! The lowest layer of the crate: it imports nothing from it. Every shim call
 //! catches C++ exceptions and returns their message as a [`TorchError`].
 
+pub mod dist;
 mod guards;
 
 use std::ffi::{c_char, CStr};

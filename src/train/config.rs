@@ -291,6 +291,20 @@ pub struct JobConfig {
     /// dataset has no validation split (stratified, seeded).
     #[serde(default = "defaults::validation_fraction")]
     pub validation_fraction: f64,
+    /// Data-parallel ranks on the claiming worker's node: a count, a list
+    /// (`["cpu","cpu"]`, `["cuda:0","cuda:1"]`) or `"all"`; one when
+    /// absent. `batch_size` stays the global batch, split over the ranks
+    /// (`docs/distributed.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub devices: Option<super::devices::Devices>,
+    /// Worker nodes one job spans (world size = devices × nodes); 1.
+    #[serde(default = "defaults::one", skip_serializing_if = "is_one")]
+    pub nodes: u32,
+}
+
+fn is_one(v: &u32) -> bool {
+    *v == 1
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -356,7 +370,47 @@ impl JobConfig {
         if let Some(d) = &self.device {
             crate::torch_info::parse_device(d).map_err(|e| format!("`device`: {e}"))?;
         }
-        Ok(())
+        self.validate_ranks()
+    }
+
+    /// Ranks per node as the config says (`devices: "all"`: one, as on a
+    /// CPU worker).
+    pub fn ranks_per_node(&self) -> usize {
+        self.devices.as_ref().and_then(|d| d.count()).unwrap_or(1)
+    }
+
+    /// Every rank's share of the global batch must be whole and equal.
+    fn validate_ranks(&self) -> Result<(), String> {
+        check((1..=64).contains(&self.nodes), "`nodes` must be 1..=64")?;
+        if let Some(super::devices::Devices::List(v)) = &self.devices {
+            for d in v {
+                crate::torch_info::parse_device(d).map_err(|e| format!("`devices`: {e}"))?;
+            }
+        }
+        let world = self.ranks_per_node() * self.nodes as usize;
+        if world <= 1 {
+            return Ok(());
+        }
+        check(
+            world <= super::devices::MAX_WORLD,
+            "`devices` × `nodes` must be at most 64",
+        )?;
+        check(
+            self.batch_size as usize % world == 0,
+            &format!(
+                "`batch_size` ({}) must be a multiple of the world size ({world} = devices × nodes): \
+                 it is the global batch, split evenly over the ranks",
+                self.batch_size
+            ),
+        )?;
+        check(
+            self.grad_accum_steps as usize <= self.batch_size as usize / world,
+            "`grad_accum_steps` must be at most each rank's share of `batch_size`",
+        )?;
+        check(
+            !self.gradient_checkpointing,
+            "`gradient_checkpointing` with several devices is not supported yet",
+        )
     }
 
     /// The optimisation's sizes and rates.
@@ -471,12 +525,28 @@ impl JobConfig {
     pub fn from_json(text: &str) -> Result<Self, String> {
         let mut cfg: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
         cfg.validate()?;
+        cfg.claim_device_of_ranks();
         if let Some(d) = cfg.device.as_deref().filter(|d| *d != "cuda") {
             let device =
                 crate::torch_info::parse_device(d).map_err(|e| format!("`device`: {e}"))?;
             cfg.device = Some(crate::torch_info::device_name(device));
         }
         Ok(cfg)
+    }
+}
+
+impl JobConfig {
+    /// Several ranks on one device kind are claimed by a worker of that
+    /// kind: `devices: ["cpu","cpu"]` or a count without `device` is for a
+    /// CPU worker, `["cuda:0","cuda:1"]` for a GPU worker.
+    fn claim_device_of_ranks(&mut self) {
+        if self.device.is_some() || self.ranks_per_node() <= 1 {
+            return;
+        }
+        self.device = Some(match &self.devices {
+            Some(super::devices::Devices::List(v)) if v[0].starts_with("cuda") => "cuda".into(),
+            _ => "cpu".into(),
+        });
     }
 }
 

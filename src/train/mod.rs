@@ -13,6 +13,8 @@ pub mod calibration;
 mod checkpoint;
 pub mod config;
 mod data;
+pub mod devices;
+pub mod distributed;
 mod eval;
 mod features;
 mod input;
@@ -78,6 +80,9 @@ pub enum TrainEvent {
         micro_batch: u32,
         /// Parameters (elements) this job's mode trains.
         trainable_parameters: u64,
+        /// The device of each data-parallel rank (one entry: one device).
+        #[serde(default)]
+        ranks: Vec<String>,
     },
     /// The frozen backbone's features are being computed (linear probe).
     Features { done: usize, total: usize },

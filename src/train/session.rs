@@ -23,6 +23,7 @@ use super::calibrate::{calibrate, Calibrated};
 use super::checkpoint::{Checkpoints, LoopState};
 use super::config::{InputCacheMode, JobConfig, MicroBatch, Mode};
 use super::data::{prepare, Prepared};
+use super::distributed::Ranks;
 use super::eval::{evaluate, loss, targets_tensor, EpochMetrics, Evaluation};
 use super::input::{InputPlacer, PixelFormat};
 use super::mix::Mixer;
@@ -46,9 +47,34 @@ pub const LOSS_READ_EVERY: u64 = 10;
 /// A libtorch error anywhere (tch panics) ends the run with an error; on a
 /// GPU, an error that means the CUDA context is dead is
 /// [`TrainError::DeviceFatal`], wherever it surfaced.
+/// A job with several `devices` trains on that many ranks
+/// (`train/distributed.rs`), each through [`run_rank`].
 pub fn run(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutcome, TrainError> {
+    let world = spec.config.ranks_per_node();
+    if world > 1 {
+        return super::distributed::run(spec, events, stop, world);
+    }
+    run_guarded(spec, events, stop, None)
+}
+
+/// One rank of a data-parallel job (its process group already joined).
+pub(super) fn run_rank(
+    spec: TrainSpec,
+    events: Events,
+    stop: StopFlag,
+    ranks: Ranks,
+) -> Result<TrainOutcome, TrainError> {
+    run_guarded(spec, events, stop, Some(ranks))
+}
+
+fn run_guarded(
+    spec: TrainSpec,
+    events: Events,
+    stop: StopFlag,
+    ranks: Option<Ranks>,
+) -> Result<TrainOutcome, TrainError> {
     let device = spec.device;
-    std::panic::catch_unwind(AssertUnwindSafe(|| run_job(spec, events, stop)))
+    std::panic::catch_unwind(AssertUnwindSafe(|| run_job(spec, events, stop, ranks)))
         .unwrap_or_else(|p| {
             Err(TrainError::retry(format!(
                 "training crashed: {}",
@@ -75,9 +101,17 @@ fn torch_error(device: Device, context: &str) -> impl Fn(torchx::TorchError) -> 
     move |e| TrainError::from_failure(oom::Failure::new(e.0), device, context)
 }
 
-fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutcome, TrainError> {
-    let cfg = &spec.config;
-    std::fs::create_dir_all(&spec.work_dir)
+fn run_job(
+    spec: TrainSpec,
+    events: Events,
+    stop: StopFlag,
+    mut ranks: Option<Ranks>,
+) -> Result<TrainOutcome, TrainError> {
+    // Each rank steps on its share of the global batch.
+    let local = super::distributed::local_config(&spec.config, ranks.as_ref());
+    let cfg = &local;
+    // Rank 0's scratch is the work directory; the others' a folder in it.
+    std::fs::create_dir_all(spec.rank_scratch(ranks.as_ref().map_or(0, Ranks::rank)))
         .map_err(|e| TrainError::retry(format!("creating the job's work directory: {e}")))?;
     let data = prepare(&spec)?;
     let (plan, _tf32) = set_up_device(&spec)?;
@@ -95,6 +129,9 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
         Some(s) => s,
         None => first_state(cfg),
     };
+    if let Some(r) = ranks.as_mut() {
+        start_in_step(r, &opt, &model)?;
+    }
     let mut scaler = plan.loss_scaling.then(|| {
         let mut s = LossScaler::new(spec.device);
         if let Some(saved) = state.loss_scaler {
@@ -127,12 +164,27 @@ fn run_job(spec: TrainSpec, events: Events, stop: StopFlag) -> Result<TrainOutco
         clock: RefCell::new(clock),
         train_cache,
         eval_cache,
+        ranks: ranks.as_ref(),
     };
     if cfg.micro_batch == Some(MicroBatch::Auto) && cfg.mode != Mode::LinearProbe {
         state.micro_batch = trainer.probe_micro_batch(&mut opt)?;
     }
     let interrupted = trainer.train(&mut opt, &mut scaler, &mut state, &ckpt)?;
     trainer.finish(&mut opt, &state, interrupted)
+}
+
+/// Every rank starts from rank 0's weights and buffers (restored or
+/// fresh), then averages its gradients through the reducer.
+fn start_in_step(ranks: &mut Ranks, opt: &AdamW, model: &Model) -> Result<(), TrainError> {
+    let trainable: Vec<Tensor> = opt
+        .params
+        .iter()
+        .map(|p| p.tensor.shallow_clone())
+        .collect();
+    let mut all: Vec<Tensor> = trainable.iter().map(Tensor::shallow_clone).collect();
+    all.extend(model.buffers().into_iter().map(|(_, t)| t));
+    ranks.broadcast_from_leader(&all)?;
+    ranks.attach_reducer(&trainable)
 }
 
 /// The decode-once caches this job reads (`input_cache: auto` on a node
@@ -382,6 +434,8 @@ struct Trainer<'a> {
     train_cache: Option<Arc<CachedImages>>,
     /// Evaluation outputs from the decode-once cache.
     eval_cache: Option<Arc<CachedImages>>,
+    /// This rank's process group when the job runs on several ranks.
+    ranks: Option<&'a Ranks>,
 }
 
 /// Per-mode inputs: cached features (linear probe) or image paths.
@@ -399,8 +453,31 @@ impl Trainer<'_> {
         self.spec.device
     }
 
+    /// Whether to stop now. With several ranks every rank asks at the same
+    /// points and all agree (a rank that left would leave the others
+    /// waiting in a collective); a failed agreement stops too.
     fn stopped(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+        let local = self.stop.load(Ordering::Relaxed);
+        match self.ranks {
+            Some(r) => r.any(local).unwrap_or(true),
+            None => local,
+        }
+    }
+
+    /// Batch norms' statistics follow rank 0 (DDP's `broadcast_buffers`),
+    /// before every step and every evaluation.
+    fn follow_leader_buffers(&self) -> Result<(), TrainError> {
+        let Some(r) = self.ranks else { return Ok(()) };
+        let buffers: Vec<Tensor> = self.model.buffers().into_iter().map(|(_, t)| t).collect();
+        if buffers.is_empty() {
+            return Ok(());
+        }
+        r.broadcast_from_leader(&buffers)
+    }
+
+    /// Whether this run writes files and events (rank 0, or the only rank).
+    fn leads(&self) -> bool {
+        self.ranks.is_none_or(Ranks::is_leader)
     }
 
     /// The forward pass of images as the plan says (autocast or fp32).
@@ -423,7 +500,7 @@ impl Trainer<'_> {
         let batch = (self.cfg.batch_size as usize).max(16);
         let found = features::compute_or_load(
             &features::FeatureSource {
-                work_dir: &self.spec.work_dir,
+                work_dir: &self.spec.rank_scratch(self.ranks.map_or(0, Ranks::rank)),
                 net: self.model.net.as_ref(),
                 pipeline: &self.pipeline,
                 placer: &self.placer,
@@ -485,7 +562,11 @@ impl Trainer<'_> {
     fn start(&self, state: &LoopState) -> Schedule {
         let cfg = self.cfg;
         let n_train = self.data.train.len();
-        let steps_per_epoch = n_train.div_ceil(cfg.batch_size as usize) as u64;
+        let local_n = match self.ranks {
+            Some(r) => n_train.div_ceil(r.world()),
+            None => n_train,
+        };
+        let steps_per_epoch = local_n.div_ceil(cfg.batch_size as usize) as u64;
         let total_steps = steps_per_epoch * cfg.epochs as u64;
         let warmup = (total_steps as f64 * cfg.warmup_ratio).round() as usize;
         let _ = self.events.send(TrainEvent::Started {
@@ -496,6 +577,10 @@ impl Trainer<'_> {
             validation_images: self.data.validation.len(),
             micro_batch: state.micro_batch,
             trainable_parameters: self.trainable_parameters,
+            ranks: vec![
+                crate::torch_info::device_name(self.device());
+                self.ranks.map_or(1, Ranks::world)
+            ],
         });
         let targets = targets_tensor(
             &self.data.train.targets(),
@@ -588,7 +673,12 @@ impl Trainer<'_> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(epoch as u64));
         let mut order: Vec<usize> = (0..n_train).collect();
         order.shuffle(&mut rng);
-        Ok(order)
+        Ok(match self.ranks {
+            Some(r) => {
+                super::distributed::shard(&order, r.rank(), r.world(), self.cfg.batch_size as usize)
+            }
+            None => order,
+        })
     }
 
     /// The epoch's batches: slices of the cached features (linear probe),
@@ -757,6 +847,9 @@ impl Trainer<'_> {
         improved: bool,
     ) -> Result<(), TrainError> {
         state.loss_scaler = scaler.map(LossScaler::state);
+        if !self.leads() {
+            return Ok(());
+        }
         ckpt.save(opt, &self.model.buffers(), state)
             .map_err(|e| TrainError::retry(format!("writing checkpoint: {e:#}")))?;
         if let Some(sync) = &self.spec.artifacts {
@@ -795,6 +888,10 @@ impl Trainer<'_> {
             let mut start = 0;
             while start < n {
                 let len = micro.min(n - start);
+                if start + len >= n {
+                    // The step's last backward pass averages over ranks.
+                    self.ranks.map(Ranks::arm_backward).transpose()?;
+                }
                 let xs = x.narrow(0, start, len);
                 let ys = y.narrow(0, start, len);
                 let part = self.clock.borrow_mut().device(Phase::Compute, || {
@@ -822,14 +919,19 @@ impl Trainer<'_> {
             })?;
             Ok(total.expect("a non-empty batch") / n as f64)
         };
+        self.follow_leader_buffers()?;
         let smaller = |micro_batch: u32| {
             tracing::warn!(%job, micro_batch, "out of memory; retrying with a smaller micro-batch");
             let _ = self.events.send(TrainEvent::OutOfMemory { micro_batch });
         };
-        retry_smaller(&mut state.micro_batch, n, attempt, smaller, || {
+        let mean = retry_smaller(&mut state.micro_batch, n, attempt, smaller, || {
             !updating.get()
         })
-        .map_err(|f| TrainError::from_failure(f, self.device(), "training step failed"))
+        .map_err(|f| TrainError::from_failure(f, self.device(), "training step failed"))?;
+        match self.ranks {
+            Some(r) => r.mean(&mean),
+            None => Ok(mean),
+        }
     }
 
     /// The forward and backward passes of one micro-batch (`weight`: its
@@ -960,6 +1062,7 @@ impl Trainer<'_> {
 
     /// The logits of a whole split. `None`: stopped.
     fn split_logits(&self, inputs: &Inputs, split: Split) -> Result<Option<Tensor>, TrainError> {
+        self.follow_leader_buffers()?;
         let samples = self.samples(split);
         let logits = match inputs {
             Inputs::Features {
@@ -972,7 +1075,10 @@ impl Trainer<'_> {
                 tch::no_grad(|| self.model.net.head(f))
             }
             Inputs::Images => {
-                let order: Vec<usize> = (0..samples.len()).collect();
+                let order: Vec<usize> = match self.ranks {
+                    Some(r) => r.eval_shard(samples.len()),
+                    None => (0..samples.len()).collect(),
+                };
                 let rx = spawn_loader(
                     self.pipeline.clone(),
                     samples.paths(),
@@ -1003,7 +1109,11 @@ impl Trainer<'_> {
                     .map_err(|f| TrainError::from_failure(f, self.device(), "evaluating"))?;
                     parts.push(out);
                 }
-                Tensor::cat(&parts, 0)
+                let local = Tensor::cat(&parts, 0);
+                match self.ranks {
+                    Some(r) => r.gather_rows(&local, samples.len())?,
+                    None => local,
+                }
             }
         };
         Ok(Some(logits))
@@ -1034,6 +1144,9 @@ impl Trainer<'_> {
 
     /// Writes the current weights as the best model so far (HF layout).
     fn save_best(&self, metrics: &EpochMetrics) -> Result<(), TrainError> {
+        if !self.leads() {
+            return Ok(());
+        }
         let tmp = self.best_dir.with_extension("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         let problem = match self.data.task {
@@ -1073,7 +1186,8 @@ impl Trainer<'_> {
             Some(_) => crate::model::lora::files::WEIGHTS_FILE,
             None => "model.safetensors",
         });
-        let has_best = weights.exists() && state.best_epoch.is_some();
+        // Only rank 0 wrote the best model; the others follow its record.
+        let has_best = (!self.leads() || weights.exists()) && state.best_epoch.is_some();
         let mut outcome = TrainOutcome {
             best_model_dir: None,
             interrupted,
@@ -1090,10 +1204,23 @@ impl Trainer<'_> {
             .cloned();
         let mut calibrated = None;
         if !interrupted {
-            load_weights(&opt.params, &weights)?;
+            if self.leads() {
+                load_weights(&opt.params, &weights)?;
+            }
+            if let Some(r) = self.ranks {
+                let params: Vec<Tensor> = opt
+                    .params
+                    .iter()
+                    .map(|p| p.tensor.shallow_clone())
+                    .collect();
+                r.broadcast_from_leader(&params)?;
+            }
             if let Some(inputs) = self.inputs()? {
                 calibrated = self.calibrate(&inputs)?;
             }
+        }
+        if !self.leads() {
+            return Ok(outcome);
         }
         let (thresholds, test, calibration) = match calibrated {
             Some(c) => (c.thresholds, c.test, Some(c.calibration)),
@@ -1113,7 +1240,8 @@ impl Trainer<'_> {
             calibration,
             history: state.history.clone(),
             dataset: self.data.split_counts(),
-            config: self.cfg.clone(),
+            // The job's own recipe (the global batch), not this rank's share.
+            config: self.spec.config.clone(),
             time_shares: Some(
                 state
                     .history
@@ -1127,7 +1255,7 @@ impl Trainer<'_> {
         card.write(&self.best_dir).map_err(TrainError::retry)?;
         std::fs::write(
             self.best_dir.join("training_config.json"),
-            serde_json::to_vec_pretty(self.cfg).map_err(TrainError::retry)?,
+            serde_json::to_vec_pretty(&self.spec.config).map_err(TrainError::retry)?,
         )
         .map_err(TrainError::retry)?;
         outcome.best_model_dir = Some(self.best_dir.clone());
@@ -1234,6 +1362,10 @@ impl From<anyhow::Error> for TrainError {
 #[cfg(test)]
 #[path = "speed_tests.rs"]
 mod speed_tests;
+
+#[cfg(all(test, vitrine_c10d))]
+#[path = "distributed_tests.rs"]
+mod distributed_tests;
 
 #[cfg(test)]
 #[path = "lora_tests.rs"]
@@ -1475,6 +1607,34 @@ mod tests {
         extra: serde_json::Value,
         tweak: impl FnOnce(&mut TrainSpec),
     ) -> (TrainOutcome, Vec<TrainEvent>) {
+        train_tiny_run(
+            dir,
+            (base_model_dir, dataset_dir),
+            extra,
+            tweak,
+            Default::default(),
+        )
+    }
+
+    /// [`train_tiny_with`] with a stop flag the caller may raise.
+    #[cfg_attr(not(vitrine_c10d), allow(dead_code))]
+    pub(super) fn train_tiny_stoppable(
+        dir: &Path,
+        base_model_dir: PathBuf,
+        dataset_dir: PathBuf,
+        extra: serde_json::Value,
+        stop: StopFlag,
+    ) -> (TrainOutcome, Vec<TrainEvent>) {
+        train_tiny_run(dir, (base_model_dir, dataset_dir), extra, |_| {}, stop)
+    }
+
+    fn train_tiny_run(
+        dir: &Path,
+        (base_model_dir, dataset_dir): (PathBuf, PathBuf),
+        extra: serde_json::Value,
+        tweak: impl FnOnce(&mut TrainSpec),
+        stop: StopFlag,
+    ) -> (TrainOutcome, Vec<TrainEvent>) {
         let mut json = serde_json::json!({
             "base_model": base_model_dir, "mode": "full", "epochs": 2, "batch_size": 4,
             "learning_rate": 1e-3
@@ -1497,7 +1657,7 @@ mod tests {
         let mut spec = spec;
         tweak(&mut spec);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let outcome = run(spec, tx, Default::default()).unwrap();
+        let outcome = run(spec, tx, stop).unwrap();
         let mut events = vec![];
         while let Ok(ev) = rx.try_recv() {
             events.push(ev);

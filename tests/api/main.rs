@@ -15,6 +15,7 @@ mod datasets_async;
 mod datasets_parquet;
 mod datasets_upload;
 mod datasets_user_archives;
+mod distributed;
 mod docs;
 mod http_foundation;
 mod job_queue;
