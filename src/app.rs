@@ -86,15 +86,7 @@ impl AppState {
             decode_budget.clone(),
             config.data_dir.join("exports"),
         );
-        let explainer =
-            crate::serve::explain::Explainer::start(crate::serve::explain::ExplainConfig {
-                queue: config.explain_queue,
-                max_steps: config.explain_max_steps,
-                device: inference_devices
-                    .first()
-                    .copied()
-                    .unwrap_or(tch::Device::Cpu),
-            });
+        let explainer = explainer(&config, &inference_devices);
         let datasets = DatasetStore {
             db: db.clone(),
             data_dir: config.data_dir.clone(),
@@ -124,6 +116,15 @@ impl AppState {
             explainer,
         })
     }
+}
+
+/// The explainer thread, on the first inference device.
+fn explainer(config: &ServeConfig, devices: &[tch::Device]) -> crate::serve::explain::Explainer {
+    crate::serve::explain::Explainer::start(crate::serve::explain::ExplainConfig {
+        queue: config.explain_queue,
+        max_steps: config.explain_max_steps,
+        device: devices.first().copied().unwrap_or(tch::Device::Cpu),
+    })
 }
 
 /// What every node opens at start: the database (migrations applied), its

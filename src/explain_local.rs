@@ -102,6 +102,16 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
         caps: RequestCaps::UNBOUNDED,
     };
     let explained = runtime.block_on(explainer.explain(&inference, cx, request))?;
+    let summary = write_files(&args, &explained)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+/// Writes the maps (`IMAGE.npy`) and one overlay per label under `--out`.
+fn write_files(
+    args: &ExplainArgs,
+    explained: &crate::serve::explain::Explained,
+) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let stem = args
@@ -133,12 +143,10 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
             overlay,
         });
     }
-    let summary = Summary {
+    Ok(Summary {
         model: args.model.clone(),
         method: explained.method,
         maps,
         labels,
-    };
-    println!("{}", serde_json::to_string_pretty(&summary)?);
-    Ok(())
+    })
 }

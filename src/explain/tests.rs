@@ -83,7 +83,7 @@ fn integrated_gradients_add_up_to_the_score_difference() {
         tch::no_grad(|| {
             for (name, mut var) in model.vs.variables() {
                 if name.ends_with(".bias") {
-                    let _ = var.copy_(&(var.randn_like() * 0.1));
+                    var.copy_(&(var.randn_like() * 0.1));
                 }
             }
         });

@@ -1176,6 +1176,23 @@ impl Trainer<'_> {
 
     /// Loads the best weights back, evaluates the test split once, and
     /// writes `metrics.json` beside the best model.
+    /// Loads the best weights back (rank 0 reads them; the other ranks
+    /// receive them).
+    fn restore_best(&self, opt: &AdamW, weights: &Path) -> Result<(), TrainError> {
+        if self.leads() {
+            load_weights(&opt.params, weights)?;
+        }
+        if let Some(r) = self.ranks {
+            let params: Vec<Tensor> = opt
+                .params
+                .iter()
+                .map(|p| p.tensor.shallow_clone())
+                .collect();
+            r.broadcast_from_leader(&params)?;
+        }
+        Ok(())
+    }
+
     fn finish(
         &mut self,
         opt: &mut AdamW,
@@ -1204,17 +1221,7 @@ impl Trainer<'_> {
             .cloned();
         let mut calibrated = None;
         if !interrupted {
-            if self.leads() {
-                load_weights(&opt.params, &weights)?;
-            }
-            if let Some(r) = self.ranks {
-                let params: Vec<Tensor> = opt
-                    .params
-                    .iter()
-                    .map(|p| p.tensor.shallow_clone())
-                    .collect();
-                r.broadcast_from_leader(&params)?;
-            }
+            self.restore_best(opt, &weights)?;
             if let Some(inputs) = self.inputs()? {
                 calibrated = self.calibrate(&inputs)?;
             }
