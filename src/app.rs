@@ -30,6 +30,8 @@ pub struct AppState {
     pub decode_budget: crate::budget::DecodeBudget,
     /// ONNX exports: one bounded queue and their disk cache.
     pub exports: crate::export::ExportQueue,
+    /// Dataset audits: label errors, duplicates, outliers.
+    pub audits: crate::audit::Audits,
 }
 
 impl AppState {
@@ -98,7 +100,9 @@ impl AppState {
                 },
             )?,
         };
+        let audits = crate::audit::Audits::new(db.clone(), config.data_dir.clone());
         Ok(Self {
+            audits,
             db,
             config: Arc::new(config),
             metrics,
