@@ -70,6 +70,8 @@ fn images_of(dir: &Path) -> Result<Images, TrainError> {
         names: m.labels.clone(),
         task: m.task,
     };
+    // Paths as in the archive: the extracted files live under `files/`.
+    let root = dir.join(crate::data::ingest::FILES_DIR);
     let splits = [
         ("train", Some(m.train)),
         ("validation", m.validation),
@@ -77,7 +79,11 @@ fn images_of(dir: &Path) -> Result<Images, TrainError> {
     ];
     for (split, samples) in splits {
         for s in samples.into_iter().flatten() {
-            let rel = s.path.strip_prefix(dir).unwrap_or(&s.path);
+            let rel = s
+                .path
+                .strip_prefix(&root)
+                .or_else(|_| s.path.strip_prefix(dir))
+                .unwrap_or(&s.path);
             images.refs.push(ImageRef {
                 path: rel.to_string_lossy().replace('\\', "/"),
                 split: split.into(),
