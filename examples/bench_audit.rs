@@ -46,7 +46,10 @@ fn write_images(dir: &Path, per_class: usize) -> Vec<(PathBuf, usize)> {
         let img = image::GrayImage::from_raw(28, 28, pixels).unwrap();
         let rel = PathBuf::from(format!("files/train/{}/{i}.png", CLASSES[c]));
         std::fs::create_dir_all(dir.join(&rel).parent().unwrap()).unwrap();
-        image::DynamicImage::ImageLuma8(img).to_rgb8().save(dir.join(&rel)).unwrap();
+        image::DynamicImage::ImageLuma8(img)
+            .to_rgb8()
+            .save(dir.join(&rel))
+            .unwrap();
         out.push((rel, c));
         if taken.iter().all(|&t| t == per_class) {
             break;
@@ -77,9 +80,16 @@ fn main() {
                 let mut label = *c;
                 if rng.gen_bool(noise) {
                     label = (c + rng.gen_range(1..10)) % 10;
-                    flipped.insert(path.to_string_lossy().trim_start_matches("files/").to_string());
+                    flipped.insert(
+                        path.to_string_lossy()
+                            .trim_start_matches("files/")
+                            .to_string(),
+                    );
                 }
-                Sample { path: path.clone(), labels: vec![label] }
+                Sample {
+                    path: path.clone(),
+                    labels: vec![label],
+                }
             })
             .collect();
         let manifest = Manifest {
@@ -103,8 +113,12 @@ fn main() {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let out = run_audit(&input, &mut |_| {}, &stop).unwrap().unwrap();
         let wall = started.elapsed().as_secs_f64();
-        let found: std::collections::HashSet<String> =
-            out.findings.label_issues.iter().map(|i| i.image.path.clone()).collect();
+        let found: std::collections::HashSet<String> = out
+            .findings
+            .label_issues
+            .iter()
+            .map(|i| i.image.path.clone())
+            .collect();
         let hits = found.intersection(&flipped).count();
         println!(
             "{}",

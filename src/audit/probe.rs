@@ -132,7 +132,7 @@ fn fit_and_predict(
     let mut opt = nn::Adam::default().build(&vs, cfg.learning_rate).unwrap();
     let target = targets(labels, classes, task);
     for _ in 0..cfg.steps {
-        let _grad = tch::with_grad(|| {
+        tch::with_grad(|| {
             let logits = linear.forward(&xs);
             let loss = match task {
                 Task::MultiClass => logits.cross_entropy_for_logits(&target),
