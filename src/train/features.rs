@@ -125,7 +125,10 @@ pub fn backbone_features(
     stop: &StopFlag,
 ) -> Result<Option<Tensor>, TrainError> {
     std::fs::create_dir_all(work_dir).map_err(TrainError::retry)?;
-    let model = crate::model::load_pretrained(base_model_dir, device, None)
+    // A base model from the Hub has no head, and the features need none:
+    // a placeholder head of two labels, as a job's would be, never used.
+    let placeholder = ["0".to_string(), "1".to_string()];
+    let model = crate::model::load_pretrained(base_model_dir, device, Some(&placeholder))
         .map_err(|e| TrainError::fatal(format!("loading base model: {e:#}")))?;
     let preprocessor: crate::imaging::PreprocessorConfig =
         serde_json::from_value(model.preprocessor_json.clone()).map_err(|e| {

@@ -12,7 +12,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::common::{body_bytes, body_json, upload_settled, TestApp};
 
-/// A tiny random ViT (hidden 32, 2 layers, 32 px) in the HF layout, its
+/// A tiny random ViT (hidden 32, 2 layers, 32 px) in the HF layout, no
+/// classifier head, its
 /// matrices scaled up 5x: at the Hub's initialisation (std 0.02) a random
 /// ViT's features hardly depend on the image, and every pair of images
 /// would look alike.
@@ -36,6 +37,14 @@ fn tiny_backbone(dir: &std::path::Path) -> std::path::PathBuf {
     let out = dir.join("tiny-vit");
     vitrine::model::save_pretrained(&model, &out, vitrine::model::ProblemType::SingleLabel)
         .unwrap();
+    // Without its head, as a base model from the Hub comes.
+    let weights = out.join("model.safetensors");
+    let kept: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(&weights)
+        .unwrap()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("classifier."))
+        .collect();
+    tch::Tensor::write_safetensors(&kept, &weights).unwrap();
     out
 }
 
@@ -210,21 +219,31 @@ async fn an_audit_finds_the_planted_label_error_copies_and_leakage() {
     assert!(wrong.contains(",blue,"), "{wrong}");
 }
 
+/// 404 for no dataset, 400/422 for an unknown field, 409 for a dataset
+/// still validating (photos on one ingestion thread take seconds).
 #[tokio::test]
-async fn an_audit_of_no_dataset_is_a_404() {
-    let app = TestApp::new().await;
+async fn audits_of_no_dataset_or_one_still_validating_are_refused() {
+    let app = TestApp::with_config(|c| c.ingest_threads = 1).await;
+    let nowhere = "0193a3c8-0000-7000-8000-000000000000";
     let resp = app
-        .send(post_audit(
-            "0193a3c8-0000-7000-8000-000000000000",
-            serde_json::json!({"base_model": "x"}),
-        ))
+        .send(post_audit(nowhere, serde_json::json!({"base_model": "x"})))
         .await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     let bad = app
         .send(post_audit(
-            "0193a3c8-0000-7000-8000-000000000000",
+            nowhere,
             serde_json::json!({"base_model": "x", "colour": 1}),
         ))
         .await;
     assert!(bad.status().is_client_error());
+
+    let (status, body) =
+        crate::common::upload(&app, &crate::common::photo_archive(40, 2000, 1500, false)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = body["id"].as_str().unwrap();
+    let resp = app
+        .send(post_audit(id, serde_json::json!({"base_model": "x"})))
+        .await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert_eq!(body_json(resp).await["code"], "dataset_not_ready");
 }
