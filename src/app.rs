@@ -32,6 +32,8 @@ pub struct AppState {
     pub exports: crate::export::ExportQueue,
     /// Explanations: their own thread and bounded queue, off the engines.
     pub explainer: crate::serve::explain::Explainer,
+    /// Dataset audits: label errors, duplicates, outliers.
+    pub audits: crate::audit::Audits,
 }
 
 impl AppState {
@@ -102,7 +104,9 @@ impl AppState {
                 },
             )?,
         };
+        let audits = crate::audit::Audits::new(db.clone(), config.data_dir.clone());
         Ok(Self {
+            audits,
             db,
             config: Arc::new(config),
             metrics,

@@ -10,7 +10,7 @@
 //! | 8 | `http`, `telemetry` |
 //! | 7 | `app` (the application state) |
 //! | 6 | `config` (its settings), `sweeps` (candidate jobs, halving, the supervisor), `models` (the model service: alias, delete, download) |
-//! | 5 | `jobs`, `serve`, `export` (ONNX files of trained models) |
+//! | 5 | `jobs`, `serve`, `export` (ONNX files of trained models), `audit` (what is wrong with a dataset: label errors, duplicates, outliers) |
 //! | 4 | `train`, `datasets` (storing, validating and recording datasets, over `data`) |
 //! | 3 | `data`, `model` |
 //! | 2 | `imaging`, `store`, `torch_info`, `torchx`, `artifacts` (the shared artefact store) |
@@ -26,7 +26,7 @@ pub fn layer(module: &str) -> Option<u8> {
         "http" | "telemetry" => 8,
         "app" => 7,
         "config" | "sweeps" | "models" => 6,
-        "jobs" | "serve" | "export" => 5,
+        "jobs" | "serve" | "export" | "audit" => 5,
         "train" | "datasets" | "explain" => 4,
         "data" | "model" => 3,
         "imaging" | "store" | "torch_info" | "torchx" | "artifacts" => 2,

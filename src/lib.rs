@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod artifacts;
+pub mod audit;
 pub mod budget;
 pub mod cli;
 pub mod config;

@@ -15,6 +15,7 @@ use tower_http::trace::TraceLayer;
 use crate::app::AppState;
 use problem::problem_response;
 
+mod audits;
 mod auth;
 mod browser;
 pub mod connections;
@@ -54,6 +55,7 @@ pub async fn serve(
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .merge(datasets::router(&state.config))
+        .merge(audits::router())
         .merge(dataset_images::router())
         .merge(jobs::router(&state))
         .merge(sweeps::router(&state))

@@ -24,6 +24,8 @@ use crate::app::AppState;
         super::datasets::upload_dataset, super::datasets::get_dataset, super::datasets::list_datasets,
         super::dataset_images::thumbnails, super::dataset_images::image,
         super::datasets::dataset_events,
+        super::audits::start_audit, super::audits::get_audit, super::audits::audit_csv,
+        super::audits::audit_events,
     ),
     components(schemas(
         crate::error::Problem,
@@ -47,6 +49,11 @@ use crate::app::AppState;
         super::datasets::DatasetListItem, crate::datasets::record::DatasetCounts,
         super::dataset_images::Thumbnails, super::dataset_images::ClassSamples,
         super::dataset_images::SampleImage,
+        crate::audit::AuditRequest, crate::audit::AuditView, crate::audit::service::AuditStatus,
+        crate::audit::run::AuditProgress, crate::audit::report::AuditFindings,
+        crate::audit::report::LabelIssue, crate::audit::report::DuplicateGroup,
+        crate::audit::report::ImageRef, crate::audit::report::Outlier,
+        crate::audit::balance::ClassBalance,
     )),
     modifiers(&BearerAuth),
     tags(

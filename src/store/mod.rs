@@ -2,6 +2,7 @@
 //! writes the sweep columns of `jobs`): the only code
 //! that writes them.
 
+pub mod audits;
 pub mod datasets;
 pub mod jobs;
 pub mod models;

@@ -110,3 +110,59 @@ pub fn compute_or_load(
     std::fs::rename(&tmp, &cache).map_err(TrainError::retry)?;
     Ok(Some(out))
 }
+
+/// A base model's backbone features of `paths`, `[n, F]` on the CPU, as a
+/// linear probe of it computes them (same model loading, preprocessing
+/// and forward pass, no augmentation), cached in `work_dir` like a
+/// probe's. For callers outside training (the dataset audit):
+/// `progress(done, total)` as images pass; `None` when `stop` was set.
+pub fn backbone_features(
+    base_model_dir: &Path,
+    paths: Vec<PathBuf>,
+    device: Device,
+    work_dir: &Path,
+    progress: &mut (dyn FnMut(usize, usize) + Send),
+    stop: &StopFlag,
+) -> Result<Option<Tensor>, TrainError> {
+    std::fs::create_dir_all(work_dir).map_err(TrainError::retry)?;
+    // A base model from the Hub has no head, and the features need none:
+    // a placeholder head of two labels, as a job's would be, never used.
+    let placeholder = ["0".to_string(), "1".to_string()];
+    let model = crate::model::load_pretrained(base_model_dir, device, Some(&placeholder))
+        .map_err(|e| TrainError::fatal(format!("loading base model: {e:#}")))?;
+    let preprocessor: crate::imaging::PreprocessorConfig =
+        serde_json::from_value(model.preprocessor_json.clone()).map_err(|e| {
+            TrainError::fatal(format!("the base model's preprocessor_config.json: {e}"))
+        })?;
+    let pipeline =
+        Pipeline::from_preprocessor(&preprocessor, None).with_model_size(model.image_size() as u32);
+    let placer = InputPlacer::new(&pipeline, device);
+    // The progress events are read back on a second thread as they come.
+    let found = std::thread::scope(|scope| {
+        let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let reader = scope.spawn(move || {
+            while let Some(event) = rx.blocking_recv() {
+                if let TrainEvent::Features { done, total } = event {
+                    progress(done, total);
+                }
+            }
+        });
+        let source = FeatureSource {
+            work_dir,
+            net: model.net.as_ref(),
+            pipeline: &pipeline,
+            placer: &placer,
+            format: PixelFormat::for_device(device, &pipeline, false),
+            cache: None,
+            batch: 32,
+            device,
+            events: &events,
+            stop,
+        };
+        let found = compute_or_load(&source, &[("all", paths)]);
+        drop(events);
+        let _ = reader.join();
+        found
+    })?;
+    Ok(found.map(|mut f| f.pop().expect("one split").to_device(Device::Cpu)))
+}

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use eval::{EpochMetrics, Evaluation};
+pub use features::backbone_features;
 pub use record::{ModelCard, TrainedModel};
 pub use session::run;
 

@@ -10,6 +10,7 @@ mod common;
 
 mod artifacts;
 mod browser_safety;
+mod dataset_audit;
 mod dataset_images;
 mod datasets_async;
 mod datasets_parquet;
