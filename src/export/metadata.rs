@@ -22,6 +22,12 @@ pub struct ExportMetadata {
     pub labels: Vec<String>,
     /// Per-label decision thresholds on `probabilities` (multi-label), else `null`.
     pub thresholds: Option<Vec<f64>>,
+    /// The model's calibration, when it has one: divide the logits by
+    /// these (one, or one per label) before the softmax or sigmoid to get
+    /// the scores `/predict` serves by default. `probabilities` and
+    /// `thresholds` are uncalibrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperatures: Option<Vec<f64>>,
     /// Name and shape of the one input, `[batch, channels, height, width]`;
     /// `batch` is `null` when dynamic. Always float32, NCHW, RGB.
     pub input: TensorSpec,

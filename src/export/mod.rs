@@ -158,6 +158,7 @@ fn metadata_of(
         task: trained.task,
         labels: trained.labels.clone(),
         thresholds: trained.thresholds.clone(),
+        temperatures: trained.calibration().map(|c| c.temperatures.clone()),
         input: TensorSpec {
             name: "pixel_values".into(),
             shape: input_shape.to_vec(),
