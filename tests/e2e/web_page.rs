@@ -411,6 +411,40 @@ async fn the_page_uploads_trains_live_and_predicts() {
     assert_eq!(overlays, 3, "one overlay for each of the three best labels");
     browser.screenshot("07-predict").await;
 
+    // The model page's calibration card: the API's temperature, and a
+    // reliability diagram with the raw and calibrated bins.
+    let view = get_json(url, &format!("/models/{model_id}")).await;
+    let temperature = view["metrics"]["calibration"]["temperatures"][0]
+        .as_f64()
+        .unwrap_or_else(|| panic!("a trained model is calibrated: {view}"));
+    browser.goto(&format!("{url}/#/models/{model_id}")).await;
+    let points = browser
+        .wait_js(
+            "the reliability diagram",
+            "const s = document.querySelector('#calibration svg#reliability');
+             return s ? Number(s.dataset.points) : null;",
+            WAIT,
+        )
+        .await;
+    assert!(
+        points.as_u64() > Some(2),
+        "the diagonal and some bins: {points}"
+    );
+    let text = browser
+        .js(
+            "return document.querySelector('#calibration').textContent",
+            json!([]),
+        )
+        .await;
+    let shown = format!("{temperature:.3}");
+    assert!(
+        text.as_str()
+            .unwrap()
+            .contains(shown.trim_end_matches('0').trim_end_matches('.')),
+        "temperature {temperature} on the page: {text}"
+    );
+    browser.screenshot("08-calibration").await;
+
     // A multi-label job (submitted through the API): its page shows mAP
     // and each label's threshold, as the API has them.
     let form = reqwest::multipart::Form::new()
