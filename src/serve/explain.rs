@@ -375,6 +375,17 @@ fn scores(logits: &Tensor, task: ModelTask) -> Vec<f64> {
 
 /// The explainer thread: one task at a time, the last model kept loaded.
 fn run(device: Device, rx: Receiver<Task>, load: Arc<AtomicUsize>) {
+    // On the CPU, explanations use half the cores at a lower priority (the
+    // OpenMP workers this thread starts inherit its nice value), so the
+    // prediction engines keep theirs: `/predict` holds its latency while
+    // `/explain` is saturated.
+    if device == Device::Cpu {
+        let half = crate::torch_info::threads::available_cpus() / 2;
+        crate::torch_info::threads::limit_torch_threads(half);
+        if !crate::torch_info::threads::lower_thread_priority() {
+            tracing::warn!("the explainer thread's priority could not be lowered");
+        }
+    }
     let mut loaded: Option<(String, Model)> = None;
     while let Ok(task) = rx.recv() {
         let result = match task.reply.is_closed() {

@@ -91,6 +91,14 @@ pub fn keep_torch_single_threaded() {
     native::set_thread_local_threads(1);
 }
 
+/// Caps libtorch's OpenMP team on the calling thread at `n` threads (at
+/// least 1); other threads keep theirs. For background work that must
+/// leave cores to the request path (explanations).
+pub fn limit_torch_threads(n: usize) {
+    let _ = tch::get_num_threads();
+    native::set_thread_local_threads(n.clamp(1, i32::MAX as usize) as i32);
+}
+
 /// Lowers the calling thread's CPU priority to nice +10 (Linux: a
 /// thread's own nice value), for background work such as checking an
 /// uploaded dataset: it then takes the cores only when request threads
