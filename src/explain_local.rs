@@ -10,8 +10,6 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::budget::DecodeBudget;
-use crate::devices::DeviceHealth;
-use crate::serve::engine::{EngineConfig, PredictPrecision};
 use crate::serve::explain::{ExplainConfig, ExplainRequest, Explainer};
 use crate::serve::predict::{ModelSource, PredictContext, RequestCaps, Upload};
 use crate::serve::Inference;
@@ -72,17 +70,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let metrics = prometheus::Registry::new();
-    let health = DeviceHealth::new(&[crate::torch_info::device_name(device)], &metrics);
-    let engine = EngineConfig {
-        max_batch: 1,
-        max_wait: std::time::Duration::ZERO,
-        queue: 1,
-        cache: 1,
-        precision: PredictPrecision::Fp32,
-        adapter_cache_bytes: u64::MAX,
-    };
-    let inference = Inference::start(&[device], engine, &metrics, health);
+    let inference = Inference::local(device, 1);
     let explainer = Explainer::start(ExplainConfig {
         queue: 1,
         max_steps: args.steps.max(2),

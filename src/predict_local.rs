@@ -10,9 +10,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::budget::DecodeBudget;
-use crate::devices::DeviceHealth;
 use crate::error::AppResult;
-use crate::serve::engine::{EngineConfig, PredictPrecision};
 use crate::serve::output::{ImageResult, OutputOptions, ScoreCalibration};
 use crate::serve::predict::{
     ModelSource, PredictContext, PredictRequest, Predicted, RequestCaps, Upload,
@@ -96,17 +94,7 @@ async fn predict(
     device: tch::Device,
     images: Vec<Upload>,
 ) -> AppResult<Predicted> {
-    let metrics = prometheus::Registry::new();
-    let health = DeviceHealth::new(&[crate::torch_info::device_name(device)], &metrics);
-    let engine = EngineConfig {
-        max_batch: images.len(),
-        max_wait: std::time::Duration::ZERO,
-        queue: 1,
-        cache: 1,
-        precision: PredictPrecision::Fp32,
-        adapter_cache_bytes: u64::MAX,
-    };
-    let inference = Inference::start(&[device], engine, &metrics, health);
+    let inference = Inference::local(device, images.len());
     let cx = PredictContext {
         budget: &DecodeBudget::new(u64::MAX),
         caps: RequestCaps::UNBOUNDED,

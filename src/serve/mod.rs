@@ -84,6 +84,23 @@ impl Inference {
         }
     }
 
+    /// One engine on `device` for a command-line run (`vitrine predict`,
+    /// `vitrine explain`): fp32 (as `transformers` runs by default), up to
+    /// `max_batch` images in one batch with no wait, one model loaded.
+    pub fn local(device: tch::Device, max_batch: usize) -> Self {
+        let metrics = prometheus::Registry::new();
+        let health = DeviceHealth::new(&[crate::torch_info::device_name(device)], &metrics);
+        let engine = EngineConfig {
+            max_batch: max_batch.max(1),
+            max_wait: std::time::Duration::ZERO,
+            queue: 1,
+            cache: 1,
+            precision: engine::PredictPrecision::Fp32,
+            adapter_cache_bytes: u64::MAX,
+        };
+        Self::start(&[device], engine, &metrics, health)
+    }
+
     /// Waits (up to `within`) until no engine has a request queued or
     /// running. Shutdown calls it after the HTTP server stopped: a request
     /// whose client went away still runs to the end of its batch, and the
