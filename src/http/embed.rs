@@ -3,8 +3,7 @@
 //! or JSON with base64 images) and computed by the same engines in the
 //! same dynamic batches (`serve::embed`).
 
-use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::header;
+use axum::extract::{Path, Request, State};
 use axum::routing::post;
 use axum::Router;
 use serde::{Deserialize, Serialize};
@@ -12,11 +11,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Json, Query};
 use super::multipart::BodyLimit;
-use super::predict::{base64_images, read_parts, read_raw, request_caps, unsupported, SNIFFED};
+use super::predict::{read_images, request_caps, JsonImages};
 use crate::app::AppState;
 use crate::error::AppResult;
 use crate::serve::embed::{EmbedRequest, Embedded};
-use crate::serve::predict::{ModelSource, PredictContext, Upload};
+use crate::serve::predict::{ModelSource, PredictContext};
 
 pub fn router(state: &AppState) -> Router<AppState> {
     let limit = BodyLimit::body(&state.config).layer();
@@ -97,7 +96,8 @@ async fn embed(
     mut opts: EmbedOptions,
     req: Request,
 ) -> AppResult<Json<EmbedResponse>> {
-    let images = read_images(&state, &mut opts, req).await?;
+    let images =
+        read_images::<EmbedJson>(&state, &request_caps(&state.config), &mut opts, req).await?;
     let normalize = opts.normalize.unwrap_or(true);
     let cx = PredictContext {
         budget: &state.decode_budget,
@@ -121,29 +121,10 @@ async fn embed(
     }))
 }
 
-/// The images by content type, as `/predict` reads them.
-async fn read_images(
-    state: &AppState,
-    opts: &mut EmbedOptions,
-    req: Request,
-) -> AppResult<Vec<Upload>> {
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let limit = BodyLimit::body(&state.config);
-    let caps = request_caps(&state.config);
-    if content_type.starts_with("multipart/form-data") {
-        read_parts(state, &limit, &caps, req).await
-    } else if content_type.starts_with("application/json") {
-        let Json(body) = Json::<EmbedJson>::from_request(req, state).await?;
-        opts.normalize = body.normalize.or(opts.normalize);
-        base64_images(&body.images, &caps)
-    } else if content_type.starts_with("image/") || SNIFFED.contains(&content_type.as_str()) {
-        read_raw(state, &limit, &content_type, req).await
-    } else {
-        Err(unsupported(&content_type))
+impl JsonImages for EmbedJson {
+    type Options = EmbedOptions;
+    fn images_and_options(self, opts: &mut EmbedOptions) -> Vec<String> {
+        opts.normalize = self.normalize.or(opts.normalize);
+        self.images
     }
 }

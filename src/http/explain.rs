@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Json, Query};
 use super::multipart::BodyLimit;
-use super::predict::{read_images, request_caps, PredictOptions};
+use super::predict::{read_images, request_caps, JsonImages};
 use crate::app::AppState;
 use crate::error::{AppError, AppResult};
 use crate::explain::render;
@@ -47,6 +47,20 @@ pub struct ExplainQuery {
     /// `json` (default: grids and PNG overlays), `npy` (the maps as one
     /// `[labels, H, W]` float32 array) or `png` (the first label's overlay).
     pub format: Option<String>,
+}
+
+/// `{"images": ["<base64>"]}` (one image; the options are in the query).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainJson {
+    pub images: Vec<String>,
+}
+
+impl JsonImages for ExplainJson {
+    type Options = ();
+    fn images_and_options(self, _: &mut ()) -> Vec<String> {
+        self.images
+    }
 }
 
 /// The answer (`format=json`).
@@ -141,7 +155,7 @@ async fn explain(
 ) -> AppResult<Response> {
     let format = Format::parse(q.format.as_deref())?;
     let caps = request_caps(&state.config);
-    let images = read_images(&state, &caps, &mut PredictOptions::default(), req).await?;
+    let images = read_images::<ExplainJson>(&state, &caps, &mut (), req).await?;
     let request = ExplainRequest {
         model: ModelSource::Registered {
             db: &state.db,

@@ -129,7 +129,7 @@ async fn predict(
     req: Request,
 ) -> AppResult<Json<PredictResponse>> {
     let caps = request_caps(&state.config);
-    let images = read_images(&state, &caps, &mut opts, req).await?;
+    let images = read_images::<PredictJson>(&state, &caps, &mut opts, req).await?;
     let cx = PredictContext {
         budget: &state.decode_budget,
         caps,
@@ -174,10 +174,10 @@ pub(super) fn request_caps(config: &crate::config::ServeConfig) -> RequestCaps {
 
 /// The request's images, by its content type: multipart parts, base64 in
 /// JSON (whose options join the query's), or one raw image.
-pub(super) async fn read_images(
+pub(super) async fn read_images<B: JsonImages>(
     state: &AppState,
     caps: &RequestCaps,
-    opts: &mut PredictOptions,
+    opts: &mut B::Options,
     req: Request,
 ) -> AppResult<Vec<Upload>> {
     let content_type = req
@@ -190,7 +190,8 @@ pub(super) async fn read_images(
     if content_type.starts_with("multipart/form-data") {
         read_parts(state, &limit, caps, req).await
     } else if content_type.starts_with("application/json") {
-        read_json(state, caps, opts, req).await
+        let Json(body) = Json::<B>::from_request(req, state).await?;
+        base64_images(&body.images_and_options(opts), caps)
     } else if content_type.starts_with("image/") || SNIFFED.contains(&content_type.as_str()) {
         read_raw(state, &limit, &content_type, req).await
     } else {
@@ -200,7 +201,7 @@ pub(super) async fn read_images(
 
 /// Multipart `image` parts, refused at the first one over the count (the
 /// rest of the body is read and dropped, so the client sees the refusal).
-pub(super) async fn read_parts(
+async fn read_parts(
     state: &AppState,
     limit: &BodyLimit,
     caps: &RequestCaps,
@@ -256,22 +257,29 @@ async fn drain(limit: &BodyLimit, multipart: &mut axum::extract::Multipart) {
 }
 
 /// `{"images": ["<base64>", …]}`; options in the body win over the query's.
-async fn read_json(
-    state: &AppState,
-    caps: &RequestCaps,
-    opts: &mut PredictOptions,
-    req: Request,
-) -> AppResult<Vec<Upload>> {
-    let Json(body) = Json::<PredictJson>::from_request(req, state).await?;
-    opts.top_k = body.top_k.or(opts.top_k);
-    opts.threshold = body.threshold.or(opts.threshold);
-    opts.all_scores = body.all_scores.or(opts.all_scores);
-    opts.calibrated = body.calibrated.or(opts.calibrated);
-    base64_images(&body.images, caps)
+/// A JSON body of base64 images and its endpoint's options: the one shape
+/// `/predict`, `/embed` and `/explain` read besides multipart and raw
+/// images.
+pub(super) trait JsonImages: serde::de::DeserializeOwned {
+    /// The endpoint's options (from the query), which the body's override.
+    type Options;
+    /// The images, after merging the body's options into `opts`.
+    fn images_and_options(self, opts: &mut Self::Options) -> Vec<String>;
+}
+
+impl JsonImages for PredictJson {
+    type Options = PredictOptions;
+    fn images_and_options(self, opts: &mut PredictOptions) -> Vec<String> {
+        opts.top_k = self.top_k.or(opts.top_k);
+        opts.threshold = self.threshold.or(opts.threshold);
+        opts.all_scores = self.all_scores.or(opts.all_scores);
+        opts.calibrated = self.calibrated.or(opts.calibrated);
+        self.images
+    }
 }
 
 /// Base64 images (bare or as `data:` URLs), refused beyond the count.
-pub(super) fn base64_images(images: &[String], caps: &RequestCaps) -> AppResult<Vec<Upload>> {
+fn base64_images(images: &[String], caps: &RequestCaps) -> AppResult<Vec<Upload>> {
     check_count(images.len(), caps)?;
     images
         .iter()
@@ -290,7 +298,7 @@ pub(super) fn base64_images(images: &[String], caps: &RequestCaps) -> AppResult<
 }
 
 /// One raw image as the body.
-pub(super) async fn read_raw(
+async fn read_raw(
     state: &AppState,
     limit: &BodyLimit,
     content_type: &str,
@@ -319,13 +327,13 @@ const IMAGE_PARTS: &[&str] = &["image", "images", "file"];
 
 /// Content types under which a raw body is still an image if its bytes say
 /// so: none, generic binary, and what `curl --data-binary` sends by default.
-pub(super) const SNIFFED: &[&str] = &[
+const SNIFFED: &[&str] = &[
     "",
     "application/octet-stream",
     "application/x-www-form-urlencoded",
 ];
 
-pub(super) fn unsupported(content_type: &str) -> AppError {
+fn unsupported(content_type: &str) -> AppError {
     AppError::unsupported_media_type(format!(
         "Content-Type `{content_type}` is not accepted: use multipart/form-data, image/* \
              (e.g. curl -H 'Content-Type: image/jpeg' --data-binary @cat.jpg), or application/json"
