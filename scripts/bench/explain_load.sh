@@ -17,19 +17,13 @@ cd "$(dirname "$0")/../.."
 n=${N:-40}
 py=${VITRINE_PYTHON:-.venv/bin/python}
 export LIBTORCH_USE_PYTORCH=1
-tmp=$(mktemp -d)
-server_pid=
-cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
-  if [ -n "${KEEP:-}" ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
-log() { echo "== $*" >&2; }
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
 "$py" -c 'import requests' 2>/dev/null || "$py" -m pip install -q -c requirements/constraints.txt requests
 if [ -n "${VITRINE:-}" ]; then vitrine=$VITRINE; else
   log "building the release binary"; cargo build -q --release --bin vitrine; vitrine=target/release/vitrine
 fi
-port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 url=http://127.0.0.1:$port
 start() {
   # shellcheck disable=SC2086
@@ -40,15 +34,7 @@ start() {
 }
 
 log "a random-init ViT-Tiny/16 (224 px) and a 1-epoch linear probe"
-"$py" - "$tmp/base" <<'PY'
-import sys, torch
-from transformers import ViTConfig, ViTImageProcessor, ViTModel
-torch.manual_seed(0)
-cfg = ViTConfig(hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
-                intermediate_size=768, patch_size=16, image_size=224)
-ViTModel(cfg, add_pooling_layer=False).save_pretrained(sys.argv[1])
-ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(sys.argv[1])
-PY
+make_vit_tiny "$tmp/base"
 mkdir -p "$tmp/images"
 "$py" scripts/bench/request_images.py "$tmp/images" 8
 "$py" scripts/fashion_mnist.py "$tmp/fm.zip" --train 4 --validation 2 --seed 1 >/dev/null

@@ -37,14 +37,8 @@ export VIRTUAL_ENV=${VIRTUAL_ENV:-$(cd "$(dirname "$py")/.." && pwd)}
 export PATH="$(dirname "$py"):$PATH"
 if [ -n "${PYDEPS:-}" ]; then export PYTHONPATH="$PYDEPS${PYTHONPATH:+:$PYTHONPATH}"; fi
 
-tmp=$(mktemp -d)
-server_pid=
-cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
-  if [ -n "${KEEP:-}" ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
-log() { echo "== $*" >&2; }
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
 
 if ! "$py" -c 'import fastapi, uvicorn, multipart, requests' 2>/dev/null; then
   log "installing fastapi, uvicorn, python-multipart and requests (constraints keep torch)"
@@ -58,7 +52,6 @@ else
   vitrine=target/release/vitrine
 fi
 
-free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_up() { # url pid
   for _ in $(seq 600); do
     curl -fs -o /dev/null "$1" && return 0
@@ -75,15 +68,7 @@ stop_server() {
 
 log "making a random-init ViT-Tiny/16 (224 px) in the HF layout"
 base=$tmp/vit-tiny
-"$py" - "$base" <<'PY'
-import sys, torch
-from transformers import ViTConfig, ViTImageProcessor, ViTModel
-torch.manual_seed(0)
-cfg = ViTConfig(hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
-                intermediate_size=768, patch_size=16, image_size=224)
-ViTModel(cfg, add_pooling_layer=False).save_pretrained(sys.argv[1])
-ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(sys.argv[1])
-PY
+make_vit_tiny "$base"
 mkdir -p "$tmp/images"
 "$py" scripts/bench/request_images.py "$tmp/images" "$n_images"
 images=("$tmp"/images/*.jpg)

@@ -39,14 +39,8 @@ export LIBTORCH_USE_PYTORCH=1
 export VIRTUAL_ENV=${VIRTUAL_ENV:-$(cd "$(dirname "$py")/.." && pwd)}
 export PATH="$(dirname "$py"):$PATH"
 
-tmp=$(mktemp -d)
-server_pid=
-cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
-  if [ -n "${KEEP:-}" ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
-log() { echo "== $*" >&2; }
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
 
 log "installing requirements/bench.txt"
 "$py" -m pip install -q -c requirements/constraints.txt -r requirements/bench.txt
@@ -56,7 +50,6 @@ cargo build -q --release --bin vitrine --example loadgen
 vitrine=target/release/vitrine
 loadgen=target/release/examples/loadgen
 
-free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Waits until URL answers 2xx; fails if the server process died.
 wait_up() {
@@ -86,15 +79,7 @@ case $model in
     ;;
   vit-tiny)
     base=$tmp/vit-tiny
-    "$py" - "$base" <<'PY'
-import sys, torch
-from transformers import ViTConfig, ViTImageProcessor, ViTModel
-torch.manual_seed(0)
-cfg = ViTConfig(hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
-                intermediate_size=768, patch_size=16, image_size=224)
-ViTModel(cfg, add_pooling_layer=False).save_pretrained(sys.argv[1])
-ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(sys.argv[1])
-PY
+    make_vit_tiny "$base"
     job_config='{"base_model":"'"$base"'","mode":"linear_probe","epochs":1}'
     train_n=10 val_n=4
     ;;
