@@ -74,6 +74,7 @@ fn compile_dist(include: &Path, cxx11_abi: bool) {
 /// libtorch's C++ ABI), into a static library linked before libtorch.
 fn compile_shim(include: &Path, cxx11_abi: bool) {
     println!("cargo:rerun-if-changed=src/torchx/shim.cpp");
+    println!("cargo:rerun-if-changed=src/torchx/guarded.h");
     cc::Build::new()
         .cpp(true)
         .pic(true)

@@ -20,6 +20,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+
+#include "guarded.h"
 #include <string>
 #include <vector>
 
@@ -27,26 +29,8 @@ typedef at::Tensor *tensor;
 
 namespace {
 
-char *dist_error_copy(const char *msg) {
-  size_t n = std::strlen(msg);
-  char *out = static_cast<char *>(std::malloc(n + 1));
-  if (out != nullptr) {
-    std::memcpy(out, msg, n + 1);
-  }
-  return out;
-}
-
 template <typename F> char *dist_guarded(F body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const c10::Error &e) {
-    return dist_error_copy(e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    return dist_error_copy(e.what());
-  } catch (...) {
-    return dist_error_copy("unknown C++ exception in the vitrine c10d shim");
-  }
+  return vx::guarded(body, "unknown C++ exception in the vitrine c10d shim");
 }
 
 std::vector<at::Tensor> dist_list(const tensor *ts, size_t n) {

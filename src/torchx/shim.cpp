@@ -26,6 +26,8 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+
+#include "guarded.h"
 #include <string>
 #include <vector>
 
@@ -33,29 +35,10 @@ typedef at::Tensor *tensor;
 
 namespace {
 
-char *error_copy(const char *msg) {
-  size_t n = std::strlen(msg);
-  char *out = static_cast<char *>(std::malloc(n + 1));
-  if (out != nullptr) {
-    std::memcpy(out, msg, n + 1);
-  }
-  return out;
-}
+using vx::error_copy;
 
-// Runs `body`, turning any exception into an error message.
 template <typename F> char *guarded(F body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const c10::Error &e) {
-    // Without the C++ backtrace: the message is what callers classify
-    // (out of memory, CUDA faults) and show.
-    return error_copy(e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    return error_copy(e.what());
-  } catch (...) {
-    return error_copy("unknown C++ exception in the vitrine libtorch shim");
-  }
+  return vx::guarded(body, "unknown C++ exception in the vitrine libtorch shim");
 }
 
 // 0 = CPU, 1 = CUDA.
