@@ -100,7 +100,6 @@ pub fn out_of_sample_probs(
             classes,
             task,
             cfg,
-            fold as u64,
         );
         for (row, &i) in probs.into_iter().zip(&held) {
             out[i as usize] = row;
@@ -119,16 +118,22 @@ fn fit_and_predict(
     classes: usize,
     task: Task,
     cfg: &ProbeConfig,
-    fold: u64,
 ) -> Vec<Vec<f64>> {
-    tch::manual_seed(cfg.seed.wrapping_add(fold) as i64);
     let mean = train.mean_dim(0, true, Kind::Float);
     let std = train.std_dim(0, false, true).clamp_min(1e-6);
     let standard = |t: &Tensor| (t - &mean) / &std;
     let (xs, xt) = (standard(train), standard(test));
     let vs = nn::VarStore::new(Device::Cpu);
     let d = train.size()[1];
-    let linear = nn::linear(vs.root(), d, classes as i64, Default::default());
+    // Zeros: the problem is convex (L2-penalised logistic regression), so
+    // the fit needs no random start, and the audit neither draws from nor
+    // disturbs libtorch's global generator (which training jobs seed).
+    let zeros = nn::LinearConfig {
+        ws_init: nn::Init::Const(0.0),
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    };
+    let linear = nn::linear(vs.root(), d, classes as i64, zeros);
     let mut opt = nn::Adam::default().build(&vs, cfg.learning_rate).unwrap();
     let target = targets(labels, classes, task);
     for _ in 0..cfg.steps {

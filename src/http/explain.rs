@@ -183,7 +183,10 @@ async fn explain(
         .explainer
         .explain(&state.inference, cx, request)
         .await?;
-    Ok(format.render(&explained))
+    // PNG encoding and the grids are CPU work: off the async runtime.
+    tokio::task::spawn_blocking(move || format.render(&explained))
+        .await
+        .map_err(|e| AppError::Internal(anyhow::Error::from(e)))
 }
 
 enum Format {

@@ -27,11 +27,28 @@ fn tiny_backbone(dir: &std::path::Path) -> std::path::PathBuf {
     let model =
         vitrine::model::Model::from_config(config, vec!["x".into(), "y".into()], tch::Device::Cpu)
             .unwrap();
+    // Weights from a seeded generator of the test's own (libtorch's global
+    // one is shared with the tests running beside this one), with the
+    // linear and patch weights 5x `transformers`' 0.02 so that a random
+    // net still tells the textures apart.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut vars: Vec<(String, tch::Tensor)> = model.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (name, t) in model.vs.variables() {
-            if t.dim() == 2 || name.contains("projection.weight") {
-                let _ = t.shallow_clone().f_mul_scalar_(5.0).unwrap();
+        for (name, mut t) in vars {
+            if t.dim() < 2 {
+                continue; // layer norms and biases: ones and zeros
             }
+            let std = if t.dim() == 2 || name.contains("projection.weight") {
+                0.1
+            } else {
+                0.02
+            };
+            let half = std * 3f64.sqrt();
+            let values: Vec<f32> = (0..t.numel())
+                .map(|_| rng.gen_range(-half..half) as f32)
+                .collect();
+            t.copy_(&tch::Tensor::from_slice(&values).view(t.size().as_slice()));
         }
     });
     let out = dir.join("tiny-vit");
